@@ -1,0 +1,16 @@
+//! rbuild: a daemonless Dockerfile image builder.
+//!
+//! ```text
+//!              builder (this crate: the `rbuild` binary, solver, sandbox,
+//!              /     \  exporters, registry client)
+//!         frontend   cache
+//!   (Dockerfile ->   (digests, blobs, layers,
+//!    build graph)     snapshots, cache index)
+//! ```
+//!
+//! `frontend` and `cache` depend on no rbuild crate; this crate joins them.
+//! [`cli`] defines the command line of `../shared/CLI.md`; [`commands`] runs
+//! each command.
+
+pub mod cli;
+pub mod commands;

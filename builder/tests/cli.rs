@@ -1,0 +1,205 @@
+//! Drives the real `rbuild` binary: the debug commands of ../shared/CLI.md,
+//! their output formats and exit codes.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn rbuild(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .args(args)
+        .output()
+        .expect("run rbuild")
+}
+
+fn rbuild_stdin(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run rbuild");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+fn testdata(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata")
+        .join(rel)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn debug_parse_dump_matches_buildkit_corpus() {
+    let case = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/conformance/parser/escape-with-syntax");
+    let out = rbuild(&["debug", "parse", case.join("Dockerfile").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        std::fs::read_to_string(case.join("result")).unwrap()
+    );
+}
+
+#[test]
+fn debug_parse_json() {
+    let out = rbuild(&[
+        "debug",
+        "parse",
+        "--format",
+        "json",
+        &testdata("parse/multistage/Dockerfile"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let nodes: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let run = &nodes[8];
+    assert_eq!(run["cmd"], "run");
+    assert_eq!(run["flags"][0], "--mount=type=cache,target=/root/.cache");
+    assert_eq!(
+        (run["start_line"].as_u64(), run["end_line"].as_u64()),
+        (Some(12), Some(13))
+    );
+    assert_eq!(run["json"], false);
+    let hc = &nodes[13];
+    assert_eq!(
+        (hc["cmd"].as_str(), hc["sub_cmd"].as_str()),
+        (Some("healthcheck"), Some("cmd"))
+    );
+    assert_eq!(hc["json"], true);
+    assert_eq!(hc["value"][1], "wget");
+}
+
+#[test]
+fn debug_parse_onbuild_json_uses_trigger() {
+    let out = rbuild_stdin(
+        &["debug", "parse", "--format", "json", "-"],
+        "FROM a\nONBUILD COPY --from=b x y\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let nodes: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(nodes[1]["sub_cmd"], "copy");
+    assert_eq!(nodes[1]["value"], serde_json::json!(["x", "y"]));
+    assert_eq!(nodes[1]["original"], "ONBUILD COPY --from=b x y");
+}
+
+#[test]
+fn debug_parse_error_names_line_and_exits_1() {
+    let out = rbuild_stdin(&["debug", "parse", "-"], "FROM a\nRUN <<EOF\nnever ends\n");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("error: Dockerfile:2:1: unterminated heredoc"),
+        "{err}"
+    );
+    assert!(err.contains(" 2 | RUN <<EOF"), "{err}");
+}
+
+#[test]
+fn debug_expand_word_and_words() {
+    let out = rbuild(&[
+        "debug",
+        "expand",
+        "--env",
+        "V=1.2.3",
+        "--",
+        "${V%.*}-${ARCH:-amd64}",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        r#"{"result":"1.2-amd64","matched":["V"],"unmatched":["ARCH"]}"#
+    );
+    let out = rbuild(&[
+        "debug",
+        "expand",
+        "--words",
+        "--env",
+        "A=x  y",
+        "--",
+        "-a $A \"$A\"",
+    ]);
+    assert_eq!(
+        stdout(&out).trim(),
+        r#"{"words":["-a","x","y","x  y"],"matched":["A"],"unmatched":[]}"#
+    );
+    let out = rbuild(&["debug", "expand", "--escape", "`", "--", "a`$b"]);
+    assert_eq!(
+        stdout(&out).trim(),
+        r#"{"result":"a$b","matched":[],"unmatched":[]}"#
+    );
+}
+
+#[test]
+fn debug_expand_error_exits_1() {
+    let out = rbuild(&["debug", "expand", "--", "${X:?must be set}"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("X: must be set"), "{}", stderr(&out));
+}
+
+#[test]
+fn debug_ignore_patterns_and_file() {
+    let dir = std::env::temp_dir().join(format!("rbuild-ignore-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(".dockerignore");
+    std::fs::write(&file, "\u{FEFF}# comment\n/docs\n*.tmp\n").unwrap();
+    let out = rbuild(&[
+        "debug",
+        "ignore",
+        "--file",
+        file.to_str().unwrap(),
+        "--pattern",
+        "!docs/keep.md",
+        "docs/a.md",
+        "docs/keep.md",
+        "x.tmp",
+        "src/x.tmp",
+        "src/main.rs",
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        // Not gitignore: `*.tmp` matches at the top only.
+        "ignored\tdocs/a.md\nincluded\tdocs/keep.md\nignored\tx.tmp\nincluded\tsrc/x.tmp\nincluded\tsrc/main.rs\n"
+    );
+}
+
+#[test]
+fn debug_ignore_bad_pattern_exits_1() {
+    let out = rbuild(&["debug", "ignore", "--pattern", "a[", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with("error:"), "{}", stderr(&out));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(
+        rbuild(&["debug", "parse", "--format", "yaml", "x"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        rbuild(&["debug", "expand", "--escape", "x", "w"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(rbuild(&["nonsense"]).status.code(), Some(2));
+}

@@ -1,0 +1,24 @@
+//! The Dockerfile frontend: text in, build graph out; nothing is executed here.
+//!
+//! ```text
+//! text -parser::parse-> parser::Dockerfile (Node per instruction, Span, heredocs)
+//!      -instructions::parse-> Vec<Instruction> (typed, every flag checked)
+//!      -stage::plan-> Vec<Stage> (ARGs scoped, words expanded)
+//!      -graph::compile-> BuildGraph (petgraph of Op, only what --target needs)
+//! ```
+//!
+//! Beside that path: [`shell`] is BuildKit's word expander (`$v`, `${v:-w}`,
+//! quotes), [`ignore`] the `.dockerignore` matcher, and [`gitref`] the parser
+//! of git URLs for `ADD` and git contexts. The crate depends on no other
+//! rbuild crate and never touches a container or a cache.
+
+pub mod glob;
+pub mod ignore;
+pub mod parser;
+pub mod print;
+pub mod quote;
+pub mod shell;
+pub mod span;
+
+pub use parser::{Dockerfile, Node, ParseError, parse};
+pub use span::{Location, Span};
