@@ -14,6 +14,7 @@
 
 pub mod glob;
 pub mod ignore;
+pub mod instructions;
 pub mod parser;
 pub mod print;
 pub mod quote;

@@ -502,6 +502,15 @@ fn real_world_dockerfiles_parse_and_round_trip() {
                 continue;
             }
         };
+        // Typed instructions: every file converts, except jq templates
+        // (docker-library's `{{ ... }}` files), which BuildKit rejects too.
+        let template = text.lines().any(|l| l.starts_with("{{"));
+        match (frontend::instructions::parse(&df), template) {
+            (Ok(_), false) => {}
+            (Err(e), true) if e.message.starts_with("unknown instruction: {{") => {}
+            (Ok(_), true) => failures.push(format!("{}: template converted", path.display())),
+            (Err(e), _) => failures.push(format!("{}: {e}", path.display())),
+        }
         // Printing and parsing again gives the same instructions.
         let printed = frontend::print::print(&df);
         match parser::parse("Dockerfile", &printed) {
@@ -520,4 +529,111 @@ fn real_world_dockerfiles_parse_and_round_trip() {
     }
     assert!(total >= 200, "only {total} real-world files found");
     report("real-world", total, failures);
+}
+
+fn first_instruction(dockerfile: &str) -> Result<frontend::instructions::Instruction, String> {
+    let df = parser::parse("Dockerfile", dockerfile).map_err(|e| format!("parse: {e}"))?;
+    frontend::instructions::parse_node(&df.nodes[0]).map_err(|e| e.message)
+}
+
+#[test]
+fn instruction_errors() {
+    let all = cases("instructions/errors.json");
+    let mut failures = Vec::new();
+    for case in &all {
+        let id = case["id"].as_str().unwrap();
+        let want = case["expected_error"].as_str().unwrap();
+        match first_instruction(case["dockerfile"].as_str().unwrap()) {
+            Err(e) if e.starts_with("parse: ") => {
+                failures.push(format!("{id}: must parse, got {e}"))
+            }
+            Err(e) => {
+                let ok = match case["match"].as_str().unwrap() {
+                    "exact" => e == want,
+                    _ => e.contains(want),
+                };
+                if !ok {
+                    failures.push(format!("{id}: got {e:?}"));
+                }
+            }
+            Ok(i) => failures.push(format!("{id}: no error, got {:?}", i.kind)),
+        }
+    }
+    report("instructions/errors.json", all.len(), failures);
+}
+
+#[test]
+fn heredoc_commands() {
+    use frontend::instructions::Kind;
+    let all = cases("instructions/heredoc-commands.json");
+    let mut failures = Vec::new();
+    for case in &all {
+        let id = case["id"].as_str().unwrap();
+        let got = match first_instruction(case["dockerfile"].as_str().unwrap()) {
+            Ok(i) => i.kind,
+            Err(e) => {
+                failures.push(format!("{id}: {e}"));
+                continue;
+            }
+        };
+        let ok = match got {
+            Kind::Copy(c) => {
+                let contents: Vec<Value> = c
+                    .files
+                    .contents
+                    .iter()
+                    .map(
+                        |s| serde_json::json!({"path": s.path, "data": s.data, "expand": s.expand}),
+                    )
+                    .collect();
+                c.files.dest == case["expected_dest"].as_str().unwrap()
+                    && c.files.sources == strs(&case["expected_source_paths"])
+                    && Value::Array(contents) == case["expected_source_contents"]
+            }
+            Kind::Run(r) => {
+                let files: Vec<Value> = r
+                    .command
+                    .files
+                    .iter()
+                    .map(|f| serde_json::json!({"name": f.name, "data": f.data, "chomp": f.chomp}))
+                    .collect();
+                r.command.prepend_shell == case["expected_prepend_shell"].as_bool().unwrap()
+                    && r.command.args == strs(&case["expected_cmdline"])
+                    && Value::Array(files) == case["expected_files"]
+            }
+            other => {
+                failures.push(format!("{id}: unexpected {other:?}"));
+                continue;
+            }
+        };
+        if !ok {
+            failures.push(id.to_string());
+        }
+    }
+    report("heredoc-commands.json", all.len(), failures);
+}
+
+#[test]
+fn expose_ports() {
+    use frontend::instructions::expose::{ExposeFindings, parse_port, parse_ports};
+    let all = cases("instructions/expose-ports.json");
+    let mut failures = Vec::new();
+    for case in &all {
+        let id = case["id"].as_str().unwrap();
+        let mut findings = ExposeFindings::default();
+        let got = match case["kind"].as_str().unwrap() {
+            "one" => parse_port(case["spec"].as_str().unwrap(), &mut findings),
+            _ => parse_ports(&strs(&case["specs"]), &mut findings),
+        };
+        let ok = match (&case.get("expected_error"), &got) {
+            (Some(Value::String(want)), Err(e)) => e == want,
+            (Some(Value::Bool(true)), Err(_)) => true,
+            (None, Ok(ports)) => *ports == strs(&case["expected"]),
+            _ => false,
+        };
+        if !ok {
+            failures.push(format!("{id}: got {got:?}"));
+        }
+    }
+    report("expose-ports.json", all.len(), failures);
 }
