@@ -637,3 +637,45 @@ fn expose_ports() {
     }
     report("expose-ports.json", all.len(), failures);
 }
+
+#[test]
+fn git_refs() {
+    use frontend::gitref::{GitRefError, fragment_format, parse_git_ref};
+    let all = cases("git-ref/git-ref.json");
+    let mut failures = Vec::new();
+    for case in &all {
+        let id = case["id"].as_str().unwrap();
+        let r = case["ref"].as_str().unwrap();
+        let ok = match case["kind"].as_str().unwrap() {
+            "parse" => match (parse_git_ref(r), &case["expected"]) {
+                (Err(e), Value::Null) => case["expected_error_contains"]
+                    .as_str()
+                    .is_none_or(|want| matches!(&e, GitRefError::Invalid { message, .. } if message.contains(want))),
+                (Ok(g), want @ Value::Object(_)) => {
+                    let got = serde_json::json!({
+                        "remote": g.remote, "short_name": g.short_name, "ref": g.ref_name,
+                        "subdir": g.subdir, "unencrypted_tcp": g.unencrypted_tcp,
+                        "indistinguishable_from_local": g.indistinguishable_from_local,
+                        "mtime": g.mtime, "checksum": g.checksum, "fetch_by_commit": g.fetch_by_commit,
+                    });
+                    &got == want
+                }
+                _ => false,
+            },
+            "fragment-format" => {
+                let got = fragment_format(r, case["keep_subdir"].as_bool().unwrap());
+                let want = case["expected"].as_str().unwrap();
+                match (got, case["expected_ok"].as_bool().unwrap()) {
+                    (Some(g), true) => g == want,
+                    (None, false) => want == r,
+                    _ => false,
+                }
+            }
+            other => panic!("{id}: unknown kind {other}"),
+        };
+        if !ok {
+            failures.push(format!("{id}: got {:?}", parse_git_ref(r)));
+        }
+    }
+    report("git-ref.json", all.len(), failures);
+}
