@@ -20,6 +20,8 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Print the build graph that `build` would run, without running it
+    Graph(GraphArgs),
     /// Look inside the frontend: parse, expand words, match .dockerignore
     #[command(subcommand)]
     Debug(DebugCommand),
@@ -118,9 +120,9 @@ pub struct BuildGraphArgs {
     /// Named build context, repeatable
     #[arg(long = "build-context", value_name = "NAME=SRC")]
     pub build_contexts: Vec<String>,
-    /// Target platform (only the host's, linux/amd64)
-    #[arg(long)]
-    pub platform: Option<String>,
+    /// Target platform (only the host's, linux/amd64, for now)
+    #[arg(long, value_parser = parse_platform)]
+    pub platform: Option<frontend::stage::Platform>,
 }
 
 /// `rbuild graph`
@@ -133,4 +135,14 @@ pub struct GraphArgs {
     pub format: GraphFormat,
     /// The build context directory
     pub context: PathBuf,
+}
+
+fn parse_platform(s: &str) -> Result<frontend::stage::Platform, String> {
+    let p = frontend::stage::Platform::parse(s)?;
+    if p != frontend::stage::Platform::host() {
+        return Err(format!(
+            "building for {p} is not supported yet; rbuild builds for linux/amd64"
+        ));
+    }
+    Ok(p)
 }

@@ -14,6 +14,7 @@
 
 pub mod gitref;
 pub mod glob;
+pub mod graph;
 pub mod ignore;
 pub mod instructions;
 pub mod parser;
@@ -21,6 +22,7 @@ pub mod print;
 pub mod quote;
 pub mod shell;
 pub mod span;
+pub mod stage;
 
 pub use parser::{Dockerfile, Node, ParseError, parse};
 pub use span::{Location, Span};

@@ -71,11 +71,60 @@ fn parse_error_golden() {
     let mut failures = Vec::new();
     for case in testdata("parse-errors") {
         let text = fs::read_to_string(case.join("Dockerfile")).unwrap();
+        // Errors of every frontend stage: parse, instructions, plan, graph.
         let got = match frontend::parse("Dockerfile", &text) {
-            Ok(df) => format!("parsed without error:\n{}", df.dump()),
             Err(e) => format!("{}\n", e.render()),
+            Ok(df) => {
+                let options = frontend::stage::PlanOptions {
+                    target: fs::read_to_string(case.join("target"))
+                        .ok()
+                        .map(|t| t.trim().to_string()),
+                    ..Default::default()
+                };
+                match frontend::stage::plan(&df, &options)
+                    .and_then(|p| frontend::graph::compile(&p, &frontend::graph::NoImages))
+                {
+                    Ok(_) => format!("no error:\n{}", df.dump()),
+                    Err(e) => {
+                        let line = e.span().and_then(|s| {
+                            text.lines()
+                                .nth(s.start_line - 1)
+                                .map(|l| (s.start(), l.to_string()))
+                        });
+                        match line {
+                            Some((loc, l)) => format!(
+                                "{}\n",
+                                frontend::span::render_snippet(&e.to_string(), &loc, &l)
+                            ),
+                            None => format!("{e}\n"),
+                        }
+                    }
+                }
+            }
         };
         check(&case.join("error.txt"), &got, &mut failures);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn graph_golden() {
+    let mut failures = Vec::new();
+    for case in testdata("graph") {
+        let text = fs::read_to_string(case.join("Dockerfile")).unwrap();
+        let df = frontend::parse("Dockerfile", &text).unwrap();
+        let options = frontend::stage::PlanOptions {
+            target: fs::read_to_string(case.join("target"))
+                .ok()
+                .map(|t| t.trim().to_string()),
+            ..Default::default()
+        };
+        let plan = frontend::stage::plan(&df, &options)
+            .unwrap_or_else(|e| panic!("{}: {e}", case.display()));
+        let graph = frontend::graph::compile(&plan, &frontend::graph::NoImages).unwrap();
+        check(&case.join("graph.dot"), &graph.to_dot(), &mut failures);
+        let json = serde_json::to_string_pretty(&graph.to_json()).unwrap() + "\n";
+        check(&case.join("graph.json"), &json, &mut failures);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -1,7 +1,8 @@
 //! Runs each command of [`crate::cli`]; errors go back to `main` with
 //! context naming the file, flag or reference at fault.
 
-mod debug;
+pub(crate) mod debug;
+mod graph;
 
 use std::fmt::Write;
 
@@ -11,6 +12,7 @@ use crate::cli::{Cli, Command};
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Debug(cmd) => debug::run(cmd),
+        Command::Graph(args) => graph::run(args),
     }
 }
 
@@ -22,14 +24,33 @@ pub fn render_error(err: &anyhow::Error) -> String {
         let _ = write!(out, "\n  Caused by: {cause}");
     }
     for cause in err.chain() {
-        if let Some(parse) = cause.downcast_ref::<frontend::ParseError>() {
-            let snippet = parse.render();
-            // The first line repeats the message; keep the snippet only.
-            if let Some((_, lines)) = snippet.split_once('\n') {
-                let _ = write!(out, "\n{lines}");
-            }
+        if let Some(snippet) = snippet_of(cause) {
+            let _ = write!(out, "\n{snippet}");
             break;
         }
     }
     out
+}
+
+/// The Dockerfile lines a frontend error points at, with a caret.
+fn snippet_of(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let (location, text) = if let Some(e) = cause.downcast_ref::<frontend::ParseError>() {
+        (e.location.clone(), e.line_text.clone())
+    } else {
+        let span = if let Some(e) = cause.downcast_ref::<frontend::stage::PlanError>() {
+            e.span()?.clone()
+        } else if let Some(e) = cause.downcast_ref::<frontend::instructions::InstructionError>() {
+            e.span.clone()
+        } else {
+            return None;
+        };
+        let text = std::fs::read_to_string(&*span.file).ok()?;
+        let line = text
+            .lines()
+            .nth(span.start_line.checked_sub(1)?)?
+            .to_string();
+        (span.start(), line)
+    };
+    let rendered = frontend::span::render_snippet("", &location, &text);
+    rendered.split_once('\n').map(|(_, s)| s.to_string())
 }

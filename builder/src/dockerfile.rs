@@ -1,0 +1,84 @@
+//! Reading the Dockerfile of a build and planning it: the `-f`/CONTEXT
+//! defaults, `--build-arg` values from the environment, named contexts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use frontend::parser::Dockerfile;
+use frontend::stage::{Plan, PlanOptions};
+
+use crate::cli::BuildGraphArgs;
+use crate::commands::debug::read_dockerfile;
+
+/// A Dockerfile read and planned.
+pub struct Loaded {
+    /// Where it was read from (`-` for stdin).
+    pub path: PathBuf,
+    /// The parse.
+    pub dockerfile: Dockerfile,
+    /// The stages, resolved.
+    pub plan: Plan,
+}
+
+/// `--build-arg NAME=VALUE` or `NAME` (value from the environment; skipped
+/// when unset, as buildx does).
+pub fn build_args(args: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for arg in args {
+        match arg.split_once('=') {
+            Some(("", _)) => bail!("--build-arg `{arg}` has an empty name"),
+            Some((k, v)) => {
+                out.insert(k.to_string(), v.to_string());
+            }
+            None => {
+                if let Ok(v) = std::env::var(arg) {
+                    out.insert(arg.clone(), v);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `--build-context NAME=SRC`: the names.
+pub fn named_contexts(specs: &[String]) -> anyhow::Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    for spec in specs {
+        match spec.split_once('=') {
+            Some((name, src)) if !name.is_empty() && !src.is_empty() => {
+                out.insert(name.to_string());
+            }
+            _ => bail!("--build-context `{spec}` is not NAME=SRC"),
+        }
+    }
+    Ok(out)
+}
+
+/// Reads `-f` (default `CONTEXT/Dockerfile`) and plans it with the flags.
+pub fn load(context: &Path, args: &BuildGraphArgs) -> anyhow::Result<Loaded> {
+    let path = args
+        .file
+        .clone()
+        .unwrap_or_else(|| context.join("Dockerfile"));
+    let text = read_dockerfile(&path)?;
+    let name = if path == Path::new("-") {
+        "Dockerfile".to_string()
+    } else {
+        path.display().to_string()
+    };
+    let dockerfile = frontend::parse(&name, &text)?;
+    let options = PlanOptions {
+        target: args.target.clone(),
+        build_args: build_args(&args.build_args)?,
+        named_contexts: named_contexts(&args.build_contexts)?,
+        platform: args.platform.clone(),
+    };
+    let plan =
+        frontend::stage::plan(&dockerfile, &options).with_context(|| format!("planning {name}"))?;
+    Ok(Loaded {
+        path,
+        dockerfile,
+        plan,
+    })
+}
