@@ -12,6 +12,13 @@ pub fn print(df: &Dockerfile) -> String {
         out.push_str(&format!("# {}={}\n", d.name, d.value));
     }
     for node in &df.nodes {
+        if node.original.trim().is_empty() {
+            // Only a lone escape character continued into the end of the
+            // file gives an empty instruction; write it the same way.
+            out.push(df.escape);
+            out.push('\n');
+            continue;
+        }
         out.push_str(&node.original);
         out.push('\n');
         for doc in &node.heredocs {
@@ -19,6 +26,11 @@ pub fn print(df: &Dockerfile) -> String {
             out.push_str(&doc.name);
             out.push('\n');
         }
+    }
+    // The parser drops a byte-order mark at the very start; keep one that
+    // belongs to the first instruction.
+    if out.starts_with('\u{FEFF}') {
+        out.insert(0, '\u{FEFF}');
     }
     out
 }

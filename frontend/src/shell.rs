@@ -123,20 +123,27 @@ impl Lex {
         word: &str,
         env: &(impl Env + ?Sized),
     ) -> Result<Vec<String>, ExpandError> {
-        self.process(word, env).map(|e| e.words)
+        self.run(word, env, false).map(|e| e.words)
     }
 
     /// Expands `word`, returning both forms and the variables looked up.
     pub fn process(&self, word: &str, env: &(impl Env + ?Sized)) -> Result<Expansion, ExpandError> {
-        let mut chars: Vec<char> = word.chars().collect();
+        self.run(word, env, true)
+    }
+
+    fn run(
+        &self,
+        word: &str,
+        env: &(impl Env + ?Sized),
+        capture: bool,
+    ) -> Result<Expansion, ExpandError> {
         // text/scanner skips a byte-order mark at the very start.
-        if chars.first() == Some(&'\u{FEFF}') {
-            chars.remove(0);
-        }
+        let text = word.strip_prefix('\u{FEFF}').unwrap_or(word);
         let mut sw = ShellWord {
             lex: self,
-            chars,
+            text,
             pos: 0,
+            capture,
             env,
             raw_escapes: self.raw_escapes,
             words_buf: String::new(),
@@ -160,8 +167,11 @@ impl Lex {
 
 struct ShellWord<'a, E: ?Sized> {
     lex: &'a Lex,
-    chars: Vec<char>,
+    text: &'a str,
+    /// Byte offset of the next character.
     pos: usize,
+    /// Record the variables looked up.
+    capture: bool,
     env: &'a E,
     raw_escapes: bool,
     /// Shared by nested `process_stop_on` calls, as in BuildKit.
@@ -215,13 +225,13 @@ type LexResult<T> = Result<T, String>;
 
 impl<E: Env + ?Sized> ShellWord<'_, E> {
     fn peek(&self) -> Option<char> {
-        self.chars.get(self.pos).copied()
+        self.text[self.pos..].chars().next()
     }
 
     fn next(&mut self) -> Option<char> {
         let ch = self.peek();
-        if ch.is_some() {
-            self.pos += 1;
+        if let Some(c) = ch {
+            self.pos += c.len_utf8();
         }
         ch
     }
@@ -547,16 +557,18 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
     }
 
     fn get_env(&mut self, name: &str) -> Option<String> {
-        match self.env.lookup(name) {
-            Some(v) => {
-                self.matched.insert(name.to_string());
-                Some(v.to_string())
-            }
-            None => {
-                self.unmatched.insert(name.to_string());
-                None
+        let value = self.env.lookup(name).map(str::to_string);
+        if self.capture {
+            let set = if value.is_some() {
+                &mut self.matched
+            } else {
+                &mut self.unmatched
+            };
+            if !set.contains(name) {
+                set.insert(name.to_string());
             }
         }
+        value
     }
 }
 
@@ -577,8 +589,30 @@ fn is_special_param(c: char) -> bool {
 }
 
 /// Turns a shell glob (`?`, `*`, `\` escapes; no bracket expressions) into a
-/// regex, as BuildKit's `convertShellPatternToRegex`.
+/// regex, as BuildKit's `convertShellPatternToRegex`. Compiled regexes are
+/// kept per thread: Dockerfiles repeat the same few patterns, and compiling
+/// costs far more than matching.
 fn shell_pattern_regex(pattern: &str, greedy: bool, anchored: bool) -> Result<Regex, String> {
+    thread_local! {
+        static CACHE: std::cell::RefCell<HashMap<(String, bool, bool), Regex>> =
+            std::cell::RefCell::new(HashMap::new());
+    }
+    let key = (pattern.to_string(), greedy, anchored);
+    if let Some(re) = CACHE.with(|c| c.borrow().get(&key).cloned()) {
+        return Ok(re);
+    }
+    let re = compile_shell_pattern(pattern, greedy, anchored)?;
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= 256 {
+            c.clear();
+        }
+        c.insert(key, re.clone());
+    });
+    Ok(re)
+}
+
+fn compile_shell_pattern(pattern: &str, greedy: bool, anchored: bool) -> Result<Regex, String> {
     let mut out = String::with_capacity(pattern.len() + 4);
     if anchored {
         out.push('^');
