@@ -203,3 +203,106 @@ fn usage_errors_exit_2() {
     );
     assert_eq!(rbuild(&["nonsense"]).status.code(), Some(2));
 }
+
+#[test]
+fn graph_json_prunes_to_target() {
+    let dir = std::env::temp_dir().join(format!("rbuild-graph-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM scratch AS a\nCOPY x /x\nFROM scratch AS b\nCOPY --from=a /x /y\nFROM scratch AS unused\nRUN never\n",
+    )
+    .unwrap();
+    let out = rbuild(&[
+        "graph",
+        "--format",
+        "json",
+        "--target",
+        "b",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let graph: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let names: Vec<&str> = graph["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"[b 1/1] COPY --from=a /x /y"), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("never")), "{names:?}");
+    let target = graph["target"].as_u64().unwrap();
+    assert_eq!(
+        graph["nodes"][target as usize]["name"],
+        "[b 1/1] COPY --from=a /x /y"
+    );
+
+    let out = rbuild(&["graph", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("digraph build {"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("RUN never"));
+
+    // Errors name the Dockerfile line and show it.
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM scratch AS a\nCOPY --from=a /x /y\n",
+    )
+    .unwrap();
+    let out = rbuild(&["graph", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("Dockerfile:2:1: circular dependency detected on stage: a"),
+        "{err}"
+    );
+    assert!(err.contains(" 2 | COPY --from=a /x /y"), "{err}");
+
+    let out = rbuild(&["graph", "--target", "nope", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("target stage \"nope\" could not be found"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = rbuild(&["graph", "--platform", "linux/arm64", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("linux/arm64"), "{}", stderr(&out));
+
+    let out = rbuild(&[
+        "graph",
+        "-f",
+        dir.join("missing").to_str().unwrap(),
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("missing"), "{}", stderr(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn graph_build_args_and_stdin_dockerfile() {
+    let out = rbuild_stdin(
+        &[
+            "graph",
+            "--format",
+            "json",
+            "--build-arg",
+            "BASE=busybox:1",
+            "-f",
+            "-",
+            ".",
+        ],
+        "ARG BASE\nFROM $BASE\nRUN true\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("\"reference\": \"busybox:1\""),
+        "{}",
+        stdout(&out)
+    );
+}

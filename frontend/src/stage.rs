@@ -29,6 +29,17 @@ pub struct Platform {
     pub variant: String,
 }
 
+impl Plan {
+    /// Proxy variables given as build args: RUN sees them without an ARG,
+    /// but they stay out of history and cache keys.
+    pub fn proxy_env(&self) -> Vec<(String, String)> {
+        PROXY_ARGS
+            .iter()
+            .filter_map(|k| self.build_args.get(*k).map(|v| (k.to_string(), v.clone())))
+            .collect()
+    }
+}
+
 impl Platform {
     /// The platform rbuild runs on and builds for.
     pub fn host() -> Platform {
@@ -232,6 +243,8 @@ pub struct Plan {
     pub platform: Platform,
     /// Names given with `--build-context`.
     pub named_contexts: BTreeSet<String>,
+    /// `SOURCE_DATE_EPOCH` (a `--build-arg` or a global ARG), seconds.
+    pub source_date_epoch: Option<i64>,
     /// Build-check findings met while planning.
     pub findings: Vec<Finding>,
 }
@@ -523,6 +536,21 @@ fn plan_instructions(
         }
     }
 
+    // SOURCE_DATE_EPOCH: a build arg, else a non-empty global ARG. Only a
+    // number of seconds is understood (BuildKit's `context` value needs a
+    // git or HTTP context).
+    let epoch_value = options
+        .build_args
+        .get("SOURCE_DATE_EPOCH")
+        .cloned()
+        .or_else(|| {
+            global
+                .get("SOURCE_DATE_EPOCH")
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        });
+    let source_date_epoch = epoch_value.and_then(|v| v.parse::<i64>().ok());
+
     // Stages, their names and bases (a base is only an earlier stage).
     let mut stages: Vec<Stage> = Vec::new();
     let mut by_name: BTreeMap<String, usize> = BTreeMap::new();
@@ -621,6 +649,22 @@ fn plan_instructions(
         }
     }
 
+    let target = match &options.target {
+        None => stages.len() - 1,
+        Some(t) => *by_name.get(&t.to_lowercase()).ok_or_else(|| {
+            let names: Vec<&str> = stages.iter().filter_map(|s| s.name.as_deref()).collect();
+            PlanError::Options(instructions::suggest(
+                format!(
+                    "target stage {} could not be found",
+                    crate::quote::go_quote(t)
+                ),
+                t,
+                &names,
+                true,
+            ))
+        })?,
+    };
+
     // Dependencies: COPY --from and RUN --mount from=.
     let names = by_name.clone();
     for stage in &mut stages {
@@ -655,22 +699,6 @@ fn plan_instructions(
             }
         }
     }
-
-    let target = match &options.target {
-        None => stages.len() - 1,
-        Some(t) => *by_name.get(&t.to_lowercase()).ok_or_else(|| {
-            let names: Vec<&str> = stages.iter().filter_map(|s| s.name.as_deref()).collect();
-            PlanError::Options(instructions::suggest(
-                format!(
-                    "target stage {} could not be found",
-                    crate::quote::go_quote(t)
-                ),
-                t,
-                &names,
-                true,
-            ))
-        })?,
-    };
 
     let mut needed = BTreeSet::new();
     let mut todo = vec![target];
@@ -718,6 +746,7 @@ fn plan_instructions(
         needed: needed.into_iter().collect(),
         platform,
         named_contexts: options.named_contexts.clone(),
+        source_date_epoch,
         findings,
     })
 }
@@ -925,6 +954,32 @@ mod tests {
         assert_eq!(env.image_env.get("V"), None);
         assert_eq!(env.apply_workdir(&lex, "app/../src").unwrap(), "/src");
         assert_eq!(env.apply_workdir(&lex, "$A").unwrap(), "/src/1");
+    }
+
+    #[test]
+    fn source_date_epoch_and_proxies() {
+        let mut args = BTreeMap::new();
+        args.insert("SOURCE_DATE_EPOCH".to_string(), "1700000000".to_string());
+        args.insert("HTTPS_PROXY".to_string(), "http://proxy:3128".to_string());
+        let p = plan_of(
+            "FROM scratch\n",
+            PlanOptions {
+                build_args: args,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(p.source_date_epoch, Some(1_700_000_000));
+        assert_eq!(
+            p.proxy_env(),
+            vec![("HTTPS_PROXY".to_string(), "http://proxy:3128".to_string())]
+        );
+        let p = plan_of(
+            "ARG SOURCE_DATE_EPOCH=42\nFROM scratch\n",
+            PlanOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(p.source_date_epoch, Some(42));
     }
 
     #[test]
