@@ -20,6 +20,11 @@ pub fn print(df: &Dockerfile) -> String {
             continue;
         }
         out.push_str(&node.original);
+        // An instruction that ran into the end of the file can end in what
+        // looks like a continuation; one more escape is eaten instead.
+        if crate::parser::ends_with_continuation(&node.original, df.escape) {
+            out.push(df.escape);
+        }
         out.push('\n');
         for doc in &node.heredocs {
             out.push_str(&doc.content);
@@ -33,4 +38,26 @@ pub fn print(df: &Dockerfile) -> String {
         out.insert(0, '\u{FEFF}');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::parser::parse;
+
+    fn round_trip(text: &str) {
+        let df = parse("Dockerfile", text).unwrap();
+        let again = parse("Dockerfile", &super::print(&df)).unwrap();
+        assert_eq!(again.dump(), df.dump(), "{text:?}");
+    }
+
+    #[test]
+    fn round_trips_found_by_fuzzing() {
+        // A continuation that runs into the end of the file after a `\ `.
+        round_trip("FROM a\nRUN --mount=target=. \\ \\\n# B\n  ");
+        // A lone escape at the end: an empty instruction.
+        round_trip("FROM `\n\\\n");
+        // A byte-order mark that starts the first instruction.
+        round_trip("\n\u{feff}");
+        round_trip("# escape=`\nFROM a\nRUN x `\n  y\n");
+    }
 }

@@ -425,6 +425,16 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// Whether `line` ends with the escape character (and blanks), which would
+/// continue it onto the next line.
+pub fn ends_with_continuation(line: &str, escape: char) -> bool {
+    let body = line.trim_end_matches([' ', '\t']);
+    match body.strip_suffix(escape) {
+        None => false,
+        Some(before) => before.is_empty() || !before.ends_with(escape),
+    }
+}
+
 /// Splits a joined instruction line and runs its argument parser.
 fn node_from_line(
     line: &str,
