@@ -306,3 +306,19 @@ fn graph_build_args_and_stdin_dockerfile() {
         stdout(&out)
     );
 }
+
+#[test]
+fn debug_ignore_bad_pattern_names_file_line() {
+    let dir = std::env::temp_dir().join(format!("rbuild-badign-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(".dockerignore");
+    std::fs::write(&file, "# ok\nnode_modules\n[z-a]\n").unwrap();
+    let out = rbuild(&["debug", "ignore", "--file", file.to_str().unwrap(), "x"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(".dockerignore:3:1: syntax error in pattern `[z-a]`"),
+        "{err}"
+    );
+}

@@ -34,6 +34,14 @@ pub enum IgnoreError {
 
 /// Reads `.dockerignore` text into patterns, as `ignorefile.ReadAll`.
 pub fn read_ignore_file(text: &str) -> Vec<String> {
+    read_ignore_file_lines(text)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
+}
+
+/// Like [`read_ignore_file`], with each pattern's 1-based line number.
+pub fn read_ignore_file_lines(text: &str) -> Vec<(usize, String)> {
     let mut out = Vec::new();
     // Lines as Go's bufio.ScanLines gives them: no empty last line, `\r` dropped.
     let body = text.strip_suffix('\n').unwrap_or(text);
@@ -66,7 +74,7 @@ pub fn read_ignore_file(text: &str) -> Vec<String> {
         if invert {
             cleaned.insert(0, '!');
         }
-        out.push(cleaned);
+        out.push((i + 1, cleaned));
     }
     out
 }
@@ -302,6 +310,12 @@ impl PatternMatcher {
             });
         }
         Ok(pm)
+    }
+
+    /// The index of the first pattern that cannot match anything because
+    /// it does not compile (Go accepts it at first and fails when matching).
+    pub fn first_invalid(&self) -> Option<usize> {
+        self.patterns.iter().position(|p| p.kind.is_err())
     }
 
     /// The patterns, in order.

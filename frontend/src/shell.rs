@@ -141,6 +141,7 @@ impl Lex {
         let text = word.strip_prefix('\u{FEFF}').unwrap_or(word);
         let mut sw = ShellWord {
             lex: self,
+            depth: 0,
             text,
             pos: 0,
             capture,
@@ -165,8 +166,13 @@ impl Lex {
     }
 }
 
+/// How deep `${...}` may nest.
+const MAX_NESTING: usize = 256;
+
 struct ShellWord<'a, E: ?Sized> {
     lex: &'a Lex,
+    /// Current `${...}` nesting.
+    depth: usize,
     text: &'a str,
     /// Byte offset of the next character.
     pos: usize,
@@ -237,6 +243,24 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
     }
 
     fn process_stop_on(
+        &mut self,
+        stop: Option<char>,
+        raw_escapes: bool,
+    ) -> LexResult<(String, Vec<String>)> {
+        // `${a:-${b:-...}}` recurses once per level; hostile input must not
+        // exhaust the stack.
+        if self.depth >= MAX_NESTING {
+            return Err(format!(
+                "substitutions nested deeper than {MAX_NESTING} levels"
+            ));
+        }
+        self.depth += 1;
+        let out = self.process_stop_on_nested(stop, raw_escapes);
+        self.depth -= 1;
+        out
+    }
+
+    fn process_stop_on_nested(
         &mut self,
         stop: Option<char>,
         raw_escapes: bool,
@@ -699,6 +723,15 @@ mod tests {
         let words = lex.process_words("ab${x:-c}d", &env(&[])).unwrap();
         assert_eq!(words, vec!["cd"]);
         assert_eq!(lex.process_word("ab${x:-c}d", &env(&[])).unwrap(), "abcd");
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let word = "${a:-".repeat(100_000) + &"}".repeat(100_000);
+        let err = Lex::new('\\').process_word(&word, &env(&[])).unwrap_err();
+        assert!(err.message.contains("nested deeper"), "{err}");
+        let ok = "${a:-".repeat(50) + "x" + &"}".repeat(50);
+        assert_eq!(Lex::new('\\').process_word(&ok, &env(&[])).unwrap(), "x");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use frontend::ignore::{PatternMatcher, read_ignore_file};
+use frontend::ignore::{PatternMatcher, read_ignore_file_lines};
 use frontend::parser::{self, Node};
 use frontend::shell::Lex;
 use serde_json::{Value, json};
@@ -104,13 +104,31 @@ fn expand(args: ExpandArgs) -> anyhow::Result<()> {
 }
 
 fn ignore(args: IgnoreArgs) -> anyhow::Result<()> {
-    let mut patterns = Vec::new();
+    // Each pattern with where it came from, so a bad one can be named.
+    let mut patterns: Vec<(String, String)> = Vec::new();
     if let Some(file) = &args.file {
         let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-        patterns.extend(read_ignore_file(&String::from_utf8_lossy(&text)));
+        for (line, p) in read_ignore_file_lines(&String::from_utf8_lossy(&text)) {
+            patterns.push((format!("{}:{line}:1", file.display()), p));
+        }
     }
-    patterns.extend(args.patterns.iter().cloned());
-    let matcher = PatternMatcher::new(&patterns).context("reading the ignore patterns")?;
+    for p in &args.patterns {
+        patterns.push(("--pattern".to_string(), p.clone()));
+    }
+    for (origin, p) in &patterns {
+        let bad = match PatternMatcher::new(std::slice::from_ref(p)) {
+            Err(e) => Some(e.to_string()),
+            Ok(one) if one.first_invalid().is_some() => {
+                Some(format!("syntax error in pattern `{p}`"))
+            }
+            Ok(_) => None,
+        };
+        if let Some(message) = bad {
+            bail!("{origin}: {message}");
+        }
+    }
+    let list: Vec<&str> = patterns.iter().map(|(_, p)| p.as_str()).collect();
+    let matcher = PatternMatcher::new(&list).context("reading the ignore patterns")?;
     let mut out = String::new();
     for path in &args.paths {
         let ignored = matcher
