@@ -1,10 +1,14 @@
 //! rbuild's content store. It speaks in digests, paths and tar, never in
 //! RUN or stage, and depends on no other rbuild crate.
 //!
-//! So far it owns [`Digest`], the content address every blob, layer and
-//! config is known by. The blob store, layers, snapshots and the cache index
-//! build on it.
+//! - [`Digest`]: the content address every blob, layer and config is known by.
+//! - [`blob::BlobStore`]: sha256 blobs in an OCI image layout, written
+//!   atomically and verified on read.
+//! - [`spec`]: image-spec types (descriptor, manifest, index, config with
+//!   every Docker field) with deterministic JSON.
 
+pub mod blob;
 mod digest;
+pub mod spec;
 
 pub use digest::{Digest, DigestError};
