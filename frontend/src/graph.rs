@@ -74,8 +74,84 @@ pub struct ExecOp {
     pub network: Network,
     /// `--security`.
     pub security: Security,
-    /// Heredoc bodies, `(name, data)`, chomped.
-    pub files: Vec<(String, String)>,
+    /// Files the command needs mounted read-only: a heredoc with a
+    /// shebang becomes an executable `/dev/pipes/<name>`.
+    pub inline_files: Vec<InlineFile>,
+}
+
+/// A file made from a RUN heredoc, mounted for the command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InlineFile {
+    /// Absolute path inside the sandbox.
+    pub path: String,
+    /// Content.
+    pub data: String,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+/// RUN's argv and inline files, as BuildKit's `dispatchRun` makes them from
+/// heredocs: one heredoc alone runs its body with the shell, or (with a
+/// shebang) as an executable file; anything else is passed to the shell
+/// with the bodies put back in place. Returns the progress-name suffix.
+fn run_command(
+    command: &instructions::CommandLine,
+    shell: &[String],
+) -> Result<(Vec<String>, Vec<InlineFile>, String), String> {
+    let mut args = command.args.clone();
+    let mut inline = Vec::new();
+    let mut suffix = String::new();
+    if !command.files.is_empty() {
+        if args.len() != 1 || !command.prepend_shell {
+            return Err(format!("parsing produced an invalid run command: {args:?}"));
+        }
+        if matches!(crate::parser::parse_heredoc(&args[0]), Ok(Some(_))) {
+            let file = &command.files[0];
+            let data = if file.chomp {
+                crate::parser::chomp(&file.data)
+            } else {
+                file.data.clone()
+            };
+            if data.starts_with("#!") {
+                let path = format!("/dev/pipes/{}", file.name);
+                inline.push(InlineFile {
+                    path: path.clone(),
+                    data,
+                    mode: 0o755,
+                });
+                args = vec![path];
+            } else {
+                args = vec![data];
+            }
+            suffix = format!(" ({})", summarize_heredoc(&file.data));
+        } else {
+            let mut full = args[0].clone();
+            for f in &command.files {
+                full.push('\n');
+                full.push_str(&f.data);
+                full.push_str(&f.name);
+            }
+            args = vec![full];
+        }
+    }
+    if command.prepend_shell {
+        let mut full = shell.to_vec();
+        full.extend(args);
+        args = full;
+    }
+    Ok((args, inline, suffix))
+}
+
+/// The first line of a heredoc, with `...` when there are more.
+fn summarize_heredoc(doc: &str) -> String {
+    let doc = doc.trim().replace("\r\n", "\n");
+    let mut lines = doc.split('\n');
+    let first = lines.next().unwrap_or_default().to_string();
+    if lines.next().is_some() {
+        format!("{first}...")
+    } else {
+        first
+    }
 }
 
 /// Where a file op reads.
@@ -493,27 +569,8 @@ impl Compiler<'_> {
                         mount_inputs.push(mount.from.clone());
                         mounts.push(mount);
                     }
-                    let mut args = run.command.args.clone();
-                    if run.command.prepend_shell {
-                        let mut full = shell.clone();
-                        full.extend(args);
-                        args = full;
-                    }
-                    let files = run
-                        .command
-                        .files
-                        .iter()
-                        .map(|f| {
-                            (
-                                f.name.clone(),
-                                if f.chomp {
-                                    crate::parser::chomp(&f.data)
-                                } else {
-                                    f.data.clone()
-                                },
-                            )
-                        })
-                        .collect();
+                    let (args, inline_files, suffix) =
+                        run_command(&run.command, &shell).map_err(&bad)?;
                     let exec = ExecOp {
                         args,
                         env: env.scope.to_strings(),
@@ -522,9 +579,11 @@ impl Compiler<'_> {
                         mounts: mounts.clone(),
                         network: run.network,
                         security: run.security,
-                        files,
+                        inline_files,
                     };
-                    let n = self.graph.add_node(op(OpKind::Exec(exec), name(&text)));
+                    let n = self
+                        .graph
+                        .add_node(op(OpKind::Exec(exec), name(&format!("{text}{suffix}"))));
                     self.graph.add_edge(parent, n, Edge::Parent);
                     for (mount, from) in mounts.iter().zip(mount_inputs) {
                         let input = match (&from, mount.mount_type) {
@@ -934,6 +993,34 @@ mod tests {
             inputs
                 .iter()
                 .any(|(i, e)| *e == Edge::Source && g.graph[*i].name.contains("RUN make"))
+        );
+    }
+
+    #[test]
+    fn run_heredocs_as_buildkit() {
+        let g = graph_of(
+            "FROM scratch\nRUN <<EOF\necho a\necho b\nEOF\nRUN <<-EOF\n\t#!/usr/bin/env python3\n\tprint(1)\nEOF\nRUN <<A cat > /a && <<B cat > /b\n1\nA\n2\nB\n",
+            None,
+        );
+        let execs: Vec<(&ExecOp, &str)> = g
+            .topological()
+            .into_iter()
+            .filter_map(|n| match &g.graph[n].kind {
+                OpKind::Exec(e) => Some((e, g.graph[n].name.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(execs[0].0.args, vec!["/bin/sh", "-c", "echo a\necho b\n"]);
+        assert_eq!(execs[0].1, "[1/3] RUN <<EOF (echo a...)");
+        assert_eq!(execs[1].0.args, vec!["/bin/sh", "-c", "/dev/pipes/EOF"]);
+        assert_eq!(
+            execs[1].0.inline_files[0].data,
+            "#!/usr/bin/env python3\nprint(1)\n"
+        );
+        assert_eq!(execs[1].0.inline_files[0].mode, 0o755);
+        assert_eq!(
+            execs[2].0.args,
+            vec!["/bin/sh", "-c", "<<A cat > /a && <<B cat > /b\n1\nA\n2\nB"]
         );
     }
 
