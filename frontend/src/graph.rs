@@ -667,6 +667,23 @@ impl Compiler<'_> {
                         None if files.sources.is_empty() => (FileSource::Context, None),
                         None => (FileSource::Context, Some(self.context_node("context"))),
                     };
+                    let chmod = expand_opt(chmod).map_err(&bad)?;
+                    if let Some(c) = &chmod {
+                        instructions::chmod::Chmod::parse(c).map_err(&bad)?;
+                    }
+                    let checksum = expand_opt(&checksum).map_err(&bad)?;
+                    if checksum.is_some() {
+                        if sources.len() != 1 {
+                            return Err(bad(
+                                "checksum can't be specified for multiple sources".into()
+                            ));
+                        }
+                        let src = &sources[0];
+                        let http = src.starts_with("http://") || src.starts_with("https://");
+                        if !http && crate::gitref::parse_git_ref(src).is_err() {
+                            return Err(bad("checksum requires HTTP(S) or Git sources".into()));
+                        }
+                    }
                     let file_op = FileOp {
                         add,
                         sources,
@@ -674,7 +691,7 @@ impl Compiler<'_> {
                         dest,
                         from: from_source,
                         chown: expand_opt(chown).map_err(&bad)?,
-                        chmod: expand_opt(chmod).map_err(&bad)?,
+                        chmod: chmod.clone(),
                         link,
                         parents,
                         excludes: excludes
@@ -683,11 +700,12 @@ impl Compiler<'_> {
                             .collect::<Result<_, _>>()
                             .map_err(&bad)?,
                         keep_git_dir,
-                        checksum: expand_opt(&checksum).map_err(&bad)?,
+                        checksum,
                         unpack,
                     };
                     let label = name(&text);
-                    if link {
+                    // BuildKit merges a --link copy only without --chmod.
+                    if link && chmod.is_none() {
                         // The copy is made on an empty tree, then merged.
                         let n = self
                             .graph

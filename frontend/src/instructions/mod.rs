@@ -6,6 +6,7 @@
 //! checked, heredoc sources and RUN heredoc files are attached. Words are not
 //! expanded here: that needs the stage's environment ([`crate::stage`]).
 
+pub mod chmod;
 mod duration;
 pub mod expose;
 mod flags;
