@@ -259,7 +259,7 @@ fn apply(cmds: &[CmdSet], mode: u32, is_dir: bool) -> u32 {
     let old = mode;
     let mut new = mode;
     for CmdSet(c) in cmds {
-        let mut common = |value: u32, new: &mut u32| {
+        let common = |value: u32, new: &mut u32| {
             if c.cmd2 & CLEAR != 0 {
                 let clr = if c.cmd2 & SET != 0 { RWXO } else { value };
                 if c.cmd2 & UBITS != 0 {
@@ -299,11 +299,7 @@ fn apply(cmds: &[CmdSet], mode: u32, is_dir: bool) -> u32 {
             }
             b'+' => new |= c.bits,
             b'-' => new &= !c.bits,
-            b'X' => {
-                if old & X_ALL != 0 || is_dir {
-                    new |= c.bits;
-                }
-            }
+            b'X' if old & X_ALL != 0 || is_dir => new |= c.bits,
             _ => {}
         }
     }
