@@ -9,6 +9,7 @@
 
 pub mod blob;
 mod digest;
+pub mod layer;
 pub mod spec;
 
 pub use digest::{Digest, DigestError};

@@ -1,0 +1,105 @@
+//! Layers: deterministic tar diffs of snapshots, compressed and stored in one
+//! streaming pass ([`write_layer`]), and unpacking of layers onto a
+//! directory with OCI whiteouts and hostile-archive protection ([`unpack`]).
+
+mod unpack;
+mod write;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use unpack::{MAX_ENTRY_SIZE, UnpackOptions, UnpackStats, resolve_in_root, unpack};
+pub use write::{DiffSource, LayerOptions, write_layer};
+
+use crate::Digest;
+use crate::blob::BlobError;
+use crate::spec::{Descriptor, media};
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Plain tar.
+    Uncompressed,
+    /// gzip (Docker's default).
+    Gzip,
+    /// zstd.
+    Zstd,
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Compression, String> {
+        match s {
+            "uncompressed" => Ok(Compression::Uncompressed),
+            "gzip" => Ok(Compression::Gzip),
+            "zstd" => Ok(Compression::Zstd),
+            _ => Err(format!(
+                "unknown compression `{s}` (gzip, zstd or uncompressed)"
+            )),
+        }
+    }
+}
+
+/// The media type of a layer blob.
+pub fn media_type(compression: Compression, oci: bool) -> &'static str {
+    match (compression, oci) {
+        (Compression::Uncompressed, true) => media::OCI_LAYER,
+        (Compression::Gzip, true) => media::OCI_LAYER_GZIP,
+        (Compression::Zstd, true) => media::OCI_LAYER_ZSTD,
+        (Compression::Uncompressed, false) => media::DOCKER_LAYER,
+        (Compression::Gzip, false) => media::DOCKER_LAYER_GZIP,
+        (Compression::Zstd, false) => media::DOCKER_LAYER_ZSTD,
+    }
+}
+
+/// A stored layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    /// sha256 of the uncompressed tar (goes in the config's rootfs).
+    pub diff_id: Digest,
+    /// The compressed blob (goes in the manifest).
+    pub descriptor: Descriptor,
+    /// Size of the uncompressed tar.
+    pub uncompressed_size: u64,
+}
+
+/// Layer failures; each names the path or entry.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    /// A filesystem operation failed.
+    #[error("{action} {path}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Storing the blob failed.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    /// A file changed while it was being read.
+    #[error("{0} changed while the layer was written")]
+    Changed(PathBuf),
+    /// An archive entry that would escape or abuse the root.
+    #[error("refusing layer entry `{entry}`: {reason}")]
+    Hostile {
+        /// The entry name.
+        entry: String,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+impl LayerError {
+    pub(crate) fn io(action: &'static str, path: &Path, source: io::Error) -> LayerError {
+        LayerError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

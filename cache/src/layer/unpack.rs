@@ -1,0 +1,409 @@
+//! Applying a layer onto a directory: gzip, zstd or plain tar (found from
+//! the first bytes), OCI whiteouts and opaque directories.
+//!
+//! Hostile archives are refused or neutralised, never followed: names are
+//! cleaned and may not climb out of the root (`..`, absolute paths are
+//! taken relative to it), every parent directory is resolved inside the
+//! root (a symlink in the way is followed only as if the root were `/`),
+//! hard links must point at an entry inside the root, device nodes are
+//! skipped unless running as root, and absurd sizes are refused. Files are
+//! created without following a symlink at their own name.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::{self, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
+use std::path::{Component, Path, PathBuf};
+
+use tar::EntryType;
+
+use super::LayerError;
+
+/// Entries larger than this are refused (1 TiB).
+pub const MAX_ENTRY_SIZE: u64 = 1 << 40;
+
+/// What an unpack did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnpackStats {
+    /// Entries written.
+    pub entries: u64,
+    /// Whiteouts applied.
+    pub whiteouts: u64,
+    /// Device nodes skipped (not root).
+    pub skipped_devices: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+}
+
+/// Options for [`unpack`].
+#[derive(Debug, Clone)]
+pub struct UnpackOptions {
+    /// Set owners from the archive (needs root).
+    pub same_owner: bool,
+    /// Create device nodes (needs root).
+    pub devices: bool,
+}
+
+impl Default for UnpackOptions {
+    fn default() -> Self {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        UnpackOptions {
+            same_owner: root,
+            devices: root,
+        }
+    }
+}
+
+/// Applies the layer read from `reader` onto `root`.
+pub fn unpack(
+    reader: impl Read,
+    root: &Path,
+    options: &UnpackOptions,
+) -> Result<UnpackStats, LayerError> {
+    let mut buffered = BufReader::with_capacity(1 << 20, reader);
+    let head = buffered
+        .fill_buf()
+        .map_err(|e| LayerError::io("reading", Path::new("layer"), e))?
+        .to_vec();
+    let decoded: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(
+            zstd::stream::read::Decoder::with_buffer(buffered)
+                .map_err(|e| LayerError::io("reading", Path::new("layer"), e))?,
+        )
+    } else {
+        Box::new(buffered)
+    };
+    fs::create_dir_all(root).map_err(|e| LayerError::io("creating", root, e))?;
+    let mut archive = tar::Archive::new(decoded);
+    let mut state = Unpacker {
+        root: root.to_path_buf(),
+        options: options.clone(),
+        stats: UnpackStats::default(),
+        written: HashSet::new(),
+        dir_times: Vec::new(),
+    };
+    let entries = archive
+        .entries()
+        .map_err(|e| LayerError::io("reading", Path::new("layer"), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| LayerError::io("reading", Path::new("layer"), e))?;
+        state.apply(entry)?;
+    }
+    // Read to the end so that a verifying reader below checks the digest
+    // (tar stops at its end marker; padding may follow).
+    io::copy(&mut archive.into_inner(), &mut io::sink())
+        .map_err(|e| LayerError::io("reading", Path::new("layer"), e))?;
+    // Directory times last: adding entries changed them.
+    for (path, mtime) in state.dir_times.iter().rev() {
+        set_mtime(path, *mtime);
+    }
+    Ok(state.stats)
+}
+
+struct Unpacker {
+    root: PathBuf,
+    options: UnpackOptions,
+    stats: UnpackStats,
+    /// Paths (relative) this layer wrote; an opaque marker keeps these.
+    written: HashSet<PathBuf>,
+    dir_times: Vec<(PathBuf, u64)>,
+}
+
+/// Cleans an archive name into a relative path inside the root.
+fn clean_name(raw: &[u8]) -> Result<PathBuf, LayerError> {
+    let path = Path::new(std::ffi::OsStr::from_bytes(raw));
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    return Err(LayerError::Hostile {
+                        entry: String::from_utf8_lossy(raw).into_owned(),
+                        reason: "it climbs out of the root with ..",
+                    });
+                }
+            }
+            Component::Normal(n) => out.push(n),
+        }
+    }
+    Ok(out)
+}
+
+/// `rel` resolved inside `root`: symlinks met on the way are followed as if
+/// `root` were `/`, and `..` stops at the root. The last component is not
+/// resolved when `follow_last` is false.
+pub fn resolve_in_root(root: &Path, rel: &Path, follow_last: bool) -> PathBuf {
+    let mut resolved = PathBuf::new();
+    let mut pending: Vec<OsString> = rel
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some(OsString::from("..")),
+            _ => None,
+        })
+        .collect();
+    let mut hops = 0;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved.join(&part);
+        let is_last = pending.is_empty();
+        if is_last && !follow_last {
+            resolved = candidate;
+            break;
+        }
+        match fs::symlink_metadata(root.join(&candidate)) {
+            Ok(m) if m.file_type().is_symlink() && hops < 255 => {
+                hops += 1;
+                let target = fs::read_link(root.join(&candidate)).unwrap_or_default();
+                if target.is_absolute() {
+                    resolved = PathBuf::new();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => pending.push(n.to_os_string()),
+                        Component::ParentDir => pending.push(OsString::from("..")),
+                        _ => {}
+                    }
+                }
+            }
+            _ => resolved = candidate,
+        }
+    }
+    root.join(resolved)
+}
+
+fn set_mtime(path: &Path, mtime: u64) {
+    let t = libc::timespec {
+        tv_sec: mtime as libc::time_t,
+        tv_nsec: 0,
+    };
+    let times = [t, t];
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: c is a valid NUL-terminated path and times has two entries.
+    unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        );
+    }
+}
+
+fn lchown(path: &Path, uid: u64, gid: u64) -> io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid as u32), Some(gid as u32))
+}
+
+fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+impl Unpacker {
+    fn apply<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), LayerError> {
+        let raw = entry.path_bytes().into_owned();
+        let rel = clean_name(&raw)?;
+        if rel.as_os_str().is_empty() {
+            return Ok(()); // the root itself
+        }
+        let header = entry.header().clone();
+        let size = entry.size();
+        if size > MAX_ENTRY_SIZE {
+            return Err(LayerError::Hostile {
+                entry: rel.display().to_string(),
+                reason: "its size is absurd",
+            });
+        }
+        let name = rel
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default();
+        let parent_rel = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+        let parent = resolve_in_root(&self.root, &parent_rel, true);
+        fs::create_dir_all(&parent).map_err(|e| LayerError::io("creating", &parent, e))?;
+
+        // Whiteouts.
+        if name == b".wh..wh..opq" {
+            self.stats.whiteouts += 1;
+            let keep: Vec<PathBuf> = self
+                .written
+                .iter()
+                .filter(|p| p.parent() == Some(&parent_rel))
+                .cloned()
+                .collect();
+            for e in fs::read_dir(&parent)
+                .map_err(|e| LayerError::io("reading", &parent, e))?
+                .flatten()
+            {
+                let child_rel = parent_rel.join(e.file_name());
+                if !keep.contains(&child_rel) {
+                    remove_any(&e.path())
+                        .map_err(|err| LayerError::io("removing", &e.path(), err))?;
+                }
+            }
+            return Ok(());
+        }
+        if let Some(hidden) = name.strip_prefix(b".wh.") {
+            self.stats.whiteouts += 1;
+            let target = parent.join(std::ffi::OsStr::from_bytes(hidden));
+            remove_any(&target).map_err(|e| LayerError::io("removing", &target, e))?;
+            return Ok(());
+        }
+
+        let dest = parent.join(std::ffi::OsStr::from_bytes(&name));
+        let kind = header.entry_type();
+        let existing = fs::symlink_metadata(&dest).ok();
+        // Replace what is there unless both are directories.
+        if let Some(m) = &existing
+            && !(m.is_dir() && kind == EntryType::Directory)
+        {
+            remove_any(&dest).map_err(|e| LayerError::io("replacing", &dest, e))?;
+        }
+        let mode = header
+            .mode()
+            .map_err(|e| LayerError::io("reading", &dest, e))?
+            & 0o7777;
+        let mtime = header.mtime().unwrap_or(0);
+        match kind {
+            EntryType::Directory => {
+                if existing.as_ref().is_none_or(|m| !m.is_dir()) {
+                    fs::create_dir(&dest).map_err(|e| LayerError::io("creating", &dest, e))?;
+                }
+                self.dir_times.push((dest.clone(), mtime));
+            }
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .mode(0o600)
+                    .open(&dest)
+                    .map_err(|e| LayerError::io("creating", &dest, e))?;
+                let n = io::copy(&mut entry, &mut file)
+                    .map_err(|e| LayerError::io("writing", &dest, e))?;
+                self.stats.bytes += n;
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                symlink(std::ffi::OsStr::from_bytes(&target), &dest)
+                    .map_err(|e| LayerError::io("creating", &dest, e))?;
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                let target_rel = clean_name(&target).map_err(|_| LayerError::Hostile {
+                    entry: rel.display().to_string(),
+                    reason: "its hard link points outside the root",
+                })?;
+                let source = resolve_in_root(&self.root, &target_rel, false);
+                let source_meta =
+                    fs::symlink_metadata(&source).map_err(|_| LayerError::Hostile {
+                        entry: rel.display().to_string(),
+                        reason: "its hard link target is not in the layer or below it",
+                    })?;
+                if source_meta.is_dir() {
+                    return Err(LayerError::Hostile {
+                        entry: rel.display().to_string(),
+                        reason: "it hard-links a directory",
+                    });
+                }
+                fs::hard_link(&source, &dest).map_err(|e| LayerError::io("linking", &dest, e))?;
+                self.stats.entries += 1;
+                self.mark_written(&rel);
+                return Ok(());
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                if kind != EntryType::Fifo && !self.options.devices {
+                    self.stats.skipped_devices += 1;
+                    return Ok(());
+                }
+                let fmt = match kind {
+                    EntryType::Char => libc::S_IFCHR,
+                    EntryType::Block => libc::S_IFBLK,
+                    _ => libc::S_IFIFO,
+                };
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                let c = std::ffi::CString::new(dest.as_os_str().as_bytes()).map_err(|_| {
+                    LayerError::Hostile {
+                        entry: rel.display().to_string(),
+                        reason: "its name has a NUL byte",
+                    }
+                })?;
+                // SAFETY: c is a valid path; mknod has no memory preconditions.
+                let rc =
+                    unsafe { libc::mknod(c.as_ptr(), fmt | mode, libc::makedev(major, minor)) };
+                if rc != 0 {
+                    return Err(LayerError::io(
+                        "creating",
+                        &dest,
+                        io::Error::last_os_error(),
+                    ));
+                }
+            }
+            // PAX/GNU metadata records are consumed by the tar reader.
+            _ => return Ok(()),
+        }
+
+        if self.options.same_owner {
+            let uid = header.uid().unwrap_or(0);
+            let gid = header.gid().unwrap_or(0);
+            lchown(&dest, uid, gid).map_err(|e| LayerError::io("changing owner of", &dest, e))?;
+        }
+        if kind != EntryType::Symlink {
+            // After chown, which clears setuid bits.
+            fs::set_permissions(&dest, fs::Permissions::from_mode(mode))
+                .map_err(|e| LayerError::io("changing mode of", &dest, e))?;
+        }
+        // Extended attributes last: chown drops security.capability.
+        if let Ok(Some(pax)) = entry.pax_extensions() {
+            for ext in pax.flatten() {
+                if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                    let name = std::ffi::OsStr::from_bytes(name);
+                    if kind != EntryType::Symlink {
+                        let _ = xattr::set(&dest, name, ext.value_bytes());
+                    }
+                }
+            }
+        }
+        if kind != EntryType::Directory {
+            set_mtime(&dest, mtime);
+        }
+        self.stats.entries += 1;
+        self.mark_written(&rel);
+        Ok(())
+    }
+
+    /// Records `rel` and its parents as this layer's, which an opaque
+    /// marker later in the same directory must keep.
+    fn mark_written(&mut self, rel: &Path) {
+        let mut p = Some(rel);
+        while let Some(path) = p.filter(|p| !p.as_os_str().is_empty()) {
+            if !self.written.insert(path.to_path_buf()) {
+                break;
+            }
+            p = path.parent();
+        }
+    }
+}

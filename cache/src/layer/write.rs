@@ -1,0 +1,539 @@
+//! Writing layers: a tree (or the difference between two trees, or an
+//! overlayfs upper directory) as a deterministic OCI layer tar, compressed
+//! and stored in one streaming pass.
+//!
+//! Determinism: entries are written in sorted path order with headers built
+//! here (GNU format, no uname/gname, zero atime/ctime, mtimes as found or
+//! clamped to SOURCE_DATE_EPOCH), so the same tree always gives the same
+//! diff_id and, for a compression and level, the same blob digest.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, Metadata};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+use tar::{EntryType, Header};
+
+use super::{Compression, Layer, LayerError};
+use crate::Digest;
+use crate::blob::{BlobStore, BlobWriter};
+use crate::spec::Descriptor;
+
+/// What a layer is made of.
+#[derive(Debug, Clone)]
+pub enum DiffSource<'a> {
+    /// Everything under `root` (a base layer, a `COPY --link` result).
+    Full {
+        /// The tree.
+        root: &'a Path,
+    },
+    /// An overlayfs upper directory: char 0/0 devices are deletions and
+    /// `trusted.overlay.opaque=y` directories hide what is below.
+    Overlay {
+        /// The upper directory.
+        upper: &'a Path,
+    },
+    /// What changed from `lower` to `upper` (both full trees): new and
+    /// changed entries, and whiteouts for removed ones.
+    Compare {
+        /// The parent tree.
+        lower: &'a Path,
+        /// The new tree.
+        upper: &'a Path,
+    },
+}
+
+/// How to write a layer.
+#[derive(Debug, Clone)]
+pub struct LayerOptions {
+    /// Compression of the blob.
+    pub compression: Compression,
+    /// Compression level (gzip 0-9, zstd 1-22); `None` for the default.
+    pub level: Option<i32>,
+    /// OCI (true) or Docker media types.
+    pub oci_media_types: bool,
+    /// Clamp file mtimes to this (SOURCE_DATE_EPOCH with rewrite-timestamp).
+    pub clamp_mtime: Option<i64>,
+    /// Threads for compression.
+    pub threads: usize,
+}
+
+impl Default for LayerOptions {
+    fn default() -> Self {
+        LayerOptions {
+            compression: Compression::Gzip,
+            level: None,
+            oci_media_types: true,
+            clamp_mtime: None,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// A writer that hashes what passes through (the diff_id of the tar).
+struct HashWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The compressor in the middle of the pipeline.
+enum Compressor {
+    None(BlobWriter),
+    Gzip(flate2::write::GzEncoder<BlobWriter>),
+    ParallelGzip(gzp::par::compress::ParCompress<'static, gzp::deflate::Gzip, BlobWriter>),
+    Zstd(zstd::stream::write::Encoder<'static, BlobWriter>),
+}
+
+impl Write for Compressor {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Compressor::None(w) => w.write(buf),
+            Compressor::Gzip(w) => w.write(buf),
+            Compressor::ParallelGzip(w) => w.write(buf),
+            Compressor::Zstd(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Compressor::None(w) => w.flush(),
+            Compressor::Gzip(w) => w.flush(),
+            Compressor::ParallelGzip(w) => w.flush(),
+            Compressor::Zstd(w) => w.flush(),
+        }
+    }
+}
+
+impl Compressor {
+    fn new(blob: BlobWriter, options: &LayerOptions) -> io::Result<Compressor> {
+        Ok(match options.compression {
+            Compression::Uncompressed => Compressor::None(blob),
+            Compression::Gzip => {
+                let level = options.level.unwrap_or(6).clamp(0, 9) as u32;
+                if options.threads > 1 {
+                    let par = gzp::par::compress::ParCompressBuilder::<gzp::deflate::Gzip>::new()
+                        .num_threads(options.threads)
+                        .map_err(io::Error::other)?
+                        .compression_level(flate2::Compression::new(level))
+                        .from_writer(blob);
+                    Compressor::ParallelGzip(par)
+                } else {
+                    let gz = flate2::GzBuilder::new()
+                        .mtime(0)
+                        .write(blob, flate2::Compression::new(level));
+                    Compressor::Gzip(gz)
+                }
+            }
+            Compression::Zstd => {
+                let mut enc = zstd::stream::write::Encoder::new(blob, options.level.unwrap_or(3))?;
+                if options.threads > 1 {
+                    enc.multithread(options.threads as u32)?;
+                }
+                Compressor::Zstd(enc)
+            }
+        })
+    }
+
+    fn finish(self) -> io::Result<BlobWriter> {
+        match self {
+            Compressor::None(w) => Ok(w),
+            Compressor::Gzip(w) => w.finish(),
+            Compressor::ParallelGzip(mut w) => {
+                use gzp::ZWriter;
+                w.finish().map_err(io::Error::other)
+            }
+            Compressor::Zstd(w) => w.finish(),
+        }
+    }
+}
+
+/// Writes a layer from `source` into `store`.
+pub fn write_layer(
+    store: &BlobStore,
+    source: &DiffSource<'_>,
+    options: &LayerOptions,
+) -> Result<Layer, LayerError> {
+    let blob = store.writer()?;
+    let compressor = Compressor::new(blob, options)
+        .map_err(|e| LayerError::io("compressing", Path::new("-"), e))?;
+    let hashing = HashWriter {
+        inner: compressor,
+        hasher: Sha256::new(),
+        size: 0,
+    };
+    let mut tar = TarWriter::new(hashing, options.clamp_mtime);
+    match source {
+        DiffSource::Full { root } => tar.write_tree(root, Path::new(""))?,
+        DiffSource::Overlay { upper } => tar.write_overlay(upper, Path::new(""))?,
+        DiffSource::Compare { lower, upper } => tar.write_compare(lower, upper, Path::new(""))?,
+    }
+    let hashing = tar.finish()?;
+    let diff_id = digest_of(hashing.hasher);
+    let uncompressed_size = hashing.size;
+    let blob = hashing
+        .inner
+        .finish()
+        .map_err(|e| LayerError::io("compressing", Path::new("-"), e))?;
+    let (digest, size) = blob.commit(None)?;
+    let media_type = super::media_type(options.compression, options.oci_media_types);
+    Ok(Layer {
+        diff_id,
+        descriptor: Descriptor::new(media_type, &digest, size),
+        uncompressed_size,
+    })
+}
+
+pub(crate) fn digest_of(hasher: Sha256) -> Digest {
+    let hex: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
+        .parse()
+        .expect("sha256 hex is a digest")
+}
+
+/// Builds tar entries with fixed header fields.
+pub(crate) struct TarWriter<W: Write> {
+    builder: tar::Builder<W>,
+    clamp_mtime: Option<i64>,
+    /// (dev, ino) of files with several links -> the path written first.
+    links: HashMap<(u64, u64), PathBuf>,
+}
+
+fn os_join(dir: &Path, name: &OsStr) -> PathBuf {
+    if dir.as_os_str().is_empty() {
+        PathBuf::from(name)
+    } else {
+        dir.join(name)
+    }
+}
+
+/// Directory entries sorted by name bytes.
+fn sorted_entries(dir: &Path) -> Result<Vec<OsString>, LayerError> {
+    let mut names: Vec<OsString> = fs::read_dir(dir)
+        .map_err(|e| LayerError::io("reading", dir, e))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| LayerError::io("reading", dir, e))?;
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
+}
+
+fn is_whiteout_device(meta: &Metadata) -> bool {
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+fn is_opaque(path: &Path) -> bool {
+    matches!(xattr::get(path, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y")
+        || matches!(xattr::get(path, "user.overlay.opaque"), Ok(Some(v)) if v == b"y")
+}
+
+impl<W: Write> TarWriter<W> {
+    pub(crate) fn new(inner: W, clamp_mtime: Option<i64>) -> TarWriter<W> {
+        let mut builder = tar::Builder::new(inner);
+        builder.mode(tar::HeaderMode::Complete);
+        builder.follow_symlinks(false);
+        TarWriter {
+            builder,
+            clamp_mtime,
+            links: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn finish(self) -> Result<W, LayerError> {
+        self.builder
+            .into_inner()
+            .map_err(|e| LayerError::io("writing", Path::new("layer"), e))
+    }
+
+    fn header(&self, meta: &Metadata, entry_type: EntryType) -> Header {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(entry_type);
+        h.set_mode(meta.mode() & 0o7777);
+        h.set_uid(u64::from(meta.uid()));
+        h.set_gid(u64::from(meta.gid()));
+        let mtime = match self.clamp_mtime {
+            Some(clamp) if meta.mtime() > clamp => clamp,
+            _ => meta.mtime(),
+        };
+        h.set_mtime(mtime.max(0) as u64);
+        h.set_size(0);
+        h
+    }
+
+    /// Writes one filesystem entry found at `full` as `rel`.
+    fn write_entry(&mut self, full: &Path, rel: &Path, meta: &Metadata) -> Result<(), LayerError> {
+        let io = |e| LayerError::io("writing", full, e);
+        self.write_xattrs(full, meta)?;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            let mut h = self.header(meta, EntryType::Directory);
+            let mut name = rel.as_os_str().to_owned();
+            name.push("/");
+            self.builder
+                .append_data(&mut h, Path::new(&name), io::empty())
+                .map_err(io)?;
+        } else if ft.is_symlink() {
+            let target = fs::read_link(full).map_err(|e| LayerError::io("reading", full, e))?;
+            let mut h = self.header(meta, EntryType::Symlink);
+            self.builder.append_link(&mut h, rel, &target).map_err(io)?;
+        } else if ft.is_file() {
+            if meta.nlink() > 1 {
+                let key = (meta.dev(), meta.ino());
+                if let Some(first) = self.links.get(&key).cloned() {
+                    let mut h = self.header(meta, EntryType::Link);
+                    self.builder.append_link(&mut h, rel, &first).map_err(io)?;
+                    return Ok(());
+                }
+                self.links.insert(key, rel.to_path_buf());
+            }
+            let mut h = self.header(meta, EntryType::Regular);
+            h.set_size(meta.len());
+            let file = File::open(full).map_err(|e| LayerError::io("opening", full, e))?;
+            // A file that changes size while it is read would corrupt the
+            // tar; the reader is limited and checked.
+            let mut limited = io::Read::take(file, meta.len());
+            self.builder
+                .append_data(&mut h, rel, &mut limited)
+                .map_err(io)?;
+            if limited.limit() != 0 {
+                return Err(LayerError::Changed(full.to_path_buf()));
+            }
+        } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
+            let kind = if ft.is_char_device() {
+                EntryType::Char
+            } else if ft.is_block_device() {
+                EntryType::Block
+            } else {
+                EntryType::Fifo
+            };
+            let mut h = self.header(meta, kind);
+            if kind != EntryType::Fifo {
+                let rdev = meta.rdev();
+                h.set_device_major(libc::major(rdev)).map_err(io)?;
+                h.set_device_minor(libc::minor(rdev)).map_err(io)?;
+            }
+            self.builder
+                .append_data(&mut h, rel, io::empty())
+                .map_err(io)?;
+        }
+        // Sockets have no tar form; they are left out, as by Docker.
+        Ok(())
+    }
+
+    /// PAX `SCHILY.xattr.*` records (overlay's own attributes excluded).
+    fn write_xattrs(&mut self, full: &Path, meta: &Metadata) -> Result<(), LayerError> {
+        if meta.file_type().is_symlink() {
+            return Ok(());
+        }
+        let Ok(names) = xattr::list(full) else {
+            return Ok(());
+        };
+        let mut records: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        for name in names {
+            let Some(n) = name.to_str() else { continue };
+            if n.starts_with("trusted.overlay.") || n.starts_with("user.overlay.") {
+                continue;
+            }
+            if let Ok(Some(value)) = xattr::get(full, &name) {
+                records.insert(format!("SCHILY.xattr.{n}"), value);
+            }
+        }
+        if !records.is_empty() {
+            self.builder
+                .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+                .map_err(|e| LayerError::io("writing", full, e))?;
+        }
+        Ok(())
+    }
+
+    fn write_whiteout(
+        &mut self,
+        rel_dir: &Path,
+        name: &OsStr,
+        template: Option<&Metadata>,
+    ) -> Result<(), LayerError> {
+        let mut wh = OsString::from(".wh.");
+        wh.push(name);
+        let path = os_join(rel_dir, &wh);
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(0);
+        let mtime = template.map_or(0, |m| m.mtime().max(0) as u64);
+        h.set_mtime(match self.clamp_mtime {
+            Some(c) if mtime as i64 > c => c.max(0) as u64,
+            _ => mtime,
+        });
+        self.builder
+            .append_data(&mut h, &path, io::empty())
+            .map_err(|e| LayerError::io("writing", &path, e))
+    }
+
+    /// Every entry below `dir` (relative name `rel`), depth first, sorted.
+    pub(crate) fn write_tree(&mut self, dir: &Path, rel: &Path) -> Result<(), LayerError> {
+        for name in sorted_entries(dir)? {
+            let full = dir.join(&name);
+            let child = os_join(rel, &name);
+            let meta =
+                fs::symlink_metadata(&full).map_err(|e| LayerError::io("reading", &full, e))?;
+            self.write_entry(&full, &child, &meta)?;
+            if meta.is_dir() {
+                self.write_tree(&full, &child)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An overlayfs upper directory, whiteouts translated to OCI form.
+    pub(crate) fn write_overlay(&mut self, dir: &Path, rel: &Path) -> Result<(), LayerError> {
+        for name in sorted_entries(dir)? {
+            let full = dir.join(&name);
+            let child = os_join(rel, &name);
+            let meta =
+                fs::symlink_metadata(&full).map_err(|e| LayerError::io("reading", &full, e))?;
+            if is_whiteout_device(&meta) {
+                self.write_whiteout(rel, &name, Some(&meta))?;
+                continue;
+            }
+            self.write_entry(&full, &child, &meta)?;
+            if meta.is_dir() {
+                if is_opaque(&full) {
+                    self.write_whiteout(&child, OsStr::new(".wh..opq"), Some(&meta))?;
+                }
+                self.write_overlay(&full, &child)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Entries of `upper` that are new or differ from `lower`, whiteouts
+    /// for entries of `lower` that are gone. Unchanged parent directories
+    /// are not written: they exist below.
+    pub(crate) fn write_compare(
+        &mut self,
+        lower: &Path,
+        upper: &Path,
+        rel: &Path,
+    ) -> Result<(), LayerError> {
+        let upper_names = sorted_entries(upper)?;
+        let lower_names = if lower.is_dir() {
+            sorted_entries(lower)?
+        } else {
+            Vec::new()
+        };
+        let mut all: Vec<&OsString> = upper_names.iter().chain(lower_names.iter()).collect();
+        all.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        all.dedup();
+        for name in all {
+            let up = upper.join(name);
+            let low = lower.join(name);
+            let child = os_join(rel, name);
+            let up_meta = fs::symlink_metadata(&up).ok();
+            let low_meta = fs::symlink_metadata(&low).ok();
+            match (up_meta, low_meta) {
+                (None, Some(lm)) => self.write_whiteout(rel, name, Some(&lm))?,
+                (Some(um), None) => {
+                    self.write_entry(&up, &child, &um)?;
+                    if um.is_dir() {
+                        self.write_tree(&up, &child)?;
+                    }
+                }
+                (Some(um), Some(lm)) => {
+                    if um.is_dir() && lm.is_dir() {
+                        if !same_meta(&um, &lm, &up, &low) {
+                            self.write_entry(&up, &child, &um)?;
+                        }
+                        self.write_compare(&low, &up, &child)?;
+                    } else if um.is_dir() != lm.is_dir() {
+                        // A directory replaced by a file or the other way:
+                        // hide the old one, then write the new one whole.
+                        if lm.is_dir() {
+                            self.write_whiteout(rel, name, Some(&lm))?;
+                        }
+                        self.write_entry(&up, &child, &um)?;
+                        if um.is_dir() {
+                            self.write_whiteout(&child, OsStr::new(".wh..opq"), Some(&um))?;
+                            self.write_tree(&up, &child)?;
+                        }
+                    } else if !same_meta(&um, &lm, &up, &low) || !same_content(&um, &lm, &up, &low)?
+                    {
+                        self.write_entry(&up, &child, &um)?;
+                    }
+                }
+                (None, None) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn same_meta(a: &Metadata, b: &Metadata, pa: &Path, pb: &Path) -> bool {
+    let xattrs = |p: &Path| -> Vec<(OsString, Option<Vec<u8>>)> {
+        xattr::list(p)
+            .map(|names| {
+                let mut v: Vec<_> = names
+                    .map(|n| (n.clone(), xattr::get(p, &n).ok().flatten()))
+                    .collect();
+                v.sort();
+                v
+            })
+            .unwrap_or_default()
+    };
+    a.mode() == b.mode()
+        && a.uid() == b.uid()
+        && a.gid() == b.gid()
+        && a.mtime() == b.mtime()
+        && a.mtime_nsec() == b.mtime_nsec()
+        && a.rdev() == b.rdev()
+        && (a.file_type().is_symlink() || xattrs(pa) == xattrs(pb))
+}
+
+fn same_content(a: &Metadata, b: &Metadata, pa: &Path, pb: &Path) -> Result<bool, LayerError> {
+    if a.file_type().is_symlink() {
+        return Ok(fs::read_link(pa).ok() == fs::read_link(pb).ok());
+    }
+    if !a.is_file() {
+        return Ok(true);
+    }
+    if a.len() != b.len() {
+        return Ok(false);
+    }
+    if a.dev() == b.dev() && a.ino() == b.ino() {
+        return Ok(true);
+    }
+    let mut fa = File::open(pa).map_err(|e| LayerError::io("opening", pa, e))?;
+    let mut fb = File::open(pb).map_err(|e| LayerError::io("opening", pb, e))?;
+    let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    loop {
+        let na = io::Read::read(&mut fa, &mut ba).map_err(|e| LayerError::io("reading", pa, e))?;
+        if na == 0 {
+            return Ok(true);
+        }
+        io::Read::read_exact(&mut fb, &mut bb[..na])
+            .map_err(|e| LayerError::io("reading", pb, e))?;
+        if ba[..na] != bb[..na] {
+            return Ok(false);
+        }
+    }
+}
