@@ -9,6 +9,7 @@
 
 pub mod blob;
 mod digest;
+pub mod index;
 pub mod layer;
 pub mod spec;
 
