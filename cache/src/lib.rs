@@ -11,6 +11,7 @@ pub mod blob;
 mod digest;
 pub mod index;
 pub mod layer;
+pub mod snapshot;
 pub mod spec;
 
 pub use digest::{Digest, DigestError};

@@ -44,6 +44,10 @@ pub struct UnpackOptions {
     pub same_owner: bool,
     /// Create device nodes (needs root).
     pub devices: bool,
+    /// Keep whiteouts in overlayfs form instead of applying them: a char
+    /// 0/0 device for a deleted name, `trusted.overlay.opaque=y` on an
+    /// opaque directory (for a layer kept as an overlay lower directory).
+    pub overlay_whiteouts: bool,
 }
 
 impl Default for UnpackOptions {
@@ -53,6 +57,7 @@ impl Default for UnpackOptions {
         UnpackOptions {
             same_owner: root,
             devices: root,
+            overlay_whiteouts: false,
         }
     }
 }
@@ -239,6 +244,35 @@ impl Unpacker {
         fs::create_dir_all(&parent).map_err(|e| LayerError::io("creating", &parent, e))?;
 
         // Whiteouts.
+        if name == b".wh..wh..opq" && self.options.overlay_whiteouts {
+            self.stats.whiteouts += 1;
+            xattr::set(&parent, "trusted.overlay.opaque", b"y")
+                .map_err(|e| LayerError::io("marking opaque", &parent, e))?;
+            return Ok(());
+        }
+        if let Some(hidden) = name
+            .strip_prefix(b".wh.")
+            .filter(|_| self.options.overlay_whiteouts)
+        {
+            self.stats.whiteouts += 1;
+            let target = parent.join(std::ffi::OsStr::from_bytes(hidden));
+            remove_any(&target).map_err(|e| LayerError::io("removing", &target, e))?;
+            let c = std::ffi::CString::new(target.as_os_str().as_bytes()).map_err(|_| {
+                LayerError::Hostile {
+                    entry: rel.display().to_string(),
+                    reason: "its name has a NUL byte",
+                }
+            })?;
+            // SAFETY: valid path; a char 0/0 device is overlayfs's whiteout.
+            if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) } != 0 {
+                return Err(LayerError::io(
+                    "creating whiteout",
+                    &target,
+                    io::Error::last_os_error(),
+                ));
+            }
+            return Ok(());
+        }
         if name == b".wh..wh..opq" {
             self.stats.whiteouts += 1;
             let keep: Vec<PathBuf> = self

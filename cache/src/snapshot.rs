@@ -1,0 +1,651 @@
+//! Snapshots: committed layers kept as read-only directories, and mutable
+//! snapshots a step writes into.
+//!
+//! With overlayfs, a committed snapshot holds only its own layer's files in
+//! overlay form (deletions as char 0/0 devices, opaque directories marked
+//! with `trusted.overlay.opaque`), and a [`MutableSnapshot`] is an overlay
+//! mount: the parent chain as lower directories, a fresh upper and work
+//! directory. [`MutableSnapshot::commit`] unmounts, writes the upper
+//! directory as a layer and keeps it as a new committed snapshot. Where
+//! overlayfs is missing, snapshots are full copies and a commit diffs the
+//! two trees: the same API, slower.
+//!
+//! Snapshot ids are short numbers so that long lower chains fit the
+//! page-sized mount option string; a chain that still does not fit is
+//! flattened into one directory first. A mount is undone on commit, on
+//! discard and on drop; a process killed with mounts up leaves them to the
+//! next [`Snapshotter::open`], which unmounts and removes every active
+//! snapshot whose lock nobody holds.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::blob::BlobStore;
+use crate::layer::{
+    DiffSource, Layer, LayerError, LayerOptions, UnpackOptions, unpack, write_layer,
+};
+
+/// Snapshot failures; each names the snapshot or path.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A filesystem operation failed.
+    #[error("{action} {path}")]
+    Io {
+        /// What.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Mounting the overlay failed.
+    #[error("mounting overlay at {path} (options {options})")]
+    Mount {
+        /// Mount point.
+        path: PathBuf,
+        /// The option string.
+        options: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// No such snapshot.
+    #[error("snapshot {0} not found")]
+    NotFound(String),
+    /// Writing or reading a layer failed.
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + use<> {
+    let path = path.to_path_buf();
+    move |source| SnapshotError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// How snapshots are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// overlayfs mounts; committed snapshots hold one layer each.
+    Overlay,
+    /// Full copies; committed snapshots hold the whole tree.
+    Copy,
+}
+
+/// A committed, read-only snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Its id.
+    pub id: String,
+    /// The snapshot below it.
+    pub parent: Option<String>,
+}
+
+/// Makes and keeps snapshots under one directory.
+#[derive(Debug, Clone)]
+pub struct Snapshotter {
+    root: PathBuf,
+    backend: Backend,
+}
+
+fn mount_overlay(target: &Path, options: &str) -> io::Result<()> {
+    let src = CString::new("overlay").expect("no NUL");
+    let tgt = CString::new(target.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let opts = CString::new(options).map_err(io::Error::other)?;
+    // SAFETY: all pointers are valid NUL-terminated strings for the call.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            src.as_ptr(),
+            0,
+            opts.as_ptr().cast(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn unmount(target: &Path) -> io::Result<()> {
+    let tgt = CString::new(target.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: valid NUL-terminated path.
+    let rc = unsafe { libc::umount2(tgt.as_ptr(), libc::MNT_DETACH) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Mount points at or under `dir`, from /proc/self/mountinfo.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(m.replace("\\040", " ")))
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    // Deepest first.
+    out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    out
+}
+
+/// Longest option string the kernel takes in one page, with margin.
+const MAX_MOUNT_OPTIONS: usize = 4000;
+
+impl Snapshotter {
+    /// Opens the snapshot directory, picks overlay when it works here
+    /// (`RBUILD_SNAPSHOTTER=copy` forces copies), and cleans what killed
+    /// processes left (mounts, active snapshots).
+    pub fn open(root: &Path) -> Result<Snapshotter, SnapshotError> {
+        fs::create_dir_all(root).map_err(io_err("creating", root))?;
+        let backend = if std::env::var_os("RBUILD_SNAPSHOTTER").is_some_and(|v| v == "copy")
+            || !overlay_works(root)
+        {
+            Backend::Copy
+        } else {
+            Backend::Overlay
+        };
+        Snapshotter::open_with_backend(root, backend)
+    }
+
+    /// Opens with a given backend. A store must keep one backend: the two
+    /// lay out committed snapshots differently.
+    pub fn open_with_backend(root: &Path, backend: Backend) -> Result<Snapshotter, SnapshotError> {
+        for d in ["committed", "active"] {
+            let p = root.join(d);
+            fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
+        }
+        let s = Snapshotter {
+            root: root.to_path_buf(),
+            backend,
+        };
+        s.clean_stale()?;
+        Ok(s)
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    fn committed_dir(&self, id: &str) -> PathBuf {
+        self.root.join("committed").join(id)
+    }
+
+    fn clean_stale(&self) -> Result<(), SnapshotError> {
+        let active = self.root.join("active");
+        for entry in fs::read_dir(&active)
+            .map_err(io_err("reading", &active))?
+            .flatten()
+        {
+            let dir = entry.path();
+            let Ok(lock) = File::open(dir.join("lock")) else {
+                let _ = fs::remove_dir_all(&dir);
+                continue;
+            };
+            if lock.try_lock().is_err() {
+                continue; // a live build owns it
+            }
+            for m in mounts_under(&dir) {
+                let _ = unmount(&m);
+            }
+            let _ = fs::remove_dir_all(&dir);
+        }
+        // Committed snapshots half-written by a killed commit have no meta.
+        let committed = self.root.join("committed");
+        for entry in fs::read_dir(&committed)
+            .map_err(io_err("reading", &committed))?
+            .flatten()
+        {
+            if !entry.path().join("meta.json").exists()
+                && entry.file_name().to_string_lossy().starts_with("tmp-")
+            {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    fn next_id(&self) -> Result<String, SnapshotError> {
+        // A counter file under a lock: short ids keep mount options short.
+        let path = self.root.join("next-id");
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("opening", &path))?;
+        f.lock().map_err(io_err("locking", &path))?;
+        let mut text = String::new();
+        io::Read::read_to_string(&mut f, &mut text).map_err(io_err("reading", &path))?;
+        let n: u64 = text.trim().parse().unwrap_or(1);
+        io::Seek::seek(&mut f, io::SeekFrom::Start(0)).map_err(io_err("writing", &path))?;
+        f.set_len(0).map_err(io_err("writing", &path))?;
+        io::Write::write_all(&mut f, (n + 1).to_string().as_bytes())
+            .map_err(io_err("writing", &path))?;
+        Ok(n.to_string())
+    }
+
+    /// A committed snapshot by id.
+    pub fn get(&self, id: &str) -> Result<Snapshot, SnapshotError> {
+        let meta = self.committed_dir(id).join("meta.json");
+        let data = fs::read(&meta).map_err(|_| SnapshotError::NotFound(id.to_string()))?;
+        serde_json::from_slice(&data).map_err(|e| io_err("reading", &meta)(io::Error::other(e)))
+    }
+
+    /// Ids from `id` down to the bottom.
+    fn chain(&self, id: &str) -> Result<Vec<String>, SnapshotError> {
+        let mut out = Vec::new();
+        let mut cur = Some(id.to_string());
+        while let Some(c) = cur {
+            let s = self.get(&c)?;
+            out.push(c);
+            cur = s.parent;
+        }
+        Ok(out)
+    }
+
+    fn finish_commit(&self, tmp: &Path, parent: Option<&str>) -> Result<Snapshot, SnapshotError> {
+        let id = self.next_id()?;
+        let snap = Snapshot {
+            id: id.clone(),
+            parent: parent.map(str::to_string),
+        };
+        let meta = serde_json::to_vec(&snap).expect("serialises");
+        fs::write(tmp.join("meta.json"), meta).map_err(io_err("writing", tmp))?;
+        let dest = self.committed_dir(&id);
+        fs::rename(tmp, &dest).map_err(io_err("renaming", &dest))?;
+        Ok(snap)
+    }
+
+    fn tmp_committed(&self) -> Result<PathBuf, SnapshotError> {
+        let tmp = self.root.join("committed").join(format!(
+            "tmp-{}-{}",
+            std::process::id(),
+            self.next_id()?
+        ));
+        fs::create_dir_all(tmp.join("fs")).map_err(io_err("creating", &tmp))?;
+        Ok(tmp)
+    }
+
+    /// Unpacks a layer on top of `parent` as a new committed snapshot.
+    pub fn import(
+        &self,
+        parent: Option<&str>,
+        layer: impl io::Read,
+    ) -> Result<Snapshot, SnapshotError> {
+        let tmp = self.tmp_committed()?;
+        let fs_dir = tmp.join("fs");
+        let result = (|| {
+            let options = match self.backend {
+                Backend::Overlay => UnpackOptions {
+                    overlay_whiteouts: true,
+                    ..UnpackOptions::default()
+                },
+                Backend::Copy => {
+                    if let Some(p) = parent {
+                        copy_tree(&self.committed_dir(p).join("fs"), &fs_dir)?;
+                    }
+                    UnpackOptions::default()
+                }
+            };
+            unpack(layer, &fs_dir, &options)?;
+            self.finish_commit(&tmp, parent)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
+    /// A writable snapshot on top of `parent` (or empty).
+    pub fn prepare(&self, parent: Option<&str>) -> Result<MutableSnapshot, SnapshotError> {
+        let active =
+            self.root
+                .join("active")
+                .join(format!("{}-{}", std::process::id(), self.next_id()?));
+        fs::create_dir_all(&active).map_err(io_err("creating", &active))?;
+        let lock = File::create(active.join("lock")).map_err(io_err("creating", &active))?;
+        lock.lock().map_err(io_err("locking", &active))?;
+        let mut snap = MutableSnapshot {
+            snapshotter: self.clone(),
+            dir: active.clone(),
+            parent: parent.map(str::to_string),
+            mounted: false,
+            _lock: lock,
+        };
+        let merged = snap.root();
+        fs::create_dir_all(&merged).map_err(io_err("creating", &merged))?;
+        match self.backend {
+            Backend::Copy => {
+                if let Some(p) = parent {
+                    copy_tree(&self.committed_dir(p).join("fs"), &merged)?;
+                }
+            }
+            Backend::Overlay => {
+                let upper = active.join("upper");
+                let work = active.join("work");
+                for d in [&upper, &work] {
+                    fs::create_dir_all(d).map_err(io_err("creating", d))?;
+                }
+                let mut lowers: Vec<PathBuf> = match parent {
+                    Some(p) => self
+                        .chain(p)?
+                        .iter()
+                        .map(|id| self.committed_dir(id).join("fs"))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                let mut options = overlay_options(&lowers, &upper, &work);
+                if options.len() > MAX_MOUNT_OPTIONS {
+                    // Too many layers for one mount: flatten the chain.
+                    let flat = active.join("flat");
+                    for dir in lowers.iter().rev() {
+                        apply_overlay_dir(dir, &flat)?;
+                    }
+                    lowers = vec![flat];
+                    options = overlay_options(&lowers, &upper, &work);
+                }
+                if lowers.is_empty() {
+                    // overlayfs needs a lower directory.
+                    let empty = active.join("empty");
+                    fs::create_dir_all(&empty).map_err(io_err("creating", &empty))?;
+                    options = overlay_options(&[empty], &upper, &work);
+                }
+                mount_overlay(&merged, &options).map_err(|source| SnapshotError::Mount {
+                    path: merged.clone(),
+                    options: options.clone(),
+                    source,
+                })?;
+                snap.mounted = true;
+            }
+        }
+        Ok(snap)
+    }
+
+    /// Every committed snapshot.
+    pub fn list(&self) -> Result<Vec<Snapshot>, SnapshotError> {
+        let dir = self.root.join("committed");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir)
+            .map_err(io_err("reading", &dir))?
+            .flatten()
+        {
+            if let Ok(s) = self.get(&e.file_name().to_string_lossy()) {
+                out.push(s);
+            }
+        }
+        out.sort_by_key(|s| s.id.parse::<u64>().unwrap_or(u64::MAX));
+        Ok(out)
+    }
+
+    /// Removes a committed snapshot (the caller checks nothing uses it).
+    pub fn remove(&self, id: &str) -> Result<(), SnapshotError> {
+        let dir = self.committed_dir(id);
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", &dir)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The full filesystem of a committed snapshot, materialised into
+    /// `dest` (for exporters and copy sources).
+    pub fn materialize(&self, id: &str, dest: &Path) -> Result<(), SnapshotError> {
+        match self.backend {
+            Backend::Copy => copy_tree(&self.committed_dir(id).join("fs"), dest),
+            Backend::Overlay => {
+                for c in self.chain(id)?.iter().rev() {
+                    apply_overlay_dir(&self.committed_dir(c).join("fs"), dest)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn overlay_options(lowers: &[PathBuf], upper: &Path, work: &Path) -> String {
+    let lower: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    )
+}
+
+fn overlay_works(root: &Path) -> bool {
+    let probe = root.join(format!("probe-{}", std::process::id()));
+    let dirs = ["lower", "upper", "work", "merged"].map(|d| probe.join(d));
+    let ok = dirs.iter().all(|d| fs::create_dir_all(d).is_ok())
+        && mount_overlay(
+            &dirs[3],
+            &overlay_options(&[dirs[0].clone()], &dirs[1], &dirs[2]),
+        )
+        .is_ok();
+    if ok {
+        let _ = unmount(&dirs[3]);
+    }
+    let _ = fs::remove_dir_all(&probe);
+    ok
+}
+
+/// `cp -a` of a tree, hard links kept as copies (layers record them anyway).
+fn copy_tree(src: &Path, dest: &Path) -> Result<(), SnapshotError> {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg("--")
+        .arg(format!("{}/.", src.display()))
+        .arg(dest)
+        .status()
+        .map_err(io_err("running cp for", src))?;
+    if !status.success() {
+        return Err(io_err("copying", src)(io::Error::other(format!(
+            "cp exited with {status}"
+        ))));
+    }
+    Ok(())
+}
+
+/// Applies one overlay-form layer directory onto a flat tree (char 0/0 =
+/// delete, opaque directory = replace the contents).
+fn apply_overlay_dir(layer: &Path, dest: &Path) -> Result<(), SnapshotError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    fs::create_dir_all(dest).map_err(io_err("creating", dest))?;
+    for e in fs::read_dir(layer)
+        .map_err(io_err("reading", layer))?
+        .flatten()
+    {
+        let src = e.path();
+        let target = dest.join(e.file_name());
+        let meta = fs::symlink_metadata(&src).map_err(io_err("reading", &src))?;
+        let existing = fs::symlink_metadata(&target).ok();
+        let whiteout = meta.file_type().is_char_device() && meta.rdev() == 0;
+        let opaque = meta.is_dir()
+            && matches!(xattr::get(&src, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y");
+        if let Some(m) = &existing
+            && (whiteout || opaque || !(m.is_dir() && meta.is_dir()))
+        {
+            let r = if m.is_dir() {
+                fs::remove_dir_all(&target)
+            } else {
+                fs::remove_file(&target)
+            };
+            r.map_err(io_err("removing", &target))?;
+        }
+        if whiteout {
+            continue;
+        }
+        if meta.is_dir() {
+            if !target.exists() {
+                fs::create_dir(&target).map_err(io_err("creating", &target))?;
+            }
+            apply_overlay_dir(&src, &target)?;
+        } else {
+            copy_entry(&src, &target, &meta)?;
+        }
+        copy_metadata(&src, &target, &meta)?;
+    }
+    Ok(())
+}
+
+/// Copies one non-directory entry (content, link target or device node).
+fn copy_entry(src: &Path, dest: &Path, meta: &fs::Metadata) -> Result<(), SnapshotError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        let target = fs::read_link(src).map_err(io_err("reading", src))?;
+        std::os::unix::fs::symlink(target, dest).map_err(io_err("creating", dest))
+    } else if ft.is_file() {
+        fs::copy(src, dest)
+            .map(|_| ())
+            .map_err(io_err("copying", src))
+    } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
+        let c = CString::new(dest.as_os_str().as_bytes())
+            .map_err(|e| io_err("creating", dest)(io::Error::other(e)))?;
+        // SAFETY: valid path.
+        let rc = unsafe { libc::mknod(c.as_ptr(), meta.mode(), meta.rdev()) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io_err("creating", dest)(io::Error::last_os_error()))
+        }
+    } else {
+        Ok(())
+    }
+}
+
+/// Owner, mode, xattrs and mtime of `src` onto `dest` (not following links).
+fn copy_metadata(src: &Path, dest: &Path, meta: &fs::Metadata) -> Result<(), SnapshotError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let _ = std::os::unix::fs::lchown(dest, Some(meta.uid()), Some(meta.gid()));
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    fs::set_permissions(dest, fs::Permissions::from_mode(meta.mode() & 0o7777))
+        .map_err(io_err("changing mode of", dest))?;
+    if let Ok(names) = xattr::list(src) {
+        for n in names {
+            if n.to_string_lossy().starts_with("trusted.overlay.") {
+                continue;
+            }
+            if let Ok(Some(v)) = xattr::get(src, &n) {
+                let _ = xattr::set(dest, &n, &v);
+            }
+        }
+    }
+    if let Ok(m) = meta.modified() {
+        let _ = File::open(dest).and_then(|f| f.set_modified(m));
+    }
+    Ok(())
+}
+
+/// A snapshot being written. Dropped without commit, it is discarded.
+pub struct MutableSnapshot {
+    snapshotter: Snapshotter,
+    dir: PathBuf,
+    parent: Option<String>,
+    mounted: bool,
+    _lock: File,
+}
+
+impl MutableSnapshot {
+    /// The directory to write into (the container's root).
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("merged")
+    }
+
+    /// The parent snapshot.
+    pub fn parent(&self) -> Option<&str> {
+        self.parent.as_deref()
+    }
+
+    fn unmount(&mut self) -> Result<(), SnapshotError> {
+        if self.mounted {
+            unmount(&self.root()).map_err(io_err("unmounting", &self.root()))?;
+            self.mounted = false;
+        }
+        Ok(())
+    }
+
+    /// Unmounts, writes the changes as a layer into `store`, and keeps them
+    /// as a committed snapshot.
+    pub fn commit(
+        mut self,
+        store: &BlobStore,
+        options: &LayerOptions,
+    ) -> Result<(Snapshot, Layer), SnapshotError> {
+        self.unmount()?;
+        let s = self.snapshotter.clone();
+        let tmp = s.tmp_committed()?;
+        let result = (|| {
+            let layer = match s.backend {
+                Backend::Overlay => {
+                    let upper = self.dir.join("upper");
+                    let layer =
+                        write_layer(store, &DiffSource::Overlay { upper: &upper }, options)?;
+                    let dest = tmp.join("fs");
+                    fs::remove_dir(&dest).map_err(io_err("replacing", &dest))?;
+                    fs::rename(&upper, &dest).map_err(io_err("moving", &upper))?;
+                    layer
+                }
+                Backend::Copy => {
+                    let merged = self.root();
+                    let layer = match &self.parent {
+                        Some(p) => {
+                            let lower = s.committed_dir(p).join("fs");
+                            write_layer(
+                                store,
+                                &DiffSource::Compare {
+                                    lower: &lower,
+                                    upper: &merged,
+                                },
+                                options,
+                            )?
+                        }
+                        None => write_layer(store, &DiffSource::Full { root: &merged }, options)?,
+                    };
+                    let dest = tmp.join("fs");
+                    fs::remove_dir(&dest).map_err(io_err("replacing", &dest))?;
+                    fs::rename(&merged, &dest).map_err(io_err("moving", &merged))?;
+                    layer
+                }
+            };
+            let snap = s.finish_commit(&tmp, self.parent.as_deref())?;
+            Ok((snap, layer))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
+    /// Throws the changes away.
+    pub fn discard(mut self) -> Result<(), SnapshotError> {
+        self.unmount()?;
+        fs::remove_dir_all(&self.dir).map_err(io_err("removing", &self.dir))
+    }
+}
+
+impl Drop for MutableSnapshot {
+    fn drop(&mut self) {
+        let _ = self.unmount();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
