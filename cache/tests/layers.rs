@@ -538,6 +538,7 @@ fn hostile_archives_are_refused_or_neutralised() {
         &UnpackOptions {
             same_owner: false,
             devices: false,
+            overlay_whiteouts: false,
         },
     )
     .unwrap();
