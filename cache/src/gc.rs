@@ -1,0 +1,359 @@
+//! Disk usage and garbage collection over a whole state directory.
+//!
+//! [`Store`] opens the pieces under one root: `content/` (the OCI layout
+//! blob store, whose `index.json` holds the tagged images), `index.db` (the
+//! cache index), `snapshots/` and `leases/`. [`prune`] first drops cache
+//! records by policy (all, older than, least recently used beyond a size),
+//! then marks what is still reachable — tagged images (manifest, config,
+//! layers, index children), remaining records (blobs, snapshot chains) and
+//! the leases of running builds — and sweeps the rest. Blobs younger than a
+//! grace period are never swept, so a blob a build has just written but not
+//! yet recorded survives a concurrent prune.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::Digest;
+use crate::blob::{BlobError, BlobStore};
+use crate::index::{CacheIndex, IndexError, Record, now};
+use crate::snapshot::{SnapshotError, Snapshotter};
+use crate::spec::{Index, Manifest};
+
+/// GC failures.
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    /// Blob store.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    /// Cache index.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// Snapshots.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// Lease or lock files.
+    #[error("{action} {path}")]
+    Io {
+        /// What.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Everything under one state root.
+pub struct Store {
+    /// The state root.
+    pub root: PathBuf,
+    /// Blobs and tagged images.
+    pub blobs: BlobStore,
+    /// Cache records.
+    pub index: CacheIndex,
+    /// Snapshots.
+    pub snapshots: Snapshotter,
+}
+
+impl Store {
+    /// Opens (creating) a state root.
+    pub fn open(root: &Path) -> Result<Store, GcError> {
+        let leases = root.join("leases");
+        fs::create_dir_all(&leases).map_err(|source| GcError::Io {
+            action: "creating",
+            path: leases,
+            source,
+        })?;
+        Ok(Store {
+            root: root.to_path_buf(),
+            blobs: BlobStore::open(&root.join("content"))?,
+            index: CacheIndex::open(&root.join("index.db"))?,
+            snapshots: Snapshotter::open(&root.join("snapshots"))?,
+        })
+    }
+
+    /// A lease for a running build: what it adds is kept by any prune
+    /// until the lease is dropped (or its process dies).
+    pub fn lease(&self) -> Result<Lease, GcError> {
+        let n = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = self
+            .root
+            .join("leases")
+            .join(format!("{}-{n}", std::process::id()));
+        let io_err = |source| GcError::Io {
+            action: "creating lease",
+            path: path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err)?;
+        file.lock().map_err(io_err)?;
+        Ok(Lease { path, file })
+    }
+}
+
+/// Keeps blobs and snapshots of a running build from GC.
+pub struct Lease {
+    path: PathBuf,
+    file: File,
+}
+
+impl Lease {
+    /// Protects a blob.
+    pub fn add_blob(&mut self, digest: &Digest) -> Result<(), GcError> {
+        self.add(&format!("blob {digest}\n"))
+    }
+
+    /// Protects a snapshot (and its parents).
+    pub fn add_snapshot(&mut self, id: &str) -> Result<(), GcError> {
+        self.add(&format!("snapshot {id}\n"))
+    }
+
+    fn add(&mut self, line: &str) -> Result<(), GcError> {
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|source| GcError::Io {
+                action: "writing lease",
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Which records a prune drops.
+#[derive(Debug, Clone, Default)]
+pub struct PruneOptions {
+    /// Every record.
+    pub all: bool,
+    /// Records not used for this long.
+    pub older_than: Option<Duration>,
+    /// Drop least recently used records until the cache is this small.
+    pub keep_storage: Option<u64>,
+    /// Blobs younger than this are never swept (default 10 minutes).
+    pub grace: Option<Duration>,
+}
+
+/// What a prune removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Records dropped.
+    pub records: usize,
+    /// Blobs deleted.
+    pub blobs: usize,
+    /// Snapshots deleted.
+    pub snapshots: usize,
+    /// Bytes of blobs freed.
+    pub bytes: u64,
+}
+
+/// One line of `rbuild du`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRecord {
+    /// The record.
+    pub record: Record,
+    /// Bytes of its blobs that nothing else (no tagged image) references.
+    pub reclaimable: u64,
+}
+
+/// What the cache holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Records, least recently used first.
+    pub records: Vec<UsageRecord>,
+    /// Bytes of all blobs.
+    pub total: u64,
+    /// Bytes a `prune --all` would free.
+    pub reclaimable: u64,
+}
+
+/// Blobs reachable from the tagged images.
+fn image_roots(blobs: &BlobStore) -> Result<BTreeSet<String>, GcError> {
+    let mut marked = BTreeSet::new();
+    let index = blobs.read_index()?;
+    let mut todo: Vec<String> = index.manifests.iter().map(|d| d.digest.clone()).collect();
+    while let Some(d) = todo.pop() {
+        if !marked.insert(d.clone()) {
+            continue;
+        }
+        let Ok(digest) = d.parse::<Digest>() else {
+            continue;
+        };
+        let Ok(data) = blobs.read(&digest) else {
+            continue;
+        };
+        if let Ok(m) = serde_json::from_slice::<Manifest>(&data) {
+            marked.insert(m.config.digest.clone());
+            for l in &m.layers {
+                marked.insert(l.digest.clone());
+            }
+        } else if let Ok(i) = serde_json::from_slice::<Index>(&data) {
+            todo.extend(i.manifests.iter().map(|d| d.digest.clone()));
+        }
+    }
+    Ok(marked)
+}
+
+/// Lease contents; stale lease files (no live holder) are removed.
+fn lease_roots(root: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
+    let (mut blobs, mut snaps) = (BTreeSet::new(), BTreeSet::new());
+    let Ok(entries) = fs::read_dir(root.join("leases")) else {
+        return (blobs, snaps);
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Ok(f) = File::open(&path) else { continue };
+        if f.try_lock().is_ok() {
+            let _ = fs::remove_file(&path);
+            continue;
+        }
+        for line in fs::read_to_string(&path).unwrap_or_default().lines() {
+            match line.split_once(' ') {
+                Some(("blob", d)) => {
+                    blobs.insert(d.to_string());
+                }
+                Some(("snapshot", s)) => {
+                    snaps.insert(s.to_string());
+                }
+                _ => {}
+            }
+        }
+    }
+    (blobs, snaps)
+}
+
+/// Disk usage of the cache.
+pub fn disk_usage(store: &Store) -> Result<DiskUsage, GcError> {
+    let images = image_roots(&store.blobs)?;
+    let sizes: std::collections::BTreeMap<String, u64> = store
+        .blobs
+        .list()?
+        .into_iter()
+        .map(|(d, s)| (d.to_string(), s))
+        .collect();
+    let total = sizes.values().sum();
+    let mut records = Vec::new();
+    let mut reclaimable_set = BTreeSet::new();
+    for record in store.index.records()? {
+        let mut reclaimable = 0;
+        for b in &record.blobs {
+            if !images.contains(b) {
+                reclaimable += sizes.get(b).copied().unwrap_or(0);
+                reclaimable_set.insert(b.clone());
+            }
+        }
+        records.push(UsageRecord {
+            record,
+            reclaimable,
+        });
+    }
+    let reclaimable = sizes
+        .iter()
+        .filter(|(d, _)| !images.contains(*d))
+        .map(|(_, s)| *s)
+        .sum();
+    Ok(DiskUsage {
+        records,
+        total,
+        reclaimable,
+    })
+}
+
+/// Drops records by policy, then sweeps what nothing reaches.
+pub fn prune(store: &Store, options: &PruneOptions) -> Result<PruneReport, GcError> {
+    let gc_lock_path = store.root.join("gc.lock");
+    let gc_lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&gc_lock_path)
+        .map_err(|source| GcError::Io {
+            action: "opening",
+            path: gc_lock_path.clone(),
+            source,
+        })?;
+    gc_lock.lock().map_err(|source| GcError::Io {
+        action: "locking",
+        path: gc_lock_path,
+        source,
+    })?;
+
+    let mut report = PruneReport::default();
+    let records = store.index.records()?;
+    let now = now();
+    let mut keep_size: u64 = records.iter().map(|r| r.size).sum();
+    for r in &records {
+        let old = options
+            .older_than
+            .is_some_and(|d| r.last_used < now - d.as_secs() as i64);
+        let over = options.keep_storage.is_some_and(|limit| keep_size > limit);
+        if options.all || old || over {
+            store.index.delete(&r.key)?;
+            keep_size = keep_size.saturating_sub(r.size);
+            report.records += 1;
+        }
+    }
+
+    // Mark.
+    let mut marked = image_roots(&store.blobs)?;
+    marked.extend(store.index.referenced_blobs()?);
+    let (lease_blobs, lease_snaps) = lease_roots(&store.root);
+    marked.extend(lease_blobs);
+    let mut snap_roots: BTreeSet<String> = store
+        .index
+        .records()?
+        .into_iter()
+        .filter_map(|r| r.snapshot)
+        .collect();
+    snap_roots.extend(lease_snaps);
+    let mut snaps_marked = BTreeSet::new();
+    for id in snap_roots {
+        let mut cur = Some(id);
+        while let Some(c) = cur {
+            if !snaps_marked.insert(c.clone()) {
+                break;
+            }
+            cur = store.snapshots.get(&c).ok().and_then(|s| s.parent);
+        }
+    }
+
+    // Sweep.
+    let grace = options.grace.unwrap_or(Duration::from_secs(600));
+    for (digest, size) in store.blobs.list()? {
+        if marked.contains(&digest.to_string()) {
+            continue;
+        }
+        let young = fs::metadata(store.blobs.path(&digest))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age < grace);
+        if young {
+            continue;
+        }
+        store.blobs.delete(&digest)?;
+        report.blobs += 1;
+        report.bytes += size;
+    }
+    for s in store.snapshots.list()? {
+        if !snaps_marked.contains(&s.id) {
+            store.snapshots.remove(&s.id)?;
+            report.snapshots += 1;
+        }
+    }
+    Ok(report)
+}
