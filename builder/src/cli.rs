@@ -22,6 +22,12 @@ pub struct Cli {
 pub enum Command {
     /// Print the build graph that `build` would run, without running it
     Graph(GraphArgs),
+    /// Show cache disk usage
+    Du(DuArgs),
+    /// Remove build cache
+    Prune(PruneArgs),
+    /// Rehash every blob of the store and report corrupt ones
+    Verify,
     /// Look inside the frontend: parse, expand words, match .dockerignore
     #[command(subcommand)]
     Debug(DebugCommand),
@@ -145,4 +151,61 @@ fn parse_platform(s: &str) -> Result<frontend::stage::Platform, String> {
         ));
     }
     Ok(p)
+}
+
+/// `rbuild du`
+#[derive(Debug, Args)]
+pub struct DuArgs {
+    /// Show every record
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+/// `rbuild prune`
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Remove all cache records, not only those matched by filters
+    #[arg(short, long)]
+    pub all: bool,
+    /// Keep this much cache (e.g. 10GB, 512MB), dropping least recently used records
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub keep_storage: Option<u64>,
+    /// `until=DURATION`: records not used for that long (e.g. until=24h)
+    #[arg(long, value_name = "FILTER", value_parser = parse_until)]
+    pub filter: Vec<std::time::Duration>,
+}
+
+/// A size like `10GB`, `512mb`, `1.5g` or a byte count (binary multiples).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid size `{s}`"))?;
+    let mult: f64 = match unit
+        .trim()
+        .to_ascii_lowercase()
+        .trim_end_matches('b')
+        .trim_end_matches('i')
+    {
+        "" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024f64.powi(2),
+        "g" => 1024f64.powi(3),
+        "t" => 1024f64.powi(4),
+        _ => return Err(format!("invalid size `{s}` (use B, KB, MB, GB or TB)")),
+    };
+    Ok((n * mult) as u64)
+}
+
+fn parse_until(s: &str) -> Result<std::time::Duration, String> {
+    let Some(v) = s.strip_prefix("until=") else {
+        return Err(format!("unsupported filter `{s}` (only until=DURATION)"));
+    };
+    let ns = frontend::instructions::parse_go_duration(v)?;
+    if ns < 0 {
+        return Err(format!("negative duration in `{s}`"));
+    }
+    Ok(std::time::Duration::from_nanos(ns as u64))
 }

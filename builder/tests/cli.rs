@@ -322,3 +322,35 @@ fn debug_ignore_bad_pattern_names_file_line() {
         "{err}"
     );
 }
+
+#[test]
+fn du_prune_verify_on_a_state_root() {
+    let root = std::env::temp_dir().join(format!("rbuild-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let r = root.to_str().unwrap();
+    let out = rbuild(&["--root", r, "du"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("Total:"), "{}", stdout(&out));
+    // A blob whose content does not match its name.
+    let blob = root.join("content/blobs/sha256").join("a".repeat(64));
+    std::fs::write(&blob, b"not what the name says").unwrap();
+    let out = rbuild(&["--root", r, "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("sha256:{}", "a".repeat(64))),
+        "{}",
+        stderr(&out)
+    );
+    // RBUILD_ROOT works like --root.
+    let out = Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .arg("du")
+        .env("RBUILD_ROOT", r)
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("Total:\t\t22B"), "{}", stdout(&out));
+    let out = rbuild(&["--root", r, "prune", "--filter", "until=24h"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = rbuild(&["--root", r, "prune", "--filter", "since=1h"]);
+    assert_eq!(out.status.code(), Some(2));
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -3,6 +3,7 @@
 
 pub(crate) mod debug;
 mod graph;
+mod store;
 
 use std::fmt::Write;
 
@@ -13,6 +14,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Debug(cmd) => debug::run(cmd),
         Command::Graph(args) => graph::run(args),
+        Command::Du(args) => store::du(cli.root, args),
+        Command::Prune(args) => store::prune(cli.root, args),
+        Command::Verify => store::verify(cli.root),
     }
 }
 
