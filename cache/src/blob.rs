@@ -148,6 +148,28 @@ impl BlobStore {
     }
 
     fn clean_stale_temp_files(&self) -> Result<(), BlobError> {
+        // index.json temp files: only under the index lock, which a live
+        // writer holds while its temp file exists.
+        let lock_path = self.root.join("index.json.lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("opening", &lock_path))?;
+        lock.lock().map_err(io_err("locking", &lock_path))?;
+        for entry in fs::read_dir(&self.root)
+            .map_err(io_err("reading", &self.root))?
+            .flatten()
+        {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".index.json.") && name.ends_with(".tmp") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        drop(lock);
+
         let dir = self.tmp_dir();
         let entries = fs::read_dir(&dir).map_err(io_err("reading", &dir))?;
         for entry in entries.flatten() {
