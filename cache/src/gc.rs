@@ -320,6 +320,7 @@ pub fn prune(store: &Store, options: &PruneOptions) -> Result<PruneReport, GcErr
         .filter_map(|r| r.snapshot)
         .collect();
     snap_roots.extend(lease_snaps);
+    snap_roots.extend(store.index.chain_snapshots()?.into_iter().map(|(_, s)| s));
     let mut snaps_marked = BTreeSet::new();
     for id in snap_roots {
         let mut cur = Some(id);
@@ -356,4 +357,34 @@ pub fn prune(store: &Store, options: &PruneOptions) -> Result<PruneReport, GcErr
         }
     }
     Ok(report)
+}
+
+/// BuildKit-like default limit for automatic GC: 10% of the filesystem
+/// holding the store, at least 2 GiB.
+pub fn default_limit(root: &Path) -> u64 {
+    let floor = 2 << 30;
+    let Ok(c) = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()) else {
+        return floor;
+    };
+    // SAFETY: c is a valid path and st is written by the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return floor;
+    }
+    let size = st.f_blocks as u64 * st.f_frsize as u64;
+    (size / 10).max(floor)
+}
+
+/// Prunes least recently used records when the store holds more than
+/// `limit` bytes of blobs; returns what was removed, if anything.
+pub fn auto_prune(store: &Store, limit: u64) -> Result<Option<PruneReport>, GcError> {
+    let total: u64 = store.blobs.list()?.iter().map(|(_, s)| *s).sum();
+    if total <= limit {
+        return Ok(None);
+    }
+    let options = PruneOptions {
+        keep_storage: Some(limit / 10 * 8),
+        ..PruneOptions::default()
+    };
+    prune(store, &options).map(Some)
 }

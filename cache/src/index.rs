@@ -120,6 +120,12 @@ const MIGRATIONS: &[&str] = &[
         digest TEXT NOT NULL,
         PRIMARY KEY (context, path)
      );",
+    // 3: unpacked base layers by chain id, so a base image is unpacked once.
+    "CREATE TABLE layer_snapshots (
+        chain_id TEXT PRIMARY KEY,
+        snapshot TEXT NOT NULL,
+        last_used INTEGER NOT NULL
+     );",
 ];
 
 /// Unix seconds now.
@@ -396,6 +402,63 @@ impl CacheIndex {
     }
 }
 
+impl CacheIndex {
+    /// The snapshot holding the layers of `chain_id`, if unpacked before.
+    pub fn snapshot_for_chain(&self, chain_id: &str) -> Result<Option<String>, IndexError> {
+        let conn = self.conn();
+        let found: Option<String> = conn
+            .query_row(
+                "SELECT snapshot FROM layer_snapshots WHERE chain_id = ?1",
+                params![chain_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sql())?;
+        if found.is_some() {
+            conn.execute(
+                "UPDATE layer_snapshots SET last_used = ?2 WHERE chain_id = ?1",
+                params![chain_id, now()],
+            )
+            .map_err(self.sql())?;
+        }
+        Ok(found)
+    }
+
+    /// Records that `snapshot` holds the layers of `chain_id`.
+    pub fn set_snapshot_for_chain(&self, chain_id: &str, snapshot: &str) -> Result<(), IndexError> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO layer_snapshots (chain_id, snapshot, last_used) VALUES (?1, ?2, ?3)",
+                params![chain_id, snapshot, now()],
+            )
+            .map(|_| ())
+            .map_err(self.sql())
+    }
+
+    /// Every snapshot recorded for a chain id (GC roots while recorded).
+    pub fn chain_snapshots(&self) -> Result<Vec<(String, String)>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT chain_id, snapshot FROM layer_snapshots")
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.sql())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql())
+    }
+
+    /// Forgets a chain id's snapshot.
+    pub fn forget_chain(&self, chain_id: &str) -> Result<(), IndexError> {
+        self.conn()
+            .execute(
+                "DELETE FROM layer_snapshots WHERE chain_id = ?1",
+                params![chain_id],
+            )
+            .map(|_| ())
+            .map_err(self.sql())
+    }
+}
+
 fn blobs_of(conn: &Connection, key: &CacheKey) -> rusqlite::Result<Vec<String>> {
     let mut stmt =
         conn.prepare_cached("SELECT digest FROM record_blobs WHERE key = ?1 ORDER BY digest")?;
@@ -450,6 +513,33 @@ mod tests {
         // Reopening keeps the version and does not migrate again.
         let idx = CacheIndex::open(&dir.join("index.db")).unwrap();
         assert_eq!(idx.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn migrates_an_older_database_forward() {
+        let dir = temp("migrate");
+        let path = dir.join("index.db");
+        {
+            // A version-1 database, as an older rbuild left it.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute("INSERT INTO records VALUES ('k', '{}', NULL, 1, 0, 0)", [])
+                .unwrap();
+        }
+        let idx = CacheIndex::open(&path).unwrap();
+        assert_eq!(idx.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        assert_eq!(
+            idx.records().unwrap().len(),
+            1,
+            "data survives the migration"
+        );
+        idx.set_snapshot_for_chain("sha256:c", "7").unwrap();
+        assert_eq!(
+            idx.snapshot_for_chain("sha256:c").unwrap().as_deref(),
+            Some("7")
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 

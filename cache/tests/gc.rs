@@ -166,3 +166,35 @@ fn keep_storage_drops_least_recently_used_first() {
         "a record last used at t=300 is older than a minute"
     );
 }
+
+#[test]
+fn auto_prune_only_above_the_limit() {
+    let t = tmp("auto");
+    let store = Store::open(&t.0).unwrap();
+    let mut digests = Vec::new();
+    for n in 0..5u8 {
+        let d = store.blobs.put_bytes(&vec![n; 1000]).unwrap();
+        age(&store, &d);
+        store
+            .index
+            .put(&Record {
+                key: key(n),
+                result: "{}".into(),
+                snapshot: None,
+                blobs: vec![d.to_string()],
+                size: 1000,
+                created: 0,
+                last_used: i64::from(n),
+            })
+            .unwrap();
+        digests.push(d);
+    }
+    assert!(
+        cache::gc::auto_prune(&store, 10_000).unwrap().is_none(),
+        "pruned under the limit"
+    );
+    let report = cache::gc::auto_prune(&store, 3000).unwrap().unwrap();
+    assert_eq!(report.records, 3, "down to 80% of the limit, oldest first");
+    assert!(!store.blobs.contains(&digests[0]) && store.blobs.contains(&digests[4]));
+    assert!(cache::gc::default_limit(&t.0) >= 2 << 30);
+}

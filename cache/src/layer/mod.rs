@@ -53,6 +53,20 @@ pub fn media_type(compression: Compression, oci: bool) -> &'static str {
     }
 }
 
+/// The chain id of a stack of layers (OCI image spec): the first diff_id,
+/// then `sha256(parent_chain_id + " " + diff_id)` for each layer above.
+pub fn chain_id(diff_ids: &[Digest]) -> Option<Digest> {
+    use sha2::{Digest as _, Sha256};
+    let mut it = diff_ids.iter();
+    let mut chain = it.next()?.clone();
+    for d in it {
+        let mut h = Sha256::new();
+        h.update(format!("{chain} {d}").as_bytes());
+        chain = write::digest_of(h);
+    }
+    Some(chain)
+}
+
 /// A stored layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layer {
@@ -101,5 +115,28 @@ impl LayerError {
             path: path.to_path_buf(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_as_the_image_spec() {
+        let a: Digest = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
+        let b: Digest = format!("sha256:{}", "b".repeat(64)).parse().unwrap();
+        assert_eq!(chain_id(&[]), None);
+        assert_eq!(chain_id(std::slice::from_ref(&a)), Some(a.clone()));
+        // sha256("sha256:aaa... sha256:bbb...")
+        let expected = {
+            use sha2::{Digest as _, Sha256};
+            let h = Sha256::digest(format!("{a} {b}").as_bytes());
+            format!(
+                "sha256:{}",
+                h.iter().map(|x| format!("{x:02x}")).collect::<String>()
+            )
+        };
+        assert_eq!(chain_id(&[a, b]).unwrap().to_string(), expected);
     }
 }
