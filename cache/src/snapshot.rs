@@ -289,7 +289,7 @@ impl Snapshotter {
     pub fn import(
         &self,
         parent: Option<&str>,
-        layer: impl io::Read,
+        layer: impl io::Read + Send,
     ) -> Result<Snapshot, SnapshotError> {
         let tmp = self.tmp_committed()?;
         let fs_dir = tmp.join("fs");

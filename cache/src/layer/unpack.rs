@@ -64,25 +64,95 @@ impl Default for UnpackOptions {
 
 /// Applies the layer read from `reader` onto `root`.
 pub fn unpack(
-    reader: impl Read,
+    reader: impl Read + Send,
     root: &Path,
     options: &UnpackOptions,
 ) -> Result<UnpackStats, LayerError> {
+    // Decompression runs on its own thread, a few MiB ahead of the thread
+    // that creates files: on two cores the two halves overlap.
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
+        scope.spawn(move || {
+            let result = (|| -> io::Result<()> {
+                let mut decoded = decoder(reader)?;
+                loop {
+                    let mut chunk = vec![0u8; 1 << 20];
+                    let mut filled = 0;
+                    while filled < chunk.len() {
+                        match decoded.read(&mut chunk[filled..])? {
+                            0 => break,
+                            n => filled += n,
+                        }
+                    }
+                    if filled == 0 {
+                        return Ok(());
+                    }
+                    chunk.truncate(filled);
+                    if tx.send(Ok(chunk)).is_err() {
+                        return Ok(()); // the reader gave up
+                    }
+                }
+            })();
+            if let Err(e) = result {
+                let _ = tx.send(Err(e));
+            }
+        });
+        unpack_decoded(
+            ChannelReader {
+                rx,
+                chunk: Vec::new(),
+                pos: 0,
+            },
+            root,
+            options,
+        )
+    })
+}
+
+/// gzip, zstd or plain, told apart by the first bytes.
+fn decoder<'a>(reader: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
     let mut buffered = BufReader::with_capacity(1 << 20, reader);
-    let head = buffered
-        .fill_buf()
-        .map_err(|e| LayerError::io("reading", Path::new("layer"), e))?
-        .to_vec();
-    let decoded: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
+    let head = buffered.fill_buf()?.to_vec();
+    Ok(if head.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(
-            zstd::stream::read::Decoder::with_buffer(buffered)
-                .map_err(|e| LayerError::io("reading", Path::new("layer"), e))?,
-        )
+        Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?)
     } else {
         Box::new(buffered)
-    };
+    })
+}
+
+/// Reads the chunks the decompression thread sends.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0), // the sender finished
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn unpack_decoded(
+    decoded: impl Read,
+    root: &Path,
+    options: &UnpackOptions,
+) -> Result<UnpackStats, LayerError> {
     fs::create_dir_all(root).map_err(|e| LayerError::io("creating", root, e))?;
     let mut archive = tar::Archive::new(decoded);
     let mut state = Unpacker {
@@ -91,6 +161,7 @@ pub fn unpack(
         stats: UnpackStats::default(),
         written: HashSet::new(),
         dir_times: Vec::new(),
+        parent_cache: None,
     };
     let entries = archive
         .entries()
@@ -117,6 +188,10 @@ struct Unpacker {
     /// Paths (relative) this layer wrote; an opaque marker keeps these.
     written: HashSet<PathBuf>,
     dir_times: Vec<(PathBuf, u64)>,
+    /// The last parent resolved and created (tar entries come sorted, so
+    /// neighbours share it); dropped whenever a symlink or a removal could
+    /// change what a path resolves to.
+    parent_cache: Option<(PathBuf, PathBuf)>,
 }
 
 /// Cleans an archive name into a relative path inside the root.
@@ -240,10 +315,21 @@ impl Unpacker {
             .map(|n| n.as_bytes().to_vec())
             .unwrap_or_default();
         let parent_rel = rel.parent().unwrap_or(Path::new("")).to_path_buf();
-        let parent = resolve_in_root(&self.root, &parent_rel, true);
-        fs::create_dir_all(&parent).map_err(|e| LayerError::io("creating", &parent, e))?;
+        let parent = match &self.parent_cache {
+            Some((rel, resolved)) if *rel == parent_rel => resolved.clone(),
+            _ => {
+                let resolved = resolve_in_root(&self.root, &parent_rel, true);
+                fs::create_dir_all(&resolved)
+                    .map_err(|e| LayerError::io("creating", &resolved, e))?;
+                self.parent_cache = Some((parent_rel.clone(), resolved.clone()));
+                resolved
+            }
+        };
 
-        // Whiteouts.
+        // Whiteouts remove things a cached parent may go through.
+        if name.starts_with(b".wh.") {
+            self.parent_cache = None;
+        }
         if name == b".wh..wh..opq" && self.options.overlay_whiteouts {
             self.stats.whiteouts += 1;
             xattr::set(&parent, "trusted.overlay.opaque", b"y")
@@ -308,6 +394,10 @@ impl Unpacker {
             && !(m.is_dir() && kind == EntryType::Directory)
         {
             remove_any(&dest).map_err(|e| LayerError::io("replacing", &dest, e))?;
+            self.parent_cache = None;
+        }
+        if kind == EntryType::Symlink {
+            self.parent_cache = None;
         }
         let mode = header
             .mode()

@@ -79,12 +79,15 @@ struct HashWriter<W> {
     inner: W,
     hasher: Sha256,
     size: u64,
+    enabled: bool,
 }
 
 impl<W: Write> Write for HashWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        if self.enabled {
+            self.hasher.update(&buf[..n]);
+        }
         self.size += n as u64;
         Ok(n)
     }
@@ -174,31 +177,108 @@ pub fn write_layer(
     let blob = store.writer()?;
     let compressor = Compressor::new(blob, options)
         .map_err(|e| LayerError::io("compressing", Path::new("-"), e))?;
-    let hashing = HashWriter {
-        inner: compressor,
-        hasher: Sha256::new(),
-        size: 0,
-    };
-    let mut tar = TarWriter::new(hashing, options.clamp_mtime);
-    match source {
-        DiffSource::Full { root } => tar.write_tree(root, Path::new(""))?,
-        DiffSource::Overlay { upper } => tar.write_overlay(upper, Path::new(""))?,
-        DiffSource::Compare { lower, upper } => tar.write_compare(lower, upper, Path::new(""))?,
-    }
-    let hashing = tar.finish()?;
-    let diff_id = digest_of(hashing.hasher);
-    let uncompressed_size = hashing.size;
-    let blob = hashing
-        .inner
-        .finish()
-        .map_err(|e| LayerError::io("compressing", Path::new("-"), e))?;
-    let (digest, size) = blob.commit(None)?;
-    let media_type = super::media_type(options.compression, options.oci_media_types);
-    Ok(Layer {
-        diff_id,
-        descriptor: Descriptor::new(media_type, &digest, size),
-        uncompressed_size,
+    // The tar is built (and hashed) here while another thread compresses
+    // and stores it: on two cores the halves overlap. Uncompressed, the blob
+    // writer's own hash is the diff_id, so the tar is hashed once.
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let back = scope.spawn(move || -> io::Result<BlobWriter> {
+            let mut compressor = compressor;
+            for chunk in rx {
+                compressor.write_all(&chunk)?;
+            }
+            compressor.finish()
+        });
+        let hashing = HashWriter {
+            inner: ChannelWriter {
+                tx: Some(tx),
+                buf: Vec::with_capacity(CHUNK),
+            },
+            hasher: Sha256::new(),
+            size: 0,
+            enabled: options.compression != Compression::Uncompressed,
+        };
+        let mut tar = TarWriter::new(hashing, options.clamp_mtime);
+        let walked = match source {
+            DiffSource::Full { root } => tar.write_tree(root, Path::new("")),
+            DiffSource::Overlay { upper } => tar.write_overlay(upper, Path::new("")),
+            DiffSource::Compare { lower, upper } => tar.write_compare(lower, upper, Path::new("")),
+        };
+        let finished = walked.and_then(|()| tar.finish());
+        // Closing the channel (also on error) lets the thread end.
+        let (hashing, closed) = match finished {
+            Ok(mut h) => {
+                let closed = h.inner.close();
+                (Some(h), closed)
+            }
+            Err(e) => return Err(e),
+        };
+        let compressed = back.join().map_err(|_| {
+            LayerError::io(
+                "compressing",
+                Path::new("-"),
+                io::Error::other("the compression thread panicked"),
+            )
+        })?;
+        let hashing = hashing.expect("set above");
+        closed.map_err(|e| LayerError::io("writing", Path::new("layer"), e))?;
+        let blob = compressed.map_err(|e| LayerError::io("compressing", Path::new("-"), e))?;
+        let uncompressed_size = hashing.size;
+        let tar_hash = hashing.enabled.then(|| digest_of(hashing.hasher));
+        let (digest, size) = blob.commit(None)?;
+        let diff_id = tar_hash.unwrap_or_else(|| digest.clone());
+        let media_type = super::media_type(options.compression, options.oci_media_types);
+        Ok(Layer {
+            diff_id,
+            descriptor: Descriptor::new(media_type, &digest, size),
+            uncompressed_size,
+        })
     })
+}
+
+/// Size of the chunks handed to the compression thread.
+const CHUNK: usize = 1 << 20;
+
+/// Collects bytes into chunks for the compression thread.
+struct ChannelWriter {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        match &self.tx {
+            Some(tx) => tx
+                .send(chunk)
+                .map_err(|_| io::Error::other("the compression thread stopped")),
+            None => Err(io::Error::other("layer writer already closed")),
+        }
+    }
+
+    fn close(&mut self) -> io::Result<()> {
+        let r = self.send();
+        self.tx = None;
+        r
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 pub(crate) fn digest_of(hasher: Sha256) -> Digest {
