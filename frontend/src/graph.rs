@@ -564,8 +564,18 @@ impl Compiler<'_> {
                     let mut mounts = Vec::new();
                     let mut mount_inputs = Vec::new();
                     for m in &run.mounts {
-                        let mount = instructions::parse_mount(m, &mut |v| env.expand(lex, v))
+                        let mut mount = instructions::parse_mount(m, &mut |v| env.expand(lex, v))
                             .map_err(&bad)?;
+                        if mount.mount_type == instructions::MountType::Cache {
+                            // BuildKit's persistent id: namespace "/" id (or target).
+                            let ns = self
+                                .plan
+                                .build_args
+                                .get("BUILDKIT_CACHE_MOUNT_NS")
+                                .cloned()
+                                .unwrap_or_default();
+                            mount.id = mount.effective_id().map(|id| format!("{ns}/{id}"));
+                        }
                         mount_inputs.push(mount.from.clone());
                         mounts.push(mount);
                     }
@@ -1074,6 +1084,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(exec.mounts[0].target.as_deref(), Some("/opt/app-1/cache"));
+        assert_eq!(exec.mounts[0].id.as_deref(), Some("//opt/app-1/cache"));
         assert_eq!(exec.args, vec!["/bin/sh", "-c", "echo"]);
         assert!(
             exec.env.contains(&"V=1".to_string())

@@ -722,10 +722,30 @@ fn plan_instructions(
                 && d > s
             {
                 let what = match &stages[s].instructions[dep.instruction].kind {
-                    Kind::Run(_) => format!(
-                        "cannot mount from stage {}, stage needs to be defined before current command",
-                        crate::quote::go_quote(&stages[d].display_name())
-                    ),
+                    Kind::Run(run) => {
+                        // BuildKit names the --from word and the mount target.
+                        let (from, target) = run
+                            .mounts
+                            .iter()
+                            .filter_map(|m| instructions::mount::csv_fields(m).ok())
+                            .map(|fields| {
+                                let get = |keys: &[&str]| {
+                                    fields.iter().find_map(|f| {
+                                        let (k, v) = f.split_once('=')?;
+                                        keys.contains(&k.to_lowercase().as_str())
+                                            .then(|| v.to_string())
+                                    })
+                                };
+                                (get(&["from"]), get(&["target", "dst", "destination"]))
+                            })
+                            .find(|(f, _)| f.is_some())
+                            .unwrap_or_default();
+                        format!(
+                            "cannot mount from stage {} to {}, stage needs to be defined before current command",
+                            crate::quote::go_quote(&from.unwrap_or_default()),
+                            crate::quote::go_quote(&target.unwrap_or_default())
+                        )
+                    }
                     _ => format!(
                         "cannot copy from stage {}, it needs to be defined before current stage {}",
                         crate::quote::go_quote(&stages[d].display_name()),
@@ -871,6 +891,18 @@ mod tests {
             e.to_string().contains(
                 "cannot copy from stage \"y\", it needs to be defined before current stage \"x\""
             ),
+            "{e}"
+        );
+        let e = plan_of(
+            "FROM a AS x\nRUN --mount=from=y,target=/m true\nFROM b AS y\n",
+            PlanOptions {
+                target: Some("x".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("cannot mount from stage \"y\" to \"/m\", stage needs to be defined before current command"),
             "{e}"
         );
         let e = plan_of(

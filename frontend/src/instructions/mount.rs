@@ -99,7 +99,7 @@ impl Mount {
             return Some(id.clone());
         }
         match self.mount_type {
-            MountType::Cache => self.target.clone(),
+            MountType::Cache => self.target.as_deref().map(crate::glob::clean),
             MountType::Secret => self
                 .target
                 .as_deref()
