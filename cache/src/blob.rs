@@ -151,13 +151,8 @@ impl BlobStore {
         // index.json temp files: only under the index lock, which a live
         // writer holds while its temp file exists.
         let lock_path = self.root.join("index.json.lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err("opening", &lock_path))?;
-        lock.lock().map_err(io_err("locking", &lock_path))?;
+        let lock =
+            crate::lock::lock_exclusive(&lock_path).map_err(io_err("locking", &lock_path))?;
         for entry in fs::read_dir(&self.root)
             .map_err(io_err("reading", &self.root))?
             .flatten()
@@ -320,13 +315,8 @@ impl BlobStore {
     /// atomically), so two processes never lose each other's tags.
     pub fn update_index<T>(&self, change: impl FnOnce(&mut Index) -> T) -> Result<T, BlobError> {
         let lock_path = self.root.join("index.json.lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err("opening", &lock_path))?;
-        lock.lock().map_err(io_err("locking", &lock_path))?;
+        let _lock =
+            crate::lock::lock_exclusive(&lock_path).map_err(io_err("locking", &lock_path))?;
         let mut index = self.read_index()?;
         let out = change(&mut index);
         write_atomic(&self.root.join("index.json"), &to_canonical_json(&index))?;

@@ -276,17 +276,7 @@ pub fn disk_usage(store: &Store) -> Result<DiskUsage, GcError> {
 /// Drops records by policy, then sweeps what nothing reaches.
 pub fn prune(store: &Store, options: &PruneOptions) -> Result<PruneReport, GcError> {
     let gc_lock_path = store.root.join("gc.lock");
-    let gc_lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&gc_lock_path)
-        .map_err(|source| GcError::Io {
-            action: "opening",
-            path: gc_lock_path.clone(),
-            source,
-        })?;
-    gc_lock.lock().map_err(|source| GcError::Io {
+    let _gc_lock = crate::lock::lock_exclusive(&gc_lock_path).map_err(|source| GcError::Io {
         action: "locking",
         path: gc_lock_path,
         source,

@@ -9,7 +9,7 @@
 //! file lock, so two builds computing the same step do the work once: the
 //! second waits, then finds the first's record.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -343,13 +343,7 @@ impl CacheIndex {
             path: path.clone(),
             source,
         };
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(lock_err)?;
-        file.lock().map_err(lock_err)?;
+        let file = crate::lock::lock_exclusive(&path).map_err(lock_err)?;
         Ok(KeyLock { _file: file })
     }
 

@@ -12,6 +12,7 @@ mod digest;
 pub mod gc;
 pub mod index;
 pub mod layer;
+pub mod lock;
 pub mod snapshot;
 pub mod spec;
 

@@ -2,40 +2,21 @@
 //! compare; determinism; overlay and compare diffs with whiteouts; hostile
 //! archives crafted byte by byte.
 
+mod common;
+
+use common::{Tmp, is_root};
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use cache::blob::BlobStore;
 use cache::layer::{
     Compression, DiffSource, LayerError, LayerOptions, UnpackOptions, unpack, write_layer,
 };
-
-fn is_root() -> bool {
-    // SAFETY: no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-struct Tmp(PathBuf);
-
-impl Tmp {
-    fn new(name: &str) -> Tmp {
-        let p = std::env::temp_dir().join(format!("rbuild-layers-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        Tmp(p)
-    }
-}
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 fn mknod(path: &Path, kind: libc::mode_t, major: u32, minor: u32) {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
@@ -156,7 +137,7 @@ fn describe(root: &Path) -> BTreeMap<Vec<u8>, String> {
 
 #[test]
 fn full_tree_round_trips_with_every_compression() {
-    let t = Tmp::new("roundtrip");
+    let t = Tmp::new("layers", "roundtrip");
     let src = t.0.join("src");
     make_tree(&src);
     let store = BlobStore::open(&t.0.join("store")).unwrap();
@@ -198,7 +179,7 @@ fn full_tree_round_trips_with_every_compression() {
 
 #[test]
 fn clamped_mtimes() {
-    let t = Tmp::new("clamp");
+    let t = Tmp::new("layers", "clamp");
     let src = t.0.join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("f"), b"x").unwrap();
@@ -231,7 +212,7 @@ fn tar_names(store: &BlobStore, digest: &str) -> Vec<String> {
 
 #[test]
 fn compare_diff_writes_changes_and_whiteouts() {
-    let t = Tmp::new("compare");
+    let t = Tmp::new("layers", "compare");
     let lower = t.0.join("lower");
     let upper = t.0.join("upper");
     for d in [&lower, &upper] {
@@ -318,7 +299,7 @@ fn overlay_upper_whiteouts_and_opaque_dirs() {
         eprintln!("skipped: char 0/0 devices and trusted.* xattrs need root");
         return;
     }
-    let t = Tmp::new("overlay");
+    let t = Tmp::new("layers", "overlay");
     let upper = t.0.join("upper");
     fs::create_dir_all(upper.join("etc/replaced")).unwrap();
     fs::write(upper.join("etc/replaced/new.conf"), b"n").unwrap();
@@ -398,7 +379,7 @@ fn finish(mut out: Vec<u8>) -> Vec<u8> {
 
 #[test]
 fn hostile_archives_are_refused_or_neutralised() {
-    let t = Tmp::new("hostile");
+    let t = Tmp::new("layers", "hostile");
     let outside = t.0.join("outside");
     fs::create_dir_all(&outside).unwrap();
     let root = t.0.join("root");
@@ -562,7 +543,7 @@ fn hostile_archives_are_refused_or_neutralised() {
 
 #[test]
 fn corrupt_blob_cannot_be_unpacked() {
-    let t = Tmp::new("corrupt");
+    let t = Tmp::new("layers", "corrupt");
     let src = t.0.join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("f"), b"content").unwrap();

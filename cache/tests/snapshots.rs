@@ -1,34 +1,15 @@
 //! Snapshots with both backends: prepare, write, commit, stack, import,
 //! flatten long chains, and clean up after a killed process.
 
+mod common;
+
+use common::{Tmp, is_root};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use cache::blob::BlobStore;
 use cache::layer::LayerOptions;
 use cache::snapshot::{Backend, Snapshotter};
-
-fn is_root() -> bool {
-    // SAFETY: no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-struct Tmp(PathBuf);
-
-impl Tmp {
-    fn new(name: &str) -> Tmp {
-        let p = std::env::temp_dir().join(format!("rbuild-snap-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        Tmp(p)
-    }
-}
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 fn listing(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -53,7 +34,7 @@ fn listing(root: &Path) -> Vec<String> {
 }
 
 fn stack_and_commit(backend: Backend) {
-    let t = Tmp::new(&format!("{backend:?}"));
+    let t = Tmp::new("snap", &format!("{backend:?}"));
     let store = BlobStore::open(&t.0.join("store")).unwrap();
     let snaps = Snapshotter::open_with_backend(&t.0.join("snaps"), backend).unwrap();
 
@@ -132,7 +113,7 @@ fn long_chains_are_flattened() {
         eprintln!("skipped: overlay mounts need root");
         return;
     }
-    let t = Tmp::new("chain");
+    let t = Tmp::new("snap", "chain");
     // A long root path makes every lowerdir long.
     let deep = t.0.join("x".repeat(100)).join("y".repeat(100));
     let store = BlobStore::open(&t.0.join("store")).unwrap();
@@ -163,7 +144,7 @@ fn killed_process_leftovers_are_cleaned() {
         eprintln!("skipped: overlay mounts need root");
         return;
     }
-    let t = Tmp::new("stale");
+    let t = Tmp::new("snap", "stale");
     let root = t.0.join("snaps");
     let snaps = Snapshotter::open_with_backend(&root, Backend::Overlay).unwrap();
     let m = snaps.prepare(None).unwrap();
