@@ -101,10 +101,6 @@ impl BlobStore {
             );
             write_atomic(&layout, body.as_bytes())?;
         }
-        let index = root.join("index.json");
-        if !index.exists() {
-            write_atomic(&index, &to_canonical_json(&Index::default()))?;
-        }
         store.clean_stale_temp_files()?;
         Ok(store)
     }
@@ -148,11 +144,15 @@ impl BlobStore {
     }
 
     fn clean_stale_temp_files(&self) -> Result<(), BlobError> {
-        // index.json temp files: only under the index lock, which a live
-        // writer holds while its temp file exists.
+        // index.json (created when missing) and its temp files: only under
+        // the index lock, which a live writer holds while its temp file exists.
         let lock_path = self.root.join("index.json.lock");
         let lock =
             crate::lock::lock_exclusive(&lock_path).map_err(io_err("locking", &lock_path))?;
+        let index = self.root.join("index.json");
+        if !index.exists() {
+            write_atomic(&index, &to_canonical_json(&Index::default()))?;
+        }
         for entry in fs::read_dir(&self.root)
             .map_err(io_err("reading", &self.root))?
             .flatten()

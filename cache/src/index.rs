@@ -170,6 +170,15 @@ impl CacheIndex {
         if let Some(dir) = path.parent() {
             let _ = fs::create_dir_all(dir);
         }
+        // Setting WAL mode and migrating need the database to themselves:
+        // SQLite answers "busy" at once, without waiting, when two processes
+        // do it together, so opening is serialised with a file lock.
+        let open_lock_path = PathBuf::from(format!("{}.open-lock", path.display()));
+        let _open_lock =
+            crate::lock::lock_exclusive(&open_lock_path).map_err(|source| IndexError::Lock {
+                path: open_lock_path.clone(),
+                source,
+            })?;
         let mut conn = Connection::open(path).map_err(sql)?;
         conn.busy_timeout(Duration::from_secs(60)).map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL")
