@@ -15,3 +15,4 @@
 pub mod cli;
 pub mod commands;
 pub mod dockerfile;
+pub mod sandbox;
