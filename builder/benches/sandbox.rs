@@ -1,0 +1,56 @@
+//! Per-step RUN start overhead with the embedded runtime: `RUN true` in a
+//! busybox root, many times (goal: <= 5 ms). Needs root and busybox-static.
+//! `cargo bench -p builder --bench sandbox`.
+
+use std::os::unix::fs::symlink;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use builder::sandbox::embedded::Embedded;
+use builder::sandbox::{Network, RunSpec, Runtime, default_hosts};
+
+fn main() {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the sandbox needs root");
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("rbuild-bench-sandbox-{}", std::process::id()));
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    symlink("busybox", root.join("bin/true")).unwrap();
+    // The helper is the rbuild binary next to this bench's deps directory.
+    let exe = std::env::current_exe().unwrap();
+    let helper: PathBuf = exe.parent().unwrap().parent().unwrap().join("rbuild");
+    assert!(helper.exists(), "build the binary first: cargo build --release -p builder");
+    let runtime = Embedded { helper };
+    let spec = RunSpec {
+        rootfs: root.clone(),
+        args: vec!["/bin/true".into()],
+        env: vec![],
+        cwd: "/".into(),
+        uid: 0,
+        gid: 0,
+        additional_gids: vec![],
+        hostname: "buildkitsandbox".into(),
+        network: Network::Host,
+        insecure: false,
+        mounts: vec![],
+        hosts: default_hosts("buildkitsandbox"),
+        resolv_conf: String::new(),
+    };
+    for (label, network) in [("host network", Network::Host), ("network none", Network::None)] {
+        let spec = RunSpec { network, ..spec.clone() };
+        let n = 200;
+        let mut times: Vec<f64> = (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                assert_eq!(runtime.run(&spec, &mut |_, _| {}).unwrap(), 0);
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        println!("RUN true ({label}): median {:.2} ms, p90 {:.2} ms", times[n / 2], times[n * 9 / 10]);
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
