@@ -22,7 +22,10 @@ fn main() {
     // The helper is the rbuild binary next to this bench's deps directory.
     let exe = std::env::current_exe().unwrap();
     let helper: PathBuf = exe.parent().unwrap().parent().unwrap().join("rbuild");
-    assert!(helper.exists(), "build the binary first: cargo build --release -p builder");
+    assert!(
+        helper.exists(),
+        "build the binary first: cargo build --release -p builder"
+    );
     let runtime = Embedded { helper };
     let spec = RunSpec {
         rootfs: root.clone(),
@@ -39,8 +42,14 @@ fn main() {
         hosts: default_hosts("buildkitsandbox"),
         resolv_conf: String::new(),
     };
-    for (label, network) in [("host network", Network::Host), ("network none", Network::None)] {
-        let spec = RunSpec { network, ..spec.clone() };
+    for (label, network) in [
+        ("host network", Network::Host),
+        ("network none", Network::None),
+    ] {
+        let spec = RunSpec {
+            network,
+            ..spec.clone()
+        };
         let n = 200;
         let mut times: Vec<f64> = (0..n)
             .map(|_| {
@@ -50,7 +59,11 @@ fn main() {
             })
             .collect();
         times.sort_by(f64::total_cmp);
-        println!("RUN true ({label}): median {:.2} ms, p90 {:.2} ms", times[n / 2], times[n * 9 / 10]);
+        println!(
+            "RUN true ({label}): median {:.2} ms, p90 {:.2} ms",
+            times[n / 2],
+            times[n * 9 / 10]
+        );
     }
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -15,4 +15,5 @@
 pub mod cli;
 pub mod commands;
 pub mod dockerfile;
+pub mod image;
 pub mod sandbox;

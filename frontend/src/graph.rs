@@ -74,6 +74,9 @@ pub struct ExecOp {
     pub network: Network,
     /// `--security`.
     pub security: Security,
+    /// The stage's ARGs in declaration order (a base stage's first) with
+    /// their values: BuildKit prefixes RUN's history with them.
+    pub build_args: Vec<(String, String)>,
     /// Files the command needs mounted read-only: a heredoc with a
     /// shebang becomes an executable `/dev/pipes/<name>`.
     pub inline_files: Vec<InlineFile>,
@@ -179,6 +182,8 @@ pub struct FileOp {
     pub contents: Vec<(String, String)>,
     /// Destination, absolute; a trailing `/` is kept (it means a directory).
     pub dest: String,
+    /// The destination as written (expanded, not resolved): history uses it.
+    pub dest_written: String,
     /// Where the sources are read.
     pub from: FileSource,
     /// `--chown`, expanded.
@@ -506,7 +511,6 @@ impl Compiler<'_> {
         if shell.is_empty() {
             shell = vec!["/bin/sh".into(), "-c".into()];
         }
-        env.args.clear();
         // The base image's own ONBUILD triggers run first.
         let mut body = Vec::new();
         for t in &image_triggers {
@@ -590,6 +594,14 @@ impl Compiler<'_> {
                         network: run.network,
                         security: run.security,
                         inline_files,
+                        build_args: env
+                            .args
+                            .iter()
+                            .map(|(k, v)| {
+                                let value = env.scope.get(k).map(str::to_string);
+                                (k.clone(), value.or_else(|| v.clone()).unwrap_or_default())
+                            })
+                            .collect(),
                     };
                     let n = self
                         .graph
@@ -699,6 +711,7 @@ impl Compiler<'_> {
                         sources,
                         contents,
                         dest,
+                        dest_written: dest_word.clone(),
                         from: from_source,
                         chown: expand_opt(chown).map_err(&bad)?,
                         chmod: chmod.clone(),

@@ -409,8 +409,11 @@ impl StageEnv {
             if let Some(v) = &value {
                 self.scope.set(&def.key, v);
             }
-            self.args.retain(|(k, _)| k != &def.key);
-            self.args.push((def.key.clone(), value.clone()));
+            // A redeclared ARG keeps its first place (BuildKit's RUN history).
+            match self.args.iter_mut().find(|(k, _)| k == &def.key) {
+                Some(entry) => entry.1 = value.clone(),
+                None => self.args.push((def.key.clone(), value.clone())),
+            }
             out.push((def.key.clone(), value));
         }
         Ok(out)
