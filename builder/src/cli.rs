@@ -20,6 +20,10 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Build an image from a Dockerfile (also `rbuild [OPTIONS] CONTEXT`)
+    Build(Box<BuildArgs>),
+    /// List the images in the local store
+    Images,
     /// Print the build graph that `build` would run, without running it
     Graph(GraphArgs),
     /// Show cache disk usage
@@ -208,4 +212,85 @@ fn parse_until(s: &str) -> Result<std::time::Duration, String> {
         return Err(format!("negative duration in `{s}`"));
     }
     Ok(std::time::Duration::from_nanos(ns as u64))
+}
+
+/// Progress output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// `tty` on a terminal, else `plain`
+    Auto,
+    /// Live bars (plain output until the live view lands)
+    Tty,
+    /// BuildKit's plain format
+    Plain,
+    /// JSON events (not supported yet)
+    Rawjson,
+    /// Nothing
+    Quiet,
+}
+
+/// `rbuild build`
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub graph: BuildGraphArgs,
+    /// Name and tag for the image, repeatable
+    #[arg(short = 't', long = "tag", value_name = "REF")]
+    pub tags: Vec<String>,
+    /// Add a label to the image, repeatable
+    #[arg(long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+    /// Progress output
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressMode,
+    /// Print only the image id
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Write the image id to this file
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+    /// Write build metadata (JSON) to this file
+    #[arg(long, value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+    /// Do not use the cache (the cache is not consulted yet: every build runs every step)
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Network for RUN: default (the host's), none or host
+    #[arg(long, default_value = "default", value_parser = ["default", "none", "host"])]
+    pub network: String,
+    /// Extra privileges: security.insecure
+    #[arg(long, value_name = "ENTITLEMENT")]
+    pub allow: Vec<String>,
+    /// How RUN is sandboxed
+    #[arg(long, default_value = "embedded", value_parser = ["embedded", "runc"])]
+    pub runtime: String,
+    /// Output: type=image (the local store) for now
+    #[arg(short = 'o', long = "output", value_name = "SPEC")]
+    pub outputs: Vec<String>,
+    /// Layer compression: gzip (default), zstd or uncompressed
+    #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd", "uncompressed"])]
+    pub compression: String,
+    /// Secrets (not supported yet)
+    #[arg(long, value_name = "SPEC")]
+    pub secret: Vec<String>,
+    /// SSH agent sockets (not supported yet)
+    #[arg(long, value_name = "SPEC")]
+    pub ssh: Vec<String>,
+    /// Cache import (not supported yet)
+    #[arg(long, value_name = "SPEC")]
+    pub cache_from: Vec<String>,
+    /// Cache export (not supported yet)
+    #[arg(long, value_name = "SPEC")]
+    pub cache_to: Vec<String>,
+    /// Push the image (not supported yet)
+    #[arg(long)]
+    pub push: bool,
+    /// Always pull base images (not supported yet)
+    #[arg(long)]
+    pub pull: bool,
+    /// Run lint checks only (not supported yet)
+    #[arg(long)]
+    pub check: bool,
+    /// The build context directory, or - for a Dockerfile on stdin
+    pub context: PathBuf,
 }

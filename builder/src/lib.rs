@@ -14,6 +14,9 @@
 
 pub mod cli;
 pub mod commands;
+pub mod copy;
 pub mod dockerfile;
 pub mod image;
+pub mod images;
 pub mod sandbox;
+pub mod solve;

@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     {
         builder::sandbox::embedded::helper_main();
     }
-    let cli = builder::cli::Cli::parse();
+    let cli = builder::cli::Cli::parse_from(with_build_default(std::env::args_os().collect()));
     match builder::commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -18,4 +18,45 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `rbuild -t app:1 .` means `rbuild build -t app:1 .`: insert `build` when
+/// the first word after the global options is no subcommand.
+fn with_build_default(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    const COMMANDS: [&str; 9] = [
+        "build",
+        "images",
+        "graph",
+        "du",
+        "prune",
+        "verify",
+        "debug",
+        "help",
+        "__sandbox",
+    ];
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].to_string_lossy();
+        if a == "--root" {
+            i += 2;
+            continue;
+        }
+        if a.starts_with("--root=") {
+            i += 1;
+            continue;
+        }
+        if a == "-h"
+            || a == "--help"
+            || a == "-V"
+            || a == "--version"
+            || COMMANDS.contains(&a.as_ref())
+        {
+            return args;
+        }
+        break;
+    }
+    if i < args.len() {
+        args.insert(i, "build".into());
+    }
+    args
 }

@@ -1,9 +1,10 @@
 //! Runs each command of [`crate::cli`]; errors go back to `main` with
 //! context naming the file, flag or reference at fault.
 
+mod build;
 pub(crate) mod debug;
 mod graph;
-mod store;
+pub(crate) mod store;
 
 use std::fmt::Write;
 
@@ -13,6 +14,8 @@ use crate::cli::{Cli, Command};
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Debug(cmd) => debug::run(cmd),
+        Command::Build(args) => build::run(cli.root, *args),
+        Command::Images => build::images(cli.root),
         Command::Graph(args) => graph::run(args),
         Command::Du(args) => store::du(cli.root, args),
         Command::Prune(args) => store::prune(cli.root, args),

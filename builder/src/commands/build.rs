@@ -1,0 +1,212 @@
+//! `rbuild build` (and `rbuild images`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use cache::gc::Store;
+use cache::layer::Compression;
+use frontend::graph::compile;
+use frontend::ignore::{PatternMatcher, ignore_file_for, read_ignore_file};
+
+use crate::cli::{BuildArgs, ProgressMode};
+use crate::commands::store::{human, state_root};
+use crate::sandbox::Network;
+use crate::sandbox::embedded::Embedded;
+use crate::solve::{BuildOptions, LocalImages, Progress, build};
+
+fn not_yet(flag: &str) -> anyhow::Error {
+    anyhow::anyhow!("{flag} is not supported yet")
+}
+
+pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
+    if !args.secret.is_empty() {
+        return Err(not_yet("--secret"));
+    }
+    if !args.ssh.is_empty() {
+        return Err(not_yet("--ssh"));
+    }
+    if !args.cache_from.is_empty() || !args.cache_to.is_empty() {
+        return Err(not_yet("--cache-from/--cache-to"));
+    }
+    if args.push {
+        return Err(not_yet("--push (the registry client)"));
+    }
+    if args.pull {
+        return Err(not_yet("--pull (the registry client)"));
+    }
+    if args.check {
+        return Err(not_yet("--check"));
+    }
+    if args.runtime == "runc" {
+        return Err(not_yet("--runtime runc"));
+    }
+    if args.progress == ProgressMode::Rawjson {
+        return Err(not_yet("--progress rawjson"));
+    }
+    for o in &args.outputs {
+        let kind = o
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("type="))
+            .unwrap_or("");
+        if kind != "image" || o.contains("push=true") {
+            return Err(not_yet(&format!("--output {o}")));
+        }
+    }
+    let allow_insecure = args.allow.iter().any(|a| a == "security.insecure");
+    if let Some(bad) = args
+        .allow
+        .iter()
+        .find(|a| *a != "security.insecure" && *a != "network.host")
+    {
+        bail!("--allow {bad}: unknown entitlement (security.insecure, network.host)");
+    }
+    let mut labels = BTreeMap::new();
+    for l in &args.labels {
+        let Some((k, v)) = l.split_once('=') else {
+            bail!("--label {l:?} is not K=V")
+        };
+        labels.insert(k.to_string(), v.to_string());
+    }
+
+    let stdin_dockerfile = args.context == Path::new("-");
+    let empty_context = tempdir_for_stdin()?;
+    let context = if stdin_dockerfile {
+        empty_context.clone()
+    } else {
+        args.context.clone()
+    };
+    if !context.is_dir() {
+        bail!("build context {} is not a directory", context.display());
+    }
+    let mut graph_args = args.graph;
+    if stdin_dockerfile {
+        graph_args.file = Some(PathBuf::from("-"));
+    }
+    let loaded = crate::dockerfile::load(&context, &graph_args)?;
+    let store_root = state_root(root);
+    let store = Store::open(&store_root)
+        .with_context(|| format!("opening the state directory {}", store_root.display()))?;
+    let graph = compile(&loaded.plan, &LocalImages(&store))?;
+
+    let ignore = {
+        let dockerfile_path = if loaded.path == Path::new("-") {
+            context.join("Dockerfile")
+        } else {
+            loaded.path.clone()
+        };
+        match ignore_file_for(&context, &dockerfile_path) {
+            Some(f) => {
+                let text = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+                Some(
+                    PatternMatcher::new(&read_ignore_file(&String::from_utf8_lossy(&text)))
+                        .with_context(|| format!("reading {}", f.display()))?,
+                )
+            }
+            None => None,
+        }
+    };
+    let mut named_contexts = BTreeMap::new();
+    for spec in &graph_args.build_contexts {
+        let (name, src) = spec.split_once('=').expect("checked when planning");
+        if src.contains("://") {
+            return Err(not_yet(&format!("--build-context {spec}")));
+        }
+        named_contexts.insert(name.to_string(), PathBuf::from(src));
+    }
+    let network = match args.network.as_str() {
+        "none" => Network::None,
+        _ => Network::Host,
+    };
+    let options = BuildOptions {
+        context: &context,
+        ignore,
+        named_contexts,
+        tags: args.tags.clone(),
+        network,
+        allow_insecure,
+        compression: args
+            .compression
+            .parse::<Compression>()
+            .map_err(anyhow::Error::msg)?,
+        epoch: loaded.plan.source_date_epoch,
+        proxy_env: loaded.plan.proxy_env(),
+    };
+    let quiet = args.quiet || args.progress == ProgressMode::Quiet;
+    let mut progress = Progress::new(quiet);
+    let runtime = Embedded::current().context("finding the rbuild binary for the sandbox")?;
+    let mut built = build(&store, &graph, &runtime, &options, &mut progress)?;
+    if !labels.is_empty() {
+        built
+            .config
+            .config
+            .labels
+            .get_or_insert_with(Default::default)
+            .extend(labels);
+        let layers = crate::images::read(
+            &store.blobs,
+            &crate::images::StoredImage {
+                reference: String::new(),
+                manifest: built.manifest.clone(),
+            },
+        )?
+        .0
+        .layers;
+        let (id, manifest) = crate::images::store(&store.blobs, &built.config, layers, &args.tags)?;
+        built.image_id = id.to_string();
+        built.manifest = manifest;
+    }
+    if let Some(f) = &args.iidfile {
+        write_file(f, built.image_id.as_bytes())?;
+    }
+    if let Some(f) = &args.metadata_file {
+        let meta = serde_json::json!({
+            "containerimage.digest": built.manifest.digest,
+            "containerimage.config.digest": built.image_id,
+            "containerimage.descriptor": built.manifest,
+            "image.name": args.tags.join(","),
+        });
+        write_file(f, serde_json::to_string_pretty(&meta)?.as_bytes())?;
+    }
+    if quiet {
+        println!("{}", built.image_id);
+    } else {
+        eprintln!("writing image {} done", built.image_id);
+        for t in &args.tags {
+            eprintln!("naming to {} done", crate::images::normalize(t));
+        }
+    }
+    Ok(())
+}
+
+/// Writes through a temp file and rename: never half-written.
+fn write_file(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("rbuild-tmp");
+    std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+fn tempdir_for_stdin() -> anyhow::Result<PathBuf> {
+    let p = std::env::temp_dir().join(format!("rbuild-empty-context-{}", std::process::id()));
+    std::fs::create_dir_all(&p)?;
+    Ok(p)
+}
+
+pub fn images(root: Option<PathBuf>) -> anyhow::Result<()> {
+    let store_root = state_root(root);
+    let store = cache::blob::BlobStore::open(&store_root.join("content"))?;
+    println!("{:<40} {:<20} {:>10}", "REPOSITORY:TAG", "IMAGE ID", "SIZE");
+    for img in crate::images::list(&store)? {
+        let (manifest, _) = crate::images::read(&store, &img)?;
+        let size: u64 = manifest.layers.iter().map(|l| l.size).sum();
+        let id = manifest
+            .config
+            .digest
+            .trim_start_matches("sha256:")
+            .chars()
+            .take(12)
+            .collect::<String>();
+        println!("{:<40} {:<20} {:>10}", img.reference, id, human(size));
+    }
+    Ok(())
+}

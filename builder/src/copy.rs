@@ -1,0 +1,474 @@
+//! COPY and ADD from local sources into a root filesystem, with BuildKit's
+//! rules: Go globs, a directory source copies its contents, a trailing `/`
+//! makes the destination a directory, several sources need one, missing
+//! parents are created, `--chown` by name or id (resolved in the
+//! destination's /etc/passwd), `--chmod` octal or symbolic, `--exclude`,
+//! `.dockerignore` for the build context, heredoc sources, and ADD's local
+//! archive extraction.
+//!
+//! Nothing is read outside the source root or written outside the
+//! destination root: both sides are resolved inside their roots
+//! (`cache::layer::resolve_in_root`), files are created without following
+//! symlinks, and symlinks found inside a copied tree are copied as links.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use cache::layer::resolve_in_root;
+use frontend::glob::glob_match;
+use frontend::ignore::PatternMatcher;
+use frontend::instructions::chmod::Chmod;
+
+/// What to copy where.
+#[derive(Debug, Clone)]
+pub struct CopyRequest<'a> {
+    /// Root of the sources (build context or another stage's filesystem).
+    pub source_root: &'a Path,
+    /// `.dockerignore` of the build context (none for stages).
+    pub ignore: Option<&'a PatternMatcher>,
+    /// Source paths (globs allowed), relative to `source_root`.
+    pub sources: &'a [String],
+    /// Heredoc sources: (file name, content).
+    pub contents: &'a [(String, String)],
+    /// Absolute destination inside `dest_root`; a trailing `/` means a directory.
+    pub dest: &'a str,
+    /// Root filesystem written to.
+    pub dest_root: &'a Path,
+    /// `--chown` (unresolved).
+    pub chown: Option<&'a str>,
+    /// `--chmod`.
+    pub chmod: Option<&'a str>,
+    /// `--exclude` patterns.
+    pub excludes: &'a [String],
+    /// ADD: extract local archives.
+    pub add: bool,
+    /// ADD `--unpack` (None: extract archives by default).
+    pub unpack: Option<bool>,
+}
+
+/// Why a copy failed; names the path.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// A source that does not exist (or is excluded).
+    #[error("{0:?}: not found")]
+    NotFound(String),
+    /// A rule of COPY was broken.
+    #[error("{0}")]
+    Invalid(String),
+    /// A filesystem operation failed.
+    #[error("{action} {path}")]
+    Io {
+        /// What.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CopyError + use<> {
+    let path = path.to_path_buf();
+    move |source| CopyError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// Relative paths (from `root`) matching `pattern` segment by segment.
+fn expand_glob(root: &Path, pattern: &str) -> Result<Vec<String>, CopyError> {
+    let segments: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
+    let mut found = vec![String::new()];
+    for seg in segments {
+        let mut next = Vec::new();
+        for base in &found {
+            let dir = resolve_in_root(root, Path::new(base), true);
+            if !has_glob(seg) {
+                let candidate = if base.is_empty() {
+                    seg.to_string()
+                } else {
+                    format!("{base}/{seg}")
+                };
+                if fs::symlink_metadata(resolve_in_root(root, Path::new(&candidate), false)).is_ok()
+                {
+                    next.push(candidate);
+                }
+                continue;
+            }
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            let mut names: Vec<String> = entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            for name in names {
+                let matched = glob_match(seg, &name)
+                    .map_err(|_| CopyError::Invalid(format!("invalid pattern {pattern:?}")))?;
+                if matched {
+                    next.push(if base.is_empty() {
+                        name
+                    } else {
+                        format!("{base}/{name}")
+                    });
+                }
+            }
+        }
+        found = next;
+    }
+    Ok(found.into_iter().filter(|f| !f.is_empty()).collect())
+}
+
+/// The owner a copied entry gets.
+#[derive(Debug, Clone, Copy)]
+struct Owner {
+    uid: u32,
+    gid: u32,
+}
+
+/// Copies what `req` asks for. Returns the number of entries written.
+pub fn copy(req: &CopyRequest<'_>) -> Result<u64, CopyError> {
+    let owner = match req.chown {
+        None => Owner { uid: 0, gid: 0 },
+        Some(spec) => {
+            let u =
+                crate::sandbox::user::resolve(req.dest_root, spec).map_err(CopyError::Invalid)?;
+            Owner {
+                uid: u.uid,
+                gid: u.gid,
+            }
+        }
+    };
+    let chmod = req
+        .chmod
+        .map(Chmod::parse)
+        .transpose()
+        .map_err(CopyError::Invalid)?;
+    let excludes =
+        PatternMatcher::new(req.excludes).map_err(|e| CopyError::Invalid(e.to_string()))?;
+
+    // Sources, expanded.
+    let mut selected: Vec<String> = Vec::new();
+    let mut wildcard = false;
+    for src in req.sources {
+        let clean = frontend::glob::clean(&format!("/{src}"));
+        let rel = clean.trim_start_matches('/').to_string();
+        if has_glob(&rel) {
+            wildcard = true;
+            selected.extend(expand_glob(req.source_root, &rel)?);
+        } else {
+            let path = resolve_in_root(req.source_root, Path::new(&rel), true);
+            let ignored = req.ignore.is_some_and(|m| {
+                !rel.is_empty() && m.matches_or_parent_matches(&rel).unwrap_or(false)
+            });
+            if ignored || fs::symlink_metadata(&path).is_err() {
+                return Err(CopyError::NotFound(format!("/{rel}")));
+            }
+            selected.push(rel);
+        }
+    }
+    if let Some(m) = req.ignore {
+        selected.retain(|p| !m.matches_or_parent_matches(p).unwrap_or(false));
+    }
+    selected.retain(|p| !excludes.matches_or_parent_matches(p).unwrap_or(false));
+    let total = selected.len() + req.contents.len();
+    if total == 0 {
+        return Err(CopyError::Invalid("no source files were specified".into()));
+    }
+    let dest_is_dir_word = req.dest.ends_with('/');
+    if (total > 1 || wildcard) && !dest_is_dir_word {
+        // BuildKit accepts an existing directory too.
+        let existing = resolve_in_root(
+            req.dest_root,
+            Path::new(req.dest.trim_start_matches('/')),
+            true,
+        );
+        if !existing.is_dir() {
+            return Err(CopyError::Invalid(
+                "When using COPY with more than one source file, the destination must be a directory and end with a /".into(),
+            ));
+        }
+    }
+
+    let mut n = 0;
+    for (name, data) in req.contents {
+        let target = dest_path(req, name)?;
+        write_file_from(&mut data.as_bytes(), &target, 0o644, owner, chmod.as_ref())?;
+        n += 1;
+    }
+    for rel in &selected {
+        let src = resolve_in_root(req.source_root, Path::new(rel), true);
+        let meta = fs::metadata(&src).map_err(io_err("reading", &src))?;
+        if meta.is_dir() {
+            // A directory copies its contents.
+            let dest_dir = resolve_in_root(
+                req.dest_root,
+                Path::new(req.dest.trim_start_matches('/')),
+                true,
+            );
+            make_dirs(req.dest_root, req.dest, owner)?;
+            n += copy_tree(&src, &dest_dir, rel, req, &excludes, owner, chmod.as_ref())?;
+            continue;
+        }
+        if req.add && req.unpack != Some(false) && is_archive(&src)? {
+            let dest_dir = resolve_in_root(
+                req.dest_root,
+                Path::new(req.dest.trim_start_matches('/')),
+                true,
+            );
+            make_dirs(req.dest_root, req.dest, owner)?;
+            let file = File::open(&src).map_err(io_err("opening", &src))?;
+            let stats =
+                cache::layer::unpack(file, &dest_dir, &cache::layer::UnpackOptions::default())
+                    .map_err(|e| CopyError::Invalid(format!("extracting {rel}: {e}")))?;
+            n += stats.entries;
+            continue;
+        }
+        let base = Path::new(rel)
+            .file_name()
+            .map(|b| b.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let target = dest_path(req, &base)?;
+        let mut file = File::open(&src).map_err(io_err("opening", &src))?;
+        write_file_from(
+            &mut file,
+            &target,
+            meta.mode() & 0o7777,
+            owner,
+            chmod.as_ref(),
+        )?;
+        set_mtime(&target, &meta);
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Where a single file named `base` goes.
+fn dest_path(req: &CopyRequest<'_>, base: &str) -> Result<PathBuf, CopyError> {
+    let dest_rel = req.dest.trim_start_matches('/');
+    let existing = resolve_in_root(req.dest_root, Path::new(dest_rel), true);
+    let into_dir = req.dest.ends_with('/') || existing.is_dir() || dest_rel.is_empty();
+    let target_rel = if into_dir {
+        format!("{}/{base}", dest_rel.trim_end_matches('/'))
+    } else {
+        dest_rel.to_string()
+    };
+    let target_rel = target_rel.trim_start_matches('/').to_string();
+    let parent = Path::new(&target_rel)
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    make_dirs(
+        req.dest_root,
+        &format!("/{parent}"),
+        Owner { uid: 0, gid: 0 },
+    )?;
+    let parent_path = resolve_in_root(req.dest_root, Path::new(&parent), true);
+    let name = Path::new(&target_rel)
+        .file_name()
+        .ok_or_else(|| CopyError::Invalid(format!("invalid destination {:?}", req.dest)))?;
+    Ok(parent_path.join(name))
+}
+
+/// `mkdir -p` inside the root; new directories get `owner`, mode 0755.
+fn make_dirs(root: &Path, dir: &str, owner: Owner) -> Result<(), CopyError> {
+    let mut rel = PathBuf::new();
+    for c in Path::new(dir.trim_start_matches('/')).components() {
+        rel.push(c);
+        let path = resolve_in_root(root, &rel, true);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(CopyError::Invalid(format!(
+                    "cannot copy to {}: not a directory",
+                    rel.display()
+                )));
+            }
+            Err(_) => {
+                fs::create_dir(&path).map_err(io_err("creating", &path))?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+                    .map_err(io_err("changing mode of", &path))?;
+                let _ = std::os::unix::fs::lchown(&path, Some(owner.uid), Some(owner.gid));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_file_from(
+    reader: &mut dyn Read,
+    target: &Path,
+    mode: u32,
+    owner: Owner,
+    chmod: Option<&Chmod>,
+) -> Result<(), CopyError> {
+    if let Ok(m) = fs::symlink_metadata(target) {
+        if m.is_dir() {
+            return Err(CopyError::Invalid(format!(
+                "cannot replace directory {} with a file",
+                target.display()
+            )));
+        }
+        fs::remove_file(target).map_err(io_err("replacing", target))?;
+    }
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(target)
+        .map_err(io_err("creating", target))?;
+    io::copy(reader, &mut out).map_err(io_err("writing", target))?;
+    out.flush().map_err(io_err("writing", target))?;
+    std::os::unix::fs::lchown(target, Some(owner.uid), Some(owner.gid))
+        .map_err(io_err("changing owner of", target))?;
+    let mode = chmod.map_or(mode, |c| c.apply(mode, false));
+    fs::set_permissions(target, fs::Permissions::from_mode(mode))
+        .map_err(io_err("changing mode of", target))
+}
+
+fn set_mtime(target: &Path, meta: &fs::Metadata) {
+    if let Ok(t) = meta.modified() {
+        let _ = File::options()
+            .write(true)
+            .open(target)
+            .and_then(|f| f.set_modified(t));
+    }
+}
+
+/// Copies the contents of `src_dir` into `dest_dir`, links as links.
+fn copy_tree(
+    src_dir: &Path,
+    dest_dir: &Path,
+    rel: &str,
+    req: &CopyRequest<'_>,
+    excludes: &PatternMatcher,
+    owner: Owner,
+    chmod: Option<&Chmod>,
+) -> Result<u64, CopyError> {
+    let mut n = 0;
+    let mut names: Vec<_> = fs::read_dir(src_dir)
+        .map_err(io_err("reading", src_dir))?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    for name in names {
+        let child_rel = if rel.is_empty() {
+            name.to_string_lossy().into_owned()
+        } else {
+            format!("{rel}/{}", name.to_string_lossy())
+        };
+        if req
+            .ignore
+            .is_some_and(|m| m.matches_or_parent_matches(&child_rel).unwrap_or(false))
+            || excludes
+                .matches_or_parent_matches(&child_rel)
+                .unwrap_or(false)
+        {
+            continue;
+        }
+        let src = src_dir.join(&name);
+        let dest = dest_dir.join(&name);
+        let meta = fs::symlink_metadata(&src).map_err(io_err("reading", &src))?;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            match fs::symlink_metadata(&dest) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    fs::remove_file(&dest).map_err(io_err("replacing", &dest))?;
+                    fs::create_dir(&dest).map_err(io_err("creating", &dest))?;
+                }
+                Err(_) => fs::create_dir(&dest).map_err(io_err("creating", &dest))?,
+            }
+            n += copy_tree(&src, &dest, &child_rel, req, excludes, owner, chmod)?;
+            std::os::unix::fs::lchown(&dest, Some(owner.uid), Some(owner.gid))
+                .map_err(io_err("changing owner of", &dest))?;
+            let mode = chmod.map_or(meta.mode() & 0o7777, |c| c.apply(meta.mode(), true));
+            fs::set_permissions(&dest, fs::Permissions::from_mode(mode))
+                .map_err(io_err("changing mode of", &dest))?;
+            set_mtime(&dest, &meta);
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&src).map_err(io_err("reading", &src))?;
+            if fs::symlink_metadata(&dest).is_ok() {
+                remove_any(&dest)?;
+            }
+            symlink(&target, &dest).map_err(io_err("creating", &dest))?;
+            std::os::unix::fs::lchown(&dest, Some(owner.uid), Some(owner.gid))
+                .map_err(io_err("changing owner of", &dest))?;
+        } else if ft.is_file() {
+            if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
+                remove_any(&dest)?;
+            }
+            let mut file = File::open(&src).map_err(io_err("opening", &src))?;
+            write_file_from(&mut file, &dest, meta.mode() & 0o7777, owner, chmod)?;
+            set_mtime(&dest, &meta);
+        } else {
+            // Devices, fifos and sockets in a context are not copied.
+            continue;
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn remove_any(path: &Path) -> Result<(), CopyError> {
+    let r = if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    r.map_err(io_err("replacing", path))
+}
+
+/// A tar archive (plain, gzip or zstd), told by content as BuildKit does.
+fn is_archive(path: &Path) -> Result<bool, CopyError> {
+    let mut head = [0u8; 512];
+    let mut f = File::open(path).map_err(io_err("opening", path))?;
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]).map_err(io_err("reading", path))? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    let head = &head[..n];
+    // Compressed: it is an archive only if what is inside is a tar.
+    let mut inner = [0u8; 512];
+    let inner_len = if head.starts_with(&[0x1f, 0x8b]) {
+        read_up_to(
+            &mut flate2::read::GzDecoder::new(File::open(path).map_err(io_err("opening", path))?),
+            &mut inner,
+        )
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        match zstd::stream::read::Decoder::new(File::open(path).map_err(io_err("opening", path))?) {
+            Ok(mut d) => read_up_to(&mut d, &mut inner),
+            Err(_) => 0,
+        }
+    } else {
+        inner[..n].copy_from_slice(head);
+        n
+    };
+    // ustar magic at offset 257.
+    Ok(inner_len >= 263 && &inner[257..262] == b"ustar")
+}
+
+fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> usize {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    n
+}

@@ -1,0 +1,167 @@
+//! The local image store: images are manifests in the content store's
+//! `index.json`, tagged with `org.opencontainers.image.ref.name` (the tag as
+//! given) and `io.containerd.image.name` (the full name), so `skopeo`,
+//! `umoci` and `oras` see them as `oci:<root>/content:<tag>`.
+
+use anyhow::{Context, bail};
+use cache::Digest;
+use cache::blob::BlobStore;
+use cache::spec::{Descriptor, ImageConfig, Manifest, media, to_canonical_json};
+
+/// Annotation holding the tag.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// Annotation holding the full image name.
+pub const FULL_NAME: &str = "io.containerd.image.name";
+
+/// `alpine` -> `docker.io/library/alpine:latest`, as docker names images.
+pub fn normalize(reference: &str) -> String {
+    let (name, digest) = match reference.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (reference, None),
+    };
+    let last = name.rsplit('/').next().unwrap_or(name);
+    let (name, tag) = match last.rsplit_once(':') {
+        Some((_, t)) => (&name[..name.len() - t.len() - 1], Some(t)),
+        None => (name, None),
+    };
+    let first = name.split('/').next().unwrap_or(name);
+    let has_registry =
+        name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    let full = if has_registry {
+        name.to_string()
+    } else if name.contains('/') {
+        format!("docker.io/{name}")
+    } else {
+        format!("docker.io/library/{name}")
+    };
+    match (digest, tag) {
+        (Some(d), _) => format!("{full}@{d}"),
+        (None, Some(t)) => format!("{full}:{t}"),
+        (None, None) => format!("{full}:latest"),
+    }
+}
+
+/// A stored image.
+#[derive(Debug, Clone)]
+pub struct StoredImage {
+    /// The tag as given.
+    pub reference: String,
+    /// The manifest descriptor.
+    pub manifest: Descriptor,
+}
+
+/// Every tagged image.
+pub fn list(blobs: &BlobStore) -> anyhow::Result<Vec<StoredImage>> {
+    let index = blobs.read_index()?;
+    Ok(index
+        .manifests
+        .into_iter()
+        .filter_map(|d| {
+            let reference = d.annotations.as_ref()?.get(REF_NAME)?.clone();
+            Some(StoredImage {
+                reference,
+                manifest: d,
+            })
+        })
+        .collect())
+}
+
+/// The image tagged `reference` (as given or normalised).
+pub fn find(blobs: &BlobStore, reference: &str) -> anyhow::Result<Option<StoredImage>> {
+    let wanted = normalize(reference);
+    Ok(list(blobs)?.into_iter().find(|img| {
+        img.reference == reference
+            || img
+                .manifest
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(FULL_NAME))
+                .is_some_and(|n| *n == wanted)
+    }))
+}
+
+/// Reads an image's manifest and config, verified.
+pub fn read(blobs: &BlobStore, image: &StoredImage) -> anyhow::Result<(Manifest, ImageConfig)> {
+    let digest: Digest = image.manifest.digest.parse()?;
+    let manifest: Manifest = serde_json::from_slice(&blobs.read(&digest)?)
+        .with_context(|| format!("reading the manifest of {}", image.reference))?;
+    let config: ImageConfig =
+        serde_json::from_slice(&blobs.read(&manifest.config.digest.parse()?)?)
+            .with_context(|| format!("reading the config of {}", image.reference))?;
+    Ok((manifest, config))
+}
+
+/// Stores config and manifest for `layers` and tags the image; returns
+/// (config digest = image id, manifest descriptor).
+pub fn store(
+    blobs: &BlobStore,
+    config: &ImageConfig,
+    layers: Vec<Descriptor>,
+    tags: &[String],
+) -> anyhow::Result<(Digest, Descriptor)> {
+    let config_bytes = to_canonical_json(config);
+    let config_digest = blobs.put_bytes(&config_bytes)?;
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(media::OCI_MANIFEST.into()),
+        artifact_type: None,
+        config: Descriptor::new(media::OCI_CONFIG, &config_digest, config_bytes.len() as u64),
+        layers,
+        subject: None,
+        annotations: None,
+    };
+    let manifest_bytes = to_canonical_json(&manifest);
+    let manifest_digest = blobs.put_bytes(&manifest_bytes)?;
+    let desc = Descriptor::new(
+        media::OCI_MANIFEST,
+        &manifest_digest,
+        manifest_bytes.len() as u64,
+    );
+    for tag in tags {
+        tag_manifest(blobs, &desc, tag)?;
+    }
+    Ok((config_digest, desc))
+}
+
+/// Points `tag` at a manifest (replacing what it named before).
+pub fn tag_manifest(blobs: &BlobStore, manifest: &Descriptor, tag: &str) -> anyhow::Result<()> {
+    if tag.is_empty() || tag.contains(char::is_whitespace) {
+        bail!("invalid tag {tag:?}");
+    }
+    let full = normalize(tag);
+    blobs.update_index(|idx| {
+        idx.manifests.retain(|d| {
+            d.annotations
+                .as_ref()
+                .and_then(|a| a.get(REF_NAME))
+                .is_none_or(|r| r != tag)
+        });
+        let mut d = manifest.clone();
+        d.annotations = Some(
+            [
+                (REF_NAME.to_string(), tag.to_string()),
+                (FULL_NAME.to_string(), full),
+            ]
+            .into(),
+        );
+        idx.manifests.push(d);
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize;
+
+    #[test]
+    fn names_like_docker() {
+        assert_eq!(normalize("alpine"), "docker.io/library/alpine:latest");
+        assert_eq!(normalize("alpine:3"), "docker.io/library/alpine:3");
+        assert_eq!(normalize("me/app:1"), "docker.io/me/app:1");
+        assert_eq!(normalize("localhost:5000/app"), "localhost:5000/app:latest");
+        assert_eq!(
+            normalize("ghcr.io/o/a:v@sha256:ab"),
+            "ghcr.io/o/a@sha256:ab"
+        );
+    }
+}

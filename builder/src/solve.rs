@@ -1,0 +1,557 @@
+//! Running a build graph: each op of the target's stages, in dependency
+//! order, on snapshots, with the sandbox for RUN and `copy` for COPY/ADD;
+//! the target's image is assembled and stored under its tags.
+//!
+//! This first solver runs ops one after the other and does not consult the
+//! cache index yet: every build runs every step. Cache keys, parallel
+//! vertices and `--no-cache` come next.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, anyhow, bail};
+use cache::gc::Store;
+use cache::layer::{Compression, LayerOptions};
+use cache::spec::{Descriptor, ImageConfig};
+use frontend::graph::{BuildGraph, Edge, FileSource, ImageConfigs, OpKind};
+use frontend::ignore::PatternMatcher;
+use frontend::instructions::{MountType, Security};
+use petgraph::stable_graph::NodeIndex;
+
+use crate::copy::{CopyRequest, copy};
+use crate::image::ImageState;
+use crate::sandbox::{Mount, Network, RunSpec, Runtime, Stream, default_hosts, resolv_conf};
+
+/// Base image configs from the local image store, for graph compilation.
+pub struct LocalImages<'a>(pub &'a Store);
+
+impl ImageConfigs for LocalImages<'_> {
+    fn config(&self, reference: &str) -> Option<frontend::graph::BaseConfig> {
+        let img = crate::images::find(&self.0.blobs, reference).ok()??;
+        let (_, cfg) = crate::images::read(&self.0.blobs, &img).ok()?;
+        let c = cfg.config;
+        Some(frontend::graph::BaseConfig {
+            env: c
+                .env
+                .unwrap_or_default()
+                .iter()
+                .map(|e| {
+                    let (k, v) = e.split_once('=').unwrap_or((e, ""));
+                    (k.to_string(), v.to_string())
+                })
+                .collect(),
+            workdir: c.working_dir.unwrap_or_default(),
+            user: c.user.unwrap_or_default(),
+            shell: c.shell.unwrap_or_default(),
+            onbuild: c.on_build.unwrap_or_default(),
+        })
+    }
+}
+
+/// What a build needs besides the graph.
+pub struct BuildOptions<'a> {
+    /// The build context directory.
+    pub context: &'a Path,
+    /// `.dockerignore` of the context.
+    pub ignore: Option<PatternMatcher>,
+    /// `--build-context NAME=DIR`.
+    pub named_contexts: BTreeMap<String, PathBuf>,
+    /// Tags to store the image under.
+    pub tags: Vec<String>,
+    /// RUN network.
+    pub network: Network,
+    /// `--allow security.insecure`.
+    pub allow_insecure: bool,
+    /// Layer compression.
+    pub compression: Compression,
+    /// SOURCE_DATE_EPOCH, for config and history times.
+    pub epoch: Option<i64>,
+    /// Proxy variables for RUN (not recorded anywhere).
+    pub proxy_env: Vec<(String, String)>,
+}
+
+/// The stored image.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// Config digest (the image id).
+    pub image_id: String,
+    /// Manifest descriptor.
+    pub manifest: Descriptor,
+    /// The config.
+    pub config: ImageConfig,
+}
+
+/// One op's result: a snapshot (None: empty) and its stage's image so far.
+#[derive(Clone)]
+struct Done {
+    snapshot: Option<String>,
+    image: ImageState,
+    layers: Vec<Descriptor>,
+}
+
+/// Plain progress, BuildKit's format: `#N name`, `#N 0.123 log`, `#N DONE 1.2s`.
+pub struct Progress {
+    quiet: bool,
+    counter: usize,
+}
+
+impl Progress {
+    /// Plain progress on stderr, or none.
+    pub fn new(quiet: bool) -> Progress {
+        Progress { quiet, counter: 0 }
+    }
+
+    fn start(&mut self, name: &str) -> (usize, Instant) {
+        self.counter += 1;
+        if !self.quiet {
+            eprintln!("#{} {name}", self.counter);
+        }
+        (self.counter, Instant::now())
+    }
+
+    fn done(&self, id: usize, started: Instant) {
+        if !self.quiet {
+            eprintln!("#{id} DONE {:.1}s", started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+fn rfc3339(epoch: i64) -> String {
+    // Days from civil (Howard Hinnant's algorithm), UTC.
+    let days = epoch.div_euclid(86_400);
+    let secs = epoch.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// Runs the graph and stores the target image.
+pub fn build(
+    store: &Store,
+    graph: &BuildGraph,
+    runtime: &dyn Runtime,
+    options: &BuildOptions<'_>,
+    progress: &mut Progress,
+) -> anyhow::Result<Built> {
+    let created = rfc3339(options.epoch.unwrap_or_else(cache::index::now));
+    let layer_options = LayerOptions {
+        compression: options.compression,
+        clamp_mtime: None,
+        ..LayerOptions::default()
+    };
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut done: BTreeMap<NodeIndex, Done> = BTreeMap::new();
+    for node in graph.topological() {
+        let op = &graph.graph[node];
+        let inputs = graph.inputs(node);
+        let parent = inputs
+            .iter()
+            .find(|(_, e)| *e == Edge::Parent)
+            .map(|(n, _)| *n);
+        let where_ = |e: anyhow::Error| match &op.span {
+            Some(s) => e.context(format!("{}: {}", s.start(), op.name)),
+            None => e.context(op.name.clone()),
+        };
+        // The state this op continues from; a new stage starts a new image.
+        let base = match parent {
+            Some(p) => {
+                let mut d = done[&p].clone();
+                if graph.graph[p].stage != op.stage {
+                    d.image = ImageState::new(Some(d.image.config.clone()), Some(created.clone()));
+                }
+                Some(d)
+            }
+            None => None,
+        };
+        let result = match &op.kind {
+            OpKind::Scratch => Done {
+                snapshot: None,
+                image: ImageState::new(None, Some(created.clone())),
+                layers: Vec::new(),
+            },
+            OpKind::Context { .. } => Done {
+                snapshot: None,
+                image: ImageState::new(None, None),
+                layers: Vec::new(),
+            },
+            OpKind::Image { reference, .. } => {
+                let (id, started) = progress.start(&op.name);
+                let d = import_image(store, reference, &created).map_err(where_)?;
+                progress.done(id, started);
+                d
+            }
+            OpKind::Config(change) => {
+                let mut d = base.ok_or_else(|| anyhow!("config step without a parent"))?;
+                d.image.apply(change).map_err(|e| where_(anyhow!(e)))?;
+                d
+            }
+            OpKind::Mkdir { path } => {
+                let (id, started) = progress.start(&op.name);
+                let mut d = base.ok_or_else(|| anyhow!("WORKDIR without a parent"))?;
+                let m = store.snapshots.prepare(d.snapshot.as_deref())?;
+                let dir = cache::layer::resolve_in_root(
+                    &m.root(),
+                    Path::new(path.trim_start_matches('/')),
+                    true,
+                );
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {path}"))
+                    .map_err(where_)?;
+                let (snap, layer) = m.commit(&store.blobs, &layer_options)?;
+                let diff = non_empty(&layer);
+                d.image.workdir(path, diff.as_deref());
+                if diff.is_some() {
+                    d.layers.push(layer.descriptor.clone());
+                }
+                d.snapshot = Some(snap.id);
+                progress.done(id, started);
+                d
+            }
+            OpKind::Exec(exec) => {
+                let (id, started) = progress.start(&op.name);
+                let mut d = base.ok_or_else(|| anyhow!("RUN without a parent"))?;
+                if exec.security == Security::Insecure && !options.allow_insecure {
+                    return Err(where_(anyhow!(
+                        "RUN --security=insecure needs --allow security.insecure"
+                    )));
+                }
+                let m = store.snapshots.prepare(d.snapshot.as_deref())?;
+                let root = m.root();
+                let user = crate::sandbox::user::resolve(&root, &exec.user)
+                    .map_err(|e| where_(anyhow!(e)))?;
+                let mut mounts = Vec::new();
+                let mut views = Vec::new();
+                // Stage/image sources of `from=` mounts (context binds have none).
+                let from_inputs: Vec<NodeIndex> = inputs
+                    .iter()
+                    .filter(|(n, e)| {
+                        *e == Edge::Mount && !matches!(graph.graph[*n].kind, OpKind::Context { .. })
+                    })
+                    .map(|(n, _)| *n)
+                    .collect();
+                if exec.mounts.iter().filter(|m| m.from.is_some()).count() > 1 {
+                    return Err(where_(anyhow!(
+                        "more than one RUN --mount with from= is not supported yet"
+                    )));
+                }
+                for mount in &exec.mounts {
+                    let target = mount
+                        .target
+                        .clone()
+                        .ok_or_else(|| where_(anyhow!("mount without a target")))?;
+                    match mount.mount_type {
+                        MountType::Tmpfs => mounts.push(Mount::Tmpfs {
+                            target,
+                            size: mount.size_limit.unwrap_or(0).max(0) as u64,
+                        }),
+                        MountType::Cache => {
+                            let id = mount.id.clone().unwrap_or_default();
+                            let dir = store.root.join("cache-mounts").join(hex_name(&id));
+                            std::fs::create_dir_all(&dir)?;
+                            mounts.push(Mount::Bind {
+                                source: dir,
+                                target,
+                                readonly: mount.read_only,
+                            });
+                        }
+                        MountType::Bind => {
+                            let source_root = if mount.from.is_some() {
+                                let input_done = from_inputs
+                                    .first()
+                                    .and_then(|n| done.get(n))
+                                    .ok_or_else(|| where_(anyhow!("mount source not built")))?;
+                                let view =
+                                    store.snapshots.prepare(input_done.snapshot.as_deref())?;
+                                let r = view.root();
+                                views.push(view);
+                                r
+                            } else {
+                                options.context.to_path_buf()
+                            };
+                            let src = cache::layer::resolve_in_root(
+                                &source_root,
+                                Path::new(
+                                    mount
+                                        .source
+                                        .as_deref()
+                                        .unwrap_or("")
+                                        .trim_start_matches('/'),
+                                ),
+                                true,
+                            );
+                            mounts.push(Mount::Bind {
+                                source: src,
+                                target,
+                                readonly: mount.read_only,
+                            });
+                        }
+                        MountType::Secret | MountType::Ssh => {
+                            return Err(where_(anyhow!(
+                                "RUN --mount=type={} is not supported yet",
+                                mount.mount_type.as_str()
+                            )));
+                        }
+                    }
+                }
+                let mut env = exec.env.clone();
+                if !env.iter().any(|e| e.starts_with("HOME=")) {
+                    env.push(format!("HOME={}", user.home));
+                }
+                env.extend(options.proxy_env.iter().map(|(k, v)| format!("{k}={v}")));
+                let network = match exec.network {
+                    frontend::instructions::Network::None => Network::None,
+                    _ => options.network,
+                };
+                let spec = RunSpec {
+                    rootfs: root.clone(),
+                    args: exec.args.clone(),
+                    env,
+                    cwd: exec.workdir.clone(),
+                    uid: user.uid,
+                    gid: user.gid,
+                    additional_gids: user.additional_gids,
+                    hostname: "buildkitsandbox".into(),
+                    network,
+                    insecure: exec.security == Security::Insecure,
+                    mounts,
+                    hosts: default_hosts("buildkitsandbox"),
+                    resolv_conf: resolv_conf(&host_resolv, network),
+                };
+                let mut log: Vec<u8> = Vec::new();
+                let mut line = Vec::new();
+                let quiet = progress.quiet;
+                let code = runtime
+                    .run(&spec, &mut |_stream: Stream, chunk: &[u8]| {
+                        log.extend_from_slice(chunk);
+                        if quiet {
+                            return;
+                        }
+                        for &b in chunk {
+                            if b == b'\n' {
+                                eprintln!(
+                                    "#{id} {:.3} {}",
+                                    started.elapsed().as_secs_f64(),
+                                    String::from_utf8_lossy(&line)
+                                );
+                                line.clear();
+                            } else {
+                                line.push(b);
+                            }
+                        }
+                    })
+                    .map_err(|e| where_(e.into()))?;
+                drop(views);
+                if code != 0 {
+                    let _ = std::io::stderr().flush();
+                    let cmd = exec.args.join(" ");
+                    let output = String::from_utf8_lossy(&log).into_owned();
+                    let tail: String = output
+                        .lines()
+                        .rev()
+                        .take(20)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    return Err(where_(anyhow!(
+                        "process \"{cmd}\" did not complete successfully: exit code: {code}\n{tail}"
+                    )));
+                }
+                let (snap, layer) = m.commit(&store.blobs, &layer_options)?;
+                let diff = non_empty(&layer);
+                d.image.run(exec, diff.as_deref());
+                if diff.is_some() {
+                    d.layers.push(layer.descriptor.clone());
+                }
+                d.snapshot = Some(snap.id);
+                progress.done(id, started);
+                d
+            }
+            OpKind::File(file) => {
+                let (id, started) = progress.start(&op.name);
+                // A --link copy starts from nothing; the merge adds it on top.
+                let mut d = match base {
+                    Some(b) => b,
+                    None => Done {
+                        snapshot: None,
+                        image: ImageState::new(None, None),
+                        layers: Vec::new(),
+                    },
+                };
+                let m = store.snapshots.prepare(d.snapshot.as_deref())?;
+                let source = inputs
+                    .iter()
+                    .find(|(_, e)| *e == Edge::Source)
+                    .map(|(n, _)| *n);
+                let mut view = None;
+                let (source_root, ignore) = match &file.from {
+                    FileSource::Context => (options.context.to_path_buf(), options.ignore.as_ref()),
+                    FileSource::Named(name) => (
+                        options.named_contexts.get(name).cloned().ok_or_else(|| {
+                            where_(anyhow!("build context {name:?} is not a directory context"))
+                        })?,
+                        None,
+                    ),
+                    FileSource::Stage(_) | FileSource::Image(_) => {
+                        let s = source
+                            .and_then(|n| done.get(&n))
+                            .ok_or_else(|| where_(anyhow!("copy source not built")))?;
+                        let v = store.snapshots.prepare(s.snapshot.as_deref())?;
+                        let r = v.root();
+                        view = Some(v);
+                        (r, None)
+                    }
+                };
+                for s in &file.sources {
+                    if s.contains("://") || s.starts_with("git@") {
+                        return Err(where_(anyhow!(
+                            "ADD from a URL or git ({s}) is not supported yet"
+                        )));
+                    }
+                }
+                if file.parents {
+                    return Err(where_(anyhow!("COPY --parents is not supported yet")));
+                }
+                let n = copy(&CopyRequest {
+                    source_root: &source_root,
+                    ignore,
+                    sources: &file.sources,
+                    contents: &file.contents,
+                    dest: &file.dest,
+                    dest_root: &m.root(),
+                    chown: file.chown.as_deref(),
+                    chmod: file.chmod.as_deref(),
+                    excludes: &file.excludes,
+                    add: file.add,
+                    unpack: file.unpack,
+                })
+                .map_err(|e| where_(e.into()))?;
+                drop(view);
+                let (snap, layer) = m.commit(&store.blobs, &layer_options)?;
+                let diff = non_empty(&layer);
+                if file.link && file.chmod.is_none() {
+                    // The merge records history; this op keeps only its layer.
+                    d.layers = vec![layer.descriptor.clone()];
+                    d.image = ImageState::new(None, None);
+                    d.image.copy(file, diff.as_deref());
+                } else {
+                    d.image.copy(file, diff.as_deref());
+                    if diff.is_some() {
+                        d.layers.push(layer.descriptor.clone());
+                    }
+                }
+                d.snapshot = Some(snap.id);
+                let _ = n;
+                progress.done(id, started);
+                d
+            }
+            OpKind::Merge => {
+                let mut d = base.ok_or_else(|| anyhow!("merge without a parent"))?;
+                let layer_node = inputs
+                    .iter()
+                    .find(|(_, e)| *e == Edge::Layer)
+                    .map(|(n, _)| *n)
+                    .ok_or_else(|| anyhow!("merge without a layer"))?;
+                let l = &done[&layer_node];
+                for desc in &l.layers {
+                    let blob = store.blobs.open_verified(&desc.digest.parse()?)?;
+                    let snap = store.snapshots.import(d.snapshot.as_deref(), blob)?;
+                    d.snapshot = Some(snap.id);
+                    d.layers.push(desc.clone());
+                }
+                let rootfs = &l.image.config.rootfs.diff_ids;
+                if let (Some(h), Some(diff)) = (l.image.config.history.last(), rootfs.last()) {
+                    d.image.config.history.push(h.clone());
+                    d.image.config.rootfs.diff_ids.push(diff.clone());
+                }
+                d
+            }
+        };
+        done.insert(node, result);
+    }
+    let target = &done[&graph.target];
+    let mut config = target.image.config.clone();
+    config.created = Some(created);
+    let (image_id, manifest) =
+        crate::images::store(&store.blobs, &config, target.layers.clone(), &options.tags)?;
+    Ok(Built {
+        image_id: image_id.to_string(),
+        manifest,
+        config,
+    })
+}
+
+/// An empty tar (two zero blocks) is no layer.
+fn non_empty(layer: &cache::layer::Layer) -> Option<String> {
+    (layer.uncompressed_size > 1024).then(|| layer.diff_id.to_string())
+}
+
+/// A cache-mount id as a directory name.
+fn hex_name(id: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for b in id.bytes() {
+        let _ = write!(out, "{b:02x}");
+    }
+    if out.is_empty() { "00".into() } else { out }
+}
+
+/// Imports a local image's layers as snapshots (once per chain id).
+fn import_image(store: &Store, reference: &str, created: &str) -> anyhow::Result<Done> {
+    let Some(img) = crate::images::find(&store.blobs, reference)? else {
+        bail!(
+            "image {reference} is not in the local image store (pulling from a registry is not supported yet; see `rbuild images`)"
+        );
+    };
+    let (manifest, config) = crate::images::read(&store.blobs, &img)?;
+    let mut parent: Option<String> = None;
+    let mut diff_ids: Vec<cache::Digest> = Vec::new();
+    for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+        diff_ids.push(diff_id.parse()?);
+        let chain = cache::layer::chain_id(&diff_ids)
+            .expect("at least one")
+            .to_string();
+        if let Some(snap) = store.index.snapshot_for_chain(&chain)?
+            && store.snapshots.get(&snap).is_ok()
+        {
+            parent = Some(snap);
+            continue;
+        }
+        let blob = store.blobs.open_verified(&layer.digest.parse()?)?;
+        let snap = store.snapshots.import(parent.as_deref(), blob)?;
+        store.index.set_snapshot_for_chain(&chain, &snap.id)?;
+        parent = Some(snap.id);
+    }
+    let _ = created;
+    Ok(Done {
+        snapshot: parent,
+        layers: manifest.layers,
+        image: ImageState::new(Some(config), None),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

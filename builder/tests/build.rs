@@ -1,0 +1,234 @@
+//! `rbuild build` end to end: a busybox image made FROM scratch, multi-stage,
+//! read back with umoci and skopeo; a failing RUN names its line.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Tmp(PathBuf);
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tmp(name: &str) -> Tmp {
+    let p = std::env::temp_dir().join(format!("rbuild-build-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).unwrap();
+    Tmp(p)
+}
+
+fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A context with busybox and the testdata Dockerfile of `case`.
+fn context(t: &Tmp, case: &str) -> PathBuf {
+    let ctx = t.0.join("context");
+    std::fs::create_dir_all(ctx.join("data")).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox"))
+        .expect("busybox-static is installed (.ci/run)");
+    std::fs::write(ctx.join("data/file.txt"), "payload\n").unwrap();
+    std::fs::write(ctx.join("data/secret.key"), "never copied\n").unwrap();
+    std::fs::write(ctx.join(".dockerignore"), "data/*.key\n").unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/build")
+        .join(case)
+        .join("Dockerfile");
+    std::fs::copy(src, ctx.join("Dockerfile")).unwrap();
+    ctx
+}
+
+fn rbuild(root: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn busybox_image_from_scratch() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("busybox");
+    let ctx = context(&t, "busybox");
+    let root = t.0.join("state");
+    // The short form, as users type it.
+    let out = rbuild(
+        &root,
+        &[
+            "-q",
+            "-t",
+            "demo:1",
+            "--iidfile",
+            t.0.join("iid").to_str().unwrap(),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(id.starts_with("sha256:") && id.len() == 71, "{id}");
+    assert_eq!(std::fs::read_to_string(t.0.join("iid")).unwrap(), id);
+
+    let images = rbuild(&root, &["images"]);
+    assert!(String::from_utf8_lossy(&images.stdout).contains("demo:1"));
+
+    // umoci reads the store as an OCI layout.
+    let bundle = t.0.join("bundle");
+    let st = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:demo:1", root.join("content").display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let rootfs = bundle.join("rootfs");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("app/greeting.txt")).unwrap(),
+        "hello from /app\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("app/data/file.txt")).unwrap(),
+        "payload\n"
+    );
+    assert!(
+        !rootfs.join("app/data/secret.key").exists(),
+        ".dockerignore was not applied"
+    );
+    let meta = std::fs::metadata(rootfs.join("app/data/file.txt")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 1000);
+    assert!(
+        std::fs::symlink_metadata(rootfs.join("bin/sh"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    // The multi-stage copy and the stage it came from.
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("built-by")).unwrap(),
+        "builder\n"
+    );
+    // No mount stubs or sandbox files leaked into the layers.
+    assert!(
+        !rootfs.join("etc/hosts").exists()
+            && !rootfs.join("proc").exists()
+            && !rootfs.join("dev").exists()
+    );
+
+    // skopeo agrees on the config; history is BuildKit's.
+    let insp = Command::new("skopeo")
+        .args(["inspect", "--config"])
+        .arg(format!("oci:{}:demo:1", root.join("content").display()))
+        .output()
+        .unwrap();
+    assert!(
+        insp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&insp.stderr)
+    );
+    let config: serde_json::Value = serde_json::from_slice(&insp.stdout).unwrap();
+    assert_eq!(
+        config["config"]["Cmd"],
+        serde_json::json!(["cat", "/app/greeting.txt"])
+    );
+    assert_eq!(config["config"]["WorkingDir"], "/app");
+    assert!(
+        config["config"]["Env"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("APP=demo"))
+    );
+    let history: Vec<String> = config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["created_by"].as_str().unwrap().to_string())
+        .collect();
+    assert!(history.contains(&"RUN |1 GREETING=hello /bin/sh -c echo \"$GREETING from $(pwd)\" > greeting.txt # buildkit".to_string()), "{history:?}");
+    assert!(
+        history.contains(&"COPY --chown=1000:1000 data/ /app/data/ # buildkit".to_string()),
+        "{history:?}"
+    );
+    let layers = config["rootfs"]["diff_ids"].as_array().unwrap().len();
+    let non_empty = config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["empty_layer"] != true)
+        .count();
+    assert_eq!(
+        layers, non_empty,
+        "diff_ids and non-empty history entries disagree"
+    );
+}
+
+#[test]
+fn failing_run_names_its_line_and_leaves_no_mounts() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("fail");
+    let ctx = context(&t, "failing");
+    let root = t.0.join("state");
+    let out = rbuild(
+        &root,
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            "broken",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Dockerfile:4:1"), "{err}");
+    assert!(err.contains("exit code: 7"), "{err}");
+    assert!(
+        err.contains("about to fail"),
+        "the step's output is shown: {err}"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(root.to_str().unwrap()),
+        "a mount was left behind"
+    );
+    let images = rbuild(&root, &["images"]);
+    assert!(
+        !String::from_utf8_lossy(&images.stdout).contains("broken"),
+        "a failed build was tagged"
+    );
+}
+
+#[test]
+fn unsupported_features_fail_clearly() {
+    let t = tmp("unsupported");
+    let root = t.0.join("state");
+    let out = rbuild(
+        &root,
+        &[
+            "build",
+            "--secret",
+            "id=x,src=/dev/null",
+            t.0.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--secret is not supported yet"));
+}
