@@ -201,7 +201,9 @@ fn usage_errors_exit_2() {
             .code(),
         Some(2)
     );
-    assert_eq!(rbuild(&["nonsense"]).status.code(), Some(2));
+    assert_eq!(rbuild(&["--no-such-flag", "."]).status.code(), Some(2));
+    // The short form: an unknown word is a build context that does not exist.
+    assert_eq!(rbuild(&["no-such-context"]).status.code(), Some(1));
 }
 
 #[test]
