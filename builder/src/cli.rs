@@ -252,7 +252,7 @@ pub struct BuildArgs {
     /// Write build metadata (JSON) to this file
     #[arg(long, value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
-    /// Do not use the cache (the cache is not consulted yet: every build runs every step)
+    /// Do not use the cache
     #[arg(long)]
     pub no_cache: bool,
     /// Network for RUN: default (the host's), none or host

@@ -472,3 +472,93 @@ fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> usize {
     }
     n
 }
+
+/// A checksum of exactly what [`copy`] would read from `root` for these
+/// sources: each selected entry's path, type, mode, owner, size, link
+/// target and content (not its mtime). It is the COPY/ADD cache key's view
+/// of the context; any change to a selected file changes it, a change to
+/// an ignored or unselected file does not.
+pub fn content_digest(
+    root: &Path,
+    ignore: Option<&PatternMatcher>,
+    sources: &[String],
+    excludes: &[String],
+) -> Result<String, CopyError> {
+    use sha2::{Digest as _, Sha256};
+    let excludes = PatternMatcher::new(excludes).map_err(|e| CopyError::Invalid(e.to_string()))?;
+    let mut h = Sha256::new();
+    let skip = |rel: &str| {
+        ignore.is_some_and(|m| m.matches_or_parent_matches(rel).unwrap_or(false))
+            || excludes.matches_or_parent_matches(rel).unwrap_or(false)
+    };
+    fn entry(
+        h: &mut Sha256,
+        root: &Path,
+        rel: &str,
+        skip: &dyn Fn(&str) -> bool,
+        follow: bool,
+    ) -> Result<(), CopyError> {
+        let path = resolve_in_root(root, Path::new(rel), follow);
+        let Ok(meta) = (if follow {
+            fs::metadata(&path)
+        } else {
+            fs::symlink_metadata(&path)
+        }) else {
+            return Ok(());
+        };
+        h.update(
+            format!(
+                "{rel}\0{:o}\0{}\0{}\0{}\0",
+                meta.mode(),
+                meta.uid(),
+                meta.gid(),
+                if meta.is_file() { meta.len() } else { 0 }
+            )
+            .as_bytes(),
+        );
+        if meta.file_type().is_symlink() {
+            h.update(
+                fs::read_link(&path)
+                    .map_err(io_err("reading", &path))?
+                    .as_os_str()
+                    .as_encoded_bytes(),
+            );
+        } else if meta.is_file() {
+            let mut f = File::open(&path).map_err(io_err("opening", &path))?;
+            io::copy(&mut f, h).map_err(io_err("reading", &path))?;
+        } else if meta.is_dir() {
+            let mut names: Vec<String> = fs::read_dir(&path)
+                .map_err(io_err("reading", &path))?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            for n in names {
+                let child = if rel.is_empty() {
+                    n
+                } else {
+                    format!("{rel}/{n}")
+                };
+                if !skip(&child) {
+                    entry(h, root, &child, skip, false)?;
+                }
+            }
+        }
+        Ok(())
+    }
+    for src in sources {
+        let clean = frontend::glob::clean(&format!("/{src}"));
+        let rel = clean.trim_start_matches('/').to_string();
+        let selected = if has_glob(&rel) {
+            expand_glob(root, &rel)?
+        } else {
+            vec![rel]
+        };
+        for s in selected {
+            if !skip(&s) {
+                entry(&mut h, root, &s, &skip, true)?;
+            }
+        }
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}

@@ -122,6 +122,18 @@ impl ImageState {
         }
     }
 
+    /// The time the next history entries get (a step's, from its cache record).
+    pub fn set_created(&mut self, created: Option<String>) {
+        if created.is_some() {
+            self.created = created;
+        }
+    }
+
+    /// The time of the latest step (the image's creation time).
+    pub fn created(&self) -> Option<&str> {
+        self.created.as_deref()
+    }
+
     fn history(&mut self, created_by: String, layer: bool) {
         self.config.history.push(History {
             created: self.created.clone(),

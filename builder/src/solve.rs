@@ -70,6 +70,8 @@ pub struct BuildOptions<'a> {
     pub epoch: Option<i64>,
     /// Proxy variables for RUN (not recorded anywhere).
     pub proxy_env: Vec<(String, String)>,
+    /// `--no-cache`: run every step (results are still recorded).
+    pub no_cache: bool,
 }
 
 /// The stored image.
@@ -89,6 +91,61 @@ struct Done {
     snapshot: Option<String>,
     image: ImageState,
     layers: Vec<Descriptor>,
+    /// Cache key of the filesystem state (None: empty).
+    key: Option<String>,
+}
+
+/// What a snapshot-making step left, as the cache index records it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct StepRecord {
+    snapshot: String,
+    layer: Option<Descriptor>,
+    diff_id: Option<String>,
+    created: String,
+}
+
+/// sha256 of the versioned key inputs (canonical JSON).
+fn step_key(inputs: serde_json::Value) -> cache::index::CacheKey {
+    use sha2::{Digest as _, Sha256};
+    let bytes = serde_json::to_vec(&inputs).expect("key inputs serialise");
+    let hex: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    cache::index::CacheKey::new(&hex).expect("sha256 hex is a key")
+}
+
+/// A usable cache record: its snapshot and layer blob are still there.
+fn lookup(store: &Store, key: &cache::index::CacheKey) -> anyhow::Result<Option<StepRecord>> {
+    let Some(rec) = store.index.get(key)? else {
+        return Ok(None);
+    };
+    let Ok(step) = serde_json::from_str::<StepRecord>(&rec.result) else {
+        return Ok(None);
+    };
+    if store.snapshots.get(&step.snapshot).is_err() {
+        return Ok(None);
+    }
+    if let Some(l) = &step.layer
+        && !store.blobs.contains(&l.digest.parse()?)
+    {
+        return Ok(None);
+    }
+    Ok(Some(step))
+}
+
+fn record(store: &Store, key: &cache::index::CacheKey, step: &StepRecord) -> anyhow::Result<()> {
+    let now = cache::index::now();
+    store.index.put(&cache::index::Record {
+        key: key.clone(),
+        result: serde_json::to_string(step)?,
+        snapshot: Some(step.snapshot.clone()),
+        blobs: step.layer.iter().map(|l| l.digest.clone()).collect(),
+        size: step.layer.as_ref().map_or(0, |l| l.size),
+        created: now,
+        last_used: now,
+    })?;
+    Ok(())
 }
 
 /// Plain progress, BuildKit's format: `#N name`, `#N 0.123 log`, `#N DONE 1.2s`.
@@ -109,6 +166,12 @@ impl Progress {
             eprintln!("#{} {name}", self.counter);
         }
         (self.counter, Instant::now())
+    }
+
+    fn cached(&self, id: usize) {
+        if !self.quiet {
+            eprintln!("#{id} CACHED");
+        }
     }
 
     fn done(&self, id: usize, started: Instant) {
@@ -172,7 +235,8 @@ pub fn build(
             Some(p) => {
                 let mut d = done[&p].clone();
                 if graph.graph[p].stage != op.stage {
-                    d.image = ImageState::new(Some(d.image.config.clone()), Some(created.clone()));
+                    let since = d.image.created().map(str::to_string);
+                    d.image = ImageState::new(Some(d.image.config.clone()), since);
                 }
                 Some(d)
             }
@@ -181,13 +245,16 @@ pub fn build(
         let result = match &op.kind {
             OpKind::Scratch => Done {
                 snapshot: None,
-                image: ImageState::new(None, Some(created.clone())),
+                // No time until a step has one: cached rebuilds stay identical.
+                image: ImageState::new(None, options.epoch.map(rfc3339)),
                 layers: Vec::new(),
+                key: None,
             },
             OpKind::Context { .. } => Done {
                 snapshot: None,
                 image: ImageState::new(None, None),
                 layers: Vec::new(),
+                key: None,
             },
             OpKind::Image { reference, .. } => {
                 let (id, started) = progress.start(&op.name);
@@ -203,23 +270,42 @@ pub fn build(
             OpKind::Mkdir { path } => {
                 let (id, started) = progress.start(&op.name);
                 let mut d = base.ok_or_else(|| anyhow!("WORKDIR without a parent"))?;
-                let m = store.snapshots.prepare(d.snapshot.as_deref())?;
-                let dir = cache::layer::resolve_in_root(
-                    &m.root(),
-                    Path::new(path.trim_start_matches('/')),
-                    true,
+                let key = step_key(
+                    serde_json::json!({"v": 1, "op": "mkdir", "parent": d.key, "path": path}),
                 );
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("creating {path}"))
-                    .map_err(where_)?;
-                let (snap, layer) = m.commit(&store.blobs, &layer_options)?;
-                let diff = non_empty(&layer);
-                d.image.workdir(path, diff.as_deref());
-                if diff.is_some() {
-                    d.layers.push(layer.descriptor.clone());
-                }
-                d.snapshot = Some(snap.id);
-                progress.done(id, started);
+                let _lock = store.index.lock_key(&key)?;
+                let hit = if options.no_cache {
+                    None
+                } else {
+                    lookup(store, &key)?
+                };
+                let step = match hit {
+                    Some(step) => {
+                        progress.cached(id);
+                        step
+                    }
+                    None => {
+                        let m = store.snapshots.prepare(d.snapshot.as_deref())?;
+                        let dir = cache::layer::resolve_in_root(
+                            &m.root(),
+                            Path::new(path.trim_start_matches('/')),
+                            true,
+                        );
+                        std::fs::create_dir_all(&dir)
+                            .with_context(|| format!("creating {path}"))
+                            .map_err(where_)?;
+                        let (snap, layer) = m.commit(&store.blobs, &layer_options)?;
+                        let step = new_step(snap.id, &layer, options.epoch);
+                        record(store, &key, &step)?;
+                        progress.done(id, started);
+                        step
+                    }
+                };
+                d.image.set_created(Some(step.created.clone()));
+                d.image.workdir(path, step.diff_id.as_deref());
+                d.layers.extend(step.layer.clone());
+                d.snapshot = Some(step.snapshot);
+                d.key = Some(key.as_str().to_string());
                 d
             }
             OpKind::Exec(exec) => {
@@ -230,157 +316,203 @@ pub fn build(
                         "RUN --security=insecure needs --allow security.insecure"
                     )));
                 }
-                let m = store.snapshots.prepare(d.snapshot.as_deref())?;
-                let root = m.root();
-                let user = crate::sandbox::user::resolve(&root, &exec.user)
-                    .map_err(|e| where_(anyhow!(e)))?;
-                let mut mounts = Vec::new();
-                let mut views = Vec::new();
                 // Stage/image sources of `from=` mounts (context binds have none).
-                let from_inputs: Vec<NodeIndex> = inputs
+                let from_keys: Vec<Option<String>> = inputs
                     .iter()
                     .filter(|(n, e)| {
                         *e == Edge::Mount && !matches!(graph.graph[*n].kind, OpKind::Context { .. })
                     })
-                    .map(|(n, _)| *n)
+                    .map(|(n, _)| done.get(n).and_then(|d| d.key.clone()))
                     .collect();
-                if exec.mounts.iter().filter(|m| m.from.is_some()).count() > 1 {
-                    return Err(where_(anyhow!(
-                        "more than one RUN --mount with from= is not supported yet"
-                    )));
-                }
-                for mount in &exec.mounts {
-                    let target = mount
-                        .target
-                        .clone()
-                        .ok_or_else(|| where_(anyhow!("mount without a target")))?;
-                    match mount.mount_type {
-                        MountType::Tmpfs => mounts.push(Mount::Tmpfs {
-                            target,
-                            size: mount.size_limit.unwrap_or(0).max(0) as u64,
-                        }),
-                        MountType::Cache => {
-                            let id = mount.id.clone().unwrap_or_default();
-                            let dir = store.root.join("cache-mounts").join(hex_name(&id));
-                            std::fs::create_dir_all(&dir)?;
-                            mounts.push(Mount::Bind {
-                                source: dir,
-                                target,
-                                readonly: mount.read_only,
-                            });
-                        }
-                        MountType::Bind => {
-                            let source_root = if mount.from.is_some() {
-                                let input_done = from_inputs
-                                    .first()
-                                    .and_then(|n| done.get(n))
-                                    .ok_or_else(|| where_(anyhow!("mount source not built")))?;
-                                let view =
-                                    store.snapshots.prepare(input_done.snapshot.as_deref())?;
-                                let r = view.root();
-                                views.push(view);
-                                r
-                            } else {
-                                options.context.to_path_buf()
-                            };
-                            let src = cache::layer::resolve_in_root(
-                                &source_root,
-                                Path::new(
-                                    mount
-                                        .source
-                                        .as_deref()
-                                        .unwrap_or("")
-                                        .trim_start_matches('/'),
-                                ),
-                                true,
-                            );
-                            mounts.push(Mount::Bind {
-                                source: src,
-                                target,
-                                readonly: mount.read_only,
-                            });
-                        }
-                        MountType::Secret | MountType::Ssh => {
+                let context_binds: Vec<String> = exec
+                    .mounts
+                    .iter()
+                    .filter(|m| m.mount_type == MountType::Bind && m.from.is_none())
+                    .map(|m| {
+                        crate::copy::content_digest(
+                            options.context,
+                            options.ignore.as_ref(),
+                            &[m.source.clone().unwrap_or_default()],
+                            &[],
+                        )
+                    })
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| where_(e.into()))?;
+                let key = step_key(serde_json::json!({
+                    "v": 1, "op": "exec", "parent": d.key, "exec": exec,
+                    "mount_sources": from_keys, "context_binds": context_binds,
+                }));
+                let _lock = store.index.lock_key(&key)?;
+                let hit = if options.no_cache {
+                    None
+                } else {
+                    lookup(store, &key)?
+                };
+                let step = match hit {
+                    Some(step) => {
+                        progress.cached(id);
+                        step
+                    }
+                    None => {
+                        let m = store.snapshots.prepare(d.snapshot.as_deref())?;
+                        let root = m.root();
+                        let user = crate::sandbox::user::resolve(&root, &exec.user)
+                            .map_err(|e| where_(anyhow!(e)))?;
+                        let mut mounts = Vec::new();
+                        let mut views = Vec::new();
+                        // Stage/image sources of `from=` mounts (context binds have none).
+                        let from_inputs: Vec<NodeIndex> = inputs
+                            .iter()
+                            .filter(|(n, e)| {
+                                *e == Edge::Mount
+                                    && !matches!(graph.graph[*n].kind, OpKind::Context { .. })
+                            })
+                            .map(|(n, _)| *n)
+                            .collect();
+                        if exec.mounts.iter().filter(|m| m.from.is_some()).count() > 1 {
                             return Err(where_(anyhow!(
-                                "RUN --mount=type={} is not supported yet",
-                                mount.mount_type.as_str()
+                                "more than one RUN --mount with from= is not supported yet"
                             )));
                         }
-                    }
-                }
-                let mut env = exec.env.clone();
-                if !env.iter().any(|e| e.starts_with("HOME=")) {
-                    env.push(format!("HOME={}", user.home));
-                }
-                env.extend(options.proxy_env.iter().map(|(k, v)| format!("{k}={v}")));
-                let network = match exec.network {
-                    frontend::instructions::Network::None => Network::None,
-                    _ => options.network,
-                };
-                let spec = RunSpec {
-                    rootfs: root.clone(),
-                    args: exec.args.clone(),
-                    env,
-                    cwd: exec.workdir.clone(),
-                    uid: user.uid,
-                    gid: user.gid,
-                    additional_gids: user.additional_gids,
-                    hostname: "buildkitsandbox".into(),
-                    network,
-                    insecure: exec.security == Security::Insecure,
-                    mounts,
-                    hosts: default_hosts("buildkitsandbox"),
-                    resolv_conf: resolv_conf(&host_resolv, network),
-                };
-                let mut log: Vec<u8> = Vec::new();
-                let mut line = Vec::new();
-                let quiet = progress.quiet;
-                let code = runtime
-                    .run(&spec, &mut |_stream: Stream, chunk: &[u8]| {
-                        log.extend_from_slice(chunk);
-                        if quiet {
-                            return;
-                        }
-                        for &b in chunk {
-                            if b == b'\n' {
-                                eprintln!(
-                                    "#{id} {:.3} {}",
-                                    started.elapsed().as_secs_f64(),
-                                    String::from_utf8_lossy(&line)
-                                );
-                                line.clear();
-                            } else {
-                                line.push(b);
+                        for mount in &exec.mounts {
+                            let target = mount
+                                .target
+                                .clone()
+                                .ok_or_else(|| where_(anyhow!("mount without a target")))?;
+                            match mount.mount_type {
+                                MountType::Tmpfs => mounts.push(Mount::Tmpfs {
+                                    target,
+                                    size: mount.size_limit.unwrap_or(0).max(0) as u64,
+                                }),
+                                MountType::Cache => {
+                                    let id = mount.id.clone().unwrap_or_default();
+                                    let dir = store.root.join("cache-mounts").join(hex_name(&id));
+                                    std::fs::create_dir_all(&dir)?;
+                                    mounts.push(Mount::Bind {
+                                        source: dir,
+                                        target,
+                                        readonly: mount.read_only,
+                                    });
+                                }
+                                MountType::Bind => {
+                                    let source_root = if mount.from.is_some() {
+                                        let input_done = from_inputs
+                                            .first()
+                                            .and_then(|n| done.get(n))
+                                            .ok_or_else(|| {
+                                                where_(anyhow!("mount source not built"))
+                                            })?;
+                                        let view = store
+                                            .snapshots
+                                            .prepare(input_done.snapshot.as_deref())?;
+                                        let r = view.root();
+                                        views.push(view);
+                                        r
+                                    } else {
+                                        options.context.to_path_buf()
+                                    };
+                                    let src = cache::layer::resolve_in_root(
+                                        &source_root,
+                                        Path::new(
+                                            mount
+                                                .source
+                                                .as_deref()
+                                                .unwrap_or("")
+                                                .trim_start_matches('/'),
+                                        ),
+                                        true,
+                                    );
+                                    mounts.push(Mount::Bind {
+                                        source: src,
+                                        target,
+                                        readonly: mount.read_only,
+                                    });
+                                }
+                                MountType::Secret | MountType::Ssh => {
+                                    return Err(where_(anyhow!(
+                                        "RUN --mount=type={} is not supported yet",
+                                        mount.mount_type.as_str()
+                                    )));
+                                }
                             }
                         }
-                    })
-                    .map_err(|e| where_(e.into()))?;
-                drop(views);
-                if code != 0 {
-                    let _ = std::io::stderr().flush();
-                    let cmd = exec.args.join(" ");
-                    let output = String::from_utf8_lossy(&log).into_owned();
-                    let tail: String = output
-                        .lines()
-                        .rev()
-                        .take(20)
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                        .rev()
-                        .collect::<Vec<_>>()
-                        .join("\n");
-                    return Err(where_(anyhow!(
-                        "process \"{cmd}\" did not complete successfully: exit code: {code}\n{tail}"
-                    )));
-                }
-                let (snap, layer) = m.commit(&store.blobs, &layer_options)?;
-                let diff = non_empty(&layer);
-                d.image.run(exec, diff.as_deref());
-                if diff.is_some() {
-                    d.layers.push(layer.descriptor.clone());
-                }
-                d.snapshot = Some(snap.id);
-                progress.done(id, started);
+                        let mut env = exec.env.clone();
+                        if !env.iter().any(|e| e.starts_with("HOME=")) {
+                            env.push(format!("HOME={}", user.home));
+                        }
+                        env.extend(options.proxy_env.iter().map(|(k, v)| format!("{k}={v}")));
+                        let network = match exec.network {
+                            frontend::instructions::Network::None => Network::None,
+                            _ => options.network,
+                        };
+                        let spec = RunSpec {
+                            rootfs: root.clone(),
+                            args: exec.args.clone(),
+                            env,
+                            cwd: exec.workdir.clone(),
+                            uid: user.uid,
+                            gid: user.gid,
+                            additional_gids: user.additional_gids,
+                            hostname: "buildkitsandbox".into(),
+                            network,
+                            insecure: exec.security == Security::Insecure,
+                            mounts,
+                            hosts: default_hosts("buildkitsandbox"),
+                            resolv_conf: resolv_conf(&host_resolv, network),
+                        };
+                        let mut log: Vec<u8> = Vec::new();
+                        let mut line = Vec::new();
+                        let quiet = progress.quiet;
+                        let code = runtime
+                            .run(&spec, &mut |_stream: Stream, chunk: &[u8]| {
+                                log.extend_from_slice(chunk);
+                                if quiet {
+                                    return;
+                                }
+                                for &b in chunk {
+                                    if b == b'\n' {
+                                        eprintln!(
+                                            "#{id} {:.3} {}",
+                                            started.elapsed().as_secs_f64(),
+                                            String::from_utf8_lossy(&line)
+                                        );
+                                        line.clear();
+                                    } else {
+                                        line.push(b);
+                                    }
+                                }
+                            })
+                            .map_err(|e| where_(e.into()))?;
+                        drop(views);
+                        if code != 0 {
+                            let _ = std::io::stderr().flush();
+                            let cmd = exec.args.join(" ");
+                            let output = String::from_utf8_lossy(&log).into_owned();
+                            let tail: String = output
+                                .lines()
+                                .rev()
+                                .take(20)
+                                .collect::<Vec<_>>()
+                                .into_iter()
+                                .rev()
+                                .collect::<Vec<_>>()
+                                .join("\n");
+                            return Err(where_(anyhow!(
+                                "process \"{cmd}\" did not complete successfully: exit code: {code}\n{tail}"
+                            )));
+                        }
+                        let (snap, layer) = m.commit(&store.blobs, &layer_options)?;
+                        let step = new_step(snap.id, &layer, options.epoch);
+                        record(store, &key, &step)?;
+                        progress.done(id, started);
+                        step
+                    }
+                };
+                d.image.set_created(Some(step.created.clone()));
+                d.image.run(exec, step.diff_id.as_deref());
+                d.layers.extend(step.layer.clone());
+                d.snapshot = Some(step.snapshot);
+                d.key = Some(key.as_str().to_string());
                 d
             }
             OpKind::File(file) => {
@@ -392,73 +524,126 @@ pub fn build(
                         snapshot: None,
                         image: ImageState::new(None, None),
                         layers: Vec::new(),
+                        key: None,
                     },
                 };
-                let m = store.snapshots.prepare(d.snapshot.as_deref())?;
-                let source = inputs
+                let source_node = inputs
                     .iter()
                     .find(|(_, e)| *e == Edge::Source)
                     .map(|(n, _)| *n);
-                let mut view = None;
-                let (source_root, ignore) = match &file.from {
-                    FileSource::Context => (options.context.to_path_buf(), options.ignore.as_ref()),
-                    FileSource::Named(name) => (
-                        options.named_contexts.get(name).cloned().ok_or_else(|| {
-                            where_(anyhow!("build context {name:?} is not a directory context"))
-                        })?,
-                        None,
+                let source_key = match &file.from {
+                    FileSource::Context => Some(
+                        crate::copy::content_digest(
+                            options.context,
+                            options.ignore.as_ref(),
+                            &file.sources,
+                            &file.excludes,
+                        )
+                        .map_err(|e| where_(e.into()))?,
                     ),
-                    FileSource::Stage(_) | FileSource::Image(_) => {
-                        let s = source
-                            .and_then(|n| done.get(&n))
-                            .ok_or_else(|| where_(anyhow!("copy source not built")))?;
-                        let v = store.snapshots.prepare(s.snapshot.as_deref())?;
-                        let r = v.root();
-                        view = Some(v);
-                        (r, None)
+                    FileSource::Named(name) => match options.named_contexts.get(name) {
+                        Some(dir) => Some(
+                            crate::copy::content_digest(dir, None, &file.sources, &file.excludes)
+                                .map_err(|e| where_(e.into()))?,
+                        ),
+                        None => None,
+                    },
+                    FileSource::Stage(_) | FileSource::Image(_) => source_node
+                        .and_then(|n| done.get(&n))
+                        .and_then(|d| d.key.clone()),
+                };
+                let link = file.link && file.chmod.is_none();
+                let key = step_key(serde_json::json!({
+                    "v": 1, "op": "file", "parent": if link { None } else { d.key.clone() },
+                    "file": file, "source": source_key,
+                }));
+                let _lock = store.index.lock_key(&key)?;
+                let hit = if options.no_cache {
+                    None
+                } else {
+                    lookup(store, &key)?
+                };
+                let step = match hit {
+                    Some(step) => {
+                        progress.cached(id);
+                        step
+                    }
+                    None => {
+                        let m = store.snapshots.prepare(d.snapshot.as_deref())?;
+                        let source = inputs
+                            .iter()
+                            .find(|(_, e)| *e == Edge::Source)
+                            .map(|(n, _)| *n);
+                        let mut view = None;
+                        let (source_root, ignore) = match &file.from {
+                            FileSource::Context => {
+                                (options.context.to_path_buf(), options.ignore.as_ref())
+                            }
+                            FileSource::Named(name) => (
+                                options.named_contexts.get(name).cloned().ok_or_else(|| {
+                                    where_(anyhow!(
+                                        "build context {name:?} is not a directory context"
+                                    ))
+                                })?,
+                                None,
+                            ),
+                            FileSource::Stage(_) | FileSource::Image(_) => {
+                                let s = source
+                                    .and_then(|n| done.get(&n))
+                                    .ok_or_else(|| where_(anyhow!("copy source not built")))?;
+                                let v = store.snapshots.prepare(s.snapshot.as_deref())?;
+                                let r = v.root();
+                                view = Some(v);
+                                (r, None)
+                            }
+                        };
+                        for s in &file.sources {
+                            if s.contains("://") || s.starts_with("git@") {
+                                return Err(where_(anyhow!(
+                                    "ADD from a URL or git ({s}) is not supported yet"
+                                )));
+                            }
+                        }
+                        if file.parents {
+                            return Err(where_(anyhow!("COPY --parents is not supported yet")));
+                        }
+                        let n = copy(&CopyRequest {
+                            source_root: &source_root,
+                            ignore,
+                            sources: &file.sources,
+                            contents: &file.contents,
+                            dest: &file.dest,
+                            dest_root: &m.root(),
+                            chown: file.chown.as_deref(),
+                            chmod: file.chmod.as_deref(),
+                            excludes: &file.excludes,
+                            add: file.add,
+                            unpack: file.unpack,
+                        })
+                        .map_err(|e| where_(e.into()))?;
+                        drop(view);
+                        let (snap, layer) = m.commit(&store.blobs, &layer_options)?;
+                        let step = new_step(snap.id, &layer, options.epoch);
+                        record(store, &key, &step)?;
+                        let _ = n;
+                        progress.done(id, started);
+                        step
                     }
                 };
-                for s in &file.sources {
-                    if s.contains("://") || s.starts_with("git@") {
-                        return Err(where_(anyhow!(
-                            "ADD from a URL or git ({s}) is not supported yet"
-                        )));
-                    }
-                }
-                if file.parents {
-                    return Err(where_(anyhow!("COPY --parents is not supported yet")));
-                }
-                let n = copy(&CopyRequest {
-                    source_root: &source_root,
-                    ignore,
-                    sources: &file.sources,
-                    contents: &file.contents,
-                    dest: &file.dest,
-                    dest_root: &m.root(),
-                    chown: file.chown.as_deref(),
-                    chmod: file.chmod.as_deref(),
-                    excludes: &file.excludes,
-                    add: file.add,
-                    unpack: file.unpack,
-                })
-                .map_err(|e| where_(e.into()))?;
-                drop(view);
-                let (snap, layer) = m.commit(&store.blobs, &layer_options)?;
-                let diff = non_empty(&layer);
-                if file.link && file.chmod.is_none() {
+                let diff = step.diff_id.clone();
+                if link {
                     // The merge records history; this op keeps only its layer.
-                    d.layers = vec![layer.descriptor.clone()];
+                    d.layers = step.layer.iter().cloned().collect();
                     d.image = ImageState::new(None, None);
+                    d.image.set_created(Some(step.created.clone()));
                     d.image.copy(file, diff.as_deref());
                 } else {
+                    d.image.set_created(Some(step.created.clone()));
                     d.image.copy(file, diff.as_deref());
-                    if diff.is_some() {
-                        d.layers.push(layer.descriptor.clone());
-                    }
+                    d.layers.extend(step.layer.clone());
                 }
-                d.snapshot = Some(snap.id);
-                let _ = n;
-                progress.done(id, started);
+                d.snapshot = Some(step.snapshot);
+                d.key = Some(key.as_str().to_string());
                 d
             }
             OpKind::Merge => {
@@ -475,6 +660,7 @@ pub fn build(
                     d.snapshot = Some(snap.id);
                     d.layers.push(desc.clone());
                 }
+                d.key = Some(format!("merge {:?} {:?}", d.key, l.key));
                 let rootfs = &l.image.config.rootfs.diff_ids;
                 if let (Some(h), Some(diff)) = (l.image.config.history.last(), rootfs.last()) {
                     d.image.config.history.push(h.clone());
@@ -487,7 +673,8 @@ pub fn build(
     }
     let target = &done[&graph.target];
     let mut config = target.image.config.clone();
-    config.created = Some(created);
+    // The latest step's time: an unchanged rebuild gives the same image id.
+    config.created = Some(target.image.created().map_or(created, str::to_string));
     let (image_id, manifest) =
         crate::images::store(&store.blobs, &config, target.layers.clone(), &options.tags)?;
     Ok(Built {
@@ -495,6 +682,18 @@ pub fn build(
         manifest,
         config,
     })
+}
+
+/// A new step's record: its snapshot, its layer (unless empty) and when it
+/// was made (SOURCE_DATE_EPOCH when set).
+fn new_step(snapshot: String, layer: &cache::layer::Layer, epoch: Option<i64>) -> StepRecord {
+    let diff_id = non_empty(layer);
+    StepRecord {
+        snapshot,
+        layer: diff_id.as_ref().map(|_| layer.descriptor.clone()),
+        diff_id,
+        created: rfc3339(epoch.unwrap_or_else(cache::index::now)),
+    }
 }
 
 /// An empty tar (two zero blocks) is no layer.
@@ -542,7 +741,8 @@ fn import_image(store: &Store, reference: &str, created: &str) -> anyhow::Result
     Ok(Done {
         snapshot: parent,
         layers: manifest.layers,
-        image: ImageState::new(Some(config), None),
+        image: ImageState::new(Some(config.clone()), config.created.clone()),
+        key: Some(format!("image {}", img.manifest.digest)),
     })
 }
 

@@ -232,3 +232,103 @@ fn unsupported_features_fail_clearly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--secret is not supported yet"));
 }
+
+fn steps(stderr: &[u8]) -> (usize, usize) {
+    let text = String::from_utf8_lossy(stderr);
+    let cached = text.lines().filter(|l| l.ends_with(" CACHED")).count();
+    let ran = text.lines().filter(|l| l.contains(" DONE ")).count();
+    (cached, ran)
+}
+
+#[test]
+fn cache_hits_misses_and_ignored_files() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("cache");
+    let ctx = context(&t, "busybox");
+    let root = t.0.join("state");
+    let build = |extra: &[&str]| {
+        let mut args = vec!["build", "--progress", "plain", "-t", "c:1"];
+        args.extend_from_slice(extra);
+        args.push(ctx.to_str().unwrap());
+        let out = rbuild(&root, &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        let id = text
+            .lines()
+            .find_map(|l| l.strip_prefix("writing image "))
+            .unwrap()
+            .trim_end_matches(" done")
+            .to_string();
+        (steps(&out.stderr), id)
+    };
+    let ((cached, ran), first) = build(&[]);
+    assert_eq!(cached, 0);
+    assert!(ran >= 6, "{ran}");
+    // Unchanged: every step cached, the same image.
+    let ((cached, ran2), again) = build(&[]);
+    assert_eq!((cached, ran2), (ran, 0));
+    assert_eq!(again, first);
+    // An ignored file changes nothing.
+    std::fs::write(ctx.join("data/secret.key"), "rotated\n").unwrap();
+    let ((_, ran), same) = build(&[]);
+    assert_eq!((ran, same.as_str()), (0, first.as_str()));
+    // Same size, same mtime, other content (moby/buildkit#2592): a miss.
+    let file = ctx.join("data/file.txt");
+    let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+    std::fs::write(&file, "PAYLOAD\n").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let ((_, ran), changed) = build(&[]);
+    assert_eq!(ran, 2, "the COPY of data/ re-runs, and the step after it");
+    assert_ne!(changed, first);
+    // A build arg misses from its first use on.
+    let ((cached, ran), _) = build(&["--build-arg", "GREETING=bye"]);
+    // Cached: both base steps, the builder stage, WORKDIR; run: the RUN that
+    // reads it and the two COPYs after it.
+    assert!(cached == 4 && ran == 3, "cached {cached}, ran {ran}");
+    // --no-cache runs everything.
+    let ((cached, _), _) = build(&["--no-cache"]);
+    assert_eq!(cached, 0);
+}
+
+#[test]
+fn two_builds_on_one_root_at_once() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("parallel");
+    let ctx = context(&t, "busybox");
+    let root = t.0.join("state");
+    let spawn = |tag: &str| {
+        Command::new(env!("CARGO_BIN_EXE_rbuild"))
+            .arg("--root")
+            .arg(&root)
+            .args(["build", "-q", "-t", tag])
+            .arg(&ctx)
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("p:a"), spawn("p:b"));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    for out in [&a, &b] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let images = String::from_utf8_lossy(&rbuild(&root, &["images"]).stdout).into_owned();
+    assert!(images.contains("p:a") && images.contains("p:b"), "{images}");
+}

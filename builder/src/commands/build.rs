@@ -131,6 +131,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?,
         epoch: loaded.plan.source_date_epoch,
         proxy_env: loaded.plan.proxy_env(),
+        no_cache: args.no_cache,
     };
     let quiet = args.quiet || args.progress == ProgressMode::Quiet;
     let mut progress = Progress::new(quiet);
