@@ -16,6 +16,7 @@ pub mod cli;
 pub mod commands;
 pub mod copy;
 pub mod dockerfile;
+pub mod export;
 pub mod image;
 pub mod images;
 pub mod sandbox;

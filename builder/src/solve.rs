@@ -83,6 +83,8 @@ pub struct Built {
     pub manifest: Descriptor,
     /// The config.
     pub config: ImageConfig,
+    /// The target's final snapshot (None: empty filesystem).
+    pub snapshot: Option<String>,
 }
 
 /// One op's result: a snapshot (None: empty) and its stage's image so far.
@@ -271,7 +273,7 @@ pub fn build(
                 let (id, started) = progress.start(&op.name);
                 let mut d = base.ok_or_else(|| anyhow!("WORKDIR without a parent"))?;
                 let key = step_key(
-                    serde_json::json!({"v": 1, "op": "mkdir", "parent": d.key, "path": path}),
+                    serde_json::json!({"v": 1, "compression": format!("{:?}", options.compression), "op": "mkdir", "parent": d.key, "path": path}),
                 );
                 let _lock = store.index.lock_key(&key)?;
                 let hit = if options.no_cache {
@@ -339,7 +341,7 @@ pub fn build(
                     .collect::<Result<_, _>>()
                     .map_err(|e| where_(e.into()))?;
                 let key = step_key(serde_json::json!({
-                    "v": 1, "op": "exec", "parent": d.key, "exec": exec,
+                    "v": 1, "compression": format!("{:?}", options.compression), "op": "exec", "parent": d.key, "exec": exec,
                     "mount_sources": from_keys, "context_binds": context_binds,
                 }));
                 let _lock = store.index.lock_key(&key)?;
@@ -554,7 +556,7 @@ pub fn build(
                 };
                 let link = file.link && file.chmod.is_none();
                 let key = step_key(serde_json::json!({
-                    "v": 1, "op": "file", "parent": if link { None } else { d.key.clone() },
+                    "v": 1, "compression": format!("{:?}", options.compression), "op": "file", "parent": if link { None } else { d.key.clone() },
                     "file": file, "source": source_key,
                 }));
                 let _lock = store.index.lock_key(&key)?;
@@ -681,6 +683,7 @@ pub fn build(
         image_id: image_id.to_string(),
         manifest,
         config,
+        snapshot: target.snapshot.clone(),
     })
 }
 

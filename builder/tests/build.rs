@@ -332,3 +332,126 @@ fn two_builds_on_one_root_at_once() {
     let images = String::from_utf8_lossy(&rbuild(&root, &["images"]).stdout).into_owned();
     assert!(images.contains("p:a") && images.contains("p:b"), "{images}");
 }
+
+fn listing(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            use std::os::unix::fs::MetadataExt;
+            out.push(format!("{rel} {:o} {}:{}", m.mode(), m.uid(), m.gid()));
+            if m.is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn exporters_are_read_by_real_tools() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("export");
+    let ctx = context(&t, "busybox");
+    let root = t.0.join("state");
+    let o = |name: &str| t.0.join(name).display().to_string();
+    let out = rbuild(
+        &root,
+        &[
+            "build",
+            "-q",
+            "-t",
+            "exp:2",
+            "-o",
+            &format!("type=oci,dest={}", o("image.oci.tar")),
+            "-o",
+            &format!("type=oci,dest={},tar=false", o("layout")),
+            "-o",
+            &format!("type=docker,dest={}", o("image.docker.tar")),
+            "-o",
+            &format!("type=local,dest={}", o("rootfs")),
+            "-o",
+            &format!("type=tar,dest={}", o("rootfs.tar")),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for src in [
+        format!("oci-archive:{}:2", o("image.oci.tar")),
+        format!("oci:{}:2", o("layout")),
+        format!("docker-archive:{}", o("image.docker.tar")),
+    ] {
+        let copied = t.0.join(format!("copied-{}", src.len()));
+        let st = Command::new("skopeo")
+            .arg("copy")
+            .arg(&src)
+            .arg(format!("dir:{}", copied.display()))
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "skopeo copy {src}: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+    }
+    // docker load reads manifest.json for the tags.
+    let st = Command::new("tar")
+        .args(["xOf"])
+        .arg(o("image.docker.tar"))
+        .arg("manifest.json")
+        .output()
+        .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(manifest[0]["RepoTags"], serde_json::json!(["exp:2"]));
+    // The local export is the image's filesystem, owners and modes kept.
+    let bundle = t.0.join("bundle");
+    let st = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:2", o("layout")))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert_eq!(
+        listing(Path::new(&o("rootfs"))),
+        listing(&bundle.join("rootfs"))
+    );
+    let tar_list = Command::new("tar")
+        .arg("tf")
+        .arg(o("rootfs.tar"))
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&tar_list.stdout);
+    assert!(
+        names.lines().any(|l| l == "app/greeting.txt") && names.lines().any(|l| l == "built-by"),
+        "{names}"
+    );
+    assert!(!Path::new(&o("layout")).join("blobs/.tmp").exists());
+    // A failed export writes nothing.
+    let bad = rbuild(
+        &root,
+        &[
+            "build",
+            "-q",
+            "-o",
+            &format!("type=oci,dest={}/missing-dir/x.tar", t.0.display()),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(1));
+}

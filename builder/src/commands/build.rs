@@ -44,15 +44,21 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     if args.progress == ProgressMode::Rawjson {
         return Err(not_yet("--progress rawjson"));
     }
-    for o in &args.outputs {
-        let kind = o
-            .split(',')
-            .find_map(|kv| kv.strip_prefix("type="))
-            .unwrap_or("");
-        if kind != "image" || o.contains("push=true") {
-            return Err(not_yet(&format!("--output {o}")));
-        }
+    let outputs: Vec<crate::export::Output> = args
+        .outputs
+        .iter()
+        .map(|o| crate::export::parse_output(o))
+        .collect::<anyhow::Result<_>>()?;
+    if let Some(o) = outputs.iter().find(|o| o.push || o.kind == "registry") {
+        return Err(not_yet(&format!(
+            "--output type={} with push (the registry client)",
+            o.kind
+        )));
     }
+    let compression = outputs
+        .iter()
+        .find_map(|o| o.compression.clone())
+        .unwrap_or_else(|| args.compression.clone());
     let allow_insecure = args.allow.iter().any(|a| a == "security.insecure");
     if let Some(bad) = args
         .allow
@@ -125,8 +131,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         tags: args.tags.clone(),
         network,
         allow_insecure,
-        compression: args
-            .compression
+        compression: compression
             .parse::<Compression>()
             .map_err(anyhow::Error::msg)?,
         epoch: loaded.plan.source_date_epoch,
@@ -156,6 +161,27 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         let (id, manifest) = crate::images::store(&store.blobs, &built.config, layers, &args.tags)?;
         built.image_id = id.to_string();
         built.manifest = manifest;
+    }
+    let mut names: Vec<String> = args.tags.clone();
+    for o in &outputs {
+        names.extend(o.names.iter().cloned());
+    }
+    for o in &outputs {
+        let dest = o.dest.as_deref().unwrap_or("");
+        match o.kind.as_str() {
+            "image" => {
+                for n in &o.names {
+                    crate::images::tag_manifest(&store.blobs, &built.manifest, n)?;
+                }
+            }
+            "oci" | "docker" => crate::export::export_image(&store, &built.manifest, o, &names)
+                .with_context(|| format!("exporting to {dest}"))?,
+            "local" => crate::export::export_local(&store, built.snapshot.as_deref(), dest)
+                .with_context(|| format!("exporting to {dest}"))?,
+            "tar" => crate::export::export_tar(&store, built.snapshot.as_deref(), dest)
+                .with_context(|| format!("exporting to {dest}"))?,
+            _ => unreachable!("checked when parsing"),
+        }
     }
     if let Some(f) = &args.iidfile {
         write_file(f, built.image_id.as_bytes())?;

@@ -617,3 +617,15 @@ fn same_content(a: &Metadata, b: &Metadata, pa: &Path, pb: &Path) -> Result<bool
         }
     }
 }
+
+/// Writes the whole tree under `root` as one deterministic tar (no
+/// compression) to `out`: the `tar` exporter's format.
+pub fn write_tree_tar<W: Write>(
+    root: &Path,
+    out: W,
+    clamp_mtime: Option<i64>,
+) -> Result<W, LayerError> {
+    let mut tar = TarWriter::new(out, clamp_mtime);
+    tar.write_tree(root, Path::new(""))?;
+    tar.finish()
+}

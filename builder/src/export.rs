@@ -1,0 +1,384 @@
+//! Exporters (`-o`): the image as an OCI archive or layout directory, a
+//! `docker load` archive, the final filesystem as a directory or a tar.
+//!
+//! Everything is written next to its destination under a temporary name and
+//! renamed into place at the end, so a failed export leaves nothing
+//! half-written; `dest=-` streams a tar to stdout.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use cache::blob::BlobStore;
+use cache::gc::Store;
+use cache::spec::{Descriptor, Index, Manifest, media, to_canonical_json};
+
+/// A parsed `-o` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// `image`, `oci`, `docker`, `local` or `tar`.
+    pub kind: String,
+    /// `dest=`.
+    pub dest: Option<String>,
+    /// `tar=false` (oci: a layout directory).
+    pub tar: bool,
+    /// `oci-mediatypes=`.
+    pub oci_media_types: Option<bool>,
+    /// `name=`.
+    pub names: Vec<String>,
+    /// `compression=`.
+    pub compression: Option<String>,
+    /// `push=true`.
+    pub push: bool,
+}
+
+/// Parses `type=oci,dest=out.tar,...`.
+pub fn parse_output(spec: &str) -> anyhow::Result<Output> {
+    let mut out = Output {
+        kind: String::new(),
+        dest: None,
+        tar: true,
+        oci_media_types: None,
+        names: Vec::new(),
+        compression: None,
+        push: false,
+    };
+    if !spec.contains('=') {
+        // buildx: a bare path means type=local.
+        out.kind = "local".into();
+        out.dest = Some(spec.to_string());
+        return Ok(out);
+    }
+    for field in spec.split(',') {
+        let (k, v) = field.split_once('=').unwrap_or((field, ""));
+        let bool_value = |v: &str| match v {
+            "true" | "" => Ok(true),
+            "false" => Ok(false),
+            _ => bail!("--output {spec}: {k} must be true or false"),
+        };
+        match k {
+            "type" => out.kind = v.to_string(),
+            "dest" => out.dest = Some(v.to_string()),
+            "tar" => out.tar = bool_value(v)?,
+            "oci-mediatypes" => out.oci_media_types = Some(bool_value(v)?),
+            "name" => out
+                .names
+                .extend(v.split(';').filter(|n| !n.is_empty()).map(str::to_string)),
+            "compression" => out.compression = Some(v.to_string()),
+            "push" => out.push = bool_value(v)?,
+            "compression-level" | "force-compression" | "rewrite-timestamp" => {
+                bail!("--output {spec}: {k} is not supported yet")
+            }
+            other => bail!("--output {spec}: unknown option {other:?}"),
+        }
+    }
+    if out.kind.is_empty() {
+        bail!("--output {spec}: type= is required");
+    }
+    match out.kind.as_str() {
+        "image" | "registry" => {}
+        "oci" | "docker" | "local" | "tar" => {
+            if out.dest.is_none() {
+                bail!("--output {spec}: dest= is required for type={}", out.kind);
+            }
+        }
+        other => bail!("--output {spec}: unknown type {other:?} (image, oci, docker, local, tar)"),
+    }
+    Ok(out)
+}
+
+/// Where a file export is written until it is complete.
+struct Pending {
+    tmp: PathBuf,
+    dest: PathBuf,
+}
+
+impl Pending {
+    fn new(dest: &Path) -> Pending {
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "out".into());
+        let tmp = dest.with_file_name(format!(".{name}.rbuild-{}", std::process::id()));
+        Pending {
+            tmp,
+            dest: dest.to_path_buf(),
+        }
+    }
+
+    fn commit(self) -> anyhow::Result<()> {
+        if self.dest.is_dir() && self.tmp.is_dir() {
+            // Replace a directory export.
+            let old = self
+                .dest
+                .with_file_name(format!(".old-{}", std::process::id()));
+            fs::rename(&self.dest, &old)
+                .with_context(|| format!("replacing {}", self.dest.display()))?;
+            fs::rename(&self.tmp, &self.dest)
+                .with_context(|| format!("writing {}", self.dest.display()))?;
+            let _ = fs::remove_dir_all(&old);
+            return Ok(());
+        }
+        fs::rename(&self.tmp, &self.dest)
+            .with_context(|| format!("writing {}", self.dest.display()))
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.tmp.is_dir() {
+            let _ = fs::remove_dir_all(&self.tmp);
+        } else {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Runs `write` against the destination file or stdout (`-`), atomically.
+fn to_file(
+    dest: &str,
+    write: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if dest == "-" {
+        let stdout = io::stdout();
+        let mut lock = stdout.lock();
+        write(&mut lock)?;
+        lock.flush()?;
+        return Ok(());
+    }
+    let pending = Pending::new(Path::new(dest));
+    {
+        let mut f = io::BufWriter::new(
+            File::create(&pending.tmp)
+                .with_context(|| format!("creating {}", pending.tmp.display()))?,
+        );
+        write(&mut f)?;
+        f.flush()?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    }
+    pending.commit()
+}
+
+fn tar_entry(
+    tar: &mut tar::Builder<&mut dyn Write>,
+    path: &str,
+    data: &mut dyn io::Read,
+    size: u64,
+) -> anyhow::Result<()> {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(size);
+    h.set_mtime(0);
+    tar.append_data(&mut h, path, data)?;
+    Ok(())
+}
+
+fn blob_entry(
+    tar: &mut tar::Builder<&mut dyn Write>,
+    blobs: &BlobStore,
+    digest: &str,
+) -> anyhow::Result<()> {
+    let d = digest.parse()?;
+    let size = blobs.size(&d)?;
+    let mut r = blobs.open_verified(&d)?;
+    tar_entry(tar, &format!("blobs/sha256/{}", d.hex()), &mut r, size)
+}
+
+/// The manifest to export: the stored one, or a Docker v2s2 copy.
+fn manifest_for(
+    blobs: &BlobStore,
+    manifest: &Descriptor,
+    oci: bool,
+) -> anyhow::Result<(Descriptor, Manifest, Vec<u8>)> {
+    let stored: Manifest = serde_json::from_slice(&blobs.read(&manifest.digest.parse()?)?)?;
+    if oci {
+        let bytes = blobs.read(&manifest.digest.parse()?)?;
+        return Ok((manifest.clone(), stored, bytes));
+    }
+    let mut m = stored.clone();
+    m.media_type = Some(media::DOCKER_MANIFEST.into());
+    m.config.media_type = media::DOCKER_CONFIG.into();
+    for l in &mut m.layers {
+        l.media_type = match l.media_type.as_str() {
+            media::OCI_LAYER_GZIP => media::DOCKER_LAYER_GZIP.into(),
+            media::OCI_LAYER => media::DOCKER_LAYER.into(),
+            media::OCI_LAYER_ZSTD => media::DOCKER_LAYER_ZSTD.into(),
+            other => other.into(),
+        };
+    }
+    let bytes = to_canonical_json(&m);
+    let digest = blobs.put_bytes(&bytes)?;
+    Ok((
+        Descriptor::new(media::DOCKER_MANIFEST, &digest, bytes.len() as u64),
+        m,
+        bytes,
+    ))
+}
+
+fn index_for(desc: &Descriptor, names: &[String]) -> Index {
+    let mut d = desc.clone();
+    if let Some(name) = names.first() {
+        let mut ann = std::collections::BTreeMap::new();
+        ann.insert(
+            crate::images::FULL_NAME.to_string(),
+            crate::images::normalize(name),
+        );
+        // The tag part names the image inside the archive (oci-archive:f.tar:tag).
+        let tag = name
+            .rsplit_once(':')
+            .filter(|(_, t)| !t.contains('/'))
+            .map_or("latest", |(_, t)| t);
+        ann.insert(crate::images::REF_NAME.to_string(), tag.to_string());
+        d.annotations = Some(ann);
+    }
+    Index {
+        manifests: vec![d],
+        ..Index::default()
+    }
+}
+
+/// `type=oci` and `type=docker`: the image as an archive (or layout dir).
+pub fn export_image(
+    store: &Store,
+    manifest: &Descriptor,
+    out: &Output,
+    names: &[String],
+) -> anyhow::Result<()> {
+    let blobs = &store.blobs;
+    let docker = out.kind == "docker";
+    let oci = out.oci_media_types.unwrap_or(!docker);
+    let (desc, m, manifest_bytes) = manifest_for(blobs, manifest, oci)?;
+    let index = index_for(&desc, names);
+    let dest = out.dest.as_deref().expect("checked when parsing");
+    if !out.tar {
+        if docker {
+            bail!("type=docker with tar=false is not a format docker reads");
+        }
+        let pending = Pending::new(Path::new(dest));
+        let layout = BlobStore::open(&pending.tmp)?;
+        for d in std::iter::once(&m.config.digest).chain(m.layers.iter().map(|l| &l.digest)) {
+            let digest = d.parse()?;
+            layout.put(
+                blobs.open_verified(&digest)?,
+                Some((&digest, blobs.size(&digest)?)),
+            )?;
+        }
+        layout.put_bytes(&manifest_bytes)?;
+        layout.update_index(|i| *i = index.clone())?;
+        // The store's own bookkeeping is not part of an OCI layout.
+        let _ = fs::remove_dir_all(pending.tmp.join("blobs/.tmp"));
+        let _ = fs::remove_file(pending.tmp.join("index.json.lock"));
+        return pending.commit();
+    }
+    to_file(dest, |w| {
+        let mut tar = tar::Builder::new(w);
+        let layout = format!(
+            "{{\"imageLayoutVersion\":\"{}\"}}",
+            media::OCI_LAYOUT_VERSION
+        );
+        tar_entry(
+            &mut tar,
+            "oci-layout",
+            &mut layout.as_bytes(),
+            layout.len() as u64,
+        )?;
+        let index_bytes = to_canonical_json(&index);
+        tar_entry(
+            &mut tar,
+            "index.json",
+            &mut index_bytes.as_slice(),
+            index_bytes.len() as u64,
+        )?;
+        tar_entry(
+            &mut tar,
+            &format!("blobs/sha256/{}", desc.digest.trim_start_matches("sha256:")),
+            &mut manifest_bytes.as_slice(),
+            manifest_bytes.len() as u64,
+        )?;
+        blob_entry(&mut tar, blobs, &m.config.digest)?;
+        let mut seen = std::collections::BTreeSet::new();
+        for l in &m.layers {
+            if seen.insert(l.digest.clone()) {
+                blob_entry(&mut tar, blobs, &l.digest)?;
+            }
+        }
+        if docker {
+            // docker load's own index.
+            let repo_tags: Vec<String> = names.iter().map(|n| docker_tag(n)).collect();
+            let manifest_json = serde_json::json!([{
+                "Config": format!("blobs/sha256/{}", m.config.digest.trim_start_matches("sha256:")),
+                "RepoTags": repo_tags,
+                "Layers": m.layers.iter().map(|l| format!("blobs/sha256/{}", l.digest.trim_start_matches("sha256:"))).collect::<Vec<_>>(),
+            }]);
+            let bytes = serde_json::to_vec(&manifest_json)?;
+            tar_entry(
+                &mut tar,
+                "manifest.json",
+                &mut bytes.as_slice(),
+                bytes.len() as u64,
+            )?;
+        }
+        tar.finish()?;
+        Ok(())
+    })
+}
+
+/// `docker.io/library/demo:1` -> `demo:1`, as docker shows tags.
+fn docker_tag(name: &str) -> String {
+    let full = crate::images::normalize(name);
+    full.strip_prefix("docker.io/library/")
+        .or_else(|| full.strip_prefix("docker.io/"))
+        .unwrap_or(&full)
+        .to_string()
+}
+
+/// `type=local`: the final filesystem as a directory.
+pub fn export_local(store: &Store, snapshot: Option<&str>, dest: &str) -> anyhow::Result<()> {
+    let pending = Pending::new(Path::new(dest));
+    fs::create_dir_all(&pending.tmp)?;
+    if let Some(s) = snapshot {
+        store.snapshots.materialize(s, &pending.tmp)?;
+    }
+    pending.commit()
+}
+
+/// `type=tar`: the final filesystem as one tar.
+pub fn export_tar(store: &Store, snapshot: Option<&str>, dest: &str) -> anyhow::Result<()> {
+    let scratch = std::env::temp_dir().join(format!("rbuild-export-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&scratch);
+    fs::create_dir_all(&scratch)?;
+    let result = (|| {
+        if let Some(s) = snapshot {
+            store.snapshots.materialize(s, &scratch)?;
+        }
+        to_file(dest, |w| {
+            cache::layer::write_tree_tar(&scratch, w, None)?;
+            Ok(())
+        })
+    })();
+    let _ = fs::remove_dir_all(&scratch);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_parse_like_buildx() {
+        let o = parse_output("type=oci,dest=out.tar").unwrap();
+        assert_eq!(
+            (o.kind.as_str(), o.dest.as_deref(), o.tar),
+            ("oci", Some("out.tar"), true)
+        );
+        let o = parse_output("type=oci,dest=dir,tar=false").unwrap();
+        assert!(!o.tar);
+        assert_eq!(parse_output("out").unwrap().kind, "local");
+        assert!(parse_output("type=docker").is_err());
+        assert!(parse_output("type=nope,dest=x").is_err());
+        assert_eq!(docker_tag("demo:1"), "demo:1");
+        assert_eq!(docker_tag("ghcr.io/a/b:2"), "ghcr.io/a/b:2");
+    }
+}
