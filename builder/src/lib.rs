@@ -19,5 +19,6 @@ pub mod dockerfile;
 pub mod export;
 pub mod image;
 pub mod images;
+pub mod interrupt;
 pub mod sandbox;
 pub mod solve;

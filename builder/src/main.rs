@@ -10,6 +10,7 @@ fn main() -> ExitCode {
     {
         builder::sandbox::embedded::helper_main();
     }
+    builder::interrupt::install();
     let cli = builder::cli::Cli::parse_from(with_build_default(std::env::args_os().collect()));
     match builder::commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

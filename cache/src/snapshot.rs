@@ -649,3 +649,23 @@ impl Drop for MutableSnapshot {
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Unmounts and removes the active snapshots of this process under the
+/// snapshot root `root` (for an interrupted build: Ctrl-C, SIGTERM).
+pub fn abandon_own(root: &Path) {
+    let prefix = format!("{}-", std::process::id());
+    let active = root.join("active");
+    let Ok(entries) = fs::read_dir(&active) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let dir = e.path();
+        for m in mounts_under(&dir) {
+            let _ = unmount(&m);
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -93,6 +93,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     let store_root = state_root(root);
     let store = Store::open(&store_root)
         .with_context(|| format!("opening the state directory {}", store_root.display()))?;
+    crate::interrupt::set_snapshot_root(store_root.join("snapshots"));
     let graph = compile(&loaded.plan, &LocalImages(&store))?;
 
     let ignore = {

@@ -258,6 +258,9 @@ fn fail(what: impl std::fmt::Display) -> ! {
 
 /// Entry point of `rbuild __sandbox`: never returns.
 pub fn helper_main() -> ! {
+    // rbuild's main thread blocks these for its handler; the step must not
+    // inherit that.
+    crate::interrupt::unblock();
     let mut json = Vec::new();
     if let Err(e) = io::stdin().read_to_end(&mut json) {
         fail(format!("reading the run spec: {e}"));
