@@ -195,6 +195,20 @@ impl Snapshotter {
             .flatten()
         {
             let dir = entry.path();
+            if entry.file_name().to_string_lossy().starts_with(".new-") {
+                // Being set up by a live process, or left by a killed one
+                // long ago.
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age.as_secs() > 3600);
+                if old {
+                    let _ = fs::remove_dir_all(&dir);
+                }
+                continue;
+            }
             let Ok(lock) = File::open(dir.join("lock")) else {
                 let _ = fs::remove_dir_all(&dir);
                 continue;
@@ -213,8 +227,13 @@ impl Snapshotter {
             .map_err(io_err("reading", &committed))?
             .flatten()
         {
-            if !entry.path().join("meta.json").exists()
-                && entry.file_name().to_string_lossy().starts_with("tmp-")
+            // tmp-<pid>-<n>: a commit in progress, or one a killed process left.
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let owner_alive = name
+                .strip_prefix("tmp-")
+                .and_then(|rest| rest.split('-').next())
+                .is_some_and(|pid| Path::new("/proc").join(pid).exists());
+            if name.starts_with("tmp-") && !owner_alive && !entry.path().join("meta.json").exists()
             {
                 let _ = fs::remove_dir_all(entry.path());
             }
@@ -317,13 +336,15 @@ impl Snapshotter {
 
     /// A writable snapshot on top of `parent` (or empty).
     pub fn prepare(&self, parent: Option<&str>) -> Result<MutableSnapshot, SnapshotError> {
-        let active =
-            self.root
-                .join("active")
-                .join(format!("{}-{}", std::process::id(), self.next_id()?));
-        fs::create_dir_all(&active).map_err(io_err("creating", &active))?;
-        let lock = File::create(active.join("lock")).map_err(io_err("creating", &active))?;
-        lock.lock().map_err(io_err("locking", &active))?;
+        // Made under a dot name with its lock held, then renamed: another
+        // process's cleanup only ever sees active snapshots that are locked.
+        let name = format!("{}-{}", std::process::id(), self.next_id()?);
+        let staging = self.root.join("active").join(format!(".new-{name}"));
+        let active = self.root.join("active").join(&name);
+        fs::create_dir_all(&staging).map_err(io_err("creating", &staging))?;
+        let lock = File::create(staging.join("lock")).map_err(io_err("creating", &staging))?;
+        lock.lock().map_err(io_err("locking", &staging))?;
+        fs::rename(&staging, &active).map_err(io_err("creating", &active))?;
         let mut snap = MutableSnapshot {
             snapshotter: self.clone(),
             dir: active.clone(),
