@@ -24,6 +24,36 @@ pub enum Command {
     Build(Box<BuildArgs>),
     /// List the images in the local store
     Images,
+    /// Show an image's manifest and config
+    Inspect {
+        /// The image
+        reference: String,
+    },
+    /// Give an image another name
+    Tag {
+        /// The image
+        source: String,
+        /// The new name
+        target: String,
+    },
+    /// Remove image names (blobs go with `rbuild prune`)
+    Rmi {
+        /// Images to untag
+        #[arg(required = true)]
+        references: Vec<String>,
+    },
+    /// Write images from the store as a tar
+    Save {
+        /// The tar file (`-` for stdout)
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: String,
+        /// Archive format
+        #[arg(long, default_value = "oci", value_parser = ["oci", "docker"])]
+        format: String,
+        /// The images (one for now)
+        #[arg(required = true)]
+        references: Vec<String>,
+    },
     /// Print the build graph that `build` would run, without running it
     Graph(GraphArgs),
     /// Show cache disk usage

@@ -24,17 +24,6 @@ fn main() -> ExitCode {
 /// `rbuild -t app:1 .` means `rbuild build -t app:1 .`: insert `build` when
 /// the first word after the global options is no subcommand.
 fn with_build_default(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    const COMMANDS: [&str; 9] = [
-        "build",
-        "images",
-        "graph",
-        "du",
-        "prune",
-        "verify",
-        "debug",
-        "help",
-        "__sandbox",
-    ];
     let mut i = 1;
     while i < args.len() {
         let a = args[i].to_string_lossy();
@@ -46,12 +35,7 @@ fn with_build_default(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsStri
             i += 1;
             continue;
         }
-        if a == "-h"
-            || a == "--help"
-            || a == "-V"
-            || a == "--version"
-            || COMMANDS.contains(&a.as_ref())
-        {
+        if a == "-h" || a == "--help" || a == "-V" || a == "--version" || is_subcommand(&a) {
             return args;
         }
         break;
@@ -60,4 +44,13 @@ fn with_build_default(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsStri
         args.insert(i, "build".into());
     }
     args
+}
+
+/// A subcommand name clap knows (so the list never drifts from cli.rs).
+fn is_subcommand(word: &str) -> bool {
+    use clap::CommandFactory;
+    word == "help"
+        || builder::cli::Cli::command()
+            .get_subcommands()
+            .any(|c| c.get_name() == word)
 }

@@ -502,3 +502,69 @@ fn ctrl_c_during_run_leaves_no_mounts_or_processes() {
     // The store is usable afterwards.
     assert!(rbuild(&root, &["du"]).status.success());
 }
+
+#[test]
+fn image_store_commands() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("store");
+    let ctx = context(&t, "busybox");
+    let root = t.0.join("state");
+    let out = rbuild(&root, &["-q", "-t", "first:1", ctx.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        rbuild(&root, &["tag", "first:1", "second:2"])
+            .status
+            .success()
+    );
+    let insp = rbuild(&root, &["inspect", "second:2"]);
+    let v: serde_json::Value = serde_json::from_slice(&insp.stdout).unwrap();
+    assert_eq!(v["Id"], id);
+    assert_eq!(
+        v["Config"]["config"]["Cmd"],
+        serde_json::json!(["cat", "/app/greeting.txt"])
+    );
+    let archive = t.0.join("saved.tar");
+    let save = rbuild(
+        &root,
+        &[
+            "save",
+            "-o",
+            archive.to_str().unwrap(),
+            "--format",
+            "docker",
+            "second:2",
+        ],
+    );
+    assert!(
+        save.status.success(),
+        "{}",
+        String::from_utf8_lossy(&save.stderr)
+    );
+    let st = Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("docker-archive:{}", archive.display()))
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert!(rbuild(&root, &["rmi", "first:1"]).status.success());
+    let images = String::from_utf8_lossy(&rbuild(&root, &["images"]).stdout).into_owned();
+    assert!(
+        !images.contains("first:1") && images.contains("second:2"),
+        "{images}"
+    );
+    let missing = rbuild(&root, &["inspect", "first:1"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not found in the local store"));
+}

@@ -238,3 +238,82 @@ pub fn images(root: Option<PathBuf>) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+fn open_store(root: Option<PathBuf>) -> anyhow::Result<Store> {
+    let store_root = state_root(root);
+    Store::open(&store_root)
+        .with_context(|| format!("opening the state directory {}", store_root.display()))
+}
+
+fn find(store: &Store, reference: &str) -> anyhow::Result<crate::images::StoredImage> {
+    crate::images::find(&store.blobs, reference)?.ok_or_else(|| {
+        anyhow::anyhow!("image {reference} not found in the local store (see `rbuild images`)")
+    })
+}
+
+pub fn inspect(root: Option<PathBuf>, reference: &str) -> anyhow::Result<()> {
+    let store = open_store(root)?;
+    let img = find(&store, reference)?;
+    let (manifest, config) = crate::images::read(&store.blobs, &img)?;
+    let out = serde_json::json!({
+        "Name": img.reference,
+        "Id": manifest.config.digest,
+        "Digest": img.manifest.digest,
+        "Manifest": manifest,
+        "Config": config,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+pub fn tag(root: Option<PathBuf>, source: &str, target: &str) -> anyhow::Result<()> {
+    let store = open_store(root)?;
+    let img = find(&store, source)?;
+    crate::images::tag_manifest(&store.blobs, &img.manifest, target)
+}
+
+pub fn rmi(root: Option<PathBuf>, references: &[String]) -> anyhow::Result<()> {
+    let store = open_store(root)?;
+    for r in references {
+        let img = find(&store, r)?;
+        store.blobs.update_index(|idx| {
+            idx.manifests.retain(|d| {
+                d.annotations
+                    .as_ref()
+                    .and_then(|a| a.get(crate::images::REF_NAME))
+                    != Some(&img.reference)
+            });
+        })?;
+        println!("Untagged: {}", img.reference);
+    }
+    Ok(())
+}
+
+pub fn save(
+    root: Option<PathBuf>,
+    output: &str,
+    format: &str,
+    references: &[String],
+) -> anyhow::Result<()> {
+    if references.len() > 1 {
+        return Err(not_yet("saving several images in one archive"));
+    }
+    let store = open_store(root)?;
+    let img = find(&store, &references[0])?;
+    let out = crate::export::Output {
+        kind: format.to_string(),
+        dest: Some(output.to_string()),
+        tar: true,
+        oci_media_types: None,
+        names: Vec::new(),
+        compression: None,
+        push: false,
+    };
+    crate::export::export_image(
+        &store,
+        &img.manifest,
+        &out,
+        std::slice::from_ref(&img.reference),
+    )
+    .with_context(|| format!("writing {output}"))
+}
