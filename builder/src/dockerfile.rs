@@ -41,13 +41,17 @@ pub fn build_args(args: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-/// `--build-context NAME=SRC`: the names.
+/// `--build-context NAME=SRC`: the names of directory contexts. Image
+/// contexts (`docker-image://`, `oci-layout://`) are not named contexts for
+/// the planner: `FROM NAME` and `--from=NAME` resolve them as images.
 pub fn named_contexts(specs: &[String]) -> anyhow::Result<BTreeSet<String>> {
     let mut out = BTreeSet::new();
     for spec in specs {
         match spec.split_once('=') {
             Some((name, src)) if !name.is_empty() && !src.is_empty() => {
-                out.insert(name.to_string());
+                if !src.contains("://") {
+                    out.insert(name.to_string());
+                }
             }
             _ => bail!("--build-context `{spec}` is not NAME=SRC"),
         }

@@ -165,3 +165,84 @@ mod tests {
         );
     }
 }
+
+/// Images given by `--build-context NAME=docker-image://REF` or
+/// `NAME=oci-layout://PATH[:TAG|@DIGEST]`, by NAME.
+pub type Aliases = std::collections::BTreeMap<String, StoredImage>;
+
+/// Like [`find`], with build-context aliases first.
+pub fn find_with(
+    blobs: &BlobStore,
+    aliases: &Aliases,
+    reference: &str,
+) -> anyhow::Result<Option<StoredImage>> {
+    if let Some(img) = aliases.get(reference) {
+        return Ok(Some(img.clone()));
+    }
+    find(blobs, reference)
+}
+
+/// Copies the image `PATH[:TAG|@DIGEST]` of an OCI layout into the store
+/// (digests verified) and returns it. A multi-platform index gives linux/amd64.
+pub fn import_oci_layout(blobs: &BlobStore, spec: &str) -> anyhow::Result<StoredImage> {
+    let (path, selector) = if let Some((p, d)) = spec.rsplit_once('@') {
+        (p, Some(("digest", d)))
+    } else {
+        match spec
+            .rsplit_once(':')
+            .filter(|(_, t)| !t.contains('/') && !t.is_empty())
+        {
+            Some((p, t)) => (p, Some(("tag", t))),
+            None => (spec, None),
+        }
+    };
+    let layout = BlobStore::open(std::path::Path::new(path))
+        .with_context(|| format!("opening the OCI layout {path}"))?;
+    let index = layout.read_index()?;
+    let mut desc = match selector {
+        Some(("digest", d)) => index.manifests.iter().find(|m| m.digest == d).cloned(),
+        Some((_, tag)) => index
+            .manifests
+            .iter()
+            .find(|m| {
+                m.annotations
+                    .as_ref()
+                    .and_then(|a| a.get(REF_NAME))
+                    .is_some_and(|r| r == tag)
+            })
+            .cloned(),
+        None if index.manifests.len() == 1 => index.manifests.first().cloned(),
+        None => bail!("the OCI layout {path} holds several images: name one with :TAG or @DIGEST"),
+    }
+    .ok_or_else(|| anyhow::anyhow!("no image {spec} in the OCI layout"))?;
+    let copy = |d: &Descriptor| -> anyhow::Result<()> {
+        let digest: Digest = d.digest.parse()?;
+        if !blobs.contains(&digest) {
+            blobs.put(layout.open_verified(&digest)?, Some((&digest, d.size)))?;
+        }
+        Ok(())
+    };
+    if desc.media_type == media::OCI_INDEX || desc.media_type == media::DOCKER_MANIFEST_LIST {
+        copy(&desc)?;
+        let idx: cache::spec::Index = serde_json::from_slice(&blobs.read(&desc.digest.parse()?)?)?;
+        desc = idx
+            .manifests
+            .into_iter()
+            .find(|m| {
+                m.platform
+                    .as_ref()
+                    .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+            })
+            .ok_or_else(|| anyhow::anyhow!("{spec} has no linux/amd64 image"))?;
+    }
+    copy(&desc)?;
+    let manifest: Manifest = serde_json::from_slice(&blobs.read(&desc.digest.parse()?)?)?;
+    copy(&manifest.config)?;
+    for l in &manifest.layers {
+        copy(l)?;
+    }
+    Ok(StoredImage {
+        reference: spec.to_string(),
+        manifest: desc,
+    })
+}

@@ -24,12 +24,13 @@ use crate::copy::{CopyRequest, copy};
 use crate::image::ImageState;
 use crate::sandbox::{Mount, Network, RunSpec, Runtime, Stream, default_hosts, resolv_conf};
 
-/// Base image configs from the local image store, for graph compilation.
-pub struct LocalImages<'a>(pub &'a Store);
+/// Base image configs from the local image store (and build-context
+/// aliases), for graph compilation.
+pub struct LocalImages<'a>(pub &'a Store, pub &'a crate::images::Aliases);
 
 impl ImageConfigs for LocalImages<'_> {
     fn config(&self, reference: &str) -> Option<frontend::graph::BaseConfig> {
-        let img = crate::images::find(&self.0.blobs, reference).ok()??;
+        let img = crate::images::find_with(&self.0.blobs, self.1, reference).ok()??;
         let (_, cfg) = crate::images::read(&self.0.blobs, &img).ok()?;
         let c = cfg.config;
         Some(frontend::graph::BaseConfig {
@@ -58,6 +59,8 @@ pub struct BuildOptions<'a> {
     pub ignore: Option<PatternMatcher>,
     /// `--build-context NAME=DIR`.
     pub named_contexts: BTreeMap<String, PathBuf>,
+    /// `--build-context NAME=docker-image://|oci-layout://`: images by NAME.
+    pub aliases: crate::images::Aliases,
     /// Tags to store the image under.
     pub tags: Vec<String>,
     /// RUN network.
@@ -260,7 +263,8 @@ pub fn build(
             },
             OpKind::Image { reference, .. } => {
                 let (id, started) = progress.start(&op.name);
-                let d = import_image(store, reference, &created).map_err(where_)?;
+                let d =
+                    import_image(store, &options.aliases, reference, &created).map_err(where_)?;
                 progress.done(id, started);
                 d
             }
@@ -715,8 +719,13 @@ fn hex_name(id: &str) -> String {
 }
 
 /// Imports a local image's layers as snapshots (once per chain id).
-fn import_image(store: &Store, reference: &str, created: &str) -> anyhow::Result<Done> {
-    let Some(img) = crate::images::find(&store.blobs, reference)? else {
+fn import_image(
+    store: &Store,
+    aliases: &crate::images::Aliases,
+    reference: &str,
+    created: &str,
+) -> anyhow::Result<Done> {
+    let Some(img) = crate::images::find_with(&store.blobs, aliases, reference)? else {
         bail!(
             "image {reference} is not in the local image store (pulling from a registry is not supported yet; see `rbuild images`)"
         );

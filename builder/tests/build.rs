@@ -568,3 +568,109 @@ fn image_store_commands() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found in the local store"));
 }
+
+#[test]
+fn image_build_contexts() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("ctximg");
+    let ctx = context(&t, "busybox");
+    let root = t.0.join("state");
+    let layout = t.0.join("layout");
+    // An OCI layout made elsewhere (here: exported by a build on another root).
+    let out = rbuild(
+        &t.0.join("other"),
+        &[
+            "-q",
+            "-o",
+            &format!("type=oci,dest={},tar=false,name=base:7", layout.display()),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let child = t.0.join("child");
+    std::fs::create_dir_all(&child).unwrap();
+    std::fs::write(child.join("Dockerfile"), "FROM mybase\nRUN cat /app/greeting.txt > /copy.txt\nFROM scratch\nCOPY --from=mybase /app/greeting.txt /g\n").unwrap();
+    let out = rbuild(
+        &root,
+        &[
+            "build",
+            "-q",
+            "-t",
+            "child:1",
+            "--target",
+            "0",
+            "--build-context",
+            &format!("mybase=oci-layout://{}:7", layout.display()),
+            child.to_str().unwrap(),
+        ],
+    );
+    // --target takes stage names; stage 0 has none: build the last stage.
+    assert_eq!(out.status.code(), Some(1));
+    let out = rbuild(
+        &root,
+        &[
+            "build",
+            "-q",
+            "-t",
+            "child:1",
+            "--build-context",
+            &format!("mybase=oci-layout://{}:7", layout.display()),
+            child.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let insp = rbuild(&root, &["inspect", "child:1"]);
+    let v: serde_json::Value = serde_json::from_slice(&insp.stdout).unwrap();
+    assert_eq!(v["Manifest"]["layers"].as_array().unwrap().len(), 1);
+    // docker-image:// names an image of the local store.
+    assert!(
+        rbuild(&root, &["tag", "child:1", "local-base:1"])
+            .status
+            .success()
+    );
+    std::fs::write(
+        child.join("Dockerfile"),
+        "FROM mybase\nCOPY Dockerfile /df\n",
+    )
+    .unwrap();
+    let out = rbuild(
+        &root,
+        &[
+            "build",
+            "-q",
+            "-t",
+            "grandchild:1",
+            "--build-context",
+            "mybase=docker-image://local-base:1",
+            child.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = rbuild(
+        &root,
+        &[
+            "build",
+            "-q",
+            "--build-context",
+            "mybase=docker-image://nowhere:1",
+            child.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not in the local store"));
+}

@@ -94,7 +94,6 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     let store = Store::open(&store_root)
         .with_context(|| format!("opening the state directory {}", store_root.display()))?;
     crate::interrupt::set_snapshot_root(store_root.join("snapshots"));
-    let graph = compile(&loaded.plan, &LocalImages(&store))?;
 
     let ignore = {
         let dockerfile_path = if loaded.path == Path::new("-") {
@@ -114,13 +113,25 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         }
     };
     let mut named_contexts = BTreeMap::new();
+    let mut aliases = crate::images::Aliases::new();
     for spec in &graph_args.build_contexts {
         let (name, src) = spec.split_once('=').expect("checked when planning");
-        if src.contains("://") {
+        if let Some(path) = src.strip_prefix("oci-layout://") {
+            let img = crate::images::import_oci_layout(&store.blobs, path)
+                .with_context(|| format!("--build-context {spec}"))?;
+            aliases.insert(name.to_string(), img);
+        } else if let Some(reference) = src.strip_prefix("docker-image://") {
+            let img = crate::images::find(&store.blobs, reference)?.ok_or_else(|| {
+                anyhow::anyhow!("--build-context {spec}: image {reference} is not in the local store (pulling is not supported yet)")
+            })?;
+            aliases.insert(name.to_string(), img);
+        } else if src.contains("://") {
             return Err(not_yet(&format!("--build-context {spec}")));
+        } else {
+            named_contexts.insert(name.to_string(), PathBuf::from(src));
         }
-        named_contexts.insert(name.to_string(), PathBuf::from(src));
     }
+    let graph = compile(&loaded.plan, &LocalImages(&store, &aliases))?;
     let network = match args.network.as_str() {
         "none" => Network::None,
         _ => Network::Host,
@@ -129,6 +140,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         context: &context,
         ignore,
         named_contexts,
+        aliases: aliases.clone(),
         tags: args.tags.clone(),
         network,
         allow_insecure,
