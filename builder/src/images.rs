@@ -149,23 +149,6 @@ pub fn tag_manifest(blobs: &BlobStore, manifest: &Descriptor, tag: &str) -> anyh
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::normalize;
-
-    #[test]
-    fn names_like_docker() {
-        assert_eq!(normalize("alpine"), "docker.io/library/alpine:latest");
-        assert_eq!(normalize("alpine:3"), "docker.io/library/alpine:3");
-        assert_eq!(normalize("me/app:1"), "docker.io/me/app:1");
-        assert_eq!(normalize("localhost:5000/app"), "localhost:5000/app:latest");
-        assert_eq!(
-            normalize("ghcr.io/o/a:v@sha256:ab"),
-            "ghcr.io/o/a@sha256:ab"
-        );
-    }
-}
-
 /// Images given by `--build-context NAME=docker-image://REF` or
 /// `NAME=oci-layout://PATH[:TAG|@DIGEST]`, by NAME.
 pub type Aliases = std::collections::BTreeMap<String, StoredImage>;
@@ -245,4 +228,21 @@ pub fn import_oci_layout(blobs: &BlobStore, spec: &str) -> anyhow::Result<Stored
         reference: spec.to_string(),
         manifest: desc,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize;
+
+    #[test]
+    fn names_like_docker() {
+        assert_eq!(normalize("alpine"), "docker.io/library/alpine:latest");
+        assert_eq!(normalize("alpine:3"), "docker.io/library/alpine:3");
+        assert_eq!(normalize("me/app:1"), "docker.io/me/app:1");
+        assert_eq!(normalize("localhost:5000/app"), "localhost:5000/app:latest");
+        assert_eq!(
+            normalize("ghcr.io/o/a:v@sha256:ab"),
+            "ghcr.io/o/a@sha256:ab"
+        );
+    }
 }
