@@ -253,7 +253,7 @@ pub enum ProgressMode {
     Tty,
     /// BuildKit's plain format
     Plain,
-    /// JSON events (not supported yet)
+    /// JSON events, the shape of BuildKit's SolveStatus
     Rawjson,
     /// Nothing
     Quiet,

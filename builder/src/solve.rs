@@ -153,35 +153,166 @@ fn record(store: &Store, key: &cache::index::CacheKey, step: &StepRecord) -> any
     Ok(())
 }
 
-/// Plain progress, BuildKit's format: `#N name`, `#N 0.123 log`, `#N DONE 1.2s`.
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressFormat {
+    /// BuildKit's plain format: `#N name`, `#N 0.123 log`, `#N DONE 1.2s`.
+    Plain,
+    /// One JSON object per line, the shape of BuildKit's SolveStatus.
+    RawJson,
+    /// Nothing.
+    Quiet,
+}
+
+/// Progress of the steps, on stderr.
 pub struct Progress {
-    quiet: bool,
+    format: ProgressFormat,
     counter: usize,
+    /// Bytes of log shown per step (BuildKit caps a step's log at 2 MiB).
+    shown: BTreeMap<usize, usize>,
+    /// Partial log line per step (plain).
+    partial: BTreeMap<usize, Vec<u8>>,
+    names: BTreeMap<usize, (String, String, String)>,
+}
+
+/// BuildKit's cap on a step's log output.
+const LOG_CAP: usize = 2 << 20;
+
+fn now_rfc3339_nanos() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let base = rfc3339(d.as_secs() as i64);
+    format!("{}.{:09}Z", base.trim_end_matches('Z'), d.subsec_nanos())
 }
 
 impl Progress {
-    /// Plain progress on stderr, or none.
-    pub fn new(quiet: bool) -> Progress {
-        Progress { quiet, counter: 0 }
+    /// Progress in `format`.
+    pub fn new(format: ProgressFormat) -> Progress {
+        Progress {
+            format,
+            counter: 0,
+            shown: BTreeMap::new(),
+            partial: BTreeMap::new(),
+            names: BTreeMap::new(),
+        }
+    }
+
+    fn emit(value: serde_json::Value) {
+        eprintln!("{value}");
+    }
+
+    fn vertex(&self, id: usize, extra: serde_json::Value) -> serde_json::Value {
+        let (digest, name, started) = self.names.get(&id).cloned().unwrap_or_default();
+        let mut v =
+            serde_json::json!({"digest": digest, "inputs": [], "name": name, "started": started});
+        if let (Some(obj), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
+            for (k, val) in extra {
+                obj.insert(k.clone(), val.clone());
+            }
+        }
+        serde_json::json!({"vertexes": [v]})
     }
 
     fn start(&mut self, name: &str) -> (usize, Instant) {
+        use sha2::{Digest as _, Sha256};
         self.counter += 1;
-        if !self.quiet {
-            eprintln!("#{} {name}", self.counter);
+        let id = self.counter;
+        let digest = format!(
+            "sha256:{}",
+            Sha256::digest(format!("{id} {name}").as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        self.names
+            .insert(id, (digest, name.to_string(), now_rfc3339_nanos()));
+        match self.format {
+            ProgressFormat::Plain => eprintln!("#{id} {name}"),
+            ProgressFormat::RawJson => Self::emit(self.vertex(id, serde_json::json!({}))),
+            ProgressFormat::Quiet => {}
         }
-        (self.counter, Instant::now())
+        (id, Instant::now())
     }
 
     fn cached(&self, id: usize) {
-        if !self.quiet {
-            eprintln!("#{id} CACHED");
+        match self.format {
+            ProgressFormat::Plain => eprintln!("#{id} CACHED"),
+            ProgressFormat::RawJson => Self::emit(self.vertex(
+                id,
+                serde_json::json!({"cached": true, "completed": now_rfc3339_nanos()}),
+            )),
+            ProgressFormat::Quiet => {}
         }
     }
 
     fn done(&self, id: usize, started: Instant) {
-        if !self.quiet {
-            eprintln!("#{id} DONE {:.1}s", started.elapsed().as_secs_f64());
+        match self.format {
+            ProgressFormat::Plain => {
+                eprintln!("#{id} DONE {:.1}s", started.elapsed().as_secs_f64())
+            }
+            ProgressFormat::RawJson => {
+                Self::emit(self.vertex(id, serde_json::json!({"completed": now_rfc3339_nanos()})))
+            }
+            ProgressFormat::Quiet => {}
+        }
+    }
+
+    fn error(&self, id: usize, message: &str) {
+        match self.format {
+            ProgressFormat::Plain => eprintln!("#{id} ERROR: {message}"),
+            ProgressFormat::RawJson => Self::emit(self.vertex(
+                id,
+                serde_json::json!({"completed": now_rfc3339_nanos(), "error": message}),
+            )),
+            ProgressFormat::Quiet => {}
+        }
+    }
+
+    /// A chunk of a step's output: log lines (plain) or a log event (rawjson),
+    /// up to BuildKit's 2 MiB per step, then one note that the log was clipped.
+    fn log(&mut self, id: usize, stream: Stream, chunk: &[u8], started: Instant) {
+        if self.format == ProgressFormat::Quiet {
+            return;
+        }
+        let shown = self.shown.entry(id).or_insert(0);
+        if *shown >= LOG_CAP {
+            return;
+        }
+        let take = chunk.len().min(LOG_CAP - *shown);
+        *shown += take;
+        let clipped = *shown >= LOG_CAP;
+        let chunk = &chunk[..take];
+        match self.format {
+            ProgressFormat::Plain => {
+                let partial = self.partial.entry(id).or_default();
+                for &b in chunk {
+                    if b == b'\n' {
+                        eprintln!(
+                            "#{id} {:.3} {}",
+                            started.elapsed().as_secs_f64(),
+                            String::from_utf8_lossy(partial)
+                        );
+                        partial.clear();
+                    } else {
+                        partial.push(b);
+                    }
+                }
+                if clipped {
+                    eprintln!("#{id} [output clipped, log limit 2MiB reached]");
+                }
+            }
+            ProgressFormat::RawJson => {
+                use base64::Engine as _;
+                let digest = self.names.get(&id).map(|n| n.0.clone()).unwrap_or_default();
+                let fd = if stream == Stream::Stdout { 1 } else { 2 };
+                Self::emit(serde_json::json!({"logs": [{
+                    "vertex": digest, "stream": fd,
+                    "data": base64::engine::general_purpose::STANDARD.encode(chunk),
+                    "timestamp": now_rfc3339_nanos(),
+                }]}));
+            }
+            ProgressFormat::Quiet => {}
         }
     }
 }
@@ -467,30 +598,22 @@ pub fn build(
                             resolv_conf: resolv_conf(&host_resolv, network),
                         };
                         let mut log: Vec<u8> = Vec::new();
-                        let mut line = Vec::new();
-                        let quiet = progress.quiet;
                         let code = runtime
-                            .run(&spec, &mut |_stream: Stream, chunk: &[u8]| {
-                                log.extend_from_slice(chunk);
-                                if quiet {
-                                    return;
+                            .run(&spec, &mut |stream: Stream, chunk: &[u8]| {
+                                if log.len() < LOG_CAP {
+                                    log.extend_from_slice(chunk);
                                 }
-                                for &b in chunk {
-                                    if b == b'\n' {
-                                        eprintln!(
-                                            "#{id} {:.3} {}",
-                                            started.elapsed().as_secs_f64(),
-                                            String::from_utf8_lossy(&line)
-                                        );
-                                        line.clear();
-                                    } else {
-                                        line.push(b);
-                                    }
-                                }
+                                progress.log(id, stream, chunk, started);
                             })
                             .map_err(|e| where_(e.into()))?;
                         drop(views);
                         if code != 0 {
+                            progress.error(
+                                id,
+                                &format!(
+                                    "process did not complete successfully: exit code: {code}"
+                                ),
+                            );
                             let _ = std::io::stderr().flush();
                             let cmd = exec.args.join(" ");
                             let output = String::from_utf8_lossy(&log).into_owned();

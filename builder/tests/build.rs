@@ -674,3 +674,76 @@ fn image_build_contexts() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not in the local store"));
 }
+
+#[test]
+fn rawjson_progress_and_log_cap() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("progress");
+    let ctx = context(&t, "logs");
+    let root = t.0.join("state");
+    let out = rbuild(
+        &root,
+        &["build", "--progress", "rawjson", ctx.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["vertexes"][0]["name"] == "[3/4] RUN echo hello-log"),
+        "{text}"
+    );
+    let logs: Vec<u8> = events
+        .iter()
+        .filter_map(|e| e["logs"][0]["data"].as_str())
+        .flat_map(|d| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.decode(d).unwrap()
+        })
+        .collect();
+    assert!(String::from_utf8_lossy(&logs).contains("hello-log\n"));
+    // 3 MiB of output, at most 2 MiB of it shown.
+    assert!(
+        logs.len() <= 2 * (2 << 20) && logs.len() > 2 << 20,
+        "{}",
+        logs.len()
+    );
+    let again = rbuild(
+        &root,
+        &["build", "--progress", "rawjson", ctx.to_str().unwrap()],
+    );
+    let text = String::from_utf8_lossy(&again.stderr).into_owned();
+    let cached = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["vertexes"][0]["cached"] == true)
+        .count();
+    assert_eq!(cached, 4, "{text}");
+    let plain = rbuild(
+        &root,
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "--no-cache",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let text = String::from_utf8_lossy(&plain.stderr).into_owned();
+    assert!(
+        text.contains("[output clipped, log limit 2MiB reached]"),
+        "{}",
+        &text[..text.len().min(2000)]
+    );
+}

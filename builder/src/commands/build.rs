@@ -13,7 +13,7 @@ use crate::cli::{BuildArgs, ProgressMode};
 use crate::commands::store::{human, state_root};
 use crate::sandbox::Network;
 use crate::sandbox::embedded::Embedded;
-use crate::solve::{BuildOptions, LocalImages, Progress, build};
+use crate::solve::{BuildOptions, LocalImages, Progress, ProgressFormat, build};
 
 fn not_yet(flag: &str) -> anyhow::Error {
     anyhow::anyhow!("{flag} is not supported yet")
@@ -40,9 +40,6 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     }
     if args.runtime == "runc" {
         return Err(not_yet("--runtime runc"));
-    }
-    if args.progress == ProgressMode::Rawjson {
-        return Err(not_yet("--progress rawjson"));
     }
     let outputs: Vec<crate::export::Output> = args
         .outputs
@@ -152,7 +149,13 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         no_cache: args.no_cache,
     };
     let quiet = args.quiet || args.progress == ProgressMode::Quiet;
-    let mut progress = Progress::new(quiet);
+    let format = match args.progress {
+        _ if quiet => ProgressFormat::Quiet,
+        ProgressMode::Rawjson => ProgressFormat::RawJson,
+        // The live tty view is not there yet: plain on terminals too.
+        _ => ProgressFormat::Plain,
+    };
+    let mut progress = Progress::new(format);
     let runtime = Embedded::current().context("finding the rbuild binary for the sandbox")?;
     let mut built = build(&store, &graph, &runtime, &options, &mut progress)?;
     if !labels.is_empty() {
