@@ -2,9 +2,10 @@
 //! order, on snapshots, with the sandbox for RUN and `copy` for COPY/ADD;
 //! the target's image is assembled and stored under its tags.
 //!
-//! This first solver runs ops one after the other and does not consult the
-//! cache index yet: every build runs every step. Cache keys, parallel
-//! vertices and `--no-cache` come next.
+//! Ops run as soon as their inputs are done, several at a time
+//! ([`schedule`]); each snapshot-making op has a content cache key (its
+//! parent's key, the op, and the digest of the files it reads) and is
+//! skipped when the cache index holds a result for that key.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -165,13 +166,20 @@ pub enum ProgressFormat {
 }
 
 /// Progress of the steps, on stderr.
+/// Steps run in parallel, so the state sits behind a lock.
 pub struct Progress {
     format: ProgressFormat,
+    state: std::sync::Mutex<ProgressState>,
+}
+
+#[derive(Default)]
+struct ProgressState {
     counter: usize,
     /// Bytes of log shown per step (BuildKit caps a step's log at 2 MiB).
     shown: BTreeMap<usize, usize>,
     /// Partial log line per step (plain).
     partial: BTreeMap<usize, Vec<u8>>,
+    /// Vertex digest, name and start time per step.
     names: BTreeMap<usize, (String, String, String)>,
 }
 
@@ -191,11 +199,13 @@ impl Progress {
     pub fn new(format: ProgressFormat) -> Progress {
         Progress {
             format,
-            counter: 0,
-            shown: BTreeMap::new(),
-            partial: BTreeMap::new(),
-            names: BTreeMap::new(),
+            state: std::sync::Mutex::new(ProgressState::default()),
         }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ProgressState> {
+        // A panicking step leaves the state usable: it is only counters.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn emit(value: serde_json::Value) {
@@ -203,7 +213,7 @@ impl Progress {
     }
 
     fn vertex(&self, id: usize, extra: serde_json::Value) -> serde_json::Value {
-        let (digest, name, started) = self.names.get(&id).cloned().unwrap_or_default();
+        let (digest, name, started) = self.state().names.get(&id).cloned().unwrap_or_default();
         let mut v =
             serde_json::json!({"digest": digest, "inputs": [], "name": name, "started": started});
         if let (Some(obj), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
@@ -214,10 +224,11 @@ impl Progress {
         serde_json::json!({"vertexes": [v]})
     }
 
-    fn start(&mut self, name: &str) -> (usize, Instant) {
+    fn start(&self, name: &str) -> (usize, Instant) {
         use sha2::{Digest as _, Sha256};
-        self.counter += 1;
-        let id = self.counter;
+        let mut state = self.state();
+        state.counter += 1;
+        let id = state.counter;
         let digest = format!(
             "sha256:{}",
             Sha256::digest(format!("{id} {name}").as_bytes())
@@ -225,8 +236,10 @@ impl Progress {
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>()
         );
-        self.names
+        state
+            .names
             .insert(id, (digest, name.to_string(), now_rfc3339_nanos()));
+        drop(state);
         match self.format {
             ProgressFormat::Plain => eprintln!("#{id} {name}"),
             ProgressFormat::RawJson => Self::emit(self.vertex(id, serde_json::json!({}))),
@@ -271,11 +284,13 @@ impl Progress {
 
     /// A chunk of a step's output: log lines (plain) or a log event (rawjson),
     /// up to BuildKit's 2 MiB per step, then one note that the log was clipped.
-    fn log(&mut self, id: usize, stream: Stream, chunk: &[u8], started: Instant) {
+    fn log(&self, id: usize, stream: Stream, chunk: &[u8], started: Instant) {
         if self.format == ProgressFormat::Quiet {
             return;
         }
-        let shown = self.shown.entry(id).or_insert(0);
+        let mut state = self.state();
+        let state = &mut *state;
+        let shown = state.shown.entry(id).or_insert(0);
         if *shown >= LOG_CAP {
             return;
         }
@@ -285,7 +300,7 @@ impl Progress {
         let chunk = &chunk[..take];
         match self.format {
             ProgressFormat::Plain => {
-                let partial = self.partial.entry(id).or_default();
+                let partial = state.partial.entry(id).or_default();
                 for &b in chunk {
                     if b == b'\n' {
                         eprintln!(
@@ -304,7 +319,11 @@ impl Progress {
             }
             ProgressFormat::RawJson => {
                 use base64::Engine as _;
-                let digest = self.names.get(&id).map(|n| n.0.clone()).unwrap_or_default();
+                let digest = state
+                    .names
+                    .get(&id)
+                    .map(|n| n.0.clone())
+                    .unwrap_or_default();
                 let fd = if stream == Stream::Stdout { 1 } else { 2 };
                 Self::emit(serde_json::json!({"logs": [{
                     "vertex": digest, "stream": fd,
@@ -339,23 +358,173 @@ fn rfc3339(epoch: i64) -> String {
     )
 }
 
+/// What every step of one build shares.
+struct Ctx<'a> {
+    store: &'a Store,
+    graph: &'a BuildGraph,
+    runtime: &'a dyn Runtime,
+    options: &'a BuildOptions<'a>,
+    progress: &'a Progress,
+    layer_options: LayerOptions,
+    host_resolv: String,
+    created: String,
+}
+
+/// How many steps run at once: `RBUILD_MAX_PARALLELISM`, else the number
+/// of CPUs (at least two, so an independent stage overlaps a long RUN).
+fn max_parallelism() -> usize {
+    std::env::var("RBUILD_MAX_PARALLELISM")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .max(2)
+        })
+}
+
 /// Runs the graph and stores the target image.
 pub fn build(
     store: &Store,
     graph: &BuildGraph,
     runtime: &dyn Runtime,
     options: &BuildOptions<'_>,
-    progress: &mut Progress,
+    progress: &Progress,
 ) -> anyhow::Result<Built> {
-    let created = rfc3339(options.epoch.unwrap_or_else(cache::index::now));
-    let layer_options = LayerOptions {
-        compression: options.compression,
-        clamp_mtime: None,
-        ..LayerOptions::default()
+    let ctx = Ctx {
+        store,
+        graph,
+        runtime,
+        options,
+        progress,
+        layer_options: LayerOptions {
+            compression: options.compression,
+            clamp_mtime: None,
+            ..LayerOptions::default()
+        },
+        host_resolv: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        created: rfc3339(options.epoch.unwrap_or_else(cache::index::now)),
     };
-    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let done = schedule(graph, max_parallelism(), |node, inputs| {
+        run_node(&ctx, node, inputs)
+    })?;
+    let created = ctx.created.clone();
+    let target = &done[&graph.target];
+    let mut config = target.image.config.clone();
+    // The latest step's time: an unchanged rebuild gives the same image id.
+    config.created = Some(target.image.created().map_or(created, str::to_string));
+    let (image_id, manifest) =
+        crate::images::store(&store.blobs, &config, target.layers.clone(), &options.tags)?;
+    Ok(Built {
+        image_id: image_id.to_string(),
+        manifest,
+        config,
+        snapshot: target.snapshot.clone(),
+    })
+}
+
+/// Runs every node of `graph` once its inputs are done, up to `limit` at a
+/// time, each on a thread of its own; `run` gets the node and its inputs'
+/// results. After the first failure no new node starts; the running ones
+/// finish and the first error is returned.
+fn schedule<F>(
+    graph: &BuildGraph,
+    limit: usize,
+    run: F,
+) -> anyhow::Result<BTreeMap<NodeIndex, Done>>
+where
+    F: Fn(NodeIndex, &BTreeMap<NodeIndex, Done>) -> anyhow::Result<Done> + Sync,
+{
+    use std::collections::BTreeSet;
+    let order = graph.topological();
+    let position: BTreeMap<NodeIndex, usize> =
+        order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let mut waiting: BTreeMap<NodeIndex, usize> = BTreeMap::new();
+    let mut dependents: BTreeMap<NodeIndex, Vec<NodeIndex>> = BTreeMap::new();
+    // Ready nodes by topological position: a sequential run keeps its order.
+    let mut ready: BTreeSet<(usize, NodeIndex)> = BTreeSet::new();
+    for &node in &order {
+        let inputs: BTreeSet<NodeIndex> = graph.inputs(node).into_iter().map(|(n, _)| n).collect();
+        for &i in &inputs {
+            dependents.entry(i).or_default().push(node);
+        }
+        waiting.insert(node, inputs.len());
+        if inputs.is_empty() {
+            ready.insert((position[&node], node));
+        }
+    }
     let mut done: BTreeMap<NodeIndex, Done> = BTreeMap::new();
-    for node in graph.topological() {
+    let mut failure: Option<anyhow::Error> = None;
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel::<(NodeIndex, anyhow::Result<Done>)>();
+        let mut running = 0usize;
+        loop {
+            while failure.is_none() && running < limit {
+                let Some((_, node)) = ready.pop_first() else {
+                    break;
+                };
+                let inputs: BTreeMap<NodeIndex, Done> = graph
+                    .inputs(node)
+                    .into_iter()
+                    .filter_map(|(n, _)| done.get(&n).map(|d| (n, d.clone())))
+                    .collect();
+                let tx = tx.clone();
+                let run = &run;
+                running += 1;
+                scope.spawn(move || {
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run(node, &inputs)
+                    }))
+                    .unwrap_or_else(|_| Err(anyhow!("internal error: a build step panicked")));
+                    let _ = tx.send((node, result));
+                });
+            }
+            if running == 0 {
+                break;
+            }
+            let (node, result) = rx.recv().expect("a running step reports back");
+            running -= 1;
+            match result {
+                Ok(d) => {
+                    done.insert(node, d);
+                    for &next in dependents.get(&node).map(Vec::as_slice).unwrap_or(&[]) {
+                        let w = waiting.get_mut(&next).expect("every node is counted");
+                        *w -= 1;
+                        if *w == 0 {
+                            ready.insert((position[&next], next));
+                        }
+                    }
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(done),
+    }
+}
+
+/// Runs one node: `done` holds the results of its inputs.
+fn run_node(
+    ctx: &Ctx<'_>,
+    node: NodeIndex,
+    done: &BTreeMap<NodeIndex, Done>,
+) -> anyhow::Result<Done> {
+    let Ctx {
+        store,
+        graph,
+        runtime,
+        options,
+        progress,
+        ref layer_options,
+        ref host_resolv,
+        ref created,
+    } = *ctx;
+    {
         let op = &graph.graph[node];
         let inputs = graph.inputs(node);
         let parent = inputs
@@ -395,7 +564,7 @@ pub fn build(
             OpKind::Image { reference, .. } => {
                 let (id, started) = progress.start(&op.name);
                 let d =
-                    import_image(store, &options.aliases, reference, &created).map_err(where_)?;
+                    import_image(store, &options.aliases, reference, created).map_err(where_)?;
                 progress.done(id, started);
                 d
             }
@@ -431,7 +600,7 @@ pub fn build(
                         std::fs::create_dir_all(&dir)
                             .with_context(|| format!("creating {path}"))
                             .map_err(where_)?;
-                        let (snap, layer) = m.commit(&store.blobs, &layer_options)?;
+                        let (snap, layer) = m.commit(&store.blobs, layer_options)?;
                         let step = new_step(snap.id, &layer, options.epoch);
                         record(store, &key, &step)?;
                         progress.done(id, started);
@@ -595,7 +764,7 @@ pub fn build(
                             insecure: exec.security == Security::Insecure,
                             mounts,
                             hosts: default_hosts("buildkitsandbox"),
-                            resolv_conf: resolv_conf(&host_resolv, network),
+                            resolv_conf: resolv_conf(host_resolv, network),
                         };
                         let mut log: Vec<u8> = Vec::new();
                         let code = runtime
@@ -630,7 +799,7 @@ pub fn build(
                                 "process \"{cmd}\" did not complete successfully: exit code: {code}\n{tail}"
                             )));
                         }
-                        let (snap, layer) = m.commit(&store.blobs, &layer_options)?;
+                        let (snap, layer) = m.commit(&store.blobs, layer_options)?;
                         let step = new_step(snap.id, &layer, options.epoch);
                         record(store, &key, &step)?;
                         progress.done(id, started);
@@ -751,7 +920,7 @@ pub fn build(
                         })
                         .map_err(|e| where_(e.into()))?;
                         drop(view);
-                        let (snap, layer) = m.commit(&store.blobs, &layer_options)?;
+                        let (snap, layer) = m.commit(&store.blobs, layer_options)?;
                         let step = new_step(snap.id, &layer, options.epoch);
                         record(store, &key, &step)?;
                         let _ = n;
@@ -798,20 +967,8 @@ pub fn build(
                 d
             }
         };
-        done.insert(node, result);
+        Ok(result)
     }
-    let target = &done[&graph.target];
-    let mut config = target.image.config.clone();
-    // The latest step's time: an unchanged rebuild gives the same image id.
-    config.created = Some(target.image.created().map_or(created, str::to_string));
-    let (image_id, manifest) =
-        crate::images::store(&store.blobs, &config, target.layers.clone(), &options.tags)?;
-    Ok(Built {
-        image_id: image_id.to_string(),
-        manifest,
-        config,
-        snapshot: target.snapshot.clone(),
-    })
 }
 
 /// A new step's record: its snapshot, its layer (unless empty) and when it

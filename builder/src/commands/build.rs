@@ -155,9 +155,9 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         // The live tty view is not there yet: plain on terminals too.
         _ => ProgressFormat::Plain,
     };
-    let mut progress = Progress::new(format);
+    let progress = Progress::new(format);
     let runtime = Embedded::current().context("finding the rbuild binary for the sandbox")?;
-    let mut built = build(&store, &graph, &runtime, &options, &mut progress)?;
+    let mut built = build(&store, &graph, &runtime, &options, &progress)?;
     if !labels.is_empty() {
         built
             .config
