@@ -285,6 +285,9 @@ pub struct BuildArgs {
     /// Do not use the cache
     #[arg(long)]
     pub no_cache: bool,
+    /// Do not use the cache for the steps of this stage (repeatable)
+    #[arg(long, value_name = "STAGE", value_delimiter = ',')]
+    pub no_cache_filter: Vec<String>,
     /// Network for RUN: default (the host's), none or host
     #[arg(long, default_value = "default", value_parser = ["default", "none", "host"])]
     pub network: String,

@@ -76,6 +76,8 @@ pub struct BuildOptions<'a> {
     pub proxy_env: Vec<(String, String)>,
     /// `--no-cache`: run every step (results are still recorded).
     pub no_cache: bool,
+    /// `--no-cache-filter`: run every step of these stages.
+    pub no_cache_stages: std::collections::BTreeSet<usize>,
 }
 
 /// The stored image.
@@ -535,6 +537,10 @@ fn run_node(
             Some(s) => e.context(format!("{}: {}", s.start(), op.name)),
             None => e.context(op.name.clone()),
         };
+        let skip_cache = options.no_cache
+            || op
+                .stage
+                .is_some_and(|s| options.no_cache_stages.contains(&s));
         // The state this op continues from; a new stage starts a new image.
         let base = match parent {
             Some(p) => {
@@ -580,7 +586,7 @@ fn run_node(
                     serde_json::json!({"v": 1, "compression": format!("{:?}", options.compression), "op": "mkdir", "parent": d.key, "path": path}),
                 );
                 let _lock = store.index.lock_key(&key)?;
-                let hit = if options.no_cache {
+                let hit = if skip_cache {
                     None
                 } else {
                     lookup(store, &key)?
@@ -649,7 +655,7 @@ fn run_node(
                     "mount_sources": from_keys, "context_binds": context_binds,
                 }));
                 let _lock = store.index.lock_key(&key)?;
-                let hit = if options.no_cache {
+                let hit = if skip_cache {
                     None
                 } else {
                     lookup(store, &key)?
@@ -856,7 +862,7 @@ fn run_node(
                     "file": file, "source": source_key,
                 }));
                 let _lock = store.index.lock_key(&key)?;
-                let hit = if options.no_cache {
+                let hit = if skip_cache {
                     None
                 } else {
                     lookup(store, &key)?

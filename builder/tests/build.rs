@@ -297,6 +297,15 @@ fn cache_hits_misses_and_ignored_files() {
     // Cached: both base steps, the builder stage, WORKDIR; run: the RUN that
     // reads it and the two COPYs after it.
     assert!(cached == 4 && ran == 3, "cached {cached}, ran {ran}");
+    // --no-cache-filter runs the named stage's steps only; the COPY of its
+    // unchanged output is still cached.
+    let ((cached, ran), _) = build(&[
+        "--build-arg",
+        "GREETING=bye",
+        "--no-cache-filter",
+        "BUILDER",
+    ]);
+    assert!(cached == 6 && ran == 1, "cached {cached}, ran {ran}");
     // --no-cache runs everything.
     let ((cached, _), _) = build(&["--no-cache"]);
     assert_eq!(cached, 0);
@@ -755,7 +764,7 @@ fn independent_stages_run_at_the_same_time() {
         eprintln!("skipped: building needs root (overlay, namespaces)");
         return;
     }
-    let t = tmp("parallel");
+    let t = tmp("stages-at-once");
     let ctx = context(&t, "parallel");
     let build = |root: &str, limit: &str| {
         Command::new(env!("CARGO_BIN_EXE_rbuild"))

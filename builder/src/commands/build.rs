@@ -1,6 +1,6 @@
 //! `rbuild build` (and `rbuild images`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -147,6 +147,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         epoch: loaded.plan.source_date_epoch,
         proxy_env: loaded.plan.proxy_env(),
         no_cache: args.no_cache,
+        no_cache_stages: no_cache_stages(&loaded.plan, &args.no_cache_filter),
     };
     let quiet = args.quiet || args.progress == ProgressMode::Quiet;
     let format = match args.progress {
@@ -331,4 +332,28 @@ pub fn save(
         std::slice::from_ref(&img.reference),
     )
     .with_context(|| format!("writing {output}"))
+}
+
+/// The stages `--no-cache-filter` names (by `AS` name, any case, as
+/// BuildKit matches them). A name that is no stage of the file is a
+/// warning: BuildKit ignores it silently, which hides typos.
+fn no_cache_stages(plan: &frontend::stage::Plan, names: &[String]) -> BTreeSet<usize> {
+    let mut stages = BTreeSet::new();
+    for name in names {
+        let found: Vec<usize> = plan
+            .stages
+            .iter()
+            .filter(|s| {
+                s.name
+                    .as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            })
+            .map(|s| s.index)
+            .collect();
+        if found.is_empty() {
+            eprintln!("warning: --no-cache-filter {name}: no stage has that name");
+        }
+        stages.extend(found);
+    }
+    stages
 }
