@@ -18,7 +18,7 @@ use cache::layer::{Compression, LayerOptions};
 use cache::spec::{Descriptor, ImageConfig};
 use frontend::graph::{BuildGraph, Edge, FileSource, ImageConfigs, OpKind};
 use frontend::ignore::PatternMatcher;
-use frontend::instructions::{MountType, Security};
+use frontend::instructions::{MountType, Security, Sharing};
 use petgraph::stable_graph::NodeIndex;
 
 use crate::copy::{CopyRequest, copy};
@@ -672,6 +672,8 @@ fn run_node(
                             .map_err(|e| where_(anyhow!(e)))?;
                         let mut mounts = Vec::new();
                         let mut views = Vec::new();
+                        // Cache-mount locks (sharing=locked|private), held for the run.
+                        let mut locks = Vec::new();
                         // Stage/image sources of `from=` mounts (context binds have none).
                         let from_inputs: Vec<NodeIndex> = inputs
                             .iter()
@@ -698,8 +700,12 @@ fn run_node(
                                 }),
                                 MountType::Cache => {
                                     let id = mount.id.clone().unwrap_or_default();
-                                    let dir = store.root.join("cache-mounts").join(hex_name(&id));
-                                    std::fs::create_dir_all(&dir)?;
+                                    let (dir, lock) = cache_mount_dir(
+                                        &store.root.join("cache-mounts"),
+                                        &id,
+                                        mount.sharing.unwrap_or(Sharing::Shared),
+                                    )?;
+                                    locks.extend(lock);
                                     mounts.push(Mount::Bind {
                                         source: dir,
                                         target,
@@ -782,6 +788,7 @@ fn run_node(
                             })
                             .map_err(|e| where_(e.into()))?;
                         drop(views);
+                        drop(locks);
                         if code != 0 {
                             progress.error(
                                 id,
@@ -992,6 +999,45 @@ fn new_step(snapshot: String, layer: &cache::layer::Layer, epoch: Option<i64>) -
 /// An empty tar (two zero blocks) is no layer.
 fn non_empty(layer: &cache::layer::Layer) -> Option<String> {
     (layer.uncompressed_size > 1024).then(|| layer.diff_id.to_string())
+}
+
+/// The directory of a cache mount and the lock that keeps it while the
+/// step runs. `shared` (the default) lets any number of steps use it at
+/// once; `locked` waits until no other step holds it; `private` takes the
+/// first copy no other step holds (`ID`, `ID.1`, `ID.2`, ...), as BuildKit
+/// makes a new one when the mount is in use.
+fn cache_mount_dir(
+    root: &Path,
+    id: &str,
+    sharing: Sharing,
+) -> anyhow::Result<(PathBuf, Option<std::fs::File>)> {
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let name = hex_name(id);
+    let (dir, lock) = match sharing {
+        Sharing::Shared => (root.join(&name), None),
+        Sharing::Locked => {
+            let lock = cache::lock::lock_exclusive(&root.join(format!("{name}.lock")))?;
+            (root.join(&name), Some(lock))
+        }
+        Sharing::Private => {
+            let mut n = 0usize;
+            loop {
+                let instance = if n == 0 {
+                    name.clone()
+                } else {
+                    format!("{name}.{n}")
+                };
+                if let Some(lock) =
+                    cache::lock::try_lock_exclusive(&root.join(format!("{instance}.lock")))?
+                {
+                    break (root.join(instance), Some(lock));
+                }
+                n += 1;
+            }
+        }
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok((dir, lock))
 }
 
 /// A cache-mount id as a directory name.

@@ -798,3 +798,32 @@ fn independent_stages_run_at_the_same_time() {
     assert!(!out.status.success(), "{log}");
     assert!(log.contains("did not run alongside"), "{log}");
 }
+
+#[test]
+fn cache_mount_sharing_locked_and_private() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("cache-sharing");
+    let ctx = context(&t, "cache-sharing");
+    let root = t.0.join("state");
+    let out = Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .arg("--root")
+        .arg(&root)
+        .args(["build", "--progress", "plain"])
+        .arg(&ctx)
+        .env("RBUILD_MAX_PARALLELISM", "2")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    // The private mount was in use twice at once: a second copy was made.
+    let dirs: Vec<String> = std::fs::read_dir(root.join("cache-mounts"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let pv = "2f7076"; // hex of "/pv" (no BUILDKIT_CACHE_MOUNT_NS)
+    assert!(dirs.iter().any(|d| d == pv), "{dirs:?}");
+    assert!(dirs.iter().any(|d| *d == format!("{pv}.1")), "{dirs:?}");
+}

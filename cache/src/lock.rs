@@ -16,3 +16,18 @@ pub fn lock_exclusive(path: &Path) -> io::Result<File> {
     file.lock()?;
     Ok(file)
 }
+
+/// Opens (creating) `path` and takes an exclusive lock on it if no one
+/// holds one; `None` when it is held.
+pub fn try_lock_exclusive(path: &Path) -> io::Result<Option<File>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
