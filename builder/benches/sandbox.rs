@@ -54,7 +54,12 @@ fn main() {
         let mut times: Vec<f64> = (0..n)
             .map(|_| {
                 let t = Instant::now();
-                assert_eq!(runtime.run(&spec, &mut |_, _| {}).unwrap(), 0);
+                assert_eq!(
+                    runtime
+                        .run(&spec, &Default::default(), &mut |_, _| {})
+                        .unwrap(),
+                    0
+                );
                 t.elapsed().as_secs_f64() * 1e3
             })
             .collect();

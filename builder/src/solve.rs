@@ -23,7 +23,9 @@ use petgraph::stable_graph::NodeIndex;
 
 use crate::copy::{CopyRequest, copy};
 use crate::image::ImageState;
-use crate::sandbox::{Mount, Network, RunSpec, Runtime, Stream, default_hosts, resolv_conf};
+use crate::sandbox::{
+    Cancel, Mount, Network, RunSpec, Runtime, Stream, default_hosts, resolv_conf,
+};
 
 /// Base image configs from the local image store (and build-context
 /// aliases), for graph compilation.
@@ -273,6 +275,17 @@ impl Progress {
         }
     }
 
+    fn canceled(&self, id: usize) {
+        match self.format {
+            ProgressFormat::Plain => eprintln!("#{id} CANCELED"),
+            ProgressFormat::RawJson => Self::emit(self.vertex(
+                id,
+                serde_json::json!({"completed": now_rfc3339_nanos(), "error": "context canceled"}),
+            )),
+            ProgressFormat::Quiet => {}
+        }
+    }
+
     fn error(&self, id: usize, message: &str) {
         match self.format {
             ProgressFormat::Plain => eprintln!("#{id} ERROR: {message}"),
@@ -370,6 +383,8 @@ struct Ctx<'a> {
     layer_options: LayerOptions,
     host_resolv: String,
     created: String,
+    /// Set on the first failure: running steps are killed.
+    cancel: Cancel,
 }
 
 /// How many steps run at once: `RBUILD_MAX_PARALLELISM`, else the number
@@ -407,8 +422,9 @@ pub fn build(
         },
         host_resolv: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         created: rfc3339(options.epoch.unwrap_or_else(cache::index::now)),
+        cancel: Cancel::default(),
     };
-    let done = schedule(graph, max_parallelism(), |node, inputs| {
+    let done = schedule(graph, max_parallelism(), &ctx.cancel, |node, inputs| {
         run_node(&ctx, node, inputs)
     })?;
     let created = ctx.created.clone();
@@ -428,11 +444,12 @@ pub fn build(
 
 /// Runs every node of `graph` once its inputs are done, up to `limit` at a
 /// time, each on a thread of its own; `run` gets the node and its inputs'
-/// results. After the first failure no new node starts; the running ones
-/// finish and the first error is returned.
+/// results. On the first failure no new node starts, `cancel` stops the
+/// running ones, and the first error is returned.
 fn schedule<F>(
     graph: &BuildGraph,
     limit: usize,
+    cancel: &Cancel,
     run: F,
 ) -> anyhow::Result<BTreeMap<NodeIndex, Done>>
 where
@@ -499,6 +516,7 @@ where
                     }
                 }
                 Err(e) => {
+                    cancel.cancel();
                     failure.get_or_insert(e);
                 }
             }
@@ -525,6 +543,7 @@ fn run_node(
         ref layer_options,
         ref host_resolv,
         ref created,
+        ref cancel,
     } = *ctx;
     {
         let op = &graph.graph[node];
@@ -780,7 +799,7 @@ fn run_node(
                         };
                         let mut log: Vec<u8> = Vec::new();
                         let code = runtime
-                            .run(&spec, &mut |stream: Stream, chunk: &[u8]| {
+                            .run(&spec, cancel, &mut |stream: Stream, chunk: &[u8]| {
                                 if log.len() < LOG_CAP {
                                     log.extend_from_slice(chunk);
                                 }
@@ -789,6 +808,10 @@ fn run_node(
                             .map_err(|e| where_(e.into()))?;
                         drop(views);
                         drop(locks);
+                        if cancel.is_cancelled() {
+                            progress.canceled(id);
+                            bail!("canceled: another step failed");
+                        }
                         if code != 0 {
                             progress.error(
                                 id,

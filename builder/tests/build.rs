@@ -827,3 +827,37 @@ fn cache_mount_sharing_locked_and_private() {
     assert!(dirs.iter().any(|d| d == pv), "{dirs:?}");
     assert!(dirs.iter().any(|d| *d == format!("{pv}.1")), "{dirs:?}");
 }
+
+#[test]
+fn a_failed_step_cancels_the_running_ones() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("cancel");
+    let ctx = context(&t, "cancel");
+    let root = t.0.join("state");
+    let out = Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .arg("--root")
+        .arg(&root)
+        .args(["build", "--progress", "plain"])
+        .arg(&ctx)
+        .env("RBUILD_MAX_PARALLELISM", "2")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    // The error is the failed step's, and the sleeping step was cancelled.
+    let error = log.lines().find(|l| l.starts_with("error:")).unwrap_or("");
+    assert!(error.contains("RUN sleep 0.5 && exit 3"), "{log}");
+    assert!(log.contains("exit code: 3"), "{log}");
+    assert!(log.lines().any(|l| l.ends_with(" CANCELED")), "{log}");
+    assert!(!log.contains("woke-2"), "{log}");
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout).contains("sleep 41"),
+        "a cancelled step's process survived"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(root.to_str().unwrap()), "a mount was left");
+}

@@ -7,7 +7,9 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
 use builder::sandbox::embedded::Embedded;
-use builder::sandbox::{Mount, Network, RunSpec, Runtime, SandboxError, Stream, default_hosts};
+use builder::sandbox::{
+    Cancel, Mount, Network, RunSpec, Runtime, SandboxError, Stream, default_hosts,
+};
 
 struct Tmp(PathBuf);
 
@@ -74,7 +76,7 @@ fn runtime() -> Embedded {
 fn run(spec: &RunSpec) -> (i32, String, String) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let code = runtime()
-        .run(spec, &mut |s, b| match s {
+        .run(spec, &Cancel::default(), &mut |s, b| match s {
             Stream::Stdout => out.extend_from_slice(b),
             Stream::Stderr => err.extend_from_slice(b),
         })
@@ -154,7 +156,9 @@ fn exit_codes_env_cwd_and_user() {
     // A missing command is the command's failure, told as BuildKit does.
     let mut s = spec(&t.0, "");
     s.args = vec!["no-such-tool".into()];
-    let err = runtime().run(&s, &mut |_, _| {}).unwrap_err();
+    let err = runtime()
+        .run(&s, &Cancel::default(), &mut |_, _| {})
+        .unwrap_err();
     assert!(
         matches!(&err, SandboxError::Setup(m) if m.contains("executable file not found in $PATH")),
         "{err}"

@@ -26,7 +26,7 @@ use nix::unistd::{
     ForkResult, Gid, Uid, chdir, execve, fork, pivot_root, setgid, setgroups, sethostname, setuid,
 };
 
-use super::{Mount, Network, RunSpec, Runtime, SandboxError, Stream};
+use super::{Cancel, Mount, Network, RunSpec, Runtime, SandboxError, Stream};
 
 /// The argument that makes rbuild act as the sandbox helper.
 pub const HELPER_ARG: &str = "__sandbox";
@@ -120,6 +120,7 @@ impl Runtime for Embedded {
     fn run(
         &self,
         spec: &RunSpec,
+        cancel: &Cancel,
         output: &mut dyn FnMut(Stream, &[u8]),
     ) -> Result<i32, SandboxError> {
         let spawn_err = |source| SandboxError::Spawn {
@@ -210,8 +211,19 @@ impl Runtime for Embedded {
             }));
         }
         drop(tx);
-        for (stream, chunk) in rx {
-            output(stream, &chunk);
+        let mut killed = false;
+        loop {
+            match rx.recv_timeout(std::time::Duration::from_millis(50)) {
+                Ok((stream, chunk)) => output(stream, &chunk),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if !killed && cancel.is_cancelled() {
+                // The helper is the step's parent (PR_SET_PDEATHSIG) and the
+                // PID namespace dies with its init: the whole step goes.
+                let _ = child.kill();
+                killed = true;
+            }
         }
         for r in readers {
             let _ = r.join();

@@ -106,13 +106,32 @@ pub enum SandboxError {
     Setup(String),
 }
 
+/// Asks running commands to stop: set once (when a sibling step fails),
+/// seen by every run that shares it. Cloning shares the flag.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancel {
+    /// Stops every run that watches this flag.
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether [`Cancel::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// Runs commands in a root filesystem.
 pub trait Runtime: Send + Sync {
     /// Runs `spec`, handing output chunks to `output` as they come, and
-    /// returns the command's exit code (128+signal when killed).
+    /// returns the command's exit code (128+signal when killed). When
+    /// `cancel` is set the command and everything it started are killed.
     fn run(
         &self,
         spec: &RunSpec,
+        cancel: &Cancel,
         output: &mut dyn FnMut(Stream, &[u8]),
     ) -> Result<i32, SandboxError>;
 }
