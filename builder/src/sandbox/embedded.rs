@@ -158,17 +158,26 @@ impl Runtime for Embedded {
             .filter_map(|t| missing_stub(&spec.rootfs, t))
             .collect();
 
-        let (err_read, err_write) = nix::unistd::pipe().map_err(|e| spawn_err(e.into()))?;
+        // Close-on-exec: a helper spawned for a parallel step must not hold
+        // this step's pipe open (its reader would wait for that step).
+        let (err_read, err_write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_err(e.into()))?;
         let err_fd = err_write.as_raw_fd();
         let mut cmd = Command::new(&self.helper);
         cmd.arg(HELPER_ARG)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // SAFETY: dup2 is async-signal-safe; the closure touches nothing else.
+        // SAFETY: dup2 and fcntl are async-signal-safe; the closure touches
+        // nothing else. dup2 leaves the copy without close-on-exec.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(err_fd, ERROR_FD) < 0 {
+                let ok = if err_fd == ERROR_FD {
+                    libc::fcntl(ERROR_FD, libc::F_SETFD, 0) >= 0
+                } else {
+                    libc::dup2(err_fd, ERROR_FD) >= 0
+                };
+                if !ok {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())
