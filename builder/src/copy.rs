@@ -16,6 +16,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
+use cache::index::FileStamp;
 use cache::layer::resolve_in_root;
 use frontend::glob::glob_match;
 use frontend::ignore::PatternMatcher;
@@ -483,21 +484,29 @@ pub fn content_digest(
     ignore: Option<&PatternMatcher>,
     sources: &[String],
     excludes: &[String],
+    stat: Option<&StatCache<'_>>,
 ) -> Result<String, CopyError> {
     use sha2::{Digest as _, Sha256};
+    let mut fresh = Vec::new();
     let excludes = PatternMatcher::new(excludes).map_err(|e| CopyError::Invalid(e.to_string()))?;
     let mut h = Sha256::new();
     let skip = |rel: &str| {
         ignore.is_some_and(|m| m.matches_or_parent_matches(rel).unwrap_or(false))
             || excludes.matches_or_parent_matches(rel).unwrap_or(false)
     };
+    struct Walk<'a> {
+        root: &'a Path,
+        skip: &'a dyn Fn(&str) -> bool,
+        stat: Option<&'a StatCache<'a>>,
+    }
     fn entry(
         h: &mut Sha256,
-        root: &Path,
+        w: &Walk<'_>,
+        fresh: &mut Vec<(Vec<u8>, FileStamp, String)>,
         rel: &str,
-        skip: &dyn Fn(&str) -> bool,
         follow: bool,
     ) -> Result<(), CopyError> {
+        let root = w.root;
         let path = resolve_in_root(root, Path::new(rel), follow);
         let Ok(meta) = (if follow {
             fs::metadata(&path)
@@ -524,8 +533,31 @@ pub fn content_digest(
                     .as_encoded_bytes(),
             );
         } else if meta.is_file() {
-            let mut f = File::open(&path).map_err(io_err("opening", &path))?;
-            io::copy(&mut f, h).map_err(io_err("reading", &path))?;
+            let stamp = FileStamp {
+                ino: meta.ino(),
+                size: meta.len(),
+                mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+                ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+            };
+            let known = w.stat.and_then(|c| c.lookup(&path, stamp));
+            let digest = match known {
+                Some(d) => d,
+                None => {
+                    let mut f = File::open(&path).map_err(io_err("opening", &path))?;
+                    let mut fh = Sha256::new();
+                    io::copy(&mut f, &mut fh).map_err(io_err("reading", &path))?;
+                    let d: String = fh.finalize().iter().map(|b| format!("{b:02x}")).collect();
+                    if w.stat.is_some_and(|c| c.settled(stamp)) {
+                        fresh.push((
+                            path.as_os_str().as_encoded_bytes().to_vec(),
+                            stamp,
+                            d.clone(),
+                        ));
+                    }
+                    d
+                }
+            };
+            h.update(digest.as_bytes());
         } else if meta.is_dir() {
             let mut names: Vec<String> = fs::read_dir(&path)
                 .map_err(io_err("reading", &path))?
@@ -539,13 +571,18 @@ pub fn content_digest(
                 } else {
                     format!("{rel}/{n}")
                 };
-                if !skip(&child) {
-                    entry(h, root, &child, skip, false)?;
+                if !(w.skip)(&child) {
+                    entry(h, w, fresh, &child, false)?;
                 }
             }
         }
         Ok(())
     }
+    let walk = Walk {
+        root,
+        skip: &skip,
+        stat,
+    };
     for src in sources {
         let clean = frontend::glob::clean(&format!("/{src}"));
         let rel = clean.trim_start_matches('/').to_string();
@@ -556,9 +593,131 @@ pub fn content_digest(
         };
         for s in selected {
             if !skip(&s) {
-                entry(&mut h, root, &s, &skip, true)?;
+                entry(&mut h, &walk, &mut fresh, &s, true)?;
             }
         }
     }
+    if let Some(c) = stat {
+        c.store(&fresh);
+    }
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The stat cache as COPY/ADD hashing uses it: a file's content digest is
+/// reused while its inode, size, mtime and ctime are unchanged (ctime moves
+/// on every write, even when mtime is put back: moby/buildkit#2592). A file
+/// changed less than two seconds before it was hashed is not recorded, as
+/// a write in the same timestamp tick could go unseen.
+pub struct StatCache<'a> {
+    index: &'a cache::index::CacheIndex,
+    /// Digests are kept per context and path; paths here are absolute.
+    context: &'a str,
+    /// How long ago a file must have changed for its digest to be kept.
+    settle_ns: i64,
+}
+
+impl<'a> StatCache<'a> {
+    /// The stat cache of `index` for files under the context named `context`.
+    pub fn new(index: &'a cache::index::CacheIndex, context: &'a str) -> StatCache<'a> {
+        StatCache {
+            index,
+            context,
+            settle_ns: 2_000_000_000,
+        }
+    }
+
+    fn lookup(&self, path: &Path, stamp: FileStamp) -> Option<String> {
+        // A failing index only costs a rehash.
+        self.index
+            .stat_lookup(self.context, path.as_os_str().as_encoded_bytes(), stamp)
+            .ok()
+            .flatten()
+    }
+
+    fn settled(&self, stamp: FileStamp) -> bool {
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        stamp.ctime_ns.max(stamp.mtime_ns) < now_ns - self.settle_ns
+    }
+
+    fn store(&self, entries: &[(Vec<u8>, FileStamp, String)]) {
+        if !entries.is_empty() {
+            let _ = self.index.stat_store(self.context, entries);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("rbuild-copy-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(p.join("ctx")).unwrap();
+        p
+    }
+
+    fn stamp(path: &Path) -> FileStamp {
+        let m = fs::metadata(path).unwrap();
+        FileStamp {
+            ino: m.ino(),
+            size: m.len(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        }
+    }
+
+    #[test]
+    fn stat_cache_reuses_digests_until_any_stamp_field_moves() {
+        let dir = temp("stat");
+        let index = cache::index::CacheIndex::open(&dir.join("index.db")).unwrap();
+        let ctx = dir.join("ctx");
+        let file = ctx.join("a.txt");
+        fs::write(&file, "payload\n").unwrap();
+        let sources = ["a.txt".to_string()];
+        let real = content_digest(&ctx, None, &sources, &[], None).unwrap();
+        // A recorded digest for the file's exact stamp is used, not the content.
+        let path = file.as_os_str().as_encoded_bytes().to_vec();
+        let fake = "0".repeat(64);
+        index
+            .stat_store("t", &[(path.clone(), stamp(&file), fake)])
+            .unwrap();
+        let stat = StatCache::new(&index, "t");
+        let cached = content_digest(&ctx, None, &sources, &[], Some(&stat)).unwrap();
+        assert_ne!(cached, real, "the recorded digest was not used");
+        // Same size and mtime, new content (moby/buildkit#2592): ctime moved.
+        let mtime = fs::metadata(&file).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(&file, "PAYLOAD\n").unwrap();
+        File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let after = content_digest(&ctx, None, &sources, &[], Some(&stat)).unwrap();
+        assert_eq!(
+            after,
+            content_digest(&ctx, None, &sources, &[], None).unwrap()
+        );
+        assert_ne!(after, real);
+        // A freshly changed file is not recorded; a settled one is.
+        assert_eq!(index.stat_lookup("t", &path, stamp(&file)).unwrap(), None);
+        let settled = StatCache {
+            settle_ns: 0,
+            ..StatCache::new(&index, "t")
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        content_digest(&ctx, None, &sources, &[], Some(&settled)).unwrap();
+        let kept = index.stat_lookup("t", &path, stamp(&file)).unwrap();
+        use sha2::{Digest as _, Sha256};
+        let want: String = Sha256::digest(b"PAYLOAD\n")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(kept, Some(want));
+        let _ = fs::remove_dir_all(&dir);
+    }
 }

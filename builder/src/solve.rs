@@ -545,6 +545,7 @@ fn run_node(
         ref created,
         ref cancel,
     } = *ctx;
+    let stat = crate::copy::StatCache::new(&store.index, "local");
     {
         let op = &graph.graph[node];
         let inputs = graph.inputs(node);
@@ -665,6 +666,7 @@ fn run_node(
                             options.ignore.as_ref(),
                             &[m.source.clone().unwrap_or_default()],
                             &[],
+                            Some(&stat),
                         )
                     })
                     .collect::<Result<_, _>>()
@@ -872,13 +874,20 @@ fn run_node(
                             options.ignore.as_ref(),
                             &file.sources,
                             &file.excludes,
+                            Some(&stat),
                         )
                         .map_err(|e| where_(e.into()))?,
                     ),
                     FileSource::Named(name) => match options.named_contexts.get(name) {
                         Some(dir) => Some(
-                            crate::copy::content_digest(dir, None, &file.sources, &file.excludes)
-                                .map_err(|e| where_(e.into()))?,
+                            crate::copy::content_digest(
+                                dir,
+                                None,
+                                &file.sources,
+                                &file.excludes,
+                                Some(&stat),
+                            )
+                            .map_err(|e| where_(e.into()))?,
                         ),
                         None => None,
                     },
