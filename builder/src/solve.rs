@@ -648,13 +648,15 @@ fn run_node(
                         "RUN --security=insecure needs --allow security.insecure"
                     )));
                 }
-                // Stage/image sources of `from=` mounts (context binds have none).
-                let from_keys: Vec<Option<String>> = inputs
+                // Per mount, the cache key of its `from=` stage or image.
+                let from_keys: Vec<Option<String>> = exec
+                    .mounts
                     .iter()
-                    .filter(|(n, e)| {
-                        *e == Edge::Mount && !matches!(graph.graph[*n].kind, OpKind::Context { .. })
+                    .zip(&exec.mount_sources)
+                    .map(|(m, src)| {
+                        m.from.as_ref()?;
+                        src.and_then(|n| done.get(&n)).and_then(|d| d.key.clone())
                     })
-                    .map(|(n, _)| done.get(n).and_then(|d| d.key.clone()))
                     .collect();
                 let context_binds: Vec<String> = exec
                     .mounts
@@ -695,21 +697,7 @@ fn run_node(
                         let mut views = Vec::new();
                         // Cache-mount locks (sharing=locked|private), held for the run.
                         let mut locks = Vec::new();
-                        // Stage/image sources of `from=` mounts (context binds have none).
-                        let from_inputs: Vec<NodeIndex> = inputs
-                            .iter()
-                            .filter(|(n, e)| {
-                                *e == Edge::Mount
-                                    && !matches!(graph.graph[*n].kind, OpKind::Context { .. })
-                            })
-                            .map(|(n, _)| *n)
-                            .collect();
-                        if exec.mounts.iter().filter(|m| m.from.is_some()).count() > 1 {
-                            return Err(where_(anyhow!(
-                                "more than one RUN --mount with from= is not supported yet"
-                            )));
-                        }
-                        for mount in &exec.mounts {
+                        for (mount, source) in exec.mounts.iter().zip(&exec.mount_sources) {
                             let target = mount
                                 .target
                                 .clone()
@@ -735,10 +723,8 @@ fn run_node(
                                 }
                                 MountType::Bind => {
                                     let source_root = if mount.from.is_some() {
-                                        let input_done = from_inputs
-                                            .first()
-                                            .and_then(|n| done.get(n))
-                                            .ok_or_else(|| {
+                                        let input_done =
+                                            source.and_then(|n| done.get(&n)).ok_or_else(|| {
                                                 where_(anyhow!("mount source not built"))
                                             })?;
                                         let view = store

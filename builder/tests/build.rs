@@ -865,3 +865,33 @@ fn a_failed_step_cancels_the_running_ones() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(root.to_str().unwrap()), "a mount was left");
 }
+
+#[test]
+fn run_mounts_from_several_stages() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("mounts");
+    let ctx = context(&t, "mounts");
+    let root = t.0.join("state");
+    let export = |out: &str, extra: &[&str]| {
+        let dest = format!("type=local,dest={}", t.0.join(out).display());
+        let mut args = vec!["build", "--progress", "plain", "-o", &dest];
+        args.extend_from_slice(extra);
+        args.push(ctx.to_str().unwrap());
+        let o = rbuild(&root, &args);
+        let log = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{log}");
+        (
+            std::fs::read_to_string(t.0.join(out).join("all.txt")).unwrap(),
+            steps(&o.stderr),
+        )
+    };
+    let (all, _) = export("a", &[]);
+    assert_eq!(all, "one\ntwo\npayload\n");
+    // A change in one mounted stage re-runs the RUN that mounts it.
+    let (all, (_, ran)) = export("b", &["--build-arg", "ONE=uno"]);
+    assert_eq!(all, "uno\ntwo\npayload\n");
+    assert_eq!(ran, 2, "the stage's RUN and the mounting RUN");
+}

@@ -80,6 +80,10 @@ pub struct ExecOp {
     /// Files the command needs mounted read-only: a heredoc with a
     /// shebang becomes an executable `/dev/pipes/<name>`.
     pub inline_files: Vec<InlineFile>,
+    /// Per mount, the node it reads from (`from=`, or the context for a
+    /// bind without one); the same nodes are the op's `Mount` inputs.
+    #[serde(skip)]
+    pub mount_sources: Vec<Option<NodeIndex>>,
 }
 
 /// A file made from a RUN heredoc, mounted for the command.
@@ -594,6 +598,7 @@ impl Compiler<'_> {
                         network: run.network,
                         security: run.security,
                         inline_files,
+                        mount_sources: Vec::new(),
                         build_args: env
                             .args
                             .iter()
@@ -607,6 +612,7 @@ impl Compiler<'_> {
                         .graph
                         .add_node(op(OpKind::Exec(exec), name(&format!("{text}{suffix}"))));
                     self.graph.add_edge(parent, n, Edge::Parent);
+                    let mut sources = Vec::new();
                     for (mount, from) in mounts.iter().zip(mount_inputs) {
                         let input = match (&from, mount.mount_type) {
                             (Some(f), _) => Some(self.resolve(f, &span)?.1),
@@ -618,6 +624,10 @@ impl Compiler<'_> {
                         if let Some(input) = input {
                             self.graph.add_edge(input, n, Edge::Mount);
                         }
+                        sources.push(input);
+                    }
+                    if let OpKind::Exec(e) = &mut self.graph[n].kind {
+                        e.mount_sources = sources;
                     }
                     parent = n;
                 }
