@@ -399,6 +399,7 @@ mod tests {
             network: Network::Default,
             security: Security::Sandbox,
             inline_files: vec![],
+            mount_sources: vec![],
             build_args: vec![("V".into(), "1".into())],
         };
         img.run(&exec, Some("sha256:aa"));
