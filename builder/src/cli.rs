@@ -303,7 +303,7 @@ pub struct BuildArgs {
     /// Layer compression: gzip (default), zstd or uncompressed
     #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd", "uncompressed"])]
     pub compression: String,
-    /// Secrets (not supported yet)
+    /// Secrets for RUN --mount=type=secret: id=ID[,src=PATH|,env=VAR]
     #[arg(long, value_name = "SPEC")]
     pub secret: Vec<String>,
     /// SSH agent sockets (not supported yet)

@@ -33,6 +33,7 @@ pub fn install() {
         if let Some(root) = SNAPSHOT_ROOT.get() {
             cache::snapshot::abandon_own(root);
         }
+        crate::secrets::remove_own();
         eprintln!("error: interrupted by {sig}");
         std::process::exit(128 + sig as i32);
     });

@@ -21,4 +21,5 @@ pub mod image;
 pub mod images;
 pub mod interrupt;
 pub mod sandbox;
+pub mod secrets;
 pub mod solve;

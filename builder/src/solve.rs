@@ -78,6 +78,8 @@ pub struct BuildOptions<'a> {
     pub proxy_env: Vec<(String, String)>,
     /// `--no-cache`: run every step (results are still recorded).
     pub no_cache: bool,
+    /// `--secret` values by id.
+    pub secrets: crate::secrets::Secrets,
     /// `--no-cache-filter`: run every step of these stages.
     pub no_cache_stages: std::collections::BTreeSet<usize>,
 }
@@ -385,6 +387,8 @@ struct Ctx<'a> {
     created: String,
     /// Set on the first failure: running steps are killed.
     cancel: Cancel,
+    /// Where secret files are made (when there are secrets).
+    secret_dir: Option<crate::secrets::SecretDir>,
 }
 
 /// How many steps run at once: `RBUILD_MAX_PARALLELISM`, else the number
@@ -423,6 +427,11 @@ pub fn build(
         host_resolv: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         created: rfc3339(options.epoch.unwrap_or_else(cache::index::now)),
         cancel: Cancel::default(),
+        secret_dir: if options.secrets.is_empty() {
+            None
+        } else {
+            Some(crate::secrets::SecretDir::create()?)
+        },
     };
     let done = schedule(graph, max_parallelism(), &ctx.cancel, |node, inputs| {
         run_node(&ctx, node, inputs)
@@ -544,6 +553,7 @@ fn run_node(
         ref host_resolv,
         ref created,
         ref cancel,
+        ref secret_dir,
     } = *ctx;
     let stat = crate::copy::StatCache::new(&store.index, "local");
     {
@@ -697,7 +707,42 @@ fn run_node(
                         let mut views = Vec::new();
                         // Cache-mount locks (sharing=locked|private), held for the run.
                         let mut locks = Vec::new();
+                        let mut secret_env = Vec::new();
+                        let mut secret_files = Vec::new();
                         for (mount, source) in exec.mounts.iter().zip(&exec.mount_sources) {
+                            if mount.mount_type == MountType::Secret {
+                                let Some((id, value)) = secret_for(mount, &options.secrets) else {
+                                    if mount.required {
+                                        let id = secret_id(mount);
+                                        return Err(where_(anyhow!(
+                                            "secret {id}: not found (pass it with --secret id={id},src=PATH)"
+                                        )));
+                                    }
+                                    continue;
+                                };
+                                if let Some(var) = &mount.env {
+                                    secret_env
+                                        .push(format!("{var}={}", String::from_utf8_lossy(value)));
+                                }
+                                if let Some(target) = &mount.target {
+                                    let dir = secret_dir.as_ref().ok_or_else(|| {
+                                        anyhow!("secret {id}: no secret directory")
+                                    })?;
+                                    let file = dir.write(
+                                        value,
+                                        mount.uid.unwrap_or(0),
+                                        mount.gid.unwrap_or(0),
+                                        mount.mode.unwrap_or(0o400),
+                                    )?;
+                                    mounts.push(Mount::Bind {
+                                        source: file.path().to_path_buf(),
+                                        target: target.clone(),
+                                        readonly: true,
+                                    });
+                                    secret_files.push(file);
+                                }
+                                continue;
+                            }
                             let target = mount
                                 .target
                                 .clone()
@@ -753,7 +798,8 @@ fn run_node(
                                         readonly: mount.read_only,
                                     });
                                 }
-                                MountType::Secret | MountType::Ssh => {
+                                MountType::Secret => unreachable!("handled above"),
+                                MountType::Ssh => {
                                     return Err(where_(anyhow!(
                                         "RUN --mount=type={} is not supported yet",
                                         mount.mount_type.as_str()
@@ -766,6 +812,7 @@ fn run_node(
                             env.push(format!("HOME={}", user.home));
                         }
                         env.extend(options.proxy_env.iter().map(|(k, v)| format!("{k}={v}")));
+                        env.extend(secret_env);
                         let network = match exec.network {
                             frontend::instructions::Network::None => Network::None,
                             _ => options.network,
@@ -796,6 +843,7 @@ fn run_node(
                             .map_err(|e| where_(e.into()))?;
                         drop(views);
                         drop(locks);
+                        drop(secret_files);
                         if cancel.is_cancelled() {
                             progress.canceled(id);
                             bail!("canceled: another step failed");
@@ -1056,6 +1104,32 @@ fn cache_mount_dir(
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok((dir, lock))
+}
+
+/// A secret mount's id, as BuildKit picks it: `id=`, else `source=`, else
+/// the target's base name.
+fn secret_id(mount: &frontend::instructions::Mount) -> String {
+    mount
+        .id
+        .clone()
+        .or_else(|| mount.source.clone())
+        .or_else(|| {
+            mount
+                .target
+                .as_deref()
+                .map(|t| t.rsplit('/').next().unwrap_or(t).to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// The secret a mount asks for, if it was given.
+fn secret_for<'s>(
+    mount: &frontend::instructions::Mount,
+    secrets: &'s crate::secrets::Secrets,
+) -> Option<(String, &'s [u8])> {
+    let id = secret_id(mount);
+    let value = secrets.get(&id)?;
+    Some((id, value.as_slice()))
 }
 
 /// A cache-mount id as a directory name.

@@ -220,17 +220,9 @@ fn failing_run_names_its_line_and_leaves_no_mounts() {
 fn unsupported_features_fail_clearly() {
     let t = tmp("unsupported");
     let root = t.0.join("state");
-    let out = rbuild(
-        &root,
-        &[
-            "build",
-            "--secret",
-            "id=x,src=/dev/null",
-            t.0.to_str().unwrap(),
-        ],
-    );
+    let out = rbuild(&root, &["build", "--ssh", "default", t.0.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--secret is not supported yet"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ssh is not supported yet"));
 }
 
 fn steps(stderr: &[u8]) -> (usize, usize) {
@@ -894,4 +886,110 @@ fn run_mounts_from_several_stages() {
     let (all, (_, ran)) = export("b", &["--build-arg", "ONE=uno"]);
     assert_eq!(all, "uno\ntwo\npayload\n");
     assert_eq!(ran, 2, "the stage's RUN and the mounting RUN");
+}
+
+/// Files under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            found.extend(files_containing(&p, needle));
+        } else if meta.is_file()
+            && std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+        {
+            found.push(p);
+        }
+    }
+    found
+}
+
+#[test]
+fn secrets_reach_run_and_nothing_else() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("secrets");
+    let ctx = context(&t, "secrets");
+    let root = t.0.join("state");
+    let secret_file = t.0.join("token.txt");
+    std::fs::write(&secret_file, "file-s3cr3t-value\n").unwrap();
+    let layout = t.0.join("layout");
+    let out = Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .arg("--root")
+        .arg(&root)
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--compression",
+            "uncompressed",
+            "-t",
+            "sec:1",
+        ])
+        .arg("--secret")
+        .arg(format!("id=token,src={}", secret_file.display()))
+        .args(["--secret", "id=api,env=RBUILD_TEST_API"])
+        .arg("-o")
+        .arg(format!("type=oci,dest={},tar=false", layout.display()))
+        .arg(&ctx)
+        .env("RBUILD_TEST_API", "env-s3cr3t-value")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    for value in ["file-s3cr3t", "env-s3cr3t"] {
+        assert!(!log.contains(value), "a secret in the log: {log}");
+        for dir in [&root, &layout, &PathBuf::from("/dev/shm")] {
+            let found = files_containing(dir, value.as_bytes());
+            assert!(found.is_empty(), "{value} left in {found:?}");
+        }
+    }
+    // The mount points made for the secrets are gone from the image.
+    let unpacked = t.0.join("unpacked");
+    let u = Command::new("umoci")
+        .args(["raw", "unpack", "--rootless", "--image"])
+        .arg(format!("{}:1", layout.display()))
+        .arg(&unpacked)
+        .output()
+        .expect("umoci is installed (.ci/run)");
+    assert!(u.status.success(), "{}", String::from_utf8_lossy(&u.stderr));
+    assert!(unpacked.join("token-ok").exists());
+    assert!(
+        !unpacked.join("run").exists(),
+        "/run/secrets left in the image"
+    );
+    assert!(!unpacked.join("etc").exists(), "/etc/tok left in the image");
+    // A required secret that was not given fails, naming it.
+    let out = rbuild(
+        &root,
+        &["build", "--target", "needs-missing", ctx.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("secret nope: not found"), "{err}");
+    assert!(err.contains("Dockerfile:9"), "{err}");
+    // An unreadable --secret source is named before anything runs.
+    let out = rbuild(
+        &root,
+        &[
+            "build",
+            "--secret",
+            "id=x,src=/nonexistent/token",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--secret id=x,src=/nonexistent/token: reading /nonexistent/token"),
+        "{err}"
+    );
 }

@@ -20,9 +20,6 @@ fn not_yet(flag: &str) -> anyhow::Error {
 }
 
 pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
-    if !args.secret.is_empty() {
-        return Err(not_yet("--secret"));
-    }
     if !args.ssh.is_empty() {
         return Err(not_yet("--ssh"));
     }
@@ -86,6 +83,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     if stdin_dockerfile {
         graph_args.file = Some(PathBuf::from("-"));
     }
+    let secrets = crate::secrets::read_specs(&args.secret)?;
     let loaded = crate::dockerfile::load(&context, &graph_args)?;
     let store_root = state_root(root);
     let store = Store::open(&store_root)
@@ -148,6 +146,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         proxy_env: loaded.plan.proxy_env(),
         no_cache: args.no_cache,
         no_cache_stages: no_cache_stages(&loaded.plan, &args.no_cache_filter),
+        secrets,
     };
     let quiet = args.quiet || args.progress == ProgressMode::Quiet;
     let format = match args.progress {
