@@ -47,6 +47,10 @@ pub struct CopyRequest<'a> {
     pub add: bool,
     /// ADD `--unpack` (None: extract archives by default).
     pub unpack: Option<bool>,
+    /// `COPY --parents`: keep each source's parent directories (from the
+    /// context root, or from a `/./` pivot in the source) under the
+    /// destination.
+    pub parents: bool,
 }
 
 /// Why a copy failed; names the path.
@@ -138,6 +142,9 @@ struct Owner {
 
 /// Copies what `req` asks for. Returns the number of entries written.
 pub fn copy(req: &CopyRequest<'_>) -> Result<u64, CopyError> {
+    if req.parents {
+        return copy_parents(req);
+    }
     let owner = match req.chown {
         None => Owner { uid: 0, gid: 0 },
         Some(spec) => {
@@ -249,6 +256,81 @@ pub fn copy(req: &CopyRequest<'_>) -> Result<u64, CopyError> {
         )?;
         set_mtime(&target, &meta);
         n += 1;
+    }
+    Ok(n)
+}
+
+/// `COPY --parents`: each match of each source is copied on its own, to
+/// the destination directory joined with the match's path (a directory) or
+/// its parent (a file). The kept path starts at the context root, or after
+/// a `/./` in the source (`src/./pkg/*.go` keeps `pkg/...`).
+fn copy_parents(req: &CopyRequest<'_>) -> Result<u64, CopyError> {
+    let excludes =
+        PatternMatcher::new(req.excludes).map_err(|e| CopyError::Invalid(e.to_string()))?;
+    let skipped = |rel: &str| {
+        req.ignore
+            .is_some_and(|m| m.matches_or_parent_matches(rel).unwrap_or(false))
+            || excludes.matches_or_parent_matches(rel).unwrap_or(false)
+    };
+    let dest = req.dest.trim_end_matches('/');
+    let mut n = 0;
+    if !req.contents.is_empty() {
+        n += copy(&CopyRequest {
+            sources: &[],
+            parents: false,
+            dest: &format!("{dest}/"),
+            ..*req
+        })?;
+    }
+    for src in req.sources {
+        let (pivot, whole) = match src.split_once("/./") {
+            Some((before, after)) => {
+                let before = frontend::glob::clean(&format!("/{before}"));
+                let before = before.trim_start_matches('/').to_string();
+                (before.clone(), format!("{before}/{after}"))
+            }
+            None => (String::new(), src.clone()),
+        };
+        let clean = frontend::glob::clean(&format!("/{whole}"));
+        let rel = clean.trim_start_matches('/').to_string();
+        let matches = if has_glob(&rel) {
+            expand_glob(req.source_root, &rel)?
+        } else {
+            vec![rel]
+        };
+        for m in matches {
+            if skipped(&m) && has_glob(&clean) {
+                continue;
+            }
+            let kept = if pivot.is_empty() {
+                m.as_str()
+            } else {
+                m.strip_prefix(&pivot)
+                    .map(|k| k.trim_start_matches('/'))
+                    .unwrap_or(&m)
+            };
+            let path = resolve_in_root(req.source_root, Path::new(&m), true);
+            let under = if path.is_dir() {
+                kept.to_string()
+            } else {
+                Path::new(kept)
+                    .parent()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            };
+            let target = if under.is_empty() {
+                format!("{dest}/")
+            } else {
+                format!("{dest}/{under}/")
+            };
+            n += copy(&CopyRequest {
+                sources: std::slice::from_ref(&m),
+                contents: &[],
+                dest: &target,
+                parents: false,
+                ..*req
+            })?;
+        }
     }
     Ok(n)
 }

@@ -981,9 +981,6 @@ fn run_node(
                                 )));
                             }
                         }
-                        if file.parents {
-                            return Err(where_(anyhow!("COPY --parents is not supported yet")));
-                        }
                         let n = copy(&CopyRequest {
                             source_root: &source_root,
                             ignore,
@@ -996,6 +993,7 @@ fn run_node(
                             excludes: &file.excludes,
                             add: file.add,
                             unpack: file.unpack,
+                            parents: file.parents,
                         })
                         .map_err(|e| where_(e.into()))?;
                         drop(view);

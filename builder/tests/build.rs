@@ -993,3 +993,59 @@ fn secrets_reach_run_and_nothing_else() {
         "{err}"
     );
 }
+
+#[test]
+fn copy_parents_keeps_source_directories() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("parents");
+    let ctx = context(&t, "parents");
+    std::fs::create_dir_all(ctx.join("data/sub/deep")).unwrap();
+    std::fs::write(ctx.join("data/sub/a.txt"), "a\n").unwrap();
+    std::fs::write(ctx.join("data/sub/deep/b.txt"), "b\n").unwrap();
+    std::fs::write(ctx.join("data/sub/deep/c.md"), "c\n").unwrap();
+    let out_dir = t.0.join("out");
+    let o = rbuild(
+        &t.0.join("state"),
+        &[
+            "build",
+            "-q",
+            "-o",
+            &format!("type=local,dest={}", out_dir.display()),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut files: Vec<String> = walk_files(&out_dir)
+        .into_iter()
+        .map(|p| p.strip_prefix(&out_dir).unwrap().display().to_string())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "p1/data/file.txt",
+            "p2/sub/a.txt",
+            "p3/data/sub/a.txt",
+            "p3/data/sub/deep/b.txt",
+            "p3/data/sub/deep/c.md",
+            "p4/data/file.txt",
+            "p4/data/sub/deep/b.txt",
+        ]
+    );
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
