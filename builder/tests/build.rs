@@ -1033,6 +1033,7 @@ fn copy_parents_keeps_source_directories() {
             "p3/data/sub/deep/c.md",
             "p4/data/file.txt",
             "p4/data/sub/deep/b.txt",
+            "p5/sub/deep/b.txt",
         ]
     );
 }
