@@ -760,6 +760,19 @@ fn run_node(
                                         mount.sharing.unwrap_or(Sharing::Shared),
                                     )?;
                                     locks.extend(lock);
+                                    if mount.from.is_some() {
+                                        let base =
+                                            source.and_then(|n| done.get(&n)).ok_or_else(|| {
+                                                where_(anyhow!("cache mount base not built"))
+                                            })?;
+                                        seed_cache_mount(
+                                            store,
+                                            &dir,
+                                            base.snapshot.as_deref(),
+                                            mount.source.as_deref().unwrap_or("/"),
+                                        )
+                                        .map_err(where_)?;
+                                    }
                                     mounts.push(Mount::Bind {
                                         source: dir,
                                         target,
@@ -1102,6 +1115,42 @@ fn cache_mount_dir(
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok((dir, lock))
+}
+
+/// A cache mount with `from=`: an empty cache starts as a copy of the base
+/// stage's `source` directory (BuildKit: "a base of the cache mount").
+/// Seeding holds a lock so two steps do not fill one cache at once.
+fn seed_cache_mount(
+    store: &Store,
+    dir: &Path,
+    base: Option<&str>,
+    source: &str,
+) -> anyhow::Result<()> {
+    let _lock = cache::lock::lock_exclusive(&dir.with_extension("seed-lock"))?;
+    let empty = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .next()
+        .is_none();
+    if !empty {
+        return Ok(());
+    }
+    let view = store.snapshots.prepare(base)?;
+    copy(&CopyRequest {
+        source_root: &view.root(),
+        ignore: None,
+        sources: &[source.to_string()],
+        contents: &[],
+        dest: "/",
+        dest_root: dir,
+        chown: None,
+        chmod: None,
+        excludes: &[],
+        add: false,
+        unpack: None,
+        parents: false,
+    })
+    .with_context(|| format!("seeding the cache mount from {source}"))?;
+    Ok(())
 }
 
 /// A secret mount's id, as BuildKit picks it: `id=`, else `source=`, else

@@ -882,10 +882,17 @@ fn run_mounts_from_several_stages() {
     };
     let (all, _) = export("a", &[]);
     assert_eq!(all, "one\ntwo\npayload\n");
+    // The cache mount started from the seed stage and kept what was added.
+    let read = |p: &str| std::fs::read_to_string(t.0.join("a").join(p)).unwrap();
+    assert_eq!(read("seeded.txt"), "seeded\n");
+    assert_eq!(read("cache.txt"), "seeded\nmore\n");
     // A change in one mounted stage re-runs the RUN that mounts it.
     let (all, (_, ran)) = export("b", &["--build-arg", "ONE=uno"]);
     assert_eq!(all, "uno\ntwo\npayload\n");
-    assert_eq!(ran, 2, "the stage's RUN and the mounting RUN");
+    assert_eq!(
+        ran, 4,
+        "the stage's RUN, the mounting RUN and the two after it"
+    );
 }
 
 /// Files under `dir` whose bytes contain `needle`.
