@@ -249,7 +249,7 @@ fn parse_until(s: &str) -> Result<std::time::Duration, String> {
 pub enum ProgressMode {
     /// `tty` on a terminal, else `plain`
     Auto,
-    /// Live bars (plain output until the live view lands)
+    /// Live view of the running steps (plain when stderr is no terminal)
     Tty,
     /// BuildKit's plain format
     Plain,

@@ -23,3 +23,4 @@ pub mod interrupt;
 pub mod sandbox;
 pub mod secrets;
 pub mod solve;
+pub mod tty;

@@ -167,6 +167,8 @@ pub enum ProgressFormat {
     Plain,
     /// One JSON object per line, the shape of BuildKit's SolveStatus.
     RawJson,
+    /// The live view on a terminal ([`crate::tty`]).
+    Tty,
     /// Nothing.
     Quiet,
 }
@@ -176,6 +178,7 @@ pub enum ProgressFormat {
 pub struct Progress {
     format: ProgressFormat,
     state: std::sync::Mutex<ProgressState>,
+    tty: Option<crate::tty::TtyView>,
 }
 
 #[derive(Default)]
@@ -206,6 +209,21 @@ impl Progress {
         Progress {
             format,
             state: std::sync::Mutex::new(ProgressState::default()),
+            tty: (format == ProgressFormat::Tty).then(crate::tty::TtyView::start),
+        }
+    }
+
+    /// Ends the live view (its last lines are drawn); other formats have
+    /// nothing to end.
+    pub fn finish(&self) {
+        if let Some(t) = &self.tty {
+            t.finish();
+        }
+    }
+
+    fn tty(&self, event: crate::tty::Event) {
+        if let Some(t) = &self.tty {
+            t.send(event);
         }
     }
 
@@ -249,6 +267,10 @@ impl Progress {
         match self.format {
             ProgressFormat::Plain => eprintln!("#{id} {name}"),
             ProgressFormat::RawJson => Self::emit(self.vertex(id, serde_json::json!({}))),
+            ProgressFormat::Tty => self.tty(crate::tty::Event::Start {
+                id,
+                name: name.to_string(),
+            }),
             ProgressFormat::Quiet => {}
         }
         (id, Instant::now())
@@ -261,6 +283,7 @@ impl Progress {
                 id,
                 serde_json::json!({"cached": true, "completed": now_rfc3339_nanos()}),
             )),
+            ProgressFormat::Tty => self.tty(crate::tty::Event::Cached { id }),
             ProgressFormat::Quiet => {}
         }
     }
@@ -273,6 +296,10 @@ impl Progress {
             ProgressFormat::RawJson => {
                 Self::emit(self.vertex(id, serde_json::json!({"completed": now_rfc3339_nanos()})))
             }
+            ProgressFormat::Tty => self.tty(crate::tty::Event::Done {
+                id,
+                secs: started.elapsed().as_secs_f64(),
+            }),
             ProgressFormat::Quiet => {}
         }
     }
@@ -284,6 +311,7 @@ impl Progress {
                 id,
                 serde_json::json!({"completed": now_rfc3339_nanos(), "error": "context canceled"}),
             )),
+            ProgressFormat::Tty => self.tty(crate::tty::Event::Canceled { id }),
             ProgressFormat::Quiet => {}
         }
     }
@@ -295,6 +323,10 @@ impl Progress {
                 id,
                 serde_json::json!({"completed": now_rfc3339_nanos(), "error": message}),
             )),
+            ProgressFormat::Tty => self.tty(crate::tty::Event::Error {
+                id,
+                message: message.to_string(),
+            }),
             ProgressFormat::Quiet => {}
         }
     }
@@ -332,6 +364,18 @@ impl Progress {
                 }
                 if clipped {
                     eprintln!("#{id} [output clipped, log limit 2MiB reached]");
+                }
+            }
+            ProgressFormat::Tty => {
+                let partial = state.partial.entry(id).or_default();
+                for &b in chunk {
+                    if b == b'\n' {
+                        let line = String::from_utf8_lossy(partial).into_owned();
+                        partial.clear();
+                        self.tty(crate::tty::Event::Line { id, line });
+                    } else {
+                        partial.push(b);
+                    }
                 }
             }
             ProgressFormat::RawJson => {

@@ -1057,3 +1057,43 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn live_view_on_a_terminal() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("tty");
+    let ctx = context(&t, "busybox");
+    let root = t.0.join("state");
+    // `script` gives the build a pseudo-terminal for stdout and stderr.
+    let run = || {
+        let cmd = format!(
+            "{} --root {} build -t tty:1 {}",
+            env!("CARGO_BIN_EXE_rbuild"),
+            root.display(),
+            ctx.display()
+        );
+        let out = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .output()
+            .expect("script (bsdutils) is installed");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    let first = run();
+    // Finished steps collapse to one line each; no plain-format lines.
+    assert!(
+        first.contains("=> [1] [base 1/2] COPY busybox /bin/busybox"),
+        "{first}"
+    );
+    assert!(first.contains("RUN echo builder > /built-by"), "{first}");
+    assert!(!first.lines().any(|l| l.starts_with("#1 ")), "{first}");
+    let again = run();
+    assert!(
+        again.contains("=> CACHED [1] [base 1/2] COPY busybox"),
+        "{again}"
+    );
+}

@@ -1,6 +1,7 @@
 //! `rbuild build` (and `rbuild images`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -152,12 +153,17 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     let format = match args.progress {
         _ if quiet => ProgressFormat::Quiet,
         ProgressMode::Rawjson => ProgressFormat::RawJson,
-        // The live tty view is not there yet: plain on terminals too.
+        // The live view needs a terminal; elsewhere it would draw nothing.
+        ProgressMode::Tty | ProgressMode::Auto if std::io::stderr().is_terminal() => {
+            ProgressFormat::Tty
+        }
         _ => ProgressFormat::Plain,
     };
     let progress = Progress::new(format);
     let runtime = Embedded::current().context("finding the rbuild binary for the sandbox")?;
-    let mut built = build(&store, &graph, &runtime, &options, &progress)?;
+    let built = build(&store, &graph, &runtime, &options, &progress);
+    progress.finish();
+    let mut built = built?;
     if !labels.is_empty() {
         built
             .config
