@@ -306,7 +306,7 @@ pub struct BuildArgs {
     /// Secrets for RUN --mount=type=secret: id=ID[,src=PATH|,env=VAR]
     #[arg(long, value_name = "SPEC")]
     pub secret: Vec<String>,
-    /// SSH agent sockets (not supported yet)
+    /// SSH agent sockets for RUN --mount=type=ssh: default or ID=SOCKET
     #[arg(long, value_name = "SPEC")]
     pub ssh: Vec<String>,
     /// Cache import (not supported yet)

@@ -23,4 +23,5 @@ pub mod interrupt;
 pub mod sandbox;
 pub mod secrets;
 pub mod solve;
+pub mod ssh;
 pub mod tty;

@@ -69,7 +69,8 @@ pub fn read_specs(specs: &[String]) -> anyhow::Result<Secrets> {
     Ok(out)
 }
 
-/// The directory holding this process's secret files; removed when dropped.
+/// The directory holding this process's secret files (and the SSH agent
+/// proxy sockets of [`crate::ssh`]); removed when dropped.
 pub struct SecretDir {
     path: PathBuf,
 }
@@ -98,6 +99,11 @@ impl SecretDir {
             .with_context(|| format!("creating {}", path.display()))?;
         let _ = SECRET_DIR.set(path.clone());
         Ok(SecretDir { path })
+    }
+
+    /// The directory (agent proxy sockets go here too).
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Writes one secret's file (owned by `uid:gid`, `mode`); it is

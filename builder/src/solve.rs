@@ -80,6 +80,8 @@ pub struct BuildOptions<'a> {
     pub no_cache: bool,
     /// `--secret` values by id.
     pub secrets: crate::secrets::Secrets,
+    /// `--ssh` agent sockets by id.
+    pub ssh: crate::ssh::Agents,
     /// `--no-cache-filter`: run every step of these stages.
     pub no_cache_stages: std::collections::BTreeSet<usize>,
 }
@@ -469,7 +471,7 @@ pub fn build(
         host_resolv: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         created: rfc3339(options.epoch.unwrap_or_else(cache::index::now)),
         cancel: Cancel::default(),
-        secret_dir: if options.secrets.is_empty() {
+        secret_dir: if options.secrets.is_empty() && options.ssh.is_empty() {
             None
         } else {
             Some(crate::secrets::SecretDir::create()?)
@@ -751,7 +753,44 @@ fn run_node(
                         let mut locks = Vec::new();
                         let mut secret_env = Vec::new();
                         let mut secret_files = Vec::new();
+                        let mut agents = Vec::new();
                         for (mount, source) in exec.mounts.iter().zip(&exec.mount_sources) {
+                            if mount.mount_type == MountType::Ssh {
+                                let id = mount.id.clone().unwrap_or_else(|| "default".into());
+                                let Some(agent) = options.ssh.get(&id) else {
+                                    if mount.required {
+                                        return Err(where_(anyhow!(
+                                            "ssh agent {id}: not found (pass it with --ssh {id}=SOCKET)"
+                                        )));
+                                    }
+                                    continue;
+                                };
+                                let dir = secret_dir
+                                    .as_ref()
+                                    .ok_or_else(|| anyhow!("ssh {id}: no socket directory"))?;
+                                let proxy = crate::ssh::AgentProxy::start(
+                                    dir.path(),
+                                    agent,
+                                    mount.uid.unwrap_or(0),
+                                    mount.gid.unwrap_or(0),
+                                    mount.mode.unwrap_or(0o600),
+                                )
+                                .with_context(|| format!("forwarding ssh agent {id}"))
+                                .map_err(where_)?;
+                                let target = mount.target.clone().unwrap_or_else(|| {
+                                    format!("/run/buildkit/ssh_agent.{}", agents.len())
+                                });
+                                if agents.is_empty() {
+                                    secret_env.push(format!("SSH_AUTH_SOCK={target}"));
+                                }
+                                mounts.push(Mount::Bind {
+                                    source: proxy.path().to_path_buf(),
+                                    target,
+                                    readonly: false,
+                                });
+                                agents.push(proxy);
+                                continue;
+                            }
                             if mount.mount_type == MountType::Secret {
                                 let Some((id, value)) = secret_for(mount, &options.secrets) else {
                                     if mount.required {
@@ -854,12 +893,7 @@ fn run_node(
                                     });
                                 }
                                 MountType::Secret => unreachable!("handled above"),
-                                MountType::Ssh => {
-                                    return Err(where_(anyhow!(
-                                        "RUN --mount=type={} is not supported yet",
-                                        mount.mount_type.as_str()
-                                    )));
-                                }
+                                MountType::Ssh => unreachable!("handled above"),
                             }
                         }
                         let mut env = exec.env.clone();
@@ -899,6 +933,7 @@ fn run_node(
                         drop(views);
                         drop(locks);
                         drop(secret_files);
+                        drop(agents);
                         if cancel.is_cancelled() {
                             progress.canceled(id);
                             bail!("canceled: another step failed");

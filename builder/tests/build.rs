@@ -1097,3 +1097,131 @@ fn live_view_on_a_terminal() {
         "{again}"
     );
 }
+
+/// Copies `binary` and the libraries `ldd` lists for it into `rootfs`, at
+/// their own paths.
+fn copy_with_libraries(binary: &str, rootfs: &Path) {
+    let ldd = Command::new("ldd").arg(binary).output().unwrap();
+    let mut files = vec![PathBuf::from(binary)];
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            files.push(PathBuf::from(p));
+        }
+    }
+    for f in files {
+        let dest = rootfs.join(f.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&f, &dest).unwrap();
+    }
+}
+
+#[test]
+fn ssh_agent_forwarding() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("ssh");
+    let ctx = context(&t, "ssh");
+    let rootfs = ctx.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    copy_with_libraries("/usr/bin/ssh-add", &rootfs);
+    // A real agent holding one key.
+    let key = t.0.join("key");
+    let sock = t.0.join("agent.sock");
+    let st = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "rbuild-test-key",
+            "-f",
+        ])
+        .arg(&key)
+        .status()
+        .expect("openssh-client is installed (.ci/run)");
+    assert!(st.success());
+    let mut agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let st = Command::new("ssh-add")
+        .arg("-q")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let root = t.0.join("state");
+    let out_dir = t.0.join("out");
+    let o = rbuild(
+        &root,
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "--ssh",
+            &format!("default={}", sock.display()),
+            "-o",
+            &format!("type=local,dest={}", out_dir.display()),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let log = String::from_utf8_lossy(&o.stderr).into_owned();
+    let missing = rbuild(
+        &root,
+        &[
+            "build",
+            "--ssh",
+            &format!("default={}", sock.display()),
+            "--target",
+            "needs-missing",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let not_socket = rbuild(
+        &root,
+        &[
+            "build",
+            "--ssh",
+            &format!("default={}", key.display()),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(o.status.success(), "{log}");
+    let keys = std::fs::read_to_string(out_dir.join("keys.txt")).unwrap();
+    assert_eq!(
+        keys.lines()
+            .filter(|l| l.contains("rbuild-test-key"))
+            .count(),
+        2,
+        "{keys}"
+    );
+    // The proxy sockets and their mount points are gone.
+    assert!(!out_dir.join("run").exists() && !out_dir.join("agent.sock").exists());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{err}");
+    assert!(err.contains("ssh agent other: not found"), "{err}");
+    let err = String::from_utf8_lossy(&not_socket.stderr);
+    assert_eq!(not_socket.status.code(), Some(1), "{err}");
+    assert!(err.contains("is not an agent socket"), "{err}");
+}

@@ -21,9 +21,6 @@ fn not_yet(flag: &str) -> anyhow::Error {
 }
 
 pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
-    if !args.ssh.is_empty() {
-        return Err(not_yet("--ssh"));
-    }
     if !args.cache_from.is_empty() || !args.cache_to.is_empty() {
         return Err(not_yet("--cache-from/--cache-to"));
     }
@@ -85,6 +82,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         graph_args.file = Some(PathBuf::from("-"));
     }
     let secrets = crate::secrets::read_specs(&args.secret)?;
+    let ssh = crate::ssh::read_specs(&args.ssh)?;
     let loaded = crate::dockerfile::load(&context, &graph_args)?;
     let store_root = state_root(root);
     let store = Store::open(&store_root)
@@ -148,6 +146,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         no_cache: args.no_cache,
         no_cache_stages: no_cache_stages(&loaded.plan, &args.no_cache_filter),
         secrets,
+        ssh,
     };
     let quiet = args.quiet || args.progress == ProgressMode::Quiet;
     let format = match args.progress {
