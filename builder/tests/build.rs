@@ -220,9 +220,13 @@ fn failing_run_names_its_line_and_leaves_no_mounts() {
 fn unsupported_features_fail_clearly() {
     let t = tmp("unsupported");
     let root = t.0.join("state");
-    let out = rbuild(&root, &["build", "--ssh", "default", t.0.to_str().unwrap()]);
+    let out = rbuild(&root, &["build", "--push", t.0.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--ssh is not supported yet"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--push (the registry client) is not supported yet"),
+        "{err}"
+    );
 }
 
 fn steps(stderr: &[u8]) -> (usize, usize) {
