@@ -31,6 +31,11 @@ pub struct Output {
     pub compression: Option<String>,
     /// `push=true`.
     pub push: bool,
+    /// `compression-level=`.
+    pub compression_level: Option<i32>,
+    /// `rewrite-timestamp=true`: new layers' file times clamped to
+    /// SOURCE_DATE_EPOCH.
+    pub rewrite_timestamp: bool,
 }
 
 /// Parses `type=oci,dest=out.tar,...`.
@@ -43,6 +48,8 @@ pub fn parse_output(spec: &str) -> anyhow::Result<Output> {
         names: Vec::new(),
         compression: None,
         push: false,
+        compression_level: None,
+        rewrite_timestamp: false,
     };
     if !spec.contains('=') {
         // buildx: a bare path means type=local.
@@ -67,9 +74,18 @@ pub fn parse_output(spec: &str) -> anyhow::Result<Output> {
                 .extend(v.split(';').filter(|n| !n.is_empty()).map(str::to_string)),
             "compression" => out.compression = Some(v.to_string()),
             "push" => out.push = bool_value(v)?,
-            "compression-level" | "force-compression" | "rewrite-timestamp" => {
-                bail!("--output {spec}: {k} is not supported yet")
-            }
+            "compression-level" => out.compression_level = Some(
+                v.parse()
+                    .ok()
+                    .filter(|l| (0..=22).contains(l))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--output {spec}: compression-level must be 0-9 (gzip) or 0-22 (zstd)"
+                        )
+                    })?,
+            ),
+            "rewrite-timestamp" => out.rewrite_timestamp = bool_value(v)?,
+            "force-compression" => bail!("--output {spec}: {k} is not supported yet"),
             other => bail!("--output {spec}: unknown option {other:?}"),
         }
     }

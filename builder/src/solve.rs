@@ -82,6 +82,11 @@ pub struct BuildOptions<'a> {
     pub secrets: crate::secrets::Secrets,
     /// `--ssh` agent sockets by id.
     pub ssh: crate::ssh::Agents,
+    /// `-o compression-level=`.
+    pub compression_level: Option<i32>,
+    /// `-o rewrite-timestamp=true`: file times in new layers clamped to
+    /// SOURCE_DATE_EPOCH (`epoch`).
+    pub rewrite_timestamp: bool,
     /// `--no-cache-filter`: run every step of these stages.
     pub no_cache_stages: std::collections::BTreeSet<usize>,
 }
@@ -465,7 +470,8 @@ pub fn build(
         progress,
         layer_options: LayerOptions {
             compression: options.compression,
-            clamp_mtime: None,
+            level: options.compression_level,
+            clamp_mtime: options.epoch.filter(|_| options.rewrite_timestamp),
             ..LayerOptions::default()
         },
         host_resolv: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
@@ -657,7 +663,7 @@ fn run_node(
                 let (id, started) = progress.start(&op.name);
                 let mut d = base.ok_or_else(|| anyhow!("WORKDIR without a parent"))?;
                 let key = step_key(
-                    serde_json::json!({"v": 1, "compression": format!("{:?}", options.compression), "op": "mkdir", "parent": d.key, "path": path}),
+                    serde_json::json!({"v": 1, "layers": layer_key(options), "op": "mkdir", "parent": d.key, "path": path}),
                 );
                 let _lock = store.index.lock_key(&key)?;
                 let hit = if skip_cache {
@@ -728,7 +734,7 @@ fn run_node(
                     .collect::<Result<_, _>>()
                     .map_err(|e| where_(e.into()))?;
                 let key = step_key(serde_json::json!({
-                    "v": 1, "compression": format!("{:?}", options.compression), "op": "exec", "parent": d.key, "exec": exec,
+                    "v": 1, "layers": layer_key(options), "op": "exec", "parent": d.key, "exec": exec,
                     "mount_sources": from_keys, "context_binds": context_binds,
                 }));
                 let _lock = store.index.lock_key(&key)?;
@@ -1021,7 +1027,7 @@ fn run_node(
                 };
                 let link = file.link && file.chmod.is_none();
                 let key = step_key(serde_json::json!({
-                    "v": 1, "compression": format!("{:?}", options.compression), "op": "file", "parent": if link { None } else { d.key.clone() },
+                    "v": 1, "layers": layer_key(options), "op": "file", "parent": if link { None } else { d.key.clone() },
                     "file": file, "source": source_key,
                 }));
                 let _lock = store.index.lock_key(&key)?;
@@ -1136,6 +1142,16 @@ fn run_node(
         };
         Ok(result)
     }
+}
+
+/// What of the layer options changes a layer's bytes: part of every key.
+fn layer_key(options: &BuildOptions<'_>) -> String {
+    format!(
+        "{:?} level {:?} clamp {:?}",
+        options.compression,
+        options.compression_level,
+        options.epoch.filter(|_| options.rewrite_timestamp)
+    )
 }
 
 /// A new step's record: its snapshot, its layer (unless empty) and when it

@@ -51,6 +51,14 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         .iter()
         .find_map(|o| o.compression.clone())
         .unwrap_or_else(|| args.compression.clone());
+    let compression_level = outputs.iter().find_map(|o| o.compression_level);
+    if let Some(level) = compression_level
+        && level > 9
+        && compression != "zstd"
+    {
+        bail!("--output compression-level={level}: {compression} levels are 0-9");
+    }
+    let rewrite_timestamp = outputs.iter().any(|o| o.rewrite_timestamp);
     let allow_insecure = args.allow.iter().any(|a| a == "security.insecure");
     if let Some(bad) = args
         .allow
@@ -147,6 +155,8 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         no_cache_stages: no_cache_stages(&loaded.plan, &args.no_cache_filter),
         secrets,
         ssh,
+        compression_level,
+        rewrite_timestamp,
     };
     let quiet = args.quiet || args.progress == ProgressMode::Quiet;
     let format = match args.progress {
@@ -328,6 +338,8 @@ pub fn save(
         names: Vec::new(),
         compression: None,
         push: false,
+        compression_level: None,
+        rewrite_timestamp: false,
     };
     crate::export::export_image(
         &store,
