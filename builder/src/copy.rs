@@ -513,33 +513,14 @@ fn remove_any(path: &Path) -> Result<(), CopyError> {
     r.map_err(io_err("replacing", path))
 }
 
-/// A tar archive (plain, gzip or zstd), told by content as BuildKit does.
+/// A tar archive (plain, gzip, zstd or bzip2), told by content as BuildKit
+/// does: what the (decompressed) start holds must be a tar header.
 fn is_archive(path: &Path) -> Result<bool, CopyError> {
-    let mut head = [0u8; 512];
-    let mut f = File::open(path).map_err(io_err("opening", path))?;
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..]).map_err(io_err("reading", path))? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    let head = &head[..n];
-    // Compressed: it is an archive only if what is inside is a tar.
+    let file = File::open(path).map_err(io_err("opening", path))?;
     let mut inner = [0u8; 512];
-    let inner_len = if head.starts_with(&[0x1f, 0x8b]) {
-        read_up_to(
-            &mut flate2::read::GzDecoder::new(File::open(path).map_err(io_err("opening", path))?),
-            &mut inner,
-        )
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        match zstd::stream::read::Decoder::new(File::open(path).map_err(io_err("opening", path))?) {
-            Ok(mut d) => read_up_to(&mut d, &mut inner),
-            Err(_) => 0,
-        }
-    } else {
-        inner[..n].copy_from_slice(head);
-        n
+    let inner_len = match cache::layer::decompress(file) {
+        Ok(mut d) => read_up_to(&mut d, &mut inner),
+        Err(_) => 0,
     };
     // ustar magic at offset 257.
     Ok(inner_len >= 263 && &inner[257..262] == b"ustar")

@@ -1286,3 +1286,60 @@ fn rewrite_timestamp_gives_reproducible_images() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("compression-level=12"), "{err}");
 }
+
+#[test]
+fn add_extracts_local_archives() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("add-archives");
+    let ctx = context(&t, "add-archives");
+    let src = t.0.join("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    for (name, flag, archive) in [
+        ("p.txt", "-cf", "plain.tar"),
+        ("g.txt", "-czf", "gz.tar.gz"),
+        ("b.txt", "-cjf", "bz.tar.bz2"),
+    ] {
+        std::fs::write(src.join("d").join(name), format!("{name}\n")).unwrap();
+        let st = Command::new("tar")
+            .arg(flag)
+            .arg(ctx.join(archive))
+            .arg("-C")
+            .arg(&src)
+            .arg(format!("d/{name}"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "tar {flag} (bzip2 is installed by .ci/run)");
+    }
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo just a note | gzip > {}",
+            ctx.join("note.gz").display()
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = t.0.join("out");
+    let o = rbuild(
+        &t.0.join("state"),
+        &[
+            "build",
+            "-q",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for name in ["p.txt", "g.txt", "b.txt"] {
+        assert_eq!(
+            std::fs::read_to_string(out.join("x/d").join(name)).unwrap(),
+            format!("{name}\n")
+        );
+    }
+    assert!(out.join("kept/gz.tar.gz").is_file());
+    assert!(out.join("raw/note.gz").is_file());
+}

@@ -74,7 +74,7 @@ pub fn unpack(
         let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
         scope.spawn(move || {
             let result = (|| -> io::Result<()> {
-                let mut decoded = decoder(reader)?;
+                let mut decoded = decompress(reader)?;
                 loop {
                     let mut chunk = vec![0u8; 1 << 20];
                     let mut filled = 0;
@@ -109,14 +109,18 @@ pub fn unpack(
     })
 }
 
-/// gzip, zstd or plain, told apart by the first bytes.
-fn decoder<'a>(reader: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+/// A reader of `reader`'s content, decompressed by its first bytes: gzip,
+/// zstd, bzip2, or as it is (layers are gzip, zstd or plain; ADD also
+/// takes bzip2 archives).
+pub fn decompress<'a>(reader: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
     let mut buffered = BufReader::with_capacity(1 << 20, reader);
     let head = buffered.fill_buf()?.to_vec();
     Ok(if head.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?)
+    } else if head.starts_with(b"BZh") {
+        Box::new(bzip2::bufread::MultiBzDecoder::new(buffered))
     } else {
         Box::new(buffered)
     })
