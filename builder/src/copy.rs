@@ -234,10 +234,12 @@ pub fn copy(req: &CopyRequest<'_>) -> Result<u64, CopyError> {
                 true,
             );
             make_dirs(req.dest_root, req.dest, owner)?;
-            let file = File::open(&src).map_err(io_err("opening", &src))?;
-            let stats =
-                cache::layer::unpack(file, &dest_dir, &cache::layer::UnpackOptions::default())
-                    .map_err(|e| CopyError::Invalid(format!("extracting {rel}: {e}")))?;
+            let stats = cache::layer::unpack(
+                archive_reader(&src)?,
+                &dest_dir,
+                &cache::layer::UnpackOptions::default(),
+            )
+            .map_err(|e| CopyError::Invalid(format!("extracting {rel}: {e}")))?;
             n += stats.entries;
             continue;
         }
@@ -513,17 +515,85 @@ fn remove_any(path: &Path) -> Result<(), CopyError> {
     r.map_err(io_err("replacing", path))
 }
 
-/// A tar archive (plain, gzip, zstd or bzip2), told by content as BuildKit
-/// does: what the (decompressed) start holds must be a tar header.
+/// A tar archive (plain, gzip, zstd, bzip2 or xz), told by content as
+/// BuildKit does: what the (decompressed) start holds must be a tar header.
 fn is_archive(path: &Path) -> Result<bool, CopyError> {
-    let file = File::open(path).map_err(io_err("opening", path))?;
     let mut inner = [0u8; 512];
-    let inner_len = match cache::layer::decompress(file) {
+    let inner_len = match cache::layer::decompress(archive_reader(path)?) {
         Ok(mut d) => read_up_to(&mut d, &mut inner),
         Err(_) => 0,
     };
     // ustar magic at offset 257.
     Ok(inner_len >= 263 && &inner[257..262] == b"ustar")
+}
+
+/// The file, or for xz its decompressed content (the other compressions
+/// are undone by `cache::layer::decompress`). lzma-rs decodes only into a
+/// `Write`, so a thread decodes and hands over chunks; the file is never
+/// held whole.
+fn archive_reader(path: &Path) -> Result<Box<dyn Read + Send>, CopyError> {
+    let mut file = File::open(path).map_err(io_err("opening", path))?;
+    let mut magic = [0u8; 6];
+    let n = read_up_to(&mut file, &mut magic);
+    let file = File::open(path).map_err(io_err("opening", path))?;
+    if n < 6 || magic != [0xfd, b'7', b'z', b'X', b'Z', 0x00] {
+        return Ok(Box::new(file));
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    std::thread::spawn(move || {
+        struct Sink(std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>);
+        impl Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0
+                    .send(Ok(buf.to_vec()))
+                    .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "reader gone"))?;
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut input = io::BufReader::with_capacity(1 << 20, file);
+        let mut sink = io::BufWriter::with_capacity(1 << 20, Sink(tx.clone()));
+        let done = lzma_rs::xz_decompress(&mut input, &mut sink)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("xz: {e}")))
+            .and_then(|()| sink.flush());
+        drop(sink);
+        if let Err(e) = done {
+            let _ = tx.send(Err(e));
+        }
+    });
+    Ok(Box::new(ChunkReader {
+        rx,
+        chunk: Vec::new(),
+        pos: 0,
+    }))
+}
+
+/// Reads what a decoding thread sends.
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> usize {

@@ -1301,6 +1301,7 @@ fn add_extracts_local_archives() {
         ("p.txt", "-cf", "plain.tar"),
         ("g.txt", "-czf", "gz.tar.gz"),
         ("b.txt", "-cjf", "bz.tar.bz2"),
+        ("x.txt", "-cJf", "xz.tar.xz"),
     ] {
         std::fs::write(src.join("d").join(name), format!("{name}\n")).unwrap();
         let st = Command::new("tar")
@@ -1311,7 +1312,7 @@ fn add_extracts_local_archives() {
             .arg(format!("d/{name}"))
             .status()
             .unwrap();
-        assert!(st.success(), "tar {flag} (bzip2 is installed by .ci/run)");
+        assert!(st.success(), "tar {flag} (bzip2, xz-utils: .ci/run)");
     }
     let st = Command::new("sh")
         .arg("-c")
@@ -1334,7 +1335,7 @@ fn add_extracts_local_archives() {
         ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for name in ["p.txt", "g.txt", "b.txt"] {
+    for name in ["p.txt", "g.txt", "b.txt", "x.txt"] {
         assert_eq!(
             std::fs::read_to_string(out.join("x/d").join(name)).unwrap(),
             format!("{name}\n")
