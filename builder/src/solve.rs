@@ -599,7 +599,7 @@ fn run_node(
         runtime,
         options,
         progress,
-        ref layer_options,
+        layer_options: _,
         ref host_resolv,
         ref created,
         ref cancel,
@@ -665,19 +665,13 @@ fn run_node(
                 let key = step_key(
                     serde_json::json!({"v": 1, "layers": layer_key(options), "op": "mkdir", "parent": d.key, "path": path}),
                 );
-                let _lock = store.index.lock_key(&key)?;
-                let hit = if skip_cache {
-                    None
-                } else {
-                    lookup(store, &key)?
-                };
-                let step = match hit {
-                    Some(step) => {
-                        progress.cached(id);
-                        step
-                    }
-                    None => {
-                        let m = store.snapshots.prepare(d.snapshot.as_deref())?;
+                let step = cached_step(
+                    ctx,
+                    &key,
+                    skip_cache,
+                    d.snapshot.as_deref(),
+                    (id, started),
+                    |m| {
                         let dir = cache::layer::resolve_in_root(
                             &m.root(),
                             Path::new(path.trim_start_matches('/')),
@@ -686,13 +680,9 @@ fn run_node(
                         std::fs::create_dir_all(&dir)
                             .with_context(|| format!("creating {path}"))
                             .map_err(where_)?;
-                        let (snap, layer) = m.commit(&store.blobs, layer_options)?;
-                        let step = new_step(snap.id, &layer, options.epoch);
-                        record(store, &key, &step)?;
-                        progress.done(id, started);
-                        step
-                    }
-                };
+                        Ok(())
+                    },
+                )?;
                 d.image.set_created(Some(step.created.clone()));
                 d.image.workdir(path, step.diff_id.as_deref());
                 d.layers.extend(step.layer.clone());
@@ -737,19 +727,13 @@ fn run_node(
                     "v": 1, "layers": layer_key(options), "op": "exec", "parent": d.key, "exec": exec,
                     "mount_sources": from_keys, "context_binds": context_binds,
                 }));
-                let _lock = store.index.lock_key(&key)?;
-                let hit = if skip_cache {
-                    None
-                } else {
-                    lookup(store, &key)?
-                };
-                let step = match hit {
-                    Some(step) => {
-                        progress.cached(id);
-                        step
-                    }
-                    None => {
-                        let m = store.snapshots.prepare(d.snapshot.as_deref())?;
+                let step = cached_step(
+                    ctx,
+                    &key,
+                    skip_cache,
+                    d.snapshot.as_deref(),
+                    (id, started),
+                    |m| {
                         let root = m.root();
                         let user = crate::sandbox::user::resolve(&root, &exec.user)
                             .map_err(|e| where_(anyhow!(e)))?;
@@ -967,13 +951,9 @@ fn run_node(
                                 "process \"{cmd}\" did not complete successfully: exit code: {code}\n{tail}"
                             )));
                         }
-                        let (snap, layer) = m.commit(&store.blobs, layer_options)?;
-                        let step = new_step(snap.id, &layer, options.epoch);
-                        record(store, &key, &step)?;
-                        progress.done(id, started);
-                        step
-                    }
-                };
+                        Ok(())
+                    },
+                )?;
                 d.image.set_created(Some(step.created.clone()));
                 d.image.run(exec, step.diff_id.as_deref());
                 d.layers.extend(step.layer.clone());
@@ -1030,19 +1010,13 @@ fn run_node(
                     "v": 1, "layers": layer_key(options), "op": "file", "parent": if link { None } else { d.key.clone() },
                     "file": file, "source": source_key,
                 }));
-                let _lock = store.index.lock_key(&key)?;
-                let hit = if skip_cache {
-                    None
-                } else {
-                    lookup(store, &key)?
-                };
-                let step = match hit {
-                    Some(step) => {
-                        progress.cached(id);
-                        step
-                    }
-                    None => {
-                        let m = store.snapshots.prepare(d.snapshot.as_deref())?;
+                let step = cached_step(
+                    ctx,
+                    &key,
+                    skip_cache,
+                    d.snapshot.as_deref(),
+                    (id, started),
+                    |m| {
                         let source = inputs
                             .iter()
                             .find(|(_, e)| *e == Edge::Source)
@@ -1077,7 +1051,7 @@ fn run_node(
                                 )));
                             }
                         }
-                        let n = copy(&CopyRequest {
+                        copy(&CopyRequest {
                             source_root: &source_root,
                             ignore,
                             sources: &file.sources,
@@ -1093,14 +1067,9 @@ fn run_node(
                         })
                         .map_err(|e| where_(e.into()))?;
                         drop(view);
-                        let (snap, layer) = m.commit(&store.blobs, layer_options)?;
-                        let step = new_step(snap.id, &layer, options.epoch);
-                        record(store, &key, &step)?;
-                        let _ = n;
-                        progress.done(id, started);
-                        step
-                    }
-                };
+                        Ok(())
+                    },
+                )?;
                 let diff = step.diff_id.clone();
                 if link {
                     // The merge records history; this op keeps only its layer.
@@ -1152,6 +1121,32 @@ fn layer_key(options: &BuildOptions<'_>) -> String {
         options.compression_level,
         options.epoch.filter(|_| options.rewrite_timestamp)
     )
+}
+
+/// A snapshot-making step: its record from the cache index under `key`
+/// (unless `skip_cache`), else `run` fills a new snapshot on `parent`, which
+/// is committed and recorded. The key's lock is held throughout: a step
+/// another build is making is waited for, then taken from the cache.
+fn cached_step(
+    ctx: &Ctx<'_>,
+    key: &cache::index::CacheKey,
+    skip_cache: bool,
+    parent: Option<&str>,
+    (id, started): (usize, Instant),
+    run: impl FnOnce(&cache::snapshot::MutableSnapshot) -> anyhow::Result<()>,
+) -> anyhow::Result<StepRecord> {
+    let _lock = ctx.store.index.lock_key(key)?;
+    if !skip_cache && let Some(step) = lookup(ctx.store, key)? {
+        ctx.progress.cached(id);
+        return Ok(step);
+    }
+    let m = ctx.store.snapshots.prepare(parent)?;
+    run(&m)?;
+    let (snap, layer) = m.commit(&ctx.store.blobs, &ctx.layer_options)?;
+    let step = new_step(snap.id, &layer, ctx.options.epoch);
+    record(ctx.store, key, &step)?;
+    ctx.progress.done(id, started);
+    Ok(step)
 }
 
 /// A new step's record: its snapshot, its layer (unless empty) and when it
