@@ -528,72 +528,16 @@ fn is_archive(path: &Path) -> Result<bool, CopyError> {
 }
 
 /// The file, or for xz its decompressed content (the other compressions
-/// are undone by `cache::layer::decompress`). lzma-rs decodes only into a
-/// `Write`, so a thread decodes and hands over chunks; the file is never
-/// held whole.
+/// are undone by `cache::layer::decompress`).
 fn archive_reader(path: &Path) -> Result<Box<dyn Read + Send>, CopyError> {
     let mut file = File::open(path).map_err(io_err("opening", path))?;
     let mut magic = [0u8; 6];
     let n = read_up_to(&mut file, &mut magic);
-    let file = File::open(path).map_err(io_err("opening", path))?;
-    if n < 6 || magic != [0xfd, b'7', b'z', b'X', b'Z', 0x00] {
+    io::Seek::rewind(&mut file).map_err(io_err("reading", path))?;
+    if n < 6 || magic != cache::layer::XZ_MAGIC {
         return Ok(Box::new(file));
     }
-    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
-    std::thread::spawn(move || {
-        struct Sink(std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>);
-        impl Write for Sink {
-            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-                self.0
-                    .send(Ok(buf.to_vec()))
-                    .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "reader gone"))?;
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        let mut input = io::BufReader::with_capacity(1 << 20, file);
-        let mut sink = io::BufWriter::with_capacity(1 << 20, Sink(tx.clone()));
-        let done = lzma_rs::xz_decompress(&mut input, &mut sink)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("xz: {e}")))
-            .and_then(|()| sink.flush());
-        drop(sink);
-        if let Err(e) = done {
-            let _ = tx.send(Err(e));
-        }
-    });
-    Ok(Box::new(ChunkReader {
-        rx,
-        chunk: Vec::new(),
-        pos: 0,
-    }))
-}
-
-/// Reads what a decoding thread sends.
-struct ChunkReader {
-    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
-    chunk: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.chunk.len() {
-            match self.rx.recv() {
-                Ok(Ok(chunk)) => {
-                    self.chunk = chunk;
-                    self.pos = 0;
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len() - self.pos);
-        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
+    Ok(cache::layer::xz_decoder(file))
 }
 
 fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> usize {

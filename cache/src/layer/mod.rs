@@ -8,7 +8,10 @@ mod write;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use unpack::{MAX_ENTRY_SIZE, UnpackOptions, UnpackStats, decompress, resolve_in_root, unpack};
+pub use unpack::{
+    MAX_ENTRY_SIZE, UnpackOptions, UnpackStats, XZ_MAGIC, decompress, resolve_in_root, unpack,
+    xz_decoder,
+};
 pub use write::{DiffSource, LayerOptions, write_layer, write_tree_tar};
 
 use crate::Digest;

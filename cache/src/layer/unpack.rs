@@ -126,6 +126,45 @@ pub fn decompress<'a>(reader: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> 
     })
 }
 
+/// The first bytes of an xz stream.
+pub const XZ_MAGIC: [u8; 6] = [0xfd, b'7', b'z', b'X', b'Z', 0x00];
+
+/// xz-decompressed `reader`. lzma-rs (pure Rust, no C build) decodes only
+/// into a `Write`, so a thread decodes and hands chunks over; nothing is
+/// held whole. Not in [`decompress`]: the thread needs an owned reader,
+/// and layers are never xz.
+pub fn xz_decoder(reader: impl Read + Send + 'static) -> Box<dyn Read + Send> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    std::thread::spawn(move || {
+        struct Sink(std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>);
+        impl io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0
+                    .send(Ok(buf.to_vec()))
+                    .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "reader gone"))?;
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut input = BufReader::with_capacity(1 << 20, reader);
+        let mut sink = io::BufWriter::with_capacity(1 << 20, Sink(tx.clone()));
+        let done = lzma_rs::xz_decompress(&mut input, &mut sink)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("xz: {e}")))
+            .and_then(|()| io::Write::flush(&mut sink));
+        drop(sink);
+        if let Err(e) = done {
+            let _ = tx.send(Err(e));
+        }
+    });
+    Box::new(ChannelReader {
+        rx,
+        chunk: Vec::new(),
+        pos: 0,
+    })
+}
+
 /// Reads the chunks the decompression thread sends.
 struct ChannelReader {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
