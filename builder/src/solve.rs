@@ -355,34 +355,23 @@ impl Progress {
         let clipped = *shown >= LOG_CAP;
         let chunk = &chunk[..take];
         match self.format {
-            ProgressFormat::Plain => {
+            ProgressFormat::Plain | ProgressFormat::Tty => {
                 let partial = state.partial.entry(id).or_default();
                 for &b in chunk {
-                    if b == b'\n' {
-                        eprintln!(
-                            "#{id} {:.3} {}",
-                            started.elapsed().as_secs_f64(),
-                            String::from_utf8_lossy(partial)
-                        );
-                        partial.clear();
-                    } else {
+                    if b != b'\n' {
                         partial.push(b);
+                        continue;
                     }
-                }
-                if clipped {
-                    eprintln!("#{id} [output clipped, log limit 2MiB reached]");
-                }
-            }
-            ProgressFormat::Tty => {
-                let partial = state.partial.entry(id).or_default();
-                for &b in chunk {
-                    if b == b'\n' {
-                        let line = String::from_utf8_lossy(partial).into_owned();
-                        partial.clear();
+                    let line = String::from_utf8_lossy(partial).into_owned();
+                    partial.clear();
+                    if self.format == ProgressFormat::Plain {
+                        eprintln!("#{id} {:.3} {line}", started.elapsed().as_secs_f64());
+                    } else {
                         self.tty(crate::tty::Event::Line { id, line });
-                    } else {
-                        partial.push(b);
                     }
+                }
+                if clipped && self.format == ProgressFormat::Plain {
+                    eprintln!("#{id} [output clipped, log limit 2MiB reached]");
                 }
             }
             ProgressFormat::RawJson => {
