@@ -42,10 +42,16 @@ fn context(t: &Tmp, case: &str) -> PathBuf {
 }
 
 fn rbuild(root: &Path, args: &[&str]) -> std::process::Output {
+    rbuild_env(root, args, &[])
+}
+
+/// `rbuild --root ROOT ARGS...` with extra environment variables.
+fn rbuild_env(root: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_rbuild"))
         .arg("--root")
         .arg(root)
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -767,26 +773,32 @@ fn independent_stages_run_at_the_same_time() {
     let t = tmp("stages-at-once");
     let ctx = context(&t, "parallel");
     let build = |root: &str, limit: &str| {
-        Command::new(env!("CARGO_BIN_EXE_rbuild"))
-            .arg("--root")
-            .arg(t.0.join(root))
-            .args(["build", "--progress", "plain", "-t", "par:1"])
-            .arg(&ctx)
-            .env("RBUILD_MAX_PARALLELISM", limit)
-            .output()
-            .unwrap()
+        rbuild_env(
+            &t.0.join(root),
+            &[
+                "build",
+                "--progress",
+                "plain",
+                "-t",
+                "par:1",
+                ctx.to_str().unwrap(),
+            ],
+            &[("RBUILD_MAX_PARALLELISM", limit)],
+        )
     };
     let out = build("state", "4");
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
-    let both = Command::new(env!("CARGO_BIN_EXE_rbuild"))
-        .arg("--root")
-        .arg(t.0.join("state"))
-        .args(["build", "-q", "-o"])
-        .arg(format!("type=local,dest={}", t.0.join("out").display()))
-        .arg(&ctx)
-        .output()
-        .unwrap();
+    let both = rbuild(
+        &t.0.join("state"),
+        &[
+            "build",
+            "-q",
+            "-o",
+            &format!("type=local,dest={}", t.0.join("out").display()),
+            ctx.to_str().unwrap(),
+        ],
+    );
     assert!(both.status.success());
     assert_eq!(
         std::fs::read_to_string(t.0.join("out/both")).unwrap(),
@@ -808,14 +820,11 @@ fn cache_mount_sharing_locked_and_private() {
     let t = tmp("cache-sharing");
     let ctx = context(&t, "cache-sharing");
     let root = t.0.join("state");
-    let out = Command::new(env!("CARGO_BIN_EXE_rbuild"))
-        .arg("--root")
-        .arg(&root)
-        .args(["build", "--progress", "plain"])
-        .arg(&ctx)
-        .env("RBUILD_MAX_PARALLELISM", "2")
-        .output()
-        .unwrap();
+    let out = rbuild_env(
+        &root,
+        &["build", "--progress", "plain", ctx.to_str().unwrap()],
+        &[("RBUILD_MAX_PARALLELISM", "2")],
+    );
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     // The private mount was in use twice at once: a second copy was made.
@@ -837,14 +846,11 @@ fn a_failed_step_cancels_the_running_ones() {
     let t = tmp("cancel");
     let ctx = context(&t, "cancel");
     let root = t.0.join("state");
-    let out = Command::new(env!("CARGO_BIN_EXE_rbuild"))
-        .arg("--root")
-        .arg(&root)
-        .args(["build", "--progress", "plain"])
-        .arg(&ctx)
-        .env("RBUILD_MAX_PARALLELISM", "2")
-        .output()
-        .unwrap();
+    let out = rbuild_env(
+        &root,
+        &["build", "--progress", "plain", ctx.to_str().unwrap()],
+        &[("RBUILD_MAX_PARALLELISM", "2")],
+    );
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{log}");
     // The error is the failed step's, and the sleeping step was cancelled.
@@ -933,10 +939,9 @@ fn secrets_reach_run_and_nothing_else() {
     let secret_file = t.0.join("token.txt");
     std::fs::write(&secret_file, "file-s3cr3t-value\n").unwrap();
     let layout = t.0.join("layout");
-    let out = Command::new(env!("CARGO_BIN_EXE_rbuild"))
-        .arg("--root")
-        .arg(&root)
-        .args([
+    let out = rbuild_env(
+        &root,
+        &[
             "build",
             "--progress",
             "plain",
@@ -944,16 +949,16 @@ fn secrets_reach_run_and_nothing_else() {
             "uncompressed",
             "-t",
             "sec:1",
-        ])
-        .arg("--secret")
-        .arg(format!("id=token,src={}", secret_file.display()))
-        .args(["--secret", "id=api,env=RBUILD_TEST_API"])
-        .arg("-o")
-        .arg(format!("type=oci,dest={},tar=false", layout.display()))
-        .arg(&ctx)
-        .env("RBUILD_TEST_API", "env-s3cr3t-value")
-        .output()
-        .unwrap();
+            "--secret",
+            &format!("id=token,src={}", secret_file.display()),
+            "--secret",
+            "id=api,env=RBUILD_TEST_API",
+            "-o",
+            &format!("type=oci,dest={},tar=false", layout.display()),
+            ctx.to_str().unwrap(),
+        ],
+        &[("RBUILD_TEST_API", "env-s3cr3t-value")],
+    );
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     for value in ["file-s3cr3t", "env-s3cr3t"] {
