@@ -429,6 +429,8 @@ struct Ctx<'a> {
     cancel: Cancel,
     /// Where secret files are made (when there are secrets).
     secret_dir: Option<crate::secrets::SecretDir>,
+    /// Context file digests, read from the index once per build.
+    stat: crate::copy::StatCache<'a>,
 }
 
 /// How many steps run at once: `RBUILD_MAX_PARALLELISM`, else four per
@@ -466,6 +468,7 @@ pub fn build(
         host_resolv: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         created: rfc3339(options.epoch.unwrap_or_else(cache::index::now)),
         cancel: Cancel::default(),
+        stat: crate::copy::StatCache::new(&store.index, "local"),
         secret_dir: if options.secrets.is_empty() && options.ssh.is_empty() {
             None
         } else {
@@ -593,8 +596,8 @@ fn run_node(
         ref created,
         ref cancel,
         ref secret_dir,
+        ref stat,
     } = *ctx;
-    let stat = crate::copy::StatCache::new(&store.index, "local");
     {
         let op = &graph.graph[node];
         let inputs = graph.inputs(node);
@@ -707,7 +710,7 @@ fn run_node(
                             options.ignore.as_ref(),
                             &[m.source.clone().unwrap_or_default()],
                             &[],
-                            Some(&stat),
+                            Some(stat),
                         )
                     })
                     .collect::<Result<_, _>>()
@@ -973,7 +976,7 @@ fn run_node(
                             options.ignore.as_ref(),
                             &file.sources,
                             &file.excludes,
-                            Some(&stat),
+                            Some(stat),
                         )
                         .map_err(|e| where_(e.into()))?,
                     ),
@@ -984,7 +987,7 @@ fn run_node(
                                 None,
                                 &file.sources,
                                 &file.excludes,
-                                Some(&stat),
+                                Some(stat),
                             )
                             .map_err(|e| where_(e.into()))?,
                         ),
