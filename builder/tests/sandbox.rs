@@ -266,3 +266,30 @@ fn mounts_and_no_process_outlives_the_step() {
     }
     let _ = fs::remove_dir_all(&shared);
 }
+
+#[test]
+fn seccomp_profile_refuses_what_docker_refuses() {
+    if !is_root() {
+        eprintln!("skipped: the sandbox needs root");
+        return;
+    }
+    let t = busybox_root("seccomp");
+    // A user namespace needs no capability, only the profile stops it;
+    // personality(PER_LINUX32) is one of the values the profile allows.
+    let script = "grep '^Seccomp:' /proc/self/status; \
+        unshare -U true 2>&1 && echo userns-created; \
+        linux32 true && echo personality-allowed";
+    let (code, out, err) = run(&spec(&t.0, script));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Seccomp:\t2"), "a filter is installed: {out}");
+    assert!(out.contains("Operation not permitted"), "{out}");
+    assert!(!out.contains("userns-created"), "{out}");
+    assert!(out.contains("personality-allowed"), "{out}");
+
+    let mut s = spec(&t.0, script);
+    s.insecure = true;
+    let (code, out, err) = run(&s);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Seccomp:\t0"), "insecure has no filter: {out}");
+    assert!(out.contains("userns-created"), "{out}");
+}

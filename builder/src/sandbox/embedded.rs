@@ -675,7 +675,8 @@ fn loopback_up() {
 }
 
 /// Docker's capability set (all of them for `--security=insecure`),
-/// `no_new_privs`, then the step's user.
+/// the step's user, `no_new_privs` and Docker's seccomp profile (none for
+/// `--security=insecure`).
 fn drop_privileges(spec: &RunSpec) {
     if !spec.insecure {
         for cap in 0..=last_cap() {
@@ -708,6 +709,12 @@ fn drop_privileges(spec: &RunSpec) {
     // SAFETY: prctl with constant arguments.
     unsafe {
         libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    }
+    // Last: from here on only what the profile allows (stat, exec).
+    if !spec.insecure
+        && let Err(e) = super::seccomp::install()
+    {
+        fail(e);
     }
 }
 

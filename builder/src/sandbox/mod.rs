@@ -8,11 +8,14 @@
 //! with only loopback for `--network=none`), builds `/proc`, `/dev`, `/sys`
 //! and `/etc/hosts`/`/etc/resolv.conf` the way runc and BuildKit do,
 //! `pivot_root`s into the snapshot, drops to Docker's default capability set
-//! with `no_new_privs`, switches user and runs the command. Every process
+//! with `no_new_privs`, switches user, installs Docker's default seccomp
+//! profile ([`seccomp`]) and runs the command. Every process
 //! of the step dies with it: they live in the step's PID namespace.
 
 #[cfg(target_os = "linux")]
 pub mod embedded;
+#[cfg(target_os = "linux")]
+pub mod seccomp;
 pub mod user;
 
 use std::path::PathBuf;
