@@ -15,6 +15,9 @@ fn main() -> ExitCode {
     match builder::commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            // A step ended by the interrupt's cleanup fails the build: the
+            // handler reports and exits (128+signal), not this error.
+            builder::interrupt::wait_if_interrupted();
             eprintln!("{}", builder::commands::render_error(&err));
             ExitCode::from(1)
         }

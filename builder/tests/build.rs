@@ -473,21 +473,37 @@ fn exporters_are_read_by_real_tools() {
 
 #[test]
 fn ctrl_c_during_run_leaves_no_mounts_or_processes() {
+    interrupt_during_run("embedded");
+}
+
+#[test]
+fn ctrl_c_during_runc_run_leaves_no_container() {
+    interrupt_during_run("runc");
+}
+
+/// Interrupts a build in a long RUN under `runtime`: exit 130, no mount,
+/// step process, runc container or sandbox file left, the store usable.
+fn interrupt_during_run(runtime: &str) {
     if !is_root() {
         eprintln!("skipped: building needs root (overlay, namespaces)");
         return;
     }
-    let t = tmp("interrupt");
+    let t = tmp(&format!("interrupt-{runtime}"));
+    // A sleep of its own, told apart from the other runtime's test.
+    let nap = if runtime == "runc" { 38 } else { 37 };
+    let sleep = format!("sleep {nap}");
     let ctx = context(&t, "interrupt");
     let root = t.0.join("state");
     let mut child = Command::new(env!("CARGO_BIN_EXE_rbuild"))
         .arg("--root")
         .arg(&root)
-        .args(["build", "--progress", "plain"])
+        .args(["build", "--progress", "plain", "--runtime", runtime])
+        .args(["--build-arg", &format!("NAP={nap}")])
         .arg(&ctx)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let pid = child.id();
     // Wait until the long RUN has started.
     let mut stderr = child.stderr.take().unwrap();
     let mut seen = String::new();
@@ -497,9 +513,20 @@ fn ctrl_c_during_run_leaves_no_mounts_or_processes() {
         assert!(n > 0, "build ended early: {seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
+    // ...and its `sleep` runs (an interrupt before that could end the step
+    // by pulling its root away, not by the cleanup under test).
+    let sleeping = || {
+        let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+        String::from_utf8_lossy(&ps.stdout).contains(&sleep)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sleeping() {
+        assert!(std::time::Instant::now() < deadline, "the step never slept");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     // SAFETY: signalling our own child.
     unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
+        libc::kill(pid as i32, libc::SIGINT);
     }
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
@@ -510,13 +537,111 @@ fn ctrl_c_during_run_leaves_no_mounts_or_processes() {
         .filter(|l| l.contains(root.to_str().unwrap()))
         .collect();
     assert!(left.is_empty(), "a mount survived Ctrl-C: {left:#?}");
-    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
-    assert!(
-        !String::from_utf8_lossy(&ps.stdout).contains("sleep 37"),
-        "a step process survived Ctrl-C"
-    );
+    assert!(!sleeping(), "a step process survived Ctrl-C");
+    if runtime == "runc" {
+        let list = Command::new("runc")
+            .arg("--root")
+            .arg(root.join("runc"))
+            .args(["list", "-q"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&list.stdout),
+            "",
+            "a runc container survived Ctrl-C"
+        );
+    }
+    let prefix = format!("-{pid}-");
+    let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("rbuild-sandbox-") && n.contains(&prefix))
+        .collect();
+    assert!(leftovers.is_empty(), "sandbox files left: {leftovers:?}");
     // The store is usable afterwards.
     assert!(rbuild(&root, &["du"]).status.success());
+}
+
+#[test]
+fn runc_runtime_gives_the_embedded_runtimes_image() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("runtimes");
+    let ctx = context(&t, "runtimes");
+    let root = t.0.join("state");
+    let build = |runtime: &str| {
+        let layout = t.0.join(runtime);
+        let o = rbuild(
+            &root,
+            &[
+                "build",
+                "-q",
+                "--no-cache",
+                "--runtime",
+                runtime,
+                "--build-arg",
+                "SOURCE_DATE_EPOCH=1700000000",
+                "-o",
+                &format!(
+                    "type=oci,dest={},tar=false,rewrite-timestamp=true",
+                    layout.display()
+                ),
+                ctx.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let embedded = build("embedded");
+    let runc = build("runc");
+    assert_eq!(embedded, runc, "the runtimes made different images");
+    // What the steps saw (the last build ran under runc; all cached now).
+    let out = t.0.join("files");
+    let o = rbuild(
+        &root,
+        &[
+            "build",
+            "-q",
+            "--runtime",
+            "runc",
+            "--build-arg",
+            "SOURCE_DATE_EPOCH=1700000000",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
+    assert_eq!(read("work/dir/host.txt"), "buildkitsandbox 0\nlo-up\n");
+    assert_eq!(read("work/dir/copied.txt"), "payload\n");
+    assert_eq!(read("work/dir/seccomp.txt"), "Seccomp:\t2\n");
+    assert_eq!(read("work/dir/caps.txt"), "CapEff:\t00000000a80425fb\n");
+    assert!(
+        read("work/dir/userns.txt").contains("Operation not permitted"),
+        "{}",
+        read("work/dir/userns.txt")
+    );
+    assert!(read("tmp/id.txt").starts_with("uid=1000(app) gid=1000"));
+    for stub in [
+        "scratch",
+        "ctx",
+        "proc",
+        "dev",
+        "sys",
+        "etc/hosts",
+        "etc/resolv.conf",
+    ] {
+        assert!(!out.join(stub).exists(), "mount point {stub} in the image");
+    }
 }
 
 #[test]

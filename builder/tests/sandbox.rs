@@ -1,12 +1,14 @@
-//! The embedded RUN sandbox, for real: a busybox root filesystem, the rbuild
-//! binary as helper, namespaces, mounts, users, network, exit codes, and
-//! that nothing of the step outlives it or leaks into the root.
+//! The RUN sandbox, for real, with both runtimes (embedded: the rbuild
+//! binary as helper; runc): a busybox root filesystem, namespaces, mounts,
+//! users, network, exit codes, capabilities, seccomp, and that nothing of
+//! the step outlives it or leaks into the root.
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
 use builder::sandbox::embedded::Embedded;
+use builder::sandbox::runc::Runc;
 use builder::sandbox::{
     Cancel, Mount, Network, RunSpec, Runtime, SandboxError, Stream, default_hosts,
 };
@@ -15,7 +17,13 @@ struct Tmp(PathBuf);
 
 impl Drop for Tmp {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+        for dir in [
+            self.0.clone(),
+            self.0.with_extension("shared"),
+            self.0.with_extension("runc"),
+        ] {
+            let _ = fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -67,15 +75,18 @@ fn spec(root: &Path, script: &str) -> RunSpec {
     }
 }
 
-fn runtime() -> Embedded {
-    Embedded {
+/// Both runtimes, by name; runc keeps its state beside the test's root.
+fn runtimes(t: &Tmp) -> [(&'static str, Box<dyn Runtime>); 2] {
+    let embedded = Embedded {
         helper: PathBuf::from(env!("CARGO_BIN_EXE_rbuild")),
-    }
+    };
+    let runc = Runc::find(&t.0.with_extension("runc")).expect("runc is installed (.ci/run)");
+    [("embedded", Box::new(embedded)), ("runc", Box::new(runc))]
 }
 
-fn run(spec: &RunSpec) -> (i32, String, String) {
+fn run(runtime: &dyn Runtime, spec: &RunSpec) -> (i32, String, String) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = runtime()
+    let code = runtime
         .run(spec, &Cancel::default(), &mut |s, b| match s {
             Stream::Stdout => out.extend_from_slice(b),
             Stream::Stderr => err.extend_from_slice(b),
@@ -100,29 +111,37 @@ fn runs_in_its_own_namespaces() {
         return;
     }
     let t = busybox_root("ns");
-    let (code, out, err) = run(&spec(
-        &t.0,
-        "echo pid=$$; hostname; cat /etc/hosts; cat /etc/resolv.conf; ls /proc | grep -c '^[0-9]'; ls /dev; echo err >&2; test -e /host-marker || echo no-host",
-    ));
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("pid=1\n"), "{out}");
-    assert!(out.contains("buildkitsandbox\n"), "{out}");
-    assert!(
-        out.contains("127.0.0.1\tlocalhost buildkitsandbox"),
-        "{out}"
-    );
-    assert!(out.contains("nameserver 192.0.2.53"), "{out}");
-    for node in [
-        "null", "zero", "random", "urandom", "tty", "pts", "shm", "fd",
-    ] {
-        assert!(out.lines().any(|l| l == node), "/dev/{node} missing: {out}");
+    for (name, rt) in runtimes(&t) {
+        eprintln!("runtime: {name}");
+        let (code, out, err) = run(
+            rt.as_ref(),
+            &spec(
+                &t.0,
+                "echo pid=$$; hostname; cat /etc/hosts; cat /etc/resolv.conf; ls /proc | grep -c '^[0-9]'; ls /dev; echo err >&2; test -e /host-marker || echo no-host",
+            ),
+        );
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("pid=1\n"), "{out}");
+        assert!(out.contains("buildkitsandbox\n"), "{out}");
+        assert!(
+            out.contains("127.0.0.1\tlocalhost buildkitsandbox"),
+            "{out}"
+        );
+        assert!(out.contains("nameserver 192.0.2.53"), "{out}");
+        for node in [
+            "null", "zero", "random", "urandom", "tty", "pts", "shm", "fd",
+        ] {
+            assert!(out.lines().any(|l| l == node), "/dev/{node} missing: {out}");
+        }
+        assert!(out.contains("no-host"), "{out}");
+        assert_eq!(err, "err\n");
+        // Mount points made for the run never stay in the root.
+        assert!(
+            !t.0.join("proc").exists()
+                && !t.0.join("dev").exists()
+                && !t.0.join("etc/hosts").exists()
+        );
     }
-    assert!(out.contains("no-host"), "{out}");
-    assert_eq!(err, "err\n");
-    // Mount points made for the run never stay in the root.
-    assert!(
-        !t.0.join("proc").exists() && !t.0.join("dev").exists() && !t.0.join("etc/hosts").exists()
-    );
 }
 
 #[test]
@@ -132,37 +151,38 @@ fn exit_codes_env_cwd_and_user() {
         return;
     }
     let t = busybox_root("user");
-    let (code, _, _) = run(&spec(&t.0, "exit 3"));
-    assert_eq!(code, 3);
-    // The command is PID 1 of its namespace, which a signal from inside
-    // cannot kill (as in Docker); a killed child shows as 128+signal.
-    let (code, _, _) = run(&spec(&t.0, "sh -c 'kill -9 $$'; exit $?"));
-    assert_eq!(code, 128 + 9);
-    let mut s = spec(
-        &t.0,
-        "echo $GREETING; pwd; id -u; id -g; id -G; touch /tmp/made-by-user",
-    );
-    s.env.push("GREETING=hello there".into());
-    s.cwd = "/work/dir".into();
-    s.uid = 1000;
-    s.gid = 1000;
-    s.additional_gids = vec![2000];
-    let (code, out, err) = run(&s);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(out, "hello there\n/work/dir\n1000\n1000\n1000 2000\n");
-    assert!(t.0.join("work/dir").is_dir(), "WORKDIR is created");
-    let meta = fs::metadata(t.0.join("tmp/made-by-user")).unwrap();
-    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 1000);
-    // A missing command is the command's failure, told as BuildKit does.
-    let mut s = spec(&t.0, "");
-    s.args = vec!["no-such-tool".into()];
-    let err = runtime()
-        .run(&s, &Cancel::default(), &mut |_, _| {})
-        .unwrap_err();
-    assert!(
-        matches!(&err, SandboxError::Setup(m) if m.contains("executable file not found in $PATH")),
-        "{err}"
-    );
+    for (name, rt) in runtimes(&t) {
+        eprintln!("runtime: {name}");
+        let (code, _, _) = run(rt.as_ref(), &spec(&t.0, "exit 3"));
+        assert_eq!(code, 3);
+        // The command is PID 1 of its namespace, which a signal from inside
+        // cannot kill (as in Docker); a killed child shows as 128+signal.
+        let (code, _, _) = run(rt.as_ref(), &spec(&t.0, "sh -c 'kill -9 $$'; exit $?"));
+        assert_eq!(code, 128 + 9);
+        let mut s = spec(
+            &t.0,
+            "echo $GREETING; pwd; id -u; id -g; id -G; touch /tmp/made-by-user",
+        );
+        s.env.push("GREETING=hello there".into());
+        s.cwd = "/work/dir".into();
+        s.uid = 1000;
+        s.gid = 1000;
+        s.additional_gids = vec![2000];
+        let (code, out, err) = run(rt.as_ref(), &s);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, "hello there\n/work/dir\n1000\n1000\n1000 2000\n");
+        assert!(t.0.join("work/dir").is_dir(), "WORKDIR is created");
+        let meta = fs::metadata(t.0.join("tmp/made-by-user")).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 1000);
+        // A missing command is the command's failure, told as BuildKit does.
+        let mut s = spec(&t.0, "");
+        s.args = vec!["no-such-tool".into()];
+        let err = rt.run(&s, &Cancel::default(), &mut |_, _| {}).unwrap_err();
+        assert!(
+            matches!(&err, SandboxError::Setup(m) if m.contains("executable file not found in $PATH")),
+            "{err}"
+        );
+    }
 }
 
 #[test]
@@ -172,27 +192,33 @@ fn capabilities_and_privileges_are_dropped() {
         return;
     }
     let t = busybox_root("caps");
-    let (code, out, err) = run(&spec(
-        &t.0,
-        "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; mount -t tmpfs x /mnt 2>&1 || echo mount-denied; cat /proc/kcore | head -c1 | wc -c",
-    ));
-    assert_eq!(code, 0, "{err}");
-    // Docker's default set: 0x00000000a80425fb.
-    assert!(out.contains("CapEff:\t00000000a80425fb"), "{out}");
-    assert!(out.contains("CapBnd:\t00000000a80425fb"), "{out}");
-    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
-    assert!(out.contains("mount-denied"), "{out}");
-    assert!(
-        out.trim_end().ends_with('0'),
-        "/proc/kcore is masked: {out}"
-    );
-    let mut s = spec(&t.0, "grep CapEff /proc/self/status");
-    s.insecure = true;
-    let (_, out, _) = run(&s);
-    assert!(
-        !out.contains("a80425fb"),
-        "insecure keeps all capabilities: {out}"
-    );
+    for (name, rt) in runtimes(&t) {
+        eprintln!("runtime: {name}");
+        let (code, out, err) = run(
+            rt.as_ref(),
+            &spec(
+                &t.0,
+                "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; mount -t tmpfs x /mnt 2>&1 || echo mount-denied; cat /proc/kcore | head -c1 | wc -c",
+            ),
+        );
+        assert_eq!(code, 0, "{err}");
+        // Docker's default set: 0x00000000a80425fb.
+        assert!(out.contains("CapEff:\t00000000a80425fb"), "{out}");
+        assert!(out.contains("CapBnd:\t00000000a80425fb"), "{out}");
+        assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+        assert!(out.contains("mount-denied"), "{out}");
+        assert!(
+            out.trim_end().ends_with('0'),
+            "/proc/kcore is masked: {out}"
+        );
+        let mut s = spec(&t.0, "grep CapEff /proc/self/status");
+        s.insecure = true;
+        let (_, out, _) = run(rt.as_ref(), &s);
+        assert!(
+            !out.contains("a80425fb"),
+            "insecure keeps all capabilities: {out}"
+        );
+    }
 }
 
 #[test]
@@ -202,11 +228,14 @@ fn network_none_has_only_loopback() {
         return;
     }
     let t = busybox_root("net");
-    let mut s = spec(&t.0, "ls /sys/class/net; ip link show lo | grep -c UP");
-    s.network = Network::None;
-    let (code, out, err) = run(&s);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(out, "lo\n1\n");
+    for (name, rt) in runtimes(&t) {
+        eprintln!("runtime: {name}");
+        let mut s = spec(&t.0, "ls /sys/class/net; ip link show lo | grep -c UP");
+        s.network = Network::None;
+        let (code, out, err) = run(rt.as_ref(), &s);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, "lo\n1\n");
+    }
 }
 
 #[test]
@@ -216,55 +245,58 @@ fn mounts_and_no_process_outlives_the_step() {
         return;
     }
     let t = busybox_root("mounts");
-    let shared = t.0.with_extension("shared");
-    fs::create_dir_all(&shared).unwrap();
-    fs::write(shared.join("input"), "from the host\n").unwrap();
-    let marker = format!("rbuild-orphan-{}", std::process::id());
-    let mut s = spec(
-        &t.0,
-        &format!(
-            "cat /in/input; echo cached > /cache/out; echo x > /in/ro 2>/dev/null || echo read-only; df /scratch | tail -1 | grep -c tmpfs; (exec -a {marker} sleep 300 &) ; echo started"
-        ),
-    );
-    s.mounts = vec![
-        Mount::Bind {
-            source: shared.clone(),
-            target: "/in".into(),
-            readonly: true,
-        },
-        Mount::Bind {
-            source: shared.join("cache"),
-            target: "/cache".into(),
-            readonly: false,
-        },
-        Mount::Tmpfs {
-            target: "/scratch".into(),
-            size: 1 << 20,
-        },
-    ];
-    fs::create_dir_all(shared.join("cache")).unwrap();
-    let (code, out, err) = run(&s);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(out, "from the host\nread-only\n1\nstarted\n");
-    assert_eq!(
-        fs::read_to_string(shared.join("cache/out")).unwrap(),
-        "cached\n"
-    );
-    // The background sleep died with the step's PID namespace.
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let ps = std::process::Command::new("ps")
-        .args(["-eo", "args"])
-        .output()
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&ps.stdout).contains(&marker),
-        "a step process survived"
-    );
-    // Stubs for the mount points are gone again.
-    for p in ["in", "cache", "scratch"] {
-        assert!(!t.0.join(p).exists(), "/{p} left in the root");
+    for (name, rt) in runtimes(&t) {
+        eprintln!("runtime: {name}");
+        let shared = t.0.with_extension("shared");
+        fs::create_dir_all(&shared).unwrap();
+        fs::write(shared.join("input"), "from the host\n").unwrap();
+        let marker = format!("rbuild-orphan-{}", std::process::id());
+        let mut s = spec(
+            &t.0,
+            &format!(
+                "cat /in/input; echo cached > /cache/out; echo x > /in/ro 2>/dev/null || echo read-only; df /scratch | tail -1 | grep -c tmpfs; (exec -a {marker} sleep 300 &) ; echo started"
+            ),
+        );
+        s.mounts = vec![
+            Mount::Bind {
+                source: shared.clone(),
+                target: "/in".into(),
+                readonly: true,
+            },
+            Mount::Bind {
+                source: shared.join("cache"),
+                target: "/cache".into(),
+                readonly: false,
+            },
+            Mount::Tmpfs {
+                target: "/scratch".into(),
+                size: 1 << 20,
+            },
+        ];
+        fs::create_dir_all(shared.join("cache")).unwrap();
+        let (code, out, err) = run(rt.as_ref(), &s);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, "from the host\nread-only\n1\nstarted\n");
+        assert_eq!(
+            fs::read_to_string(shared.join("cache/out")).unwrap(),
+            "cached\n"
+        );
+        // The background sleep died with the step's PID namespace.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let ps = std::process::Command::new("ps")
+            .args(["-eo", "args"])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&ps.stdout).contains(&marker),
+            "a step process survived"
+        );
+        // Stubs for the mount points are gone again.
+        for p in ["in", "cache", "scratch"] {
+            assert!(!t.0.join(p).exists(), "/{p} left in the root");
+        }
+        let _ = fs::remove_dir_all(&shared);
     }
-    let _ = fs::remove_dir_all(&shared);
 }
 
 #[test]
@@ -274,22 +306,25 @@ fn seccomp_profile_refuses_what_docker_refuses() {
         return;
     }
     let t = busybox_root("seccomp");
-    // A user namespace needs no capability, only the profile stops it;
-    // personality(PER_LINUX32) is one of the values the profile allows.
-    let script = "grep '^Seccomp:' /proc/self/status; \
+    for (name, rt) in runtimes(&t) {
+        eprintln!("runtime: {name}");
+        // A user namespace needs no capability, only the profile stops it;
+        // personality(PER_LINUX32) is one of the values the profile allows.
+        let script = "grep '^Seccomp:' /proc/self/status; \
         unshare -U true 2>&1 && echo userns-created; \
         linux32 true && echo personality-allowed";
-    let (code, out, err) = run(&spec(&t.0, script));
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("Seccomp:\t2"), "a filter is installed: {out}");
-    assert!(out.contains("Operation not permitted"), "{out}");
-    assert!(!out.contains("userns-created"), "{out}");
-    assert!(out.contains("personality-allowed"), "{out}");
+        let (code, out, err) = run(rt.as_ref(), &spec(&t.0, script));
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("Seccomp:\t2"), "a filter is installed: {out}");
+        assert!(out.contains("Operation not permitted"), "{out}");
+        assert!(!out.contains("userns-created"), "{out}");
+        assert!(out.contains("personality-allowed"), "{out}");
 
-    let mut s = spec(&t.0, script);
-    s.insecure = true;
-    let (code, out, err) = run(&s);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("Seccomp:\t0"), "insecure has no filter: {out}");
-    assert!(out.contains("userns-created"), "{out}");
+        let mut s = spec(&t.0, script);
+        s.insecure = true;
+        let (code, out, err) = run(rt.as_ref(), &s);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("Seccomp:\t0"), "insecure has no filter: {out}");
+        assert!(out.contains("userns-created"), "{out}");
+    }
 }

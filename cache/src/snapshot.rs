@@ -97,7 +97,19 @@ pub struct Snapshotter {
     backend: Backend,
 }
 
+/// Whether [`abandon_own`] ran; mounts hold it shared, so that one in
+/// flight ends (and shows in mountinfo) before the cleanup looks, and none
+/// starts after it.
+static ABANDONED: std::sync::RwLock<bool> = std::sync::RwLock::new(false);
+
 fn mount_overlay(target: &Path, options: &str) -> io::Result<()> {
+    let abandoned = ABANDONED.read().unwrap_or_else(|e| e.into_inner());
+    if *abandoned {
+        return Err(io::Error::new(
+            io::ErrorKind::Interrupted,
+            "the build is being interrupted",
+        ));
+    }
     let src = CString::new("overlay").expect("no NUL");
     let tgt = CString::new(target.as_os_str().as_bytes()).map_err(io::Error::other)?;
     let opts = CString::new(options).map_err(io::Error::other)?;
@@ -672,8 +684,11 @@ impl Drop for MutableSnapshot {
 }
 
 /// Unmounts and removes the active snapshots of this process under the
-/// snapshot root `root` (for an interrupted build: Ctrl-C, SIGTERM).
+/// snapshot root `root` (for an interrupted build: Ctrl-C, SIGTERM), and
+/// refuses every later mount in this process.
 pub fn abandon_own(root: &Path) {
+    let mut abandoned = ABANDONED.write().unwrap_or_else(|e| e.into_inner());
+    *abandoned = true;
     let prefix = format!("{}-", std::process::id());
     let active = root.join("active");
     let Ok(entries) = fs::read_dir(&active) else {

@@ -13,7 +13,9 @@ use frontend::ignore::{PatternMatcher, ignore_file_for, read_ignore_file};
 use crate::cli::{BuildArgs, ProgressMode};
 use crate::commands::store::{human, state_root};
 use crate::sandbox::Network;
+use crate::sandbox::Runtime;
 use crate::sandbox::embedded::Embedded;
+use crate::sandbox::runc::Runc;
 use crate::solve::{BuildOptions, LocalImages, Progress, ProgressFormat, build};
 
 fn not_yet(flag: &str) -> anyhow::Error {
@@ -32,9 +34,6 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     }
     if args.check {
         return Err(not_yet("--check"));
-    }
-    if args.runtime == "runc" {
-        return Err(not_yet("--runtime runc"));
     }
     let outputs: Vec<crate::export::Output> = args
         .outputs
@@ -169,8 +168,12 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         _ => ProgressFormat::Plain,
     };
     let progress = Progress::new(format);
-    let runtime = Embedded::current().context("finding the rbuild binary for the sandbox")?;
-    let built = build(&store, &graph, &runtime, &options, &progress);
+    let runtime: Box<dyn Runtime> = if args.runtime == "runc" {
+        Box::new(Runc::find(&store_root.join("runc"))?)
+    } else {
+        Box::new(Embedded::current().context("finding the rbuild binary for the sandbox")?)
+    };
+    let built = build(&store, &graph, runtime.as_ref(), &options, &progress);
     progress.finish();
     let mut built = built?;
     if !labels.is_empty() {

@@ -26,19 +26,16 @@ use nix::unistd::{
     ForkResult, Gid, Uid, chdir, execve, fork, pivot_root, setgid, setgroups, sethostname, setuid,
 };
 
-use super::{Cancel, Mount, Network, RunSpec, Runtime, SandboxError, Stream};
+use super::{
+    Cancel, DEFAULT_CAPS, MASKED_PATHS, Mount, Network, Prepared, READONLY_PATHS, RunSpec, Runtime,
+    SandboxError, Stream, exit_code, stream_output,
+};
 
 /// The argument that makes rbuild act as the sandbox helper.
 pub const HELPER_ARG: &str = "__sandbox";
 
 /// The fd on which the helper reports setup errors.
 const ERROR_FD: i32 = 3;
-
-/// Docker's default capabilities (runc's default spec), by number
-/// (linux/capability.h): CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID,
-/// SETUID, SETPCAP, NET_BIND_SERVICE, NET_RAW, SYS_CHROOT, MKNOD,
-/// AUDIT_WRITE, SETFCAP.
-const DEFAULT_CAPS: [u32; 14] = [0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
 
 /// The highest capability this kernel knows.
 fn last_cap() -> u32 {
@@ -47,27 +44,6 @@ fn last_cap() -> u32 {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40)
 }
-
-/// Paths runc masks and makes read-only by default.
-const MASKED_PATHS: [&str; 9] = [
-    "/proc/acpi",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-];
-const READONLY_PATHS: [&str; 6] = [
-    "/proc/asound",
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
 
 /// The default runtime.
 #[derive(Debug, Clone)]
@@ -85,37 +61,6 @@ impl Embedded {
     }
 }
 
-/// The first path component of `target` (inside `rootfs`) that does not
-/// exist yet: a mount stub to remove after the run, as BuildKit does, so
-/// that mount points never end up in a layer.
-fn missing_stub(rootfs: &Path, target: &str) -> Option<PathBuf> {
-    let mut path = rootfs.to_path_buf();
-    for c in Path::new(target).components().skip(1) {
-        path.push(c);
-        if fs::symlink_metadata(&path).is_err() {
-            return Some(path);
-        }
-    }
-    None
-}
-
-/// Removes `path` if it is (only) empty files and directories.
-fn remove_empty_stub(path: &Path) {
-    let Ok(meta) = fs::symlink_metadata(path) else {
-        return;
-    };
-    if meta.is_dir() {
-        if let Ok(entries) = fs::read_dir(path) {
-            for e in entries.flatten() {
-                remove_empty_stub(&e.path());
-            }
-        }
-        let _ = fs::remove_dir(path);
-    } else if meta.is_file() && meta.len() == 0 {
-        let _ = fs::remove_file(path);
-    }
-}
-
 impl Runtime for Embedded {
     fn run(
         &self,
@@ -127,36 +72,9 @@ impl Runtime for Embedded {
             command: spec.args.join(" "),
             source,
         };
-        // /etc/hosts and /etc/resolv.conf come from files outside the root.
-        let etc = tempdir().map_err(spawn_err)?;
-        fs::write(etc.0.join("hosts"), &spec.hosts).map_err(spawn_err)?;
-        fs::write(etc.0.join("resolv.conf"), &spec.resolv_conf).map_err(spawn_err)?;
+        let prepared = Prepared::new(spec).map_err(spawn_err)?;
         let mut full = spec.clone();
-        let mut mounts = vec![
-            Mount::Bind {
-                source: etc.0.join("hosts"),
-                target: "/etc/hosts".into(),
-                readonly: true,
-            },
-            Mount::Bind {
-                source: etc.0.join("resolv.conf"),
-                target: "/etc/resolv.conf".into(),
-                readonly: true,
-            },
-        ];
-        mounts.extend(spec.mounts.iter().cloned());
-        full.mounts = mounts;
-        let stubs: Vec<PathBuf> = full
-            .mounts
-            .iter()
-            .map(|m| match m {
-                Mount::Bind { target, .. } | Mount::Tmpfs { target, .. } => target.as_str(),
-            })
-            // The working directory is not a stub: a created one stays, as
-            // runc creates it in BuildKit.
-            .chain(["/proc", "/dev", "/sys"])
-            .filter_map(|t| missing_stub(&spec.rootfs, t))
-            .collect();
+        full.mounts = prepared.mounts.clone();
 
         // Close-on-exec: a helper spawned for a parallel step must not hold
         // this step's pipe open (its reader would wait for that step).
@@ -190,83 +108,20 @@ impl Runtime for Embedded {
         stdin.write_all(&json).map_err(spawn_err)?;
         drop(stdin);
 
-        let (tx, rx) = std::sync::mpsc::channel::<(Stream, Vec<u8>)>();
-        let mut readers = Vec::new();
-        for (stream, pipe) in [
-            (
-                Stream::Stdout,
-                child
-                    .stdout
-                    .take()
-                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            ),
-            (
-                Stream::Stderr,
-                child
-                    .stderr
-                    .take()
-                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            ),
-        ] {
-            let Some(mut pipe) = pipe else { continue };
-            let tx = tx.clone();
-            readers.push(std::thread::spawn(move || {
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 || tx.send((stream, buf[..n].to_vec())).is_err() {
-                        break;
-                    }
-                }
-            }));
-        }
-        drop(tx);
-        let mut killed = false;
-        loop {
-            match rx.recv_timeout(std::time::Duration::from_millis(50)) {
-                Ok((stream, chunk)) => output(stream, &chunk),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-            if !killed && cancel.is_cancelled() {
-                // The helper is the step's parent (PR_SET_PDEATHSIG) and the
-                // PID namespace dies with its init: the whole step goes.
-                let _ = child.kill();
-                killed = true;
-            }
-        }
-        for r in readers {
-            let _ = r.join();
-        }
-        let status = child.wait().map_err(spawn_err)?;
+        // The helper is the step's parent (PR_SET_PDEATHSIG) and the PID
+        // namespace dies with its init: killing it ends the whole step.
+        let status = stream_output(&mut child, cancel, output, |c| {
+            let _ = c.kill();
+        })
+        .map_err(spawn_err)?;
         let mut setup_error = String::new();
         let _ = fs::File::from(err_read).read_to_string(&mut setup_error);
-        for stub in stubs {
-            remove_empty_stub(&stub);
-        }
+        drop(prepared);
         if !setup_error.is_empty() {
             return Err(SandboxError::Setup(setup_error.trim().to_string()));
         }
-        use std::os::unix::process::ExitStatusExt;
-        Ok(status
-            .code()
-            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+        Ok(exit_code(status))
     }
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempdir() -> io::Result<TempDir> {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let p = std::env::temp_dir().join(format!("rbuild-sandbox-{}-{n}", std::process::id()));
-    fs::create_dir_all(&p)?;
-    Ok(TempDir(p))
 }
 
 /// Reports a setup error to the parent and exits.

@@ -14,11 +14,15 @@
 
 #[cfg(target_os = "linux")]
 pub mod embedded;
+pub mod runc;
 #[cfg(target_os = "linux")]
 pub mod seccomp;
 pub mod user;
 
-use std::path::PathBuf;
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus};
 
 use serde::{Deserialize, Serialize};
 
@@ -168,4 +172,224 @@ pub fn resolv_conf(host: &str, network: Network) -> String {
         out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
     }
     out
+}
+
+/// Docker's default capabilities (runc's default spec), by number
+/// (linux/capability.h): CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID,
+/// SETUID, SETPCAP, NET_BIND_SERVICE, NET_RAW, SYS_CHROOT, MKNOD,
+/// AUDIT_WRITE, SETFCAP.
+pub const DEFAULT_CAPS: [u32; 14] = [0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
+
+/// Paths runc masks by default (an empty read-only tmpfs or /dev/null).
+pub const MASKED_PATHS: [&str; 9] = [
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+
+/// Paths runc makes read-only by default.
+pub const READONLY_PATHS: [&str; 6] = [
+    "/proc/asound",
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// What a run needs besides the command, made before it starts and undone
+/// when dropped: `/etc/hosts` and `/etc/resolv.conf` in a temporary
+/// directory, bound in ahead of the spec's own mounts, and the mount-point
+/// stubs that the run will create in the root and that must not end up in a
+/// layer.
+pub(crate) struct Prepared {
+    /// Every mount of the run: the two files, then the spec's.
+    pub mounts: Vec<Mount>,
+    stubs: Vec<PathBuf>,
+    _etc: TempDir,
+}
+
+impl Prepared {
+    pub(crate) fn new(spec: &RunSpec) -> io::Result<Prepared> {
+        let etc = TempDir::new("etc")?;
+        fs::write(etc.path.join("hosts"), &spec.hosts)?;
+        fs::write(etc.path.join("resolv.conf"), &spec.resolv_conf)?;
+        let mut mounts = vec![
+            Mount::Bind {
+                source: etc.path.join("hosts"),
+                target: "/etc/hosts".into(),
+                readonly: true,
+            },
+            Mount::Bind {
+                source: etc.path.join("resolv.conf"),
+                target: "/etc/resolv.conf".into(),
+                readonly: true,
+            },
+        ];
+        mounts.extend(spec.mounts.iter().cloned());
+        let stubs = mounts
+            .iter()
+            .map(Mount::target)
+            // The working directory is not a stub: a created one stays, as
+            // runc creates it in BuildKit.
+            .chain(["/proc", "/dev", "/sys"])
+            .filter_map(|t| missing_stub(&spec.rootfs, t))
+            .collect();
+        Ok(Prepared {
+            mounts,
+            stubs,
+            _etc: etc,
+        })
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        for stub in &self.stubs {
+            remove_empty_stub(stub);
+        }
+    }
+}
+
+impl Mount {
+    /// The absolute path inside the sandbox.
+    pub fn target(&self) -> &str {
+        match self {
+            Mount::Bind { target, .. } | Mount::Tmpfs { target, .. } => target,
+        }
+    }
+}
+
+/// The first path component of `target` (inside `rootfs`) that does not
+/// exist yet: a mount stub to remove after the run, as BuildKit does, so
+/// that mount points never end up in a layer.
+fn missing_stub(rootfs: &Path, target: &str) -> Option<PathBuf> {
+    let mut path = rootfs.to_path_buf();
+    for c in Path::new(target).components().skip(1) {
+        path.push(c);
+        if fs::symlink_metadata(&path).is_err() {
+            return Some(path);
+        }
+    }
+    None
+}
+
+/// Removes `path` if it is (only) empty files and directories.
+fn remove_empty_stub(path: &Path) {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return;
+    };
+    if meta.is_dir() {
+        if let Ok(entries) = fs::read_dir(path) {
+            for e in entries.flatten() {
+                remove_empty_stub(&e.path());
+            }
+        }
+        let _ = fs::remove_dir(path);
+    } else if meta.is_file() && meta.len() == 0 {
+        let _ = fs::remove_file(path);
+    }
+}
+
+/// A directory under the system's temporary directory, removed on drop
+/// and when rbuild is interrupted.
+pub(crate) struct TempDir {
+    pub path: PathBuf,
+    _hook: crate::interrupt::HookGuard,
+}
+
+impl TempDir {
+    pub(crate) fn new(what: &str) -> io::Result<TempDir> {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p =
+            std::env::temp_dir().join(format!("rbuild-sandbox-{what}-{}-{n}", std::process::id()));
+        fs::create_dir_all(&p)?;
+        let path = p.clone();
+        let hook = crate::interrupt::on_interrupt(move || {
+            let _ = fs::remove_dir_all(path);
+        });
+        Ok(TempDir {
+            path: p,
+            _hook: hook,
+        })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Streams a child's stdout and stderr to `output` as chunks arrive until
+/// both close, calls `kill` once if `cancel` is set meanwhile, and waits
+/// for the child.
+pub(crate) fn stream_output(
+    child: &mut Child,
+    cancel: &Cancel,
+    output: &mut dyn FnMut(Stream, &[u8]),
+    mut kill: impl FnMut(&mut Child),
+) -> io::Result<ExitStatus> {
+    let (tx, rx) = std::sync::mpsc::channel::<(Stream, Vec<u8>)>();
+    let pipes: [(Stream, Option<Box<dyn Read + Send>>); 2] = [
+        (
+            Stream::Stdout,
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+        (
+            Stream::Stderr,
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+    ];
+    let mut readers = Vec::new();
+    for (stream, pipe) in pipes {
+        let Some(mut pipe) = pipe else { continue };
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 || tx.send((stream, buf[..n].to_vec())).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(tx);
+    let mut killed = false;
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(50)) {
+            Ok((stream, chunk)) => output(stream, &chunk),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if !killed && cancel.is_cancelled() {
+            kill(child);
+            killed = true;
+        }
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    child.wait()
+}
+
+/// A command's exit code, 128+signal when a signal ended it.
+pub(crate) fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
