@@ -1,12 +1,13 @@
-//! Per-step RUN start overhead with the embedded runtime: `RUN true` in a
-//! busybox root, many times (goal: <= 5 ms). Needs root and busybox-static.
-//! `cargo bench -p builder --bench sandbox`.
+//! Per-step RUN start overhead: `RUN true` in a busybox root, many times,
+//! with the embedded runtime (goal: <= 5 ms) and, when installed, runc.
+//! Needs root and busybox-static. `cargo bench -p builder --bench sandbox`.
 
 use std::os::unix::fs::symlink;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use builder::sandbox::embedded::Embedded;
+use builder::sandbox::runc::Runc;
 use builder::sandbox::{Network, RunSpec, Runtime, default_hosts};
 
 fn main() {
@@ -42,10 +43,18 @@ fn main() {
         hosts: default_hosts("buildkitsandbox"),
         resolv_conf: String::new(),
     };
-    for (label, network) in [
+    let runc = Runc::find(&root.with_extension("runc")).ok();
+    let mut runtimes: Vec<(&str, &dyn Runtime)> = vec![("embedded", &runtime)];
+    if let Some(runc) = &runc {
+        runtimes.push(("runc", runc));
+    }
+    for ((label, network), (name, runtime)) in [
         ("host network", Network::Host),
         ("network none", Network::None),
-    ] {
+    ]
+    .into_iter()
+    .flat_map(|n| runtimes.iter().map(move |r| (n, *r)))
+    {
         let spec = RunSpec {
             network,
             ..spec.clone()
@@ -65,10 +74,11 @@ fn main() {
             .collect();
         times.sort_by(f64::total_cmp);
         println!(
-            "RUN true ({label}): median {:.2} ms, p90 {:.2} ms",
+            "RUN true, {name} ({label}): median {:.2} ms, p90 {:.2} ms",
             times[n / 2],
             times[n * 9 / 10]
         );
     }
     let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_dir_all(root.with_extension("runc"));
 }
