@@ -145,6 +145,14 @@ pub fn copy(req: &CopyRequest<'_>) -> Result<u64, CopyError> {
     if req.parents {
         return copy_parents(req);
     }
+    copy_sources(req, "")
+}
+
+/// Copies `req`'s sources. `--exclude` patterns match paths below each
+/// source relative to it (as BuildKit's copier walks a source: `COPY
+/// --exclude=*.log logs/ /x/` skips `logs/a.log`), prefixed with
+/// `exclude_base`; a source itself is never excluded.
+fn copy_sources(req: &CopyRequest<'_>, exclude_base: &str) -> Result<u64, CopyError> {
     let owner = match req.chown {
         None => Owner { uid: 0, gid: 0 },
         Some(spec) => {
@@ -187,7 +195,6 @@ pub fn copy(req: &CopyRequest<'_>) -> Result<u64, CopyError> {
     if let Some(m) = req.ignore {
         selected.retain(|p| !m.matches_or_parent_matches(p).unwrap_or(false));
     }
-    selected.retain(|p| !excludes.matches_or_parent_matches(p).unwrap_or(false));
     let total = selected.len() + req.contents.len();
     if total == 0 {
         return Err(CopyError::Invalid("no source files were specified".into()));
@@ -224,7 +231,11 @@ pub fn copy(req: &CopyRequest<'_>) -> Result<u64, CopyError> {
                 true,
             );
             make_dirs(req.dest_root, req.dest, owner)?;
-            n += copy_tree(&src, &dest_dir, rel, req, &excludes, owner, chmod.as_ref())?;
+            let walk = TreeWalk {
+                rel,
+                exclude_rel: exclude_base,
+            };
+            n += copy_tree(&src, &dest_dir, walk, req, &excludes, owner, chmod.as_ref())?;
             continue;
         }
         if req.add && req.unpack != Some(false) && is_archive(&src)? {
@@ -269,11 +280,13 @@ pub fn copy(req: &CopyRequest<'_>) -> Result<u64, CopyError> {
 fn copy_parents(req: &CopyRequest<'_>) -> Result<u64, CopyError> {
     let excludes =
         PatternMatcher::new(req.excludes).map_err(|e| CopyError::Invalid(e.to_string()))?;
-    let skipped = |rel: &str| {
+    let ignored = |rel: &str| {
         req.ignore
             .is_some_and(|m| m.matches_or_parent_matches(rel).unwrap_or(false))
-            || excludes.matches_or_parent_matches(rel).unwrap_or(false)
     };
+    // BuildKit walks from the pivot here: `--exclude` matches paths
+    // relative to it, the kept paths.
+    let excluded = |kept: &str| excludes.matches_or_parent_matches(kept).unwrap_or(false);
     let dest = req.dest.trim_end_matches('/');
     let mut n = 0;
     if !req.contents.is_empty() {
@@ -301,9 +314,6 @@ fn copy_parents(req: &CopyRequest<'_>) -> Result<u64, CopyError> {
             vec![rel]
         };
         for m in matches {
-            if skipped(&m) && has_glob(&clean) {
-                continue;
-            }
             let kept = if pivot.is_empty() {
                 m.as_str()
             } else {
@@ -311,6 +321,9 @@ fn copy_parents(req: &CopyRequest<'_>) -> Result<u64, CopyError> {
                     .map(|k| k.trim_start_matches('/'))
                     .unwrap_or(&m)
             };
+            if (ignored(&m) && has_glob(&clean)) || excluded(kept) {
+                continue;
+            }
             let path = resolve_in_root(req.source_root, Path::new(&m), true);
             let under = if path.is_dir() {
                 kept.to_string()
@@ -325,13 +338,16 @@ fn copy_parents(req: &CopyRequest<'_>) -> Result<u64, CopyError> {
             } else {
                 format!("{dest}/{under}/")
             };
-            n += copy(&CopyRequest {
-                sources: std::slice::from_ref(&m),
-                contents: &[],
-                dest: &target,
-                parents: false,
-                ..*req
-            })?;
+            n += copy_sources(
+                &CopyRequest {
+                    sources: std::slice::from_ref(&m),
+                    contents: &[],
+                    dest: &target,
+                    parents: false,
+                    ..*req
+                },
+                kept,
+            )?;
         }
     }
     Ok(n)
@@ -430,11 +446,29 @@ fn set_mtime(target: &Path, meta: &fs::Metadata) {
     }
 }
 
+/// Where a directory walk is: `rel` from the source root (what
+/// `.dockerignore` matches), `exclude_rel` from the copy's source (what
+/// `--exclude` matches).
+#[derive(Clone, Copy)]
+struct TreeWalk<'a> {
+    rel: &'a str,
+    exclude_rel: &'a str,
+}
+
+/// `parent/name`, or `name` under the root.
+fn join_rel(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
 /// Copies the contents of `src_dir` into `dest_dir`, links as links.
 fn copy_tree(
     src_dir: &Path,
     dest_dir: &Path,
-    rel: &str,
+    walk: TreeWalk<'_>,
     req: &CopyRequest<'_>,
     excludes: &PatternMatcher,
     owner: Owner,
@@ -448,20 +482,21 @@ fn copy_tree(
         .collect();
     names.sort();
     for name in names {
-        let child_rel = if rel.is_empty() {
-            name.to_string_lossy().into_owned()
-        } else {
-            format!("{rel}/{}", name.to_string_lossy())
-        };
+        let child_rel = join_rel(walk.rel, &name.to_string_lossy());
+        let child_exclude_rel = join_rel(walk.exclude_rel, &name.to_string_lossy());
         if req
             .ignore
             .is_some_and(|m| m.matches_or_parent_matches(&child_rel).unwrap_or(false))
             || excludes
-                .matches_or_parent_matches(&child_rel)
+                .matches_or_parent_matches(&child_exclude_rel)
                 .unwrap_or(false)
         {
             continue;
         }
+        let child = TreeWalk {
+            rel: &child_rel,
+            exclude_rel: &child_exclude_rel,
+        };
         let src = src_dir.join(&name);
         let dest = dest_dir.join(&name);
         let meta = fs::symlink_metadata(&src).map_err(io_err("reading", &src))?;
@@ -475,7 +510,7 @@ fn copy_tree(
                 }
                 Err(_) => fs::create_dir(&dest).map_err(io_err("creating", &dest))?,
             }
-            n += copy_tree(&src, &dest, &child_rel, req, excludes, owner, chmod)?;
+            n += copy_tree(&src, &dest, child, req, excludes, owner, chmod)?;
             std::os::unix::fs::lchown(&dest, Some(owner.uid), Some(owner.gid))
                 .map_err(io_err("changing owner of", &dest))?;
             let mode = chmod.map_or(meta.mode() & 0o7777, |c| c.apply(meta.mode(), true));
@@ -567,22 +602,28 @@ pub fn content_digest(
     let mut fresh = Vec::new();
     let excludes = PatternMatcher::new(excludes).map_err(|e| CopyError::Invalid(e.to_string()))?;
     let mut h = Sha256::new();
-    let skip = |rel: &str| {
-        ignore.is_some_and(|m| m.matches_or_parent_matches(rel).unwrap_or(false))
-            || excludes.matches_or_parent_matches(rel).unwrap_or(false)
+    // As in the copy: .dockerignore by path from the root, --exclude by
+    // path below each source.
+    let skip = |at: TreeWalk<'_>| {
+        ignore.is_some_and(|m| m.matches_or_parent_matches(at.rel).unwrap_or(false))
+            || (!at.exclude_rel.is_empty()
+                && excludes
+                    .matches_or_parent_matches(at.exclude_rel)
+                    .unwrap_or(false))
     };
     struct Walk<'a> {
         root: &'a Path,
-        skip: &'a dyn Fn(&str) -> bool,
+        skip: &'a dyn Fn(TreeWalk<'_>) -> bool,
         stat: Option<&'a StatCache<'a>>,
     }
     fn entry(
         h: &mut Sha256,
         w: &Walk<'_>,
         fresh: &mut Vec<(Vec<u8>, FileStamp, String)>,
-        rel: &str,
+        at: TreeWalk<'_>,
         follow: bool,
     ) -> Result<(), CopyError> {
+        let rel = at.rel;
         let root = w.root;
         let path = resolve_in_root(root, Path::new(rel), follow);
         let Ok(meta) = (if follow {
@@ -643,13 +684,14 @@ pub fn content_digest(
                 .collect();
             names.sort();
             for n in names {
-                let child = if rel.is_empty() {
-                    n
-                } else {
-                    format!("{rel}/{n}")
+                let child_rel = join_rel(rel, &n);
+                let child_exclude_rel = join_rel(at.exclude_rel, &n);
+                let child = TreeWalk {
+                    rel: &child_rel,
+                    exclude_rel: &child_exclude_rel,
                 };
-                if !(w.skip)(&child) {
-                    entry(h, w, fresh, &child, false)?;
+                if !(w.skip)(child) {
+                    entry(h, w, fresh, child, false)?;
                 }
             }
         }
@@ -669,8 +711,12 @@ pub fn content_digest(
             vec![rel]
         };
         for s in selected {
-            if !skip(&s) {
-                entry(&mut h, &walk, &mut fresh, &s, true)?;
+            let at = TreeWalk {
+                rel: &s,
+                exclude_rel: "",
+            };
+            if !skip(at) {
+                entry(&mut h, &walk, &mut fresh, at, true)?;
             }
         }
     }

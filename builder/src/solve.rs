@@ -969,13 +969,17 @@ fn run_node(
                     .iter()
                     .find(|(_, e)| *e == Edge::Source)
                     .map(|(n, _)| *n);
+                // --parents excludes by path from the pivot, not from each
+                // source: the key then hashes excluded files too (a spare
+                // miss at worst, never a missed change).
+                let key_excludes: &[String] = if file.parents { &[] } else { &file.excludes };
                 let source_key = match &file.from {
                     FileSource::Context => Some(
                         crate::copy::content_digest(
                             options.context,
                             options.ignore.as_ref(),
                             &file.sources,
-                            &file.excludes,
+                            key_excludes,
                             Some(stat),
                         )
                         .map_err(|e| where_(e.into()))?,
@@ -986,7 +990,7 @@ fn run_node(
                                 dir,
                                 None,
                                 &file.sources,
-                                &file.excludes,
+                                key_excludes,
                                 Some(stat),
                             )
                             .map_err(|e| where_(e.into()))?,

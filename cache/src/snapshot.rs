@@ -391,7 +391,7 @@ impl Snapshotter {
                     // Too many layers for one mount: flatten the chain.
                     let flat = active.join("flat");
                     for dir in lowers.iter().rev() {
-                        apply_overlay_dir(dir, &flat)?;
+                        apply_overlay_dir(dir, &flat, &mut HardLinks::new())?;
                     }
                     lowers = vec![flat];
                     options = overlay_options(&lowers, &upper, &work);
@@ -445,7 +445,11 @@ impl Snapshotter {
             Backend::Copy => copy_tree(&self.committed_dir(id).join("fs"), dest),
             Backend::Overlay => {
                 for c in self.chain(id)?.iter().rev() {
-                    apply_overlay_dir(&self.committed_dir(c).join("fs"), dest)?;
+                    apply_overlay_dir(
+                        &self.committed_dir(c).join("fs"),
+                        dest,
+                        &mut HardLinks::new(),
+                    )?;
                 }
                 Ok(())
             }
@@ -496,9 +500,18 @@ fn copy_tree(src: &Path, dest: &Path) -> Result<(), SnapshotError> {
     Ok(())
 }
 
+/// Files of one layer directory with more than one link, by (device,
+/// inode), and where their first name was copied to.
+type HardLinks = std::collections::HashMap<(u64, u64), PathBuf>;
+
 /// Applies one overlay-form layer directory onto a flat tree (char 0/0 =
-/// delete, opaque directory = replace the contents).
-fn apply_overlay_dir(layer: &Path, dest: &Path) -> Result<(), SnapshotError> {
+/// delete, opaque directory = replace the contents). Names of one file in
+/// the layer stay hard links of one file in the tree.
+fn apply_overlay_dir(
+    layer: &Path,
+    dest: &Path,
+    links: &mut HardLinks,
+) -> Result<(), SnapshotError> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     fs::create_dir_all(dest).map_err(io_err("creating", dest))?;
     for e in fs::read_dir(layer)
@@ -529,7 +542,18 @@ fn apply_overlay_dir(layer: &Path, dest: &Path) -> Result<(), SnapshotError> {
             if !target.exists() {
                 fs::create_dir(&target).map_err(io_err("creating", &target))?;
             }
-            apply_overlay_dir(&src, &target)?;
+            apply_overlay_dir(&src, &target, links)?;
+        } else if meta.is_file() && meta.nlink() > 1 {
+            match links.get(&(meta.dev(), meta.ino())) {
+                Some(first) => {
+                    fs::hard_link(first, &target).map_err(io_err("linking", &target))?;
+                    continue;
+                }
+                None => {
+                    copy_entry(&src, &target, &meta)?;
+                    links.insert((meta.dev(), meta.ino()), target.clone());
+                }
+            }
         } else {
             copy_entry(&src, &target, &meta)?;
         }
