@@ -196,11 +196,27 @@ fn copy_sources(req: &CopyRequest<'_>, exclude_base: &str) -> Result<u64, CopyEr
         selected.retain(|p| !m.matches_or_parent_matches(p).unwrap_or(false));
     }
     let total = selected.len() + req.contents.len();
+    if total == 0 && wildcard {
+        // A wildcard may match nothing (BuildKit allows empty wildcards);
+        // the destination directory is made all the same.
+        let dir = if req.dest.ends_with('/') {
+            req.dest.to_string()
+        } else {
+            Path::new(req.dest)
+                .parent()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        make_dirs(req.dest_root, &dir, Owner { uid: 0, gid: 0 }, 0o755)?;
+        return Ok(0);
+    }
     if total == 0 {
         return Err(CopyError::Invalid("no source files were specified".into()));
     }
+    // BuildKit counts the sources as written, not their matches: one
+    // wildcard may land on a file name (`COPY f*.go foo2.go`).
     let dest_is_dir_word = req.dest.ends_with('/');
-    if (total > 1 || wildcard) && !dest_is_dir_word {
+    if req.sources.len() + req.contents.len() > 1 && !dest_is_dir_word {
         // BuildKit accepts an existing directory too.
         let existing = resolve_in_root(
             req.dest_root,
@@ -230,7 +246,7 @@ fn copy_sources(req: &CopyRequest<'_>, exclude_base: &str) -> Result<u64, CopyEr
                 Path::new(req.dest.trim_start_matches('/')),
                 true,
             );
-            make_dirs(req.dest_root, req.dest, owner)?;
+            make_dirs(req.dest_root, req.dest, owner, new_dir_mode(req))?;
             let walk = TreeWalk {
                 rel,
                 exclude_rel: exclude_base,
@@ -244,7 +260,7 @@ fn copy_sources(req: &CopyRequest<'_>, exclude_base: &str) -> Result<u64, CopyEr
                 Path::new(req.dest.trim_start_matches('/')),
                 true,
             );
-            make_dirs(req.dest_root, req.dest, owner)?;
+            make_dirs(req.dest_root, req.dest, owner, new_dir_mode(req))?;
             let stats = cache::layer::unpack(
                 archive_reader(&src)?,
                 &dest_dir,
@@ -372,6 +388,7 @@ fn dest_path(req: &CopyRequest<'_>, base: &str) -> Result<PathBuf, CopyError> {
         req.dest_root,
         &format!("/{parent}"),
         Owner { uid: 0, gid: 0 },
+        new_dir_mode(req),
     )?;
     let parent_path = resolve_in_root(req.dest_root, Path::new(&parent), true);
     let name = Path::new(&target_rel)
@@ -380,8 +397,18 @@ fn dest_path(req: &CopyRequest<'_>, base: &str) -> Result<PathBuf, CopyError> {
     Ok(parent_path.join(name))
 }
 
-/// `mkdir -p` inside the root; new directories get `owner`, mode 0755.
-fn make_dirs(root: &Path, dir: &str, owner: Owner) -> Result<(), CopyError> {
+/// The mode of directories a copy creates: an octal `--chmod`'s (as
+/// BuildKit: `COPY --chmod=777 f /parent/f` makes `/parent` 0777), else
+/// 0755.
+fn new_dir_mode(req: &CopyRequest<'_>) -> u32 {
+    match req.chmod.map(Chmod::parse) {
+        Some(Ok(Chmod::Octal(mode))) => mode,
+        _ => 0o755,
+    }
+}
+
+/// `mkdir -p` inside the root; new directories get `owner` and `mode`.
+fn make_dirs(root: &Path, dir: &str, owner: Owner, mode: u32) -> Result<(), CopyError> {
     let mut rel = PathBuf::new();
     for c in Path::new(dir.trim_start_matches('/')).components() {
         rel.push(c);
@@ -396,9 +423,9 @@ fn make_dirs(root: &Path, dir: &str, owner: Owner) -> Result<(), CopyError> {
             }
             Err(_) => {
                 fs::create_dir(&path).map_err(io_err("creating", &path))?;
-                fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
-                    .map_err(io_err("changing mode of", &path))?;
                 let _ = std::os::unix::fs::lchown(&path, Some(owner.uid), Some(owner.gid));
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                    .map_err(io_err("changing mode of", &path))?;
             }
         }
     }

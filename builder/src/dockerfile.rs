@@ -59,12 +59,18 @@ pub fn named_contexts(specs: &[String]) -> anyhow::Result<BTreeSet<String>> {
     Ok(out)
 }
 
-/// Reads `-f` (default `CONTEXT/Dockerfile`) and plans it with the flags.
+/// Reads `-f` (default `CONTEXT/Dockerfile`, or `CONTEXT/dockerfile` when
+/// only that exists, as BuildKit) and plans it with the flags.
 pub fn load(context: &Path, args: &BuildGraphArgs) -> anyhow::Result<Loaded> {
-    let path = args
-        .file
-        .clone()
-        .unwrap_or_else(|| context.join("Dockerfile"));
+    let path = args.file.clone().unwrap_or_else(|| {
+        let default = context.join("Dockerfile");
+        let lower = context.join("dockerfile");
+        if !default.exists() && lower.exists() {
+            lower
+        } else {
+            default
+        }
+    });
     let text = read_dockerfile(&path)?;
     let name = if path == Path::new("-") {
         "Dockerfile".to_string()

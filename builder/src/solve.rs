@@ -593,7 +593,7 @@ fn run_node(
         progress,
         layer_options: _,
         ref host_resolv,
-        ref created,
+        created: _,
         ref cancel,
         ref secret_dir,
         ref stat,
@@ -641,8 +641,8 @@ fn run_node(
             },
             OpKind::Image { reference, .. } => {
                 let (id, started) = progress.start(&op.name);
-                let d =
-                    import_image(store, &options.aliases, reference, created).map_err(where_)?;
+                let d = import_image(store, &options.aliases, reference, options.epoch)
+                    .map_err(where_)?;
                 progress.done(id, started);
                 d
             }
@@ -654,9 +654,12 @@ fn run_node(
             OpKind::Mkdir { path } => {
                 let (id, started) = progress.start(&op.name);
                 let mut d = base.ok_or_else(|| anyhow!("WORKDIR without a parent"))?;
-                let key = step_key(
-                    serde_json::json!({"v": 1, "layers": layer_key(options), "op": "mkdir", "parent": d.key, "path": path}),
-                );
+                // The directories WORKDIR creates belong to the current USER.
+                let user = d.image.config.config.user.clone().unwrap_or_default();
+                let key = step_key(serde_json::json!({
+                    "v": 2, "layers": layer_key(options), "op": "mkdir",
+                    "parent": d.key, "path": path, "user": user,
+                }));
                 let step = cached_step(
                     ctx,
                     &key,
@@ -664,14 +667,33 @@ fn run_node(
                     d.snapshot.as_deref(),
                     (id, started),
                     |m| {
+                        let root = m.root();
+                        let mut missing = Vec::new();
+                        let mut prefix = PathBuf::new();
+                        for c in Path::new(path.trim_start_matches('/')).components() {
+                            prefix.push(c);
+                            let dir = cache::layer::resolve_in_root(&root, &prefix, true);
+                            if std::fs::symlink_metadata(&dir).is_err() {
+                                missing.push(dir);
+                            }
+                        }
                         let dir = cache::layer::resolve_in_root(
-                            &m.root(),
+                            &root,
                             Path::new(path.trim_start_matches('/')),
                             true,
                         );
                         std::fs::create_dir_all(&dir)
                             .with_context(|| format!("creating {path}"))
                             .map_err(where_)?;
+                        if !user.is_empty() && !missing.is_empty() {
+                            let owner = crate::sandbox::user::resolve(&root, &user)
+                                .map_err(|e| where_(anyhow!(e)))?;
+                            for dir in &missing {
+                                std::os::unix::fs::lchown(dir, Some(owner.uid), Some(owner.gid))
+                                    .with_context(|| format!("changing the owner of {path}"))
+                                    .map_err(where_)?;
+                            }
+                        }
                         Ok(())
                     },
                 )?;
@@ -730,6 +752,37 @@ fn run_node(
                         let user = crate::sandbox::user::resolve(&root, &exec.user)
                             .map_err(|e| where_(anyhow!(e)))?;
                         let mut mounts = Vec::new();
+                        // Heredocs run as files (`RUN <<EOF` with a shebang):
+                        // written outside the root, bound in read-only.
+                        let inline_dir = if exec.inline_files.is_empty() {
+                            None
+                        } else {
+                            Some(
+                                crate::sandbox::TempDir::new("inline")
+                                    .context("making a directory for RUN heredocs")
+                                    .map_err(where_)?,
+                            )
+                        };
+                        for (i, file) in exec.inline_files.iter().enumerate() {
+                            let dir = inline_dir.as_ref().expect("made above");
+                            let host = dir.path.join(i.to_string());
+                            std::fs::write(&host, &file.data)
+                                .and_then(|()| {
+                                    std::fs::set_permissions(
+                                        &host,
+                                        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(
+                                            file.mode,
+                                        ),
+                                    )
+                                })
+                                .with_context(|| format!("writing the heredoc {}", file.path))
+                                .map_err(where_)?;
+                            mounts.push(Mount::Bind {
+                                source: host,
+                                target: file.path.clone(),
+                                readonly: true,
+                            });
+                        }
                         let mut views = Vec::new();
                         // Cache-mount locks (sharing=locked|private), held for the run.
                         let mut locks = Vec::new();
@@ -817,10 +870,21 @@ fn run_node(
                                 }),
                                 MountType::Cache => {
                                     let id = mount.id.clone().unwrap_or_default();
+                                    let owner = (mount.uid.is_some()
+                                        || mount.gid.is_some()
+                                        || mount.mode.is_some())
+                                    .then(|| {
+                                        (
+                                            mount.uid.unwrap_or(0),
+                                            mount.gid.unwrap_or(0),
+                                            mount.mode.unwrap_or(0o755),
+                                        )
+                                    });
                                     let (dir, lock) = cache_mount_dir(
                                         &store.root.join("cache-mounts"),
                                         &id,
                                         mount.sharing.unwrap_or(Sharing::Shared),
+                                        owner,
                                     )?;
                                     locks.extend(lock);
                                     if mount.from.is_some() {
@@ -1171,6 +1235,7 @@ fn cache_mount_dir(
     root: &Path,
     id: &str,
     sharing: Sharing,
+    new_owner: Option<(u32, u32, u32)>,
 ) -> anyhow::Result<(PathBuf, Option<std::fs::File>)> {
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     let name = hex_name(id);
@@ -1197,7 +1262,26 @@ fn cache_mount_dir(
             }
         }
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    if !dir.exists() {
+        // A new cache starts with the mount's uid, gid and mode (BuildKit
+        // makes it from a scratch directory with them); later uses keep
+        // whatever the steps left.
+        let tmp = PathBuf::from(format!("{}.new-{}", dir.display(), std::process::id()));
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        if let Some((uid, gid, mode)) = new_owner {
+            std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
+                .with_context(|| format!("changing the owner of {}", tmp.display()))?;
+            std::fs::set_permissions(
+                &tmp,
+                <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(mode),
+            )
+            .with_context(|| format!("changing the mode of {}", tmp.display()))?;
+        }
+        // Another build may have made it meanwhile: theirs stays.
+        if std::fs::rename(&tmp, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+    }
     Ok((dir, lock))
 }
 
@@ -1278,7 +1362,7 @@ fn import_image(
     store: &Store,
     aliases: &crate::images::Aliases,
     reference: &str,
-    created: &str,
+    epoch: Option<i64>,
 ) -> anyhow::Result<Done> {
     let Some(img) = crate::images::find_with(&store.blobs, aliases, reference)? else {
         bail!(
@@ -1304,11 +1388,14 @@ fn import_image(
         store.index.set_snapshot_for_chain(&chain, &snap.id)?;
         parent = Some(snap.id);
     }
-    let _ = created;
+    // Times from here on: SOURCE_DATE_EPOCH when set (BuildKit stamps the
+    // image and every new history entry with it); else the base's until a
+    // step has one, so a cached rebuild keeps its image id.
+    let created = epoch.map(rfc3339).or_else(|| config.created.clone());
     Ok(Done {
         snapshot: parent,
         layers: manifest.layers,
-        image: ImageState::new(Some(config.clone()), config.created.clone()),
+        image: ImageState::new(Some(config.clone()), created),
         key: Some(format!("image {}", img.manifest.digest)),
     })
 }

@@ -687,7 +687,12 @@ impl Compiler<'_> {
                         .map_err(&bad)?;
                     let dest_word = env.expand(lex, &files.dest).map_err(&bad)?;
                     let mut dest = crate::stage::resolve_path(&env.workdir, &dest_word);
-                    if dest_word.ends_with('/') && !dest.ends_with('/') {
+                    // `.`, empty and `dir/` name a directory (BuildKit adds
+                    // the slash), which matters where it does not exist yet
+                    // (`COPY --link f .` starts from scratch).
+                    let names_dir =
+                        dest_word.is_empty() || dest_word == "." || dest_word.ends_with('/');
+                    if names_dir && !dest.ends_with('/') {
                         dest.push('/');
                     }
                     // Heredoc-only copies read nothing.

@@ -552,7 +552,13 @@ fn plan_instructions(
                 .filter(|v| !v.is_empty())
                 .map(str::to_string)
         });
-    let source_date_epoch = epoch_value.and_then(|v| v.parse::<i64>().ok());
+    let source_date_epoch = match epoch_value {
+        None => None,
+        Some(v) => Some(
+            v.parse::<i64>()
+                .map_err(|_| PlanError::Options(format!("invalid SOURCE_DATE_EPOCH: {v}")))?,
+        ),
+    };
 
     // Stages, their names and bases (a base is only an earlier stage).
     let mut stages: Vec<Stage> = Vec::new();
@@ -1015,6 +1021,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.source_date_epoch, Some(42));
+        let mut args = BTreeMap::new();
+        args.insert(
+            "SOURCE_DATE_EPOCH".to_string(),
+            "not-a-timestamp".to_string(),
+        );
+        let e = plan_of(
+            "FROM scratch\n",
+            PlanOptions {
+                build_args: args,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "invalid SOURCE_DATE_EPOCH: not-a-timestamp");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `USER` resolution against a root filesystem's `/etc/passwd` and
 //! `/etc/group`: `name`, `uid`, `name:group`, `uid:gid`. Without a group,
-//! the user's primary group and the groups that list the user apply.
+//! the user's primary group and the groups that list the user apply. The
+//! primary group always leads the supplementary groups (CVE-2023-25173).
 
 use std::path::Path;
 
@@ -96,7 +97,7 @@ pub fn resolve(rootfs: &Path, spec: &str) -> Result<User, String> {
             Ok(User {
                 uid,
                 gid,
-                additional_gids: Vec::new(),
+                additional_gids: vec![gid],
                 home,
             })
         }
@@ -112,6 +113,9 @@ pub fn resolve(rootfs: &Path, spec: &str) -> Result<User, String> {
             };
             additional.sort_unstable();
             additional.dedup();
+            // The primary group is a supplementary group too
+            // (CVE-2023-25173, as containerd and BuildKit).
+            additional.insert(0, gid);
             Ok(User {
                 uid,
                 gid,
@@ -145,7 +149,7 @@ mod tests {
             User {
                 uid: 0,
                 gid: 0,
-                additional_gids: vec![],
+                additional_gids: vec![0],
                 home: "/root".into()
             }
         );
@@ -154,7 +158,7 @@ mod tests {
             User {
                 uid: 1000,
                 gid: 1001,
-                additional_gids: vec![10, 999],
+                additional_gids: vec![1001, 10, 999],
                 home: "/home/app".into()
             }
         );
@@ -164,7 +168,7 @@ mod tests {
             User {
                 uid: 1000,
                 gid: 5,
-                additional_gids: vec![],
+                additional_gids: vec![5],
                 home: "/home/app".into()
             }
         );
@@ -173,7 +177,7 @@ mod tests {
             User {
                 uid: 4242,
                 gid: 0,
-                additional_gids: vec![],
+                additional_gids: vec![0],
                 home: "/".into()
             }
         );

@@ -1,0 +1,803 @@
+//! BuildKit's behaviours, case by case (../shared/notes/buildkit-behaviours.md
+//! lists them with the upstream test that checks each; the case names here
+//! are those tests'). Every case is a small Dockerfile built for real on a
+//! busybox base image made once; the checks read the exported files, the
+//! image config or the error. All failing cases are reported together.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Output;
+
+use common::{is_root, rbuild, tmp};
+use serde_json::{Value, json};
+
+/// What a case checks after a successful build.
+enum Check {
+    /// An exported file's exact content.
+    File(&'static str, &'static str),
+    /// An exported file contains this text.
+    Contains(&'static str, &'static str),
+    /// Not in the export.
+    Missing(&'static str),
+    /// Permission bits (07777) of an exported path.
+    Mode(&'static str, u32),
+    /// Owner and group of an exported path.
+    Owner(&'static str, u32, u32),
+    /// A JSON pointer into `rbuild inspect`'s `Config` (the image config).
+    Config(&'static str, Value),
+    /// The build's plain progress contains this text.
+    Log(&'static str),
+}
+
+struct Case {
+    /// The upstream test that checks the behaviour.
+    name: &'static str,
+    dockerfile: String,
+    /// Context files (path, content); directories are made as needed.
+    files: Vec<(&'static str, &'static str)>,
+    /// Context symlinks (path, target).
+    links: Vec<(&'static str, &'static str)>,
+    /// Extra build flags.
+    flags: Vec<&'static str>,
+    /// The Dockerfile's name in the context (`-f` when not `Dockerfile`).
+    dockerfile_name: &'static str,
+    /// Checks after success, or the text the error must contain.
+    expect: Result<Vec<Check>, &'static str>,
+}
+
+fn case(name: &'static str, dockerfile: &str) -> Case {
+    Case {
+        name,
+        dockerfile: dockerfile.to_string(),
+        files: Vec::new(),
+        links: Vec::new(),
+        flags: Vec::new(),
+        dockerfile_name: "Dockerfile",
+        expect: Ok(Vec::new()),
+    }
+}
+
+impl Case {
+    fn files(mut self, files: &[(&'static str, &'static str)]) -> Case {
+        self.files.extend_from_slice(files);
+        self
+    }
+    fn links(mut self, links: &[(&'static str, &'static str)]) -> Case {
+        self.links.extend_from_slice(links);
+        self
+    }
+    fn flags(mut self, flags: &[&'static str]) -> Case {
+        self.flags.extend_from_slice(flags);
+        self
+    }
+    fn named(mut self, name: &'static str) -> Case {
+        self.dockerfile_name = name;
+        self
+    }
+    fn checks(mut self, checks: Vec<Check>) -> Case {
+        self.expect = Ok(checks);
+        self
+    }
+    fn fails(mut self, message: &'static str) -> Case {
+        self.expect = Err(message);
+        self
+    }
+}
+
+/// The base every case builds on (`FROM bb`): busybox, users and groups.
+const BASE: &str = r#"FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN mkdir -m 1777 /tmp \
+ && printf 'root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/usr/sbin:/bin/false\nuser:x:1000:1000::/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > /etc/passwd \
+ && printf 'root:x:0:\ndaemon:x:1:\nuser:x:1000:\nextra:x:2000:user,daemon\nnogroup:x:65534:\n' > /etc/group
+"#;
+
+fn cases() -> Vec<Case> {
+    use Check::*;
+    vec![
+        // 1. Parsing, directives, errors
+        case(
+            "testDockerfileInvalidInstruction",
+            "FROM bb\nFNTRYPOINT [\"/bin/sh\", \"-c\", \"echo x\"]\n",
+        )
+        .fails("unknown instruction: FNTRYPOINT (did you mean ENTRYPOINT?)"),
+        case(
+            "testInvalidJSONCommands/run",
+            "FROM bb\nRUN [\"echo\",\"hello\"]this is invalid\n",
+        )
+        .fails("did not complete successfully"),
+        case(
+            "testInvalidJSONCommands/entrypoint",
+            "FROM bb\nENTRYPOINT []random string\n",
+        )
+        .checks(vec![Config(
+            "/config/Entrypoint",
+            json!(["/bin/sh", "-c", "[]random string"]),
+        )]),
+        case("testEmptyStages", "ARG foo=bar\n").fails("dockerfile contains no stages to build"),
+        case("testDockerfileLowercase", "FROM bb\nRUN echo lower > /out\n")
+            .named("dockerfile")
+            .checks(vec![File("out", "lower\n")]),
+        case(
+            "testSymlinkedDockerfile",
+            "FROM bb\nRUN echo linked > /out\n",
+        )
+        .named("Dockerfile.web")
+        .links(&[("Dockerfile", "Dockerfile.web")])
+        .checks(vec![File("out", "linked\n")]),
+        case(
+            "testDockerfileInvalidCommand",
+            "FROM bb\nRUN invalidcmd\n",
+        )
+        .fails("process \"/bin/sh -c invalidcmd\" did not complete successfully: exit code: 127"),
+        case(
+            "testStepNames",
+            "FROM bb AS base\nRUN echo base > /base\nFROM scratch\nCOPY --from=base --chmod=0644 /base /out\n",
+        )
+        .checks(vec![
+            Log("[base 2/2] RUN echo base > /base"),
+            Log("[stage-1 1/1] COPY --from=base --chmod=0644 /base /out"),
+            Mode("out", 0o644),
+        ]),
+        // 2. FROM, stages, targets
+        case(
+            "testGlobalArg",
+            "ARG tag=nosuchtag\nFROM bb:${tag}\nRUN echo ok > /out\n",
+        )
+        .flags(&["--build-arg", "tag=latest"])
+        .checks(vec![File("out", "ok\n")]),
+        case(
+            "testGlobalArgErrors",
+            "ARG FOO\nARG BAR=${FOO:?\"custom error\"}\nFROM bb\n",
+        )
+        .fails("FOO: custom error"),
+        case(
+            "testMultiStageCaseInsensitive",
+            "FROM bb AS STAge0\nRUN echo foo > /foo\nFROM bb AS staGE1\nCOPY --from=staGE0 /foo /bar\nFROM bb\nRUN exit 1\n",
+        )
+        .flags(&["--target", "Stage1"])
+        .checks(vec![File("bar", "foo\n")]),
+        case(
+            "testOutOfOrderStage",
+            "FROM bb AS first\nCOPY --from=second /x /x\nFROM bb AS second\nRUN touch /x\nFROM first\n",
+        )
+        .fails("needs to be defined before current stage"),
+        case("testTargetMistype", "FROM bb AS build\nRUN true\n")
+            .flags(&["--target", "bulid"])
+            .fails("target stage \"bulid\" could not be found (did you mean build?)"),
+        case(
+            "testMultiStageImplicitFrom",
+            "FROM scratch\nCOPY --from=bb /bin/busybox /busybox\n",
+        )
+        .checks(vec![Mode("busybox", 0o755)]),
+        case(
+            "testHTTPDockerfile/from-index",
+            "FROM bb\nRUN echo zero > /z\nFROM scratch\nCOPY --from=0 /z /z\n",
+        )
+        .checks(vec![File("z", "zero\n")]),
+        // 3. ARG and build args
+        case(
+            "testMultiArgs",
+            "FROM bb\nARG a1=\"foo bar\" a2=box\nARG a3=\"$a2-foo\"\nRUN echo \"$a1|$a2|$a3\" > /out\n",
+        )
+        .checks(vec![File("out", "foo bar|box|box-foo\n")]),
+        case(
+            "testBuiltinArgs",
+            "FROM bb\nARG FOO\nRUN echo \"$http_proxy|$NO_PROXY|[$FOO]\" > /out\n",
+        )
+        .flags(&["--build-arg", "http_proxy=http://proxy:3128", "--build-arg", "NO_PROXY=local"])
+        .checks(vec![File("out", "http://proxy:3128|local|[]\n")]),
+        case(
+            "testEmptyStringArgInEnv",
+            "FROM bb\nARG BAR=\nARG FOO\nRUN env > /env\n",
+        )
+        .checks(vec![Contains("env", "\nBAR=\n")]),
+        case(
+            "testEmptyStringArgInEnv/unset",
+            "FROM bb\nARG FOO\nRUN env | grep -c '^FOO' > /count || true\n",
+        )
+        .checks(vec![File("count", "0\n")]),
+        case(
+            "testDefaultEnvWithArgs",
+            "FROM bb\nARG my_arg\nENV my_arg=\"${my_arg:-def_val}\"\nENV my_trimmed_arg=\"${my_arg%%e*}\"\nRUN echo \"$my_arg $my_trimmed_arg\" > /out\n",
+        )
+        .flags(&["--build-arg", "my_arg=other_val"])
+        .checks(vec![File("out", "other_val oth\n")]),
+        case(
+            "testEnvEmptyFormatting",
+            "FROM bb\nENV myenv foo%sbar\nRUN [ \"$myenv\" = 'foo%sbar' ]\n",
+        )
+        .checks(vec![Config(
+            "/config/Env/1",
+            json!("myenv=foo%sbar"),
+        )]),
+        // 4. Image config
+        case("testDockerfileScratchConfig", "FROM scratch\nENV foo=bar\n").checks(vec![
+            Config(
+                "/config/Env",
+                json!([
+                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    "foo=bar"
+                ]),
+            ),
+            Config("/os", json!("linux")),
+            Config("/architecture", json!("amd64")),
+            Config("/rootfs/diff_ids", json!([])),
+            Config("/history/0/created_by", json!("ENV foo=bar")),
+            Config("/history/0/empty_layer", json!(true)),
+        ]),
+        case("testLabels", "FROM bb\nLABEL from=file\n")
+            .flags(&["--label", "from=cli2", "--label", "extra=1"])
+            .checks(vec![Config(
+                "/config/Labels",
+                json!({"extra": "1", "from": "cli2"}),
+            )]),
+        case(
+            "testExposeExpansion",
+            "FROM bb\nARG PORTS=\"3000 4000/udp\"\nEXPOSE $PORTS\nEXPOSE 5000\n",
+        )
+        .checks(vec![Config(
+            "/config/ExposedPorts",
+            json!({"3000/tcp": {}, "4000/udp": {}, "5000/tcp": {}}),
+        )]),
+        case(
+            "testExportedHistory",
+            "FROM bb\nEXPOSE 5000 1234/udp 2375\nWORKDIR /w\nLABEL a=b\n",
+        )
+        .checks(vec![
+            Config("/history/0/created_by", json!("COPY busybox /bin/busybox # buildkit")),
+            Config("/history/3/created_by", json!("EXPOSE [1234/udp 2375/tcp 5000/tcp]")),
+            Config("/history/3/empty_layer", json!(true)),
+            Config("/history/4/created_by", json!("WORKDIR /w")),
+            Config("/history/5/created_by", json!("LABEL a=b")),
+        ]),
+        case(
+            "testUser",
+            "FROM bb\nUSER daemon\nRUN id > /tmp/daemon\nUSER 1000:extra\nRUN id > /tmp/mixed\nUSER nobody\n",
+        )
+        .checks(vec![
+            File("tmp/daemon", "uid=1(daemon) gid=1(daemon) groups=1(daemon),2000(extra)\n"),
+            File("tmp/mixed", "uid=1000(user) gid=2000(extra) groups=2000(extra)\n"),
+            Config("/config/User", json!("nobody")),
+        ]),
+        case(
+            "testUserAdditionalGids",
+            "FROM bb\nUSER 1234\nRUN id > /tmp/uid\nUSER 1234:1234\nRUN id > /tmp/uidgid\n",
+        )
+        .checks(vec![
+            File("tmp/uid", "uid=1234 gid=0(root) groups=0(root)\n"),
+            File("tmp/uidgid", "uid=1234 gid=1234 groups=1234\n"),
+        ]),
+        case("testWorkdirCreatesDir", "FROM bb\nWORKDIR /foo\n")
+            .checks(vec![Mode("foo", 0o755)]),
+        case("testWorkdirUser", "FROM bb\nUSER daemon\nWORKDIR /mydir\n")
+            .checks(vec![Owner("mydir", 1, 1)]),
+        case(
+            "testWorkdirExists",
+            "FROM bb\nRUN mkdir /mydir && chown daemon:daemon /mydir\nWORKDIR /mydir\n",
+        )
+        .checks(vec![Owner("mydir", 1, 1)]),
+        case(
+            "testCopyRelative",
+            "FROM bb\nWORKDIR /test1\nWORKDIR test2\nRUN pwd > /p1\nWORKDIR ..\nRUN pwd > /p2\n",
+        )
+        .checks(vec![File("p1", "/test1/test2\n"), File("p2", "/test1\n")]),
+        // 5. CMD, ENTRYPOINT, SHELL
+        case(
+            "testCmdShell/entrypoint",
+            "FROM bb AS base\nCMD [\"test\"]\nFROM base\nSHELL [\"ls\"]\nENTRYPOINT my entrypoint\n",
+        )
+        .checks(vec![
+            Config("/config/Entrypoint", json!(["ls", "my entrypoint"])),
+            Config("/config/Cmd", Value::Null),
+        ]),
+        case(
+            "testIgnoreEntrypoint",
+            "FROM bb\nENTRYPOINT [\"/nosuchcmd\"]\nRUN [\"ls\"]\n",
+        ),
+        case(
+            "testRunFakeHeredoc",
+            "FROM bb\nSHELL [\"/bin/awk\"]\nRUN <<EOF\nBEGIN { print \"foo\" > \"/dest\" }\nEOF\n",
+        )
+        .checks(vec![File("dest", "foo\n")]),
+        // 6. Heredocs
+        case(
+            "testRunBasicHeredoc",
+            "FROM bb\nRUN <<EOF\necho i am > /dest\necho here >> /dest\nEOF\n",
+        )
+        .checks(vec![File("dest", "i am\nhere\n")]),
+        case(
+            "testRunShebangHeredoc",
+            "FROM bb\nRUN <<EOF\n#!/bin/awk -f\nBEGIN { print \"hello\" > \"/dest\" }\nEOF\nRUN <<-EOF\n\t#!/bin/awk -f\n\tBEGIN { print \"tabs\" > \"/dest2\" }\nEOF\n",
+        )
+        .checks(vec![File("dest", "hello\n"), File("dest2", "tabs\n")]),
+        case(
+            "testRunComplexHeredoc",
+            "FROM bb\nRUN cat <<EOF1 | tr '[:lower:]' '[:upper:]' > /dest1 && cat <<EOF2 > /dest2\nfoo\nEOF1\nbar\nEOF2\nRUN 3<<IN1 4<<IN2 cat /proc/self/fd/3 /proc/self/fd/4 > /dest3\nin1\nIN1\nin2\nIN2\n",
+        )
+        .checks(vec![
+            File("dest1", "FOO\n"),
+            File("dest2", "bar\n"),
+            File("dest3", "in1\nin2\n"),
+        ]),
+        case(
+            "testCopyHeredoc",
+            "FROM bb\nCOPY <<EOF <<EOF2 /dir/\nfoo\nEOF\nbar\nEOF2\nCOPY --chmod=777 --chown=user:user <<EOF /x\nx\nEOF\n",
+        )
+        .checks(vec![
+            File("dir/EOF", "foo\n"),
+            File("dir/EOF2", "bar\n"),
+            Mode("x", 0o777),
+            Owner("x", 1000, 1000),
+        ]),
+        case(
+            "testCopyHeredocSpecialSymbols",
+            "FROM scratch\nCOPY <<EOF /unquoted\na\\\n\\\\\n\\$\nEOF\nCOPY <<\"EOF\" /quoted\na\\\n\\\\\n\\$\nEOF\n",
+        )
+        .checks(vec![
+            File("unquoted", "a\n\\\n$\n"),
+            File("quoted", "a\\\n\\\\\n\\$\n"),
+        ]),
+        case(
+            "testHeredocIndent",
+            "FROM bb\nCOPY <<EOF /kept\n\tfoo\nEOF\nCOPY <<-EOF /stripped\n\tfoo\nEOF\nRUN <<-EOF sh > /run\n\techo run\nEOF\n",
+        )
+        .checks(vec![
+            File("kept", "\tfoo\n"),
+            File("stripped", "foo\n"),
+            File("run", "run\n"),
+        ]),
+        case(
+            "testHeredocVarSubstitution",
+            "FROM bb\nARG name=world\nCOPY <<EOF /a\nhello ${name} \"${name}\"\nEOF\nCOPY <<'EOF' /b\nhello ${name}\nEOF\nRUN <<EOF\nname=shell\necho \"hi $name\" > /c\nEOF\n",
+        )
+        .checks(vec![
+            File("a", "hello world \"world\"\n"),
+            File("b", "hello ${name}\n"),
+            File("c", "hi shell\n"),
+        ]),
+        case(
+            "testOnBuildHeredoc",
+            "FROM bb AS parent\nONBUILD RUN <<EOF\necho from-onbuild > /dest\nEOF\nFROM parent\n",
+        )
+        .checks(vec![File("dest", "from-onbuild\n")]),
+        // 7. RUN --mount
+        case(
+            "testMountContext",
+            "FROM bb\nRUN --mount=target=/context cat /context/foo > /out\n",
+        )
+        .files(&[("foo", "contents0")])
+        .checks(vec![File("out", "contents0")]),
+        case(
+            "testMountTmpfs",
+            "FROM bb\nRUN --mount=type=tmpfs,target=/t,size=128m mount | grep ' /t ' > /m && touch /t/gone\n",
+        )
+        .checks(vec![Contains("m", "size=131072k")]),
+        case("testMountInvalid/flag", "FROM bb\nRUN --mont=target=/x true\n")
+            .fails("unknown flag: --mont (did you mean mount?)"),
+        case("testMountInvalid/key", "FROM bb\nRUN --mount=typ=tmpfs,target=/x true\n")
+            .fails("unexpected key 'typ'"),
+        case("testMountInvalid/type", "FROM bb\nRUN --mount=type=tmp,target=/x true\n")
+            .fails("unsupported mount type \"tmp\" (did you mean tmpfs?)"),
+        case(
+            "testMountFromError",
+            "FROM bb AS a\nFROM bb\nARG src=a\nRUN --mount=from=$src,target=/a true\n",
+        )
+        .fails("'from' doesn't support variable expansion, define alias stage instead"),
+        case(
+            "testCacheMountUser",
+            "FROM bb\nRUN --mount=type=cache,target=/c,uid=1000,gid=1000,mode=0750 stat -c '%u %g %a' /c > /out\n",
+        )
+        .checks(vec![File("out", "1000 1000 750\n")]),
+        case(
+            "testCacheMountDefaultID",
+            "FROM bb\nRUN --mount=type=cache,target=/shared echo one > /shared/f\nRUN --mount=type=cache,target=/shared cat /shared/f > /out\nRUN --mount=type=cache,target=/other ls /other | wc -l > /count\n",
+        )
+        .checks(vec![File("out", "one\n"), File("count", "0\n")]),
+        case(
+            "testMountEnvVar",
+            "FROM bb\nENV SOME_PATH=/mnt/t\nARG MNT_TYPE=tmpfs\nRUN --mount=type=$MNT_TYPE,target=$SOME_PATH mount | grep -c ' /mnt/t ' > /out\n",
+        )
+        .checks(vec![File("out", "1\n")]),
+        // 8. RUN --network, --security
+        case(
+            "testRunNoNetwork",
+            "FROM bb\nRUN --network=none ls /sys/class/net > /net\n",
+        )
+        .checks(vec![File("net", "lo\n")]),
+        case(
+            "testRunSecurityInsecure/denied",
+            "FROM bb\nRUN --security=insecure true\n",
+        )
+        .fails("security.insecure"),
+        case(
+            "testRunSecuritySandbox",
+            "FROM bb\nRUN --security=sandbox grep CapBnd /proc/self/status > /caps\n",
+        )
+        .checks(vec![File("caps", "CapBnd:\t00000000a80425fb\n")]),
+        // 9. COPY
+        case(
+            "testDockerfileCopyFromArgs",
+            "FROM bb\nARG FOO=bb\nCOPY --from=$FOO /bin/busybox /x\n",
+        )
+        .fails("variable expansion is not supported for --from"),
+        case(
+            "testEmptyDestDir",
+            "FROM bb\nENV empty=\"\"\nWORKDIR /w\nCOPY testfile $empty\nWORKDIR /l\nCOPY --link testfile $empty\n",
+        )
+        .files(&[("testfile", "t")])
+        .checks(vec![File("w/testfile", "t"), File("l/testfile", "t")]),
+        case("testPreserveDestDirSlash", "FROM bb\nCOPY testfile /sample/\n")
+            .files(&[("testfile", "t")])
+            .checks(vec![File("sample/testfile", "t")]),
+        case(
+            "testCopyLinkDotDestDir",
+            "FROM bb\nWORKDIR /var/www\nCOPY --link testfile .\n",
+        )
+        .files(&[("testfile", "t")])
+        .checks(vec![File("var/www/testfile", "t")]),
+        case(
+            "testCopyChownExistingDir",
+            "FROM bb\nRUN mkdir /existing && chown daemon:daemon /existing\nCOPY dir/ /existing/\nCOPY dir/ /created/\n",
+        )
+        .files(&[("dir/f", "f")])
+        .checks(vec![
+            Owner("existing", 1, 1),
+            Owner("created", 0, 0),
+            Owner("existing/f", 0, 0),
+        ]),
+        case("testEmptyWildcard", "FROM bb\nCOPY foo nomatch* /\n")
+            .files(&[("foo", "foo")])
+            .checks(vec![File("foo", "foo")]),
+        case(
+            "testCopyChownCreateDest",
+            "FROM bb\nARG group=extra\nENV owner=user\nCOPY --chown=${owner}:${group} foo /new/dir/foo\n",
+        )
+        .files(&[("foo", "x")])
+        .checks(vec![Owner("new/dir/foo", 1000, 2000)]),
+        case(
+            "testCopyChown",
+            "FROM bb\nCOPY --chown=daemon foo /daemon\nCOPY --chown=1000:nogroup foo /mixed\nCOPY --chown=user dir /d/\n",
+        )
+        .files(&[("foo", "x"), ("dir/a/b", "b")])
+        .checks(vec![
+            Owner("daemon", 1, 1),
+            Owner("mixed", 1000, 65534),
+            Owner("d/a/b", 1000, 1000),
+            Owner("d/a", 1000, 1000),
+        ]),
+        case(
+            "testCopyChmod",
+            "FROM bb\nARG mode=0644\nCOPY --chmod=0 foo /zero\nCOPY --chmod=${mode} foo /arg\nCOPY --chmod=777 foo /parent/foo\nCOPY --chmod=770 foo /parent/sub/foo\n",
+        )
+        .files(&[("foo", "x")])
+        .checks(vec![
+            Mode("zero", 0),
+            Mode("arg", 0o644),
+            Mode("parent/foo", 0o777),
+            Mode("parent", 0o777),
+            Mode("parent/sub", 0o770),
+        ]),
+        case(
+            "testChmodNonOctal",
+            "FROM bb\nCOPY --chmod=go-w f /a\nCOPY --chmod=u=rw,g=r,o=r f /b\nCOPY --chmod=a+X d /c/\nCOPY --chmod=u+rw,g+r,o-x,o+w f /e\n",
+        )
+        .files(&[("f", "x"), ("d/x", "x")])
+        .checks(vec![
+            Mode("a", 0o644),
+            Mode("b", 0o644),
+            Mode("c/x", 0o644),
+            Mode("e", 0o646),
+        ]),
+        case("testCopyInvalidChmod", "FROM bb\nCOPY --chmod=64a foo /x\n")
+            .files(&[("foo", "x")])
+            .fails("invalid chmod parameter: '64a'. it should be octal string and between 0 and 07777"),
+        case(
+            "testCopyOverrideFiles",
+            "FROM bb\nCOPY sub /dest\nCOPY sub /dest\nCOPY foo /file\nCOPY foo /file\n",
+        )
+        .files(&[("sub/x", "x"), ("foo", "foo")])
+        .checks(vec![File("dest/x", "x"), File("file", "foo")]),
+        case(
+            "testCopyVarSubstitution",
+            "FROM bb\nENV FOO=bar\nCOPY $FOO baz\n",
+        )
+        .files(&[("bar", "bar-content")])
+        .checks(vec![File("baz", "bar-content")]),
+        case(
+            "testCopyWildcards",
+            "FROM bb\nCOPY *.go /gofiles/\nCOPY f*.go /single.go\nCOPY sub/* /subdest/\nCOPY sub/*/dir2/foo /subdest2/\nCOPY sub/dir1/. /dot/\n",
+        )
+        .files(&[
+            ("foo.go", "foo"),
+            ("bar.go", "bar"),
+            ("sub/dir1/dir2/foo", "deep"),
+            ("sub/file", "file"),
+        ])
+        .checks(vec![
+            File("gofiles/foo.go", "foo"),
+            File("gofiles/bar.go", "bar"),
+            File("single.go", "foo"),
+            File("subdest/dir2/foo", "deep"),
+            File("subdest/file", "file"),
+            File("subdest2/foo", "deep"),
+            File("dot/dir2/foo", "deep"),
+        ]),
+        case(
+            "testCopyRelative/dest",
+            "FROM bb\nWORKDIR /test1/test2\nCOPY foo ../rel\nCOPY foo ./here\n",
+        )
+        .files(&[("foo", "x")])
+        .checks(vec![File("test1/rel", "x"), File("test1/test2/here", "x")]),
+        case("testCopyUnicodePath", "FROM bb\nCOPY test%C3%A4.txt ä+.txt /\n")
+            .files(&[("test%C3%A4.txt", "a"), ("ä+.txt", "b")])
+            .checks(vec![File("test%C3%A4.txt", "a"), File("ä+.txt", "b")]),
+        case(
+            "testCopyThroughSymlinkContext",
+            "FROM bb\nCOPY link/foo /foo\n",
+        )
+        .files(&[("sub/foo", "via-link")])
+        .links(&[("link", "sub")])
+        .checks(vec![File("foo", "via-link")]),
+        case(
+            "testCopyThroughSymlinkMultiStage",
+            "FROM bb AS st\nRUN mkdir /real && echo deep > /real/foo && ln -s /real /abs && ln -s real /rel\nFROM scratch\nCOPY --from=st /abs/foo /a\nCOPY --from=st /rel/foo /b\n",
+        )
+        .checks(vec![File("a", "deep\n"), File("b", "deep\n")]),
+        case("testCopySymlinks", "FROM scratch\nCOPY link /copied\nCOPY l* /wild/\n")
+            .files(&[("target", "content")])
+            .links(&[("link", "target")])
+            .checks(vec![File("copied", "content"), File("wild/link", "content")]),
+        case(
+            "testSymlinkDestination",
+            "FROM bb\nRUN mkdir -p /tmp/symlink-target && ln -s ../tmp/symlink-target /symlink\nCOPY foo /symlink/\n",
+        )
+        .files(&[("foo", "x")])
+        .checks(vec![File("tmp/symlink-target/foo", "x")]),
+        case(
+            "testWorkdirCopyIgnoreRelative",
+            "FROM bb AS base\nWORKDIR /w\nRUN echo root > /file && echo wd > /w/file\nFROM scratch\nCOPY --from=base file /out\n",
+        )
+        .checks(vec![File("out", "root\n")]),
+        case(
+            "testExcludedFilesOnCopy",
+            "FROM scratch AS builder1\nCOPY --exclude=*/*.png --exclude=*/*.jpeg . /1\nFROM scratch AS builder3\nADD --exclude=*.mp3 dir3/ /3/\nFROM scratch AS builder4\nCOPY --exclude=*.mp3 --exclude=*.png dir* /4/\nFROM scratch AS builder6\nADD --exclude=* dir* /6\nFROM scratch\nCOPY --from=builder1 / /b1\nCOPY --from=builder3 / /b3\nCOPY --from=builder4 / /b4\nCOPY --from=builder6 / /b6\n",
+        )
+        .files(&[
+            ("dir1/file-101.png", "2"),
+            ("dir1/file-102.txt", "3"),
+            ("dir3/file-301.mp3", "9"),
+            ("dir3/file-302.mpeg", "10"),
+        ])
+        .checks(vec![
+            Missing("b1/1/dir1/file-101.png"),
+            File("b1/1/dir1/file-102.txt", "3"),
+            File("b1/1/dir3/file-301.mp3", "9"),
+            Missing("b3/3/file-301.mp3"),
+            File("b3/3/file-302.mpeg", "10"),
+            Missing("b4/4/file-101.png"),
+            File("b4/4/file-102.txt", "3"),
+            Missing("b4/4/file-301.mp3"),
+            Mode("b6/6", 0o755),
+            Missing("b6/6/file-102.txt"),
+        ]),
+        // 11. ONBUILD
+        case(
+            "testOnBuildCleared",
+            "FROM bb AS parent\nONBUILD RUN echo x >> /count\nFROM parent AS child\nFROM child\n",
+        )
+        .checks(vec![File("count", "x\n"), Config("/config/OnBuild", Value::Null)]),
+        case(
+            "testOnBuildInheritedStageWithFrom",
+            "FROM bb AS src\nRUN echo from-src > /s\nFROM bb AS parent\nONBUILD COPY --from=src /s /copied\nFROM parent\n",
+        )
+        .checks(vec![File("copied", "from-src\n")]),
+        // 12. .dockerignore
+        case("testDockerignore", "FROM scratch\nCOPY . .\n")
+            .files(&[
+                ("foo", "foo"),
+                ("bar", "bar"),
+                ("baz", "baz"),
+                ("bay", "bay"),
+                (".dockerignore", "ba*\n!bay\nDockerfile\n.dockerignore\n"),
+            ])
+            .checks(vec![
+                File("foo", "foo"),
+                File("bay", "bay"),
+                Missing("bar"),
+                Missing("baz"),
+                Missing("Dockerfile"),
+                Missing(".dockerignore"),
+            ]),
+        case("testDockerignoreInvalid", "FROM scratch\nCOPY . .\n")
+            .files(&[(".dockerignore", "!\n")])
+            .fails(".dockerignore"),
+        case("testDockerignoreOverride", "FROM scratch\nCOPY . .\n")
+            .named("Dockerfile2")
+            .files(&[
+                ("foo", "foo"),
+                ("bar", "bar"),
+                (".dockerignore", "foo\n"),
+                ("Dockerfile2.dockerignore", "bar\n"),
+            ])
+            .checks(vec![File("foo", "foo"), Missing("bar")]),
+        case("testCopyIgnoredFiles", "FROM scratch\nCOPY ignored /x\n")
+            .files(&[("ignored", "x"), (".dockerignore", "ignored\n")])
+            .fails("not found"),
+        // 17. SOURCE_DATE_EPOCH
+        case("testSourceDateEpochDockerfileDefaultInvalid", "FROM bb\n")
+            .flags(&["--build-arg", "SOURCE_DATE_EPOCH=not-a-timestamp"])
+            .fails("invalid SOURCE_DATE_EPOCH: not-a-timestamp"),
+        case(
+            "testSourceDateEpochWithoutExporter",
+            "FROM bb\nRUN echo x > /x\nENV a=b\n",
+        )
+        .flags(&["--build-arg", "SOURCE_DATE_EPOCH=1700000000"])
+        .checks(vec![
+            Config("/created", json!("2023-11-14T22:13:20Z")),
+            Config("/history/3/created", json!("2023-11-14T22:13:20Z")),
+            Config("/history/4/created", json!("2023-11-14T22:13:20Z")),
+        ]),
+        case(
+            "testSourceDateEpochDockerfileDefault",
+            "ARG SOURCE_DATE_EPOCH=1234567890\nFROM bb\nENV a=b\n",
+        )
+        .checks(vec![Config("/created", json!("2009-02-13T23:31:30Z"))]),
+    ]
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs one case; what went wrong, if anything.
+fn run_case(root: &Path, dir: &Path, i: usize, c: &Case) -> Result<(), String> {
+    let ctx = dir.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    std::fs::write(ctx.join(c.dockerfile_name), &c.dockerfile).unwrap();
+    for (path, content) in &c.files {
+        let p = ctx.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    for (path, target) in &c.links {
+        std::os::unix::fs::symlink(target, ctx.join(path)).unwrap();
+    }
+    let out = dir.join("out");
+    let tag = format!("case{i}");
+    let mut args: Vec<String> = [
+        "build",
+        "--progress",
+        "plain",
+        "-t",
+        &tag,
+        "-o",
+        &format!("type=local,dest={}", out.display()),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // A Dockerfile under another name needs -f, unless `Dockerfile` links to it.
+    let found = ["Dockerfile", "dockerfile"].contains(&c.dockerfile_name)
+        || c.links.iter().any(|(path, _)| *path == "Dockerfile");
+    if !found {
+        args.push("-f".into());
+        args.push(ctx.join(c.dockerfile_name).display().to_string());
+    }
+    args.extend(c.flags.iter().map(|f| f.to_string()));
+    args.push(ctx.display().to_string());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = rbuild(root, &argv);
+    let log = text(&o);
+    let checks = match &c.expect {
+        Err(message) => {
+            if o.status.success() {
+                return Err(format!("built, but should fail with {message:?}"));
+            }
+            if o.status.code() != Some(1) {
+                return Err(format!("exit {:?}: {log}", o.status.code()));
+            }
+            if !log.contains(message) {
+                return Err(format!("error lacks {message:?}: {log}"));
+            }
+            return Ok(());
+        }
+        Ok(checks) => checks,
+    };
+    if !o.status.success() {
+        return Err(format!("build failed: {log}"));
+    }
+    let mut config: Option<Value> = None;
+    let mut problems = Vec::new();
+    for check in checks {
+        let problem = match check {
+            Check::File(p, want) => match std::fs::read_to_string(out.join(p)) {
+                Ok(got) if got == *want => None,
+                Ok(got) => Some(format!("{p}: {got:?}, want {want:?}")),
+                Err(e) => Some(format!("{p}: {e}")),
+            },
+            Check::Contains(p, want) => match std::fs::read_to_string(out.join(p)) {
+                Ok(got) if got.contains(want) => None,
+                Ok(got) => Some(format!("{p}: {got:?} lacks {want:?}")),
+                Err(e) => Some(format!("{p}: {e}")),
+            },
+            Check::Missing(p) => std::fs::symlink_metadata(out.join(p))
+                .is_ok()
+                .then(|| format!("{p} should not exist")),
+            Check::Mode(p, want) => match std::fs::symlink_metadata(out.join(p)) {
+                Ok(m) if m.mode() & 0o7777 == *want => None,
+                Ok(m) => Some(format!("{p}: mode {:o}, want {want:o}", m.mode() & 0o7777)),
+                Err(e) => Some(format!("{p}: {e}")),
+            },
+            Check::Owner(p, uid, gid) => match std::fs::symlink_metadata(out.join(p)) {
+                Ok(m) if (m.uid(), m.gid()) == (*uid, *gid) => None,
+                Ok(m) => Some(format!(
+                    "{p}: owner {}:{}, want {uid}:{gid}",
+                    m.uid(),
+                    m.gid()
+                )),
+                Err(e) => Some(format!("{p}: {e}")),
+            },
+            Check::Config(pointer, want) => {
+                let config = config.get_or_insert_with(|| {
+                    let o = rbuild(root, &["inspect", &tag]);
+                    serde_json::from_slice::<Value>(&o.stdout).unwrap()["Config"].clone()
+                });
+                let got = config.pointer(pointer).cloned().unwrap_or(Value::Null);
+                (got != *want).then(|| format!("config {pointer}: {got}, want {want}"))
+            }
+            Check::Log(want) => (!log.contains(want)).then(|| format!("log lacks {want:?}")),
+        };
+        problems.extend(problem);
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+#[test]
+fn buildkit_behaviours() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("behaviours");
+    let root = t.0.join("state");
+    let base = t.0.join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::copy("/bin/busybox", base.join("busybox")).unwrap();
+    std::fs::write(base.join("Dockerfile"), BASE).unwrap();
+    let o = rbuild(&root, &["build", "-q", "-t", "bb", base.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let only = std::env::var("RBUILD_CASE").ok();
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for (i, c) in cases().iter().enumerate() {
+        if only.as_deref().is_some_and(|n| !c.name.contains(n)) {
+            continue;
+        }
+        ran += 1;
+        let dir = t.0.join(format!("case{i}"));
+        if let Err(e) = run_case(&root, &dir, i, c) {
+            failures.push(format!("{} (case{i}): {e}", c.name));
+        }
+    }
+    assert!(ran > 0, "no case matches RBUILD_CASE");
+    assert!(
+        failures.is_empty(),
+        "{} of {ran} behaviours differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
