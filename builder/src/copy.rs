@@ -261,12 +261,13 @@ fn copy_sources(req: &CopyRequest<'_>, exclude_base: &str) -> Result<u64, CopyEr
                 true,
             );
             make_dirs(req.dest_root, req.dest, owner, new_dir_mode(req))?;
-            let stats = cache::layer::unpack(
-                archive_reader(&src)?,
-                &dest_dir,
-                &cache::layer::UnpackOptions::default(),
-            )
-            .map_err(|e| CopyError::Invalid(format!("extracting {rel}: {e}")))?;
+            // --chown owns every extracted entry; else the archive's owners.
+            let options = cache::layer::UnpackOptions {
+                owner: req.chown.map(|_| (owner.uid, owner.gid)),
+                ..cache::layer::UnpackOptions::default()
+            };
+            let stats = cache::layer::unpack(archive_reader(&src)?, &dest_dir, &options)
+                .map_err(|e| CopyError::Invalid(format!("extracting {rel}: {e}")))?;
             n += stats.entries;
             continue;
         }

@@ -70,6 +70,8 @@ pub struct BuildOptions<'a> {
     pub network: Network,
     /// `--allow security.insecure`.
     pub allow_insecure: bool,
+    /// `--allow network.host`.
+    pub allow_network_host: bool,
     /// Layer compression.
     pub compression: Compression,
     /// SOURCE_DATE_EPOCH, for config and history times.
@@ -658,7 +660,7 @@ fn run_node(
                 let user = d.image.config.config.user.clone().unwrap_or_default();
                 let key = step_key(serde_json::json!({
                     "v": 2, "layers": layer_key(options), "op": "mkdir",
-                    "parent": d.key, "path": path, "user": user,
+                    "parent": d.key, "path": path, "user": user, "epoch": options.epoch,
                 }));
                 let step = cached_step(
                     ctx,
@@ -694,6 +696,20 @@ fn run_node(
                                     .map_err(where_)?;
                             }
                         }
+                        // With SOURCE_DATE_EPOCH the new directories carry
+                        // its time (BuildKit: mkdir's created time), so the
+                        // layer is the same on every build.
+                        if let Some(epoch) = options.epoch {
+                            let t = std::time::UNIX_EPOCH
+                                + std::time::Duration::from_secs(epoch.max(0) as u64);
+                            let times = std::fs::FileTimes::new().set_accessed(t).set_modified(t);
+                            for dir in missing.iter().rev() {
+                                std::fs::File::open(dir)
+                                    .and_then(|f| f.set_times(times))
+                                    .with_context(|| format!("setting the time of {path}"))
+                                    .map_err(where_)?;
+                            }
+                        }
                         Ok(())
                     },
                 )?;
@@ -710,6 +726,15 @@ fn run_node(
                 if exec.security == Security::Insecure && !options.allow_insecure {
                     return Err(where_(anyhow!(
                         "RUN --security=insecure needs --allow security.insecure"
+                    )));
+                }
+                // The host network is the default here too, but asking for
+                // it is an entitlement, as in BuildKit.
+                if exec.network == frontend::instructions::Network::Host
+                    && !options.allow_network_host
+                {
+                    return Err(where_(anyhow!(
+                        "RUN --network=host needs --allow network.host (entitlement network.host is not allowed)"
                     )));
                 }
                 // Per mount, the cache key of its `from=` stage or image.

@@ -29,6 +29,12 @@ enum Check {
     Config(&'static str, Value),
     /// The build's plain progress contains this text.
     Log(&'static str),
+    /// ... or does not.
+    NoLog(&'static str),
+    /// The length of an array in the image config.
+    Count(&'static str, usize),
+    /// The image id equals the first build's (in a rebuild's checks).
+    SameImage,
 }
 
 struct Case {
@@ -45,6 +51,15 @@ struct Case {
     dockerfile_name: &'static str,
     /// Checks after success, or the text the error must contain.
     expect: Result<Vec<Check>, &'static str>,
+    /// More context preparation (archives and the like), in the context dir.
+    setup: Option<fn(&Path)>,
+    /// The image's tag (default `caseN`), for later cases to build on.
+    tag: Option<&'static str>,
+    /// A second build after the first succeeded: its extra flags and checks
+    /// (its own log; files from its export).
+    rebuild: Option<(Vec<&'static str>, Vec<Check>)>,
+    /// A change to the context before the second build.
+    before_rebuild: Option<fn(&Path)>,
 }
 
 fn case(name: &'static str, dockerfile: &str) -> Case {
@@ -56,6 +71,10 @@ fn case(name: &'static str, dockerfile: &str) -> Case {
         flags: Vec::new(),
         dockerfile_name: "Dockerfile",
         expect: Ok(Vec::new()),
+        setup: None,
+        tag: None,
+        rebuild: None,
+        before_rebuild: None,
     }
 }
 
@@ -84,6 +103,32 @@ impl Case {
         self.expect = Err(message);
         self
     }
+    fn setup(mut self, setup: fn(&Path)) -> Case {
+        self.setup = Some(setup);
+        self
+    }
+    fn tag(mut self, tag: &'static str) -> Case {
+        self.tag = Some(tag);
+        self
+    }
+    fn before_rebuild(mut self, change: fn(&Path)) -> Case {
+        self.before_rebuild = Some(change);
+        self
+    }
+    fn rebuild(mut self, flags: &[&'static str], checks: Vec<Check>) -> Case {
+        self.rebuild = Some((flags.to_vec(), checks));
+        self
+    }
+}
+
+/// Runs `sh -c script` in `dir` (test setup; panics on failure).
+fn sh(dir: &Path, script: &str) {
+    let o = std::process::Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{script}: {}", text(&o));
 }
 
 /// The base every case builds on (`FROM bb`): busybox, users and groups.
@@ -646,6 +691,173 @@ fn cases() -> Vec<Case> {
             "ARG SOURCE_DATE_EPOCH=1234567890\nFROM bb\nENV a=b\n",
         )
         .checks(vec![Config("/created", json!("2009-02-13T23:31:30Z"))]),
+        // Second batch: stages, args, history, ADD archives, caching.
+        case(
+            "testExportedHistoryFlattenArgs",
+            "FROM bb\nARG foo=bar\nARG bar=123\nARG foo=bar2\nRUN ls /etc/ > /dev/null\n",
+        )
+        .checks(vec![
+            Config("/history/3/created_by", json!("ARG foo=bar")),
+            Config("/history/4/created_by", json!("ARG bar=123")),
+            Config("/history/5/created_by", json!("ARG foo=bar2")),
+            Config(
+                "/history/6/created_by",
+                json!("RUN |2 foo=bar2 bar=123 /bin/sh -c ls /etc/ > /dev/null # buildkit"),
+            ),
+        ]),
+        case(
+            "testArgDefaultExpansion",
+            "FROM bb\nARG FOO\nARG BAR=${FOO:?\"foo missing\"}\nRUN echo $BAR > /bar\n",
+        )
+        .fails("FOO: foo missing"),
+        case(
+            "testArgDefaultExpansion/given",
+            "FROM bb\nARG FOO\nARG BAR=${FOO:?\"foo missing\"}\nRUN echo $BAR > /bar\n",
+        )
+        .flags(&["--build-arg", "FOO=given"])
+        .checks(vec![File("bar", "given\n")]),
+        case(
+            "testTargetStageNameArg",
+            "FROM bb AS mystage\nRUN echo \"[$TARGETSTAGE]\" > /before\nARG TARGETSTAGE\nRUN echo $TARGETSTAGE > /after\n",
+        )
+        .checks(vec![File("before", "[]\n"), File("after", "mystage\n")]),
+        case(
+            "testPlatformArgsImplicit",
+            "FROM bb AS stage-linux\nRUN echo linux > /os\nFROM stage-$TARGETOS\nARG TARGETPLATFORM\nRUN echo $TARGETPLATFORM > /platform\n",
+        )
+        .checks(vec![File("os", "linux\n"), File("platform", "linux/amd64\n")]),
+        case(
+            "testMultiStageImplicitFrom/stage-hides-image",
+            "FROM scratch AS bb\nCOPY foo /foo\nFROM scratch\nCOPY --from=bb /foo /bar\n",
+        )
+        .files(&[("foo", "from-stage")])
+        .checks(vec![File("bar", "from-stage"), Missing("bin")]),
+        case(
+            "testDefaultShellAndPath",
+            "FROM scratch\nENTRYPOINT foo bar\n",
+        )
+        .checks(vec![
+            Config("/config/Entrypoint", json!(["/bin/sh", "-c", "foo bar"])),
+            Config(
+                "/config/Env",
+                json!(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]),
+            ),
+        ]),
+        case("testRunHostNetwork/denied", "FROM bb\nRUN --network=host true\n")
+            .fails("network.host"),
+        case(
+            "testRunHostNetwork/allowed",
+            "FROM bb\nRUN --network=host ls /sys/class/net | grep -c . > /count\n",
+        )
+        .flags(&["--allow", "network.host"]),
+        case(
+            "testPullScratch/base",
+            "FROM scratch\nLABEL base=label\n",
+        )
+        .tag("scratch-label"),
+        case(
+            "testPullScratch",
+            "FROM scratch-label\nLABEL own=label\nCOPY foo /foo\n",
+        )
+        .files(&[("foo", "x")])
+        .checks(vec![
+            Config("/config/Labels", json!({"base": "label", "own": "label"})),
+            Count("/rootfs/diff_ids", 1),
+        ]),
+        case(
+            "testDockerfileAddArchive",
+            "FROM scratch\nADD t.tar /plain/\nADD t.tar.gz /gz/\nADD --unpack=false t.tar /kept/\nCOPY t.tar /copied/\n",
+        )
+        .setup(|ctx| sh(ctx, "mkdir -p a && echo in-tar > a/f && tar -cf t.tar a && gzip -k t.tar && rm -r a"))
+        .checks(vec![
+            File("plain/a/f", "in-tar\n"),
+            File("gz/a/f", "in-tar\n"),
+            Mode("kept/t.tar", 0o644),
+            Mode("copied/t.tar", 0o644),
+            Missing("kept/a"),
+        ]),
+        case(
+            "testDockerfileAddChownArchive",
+            "FROM scratch\nADD --chown=100:200 t.tar /out/\n",
+        )
+        .setup(|ctx| sh(ctx, "mkdir -p d/sub && echo x > d/sub/f && tar -cf t.tar d && rm -r d"))
+        .checks(vec![Owner("out/d/sub/f", 100, 200), Owner("out/d/sub", 100, 200)]),
+        case("testDockerfileAddArchiveWildcard", "FROM scratch\nADD *.tar /dest/\n")
+            .setup(|ctx| {
+                sh(ctx, "echo 1 > one && echo 2 > two && tar -cf a.tar one && tar -cf b.tar two && rm one two")
+            })
+            .checks(vec![File("dest/one", "1\n"), File("dest/two", "2\n")]),
+        case(
+            "testDockerfileAddArchiveWithImpliedParentDir",
+            "FROM scratch\nADD t.tar /out/\n",
+        )
+        .setup(|ctx| {
+            sh(ctx, "mkdir -p x/y && echo deep > x/y/f && tar -cf t.tar x/y/f && rm -r x")
+        })
+        .checks(vec![File("out/x/y/f", "deep\n"), Mode("out/x/y", 0o755)]),
+        case(
+            "testBuiltinArgs/cache",
+            "FROM bb\nARG FOO\nRUN echo \"$FOO\" > /foo\n",
+        )
+        .flags(&["--build-arg", "FOO=1", "--build-arg", "http_proxy=http://a:1"])
+        .rebuild(
+            &["--build-arg", "http_proxy=http://b:2"],
+            vec![Log("#2 CACHED"), File("foo", "1\n")],
+        ),
+        case(
+            "testBuiltinArgs/arg-change",
+            "FROM bb\nARG FOO\nRUN echo \"$FOO\" > /foo\n",
+        )
+        .flags(&["--build-arg", "FOO=1"])
+        .rebuild(
+            &["--build-arg", "FOO=2"],
+            vec![NoLog("#2 CACHED"), File("foo", "2\n")],
+        ),
+        case(
+            "testCopyWildcardCache",
+            "FROM bb\nCOPY foo* /files/\nRUN ls /files > /list\n",
+        )
+        .files(&[("foo1", "1"), ("foo2", "2"), ("bar", "b")])
+        .before_rebuild(|ctx| std::fs::write(ctx.join("bar"), "changed").unwrap())
+        .rebuild(
+            &[],
+            vec![Log("#2 CACHED"), Log("#3 CACHED"), File("list", "foo1\nfoo2\n")],
+        ),
+        case(
+            "testCopyWildcardCache/matched-change",
+            "FROM bb\nCOPY foo* /files/\nRUN cat /files/* > /all\n",
+        )
+        .files(&[("foo1", "1"), ("foo2", "2")])
+        .before_rebuild(|ctx| std::fs::write(ctx.join("foo2"), "3").unwrap())
+        .rebuild(&[], vec![NoLog("#2 CACHED"), File("all", "13")]),
+        case(
+            "testWildcardRenameCache",
+            "FROM bb\nCOPY file* /files/\nRUN ls /files > /list\n",
+        )
+        .files(&[("file1", "1")])
+        .before_rebuild(|ctx| std::fs::rename(ctx.join("file1"), ctx.join("file2")).unwrap())
+        .rebuild(&[], vec![NoLog("#2 CACHED"), File("list", "file2\n")]),
+        case(
+            "testNoCache",
+            "FROM bb AS s0\nRUN echo s0 > /s0\nFROM s0 AS s1\nRUN echo s1 > /s1\n",
+        )
+        .rebuild(
+            &["--no-cache-filter", "s1"],
+            vec![Log("#2 CACHED"), NoLog("#3 CACHED"), File("s1", "s1\n")],
+        ),
+        case(
+            "testWorkdirSourceDateEpochReproducible",
+            "FROM scratch\nWORKDIR /mydir\n",
+        )
+        .flags(&["--build-arg", "SOURCE_DATE_EPOCH=1234567890"])
+        .before_rebuild(|_| std::thread::sleep(std::time::Duration::from_millis(1100)))
+        .rebuild(&["--no-cache"], vec![SameImage, Mode("mydir", 0o755)]),
+        case(
+            "testReproducibleIDs",
+            "FROM bb\nENV foo=bar\nCOPY foo /\nRUN echo bar > /bar\n",
+        )
+        .files(&[("foo", "foo")])
+        .rebuild(&[], vec![SameImage]),
     ]
 }
 
@@ -671,32 +883,41 @@ fn run_case(root: &Path, dir: &Path, i: usize, c: &Case) -> Result<(), String> {
     for (path, target) in &c.links {
         std::os::unix::fs::symlink(target, ctx.join(path)).unwrap();
     }
-    let out = dir.join("out");
-    let tag = format!("case{i}");
-    let mut args: Vec<String> = [
-        "build",
-        "--progress",
-        "plain",
-        "-t",
-        &tag,
-        "-o",
-        &format!("type=local,dest={}", out.display()),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    // A Dockerfile under another name needs -f, unless `Dockerfile` links to it.
-    let found = ["Dockerfile", "dockerfile"].contains(&c.dockerfile_name)
-        || c.links.iter().any(|(path, _)| *path == "Dockerfile");
-    if !found {
-        args.push("-f".into());
-        args.push(ctx.join(c.dockerfile_name).display().to_string());
+    if let Some(setup) = c.setup {
+        setup(&ctx);
     }
-    args.extend(c.flags.iter().map(|f| f.to_string()));
-    args.push(ctx.display().to_string());
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = rbuild(root, &argv);
-    let log = text(&o);
+    let out = dir.join("out");
+    let tag = c.tag.map_or_else(|| format!("case{i}"), str::to_string);
+    let build = |extra: &[&str]| {
+        let _ = std::fs::remove_dir_all(&out);
+        let mut args: Vec<String> = [
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            &tag,
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // A Dockerfile under another name needs -f, unless `Dockerfile`
+        // links to it.
+        let found = ["Dockerfile", "dockerfile"].contains(&c.dockerfile_name)
+            || c.links.iter().any(|(path, _)| *path == "Dockerfile");
+        if !found {
+            args.push("-f".into());
+            args.push(ctx.join(c.dockerfile_name).display().to_string());
+        }
+        args.extend(c.flags.iter().chain(extra).map(|f| f.to_string()));
+        args.push(ctx.display().to_string());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = rbuild(root, &argv);
+        let log = text(&o);
+        (o, log)
+    };
+    let (o, log) = build(&[]);
     let checks = match &c.expect {
         Err(message) => {
             if o.status.success() {
@@ -715,6 +936,45 @@ fn run_case(root: &Path, dir: &Path, i: usize, c: &Case) -> Result<(), String> {
     if !o.status.success() {
         return Err(format!("build failed: {log}"));
     }
+    let mut problems = check_all(root, &tag, &out, &log, checks, None);
+    if let Some((flags, checks)) = &c.rebuild {
+        let first = image_config(root, &tag)["Id"].as_str().map(str::to_string);
+        if let Some(change) = c.before_rebuild {
+            change(&ctx);
+        }
+        let (o, log) = build(flags);
+        if !o.status.success() {
+            return Err(format!("rebuild failed: {log}"));
+        }
+        problems.extend(
+            check_all(root, &tag, &out, &log, checks, first.as_deref())
+                .into_iter()
+                .map(|p| format!("rebuild: {p}")),
+        );
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// `rbuild inspect TAG`.
+fn image_config(root: &Path, tag: &str) -> Value {
+    let o = rbuild(root, &["inspect", tag]);
+    serde_json::from_slice::<Value>(&o.stdout).unwrap_or(Value::Null)
+}
+
+/// The checks that fail after a build exported to `out` and tagged `tag`
+/// (`first`: the first build's image id, for a rebuild).
+fn check_all(
+    root: &Path,
+    tag: &str,
+    out: &Path,
+    log: &str,
+    checks: &[Check],
+    first: Option<&str>,
+) -> Vec<String> {
     let mut config: Option<Value> = None;
     let mut problems = Vec::new();
     for check in checks {
@@ -747,22 +1007,35 @@ fn run_case(root: &Path, dir: &Path, i: usize, c: &Case) -> Result<(), String> {
                 Err(e) => Some(format!("{p}: {e}")),
             },
             Check::Config(pointer, want) => {
-                let config = config.get_or_insert_with(|| {
-                    let o = rbuild(root, &["inspect", &tag]);
-                    serde_json::from_slice::<Value>(&o.stdout).unwrap()["Config"].clone()
-                });
-                let got = config.pointer(pointer).cloned().unwrap_or(Value::Null);
+                let config = config.get_or_insert_with(|| image_config(root, tag));
+                let got = config["Config"]
+                    .pointer(pointer)
+                    .cloned()
+                    .unwrap_or(Value::Null);
                 (got != *want).then(|| format!("config {pointer}: {got}, want {want}"))
             }
+            Check::Count(pointer, want) => {
+                let config = config.get_or_insert_with(|| image_config(root, tag));
+                let got = config["Config"]
+                    .pointer(pointer)
+                    .and_then(Value::as_array)
+                    .map(Vec::len);
+                (got != Some(*want))
+                    .then(|| format!("config {pointer}: {got:?} items, want {want}"))
+            }
+            Check::SameImage => {
+                let config = config.get_or_insert_with(|| image_config(root, tag));
+                let id = config["Id"].as_str();
+                (id != first).then(|| format!("image {id:?}, first build {first:?}"))
+            }
             Check::Log(want) => (!log.contains(want)).then(|| format!("log lacks {want:?}")),
+            Check::NoLog(unwanted) => log
+                .contains(unwanted)
+                .then(|| format!("log has {unwanted:?}")),
         };
         problems.extend(problem);
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("; "))
-    }
+    problems
 }
 
 #[test]

@@ -520,6 +520,7 @@ fn hostile_archives_are_refused_or_neutralised() {
             same_owner: false,
             devices: false,
             overlay_whiteouts: false,
+            owner: None,
         },
     )
     .unwrap();

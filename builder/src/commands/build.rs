@@ -59,6 +59,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     }
     let rewrite_timestamp = outputs.iter().any(|o| o.rewrite_timestamp);
     let allow_insecure = args.allow.iter().any(|a| a == "security.insecure");
+    let allow_network_host = args.allow.iter().any(|a| a == "network.host");
     if let Some(bad) = args
         .allow
         .iter()
@@ -145,6 +146,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         tags: args.tags.clone(),
         network,
         allow_insecure,
+        allow_network_host,
         compression: compression
             .parse::<Compression>()
             .map_err(anyhow::Error::msg)?,

@@ -48,6 +48,9 @@ pub struct UnpackOptions {
     /// 0/0 device for a deleted name, `trusted.overlay.opaque=y` on an
     /// opaque directory (for a layer kept as an overlay lower directory).
     pub overlay_whiteouts: bool,
+    /// Give every entry this uid and gid instead of the archive's (needs
+    /// root; `ADD --chown` of an archive).
+    pub owner: Option<(u32, u32)>,
 }
 
 impl Default for UnpackOptions {
@@ -58,6 +61,7 @@ impl Default for UnpackOptions {
             same_owner: root,
             devices: root,
             overlay_whiteouts: false,
+            owner: None,
         }
     }
 }
@@ -533,7 +537,10 @@ impl Unpacker {
             _ => return Ok(()),
         }
 
-        if self.options.same_owner {
+        if let Some((uid, gid)) = self.options.owner {
+            lchown(&dest, uid.into(), gid.into())
+                .map_err(|e| LayerError::io("changing owner of", &dest, e))?;
+        } else if self.options.same_owner {
             let uid = header.uid().unwrap_or(0);
             let gid = header.gid().unwrap_or(0);
             lchown(&dest, uid, gid).map_err(|e| LayerError::io("changing owner of", &dest, e))?;
