@@ -60,8 +60,8 @@ pub struct BuildOptions<'a> {
     pub context: &'a Path,
     /// `.dockerignore` of the context.
     pub ignore: Option<PatternMatcher>,
-    /// `--build-context NAME=DIR`.
-    pub named_contexts: BTreeMap<String, PathBuf>,
+    /// `--build-context NAME=DIR`, with the directory's `.dockerignore`.
+    pub named_contexts: BTreeMap<String, (PathBuf, Option<PatternMatcher>)>,
     /// `--build-context NAME=docker-image://|oci-layout://`: images by NAME.
     pub aliases: crate::images::Aliases,
     /// Tags to store the image under.
@@ -925,6 +925,13 @@ fn run_node(
                                         )
                                         .map_err(where_)?;
                                     }
+                                    // `source=` mounts a directory of the cache.
+                                    let dir = match mount.source.as_deref() {
+                                        Some(sub) if mount.from.is_none() => {
+                                            cache_subdir(&dir, sub).map_err(where_)?
+                                        }
+                                        _ => dir,
+                                    };
                                     mounts.push(Mount::Bind {
                                         source: dir,
                                         target,
@@ -1074,10 +1081,10 @@ fn run_node(
                         .map_err(|e| where_(e.into()))?,
                     ),
                     FileSource::Named(name) => match options.named_contexts.get(name) {
-                        Some(dir) => Some(
+                        Some((dir, ignore)) => Some(
                             crate::copy::content_digest(
                                 dir,
-                                None,
+                                ignore.as_ref(),
                                 &file.sources,
                                 key_excludes,
                                 Some(stat),
@@ -1111,14 +1118,15 @@ fn run_node(
                             FileSource::Context => {
                                 (options.context.to_path_buf(), options.ignore.as_ref())
                             }
-                            FileSource::Named(name) => (
-                                options.named_contexts.get(name).cloned().ok_or_else(|| {
-                                    where_(anyhow!(
-                                        "build context {name:?} is not a directory context"
-                                    ))
-                                })?,
-                                None,
-                            ),
+                            FileSource::Named(name) => {
+                                let (dir, ignore) =
+                                    options.named_contexts.get(name).ok_or_else(|| {
+                                        where_(anyhow!(
+                                            "build context {name:?} is not a directory context"
+                                        ))
+                                    })?;
+                                (dir.clone(), ignore.as_ref())
+                            }
                             FileSource::Stage(_) | FileSource::Image(_) => {
                                 let s = source
                                     .and_then(|n| done.get(&n))
@@ -1308,6 +1316,32 @@ fn cache_mount_dir(
         }
     }
     Ok((dir, lock))
+}
+
+/// `source=` of a cache mount: a directory inside the cache, made when
+/// missing. A step may have left symlinks in the cache, so every existing
+/// component must be a real directory: a link (to `/etc`, say) would bind
+/// a host path into the sandbox (moby/buildkit testCacheMountSourceEscape).
+fn cache_subdir(cache: &Path, source: &str) -> anyhow::Result<PathBuf> {
+    let mut dir = cache.to_path_buf();
+    for c in Path::new(source).components() {
+        match c {
+            std::path::Component::Normal(name) => dir.push(name),
+            std::path::Component::RootDir | std::path::Component::CurDir => continue,
+            _ => bail!("cache mount source {source:?} leaves the cache"),
+        }
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => bail!(
+                "cache mount source {source:?}: {} is not a directory (a link out of the cache is refused)",
+                dir.display()
+            ),
+            Err(_) => {
+                std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?
+            }
+        }
+    }
+    Ok(dir)
 }
 
 /// A cache mount with `from=`: an empty cache starts as a copy of the base

@@ -45,7 +45,7 @@ struct Case {
     files: Vec<(&'static str, &'static str)>,
     /// Context symlinks (path, target).
     links: Vec<(&'static str, &'static str)>,
-    /// Extra build flags.
+    /// Extra build flags (`{ctx}` stands for the context directory).
     flags: Vec<&'static str>,
     /// The Dockerfile's name in the context (`-f` when not `Dockerfile`).
     dockerfile_name: &'static str,
@@ -858,6 +858,78 @@ fn cases() -> Vec<Case> {
         )
         .files(&[("foo", "foo")])
         .rebuild(&[], vec![SameImage]),
+        // Third batch: mounts, symlinks, contexts, ONBUILD.
+        case(
+            "testCacheMountSourceEscape",
+            "FROM bb\nRUN --mount=type=cache,target=/c,id=escape ln -s /etc /c/link\nRUN --mount=type=cache,target=/m,id=escape,source=link ls /m > /listing\n",
+        )
+        .fails("source"),
+        case(
+            "testMountTmpfs/gone",
+            "FROM bb\nRUN --mount=type=tmpfs,target=/t touch /t/f\nRUN test ! -e /t/f && echo gone > /r\n",
+        )
+        .checks(vec![File("r", "gone\n")]),
+        case(
+            "testMountDuplicate",
+            "FROM bb\nRUN --mount=source=.,target=/ctx --mount=source=foo,target=/foo cat /ctx/foo /foo > /out\n",
+        )
+        .files(&[("foo", "a")])
+        .before_rebuild(|ctx| std::fs::write(ctx.join("foo"), "b").unwrap())
+        .rebuild(&[], vec![File("out", "bb")]),
+        // Not here: testMountRWCache. A RUN with --mount=from=STAGE keys on
+        // that stage's key, not on the mounted directory's content, so a
+        // change elsewhere in STAGE reruns it (BuildKit keeps it cached).
+        case(
+            "testMountRWCache/rw",
+            "FROM bb AS src\nCOPY dir /dir\nFROM bb\nRUN --mount=from=src,src=/dir,target=/m,rw cat /m/f > /out && echo w > /m/written\nRUN test ! -e /m/written && echo discarded > /r\n",
+        )
+        .files(&[("dir/f", "mounted")])
+        .checks(vec![File("out", "mounted"), File("r", "discarded\n")]),
+        case(
+            "testCopyFollowAllSymlinks",
+            "FROM scratch\nCOPY foo/sub/bar /out\n",
+        )
+        .files(&[("bar/bar", "via-dir-link")])
+        .setup(|ctx| sh(ctx, "mkdir foo && ln -s ../bar foo/sub"))
+        .checks(vec![File("out", "via-dir-link")]),
+        case("testCopySocket", "FROM scratch\nCOPY . /out/\n")
+            .setup(|ctx| {
+                std::os::unix::net::UnixListener::bind(ctx.join("socket.sock")).unwrap();
+            })
+            .checks(vec![Mode("out/busybox", 0o755)]),
+        case("testContextChangeDirToFile", "FROM scratch\nCOPY foo /\n")
+            .files(&[("foo/bar", "in-dir")])
+            .before_rebuild(|ctx| {
+                std::fs::remove_dir_all(ctx.join("foo")).unwrap();
+                std::fs::write(ctx.join("foo"), "now-a-file").unwrap();
+            })
+            .rebuild(&[], vec![File("foo", "now-a-file"), Missing("bar")]),
+        case(
+            "testNamedLocalContext",
+            "FROM scratch\nCOPY --from=named / /out/\n",
+        )
+        .files(&[
+            ("namedctx/kept", "k"),
+            ("namedctx/ignored", "i"),
+            ("namedctx/.dockerignore", "ignored\n"),
+        ])
+        .flags(&["--build-context", "named={ctx}/namedctx"])
+        .checks(vec![File("out/kept", "k"), Missing("out/ignored")]),
+        case(
+            "testOnBuildNewDeps",
+            "FROM bb AS parent\nONBUILD COPY --from=bb /bin/busybox /copied\nFROM parent\n",
+        )
+        .checks(vec![Mode("copied", 0o755)]),
+        case(
+            "testOnBuildWithCacheMount",
+            "FROM bb AS parent\nONBUILD RUN --mount=type=cache,target=/c,id=onbuild-cache echo x > /c/f\nFROM parent\nRUN --mount=type=cache,target=/c,id=onbuild-cache cat /c/f > /out\n",
+        )
+        .checks(vec![File("out", "x\n")]),
+        case(
+            "testOnBuildInheritedStageRun",
+            "FROM bb AS parent\nONBUILD RUN echo from-parent > /onbuild\nFROM parent AS child\nRUN cat /onbuild > /seen\n",
+        )
+        .checks(vec![File("seen", "from-parent\n")]),
     ]
 }
 
@@ -910,7 +982,13 @@ fn run_case(root: &Path, dir: &Path, i: usize, c: &Case) -> Result<(), String> {
             args.push("-f".into());
             args.push(ctx.join(c.dockerfile_name).display().to_string());
         }
-        args.extend(c.flags.iter().chain(extra).map(|f| f.to_string()));
+        // `{ctx}` in a flag is the context directory.
+        args.extend(
+            c.flags
+                .iter()
+                .chain(extra)
+                .map(|f| f.replace("{ctx}", &ctx.display().to_string())),
+        );
         args.push(ctx.display().to_string());
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let o = rbuild(root, &argv);

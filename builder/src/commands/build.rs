@@ -103,16 +103,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         } else {
             loaded.path.clone()
         };
-        match ignore_file_for(&context, &dockerfile_path) {
-            Some(f) => {
-                let text = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
-                Some(
-                    PatternMatcher::new(&read_ignore_file(&String::from_utf8_lossy(&text)))
-                        .with_context(|| format!("reading {}", f.display()))?,
-                )
-            }
-            None => None,
-        }
+        read_ignore(ignore_file_for(&context, &dockerfile_path))?
     };
     let mut named_contexts = BTreeMap::new();
     let mut aliases = crate::images::Aliases::new();
@@ -130,7 +121,10 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         } else if src.contains("://") {
             return Err(not_yet(&format!("--build-context {spec}")));
         } else {
-            named_contexts.insert(name.to_string(), PathBuf::from(src));
+            // A named directory context has its own .dockerignore.
+            let dir = PathBuf::from(src);
+            let ignore = read_ignore(Some(dir.join(".dockerignore")).filter(|f| f.is_file()))?;
+            named_contexts.insert(name.to_string(), (dir, ignore));
         }
     }
     let graph = compile(&loaded.plan, &LocalImages(&store, &aliases))?;
@@ -240,6 +234,15 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The patterns of an ignore file, if there is one.
+fn read_ignore(file: Option<PathBuf>) -> anyhow::Result<Option<PatternMatcher>> {
+    let Some(f) = file else { return Ok(None) };
+    let text = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+    let matcher = PatternMatcher::new(&read_ignore_file(&String::from_utf8_lossy(&text)))
+        .with_context(|| format!("reading {}", f.display()))?;
+    Ok(Some(matcher))
 }
 
 /// Writes through a temp file and rename: never half-written.
