@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use cache::blob::BlobStore;
 use cache::gc::Store;
+use cache::layer::Compression;
 use cache::spec::{Descriptor, Index, Manifest, media, to_canonical_json};
 
 /// A parsed `-o` value.
@@ -36,6 +37,8 @@ pub struct Output {
     /// `rewrite-timestamp=true`: new layers' file times clamped to
     /// SOURCE_DATE_EPOCH.
     pub rewrite_timestamp: bool,
+    /// `force-compression=true`: base-image layers are re-encoded too.
+    pub force_compression: bool,
 }
 
 /// Parses `type=oci,dest=out.tar,...`.
@@ -50,6 +53,7 @@ pub fn parse_output(spec: &str) -> anyhow::Result<Output> {
         push: false,
         compression_level: None,
         rewrite_timestamp: false,
+        force_compression: false,
     };
     if !spec.contains('=') {
         // buildx: a bare path means type=local.
@@ -85,7 +89,7 @@ pub fn parse_output(spec: &str) -> anyhow::Result<Output> {
                     })?,
             ),
             "rewrite-timestamp" => out.rewrite_timestamp = bool_value(v)?,
-            "force-compression" => bail!("--output {spec}: {k} is not supported yet"),
+            "force-compression" => out.force_compression = bool_value(v)?,
             other => bail!("--output {spec}: unknown option {other:?}"),
         }
     }
@@ -255,16 +259,129 @@ fn index_for(desc: &Descriptor, names: &[String]) -> Index {
     }
 }
 
-/// `type=oci` and `type=docker`: the image as an archive (or layout dir).
+/// The compression an export wants for its layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerFormat {
+    /// gzip, zstd or none.
+    pub compression: Compression,
+    /// `compression-level=`.
+    pub level: Option<i32>,
+    /// `force-compression=true`.
+    pub force: bool,
+}
+
+impl LayerFormat {
+    /// `out`'s format, `default` (`--compression`) when it names none.
+    pub fn of(out: &Output, default: Compression) -> anyhow::Result<LayerFormat> {
+        let compression = match &out.compression {
+            Some(c) => c.parse().map_err(anyhow::Error::msg)?,
+            None => default,
+        };
+        Ok(LayerFormat {
+            compression,
+            level: out.compression_level,
+            force: out.force_compression,
+        })
+    }
+
+    /// Names the format in the conversion table.
+    fn key(&self) -> String {
+        format!("{:?} level {:?}", self.compression, self.level)
+    }
+}
+
+/// The compression a layer media type says.
+fn compression_of(media_type: &str) -> Compression {
+    if media_type.ends_with("gzip") {
+        Compression::Gzip
+    } else if media_type.ends_with("zstd") {
+        Compression::Zstd
+    } else {
+        Compression::Uncompressed
+    }
+}
+
+/// The image `manifest` with its layers in `format`, stored. Layers rbuild
+/// made are kept uncompressed in the store and compressed here; layers of a
+/// base image keep their compression unless `force-compression` is set or
+/// the export asks for uncompressed layers, as BuildKit treats existing
+/// blobs. Each conversion is recorded, so a layer is compressed once per
+/// format, not once per export.
+pub fn converted_manifest(
+    store: &Store,
+    manifest: &Descriptor,
+    format: LayerFormat,
+) -> anyhow::Result<Descriptor> {
+    let blobs = &store.blobs;
+    let mut m: Manifest = serde_json::from_slice(&blobs.read(&manifest.digest.parse()?)?)?;
+    let mut changed = false;
+    for layer in &mut m.layers {
+        let have = compression_of(&layer.media_type);
+        let wanted = format.compression;
+        let convert = (have != wanted
+            && (have == Compression::Uncompressed
+                || wanted == Compression::Uncompressed
+                || format.force))
+            || (format.force && format.level.is_some());
+        if !convert {
+            continue;
+        }
+        let key = format.key();
+        let known = store
+            .index
+            .conversion(&layer.digest, &key)?
+            .filter(|(d, _, _)| d.parse().is_ok_and(|d| blobs.contains(&d)));
+        let converted = match known {
+            Some((digest, size, media_type)) => {
+                Descriptor::new(&media_type, &digest.parse()?, size)
+            }
+            None => {
+                let options = cache::layer::LayerOptions {
+                    compression: wanted,
+                    level: format.level,
+                    ..cache::layer::LayerOptions::default()
+                };
+                let d = cache::layer::convert_layer(blobs, layer, &options)
+                    .with_context(|| format!("compressing layer {}", layer.digest))?;
+                store.index.set_conversion(
+                    &layer.digest,
+                    &key,
+                    (&d.digest, d.size, &d.media_type),
+                )?;
+                d
+            }
+        };
+        *layer = Descriptor {
+            annotations: layer.annotations.clone(),
+            ..converted
+        };
+        changed = true;
+    }
+    if !changed {
+        return Ok(manifest.clone());
+    }
+    let bytes = to_canonical_json(&m);
+    let digest = blobs.put_bytes(&bytes)?;
+    Ok(Descriptor::new(
+        media::OCI_MANIFEST,
+        &digest,
+        bytes.len() as u64,
+    ))
+}
+
+/// `type=oci` and `type=docker`: the image as an archive (or layout dir),
+/// its layers in `format`.
 pub fn export_image(
     store: &Store,
     manifest: &Descriptor,
     out: &Output,
     names: &[String],
+    format: LayerFormat,
 ) -> anyhow::Result<()> {
     let blobs = &store.blobs;
     let docker = out.kind == "docker";
     let oci = out.oci_media_types.unwrap_or(!docker);
+    let manifest = &converted_manifest(store, manifest, format)?;
     let (desc, m, manifest_bytes) = manifest_for(blobs, manifest, oci)?;
     let index = index_for(&desc, names);
     let dest = out.dest.as_deref().expect("checked when parsing");

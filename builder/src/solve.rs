@@ -72,8 +72,6 @@ pub struct BuildOptions<'a> {
     pub allow_insecure: bool,
     /// `--allow network.host`.
     pub allow_network_host: bool,
-    /// Layer compression.
-    pub compression: Compression,
     /// SOURCE_DATE_EPOCH, for config and history times.
     pub epoch: Option<i64>,
     /// Proxy variables for RUN (not recorded anywhere).
@@ -84,8 +82,6 @@ pub struct BuildOptions<'a> {
     pub secrets: crate::secrets::Secrets,
     /// `--ssh` agent sockets by id.
     pub ssh: crate::ssh::Agents,
-    /// `-o compression-level=`.
-    pub compression_level: Option<i32>,
     /// `-o rewrite-timestamp=true`: file times in new layers clamped to
     /// SOURCE_DATE_EPOCH (`epoch`).
     pub rewrite_timestamp: bool,
@@ -461,9 +457,11 @@ pub fn build(
         runtime,
         options,
         progress,
+        // Layers are stored uncompressed (as docker's image store keeps
+        // them): a build never waits for compression, and an export
+        // compresses each layer once for the format it asks for.
         layer_options: LayerOptions {
-            compression: options.compression,
-            level: options.compression_level,
+            compression: Compression::Uncompressed,
             clamp_mtime: options.epoch.filter(|_| options.rewrite_timestamp),
             ..LayerOptions::default()
         },
@@ -1209,9 +1207,7 @@ fn run_node(
 /// What of the layer options changes a layer's bytes: part of every key.
 fn layer_key(options: &BuildOptions<'_>) -> String {
     format!(
-        "{:?} level {:?} clamp {:?}",
-        options.compression,
-        options.compression_level,
+        "uncompressed clamp {:?}",
         options.epoch.filter(|_| options.rewrite_timestamp)
     )
 }

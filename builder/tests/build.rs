@@ -1426,3 +1426,111 @@ fn add_extracts_local_archives() {
     assert!(out.join("kept/gz.tar.gz").is_file());
     assert!(out.join("raw/note.gz").is_file());
 }
+
+/// The media types of an OCI layout's (first) image's layers.
+fn layout_layer_types(layout: &Path) -> Vec<String> {
+    let read = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let index = read(layout.join("index.json"));
+    let digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest = read(
+        layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:")),
+    );
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            l["mediaType"]
+                .as_str()
+                .unwrap()
+                .rsplit('.')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn compression_is_chosen_at_export_and_kept_for_base_layers() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("compression");
+    let ctx = context(&t, "busybox");
+    let root = t.0.join("state");
+    let export = |dir: &str, opts: &str, extra: &[&str], context: &Path| {
+        let dest = t.0.join(dir);
+        let mut args = vec![
+            "build".to_string(),
+            "--progress".into(),
+            "plain".into(),
+            "-o".into(),
+            format!("type=oci,dest={},tar=false{opts}", dest.display()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(context.display().to_string());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = rbuild(&root, &argv);
+        let log = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{log}");
+        (layout_layer_types(&dest), log)
+    };
+    // The default export compresses with gzip; the store keeps layers as
+    // they were made.
+    let (types, _) = export("gzip", "", &[], &ctx);
+    assert!(types.iter().all(|t| t == "tar+gzip"), "{types:?}");
+    // Another compression is an export matter: every step stays cached.
+    let (types, log) = export("zstd", ",compression=zstd", &[], &ctx);
+    assert!(types.iter().all(|t| t == "tar+zstd"), "{types:?}");
+    assert!(!log.contains(" DONE "), "a step ran again: {log}");
+
+    // On a base image from an OCI layout (gzip layers): a zstd export
+    // leaves the base's layers as they are unless force-compression; an
+    // uncompressed export unpacks them all.
+    let child = t.0.join("child");
+    std::fs::create_dir_all(&child).unwrap();
+    std::fs::write(child.join("Dockerfile"), "FROM base\nRUN echo new > /new\n").unwrap();
+    let base = format!("base=oci-layout://{}", t.0.join("gzip").display());
+    let (types, _) = export(
+        "child-zstd",
+        ",compression=zstd",
+        &["--build-context", &base],
+        &child,
+    );
+    let (last, base_layers) = types.split_last().unwrap();
+    assert_eq!(last, "tar+zstd", "{types:?}");
+    assert!(base_layers.iter().all(|t| t == "tar+gzip"), "{types:?}");
+    let (types, _) = export(
+        "child-forced",
+        ",compression=zstd,force-compression=true",
+        &["--build-context", &base],
+        &child,
+    );
+    assert!(types.iter().all(|t| t == "tar+zstd"), "{types:?}");
+    let (types, _) = export(
+        "child-raw",
+        ",compression=uncompressed",
+        &["--build-context", &base],
+        &child,
+    );
+    assert!(types.iter().all(|t| t == "tar"), "{types:?}");
+    // skopeo reads every one of them.
+    for dir in ["zstd", "child-forced", "child-raw"] {
+        let o = Command::new("skopeo")
+            .arg("inspect")
+            .arg(format!("oci:{}", t.0.join(dir).display()))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{dir}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}

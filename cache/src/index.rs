@@ -126,6 +126,16 @@ const MIGRATIONS: &[&str] = &[
         snapshot TEXT NOT NULL,
         last_used INTEGER NOT NULL
      );",
+    // 4: layer blobs converted to another compression, so an export
+    // compresses each layer once.
+    "CREATE TABLE conversions (
+        source TEXT NOT NULL,
+        target TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        media_type TEXT NOT NULL,
+        PRIMARY KEY (source, target)
+     );",
 ];
 
 /// Unix seconds now.
@@ -457,6 +467,41 @@ impl CacheIndex {
             .execute(
                 "INSERT OR REPLACE INTO layer_snapshots (chain_id, snapshot, last_used) VALUES (?1, ?2, ?3)",
                 params![chain_id, snapshot, now()],
+            )
+            .map(|_| ())
+            .map_err(self.sql())
+    }
+
+    /// The blob that layer blob `source` was converted to for `target` (a
+    /// compression and level, as the caller names them): digest, size and
+    /// media type. The blob itself may since have been collected.
+    pub fn conversion(
+        &self,
+        source: &str,
+        target: &str,
+    ) -> Result<Option<(String, u64, String)>, IndexError> {
+        self.conn()
+            .query_row(
+                "SELECT digest, size, media_type FROM conversions WHERE source = ?1 AND target = ?2",
+                params![source, target],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?)),
+            )
+            .optional()
+            .map_err(self.sql())
+    }
+
+    /// Records a conversion (see [`CacheIndex::conversion`]).
+    pub fn set_conversion(
+        &self,
+        source: &str,
+        target: &str,
+        converted: (&str, u64, &str),
+    ) -> Result<(), IndexError> {
+        let (digest, size, media_type) = converted;
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO conversions (source, target, digest, size, media_type) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![source, target, digest, size as i64, media_type],
             )
             .map(|_| ())
             .map_err(self.sql())

@@ -46,16 +46,24 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
             o.kind
         )));
     }
-    let compression = outputs
-        .iter()
-        .find_map(|o| o.compression.clone())
-        .unwrap_or_else(|| args.compression.clone());
-    let compression_level = outputs.iter().find_map(|o| o.compression_level);
-    if let Some(level) = compression_level
-        && level > 9
-        && compression != "zstd"
-    {
-        bail!("--output compression-level={level}: {compression} levels are 0-9");
+    // Layer compression is an export's concern: `--compression` is the
+    // default for the outputs that name none.
+    let default_compression: Compression = args
+        .compression
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--compression: {e}"))?;
+    for o in &outputs {
+        let format = crate::export::LayerFormat::of(o, default_compression)
+            .with_context(|| format!("--output type={}", o.kind))?;
+        if let Some(level) = format.level
+            && level > 9
+            && format.compression != Compression::Zstd
+        {
+            bail!(
+                "--output compression-level={level}: {:?} levels are 0-9",
+                format.compression
+            );
+        }
     }
     let rewrite_timestamp = outputs.iter().any(|o| o.rewrite_timestamp);
     let allow_insecure = args.allow.iter().any(|a| a == "security.insecure");
@@ -141,16 +149,12 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         network,
         allow_insecure,
         allow_network_host,
-        compression: compression
-            .parse::<Compression>()
-            .map_err(anyhow::Error::msg)?,
         epoch: loaded.plan.source_date_epoch,
         proxy_env: loaded.plan.proxy_env(),
         no_cache: args.no_cache,
         no_cache_stages: no_cache_stages(&loaded.plan, &args.no_cache_filter),
         secrets,
         ssh,
-        compression_level,
         rewrite_timestamp,
     };
     let quiet = args.quiet || args.progress == ProgressMode::Quiet;
@@ -204,8 +208,11 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
                     crate::images::tag_manifest(&store.blobs, &built.manifest, n)?;
                 }
             }
-            "oci" | "docker" => crate::export::export_image(&store, &built.manifest, o, &names)
-                .with_context(|| format!("exporting to {dest}"))?,
+            "oci" | "docker" => {
+                let format = crate::export::LayerFormat::of(o, default_compression)?;
+                crate::export::export_image(&store, &built.manifest, o, &names, format)
+                    .with_context(|| format!("exporting to {dest}"))?
+            }
             "local" => crate::export::export_local(&store, built.snapshot.as_deref(), dest)
                 .with_context(|| format!("exporting to {dest}"))?,
             "tar" => crate::export::export_tar(&store, built.snapshot.as_deref(), dest)
@@ -348,12 +355,19 @@ pub fn save(
         push: false,
         compression_level: None,
         rewrite_timestamp: false,
+        force_compression: false,
+    };
+    let format = crate::export::LayerFormat {
+        compression: Compression::Gzip,
+        level: None,
+        force: false,
     };
     crate::export::export_image(
         &store,
         &img.manifest,
         &out,
         std::slice::from_ref(&img.reference),
+        format,
     )
     .with_context(|| format!("writing {output}"))
 }

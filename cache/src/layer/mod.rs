@@ -12,7 +12,7 @@ pub use unpack::{
     MAX_ENTRY_SIZE, UnpackOptions, UnpackStats, XZ_MAGIC, decompress, resolve_in_root, unpack,
     xz_decoder,
 };
-pub use write::{DiffSource, LayerOptions, write_layer, write_tree_tar};
+pub use write::{DiffSource, LayerOptions, convert_layer, write_layer, write_tree_tar};
 
 use crate::Digest;
 use crate::blob::BlobError;

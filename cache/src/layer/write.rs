@@ -236,6 +236,37 @@ pub fn write_layer(
     })
 }
 
+/// Re-encodes layer blob `source` (any compression, found by content) with
+/// `options.compression` and level into a new blob of `store`, streaming:
+/// decompress, compress, hash. The layer's diff_id does not change.
+pub fn convert_layer(
+    store: &BlobStore,
+    source: &Descriptor,
+    options: &LayerOptions,
+) -> Result<Descriptor, LayerError> {
+    let digest: Digest = source.digest.parse().map_err(|e| {
+        LayerError::io(
+            "reading",
+            Path::new(&source.digest),
+            io::Error::other(format!("{e}")),
+        )
+    })?;
+    let blob = store.open_verified(&digest)?;
+    let mut tar = super::decompress(blob)
+        .map_err(|e| LayerError::io("decompressing", Path::new(&source.digest), e))?;
+    let writer = store.writer()?;
+    let mut compressor = Compressor::new(writer, options)
+        .map_err(|e| LayerError::io("compressing", Path::new(&source.digest), e))?;
+    io::copy(&mut tar, &mut compressor)
+        .map_err(|e| LayerError::io("converting", Path::new(&source.digest), e))?;
+    let blob = compressor
+        .finish()
+        .map_err(|e| LayerError::io("compressing", Path::new(&source.digest), e))?;
+    let (digest, size) = blob.commit(None)?;
+    let media_type = super::media_type(options.compression, options.oci_media_types);
+    Ok(Descriptor::new(media_type, &digest, size))
+}
+
 /// Size of the chunks handed to the compression thread.
 const CHUNK: usize = 1 << 20;
 
