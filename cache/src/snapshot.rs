@@ -97,6 +97,30 @@ pub struct Snapshotter {
     backend: Backend,
 }
 
+/// Asks the filesystem to place each new subdirectory of `dir` where it
+/// sees fit rather than near `dir` (ext4's "top of hierarchy" flag, `chattr
+/// +T`: the Orlov allocator spreads them over block groups). Snapshots are
+/// made and removed in bulk; without the flag the files of new snapshots
+/// land in the block groups of just-deleted ones, where ext4 scans past
+/// every recently freed inode (`recently_deleted`): a build right after a
+/// prune or a removed state directory ran 2-4x slower on this machine
+/// (noop-rebuild bench, 5.7-11.4 s against 2.3-3.0 s). Elsewhere the call
+/// fails and nothing changes.
+fn spread_subdirectories(dir: &Path) {
+    const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
+    let Ok(f) = fs::File::open(dir) else { return };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS/SETFLAGS read and write one int at the
+    // pointer, which is valid for both calls.
+    unsafe {
+        if libc::ioctl(fd, libc::FS_IOC_GETFLAGS, &mut flags) == 0 && flags & FS_TOPDIR_FL == 0 {
+            flags |= FS_TOPDIR_FL;
+            let _ = libc::ioctl(fd, libc::FS_IOC_SETFLAGS, &flags);
+        }
+    }
+}
+
 /// Whether [`abandon_own`] ran; mounts hold it shared, so that one in
 /// flight ends (and shows in mountinfo) before the cleanup looks, and none
 /// starts after it.
@@ -182,6 +206,7 @@ impl Snapshotter {
         for d in ["committed", "active"] {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
+            spread_subdirectories(&p);
         }
         let s = Snapshotter {
             root: root.to_path_buf(),
