@@ -129,22 +129,37 @@ pub fn tag_manifest(blobs: &BlobStore, manifest: &Descriptor, tag: &str) -> anyh
         bail!("invalid tag {tag:?}");
     }
     let full = normalize(tag);
+    let mut d = manifest.clone();
+    d.annotations = Some(
+        [
+            (REF_NAME.to_string(), tag.to_string()),
+            (FULL_NAME.to_string(), full),
+        ]
+        .into(),
+    );
     blobs.update_index(|idx| {
-        idx.manifests.retain(|d| {
-            d.annotations
+        let named = |m: &Descriptor| {
+            m.annotations
                 .as_ref()
                 .and_then(|a| a.get(REF_NAME))
-                .is_none_or(|r| r != tag)
-        });
-        let mut d = manifest.clone();
-        d.annotations = Some(
-            [
-                (REF_NAME.to_string(), tag.to_string()),
-                (FULL_NAME.to_string(), full),
-            ]
-            .into(),
-        );
-        idx.manifests.push(d);
+                .is_some_and(|r| r == tag)
+        };
+        // Retagging keeps the entry's place: an unchanged tag leaves
+        // index.json as it was (and unwritten).
+        match idx.manifests.iter().position(named) {
+            Some(i) => {
+                idx.manifests[i] = d;
+                let mut i = i + 1;
+                while i < idx.manifests.len() {
+                    if named(&idx.manifests[i]) {
+                        idx.manifests.remove(i);
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            None => idx.manifests.push(d),
+        }
     })?;
     Ok(())
 }

@@ -72,6 +72,8 @@ pub struct BuildOptions<'a> {
     pub allow_insecure: bool,
     /// `--allow network.host`.
     pub allow_network_host: bool,
+    /// `--label K=V`: added to the image's labels.
+    pub labels: BTreeMap<String, String>,
     /// SOURCE_DATE_EPOCH, for config and history times.
     pub epoch: Option<i64>,
     /// Proxy variables for RUN (not recorded anywhere).
@@ -483,6 +485,14 @@ pub fn build(
     let mut config = target.image.config.clone();
     // The latest step's time: an unchanged rebuild gives the same image id.
     config.created = Some(target.image.created().map_or(created, str::to_string));
+    // `--label`s join the Dockerfile's LABELs (and win).
+    if !options.labels.is_empty() {
+        config
+            .config
+            .labels
+            .get_or_insert_with(Default::default)
+            .extend(options.labels.clone());
+    }
     let (image_id, manifest) =
         crate::images::store(&store.blobs, &config, target.layers.clone(), &options.tags)?;
     Ok(Built {

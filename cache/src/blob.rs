@@ -217,8 +217,19 @@ impl BlobStore {
         w.commit(expected)
     }
 
-    /// Stores bytes (configs, manifests).
+    /// Stores bytes (configs, manifests). A blob already there is not
+    /// written again (a no-op rebuild re-stores its config and manifest).
     pub fn put_bytes(&self, data: &[u8]) -> Result<Digest, BlobError> {
+        let hex: String = Sha256::digest(data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let digest: Digest = format!("sha256:{hex}")
+            .parse()
+            .expect("sha256 hex is a digest");
+        if self.contains(&digest) {
+            return Ok(digest);
+        }
         Ok(self.put(data, None)?.0)
     }
 
@@ -318,8 +329,13 @@ impl BlobStore {
         let _lock =
             crate::lock::lock_exclusive(&lock_path).map_err(io_err("locking", &lock_path))?;
         let mut index = self.read_index()?;
+        let before = to_canonical_json(&index);
         let out = change(&mut index);
-        write_atomic(&self.root.join("index.json"), &to_canonical_json(&index))?;
+        let after = to_canonical_json(&index);
+        // Unchanged (a tag pointed where it already pointed): no rewrite.
+        if after != before {
+            write_atomic(&self.root.join("index.json"), &after)?;
+        }
         Ok(out)
     }
 }

@@ -156,6 +156,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         secrets,
         ssh,
         rewrite_timestamp,
+        labels,
     };
     let quiet = args.quiet || args.progress == ProgressMode::Quiet;
     let format = match args.progress {
@@ -175,27 +176,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     };
     let built = build(&store, &graph, runtime.as_ref(), &options, &progress);
     progress.finish();
-    let mut built = built?;
-    if !labels.is_empty() {
-        built
-            .config
-            .config
-            .labels
-            .get_or_insert_with(Default::default)
-            .extend(labels);
-        let layers = crate::images::read(
-            &store.blobs,
-            &crate::images::StoredImage {
-                reference: String::new(),
-                manifest: built.manifest.clone(),
-            },
-        )?
-        .0
-        .layers;
-        let (id, manifest) = crate::images::store(&store.blobs, &built.config, layers, &args.tags)?;
-        built.image_id = id.to_string();
-        built.manifest = manifest;
-    }
+    let built = built?;
     let mut names: Vec<String> = args.tags.clone();
     for o in &outputs {
         names.extend(o.names.iter().cloned());
