@@ -1,5 +1,7 @@
 //! SSH agent forwarding (`--ssh`, `RUN --mount=type=ssh`): the host's agent
-//! sockets by id, and a proxy socket per mount that a step connects to.
+//! sockets by id (key files are loaded into a private agent of the build,
+//! as buildx loads them into its own), and a proxy socket per mount that a
+//! step connects to.
 //! The proxy has the owner and mode the mount asks for (the host socket
 //! keeps its own) and exists only while the step runs; each connection is
 //! relayed byte for byte to the host agent, which never leaves the host.
@@ -20,34 +22,144 @@ use anyhow::{Context, bail};
 pub type Agents = BTreeMap<String, PathBuf>;
 
 /// Reads `--ssh` specs as buildx does: `default` (the agent in
-/// `SSH_AUTH_SOCK`) or `ID=PATH`. Only agent sockets are taken: buildx also
-/// loads key files into an agent of its own, which rbuild does not do.
-pub fn read_specs(specs: &[String]) -> anyhow::Result<Agents> {
+/// `SSH_AUTH_SOCK`) or `ID=PATH[,PATH...]`, each PATH an agent socket or a
+/// private key file. Key files of an id are loaded into a private
+/// `ssh-agent` of this build ([`PrivateAgent`]; keep the returned handles
+/// alive while the build runs): the keys never enter the sandbox, only the
+/// agent protocol does.
+pub fn read_specs(specs: &[String]) -> anyhow::Result<(Agents, Vec<PrivateAgent>)> {
     let mut out = Agents::new();
+    let mut private = Vec::new();
     for spec in specs {
-        let (id, path) = match spec.split_once('=') {
-            Some((id, path)) => (id.to_string(), PathBuf::from(path)),
+        let (id, paths) = match spec.split_once('=') {
+            Some((id, paths)) => (
+                id.to_string(),
+                paths.split(',').map(PathBuf::from).collect::<Vec<_>>(),
+            ),
             None => {
                 let sock = std::env::var_os("SSH_AUTH_SOCK").with_context(|| {
-                    format!("--ssh {spec}: SSH_AUTH_SOCK is not set (give ID=SOCKET)")
+                    format!("--ssh {spec}: SSH_AUTH_SOCK is not set (give ID=SOCKET or ID=KEYFILE)")
                 })?;
-                (spec.clone(), PathBuf::from(sock))
+                (spec.clone(), vec![PathBuf::from(sock)])
             }
         };
-        if path.as_os_str().to_string_lossy().contains(',') {
-            bail!("--ssh {spec}: more than one path per id is not supported");
+        let mut sockets = Vec::new();
+        let mut keys = Vec::new();
+        for path in paths {
+            let meta = std::fs::metadata(&path)
+                .with_context(|| format!("--ssh {spec}: reading {}", path.display()))?;
+            if meta.file_type().is_socket() {
+                sockets.push(path);
+            } else if meta.is_file() {
+                keys.push(path);
+            } else {
+                bail!(
+                    "--ssh {spec}: {} is neither an agent socket nor a key file",
+                    path.display()
+                );
+            }
         }
-        let meta = std::fs::metadata(&path)
-            .with_context(|| format!("--ssh {spec}: reading {}", path.display()))?;
-        if !meta.file_type().is_socket() {
+        let socket = match (sockets.len(), keys.is_empty()) {
+            (1, true) => sockets.remove(0),
+            (0, false) => {
+                let agent = PrivateAgent::start(&keys)
+                    .with_context(|| format!("--ssh {spec}: loading the key files"))?;
+                let socket = agent.socket.clone();
+                private.push(agent);
+                socket
+            }
+            _ => bail!("--ssh {spec}: give one agent socket or key files, not both"),
+        };
+        out.insert(id, socket);
+    }
+    Ok((out, private))
+}
+
+/// An `ssh-agent` of this build holding key files given with `--ssh`; it is
+/// killed (and its socket removed) when dropped, when rbuild is
+/// interrupted, and when rbuild dies (PR_SET_PDEATHSIG).
+pub struct PrivateAgent {
+    socket: PathBuf,
+    child: std::process::Child,
+    _dir: crate::sandbox::TempDir,
+}
+
+impl PrivateAgent {
+    fn start(keys: &[PathBuf]) -> anyhow::Result<PrivateAgent> {
+        use std::os::unix::process::CommandExt;
+        let dir = crate::sandbox::TempDir::new("ssh").context("making the agent's directory")?;
+        std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o700))?;
+        let socket = dir.path.join("agent.sock");
+        let mut agent = std::process::Command::new("ssh-agent");
+        agent
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // SAFETY: prctl with constant arguments, async-signal-safe.
+        unsafe {
+            agent.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = agent.spawn().context(
+            "starting ssh-agent (key files need openssh-client's ssh-agent and ssh-add)",
+        )?;
+        let mut me = PrivateAgent {
+            socket,
+            child,
+            _dir: dir,
+        };
+        for _ in 0..250 {
+            if me.socket.exists() {
+                break;
+            }
+            if let Ok(Some(status)) = me.child.try_wait() {
+                bail!("ssh-agent exited ({status})");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !me.socket.exists() {
+            bail!("ssh-agent did not make its socket");
+        }
+        // No terminal, no askpass: a passphrase-protected key fails here.
+        let added = std::process::Command::new("ssh-add")
+            .arg("-q")
+            .args(keys)
+            .env("SSH_AUTH_SOCK", &me.socket)
+            .env("SSH_ASKPASS_REQUIRE", "never")
+            .env_remove("DISPLAY")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("running ssh-add")?;
+        if !added.status.success() {
+            let why = String::from_utf8_lossy(&added.stderr);
+            me.stop();
             bail!(
-                "--ssh {spec}: {} is not an agent socket (key files are not supported; add the key to ssh-agent and pass its socket)",
-                path.display()
+                "ssh-add could not load {} ({}); passphrase-protected keys need an agent of your own: pass its socket",
+                keys.iter()
+                    .map(|k| k.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                why.trim()
             );
         }
-        out.insert(id, path);
+        Ok(me)
     }
-    Ok(out)
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateAgent {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// A proxy socket for one step; stops and removes itself when dropped.

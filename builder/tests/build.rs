@@ -1282,12 +1282,34 @@ fn ssh_agent_forwarding() {
             ctx.to_str().unwrap(),
         ],
     );
-    let not_socket = rbuild(
+    // A key file instead of a socket: loaded into a private agent.
+    let key_out = t.0.join("key-out");
+    let from_key = rbuild(
+        &root,
+        &[
+            "build",
+            "--no-cache",
+            "--ssh",
+            &format!("default={}", key.display()),
+            "-o",
+            &format!("type=local,dest={}", key_out.display()),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    // A passphrase-protected key cannot be loaded without a terminal.
+    let locked = t.0.join("locked");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "secret-phrase", "-f"])
+        .arg(&locked)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let locked_build = rbuild(
         &root,
         &[
             "build",
             "--ssh",
-            &format!("default={}", key.display()),
+            &format!("default={}", locked.display()),
             ctx.to_str().unwrap(),
         ],
     );
@@ -1307,9 +1329,25 @@ fn ssh_agent_forwarding() {
     let err = String::from_utf8_lossy(&missing.stderr);
     assert_eq!(missing.status.code(), Some(1), "{err}");
     assert!(err.contains("ssh agent other: not found"), "{err}");
-    let err = String::from_utf8_lossy(&not_socket.stderr);
-    assert_eq!(not_socket.status.code(), Some(1), "{err}");
-    assert!(err.contains("is not an agent socket"), "{err}");
+    let log = String::from_utf8_lossy(&from_key.stderr);
+    assert!(from_key.status.success(), "{log}");
+    let keys = std::fs::read_to_string(key_out.join("keys.txt")).unwrap();
+    assert_eq!(
+        keys.lines()
+            .filter(|l| l.contains("rbuild-test-key"))
+            .count(),
+        2,
+        "{keys}"
+    );
+    // The private agent is gone with the build.
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout).contains("rbuild-sandbox-ssh"),
+        "the private ssh-agent outlived the build"
+    );
+    let err = String::from_utf8_lossy(&locked_build.stderr);
+    assert_eq!(locked_build.status.code(), Some(1), "{err}");
+    assert!(err.contains("passphrase-protected keys"), "{err}");
 }
 
 #[test]

@@ -98,7 +98,8 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         graph_args.file = Some(PathBuf::from("-"));
     }
     let secrets = crate::secrets::read_specs(&args.secret)?;
-    let ssh = crate::ssh::read_specs(&args.ssh)?;
+    // The private agents (key files) live as long as the build.
+    let (ssh, _private_agents) = crate::ssh::read_specs(&args.ssh)?;
     let loaded = crate::dockerfile::load(&context, &graph_args)?;
     let store_root = state_root(root);
     let store = Store::open(&store_root)
