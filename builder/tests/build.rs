@@ -545,12 +545,7 @@ fn runc_runtime_gives_the_embedded_runtimes_image() {
             ],
         );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let index: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-        index["manifests"][0]["digest"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        layout_manifest_digest(&layout)
     };
     let embedded = build("embedded");
     let runc = build("runc");
@@ -1375,12 +1370,7 @@ fn rewrite_timestamp_gives_reproducible_images() {
             ],
         );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let index: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-        index["manifests"][0]["digest"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        layout_manifest_digest(&layout)
     };
     let opts = ",rewrite-timestamp=true,compression=zstd,compression-level=9";
     let first = build("a", opts);
@@ -1465,13 +1455,22 @@ fn add_extracts_local_archives() {
     assert!(out.join("raw/note.gz").is_file());
 }
 
+/// The digest of an OCI layout's (first) manifest.
+fn layout_manifest_digest(layout: &Path) -> String {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// The media types of an OCI layout's (first) image's layers.
 fn layout_layer_types(layout: &Path) -> Vec<String> {
     let read = |p: PathBuf| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
     };
-    let index = read(layout.join("index.json"));
-    let digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let digest = layout_manifest_digest(layout);
     let manifest = read(
         layout
             .join("blobs/sha256")

@@ -220,13 +220,7 @@ impl BlobStore {
     /// Stores bytes (configs, manifests). A blob already there is not
     /// written again (a no-op rebuild re-stores its config and manifest).
     pub fn put_bytes(&self, data: &[u8]) -> Result<Digest, BlobError> {
-        let hex: String = Sha256::digest(data)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let digest: Digest = format!("sha256:{hex}")
-            .parse()
-            .expect("sha256 hex is a digest");
+        let digest = crate::layer::digest_of(Sha256::new_with_prefix(data));
         if self.contains(&digest) {
             return Ok(digest);
         }
@@ -438,16 +432,7 @@ impl BlobWriter {
         let file = file
             .into_inner()
             .map_err(|e| io_err("writing", &self.path)(e.into_error()))?;
-        let hex: String = self
-            .hasher
-            .clone()
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let digest: Digest = format!("sha256:{hex}")
-            .parse()
-            .expect("sha256 hex is a digest");
+        let digest = crate::layer::digest_of(self.hasher.clone());
         if let Some((want, size)) = expected {
             if &digest != want {
                 return Err(BlobError::DigestMismatch {

@@ -68,10 +68,7 @@ impl Runtime for Embedded {
         cancel: &Cancel,
         output: &mut dyn FnMut(Stream, &[u8]),
     ) -> Result<i32, SandboxError> {
-        let spawn_err = |source| SandboxError::Spawn {
-            command: spec.args.join(" "),
-            source,
-        };
+        let spawn_err = super::spawn_error(spec);
         let prepared = Prepared::new(spec).map_err(spawn_err)?;
         let mut full = spec.clone();
         full.mounts = prepared.mounts.clone();

@@ -215,6 +215,14 @@ pub(crate) struct Prepared {
     _etc: TempDir,
 }
 
+/// How a runtime reports an I/O failure around starting `spec`.
+pub(crate) fn spawn_error(spec: &RunSpec) -> impl Fn(io::Error) -> SandboxError + Copy + '_ {
+    move |source| SandboxError::Spawn {
+        command: spec.args.join(" "),
+        source,
+    }
+}
+
 impl Prepared {
     pub(crate) fn new(spec: &RunSpec) -> io::Result<Prepared> {
         let etc = TempDir::new("etc")?;

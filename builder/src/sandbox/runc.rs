@@ -348,10 +348,7 @@ impl Runtime for Runc {
         cancel: &Cancel,
         output: &mut dyn FnMut(Stream, &[u8]),
     ) -> Result<i32, SandboxError> {
-        let spawn_err = |source| SandboxError::Spawn {
-            command: spec.args.join(" "),
-            source,
-        };
+        let spawn_err = super::spawn_error(spec);
         let prepared = Prepared::new(spec).map_err(spawn_err)?;
         let bundle = TempDir::new("runc").map_err(spawn_err)?;
         let config = config(spec, &prepared.mounts).map_err(SandboxError::Setup)?;

@@ -12,6 +12,7 @@ pub use unpack::{
     MAX_ENTRY_SIZE, UnpackOptions, UnpackStats, XZ_MAGIC, decompress, resolve_in_root, unpack,
     xz_decoder,
 };
+pub(crate) use write::digest_of;
 pub use write::{DiffSource, LayerOptions, convert_layer, write_layer, write_tree_tar};
 
 use crate::Digest;
