@@ -121,6 +121,43 @@ struct StepRecord {
     layer: Option<Descriptor>,
     diff_id: Option<String>,
     created: String,
+    /// The step changed files but its layer tar is not written yet: only
+    /// the layers of the image a build produces are ([`resolve_layers`]);
+    /// a stage that only feeds `COPY --from` never needs its tars.
+    #[serde(default)]
+    pending: bool,
+}
+
+/// The media type of a layer placeholder; its digest is
+/// `pending:<cache key>`, and it stands in the image's diff_ids too until
+/// [`resolve_layers`] writes the layer.
+const PENDING_LAYER: &str = "application/vnd.rbuild.layer.pending";
+
+impl StepRecord {
+    /// The layer as an image takes it: the written one, or a placeholder.
+    fn layer_ref(&self, key: &cache::index::CacheKey) -> Option<Descriptor> {
+        if self.pending {
+            return Some(Descriptor {
+                media_type: PENDING_LAYER.into(),
+                digest: format!("pending:{}", key.as_str()),
+                size: 0,
+                urls: None,
+                annotations: None,
+                data: None,
+                platform: None,
+                artifact_type: None,
+            });
+        }
+        self.layer.clone()
+    }
+
+    /// The diff_id as an image takes it: the real one, or the placeholder.
+    fn diff_ref(&self, key: &cache::index::CacheKey) -> Option<String> {
+        if self.pending {
+            return Some(format!("pending:{}", key.as_str()));
+        }
+        self.diff_id.clone()
+    }
 }
 
 /// sha256 of the versioned key inputs (canonical JSON).
@@ -483,6 +520,8 @@ pub fn build(
     let created = ctx.created.clone();
     let target = &done[&graph.target];
     let mut config = target.image.config.clone();
+    let mut layers = target.layers.clone();
+    resolve_layers(&ctx, &mut layers, &mut config)?;
     // The latest step's time: an unchanged rebuild gives the same image id.
     config.created = Some(target.image.created().map_or(created, str::to_string));
     // `--label`s join the Dockerfile's LABELs (and win).
@@ -493,8 +532,7 @@ pub fn build(
             .get_or_insert_with(Default::default)
             .extend(options.labels.clone());
     }
-    let (image_id, manifest) =
-        crate::images::store(&store.blobs, &config, target.layers.clone(), &options.tags)?;
+    let (image_id, manifest) = crate::images::store(&store.blobs, &config, layers, &options.tags)?;
     Ok(Built {
         image_id: image_id.to_string(),
         manifest,
@@ -722,8 +760,8 @@ fn run_node(
                     },
                 )?;
                 d.image.set_created(Some(step.created.clone()));
-                d.image.workdir(path, step.diff_id.as_deref());
-                d.layers.extend(step.layer.clone());
+                d.image.workdir(path, step.diff_ref(&key).as_deref());
+                d.layers.extend(step.layer_ref(&key));
                 d.snapshot = Some(step.snapshot);
                 d.key = Some(key.as_str().to_string());
                 d
@@ -1051,8 +1089,8 @@ fn run_node(
                     },
                 )?;
                 d.image.set_created(Some(step.created.clone()));
-                d.image.run(exec, step.diff_id.as_deref());
-                d.layers.extend(step.layer.clone());
+                d.image.run(exec, step.diff_ref(&key).as_deref());
+                d.layers.extend(step.layer_ref(&key));
                 d.snapshot = Some(step.snapshot);
                 d.key = Some(key.as_str().to_string());
                 d
@@ -1171,17 +1209,17 @@ fn run_node(
                         Ok(())
                     },
                 )?;
-                let diff = step.diff_id.clone();
+                let diff = step.diff_ref(&key);
                 if link {
                     // The merge records history; this op keeps only its layer.
-                    d.layers = step.layer.iter().cloned().collect();
+                    d.layers = step.layer_ref(&key).into_iter().collect();
                     d.image = ImageState::new(None, None);
                     d.image.set_created(Some(step.created.clone()));
                     d.image.copy(file, diff.as_deref());
                 } else {
                     d.image.set_created(Some(step.created.clone()));
                     d.image.copy(file, diff.as_deref());
-                    d.layers.extend(step.layer.clone());
+                    d.layers.extend(step.layer_ref(&key));
                 }
                 d.snapshot = Some(step.snapshot);
                 d.key = Some(key.as_str().to_string());
@@ -1195,15 +1233,19 @@ fn run_node(
                     .map(|(n, _)| *n)
                     .ok_or_else(|| anyhow!("merge without a layer"))?;
                 let l = &done[&layer_node];
-                for desc in &l.layers {
+                // The copy's layer is put on top of the parent: it must exist.
+                let mut layers = l.layers.clone();
+                let mut config = l.image.config.clone();
+                resolve_layers(ctx, &mut layers, &mut config)?;
+                for desc in &layers {
                     let blob = store.blobs.open_verified(&desc.digest.parse()?)?;
                     let snap = store.snapshots.import(d.snapshot.as_deref(), blob)?;
                     d.snapshot = Some(snap.id);
                     d.layers.push(desc.clone());
                 }
                 d.key = Some(format!("merge {:?} {:?}", d.key, l.key));
-                let rootfs = &l.image.config.rootfs.diff_ids;
-                if let (Some(h), Some(diff)) = (l.image.config.history.last(), rootfs.last()) {
+                let rootfs = &config.rootfs.diff_ids;
+                if let (Some(h), Some(diff)) = (config.history.last(), rootfs.last()) {
                     d.image.config.history.push(h.clone());
                     d.image.config.rootfs.diff_ids.push(diff.clone());
                 }
@@ -1241,8 +1283,17 @@ fn cached_step(
     }
     let m = ctx.store.snapshots.prepare(parent)?;
     run(&m)?;
-    let (snap, layer) = m.commit(&ctx.store.blobs, &ctx.layer_options)?;
-    let step = new_step(snap.id, &layer, ctx.options.epoch);
+    let (snap, layer, changed) = m.commit_lazy(&ctx.store.blobs, &ctx.layer_options)?;
+    let step = match layer {
+        Some(layer) => new_step(snap.id, &layer, ctx.options.epoch),
+        None => StepRecord {
+            snapshot: snap.id,
+            layer: None,
+            diff_id: None,
+            created: rfc3339(ctx.options.epoch.unwrap_or_else(cache::index::now)),
+            pending: changed,
+        },
+    };
     record(ctx.store, key, &step)?;
     ctx.progress.done(id, started);
     Ok(step)
@@ -1257,7 +1308,71 @@ fn new_step(snapshot: String, layer: &cache::layer::Layer, epoch: Option<i64>) -
         layer: diff_id.as_ref().map(|_| layer.descriptor.clone()),
         diff_id,
         created: rfc3339(epoch.unwrap_or_else(cache::index::now)),
+        pending: false,
     }
+}
+
+/// Writes the pending layer of the step recorded under `key` (once: under
+/// the key's lock, another build may have written it meanwhile) and
+/// returns its descriptor and diff_id. An empty tar means no layer.
+fn write_pending_layer(ctx: &Ctx<'_>, key: &str) -> anyhow::Result<Option<(Descriptor, String)>> {
+    let key = cache::index::CacheKey::new(key)?;
+    let _lock = ctx.store.index.lock_key(&key)?;
+    let step = lookup(ctx.store, &key)?
+        .ok_or_else(|| anyhow!("the record of a pending layer ({}) is gone", key.as_str()))?;
+    if !step.pending {
+        return Ok(step.layer.zip(step.diff_id));
+    }
+    let layer = ctx
+        .store
+        .snapshots
+        .layer(&step.snapshot, &ctx.store.blobs, &ctx.layer_options)?;
+    let done = new_step(step.snapshot, &layer, None);
+    let written = StepRecord {
+        created: step.created,
+        ..done
+    };
+    record(ctx.store, &key, &written)?;
+    Ok(written.layer.zip(written.diff_id))
+}
+
+/// Writes the pending layers of an image (the target's) and puts the real
+/// descriptors and diff_ids in place of the placeholders.
+fn resolve_layers(
+    ctx: &Ctx<'_>,
+    layers: &mut Vec<Descriptor>,
+    config: &mut cache::spec::ImageConfig,
+) -> anyhow::Result<()> {
+    let mut resolved: BTreeMap<String, Option<(Descriptor, String)>> = BTreeMap::new();
+    for l in layers.iter() {
+        if let Some(key) = l.digest.strip_prefix("pending:")
+            && !resolved.contains_key(&l.digest)
+        {
+            resolved.insert(l.digest.clone(), write_pending_layer(ctx, key)?);
+        }
+    }
+    if resolved.is_empty() {
+        return Ok(());
+    }
+    let mut out = Vec::with_capacity(layers.len());
+    for l in layers.drain(..) {
+        match resolved.get(&l.digest) {
+            Some(Some((d, _))) => out.push(d.clone()),
+            Some(None) => {}
+            None => out.push(l),
+        }
+    }
+    *layers = out;
+    let diff_ids = std::mem::take(&mut config.rootfs.diff_ids);
+    config.rootfs.diff_ids = diff_ids
+        .into_iter()
+        .filter_map(|d| match resolved.get(&d) {
+            Some(Some((_, diff_id))) => Some(diff_id.clone()),
+            Some(None) => None,
+            None => Some(d),
+        })
+        .collect();
+    Ok(())
 }
 
 /// An empty tar (two zero blocks) is no layer.

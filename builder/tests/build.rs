@@ -1571,3 +1571,72 @@ fn compression_is_chosen_at_export_and_kept_for_base_layers() {
         );
     }
 }
+
+#[test]
+fn only_the_built_images_layers_are_written() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("lazy");
+    let ctx = t.0.join("context");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch AS builder\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox head -c 3000000 /dev/urandom > /big && echo small > /small\"]\n\
+         FROM scratch\nCOPY --from=builder /small /small\n",
+    )
+    .unwrap();
+    let root = t.0.join("state");
+    let big_blobs = || {
+        std::fs::read_dir(root.join("content/blobs/sha256"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.metadata().unwrap().len() >= 3_000_000)
+            .count()
+    };
+    let o = rbuild(
+        &root,
+        &["build", "-q", "-t", "small:1", ctx.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The builder stage only fed COPY --from: its 3 MB layer was never
+    // written as a tar.
+    assert_eq!(big_blobs(), 0);
+    // Built as the target, the same (cached) stage gets its layers.
+    let o = rbuild(
+        &root,
+        &[
+            "build",
+            "-q",
+            "--target",
+            "builder",
+            "-t",
+            "builder:1",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(big_blobs(), 1);
+    let inspect = rbuild(&root, &["inspect", "builder:1"]);
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(
+        v["Config"]["rootfs"]["diff_ids"].as_array().unwrap().len(),
+        2
+    );
+    assert!(
+        v["Manifest"]["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["digest"].as_str().unwrap().starts_with("sha256:"))
+    );
+    // skopeo reads the store's image: no placeholder left anywhere.
+    let o = Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci:{}:builder:1", root.join("content").display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

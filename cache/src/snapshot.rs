@@ -216,6 +216,39 @@ impl Snapshotter {
         Ok(s)
     }
 
+    /// The layer of committed snapshot `id` (what its step changed),
+    /// written into `store`: from an overlay snapshot's own directory,
+    /// which holds exactly the changes in overlay form; for the copy
+    /// backend by comparing it with its parent.
+    pub fn layer(
+        &self,
+        id: &str,
+        store: &BlobStore,
+        options: &LayerOptions,
+    ) -> Result<Layer, SnapshotError> {
+        let fs_dir = self.committed_dir(id).join("fs");
+        let layer = match self.backend {
+            Backend::Overlay => {
+                write_layer(store, &DiffSource::Overlay { upper: &fs_dir }, options)?
+            }
+            Backend::Copy => match self.get(id)?.parent {
+                Some(p) => {
+                    let lower = self.committed_dir(&p).join("fs");
+                    write_layer(
+                        store,
+                        &DiffSource::Compare {
+                            lower: &lower,
+                            upper: &fs_dir,
+                        },
+                        options,
+                    )?
+                }
+                None => write_layer(store, &DiffSource::Full { root: &fs_dir }, options)?,
+            },
+        };
+        Ok(layer)
+    }
+
     /// The backend in use.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -716,6 +749,46 @@ impl MutableSnapshot {
             let _ = fs::remove_dir_all(&tmp);
         }
         result
+    }
+
+    /// Commits without writing the layer tar where it can be made later
+    /// from the committed snapshot ([`Snapshotter::layer`]): with overlay
+    /// the upper directory is kept as it is. Returns the snapshot, the
+    /// layer when it was written (copy backend), and whether the step
+    /// changed anything.
+    pub fn commit_lazy(
+        self,
+        store: &BlobStore,
+        options: &LayerOptions,
+    ) -> Result<(Snapshot, Option<Layer>, bool), SnapshotError> {
+        match self.snapshotter.backend {
+            Backend::Overlay => {
+                let upper = self.dir.join("upper");
+                let changed = fs::read_dir(&upper)
+                    .map_err(io_err("reading", &upper))?
+                    .next()
+                    .is_some();
+                let mut me = self;
+                me.unmount()?;
+                let s = me.snapshotter.clone();
+                let tmp = s.tmp_committed()?;
+                let result = (|| {
+                    let dest = tmp.join("fs");
+                    fs::remove_dir(&dest).map_err(io_err("replacing", &dest))?;
+                    fs::rename(&upper, &dest).map_err(io_err("moving", &upper))?;
+                    s.finish_commit(&tmp, me.parent.as_deref())
+                })();
+                if result.is_err() {
+                    let _ = fs::remove_dir_all(&tmp);
+                }
+                Ok((result?, None, changed))
+            }
+            Backend::Copy => {
+                let (snap, layer) = self.commit(store, options)?;
+                let changed = layer.uncompressed_size > 1024;
+                Ok((snap, Some(layer), changed))
+            }
+        }
     }
 
     /// Throws the changes away.
