@@ -677,7 +677,7 @@ pub fn content_digest(
     };
     struct Walk<'a> {
         root: &'a Path,
-        skip: &'a dyn Fn(TreeWalk<'_>) -> bool,
+        skip: &'a (dyn Fn(TreeWalk<'_>) -> bool + Sync),
         stat: Option<&'a StatCache<'a>>,
     }
     fn entry(
@@ -751,27 +751,48 @@ pub fn content_digest(
             };
             h.update(digest.as_bytes());
         } else if meta.is_dir() {
+            use rayon::prelude::*;
             let mut entries: Vec<(String, fs::DirEntry)> = fs::read_dir(&path)
                 .map_err(io_err("reading", &path))?
                 .flatten()
                 .map(|e| (e.file_name().to_string_lossy().into_owned(), e))
                 .collect();
             entries.sort_by(|a, b| a.0.cmp(&b.0));
-            for (name, e) in entries {
-                let child_rel = join_rel(rel, &name);
-                let child_exclude_rel = join_rel(at.exclude_rel, &name);
-                let child = TreeWalk {
-                    rel: &child_rel,
-                    exclude_rel: &child_exclude_rel,
-                };
-                if (w.skip)(child) {
-                    continue;
-                }
-                // Gone since the listing: nothing to hash.
-                let Ok(child_meta) = e.metadata() else {
-                    continue;
-                };
-                entry(h, w, fresh, child, false, Some((e.path(), child_meta)))?;
+            // The entries are stat'ed and hashed in parallel (a context
+            // walk is syscall-bound), each into a digest of its own; the
+            // directory's hash takes them in name order.
+            let parts = entries
+                .par_iter()
+                .map(|(name, e)| -> Result<_, CopyError> {
+                    let child_rel = join_rel(rel, name);
+                    let child_exclude_rel = join_rel(at.exclude_rel, name);
+                    let child = TreeWalk {
+                        rel: &child_rel,
+                        exclude_rel: &child_exclude_rel,
+                    };
+                    if (w.skip)(child) {
+                        return Ok(None);
+                    }
+                    // Gone since the listing: nothing to hash.
+                    let Ok(child_meta) = e.metadata() else {
+                        return Ok(None);
+                    };
+                    let mut sub = Sha256::new();
+                    let mut sub_fresh = Vec::new();
+                    entry(
+                        &mut sub,
+                        w,
+                        &mut sub_fresh,
+                        child,
+                        false,
+                        Some((e.path(), child_meta)),
+                    )?;
+                    Ok(Some((sub.finalize(), sub_fresh)))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            for (digest, sub_fresh) in parts.into_iter().flatten() {
+                h.update(digest);
+                fresh.extend(sub_fresh);
             }
         }
         Ok(())
