@@ -857,6 +857,8 @@ fn run_node(
                         let mut views = Vec::new();
                         // Cache-mount locks (sharing=locked|private), held for the run.
                         let mut locks = Vec::new();
+                        // Empty caches of a --no-cache step, removed after it.
+                        let mut scratch_caches = Vec::new();
                         let mut secret_env = Vec::new();
                         let mut secret_files = Vec::new();
                         let mut agents = Vec::new();
@@ -951,13 +953,38 @@ fn run_node(
                                             mount.mode.unwrap_or(0o755),
                                         )
                                     });
-                                    let (dir, lock) = cache_mount_dir(
-                                        &store.root.join("cache-mounts"),
-                                        &id,
-                                        mount.sharing.unwrap_or(Sharing::Shared),
-                                        owner,
-                                    )?;
-                                    locks.extend(lock);
+                                    let dir = if skip_cache {
+                                        // --no-cache (and --no-cache-filter) give the
+                                        // step an empty cache of its own, dropped
+                                        // after it (moby/buildkit#5305): the shared
+                                        // cache keeps what earlier builds left.
+                                        let fresh = crate::sandbox::TempDir::new("cache")
+                                            .context("making an empty cache mount")
+                                            .map_err(where_)?;
+                                        if let Some((uid, gid, mode)) = owner {
+                                            std::os::unix::fs::chown(&fresh.path, Some(uid), Some(gid))
+                                                .and_then(|()| {
+                                                    std::fs::set_permissions(
+                                                        &fresh.path,
+                                                        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(mode),
+                                                    )
+                                                })
+                                                .context("setting up an empty cache mount")
+                                                .map_err(where_)?;
+                                        }
+                                        let path = fresh.path.clone();
+                                        scratch_caches.push(fresh);
+                                        path
+                                    } else {
+                                        let (dir, lock) = cache_mount_dir(
+                                            &store.root.join("cache-mounts"),
+                                            &id,
+                                            mount.sharing.unwrap_or(Sharing::Shared),
+                                            owner,
+                                        )?;
+                                        locks.extend(lock);
+                                        dir
+                                    };
                                     if mount.from.is_some() {
                                         let base =
                                             source.and_then(|n| done.get(&n)).ok_or_else(|| {

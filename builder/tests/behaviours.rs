@@ -858,6 +858,22 @@ fn cases() -> Vec<Case> {
         )
         .files(&[("foo", "foo")])
         .rebuild(&[], vec![SameImage]),
+        // moby/buildkit#5305: a --no-cache build gets an empty cache mount
+        // and leaves the shared one as it was.
+        case(
+            "testCacheMountModeNoCache",
+            "FROM bb\nARG FOO=abc\nRUN --mount=type=cache,target=/cache,mode=0773,id=nocache-5305 touch /cache/$FOO && ls /cache | wc -l > /out && stat -c %a /cache > /mode\n",
+        )
+        .checks(vec![File("out", "1\n"), File("mode", "773\n")])
+        .rebuild(
+            &["--no-cache", "--build-arg", "FOO=def"],
+            vec![File("out", "1\n"), File("mode", "773\n")],
+        ),
+        case(
+            "testCacheMountModeNoCache/after",
+            "FROM bb\nARG FOO=ghi\nRUN --mount=type=cache,target=/cache,mode=0773,id=nocache-5305 touch /cache/$FOO && ls /cache > /out\n",
+        )
+        .checks(vec![File("out", "abc\nghi\n")]),
         // Third batch: mounts, symlinks, contexts, ONBUILD.
         case(
             "testCacheMountSourceEscape",
