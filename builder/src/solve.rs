@@ -783,16 +783,30 @@ fn run_node(
                         "RUN --network=host needs --allow network.host (entitlement network.host is not allowed)"
                     )));
                 }
-                // Per mount, the cache key of its `from=` stage or image.
+                // Per mount with `from=`: a bind keys on the content of the
+                // mounted path (as BuildKit: a change elsewhere in the source
+                // stage keeps the step cached), others on the source's key.
                 let from_keys: Vec<Option<String>> = exec
                     .mounts
                     .iter()
                     .zip(&exec.mount_sources)
-                    .map(|(m, src)| {
-                        m.from.as_ref()?;
-                        src.and_then(|n| done.get(&n)).and_then(|d| d.key.clone())
+                    .map(|(m, src)| -> anyhow::Result<Option<String>> {
+                        if m.from.is_none() {
+                            return Ok(None);
+                        }
+                        let Some(source) = src.and_then(|n| done.get(&n)) else {
+                            return Ok(None);
+                        };
+                        if m.mount_type == MountType::Bind {
+                            let path = m.source.as_deref().unwrap_or("/");
+                            let digest =
+                                snapshot_path_digest(store, source.snapshot.as_deref(), path)?;
+                            return Ok(Some(format!("content {digest}")));
+                        }
+                        Ok(source.key.clone())
                     })
-                    .collect();
+                    .collect::<anyhow::Result<_>>()
+                    .map_err(where_)?;
                 let context_binds: Vec<String> = exec
                     .mounts
                     .iter()
@@ -1281,6 +1295,41 @@ fn run_node(
         };
         Ok(result)
     }
+}
+
+/// The stat-cache "context" under which mounted-content digests are kept.
+const SNAPSHOT_CONTENT: &str = "snapshot-content";
+
+/// The content digest of `path` in a committed snapshot (the source of a
+/// `RUN --mount=from=` bind). Committed snapshots never change and their
+/// ids are never reused, so the digest is kept in the index under the
+/// snapshot id and computed once, through a read-only view.
+fn snapshot_path_digest(
+    store: &Store,
+    snapshot: Option<&str>,
+    path: &str,
+) -> anyhow::Result<String> {
+    let Some(snap) = snapshot else {
+        return Ok("scratch".into());
+    };
+    let memo = format!("{snap}:{path}").into_bytes();
+    let stamp = cache::index::FileStamp {
+        ino: 0,
+        size: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+    };
+    if let Some(d) = store.index.stat_lookup(SNAPSHOT_CONTENT, &memo, stamp)? {
+        return Ok(d);
+    }
+    let view = store.snapshots.prepare(Some(snap))?;
+    let digest = crate::copy::content_digest(&view.root(), None, &[path.to_string()], &[], None);
+    let _ = view.discard();
+    let digest = digest?;
+    store
+        .index
+        .stat_store(SNAPSHOT_CONTENT, &[(memo, stamp, digest.clone())])?;
+    Ok(digest)
 }
 
 /// What of the layer options changes a layer's bytes: part of every key.

@@ -35,6 +35,9 @@ enum Check {
     Count(&'static str, usize),
     /// The image id equals the first build's (in a rebuild's checks).
     SameImage,
+    /// An exported file is as the first build left it (in a rebuild's
+    /// checks: the step that wrote it stayed cached).
+    Unchanged(&'static str),
 }
 
 struct Case {
@@ -892,15 +895,21 @@ fn cases() -> Vec<Case> {
         .files(&[("foo", "a")])
         .before_rebuild(|ctx| std::fs::write(ctx.join("foo"), "b").unwrap())
         .rebuild(&[], vec![File("out", "bb")]),
-        // Not here: testMountRWCache. A RUN with --mount=from=STAGE keys on
-        // that stage's key, not on the mounted directory's content, so a
-        // change elsewhere in STAGE reruns it (BuildKit keeps it cached).
         case(
-            "testMountRWCache/rw",
-            "FROM bb AS src\nCOPY dir /dir\nFROM bb\nRUN --mount=from=src,src=/dir,target=/m,rw cat /m/f > /out && echo w > /m/written\nRUN test ! -e /m/written && echo discarded > /r\n",
+            "testMountRWCache",
+            "FROM bb AS src\nCOPY dir /dir\nCOPY other /other\nFROM bb\nRUN --mount=from=src,src=/dir,target=/m,rw cat /m/f > /out && cat /proc/sys/kernel/random/uuid > /stamp && echo w > /m/written\nRUN test ! -e /m/written && echo discarded > /r\n",
         )
-        .files(&[("dir/f", "mounted")])
-        .checks(vec![File("out", "mounted"), File("r", "discarded\n")]),
+        .files(&[("dir/f", "mounted"), ("other", "1")])
+        .checks(vec![File("out", "mounted"), File("r", "discarded\n")])
+        .before_rebuild(|ctx| std::fs::write(ctx.join("other"), "2").unwrap())
+        .rebuild(&[], vec![File("out", "mounted"), Unchanged("stamp")]),
+        case(
+            "testMountRWCache/mounted-change",
+            "FROM bb AS src\nCOPY dir /dir\nFROM bb\nRUN --mount=from=src,src=/dir,target=/m cat /m/f > /out\n",
+        )
+        .files(&[("dir/f", "one")])
+        .before_rebuild(|ctx| std::fs::write(ctx.join("dir/f"), "two").unwrap())
+        .rebuild(&[], vec![File("out", "two")]),
         case(
             "testCopyFollowAllSymlinks",
             "FROM scratch\nCOPY foo/sub/bar /out\n",
@@ -1033,6 +1042,13 @@ fn run_case(root: &Path, dir: &Path, i: usize, c: &Case) -> Result<(), String> {
     let mut problems = check_all(root, &tag, &out, &log, checks, None);
     if let Some((flags, checks)) = &c.rebuild {
         let first = image_config(root, &tag)["Id"].as_str().map(str::to_string);
+        let kept: Vec<(&str, Option<String>)> = checks
+            .iter()
+            .filter_map(|c| match c {
+                Check::Unchanged(p) => Some((*p, std::fs::read_to_string(out.join(p)).ok())),
+                _ => None,
+            })
+            .collect();
         if let Some(change) = c.before_rebuild {
             change(&ctx);
         }
@@ -1045,6 +1061,12 @@ fn run_case(root: &Path, dir: &Path, i: usize, c: &Case) -> Result<(), String> {
                 .into_iter()
                 .map(|p| format!("rebuild: {p}")),
         );
+        for (p, before) in kept {
+            let after = std::fs::read_to_string(out.join(p)).ok();
+            if after != before || before.is_none() {
+                problems.push(format!("rebuild: {p} changed: {before:?} -> {after:?}"));
+            }
+        }
     }
     if problems.is_empty() {
         Ok(())
@@ -1117,6 +1139,7 @@ fn check_all(
                 (got != Some(*want))
                     .then(|| format!("config {pointer}: {got:?} items, want {want}"))
             }
+            Check::Unchanged(_) => None,
             Check::SameImage => {
                 let config = config.get_or_insert_with(|| image_config(root, tag));
                 let id = config["Id"].as_str();
