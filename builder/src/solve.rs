@@ -126,6 +126,9 @@ struct StepRecord {
     /// a stage that only feeds `COPY --from` never needs its tars.
     #[serde(default)]
     pending: bool,
+    /// Bytes of a pending step's changes (its snapshot), for disk usage.
+    #[serde(default)]
+    pending_size: u64,
 }
 
 /// The media type of a layer placeholder; its digest is
@@ -197,7 +200,7 @@ fn record(store: &Store, key: &cache::index::CacheKey, step: &StepRecord) -> any
         result: serde_json::to_string(step)?,
         snapshot: Some(step.snapshot.clone()),
         blobs: step.layer.iter().map(|l| l.digest.clone()).collect(),
-        size: step.layer.as_ref().map_or(0, |l| l.size),
+        size: step.layer.as_ref().map_or(step.pending_size, |l| l.size),
         created: now,
         last_used: now,
     })?;
@@ -1367,7 +1370,8 @@ fn cached_step(
             layer: None,
             diff_id: None,
             created: rfc3339(ctx.options.epoch.unwrap_or_else(cache::index::now)),
-            pending: changed,
+            pending: changed > 0,
+            pending_size: changed,
         },
     };
     record(ctx.store, key, &step)?;
@@ -1385,6 +1389,7 @@ fn new_step(snapshot: String, layer: &cache::layer::Layer, epoch: Option<i64>) -
         diff_id,
         created: rfc3339(epoch.unwrap_or_else(cache::index::now)),
         pending: false,
+        pending_size: 0,
     }
 }
 

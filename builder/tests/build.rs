@@ -1604,6 +1604,16 @@ fn only_the_built_images_layers_are_written() {
     // The builder stage only fed COPY --from: its 3 MB layer was never
     // written as a tar.
     assert_eq!(big_blobs(), 0);
+    // ... but its snapshot still counts in the disk usage.
+    let du = rbuild(&root, &["du"]);
+    let du = String::from_utf8_lossy(&du.stdout).into_owned();
+    let total = du
+        .lines()
+        .find_map(|l| l.strip_prefix("Total:"))
+        .and_then(|v| v.trim().strip_suffix("MB"))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no total in MB: {du}"));
+    assert!(total >= 3.0 + 1.9, "busybox and the 3 MB file: {du}");
     // Built as the target, the same (cached) stage gets its layers.
     let o = rbuild(
         &root,

@@ -245,11 +245,18 @@ pub fn disk_usage(store: &Store) -> Result<DiskUsage, GcError> {
         .into_iter()
         .map(|(d, s)| (d.to_string(), s))
         .collect();
-    let total = sizes.values().sum();
+    let mut total: u64 = sizes.values().sum();
     let mut records = Vec::new();
     let mut reclaimable_set = BTreeSet::new();
+    // Records with no blob (a step whose layer was never needed as a tar)
+    // hold only their snapshot: their size is that, and reclaimable.
+    let mut snapshot_only = 0;
     for record in store.index.records()? {
         let mut reclaimable = 0;
+        if record.blobs.is_empty() {
+            reclaimable = record.size;
+            snapshot_only += record.size;
+        }
         for b in &record.blobs {
             if !images.contains(b) {
                 reclaimable += sizes.get(b).copied().unwrap_or(0);
@@ -265,7 +272,9 @@ pub fn disk_usage(store: &Store) -> Result<DiskUsage, GcError> {
         .iter()
         .filter(|(d, _)| !images.contains(*d))
         .map(|(_, s)| *s)
-        .sum();
+        .sum::<u64>()
+        + snapshot_only;
+    total += snapshot_only;
     Ok(DiskUsage {
         records,
         total,

@@ -97,6 +97,23 @@ pub struct Snapshotter {
     backend: Backend,
 }
 
+/// Bytes under `dir`: file sizes plus 512 per entry (as a tar counts
+/// headers), never 0 for a directory with entries.
+fn tree_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            total += 512;
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += tree_bytes(&e.path()),
+                Ok(m) if m.is_file() => total += m.len(),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
 /// Asks the filesystem to place each new subdirectory of `dir` where it
 /// sees fit rather than near `dir` (ext4's "top of hierarchy" flag, `chattr
 /// +T`: the Orlov allocator spreads them over block groups). Snapshots are
@@ -754,13 +771,13 @@ impl MutableSnapshot {
     /// Commits without writing the layer tar where it can be made later
     /// from the committed snapshot ([`Snapshotter::layer`]): with overlay
     /// the upper directory is kept as it is. Returns the snapshot, the
-    /// layer when it was written (copy backend), and whether the step
-    /// changed anything.
+    /// layer when it was written (copy backend), and the bytes of the
+    /// step's changes (0: it changed nothing).
     pub fn commit_lazy(
         self,
         store: &BlobStore,
         options: &LayerOptions,
-    ) -> Result<(Snapshot, Option<Layer>, bool), SnapshotError> {
+    ) -> Result<(Snapshot, Option<Layer>, u64), SnapshotError> {
         match self.snapshotter.backend {
             Backend::Overlay => {
                 let upper = self.dir.join("upper");
@@ -768,6 +785,9 @@ impl MutableSnapshot {
                     .map_err(io_err("reading", &upper))?
                     .next()
                     .is_some();
+                // Entries count a block each, so a change of names only
+                // (a whiteout, an empty file) is not 0.
+                let size = if changed { tree_bytes(&upper) } else { 0 };
                 let mut me = self;
                 me.unmount()?;
                 let s = me.snapshotter.clone();
@@ -781,12 +801,16 @@ impl MutableSnapshot {
                 if result.is_err() {
                     let _ = fs::remove_dir_all(&tmp);
                 }
-                Ok((result?, None, changed))
+                Ok((result?, None, size))
             }
             Backend::Copy => {
                 let (snap, layer) = self.commit(store, options)?;
-                let changed = layer.uncompressed_size > 1024;
-                Ok((snap, Some(layer), changed))
+                let size = if layer.uncompressed_size > 1024 {
+                    layer.uncompressed_size
+                } else {
+                    0
+                };
+                Ok((snap, Some(layer), size))
             }
         }
     }
