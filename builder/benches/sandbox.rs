@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use builder::sandbox::embedded::Embedded;
 use builder::sandbox::runc::Runc;
-use builder::sandbox::{Network, RunSpec, Runtime, default_hosts};
+use builder::sandbox::{Network, RunSpec, Runtime};
 
 fn main() {
     // SAFETY: no preconditions.
@@ -28,21 +28,7 @@ fn main() {
         "build the binary first: cargo build --release -p builder"
     );
     let runtime = Embedded { helper };
-    let spec = RunSpec {
-        rootfs: root.clone(),
-        args: vec!["/bin/true".into()],
-        env: vec![],
-        cwd: "/".into(),
-        uid: 0,
-        gid: 0,
-        additional_gids: vec![],
-        hostname: "buildkitsandbox".into(),
-        network: Network::Host,
-        insecure: false,
-        mounts: vec![],
-        hosts: default_hosts("buildkitsandbox"),
-        resolv_conf: String::new(),
-    };
+    let spec = RunSpec::new(root.clone(), vec!["/bin/true".into()]);
     let runc = Runc::find(&root.with_extension("runc")).ok();
     let mut runtimes: Vec<(&str, &dyn Runtime)> = vec![("embedded", &runtime)];
     if let Some(runc) = &runc {

@@ -41,20 +41,27 @@ pub struct Output {
     pub force_compression: bool,
 }
 
+impl Output {
+    /// An output of `kind` to `dest` with every option at its default.
+    pub fn new(kind: &str, dest: Option<&str>) -> Output {
+        Output {
+            kind: kind.to_string(),
+            dest: dest.map(str::to_string),
+            tar: true,
+            oci_media_types: None,
+            names: Vec::new(),
+            compression: None,
+            push: false,
+            compression_level: None,
+            rewrite_timestamp: false,
+            force_compression: false,
+        }
+    }
+}
+
 /// Parses `type=oci,dest=out.tar,...`.
 pub fn parse_output(spec: &str) -> anyhow::Result<Output> {
-    let mut out = Output {
-        kind: String::new(),
-        dest: None,
-        tar: true,
-        oci_media_types: None,
-        names: Vec::new(),
-        compression: None,
-        push: false,
-        compression_level: None,
-        rewrite_timestamp: false,
-        force_compression: false,
-    };
+    let mut out = Output::new("", None);
     if !spec.contains('=') {
         // buildx: a bare path means type=local.
         out.kind = "local".into();

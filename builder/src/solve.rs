@@ -114,6 +114,21 @@ struct Done {
     key: Option<String>,
 }
 
+impl Done {
+    /// Continues from a snapshot-making step recorded under `key`: its
+    /// time, layer (or placeholder), snapshot and key. Returns the diff_id
+    /// (or placeholder) for the step's history entry, which the caller
+    /// writes as RUN, COPY or WORKDIR.
+    fn take_step(&mut self, step: StepRecord, key: &cache::index::CacheKey) -> Option<String> {
+        self.image.set_created(Some(step.created.clone()));
+        self.layers.extend(step.layer_ref(key));
+        let diff = step.diff_ref(key);
+        self.snapshot = Some(step.snapshot);
+        self.key = Some(key.as_str().to_string());
+        diff
+    }
+}
+
 /// What a snapshot-making step left, as the cache index records it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct StepRecord {
@@ -762,11 +777,8 @@ fn run_node(
                         Ok(())
                     },
                 )?;
-                d.image.set_created(Some(step.created.clone()));
-                d.image.workdir(path, step.diff_ref(&key).as_deref());
-                d.layers.extend(step.layer_ref(&key));
-                d.snapshot = Some(step.snapshot);
-                d.key = Some(key.as_str().to_string());
+                let diff = d.take_step(step, &key);
+                d.image.workdir(path, diff.as_deref());
                 d
             }
             OpKind::Exec(exec) => {
@@ -1132,11 +1144,8 @@ fn run_node(
                         Ok(())
                     },
                 )?;
-                d.image.set_created(Some(step.created.clone()));
-                d.image.run(exec, step.diff_ref(&key).as_deref());
-                d.layers.extend(step.layer_ref(&key));
-                d.snapshot = Some(step.snapshot);
-                d.key = Some(key.as_str().to_string());
+                let diff = d.take_step(step, &key);
+                d.image.run(exec, diff.as_deref());
                 d
             }
             OpKind::File(file) => {
@@ -1253,20 +1262,13 @@ fn run_node(
                         Ok(())
                     },
                 )?;
-                let diff = step.diff_ref(&key);
                 if link {
                     // The merge records history; this op keeps only its layer.
-                    d.layers = step.layer_ref(&key).into_iter().collect();
+                    d.layers.clear();
                     d.image = ImageState::new(None, None);
-                    d.image.set_created(Some(step.created.clone()));
-                    d.image.copy(file, diff.as_deref());
-                } else {
-                    d.image.set_created(Some(step.created.clone()));
-                    d.image.copy(file, diff.as_deref());
-                    d.layers.extend(step.layer_ref(&key));
                 }
-                d.snapshot = Some(step.snapshot);
-                d.key = Some(key.as_str().to_string());
+                let diff = d.take_step(step, &key);
+                d.image.copy(file, diff.as_deref());
                 d
             }
             OpKind::Merge => {

@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 
 use builder::sandbox::embedded::Embedded;
 use builder::sandbox::runc::Runc;
-use builder::sandbox::{
-    Cancel, Mount, Network, RunSpec, Runtime, SandboxError, Stream, default_hosts,
-};
+use builder::sandbox::{Cancel, Mount, Network, RunSpec, Runtime, SandboxError, Stream};
 
 struct Tmp(PathBuf);
 
@@ -59,19 +57,12 @@ fn busybox_root(name: &str) -> Tmp {
 
 fn spec(root: &Path, script: &str) -> RunSpec {
     RunSpec {
-        rootfs: root.to_path_buf(),
-        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
         env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
-        cwd: "/".into(),
-        uid: 0,
-        gid: 0,
-        additional_gids: vec![],
-        hostname: "buildkitsandbox".into(),
-        network: Network::Host,
-        insecure: false,
-        mounts: vec![],
-        hosts: default_hosts("buildkitsandbox"),
         resolv_conf: "nameserver 192.0.2.53\n".into(),
+        ..RunSpec::new(
+            root.to_path_buf(),
+            vec!["/bin/sh".into(), "-c".into(), script.into()],
+        )
     }
 }
 

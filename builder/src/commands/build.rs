@@ -327,18 +327,7 @@ pub fn save(
     }
     let store = open_store(root)?;
     let img = find(&store, &references[0])?;
-    let out = crate::export::Output {
-        kind: format.to_string(),
-        dest: Some(output.to_string()),
-        tar: true,
-        oci_media_types: None,
-        names: Vec::new(),
-        compression: None,
-        push: false,
-        compression_level: None,
-        rewrite_timestamp: false,
-        force_compression: false,
-    };
+    let out = crate::export::Output::new(format, Some(output));
     let format = crate::export::LayerFormat {
         compression: Compression::Gzip,
         level: None,

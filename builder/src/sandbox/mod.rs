@@ -87,6 +87,29 @@ pub struct RunSpec {
     pub resolv_conf: String,
 }
 
+impl RunSpec {
+    /// `args` as root in `/` of `rootfs` on the host network, with
+    /// BuildKit's hostname and `/etc/hosts`, no environment, mounts or
+    /// resolvers: the fields a caller does not set.
+    pub fn new(rootfs: PathBuf, args: Vec<String>) -> RunSpec {
+        RunSpec {
+            rootfs,
+            args,
+            env: Vec::new(),
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            additional_gids: Vec::new(),
+            hostname: "buildkitsandbox".into(),
+            network: Network::Host,
+            insecure: false,
+            mounts: Vec::new(),
+            hosts: default_hosts("buildkitsandbox"),
+            resolv_conf: String::new(),
+        }
+    }
+}
+
 /// Which stream a chunk of output came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
