@@ -258,7 +258,13 @@ fn copy_sources(req: &CopyRequest<'_>, exclude_base: &str) -> Result<u64, CopyEr
                 rel,
                 exclude_rel: exclude_base,
             };
-            n += copy_tree(&src, &dest_dir, walk, req, &excludes, owner, chmod.as_ref())?;
+            let tree = TreeCopy {
+                req,
+                excludes: &excludes,
+                owner,
+                chmod: chmod.as_ref(),
+            };
+            n += copy_tree(&src, &dest_dir, walk, tree)?;
             continue;
         }
         if req.add && req.unpack != Some(false) && is_archive(&src)? {
@@ -506,15 +512,22 @@ fn join_rel(parent: &str, name: &str) -> String {
     }
 }
 
+/// What stays the same over a directory copy: the request, its
+/// `--exclude` patterns, the owner and the `--chmod` of every entry.
+#[derive(Clone, Copy)]
+struct TreeCopy<'a> {
+    req: &'a CopyRequest<'a>,
+    excludes: &'a PatternMatcher,
+    owner: Owner,
+    chmod: Option<&'a Chmod>,
+}
+
 /// Copies the contents of `src_dir` into `dest_dir`, links as links.
 fn copy_tree(
     src_dir: &Path,
     dest_dir: &Path,
     walk: TreeWalk<'_>,
-    req: &CopyRequest<'_>,
-    excludes: &PatternMatcher,
-    owner: Owner,
-    chmod: Option<&Chmod>,
+    tree: TreeCopy<'_>,
 ) -> Result<u64, CopyError> {
     use rayon::prelude::*;
     let mut names: Vec<_> = fs::read_dir(src_dir)
@@ -528,81 +541,81 @@ fn copy_tree(
     // core idle (bench incremental: 20,000 files).
     names
         .par_iter()
-        .map(|name| copy_entry(src_dir, dest_dir, name, walk, req, excludes, owner, chmod))
+        .map(|name| copy_entry(src_dir, dest_dir, name, walk, tree))
         .try_reduce(|| 0, |a, b| Ok(a + b))
 }
 
 /// One entry of [`copy_tree`]: how many files it copied.
-#[allow(clippy::too_many_arguments)]
 fn copy_entry(
     src_dir: &Path,
     dest_dir: &Path,
     name: &std::ffi::OsStr,
     walk: TreeWalk<'_>,
-    req: &CopyRequest<'_>,
-    excludes: &PatternMatcher,
-    owner: Owner,
-    chmod: Option<&Chmod>,
+    tree: TreeCopy<'_>,
 ) -> Result<u64, CopyError> {
-    let mut n = 0;
+    let TreeCopy {
+        req,
+        excludes,
+        owner,
+        chmod,
+    } = tree;
+    let child_rel = join_rel(walk.rel, &name.to_string_lossy());
+    let child_exclude_rel = join_rel(walk.exclude_rel, &name.to_string_lossy());
+    if req
+        .ignore
+        .is_some_and(|m| m.matches_or_parent_matches(&child_rel).unwrap_or(false))
+        || excludes
+            .matches_or_parent_matches(&child_exclude_rel)
+            .unwrap_or(false)
     {
-        let child_rel = join_rel(walk.rel, &name.to_string_lossy());
-        let child_exclude_rel = join_rel(walk.exclude_rel, &name.to_string_lossy());
-        if req
-            .ignore
-            .is_some_and(|m| m.matches_or_parent_matches(&child_rel).unwrap_or(false))
-            || excludes
-                .matches_or_parent_matches(&child_exclude_rel)
-                .unwrap_or(false)
-        {
-            return Ok(0);
-        }
-        let child = TreeWalk {
-            rel: &child_rel,
-            exclude_rel: &child_exclude_rel,
-        };
-        let src = src_dir.join(name);
-        let dest = dest_dir.join(name);
-        let meta = fs::symlink_metadata(&src).map_err(io_err("reading", &src))?;
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            match fs::symlink_metadata(&dest) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    fs::remove_file(&dest).map_err(io_err("replacing", &dest))?;
-                    fs::create_dir(&dest).map_err(io_err("creating", &dest))?;
-                }
-                Err(_) => fs::create_dir(&dest).map_err(io_err("creating", &dest))?,
-            }
-            n += copy_tree(&src, &dest, child, req, excludes, owner, chmod)?;
-            std::os::unix::fs::lchown(&dest, Some(owner.uid), Some(owner.gid))
-                .map_err(io_err("changing owner of", &dest))?;
-            let mode = chmod.map_or(meta.mode() & 0o7777, |c| c.apply(meta.mode(), true));
-            fs::set_permissions(&dest, fs::Permissions::from_mode(mode))
-                .map_err(io_err("changing mode of", &dest))?;
-            set_mtime(&dest, &meta);
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&src).map_err(io_err("reading", &src))?;
-            if fs::symlink_metadata(&dest).is_ok() {
-                remove_any(&dest)?;
-            }
-            symlink(&target, &dest).map_err(io_err("creating", &dest))?;
-            std::os::unix::fs::lchown(&dest, Some(owner.uid), Some(owner.gid))
-                .map_err(io_err("changing owner of", &dest))?;
-        } else if ft.is_file() {
-            if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
-                remove_any(&dest)?;
-            }
-            let mut file = File::open(&src).map_err(io_err("opening", &src))?;
-            let mode = meta.mode() & 0o7777;
-            write_file_from(&mut file, &dest, mode, owner, chmod, meta.modified().ok())?;
-        } else {
-            // Devices, fifos and sockets in a context are not copied.
-            return Ok(0);
-        }
-        n += 1;
+        return Ok(0);
     }
-    Ok(n)
+    let child = TreeWalk {
+        rel: &child_rel,
+        exclude_rel: &child_exclude_rel,
+    };
+    let src = src_dir.join(name);
+    let dest = dest_dir.join(name);
+    let meta = fs::symlink_metadata(&src).map_err(io_err("reading", &src))?;
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        match fs::symlink_metadata(&dest) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                fs::remove_file(&dest).map_err(io_err("replacing", &dest))?;
+                fs::create_dir(&dest).map_err(io_err("creating", &dest))?;
+            }
+            Err(_) => fs::create_dir(&dest).map_err(io_err("creating", &dest))?,
+        }
+        let n = copy_tree(&src, &dest, child, tree)?;
+        std::os::unix::fs::lchown(&dest, Some(owner.uid), Some(owner.gid))
+            .map_err(io_err("changing owner of", &dest))?;
+        let mode = chmod.map_or(meta.mode() & 0o7777, |c| c.apply(meta.mode(), true));
+        fs::set_permissions(&dest, fs::Permissions::from_mode(mode))
+            .map_err(io_err("changing mode of", &dest))?;
+        set_mtime(&dest, &meta);
+        return Ok(n + 1);
+    }
+    if ft.is_symlink() {
+        let target = fs::read_link(&src).map_err(io_err("reading", &src))?;
+        if fs::symlink_metadata(&dest).is_ok() {
+            remove_any(&dest)?;
+        }
+        symlink(&target, &dest).map_err(io_err("creating", &dest))?;
+        std::os::unix::fs::lchown(&dest, Some(owner.uid), Some(owner.gid))
+            .map_err(io_err("changing owner of", &dest))?;
+    } else if ft.is_file() {
+        if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
+            remove_any(&dest)?;
+        }
+        let mut file = File::open(&src).map_err(io_err("opening", &src))?;
+        let mode = meta.mode() & 0o7777;
+        write_file_from(&mut file, &dest, mode, owner, chmod, meta.modified().ok())?;
+    } else {
+        // Devices, fifos and sockets in a context are not copied.
+        return Ok(0);
+    }
+    Ok(1)
 }
 
 fn remove_any(path: &Path) -> Result<(), CopyError> {
