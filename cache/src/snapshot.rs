@@ -716,56 +716,44 @@ impl MutableSnapshot {
         Ok(())
     }
 
-    /// Unmounts, writes the changes as a layer into `store`, and keeps them
-    /// as a committed snapshot.
-    pub fn commit(
-        mut self,
-        store: &BlobStore,
-        options: &LayerOptions,
-    ) -> Result<(Snapshot, Layer), SnapshotError> {
+    /// Moves the step's changes (overlay: the upper directory; copy: the
+    /// whole tree) into a new committed snapshot.
+    fn finish(mut self) -> Result<Snapshot, SnapshotError> {
         self.unmount()?;
         let s = self.snapshotter.clone();
+        let changes = match s.backend {
+            Backend::Overlay => self.dir.join("upper"),
+            Backend::Copy => self.root(),
+        };
         let tmp = s.tmp_committed()?;
         let result = (|| {
-            let layer = match s.backend {
-                Backend::Overlay => {
-                    let upper = self.dir.join("upper");
-                    let layer =
-                        write_layer(store, &DiffSource::Overlay { upper: &upper }, options)?;
-                    let dest = tmp.join("fs");
-                    fs::remove_dir(&dest).map_err(io_err("replacing", &dest))?;
-                    fs::rename(&upper, &dest).map_err(io_err("moving", &upper))?;
-                    layer
-                }
-                Backend::Copy => {
-                    let merged = self.root();
-                    let layer = match &self.parent {
-                        Some(p) => {
-                            let lower = s.committed_dir(p).join("fs");
-                            write_layer(
-                                store,
-                                &DiffSource::Compare {
-                                    lower: &lower,
-                                    upper: &merged,
-                                },
-                                options,
-                            )?
-                        }
-                        None => write_layer(store, &DiffSource::Full { root: &merged }, options)?,
-                    };
-                    let dest = tmp.join("fs");
-                    fs::remove_dir(&dest).map_err(io_err("replacing", &dest))?;
-                    fs::rename(&merged, &dest).map_err(io_err("moving", &merged))?;
-                    layer
-                }
-            };
-            let snap = s.finish_commit(&tmp, self.parent.as_deref())?;
-            Ok((snap, layer))
+            let dest = tmp.join("fs");
+            fs::remove_dir(&dest).map_err(io_err("replacing", &dest))?;
+            fs::rename(&changes, &dest).map_err(io_err("moving", &changes))?;
+            s.finish_commit(&tmp, self.parent.as_deref())
         })();
         if result.is_err() {
             let _ = fs::remove_dir_all(&tmp);
         }
         result
+    }
+
+    /// Commits and writes the layer of the changes into `store`
+    /// ([`Snapshotter::layer`]); when the layer fails, nothing is committed.
+    pub fn commit(
+        self,
+        store: &BlobStore,
+        options: &LayerOptions,
+    ) -> Result<(Snapshot, Layer), SnapshotError> {
+        let s = self.snapshotter.clone();
+        let snap = self.finish()?;
+        match s.layer(&snap.id, store, options) {
+            Ok(layer) => Ok((snap, layer)),
+            Err(e) => {
+                let _ = fs::remove_dir_all(s.committed_dir(&snap.id));
+                Err(e)
+            }
+        }
     }
 
     /// Commits without writing the layer tar where it can be made later
@@ -788,20 +776,7 @@ impl MutableSnapshot {
                 // Entries count a block each, so a change of names only
                 // (a whiteout, an empty file) is not 0.
                 let size = if changed { tree_bytes(&upper) } else { 0 };
-                let mut me = self;
-                me.unmount()?;
-                let s = me.snapshotter.clone();
-                let tmp = s.tmp_committed()?;
-                let result = (|| {
-                    let dest = tmp.join("fs");
-                    fs::remove_dir(&dest).map_err(io_err("replacing", &dest))?;
-                    fs::rename(&upper, &dest).map_err(io_err("moving", &upper))?;
-                    s.finish_commit(&tmp, me.parent.as_deref())
-                })();
-                if result.is_err() {
-                    let _ = fs::remove_dir_all(&tmp);
-                }
-                Ok((result?, None, size))
+                Ok((self.finish()?, None, size))
             }
             Backend::Copy => {
                 let (snap, layer) = self.commit(store, options)?;
