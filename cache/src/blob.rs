@@ -10,7 +10,7 @@
 //! demand ([`BlobStore::open_verified`], [`BlobStore::verify`]): a blob whose
 //! content does not hash to its name is reported, never returned.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sha2::{Digest as _, Sha256};
 
 use crate::Digest;
+use crate::direct::DirectWriter;
 use crate::spec::{Index, media, to_canonical_json};
 
 /// Blob store failures; each names the blob or path.
@@ -189,19 +190,14 @@ impl BlobStore {
         let path = self
             .tmp_dir()
             .join(format!("{}-{n}-{nanos}", std::process::id()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(io_err("creating", &path))?;
-        file.lock().map_err(io_err("locking", &path))?;
+        let file = DirectWriter::create_new(&path).map_err(io_err("creating", &path))?;
+        file.file().lock().map_err(io_err("locking", &path))?;
         Ok(BlobWriter {
             store: self.clone(),
-            file: Some(io::BufWriter::with_capacity(1 << 20, file)),
+            file: Some(file),
             path,
             hasher: Sha256::new(),
             size: 0,
-            synced: 0,
         })
     }
 
@@ -379,16 +375,12 @@ fn sync_dir(dir: &Path) -> Result<(), BlobError> {
 /// A blob being written. Dropped without [`BlobWriter::commit`], it leaves nothing.
 pub struct BlobWriter {
     store: BlobStore,
-    file: Option<io::BufWriter<File>>,
+    /// Around the page cache: see [`crate::direct`].
+    file: Option<DirectWriter>,
     path: PathBuf,
     hasher: Sha256,
     size: u64,
-    /// Bytes already handed to the kernel for writeback.
-    synced: u64,
 }
-
-/// Start writeback every this many bytes, so the final fsync is short.
-const WRITEBACK_CHUNK: u64 = 16 << 20;
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -396,22 +388,6 @@ impl Write for BlobWriter {
         let n = file.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.size += n as u64;
-        if self.size - self.synced >= WRITEBACK_CHUNK {
-            // Flush what the buffer holds and let the kernel start writing
-            // it out while we produce more (SYNC_FILE_RANGE_WRITE does not wait).
-            file.flush()?;
-            let fd = std::os::fd::AsRawFd::as_raw_fd(file.get_ref());
-            // SAFETY: fd is our open file; the range is within what we wrote.
-            unsafe {
-                libc::sync_file_range(
-                    fd,
-                    self.synced as i64,
-                    (self.size - self.synced) as i64,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
-            self.synced = self.size;
-        }
         Ok(n)
     }
 
@@ -429,9 +405,7 @@ impl BlobWriter {
     /// Checks, syncs and moves the blob into place; returns its digest and size.
     pub fn commit(mut self, expected: Option<(&Digest, u64)>) -> Result<(Digest, u64), BlobError> {
         let file = self.file.take().expect("commit once");
-        let file = file
-            .into_inner()
-            .map_err(|e| io_err("writing", &self.path)(e.into_error()))?;
+        let file = file.finish().map_err(io_err("writing", &self.path))?;
         let digest = crate::layer::digest_of(self.hasher.clone());
         if let Some((want, size)) = expected {
             if &digest != want {

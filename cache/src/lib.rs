@@ -9,6 +9,7 @@
 
 pub mod blob;
 mod digest;
+pub mod direct;
 pub mod gc;
 pub mod index;
 pub mod layer;
