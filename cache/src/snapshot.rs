@@ -81,6 +81,24 @@ pub enum Backend {
     Copy,
 }
 
+impl Backend {
+    /// How the snapshot directory's `backend` file names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Overlay => "overlay",
+            Backend::Copy => "copy",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Backend> {
+        match name {
+            "overlay" => Some(Backend::Overlay),
+            "copy" => Some(Backend::Copy),
+            _ => None,
+        }
+    }
+}
+
 /// A committed, read-only snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -202,17 +220,36 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 const MAX_MOUNT_OPTIONS: usize = 4000;
 
 impl Snapshotter {
-    /// Opens the snapshot directory, picks overlay when it works here
-    /// (`RBUILD_SNAPSHOTTER=copy` forces copies), and cleans what killed
-    /// processes left (mounts, active snapshots).
+    /// Opens the snapshot directory with the backend it was made with, and
+    /// cleans what killed processes left (mounts, active snapshots). A new
+    /// directory gets overlay when a test mount works here
+    /// (`RBUILD_SNAPSHOTTER=copy` forces copies); the choice is kept in
+    /// `backend`, so later opens skip the test mount (~6 ms).
     pub fn open(root: &Path) -> Result<Snapshotter, SnapshotError> {
         fs::create_dir_all(root).map_err(io_err("creating", root))?;
-        let backend = if std::env::var_os("RBUILD_SNAPSHOTTER").is_some_and(|v| v == "copy")
-            || !overlay_works(root)
-        {
-            Backend::Copy
-        } else {
-            Backend::Overlay
+        let record = root.join("backend");
+        // A record lost or torn by a crash (empty, unknown) is made again.
+        let recorded = match fs::read_to_string(&record) {
+            Ok(s) => Backend::from_name(s.trim()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err("reading", &record)(e)),
+        };
+        let backend = match recorded {
+            Some(b) => b,
+            None => {
+                let b = if std::env::var_os("RBUILD_SNAPSHOTTER").is_some_and(|v| v == "copy")
+                    || !overlay_works(root)
+                {
+                    Backend::Copy
+                } else {
+                    Backend::Overlay
+                };
+                let tmp = root.join(format!(".backend.{}.tmp", std::process::id()));
+                fs::write(&tmp, b.name())
+                    .and_then(|()| fs::rename(&tmp, &record))
+                    .map_err(io_err("writing", &record))?;
+                b
+            }
         };
         Snapshotter::open_with_backend(root, backend)
     }

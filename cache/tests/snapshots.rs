@@ -184,3 +184,23 @@ fn killed_process_leftovers_are_cleaned() {
         "mount left after drop"
     );
 }
+
+#[test]
+fn the_backend_is_chosen_once_and_kept() {
+    let t = Tmp::new("snap", "backend");
+    let root = t.0.join("snaps");
+    let first = Snapshotter::open(&root).unwrap().backend();
+    let record = root.join("backend");
+    assert_eq!(fs::read_to_string(&record).unwrap(), first.name());
+    // A later open takes the record, not a new test mount: a store made
+    // with copies stays with copies where overlay would work.
+    fs::write(&record, "copy").unwrap();
+    assert_eq!(Snapshotter::open(&root).unwrap().backend(), Backend::Copy);
+    // A record torn by a crash is made again.
+    fs::write(&record, "").unwrap();
+    assert_eq!(Snapshotter::open(&root).unwrap().backend(), first);
+    assert_eq!(fs::read_to_string(&record).unwrap(), first.name());
+    if is_root() {
+        assert_eq!(first, Backend::Overlay, "overlay works here as root");
+    }
+}
