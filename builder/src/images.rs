@@ -194,7 +194,7 @@ pub fn import_oci_layout(blobs: &BlobStore, spec: &str) -> anyhow::Result<Stored
             None => (spec, None),
         }
     };
-    let layout = BlobStore::open(std::path::Path::new(path))
+    let layout = BlobStore::open_existing(std::path::Path::new(path))
         .with_context(|| format!("opening the OCI layout {path}"))?;
     let index = layout.read_index()?;
     let mut desc = match selector {

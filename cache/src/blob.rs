@@ -65,6 +65,9 @@ pub enum BlobError {
         #[source]
         source: serde_json::Error,
     },
+    /// A directory to read as an OCI layout has no `oci-layout` file.
+    #[error("{0} is not an OCI image layout (it has no oci-layout file)")]
+    NotLayout(PathBuf),
 }
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BlobError + use<> {
@@ -104,6 +107,18 @@ impl BlobStore {
         }
         store.clean_stale_temp_files()?;
         Ok(store)
+    }
+
+    /// Opens an OCI layout made elsewhere (a build context, say) for
+    /// reading: it creates, locks and cleans nothing there, so a read-only
+    /// layout works and another tool's writers are left alone.
+    pub fn open_existing(root: &Path) -> Result<BlobStore, BlobError> {
+        if !root.join("oci-layout").is_file() {
+            return Err(BlobError::NotLayout(root.to_path_buf()));
+        }
+        Ok(BlobStore {
+            root: root.to_path_buf(),
+        })
     }
 
     /// The layout directory.
@@ -533,6 +548,41 @@ mod tests {
         assert_eq!(store.list().unwrap().len(), 1);
         assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
         fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn an_existing_layout_is_read_without_a_change() {
+        let root = temp_root("existing");
+        assert!(matches!(
+            BlobStore::open_existing(&root),
+            Err(BlobError::NotLayout(_))
+        ));
+        let store = BlobStore::open(&root).unwrap();
+        let digest = store.put_bytes(b"config").unwrap();
+        fs::remove_dir(store.tmp_dir()).unwrap();
+        fs::remove_file(root.join("index.json.lock")).unwrap();
+        let listing = || {
+            let mut names: Vec<_> = walk_names(&root);
+            names.sort();
+            names
+        };
+        let before = listing();
+        let layout = BlobStore::open_existing(&root).unwrap();
+        assert_eq!(layout.read(&digest).unwrap(), b"config");
+        assert!(layout.read_index().unwrap().manifests.is_empty());
+        assert_eq!(listing(), before);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    fn walk_names(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            out.push(e.path().display().to_string());
+            if e.path().is_dir() {
+                out.extend(walk_names(&e.path()));
+            }
+        }
+        out
     }
 
     #[test]
