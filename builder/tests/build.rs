@@ -721,6 +721,26 @@ fn image_build_contexts() {
     let insp = rbuild(&root, &["inspect", "child:1"]);
     let v: serde_json::Value = serde_json::from_slice(&insp.stdout).unwrap();
     assert_eq!(v["Manifest"]["layers"].as_array().unwrap().len(), 1);
+    // The layout is only read: no lock file or temp dir of ours in it.
+    assert!(!layout.join("index.json.lock").exists());
+    assert!(!layout.join("blobs/.tmp").exists());
+    // A directory that is no OCI layout is refused by name.
+    let out = rbuild(
+        &root,
+        &[
+            "build",
+            "-q",
+            "--build-context",
+            &format!("mybase=oci-layout://{}", child.display()),
+            child.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{} is not an OCI image layout", child.display())),
+        "{err}"
+    );
     // docker-image:// names an image of the local store.
     assert!(
         rbuild(&root, &["tag", "child:1", "local-base:1"])
