@@ -5,7 +5,7 @@
 //! renamed into place at the end, so a failed export leaves nothing
 //! half-written; `dest=-` streams a tar to stdout.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -176,13 +176,16 @@ fn to_file(
     }
     let pending = Pending::new(Path::new(dest));
     {
-        let mut f = io::BufWriter::new(
-            File::create(&pending.tmp)
-                .with_context(|| format!("creating {}", pending.tmp.display()))?,
-        );
+        // A leftover of a killed run with our pid would stop create_new.
+        let _ = fs::remove_file(&pending.tmp);
+        // Around the page cache, as blobs are (see cache::direct): an
+        // archive is written once and rarely read back here.
+        let mut f = cache::direct::DirectWriter::create_new(&pending.tmp)
+            .with_context(|| format!("creating {}", pending.tmp.display()))?;
         write(&mut f)?;
-        f.flush()?;
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        f.finish()
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("writing {}", pending.tmp.display()))?;
     }
     pending.commit()
 }
