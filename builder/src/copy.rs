@@ -16,6 +16,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
+use cache::PathError;
 use cache::index::FileStamp;
 use cache::layer::resolve_in_root;
 use frontend::glob::glob_match;
@@ -63,25 +64,13 @@ pub enum CopyError {
     #[error("{0}")]
     Invalid(String),
     /// A filesystem operation failed.
-    #[error("{action} {path}")]
-    Io {
-        /// What.
-        action: &'static str,
-        /// Where.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
 }
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CopyError + use<> {
-    let path = path.to_path_buf();
-    move |source| CopyError::Io {
-        action,
-        path,
-        source,
-    }
+    let at = PathError::at(action, path);
+    move |source| at(source).into()
 }
 
 fn has_glob(s: &str) -> bool {

@@ -17,24 +17,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::Digest;
 use crate::direct::DirectWriter;
 use crate::spec::{Index, media, to_canonical_json};
+use crate::{Digest, PathError};
 
 /// Blob store failures; each names the blob or path.
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
     /// Reading or writing a path failed.
-    #[error("{action} {path}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// Where.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     /// Content did not match the digest it was expected to have.
     #[error("blob {expected} is corrupt: content hashes to {actual}")]
     DigestMismatch {
@@ -71,12 +63,8 @@ pub enum BlobError {
 }
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BlobError + use<> {
-    let path = path.to_path_buf();
-    move |source| BlobError::Io {
-        action,
-        path,
-        source,
-    }
+    let at = PathError::at(action, path);
+    move |source| at(source).into()
 }
 
 /// The store.

@@ -12,15 +12,15 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::Digest;
 use crate::blob::{BlobError, BlobStore};
 use crate::index::{CacheIndex, IndexError, Record, now};
 use crate::snapshot::{SnapshotError, Snapshotter};
 use crate::spec::{Index, Manifest};
+use crate::{Digest, PathError};
 
 /// GC failures.
 #[derive(Debug, thiserror::Error)]
@@ -35,16 +35,8 @@ pub enum GcError {
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
     /// Lease or lock files.
-    #[error("{action} {path}")]
-    Io {
-        /// What.
-        action: &'static str,
-        /// Where.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
 }
 
 /// Everything under one state root.
@@ -63,11 +55,7 @@ impl Store {
     /// Opens (creating) a state root.
     pub fn open(root: &Path) -> Result<Store, GcError> {
         let leases = root.join("leases");
-        fs::create_dir_all(&leases).map_err(|source| GcError::Io {
-            action: "creating",
-            path: leases,
-            source,
-        })?;
+        fs::create_dir_all(&leases).map_err(PathError::at("creating", &leases))?;
         Ok(Store {
             root: root.to_path_buf(),
             blobs: BlobStore::open(&root.join("content"))?,
@@ -86,11 +74,7 @@ impl Store {
             .root
             .join("leases")
             .join(format!("{}-{n}", std::process::id()));
-        let io_err = |source| GcError::Io {
-            action: "creating lease",
-            path: path.clone(),
-            source,
-        };
+        let io_err = |source| GcError::from(PathError::at("creating lease", &path)(source));
         let file = OpenOptions::new()
             .create_new(true)
             .append(true)
@@ -121,11 +105,7 @@ impl Lease {
     fn add(&mut self, line: &str) -> Result<(), GcError> {
         self.file
             .write_all(line.as_bytes())
-            .map_err(|source| GcError::Io {
-                action: "writing lease",
-                path: self.path.clone(),
-                source,
-            })
+            .map_err(|source| PathError::at("writing lease", &self.path)(source).into())
     }
 }
 
@@ -285,11 +265,8 @@ pub fn disk_usage(store: &Store) -> Result<DiskUsage, GcError> {
 /// Drops records by policy, then sweeps what nothing reaches.
 pub fn prune(store: &Store, options: &PruneOptions) -> Result<PruneReport, GcError> {
     let gc_lock_path = store.root.join("gc.lock");
-    let _gc_lock = crate::lock::lock_exclusive(&gc_lock_path).map_err(|source| GcError::Io {
-        action: "locking",
-        path: gc_lock_path,
-        source,
-    })?;
+    let _gc_lock = crate::lock::lock_exclusive(&gc_lock_path)
+        .map_err(PathError::at("locking", &gc_lock_path))?;
 
     let mut report = PruneReport::default();
     let records = store.index.records()?;

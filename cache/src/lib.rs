@@ -14,7 +14,9 @@ pub mod gc;
 pub mod index;
 pub mod layer;
 pub mod lock;
+mod path_error;
 pub mod snapshot;
 pub mod spec;
 
 pub use digest::{Digest, DigestError};
+pub use path_error::PathError;

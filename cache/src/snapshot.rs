@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::PathError;
 use crate::blob::BlobStore;
 use crate::layer::{
     DiffSource, Layer, LayerError, LayerOptions, UnpackOptions, unpack, write_layer,
@@ -34,16 +35,8 @@ use crate::layer::{
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     /// A filesystem operation failed.
-    #[error("{action} {path}")]
-    Io {
-        /// What.
-        action: &'static str,
-        /// Where.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     /// Mounting the overlay failed.
     #[error("mounting overlay at {path} (options {options})")]
     Mount {
@@ -64,12 +57,8 @@ pub enum SnapshotError {
 }
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + use<> {
-    let path = path.to_path_buf();
-    move |source| SnapshotError::Io {
-        action,
-        path,
-        source,
-    }
+    let at = PathError::at(action, path);
+    move |source| at(source).into()
 }
 
 /// How snapshots are stored.

@@ -15,9 +15,9 @@ pub use unpack::{
 pub(crate) use write::digest_of;
 pub use write::{DiffSource, LayerOptions, convert_layer, write_layer, write_tree_tar};
 
-use crate::Digest;
 use crate::blob::BlobError;
 use crate::spec::{Descriptor, media};
+use crate::{Digest, PathError};
 
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,16 +86,8 @@ pub struct Layer {
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
     /// A filesystem operation failed.
-    #[error("{action} {path}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// Where.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     /// Storing the blob failed.
     #[error(transparent)]
     Blob(#[from] BlobError),
@@ -114,11 +106,7 @@ pub enum LayerError {
 
 impl LayerError {
     pub(crate) fn io(action: &'static str, path: &Path, source: io::Error) -> LayerError {
-        LayerError::Io {
-            action,
-            path: path.to_path_buf(),
-            source,
-        }
+        LayerError::Io(PathError::at(action, path)(source))
     }
 }
 
