@@ -464,6 +464,11 @@ impl Unpacker {
         {
             return self.fill_file(file, entry, &header, &rel, &dest);
         }
+        if kind == EntryType::Symlink && self.symlink_in_parent(&name, &entry, &header, &dest)? {
+            self.stats.entries += 1;
+            self.mark_written(&rel);
+            return Ok(());
+        }
         let existing = fs::symlink_metadata(&dest).ok();
         // Replace what is there unless both are directories.
         if let Some(m) = &existing
@@ -627,6 +632,76 @@ impl Unpacker {
         Ok(Some(unsafe { fs::File::from_raw_fd(fd) }))
     }
 
+    /// The owner to give an entry: the `--chown` override, else the
+    /// archive's when running as root, else none (the creator's).
+    fn owner_of(&self, header: &tar::Header) -> Option<(u32, u32)> {
+        match self.options.owner {
+            Some(owner) => Some(owner),
+            None if self.options.same_owner => Some((
+                header.uid().unwrap_or(0) as u32,
+                header.gid().unwrap_or(0) as u32,
+            )),
+            None => None,
+        }
+    }
+
+    /// Creates symlink `name` in the cached parent with its owner and time,
+    /// all relative to the parent's descriptor; `false` when something is
+    /// in the way (the caller replaces it). A new link inside the parent
+    /// does not change what the parent resolves to, so the cache stays.
+    fn symlink_in_parent<R: Read>(
+        &self,
+        name: &[u8],
+        entry: &tar::Entry<'_, R>,
+        header: &tar::Header,
+        dest: &Path,
+    ) -> Result<bool, LayerError> {
+        let parent = self.parent_cache.as_ref().expect("resolved before");
+        let fd = parent.dir.as_raw_fd();
+        let nul = |_| LayerError::Hostile {
+            entry: dest.display().to_string(),
+            reason: "its name has a NUL byte",
+        };
+        let c_name = std::ffi::CString::new(name).map_err(nul)?;
+        let target = entry.link_name_bytes().unwrap_or_default();
+        let c_target = std::ffi::CString::new(target.as_ref()).map_err(nul)?;
+        // SAFETY: fd is open and both strings are NUL-terminated.
+        if unsafe { libc::symlinkat(c_target.as_ptr(), fd, c_name.as_ptr()) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                return Ok(false);
+            }
+            return Err(LayerError::io("creating", dest, e));
+        }
+        let owner = self.owner_of(header);
+        if let Some((uid, gid)) = owner {
+            // SAFETY: as above; AT_SYMLINK_NOFOLLOW changes the link itself.
+            let rc =
+                unsafe { libc::fchownat(fd, c_name.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) };
+            if rc != 0 {
+                return Err(LayerError::io(
+                    "changing owner of",
+                    dest,
+                    io::Error::last_os_error(),
+                ));
+            }
+        }
+        let t = libc::timespec {
+            tv_sec: header.mtime().unwrap_or(0) as libc::time_t,
+            tv_nsec: 0,
+        };
+        // SAFETY: as above; times has the two entries utimensat reads.
+        unsafe {
+            libc::utimensat(
+                fd,
+                c_name.as_ptr(),
+                [t, t].as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            );
+        }
+        Ok(true)
+    }
+
     /// Writes a regular file's content and metadata through its open
     /// descriptor: owner, then mode (chown clears setuid), then extended
     /// attributes (chown drops security.capability), then the time.
@@ -644,14 +719,7 @@ impl Unpacker {
             & 0o7777;
         let n = io::copy(&mut entry, &mut file).map_err(|e| LayerError::io("writing", dest, e))?;
         self.stats.bytes += n;
-        let owner = match self.options.owner {
-            Some((uid, gid)) => Some((uid, gid)),
-            None if self.options.same_owner => Some((
-                header.uid().unwrap_or(0) as u32,
-                header.gid().unwrap_or(0) as u32,
-            )),
-            None => None,
-        };
+        let owner = self.owner_of(header);
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
                 .map_err(|e| LayerError::io("changing owner of", dest, e))?;
