@@ -100,8 +100,7 @@ impl<W: Write> Write for HashWriter<W> {
 /// The compressor in the middle of the pipeline.
 enum Compressor {
     None(BlobWriter),
-    Gzip(flate2::write::GzEncoder<BlobWriter>),
-    ParallelGzip(gzp::par::compress::ParCompress<'static, gzp::deflate::Gzip, BlobWriter>),
+    Gzip(super::pgzip::ParallelGzip<BlobWriter>),
     Zstd(zstd::stream::write::Encoder<'static, BlobWriter>),
 }
 
@@ -110,7 +109,6 @@ impl Write for Compressor {
         match self {
             Compressor::None(w) => w.write(buf),
             Compressor::Gzip(w) => w.write(buf),
-            Compressor::ParallelGzip(w) => w.write(buf),
             Compressor::Zstd(w) => w.write(buf),
         }
     }
@@ -119,7 +117,6 @@ impl Write for Compressor {
         match self {
             Compressor::None(w) => w.flush(),
             Compressor::Gzip(w) => w.flush(),
-            Compressor::ParallelGzip(w) => w.flush(),
             Compressor::Zstd(w) => w.flush(),
         }
     }
@@ -131,25 +128,18 @@ impl Compressor {
             Compression::Uncompressed => Compressor::None(blob),
             Compression::Gzip => {
                 let level = options.level.unwrap_or(6).clamp(0, 9) as u32;
-                if options.threads > 1 {
-                    let par = gzp::par::compress::ParCompressBuilder::<gzp::deflate::Gzip>::new()
-                        .num_threads(options.threads)
-                        .map_err(io::Error::other)?
-                        .compression_level(flate2::Compression::new(level))
-                        .from_writer(blob);
-                    Compressor::ParallelGzip(par)
-                } else {
-                    let gz = flate2::GzBuilder::new()
-                        .mtime(0)
-                        .write(blob, flate2::Compression::new(level));
-                    Compressor::Gzip(gz)
-                }
+                Compressor::Gzip(super::pgzip::ParallelGzip::new(
+                    blob,
+                    level,
+                    options.threads,
+                )?)
             }
             Compression::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(blob, options.level.unwrap_or(3))?;
-                if options.threads > 1 {
-                    enc.multithread(options.threads as u32)?;
-                }
+                // Always in worker mode, even with one thread: zstd's
+                // output is the same for any number of workers, but not
+                // between worker mode and none.
+                enc.multithread(options.threads.max(1) as u32)?;
                 Compressor::Zstd(enc)
             }
         })
@@ -159,10 +149,6 @@ impl Compressor {
         match self {
             Compressor::None(w) => Ok(w),
             Compressor::Gzip(w) => w.finish(),
-            Compressor::ParallelGzip(mut w) => {
-                use gzp::ZWriter;
-                w.finish().map_err(io::Error::other)
-            }
             Compressor::Zstd(w) => w.finish(),
         }
     }
