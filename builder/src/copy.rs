@@ -681,6 +681,8 @@ pub fn content_digest(
         root: &'a Path,
         skip: &'a (dyn Fn(TreeWalk<'_>) -> bool + Sync),
         stat: Option<&'a StatCache<'a>>,
+        /// The stat cache's records below `root`.
+        known: Option<std::sync::Arc<Known>>,
     }
     fn entry(
         h: &mut Sha256,
@@ -733,7 +735,12 @@ pub fn content_digest(
                 mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
                 ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
             };
-            let known = w.stat.and_then(|c| c.lookup(&path, stamp));
+            let known = w
+                .known
+                .as_ref()
+                .and_then(|k| k.get(path.as_os_str().as_encoded_bytes()))
+                .filter(|(s, _)| *s == stamp)
+                .map(|(_, d)| d.clone());
             let digest = match known {
                 Some(d) => d,
                 None => {
@@ -803,6 +810,7 @@ pub fn content_digest(
         root,
         skip: &skip,
         stat,
+        known: stat.map(|c| c.under(root)),
     };
     for src in sources {
         let clean = frontend::glob::clean(&format!("/{src}"));
@@ -828,6 +836,10 @@ pub fn content_digest(
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// What the stat cache knows of the files below one directory: path to
+/// stamp and digest.
+type Known = std::collections::HashMap<Vec<u8>, (FileStamp, String)>;
+
 /// The stat cache as COPY/ADD hashing uses it: a file's content digest is
 /// reused while its inode, size, mtime and ctime are unchanged (ctime moves
 /// on every write, even when mtime is put back: moby/buildkit#2592). A file
@@ -835,13 +847,15 @@ pub fn content_digest(
 /// a write in the same timestamp tick could go unseen.
 pub struct StatCache<'a> {
     index: &'a cache::index::CacheIndex,
-    /// Digests are kept per context and path; paths here are absolute.
+    /// Digests are kept per context and absolute path.
     context: &'a str,
     /// How long ago a file must have changed for its digest to be kept.
     settle_ns: i64,
-    /// The records, read in one query on first use (one query per file
-    /// cost 30 µs: 0.6 s on a 20,000-file context).
-    known: std::sync::OnceLock<std::collections::HashMap<Vec<u8>, (FileStamp, String)>>,
+    /// The records below each context directory walked, read in one query
+    /// on first use (one query per file cost 30 µs: 0.6 s on a 20,000-file
+    /// context; reading every directory's records cost more with each
+    /// project built).
+    known: std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<Known>>>,
 }
 
 impl<'a> StatCache<'a> {
@@ -851,24 +865,22 @@ impl<'a> StatCache<'a> {
             index,
             context,
             settle_ns: 2_000_000_000,
-            known: std::sync::OnceLock::new(),
+            known: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
-    fn lookup(&self, path: &Path, stamp: FileStamp) -> Option<String> {
-        let known = self.known.get_or_init(|| {
+    /// The records of the files below `root` (read once per build).
+    fn under(&self, root: &Path) -> std::sync::Arc<Known> {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let records = known.entry(root.to_path_buf()).or_insert_with(|| {
             // A failing index only costs a rehash.
-            self.index
-                .stat_all(self.context)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(p, s, d)| (p, (s, d)))
-                .collect()
+            let rows = self
+                .index
+                .stat_under(self.context, root.as_os_str().as_encoded_bytes())
+                .unwrap_or_default();
+            std::sync::Arc::new(rows.into_iter().map(|(p, s, d)| (p, (s, d))).collect())
         });
-        match known.get(path.as_os_str().as_encoded_bytes()) {
-            Some((s, d)) if *s == stamp => Some(d.clone()),
-            _ => None,
-        }
+        std::sync::Arc::clone(records)
     }
 
     fn settled(&self, stamp: FileStamp) -> bool {

@@ -384,15 +384,31 @@ impl CacheIndex {
             .map_err(self.sql())
     }
 
-    /// Every recorded file of `context`: path, stamp, digest (one query, for
-    /// walks that look up many files).
-    pub fn stat_all(&self, context: &str) -> Result<Vec<(Vec<u8>, FileStamp, String)>, IndexError> {
+    /// The recorded files of `context` below directory `dir` (an absolute
+    /// path): path, stamp, digest. One range query on the primary key, for
+    /// walks that look up many files; what other directories recorded is
+    /// not read.
+    pub fn stat_under(
+        &self,
+        context: &str,
+        dir: &[u8],
+    ) -> Result<Vec<(Vec<u8>, FileStamp, String)>, IndexError> {
+        // Paths below `base/` sort between `base/` and `base0` ('0' follows '/').
+        let base = match dir.iter().rposition(|&b| b != b'/') {
+            Some(end) => &dir[..=end],
+            None => &[][..],
+        };
+        let low = [base, b"/"].concat();
+        let high = [base, b"0"].concat();
         let conn = self.conn();
         let mut stmt = conn
-            .prepare("SELECT path, ino, size, mtime_ns, ctime_ns, digest FROM stat_cache WHERE context = ?1")
+            .prepare(
+                "SELECT path, ino, size, mtime_ns, ctime_ns, digest FROM stat_cache \
+                 WHERE context = ?1 AND path >= ?2 AND path < ?3",
+            )
             .map_err(self.sql())?;
         let rows = stmt
-            .query_map(params![context], |r| {
+            .query_map(params![context, low, high], |r| {
                 Ok((
                     r.get::<_, Vec<u8>>(0)?,
                     FileStamp {
@@ -659,6 +675,42 @@ mod tests {
                 .is_none()
         );
         assert!(idx.stat_lookup("other", b"a/b", s).unwrap().is_none());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stat_cache_reads_one_directory() {
+        let dir = temp("stat-under");
+        let idx = CacheIndex::open(&dir.join("index.db")).unwrap();
+        let s = FileStamp {
+            ino: 1,
+            size: 1,
+            mtime_ns: 1,
+            ctime_ns: 1,
+        };
+        let paths: [&[u8]; 6] = [
+            b"/p/app/a",
+            b"/p/app/sub/b",
+            b"/p/app",
+            b"/p/app0/c",
+            b"/p/app-old/d",
+            b"/p/ap/e",
+        ];
+        let rows: Vec<_> = paths.iter().map(|p| (p.to_vec(), s, "d".into())).collect();
+        idx.stat_store("local", &rows).unwrap();
+        idx.stat_store("other", &[(b"/p/app/x".to_vec(), s, "d".into())])
+            .unwrap();
+        for dir_name in [&b"/p/app"[..], b"/p/app/", b"/p/app//"] {
+            let mut under: Vec<_> = idx
+                .stat_under("local", dir_name)
+                .unwrap()
+                .into_iter()
+                .map(|(p, _, _)| p)
+                .collect();
+            under.sort();
+            assert_eq!(under, [b"/p/app/a".to_vec(), b"/p/app/sub/b".to_vec()]);
+        }
+        assert_eq!(idx.stat_under("local", b"/").unwrap().len(), 6);
         fs::remove_dir_all(&dir).unwrap();
     }
 

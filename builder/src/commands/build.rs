@@ -93,6 +93,10 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     if !context.is_dir() {
         bail!("build context {} is not a directory", context.display());
     }
+    // Absolute: the stat cache keeps files by absolute path and reads one
+    // context directory's records (`.` would be every project's `.`).
+    let context = std::path::absolute(&context)
+        .with_context(|| format!("build context {}", context.display()))?;
     let mut graph_args = args.graph;
     if stdin_dockerfile {
         graph_args.file = Some(PathBuf::from("-"));
@@ -131,7 +135,8 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
             return Err(not_yet(&format!("--build-context {spec}")));
         } else {
             // A named directory context has its own .dockerignore.
-            let dir = PathBuf::from(src);
+            let dir =
+                std::path::absolute(src).with_context(|| format!("--build-context {spec}"))?;
             let ignore = read_ignore(Some(dir.join(".dockerignore")).filter(|f| f.is_file()))?;
             named_contexts.insert(name.to_string(), (dir, ignore));
         }
