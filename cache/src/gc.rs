@@ -139,6 +139,8 @@ pub struct PruneReport {
     pub snapshots: usize,
     /// Bytes of blobs freed.
     pub bytes: u64,
+    /// Stat cache records dropped (their files are gone, or `all`).
+    pub stat_records: usize,
 }
 
 /// One line of `rbuild du`.
@@ -283,6 +285,8 @@ pub fn prune(store: &Store, options: &PruneOptions) -> Result<PruneReport, GcErr
             report.records += 1;
         }
     }
+
+    report.stat_records = store.index.stat_prune(options.all)?;
 
     // Mark.
     let mut marked = image_roots(&store.blobs)?;

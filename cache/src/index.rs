@@ -424,6 +424,44 @@ impl CacheIndex {
         rows.collect::<Result<Vec<_>, _>>().map_err(self.sql())
     }
 
+    /// Drops the stat cache records of files that are gone (every record
+    /// with `all`); how many. A record outlives its file otherwise: the
+    /// table would grow with every file any build ever hashed.
+    pub fn stat_prune(&self, all: bool) -> Result<usize, IndexError> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql())?;
+        let gone: Vec<(String, Vec<u8>)> = {
+            let mut stmt = tx
+                .prepare("SELECT context, path FROM stat_cache")
+                .map_err(self.sql())?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })
+                .map_err(self.sql())?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(self.sql())?
+                .into_iter()
+                .filter(|(_, path)| {
+                    all || fs::symlink_metadata(std::ffi::OsStr::from_bytes(path)).is_err()
+                })
+                .collect()
+        };
+        {
+            let mut stmt = tx
+                .prepare("DELETE FROM stat_cache WHERE context = ?1 AND path = ?2")
+                .map_err(self.sql())?;
+            for (context, path) in &gone {
+                stmt.execute(params![context, path]).map_err(self.sql())?;
+            }
+        }
+        tx.commit().map_err(self.sql())?;
+        Ok(gone.len())
+    }
+
     /// Records the digests of hashed files (one transaction).
     pub fn stat_store(
         &self,
@@ -675,6 +713,42 @@ mod tests {
                 .is_none()
         );
         assert!(idx.stat_lookup("other", b"a/b", s).unwrap().is_none());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stat_prune_forgets_files_that_are_gone() {
+        let dir = temp("stat-prune");
+        let idx = CacheIndex::open(&dir.join("index.db")).unwrap();
+        let kept = dir.join("kept");
+        fs::write(&kept, b"x").unwrap();
+        let gone = dir.join("gone");
+        let s = FileStamp {
+            ino: 1,
+            size: 1,
+            mtime_ns: 1,
+            ctime_ns: 1,
+        };
+        let row = |p: &Path| {
+            (
+                p.as_os_str().as_encoded_bytes().to_vec(),
+                s,
+                "d".to_string(),
+            )
+        };
+        idx.stat_store("local", &[row(&kept), row(&gone)]).unwrap();
+        assert_eq!(idx.stat_prune(false).unwrap(), 1);
+        let left = idx
+            .stat_under("local", dir.as_os_str().as_encoded_bytes())
+            .unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].0, kept.as_os_str().as_encoded_bytes());
+        assert_eq!(idx.stat_prune(true).unwrap(), 1);
+        assert!(
+            idx.stat_under("local", dir.as_os_str().as_encoded_bytes())
+                .unwrap()
+                .is_empty()
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 
