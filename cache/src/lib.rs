@@ -6,6 +6,12 @@
 //!   atomically and verified on read.
 //! - [`spec`]: image-spec types (descriptor, manifest, index, config with
 //!   every Docker field) with deterministic JSON.
+//! - [`layer`]: deterministic layer tars (gzip, zstd, none) and safe unpack;
+//!   [`snapshot`]: overlay or copy snapshots; [`index`]: the SQLite cache
+//!   index; [`gc`]: disk usage and prune; [`lock`]: file locks.
+//! - [`direct::DirectWriter`]: large writes around the page cache (blobs,
+//!   export archives); [`PathError`]: the filesystem failure every module's
+//!   error carries.
 
 pub mod blob;
 mod digest;
