@@ -93,9 +93,10 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     if !context.is_dir() {
         bail!("build context {} is not a directory", context.display());
     }
-    // Absolute: the stat cache keeps files by absolute path and reads one
-    // context directory's records (`.` would be every project's `.`).
-    let context = std::path::absolute(&context)
+    // The solver walks the context by absolute path: the stat cache keeps
+    // files that way and reads one context directory's records (`.` would
+    // be every project's `.`). Messages keep the path as it was given.
+    let context_dir = std::path::absolute(&context)
         .with_context(|| format!("build context {}", context.display()))?;
     let mut graph_args = args.graph;
     if stdin_dockerfile {
@@ -147,7 +148,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         _ => Network::Host,
     };
     let options = BuildOptions {
-        context: &context,
+        context: &context_dir,
         ignore,
         named_contexts,
         aliases: aliases.clone(),
