@@ -645,7 +645,26 @@ where
     }
 }
 
-/// Runs one node: `done` holds the results of its inputs.
+/// The op a runner runs, its inputs, and whether the cache may answer.
+struct Step<'g> {
+    op: &'g frontend::graph::Op,
+    inputs: Vec<(NodeIndex, Edge)>,
+    skip_cache: bool,
+}
+
+impl Step<'_> {
+    /// `e` with the op's Dockerfile position and name
+    /// (`Dockerfile:3:1: [2/4] RUN ...`).
+    fn locate(&self, e: anyhow::Error) -> anyhow::Error {
+        match &self.op.span {
+            Some(s) => e.context(format!("{}: {}", s.start(), self.op.name)),
+            None => e.context(self.op.name.clone()),
+        }
+    }
+}
+
+/// Runs one node: `done` holds the results of its inputs. RUN, COPY/ADD
+/// and WORKDIR have runners of their own.
 fn run_node(
     ctx: &Ctx<'_>,
     node: NodeIndex,
@@ -654,652 +673,688 @@ fn run_node(
     let Ctx {
         store,
         graph,
+        options,
+        progress,
+        ..
+    } = *ctx;
+    let op = &graph.graph[node];
+    let step = Step {
+        op,
+        inputs: graph.inputs(node),
+        skip_cache: options.no_cache
+            || op
+                .stage
+                .is_some_and(|s| options.no_cache_stages.contains(&s)),
+    };
+    let parent = step
+        .inputs
+        .iter()
+        .find(|(_, e)| *e == Edge::Parent)
+        .map(|(n, _)| *n);
+    let where_ = |e: anyhow::Error| step.locate(e);
+    // The state this op continues from; a new stage starts a new image.
+    let base = match parent {
+        Some(p) => {
+            let mut d = done[&p].clone();
+            if graph.graph[p].stage != op.stage {
+                let since = d.image.created().map(str::to_string);
+                d.image = ImageState::new(Some(d.image.config.clone()), since);
+            }
+            Some(d)
+        }
+        None => None,
+    };
+    let result = match &op.kind {
+        OpKind::Scratch => Done {
+            snapshot: None,
+            // No time until a step has one: cached rebuilds stay identical.
+            image: ImageState::new(None, options.epoch.map(rfc3339)),
+            layers: Vec::new(),
+            key: None,
+        },
+        OpKind::Context { .. } => Done {
+            snapshot: None,
+            image: ImageState::new(None, None),
+            layers: Vec::new(),
+            key: None,
+        },
+        OpKind::Image { reference, .. } => {
+            let (id, started) = progress.start(&op.name);
+            let d =
+                import_image(store, &options.aliases, reference, options.epoch).map_err(where_)?;
+            progress.done(id, started);
+            d
+        }
+        OpKind::Config(change) => {
+            let mut d = base.ok_or_else(|| anyhow!("config step without a parent"))?;
+            d.image.apply(change).map_err(|e| where_(anyhow!(e)))?;
+            d
+        }
+        OpKind::Mkdir { path } => run_mkdir(ctx, &step, base, path)?,
+        OpKind::Exec(exec) => run_exec(ctx, &step, base, done, exec)?,
+        OpKind::File(file) => run_file(ctx, &step, base, done, file)?,
+        OpKind::Merge => {
+            let mut d = base.ok_or_else(|| anyhow!("merge without a parent"))?;
+            let layer_node = step
+                .inputs
+                .iter()
+                .find(|(_, e)| *e == Edge::Layer)
+                .map(|(n, _)| *n)
+                .ok_or_else(|| anyhow!("merge without a layer"))?;
+            let l = &done[&layer_node];
+            // The copy's layer is put on top of the parent: it must exist.
+            let mut layers = l.layers.clone();
+            let mut config = l.image.config.clone();
+            resolve_layers(ctx, &mut layers, &mut config)?;
+            for desc in &layers {
+                let blob = store.blobs.open_verified(&desc.digest.parse()?)?;
+                let snap = store.snapshots.import(d.snapshot.as_deref(), blob)?;
+                d.snapshot = Some(snap.id);
+                d.layers.push(desc.clone());
+            }
+            d.key = Some(format!("merge {:?} {:?}", d.key, l.key));
+            let rootfs = &config.rootfs.diff_ids;
+            if let (Some(h), Some(diff)) = (config.history.last(), rootfs.last()) {
+                d.image.config.history.push(h.clone());
+                d.image.config.rootfs.diff_ids.push(diff.clone());
+            }
+            d
+        }
+    };
+    Ok(result)
+}
+
+/// WORKDIR's directory: made (owned by the stage's USER) on a new
+/// snapshot of the parent, unless the cache has it.
+fn run_mkdir(
+    ctx: &Ctx<'_>,
+    step: &Step<'_>,
+    base: Option<Done>,
+    path: &str,
+) -> anyhow::Result<Done> {
+    let Ctx {
+        options, progress, ..
+    } = *ctx;
+    let Step { op, skip_cache, .. } = *step;
+    let where_ = |e: anyhow::Error| step.locate(e);
+    let (id, started) = progress.start(&op.name);
+    let mut d = base.ok_or_else(|| anyhow!("WORKDIR without a parent"))?;
+    // The directories WORKDIR creates belong to the current USER.
+    let user = d.image.config.config.user.clone().unwrap_or_default();
+    let key = step_key(serde_json::json!({
+        "v": 2, "layers": layer_key(options), "op": "mkdir",
+        "parent": d.key, "path": path, "user": user, "epoch": options.epoch,
+    }));
+    let record = cached_step(
+        ctx,
+        &key,
+        skip_cache,
+        d.snapshot.as_deref(),
+        (id, started),
+        |m| {
+            let root = m.root();
+            let mut missing = Vec::new();
+            let mut prefix = PathBuf::new();
+            for c in Path::new(path.trim_start_matches('/')).components() {
+                prefix.push(c);
+                let dir = cache::layer::resolve_in_root(&root, &prefix, true);
+                if std::fs::symlink_metadata(&dir).is_err() {
+                    missing.push(dir);
+                }
+            }
+            let dir =
+                cache::layer::resolve_in_root(&root, Path::new(path.trim_start_matches('/')), true);
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating {path}"))
+                .map_err(where_)?;
+            if !user.is_empty() && !missing.is_empty() {
+                let owner =
+                    crate::sandbox::user::resolve(&root, &user).map_err(|e| where_(anyhow!(e)))?;
+                for dir in &missing {
+                    std::os::unix::fs::lchown(dir, Some(owner.uid), Some(owner.gid))
+                        .with_context(|| format!("changing the owner of {path}"))
+                        .map_err(where_)?;
+                }
+            }
+            // With SOURCE_DATE_EPOCH the new directories carry
+            // its time (BuildKit: mkdir's created time), so the
+            // layer is the same on every build.
+            if let Some(epoch) = options.epoch {
+                let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch.max(0) as u64);
+                let times = std::fs::FileTimes::new().set_accessed(t).set_modified(t);
+                for dir in missing.iter().rev() {
+                    std::fs::File::open(dir)
+                        .and_then(|f| f.set_times(times))
+                        .with_context(|| format!("setting the time of {path}"))
+                        .map_err(where_)?;
+                }
+            }
+            Ok(())
+        },
+    )?;
+    let diff = d.take_step(record, &key);
+    d.image.workdir(path, diff.as_deref());
+    Ok(d)
+}
+
+/// RUN: its cache key (command, env, user, workdir, mounts, network,
+/// security; proxy args excluded), then the sandbox on a new snapshot.
+fn run_exec(
+    ctx: &Ctx<'_>,
+    step: &Step<'_>,
+    base: Option<Done>,
+    done: &BTreeMap<NodeIndex, Done>,
+    exec: &frontend::graph::ExecOp,
+) -> anyhow::Result<Done> {
+    let Ctx {
+        store,
         runtime,
         options,
         progress,
-        layer_options: _,
         ref host_resolv,
-        created: _,
         ref cancel,
         ref secret_dir,
         ref stat,
+        ..
     } = *ctx;
-    {
-        let op = &graph.graph[node];
-        let inputs = graph.inputs(node);
-        let parent = inputs
-            .iter()
-            .find(|(_, e)| *e == Edge::Parent)
-            .map(|(n, _)| *n);
-        let where_ = |e: anyhow::Error| match &op.span {
-            Some(s) => e.context(format!("{}: {}", s.start(), op.name)),
-            None => e.context(op.name.clone()),
-        };
-        let skip_cache = options.no_cache
-            || op
-                .stage
-                .is_some_and(|s| options.no_cache_stages.contains(&s));
-        // The state this op continues from; a new stage starts a new image.
-        let base = match parent {
-            Some(p) => {
-                let mut d = done[&p].clone();
-                if graph.graph[p].stage != op.stage {
-                    let since = d.image.created().map(str::to_string);
-                    d.image = ImageState::new(Some(d.image.config.clone()), since);
-                }
-                Some(d)
+    let Step { op, skip_cache, .. } = *step;
+    let where_ = |e: anyhow::Error| step.locate(e);
+    let (id, started) = progress.start(&op.name);
+    let mut d = base.ok_or_else(|| anyhow!("RUN without a parent"))?;
+    if exec.security == Security::Insecure && !options.allow_insecure {
+        return Err(where_(anyhow!(
+            "RUN --security=insecure needs --allow security.insecure"
+        )));
+    }
+    // The host network is the default here too, but asking for
+    // it is an entitlement, as in BuildKit.
+    if exec.network == frontend::instructions::Network::Host && !options.allow_network_host {
+        return Err(where_(anyhow!(
+            "RUN --network=host needs --allow network.host (entitlement network.host is not allowed)"
+        )));
+    }
+    // Per mount with `from=`: a bind keys on the content of the
+    // mounted path (as BuildKit: a change elsewhere in the source
+    // stage keeps the step cached), others on the source's key.
+    let from_keys: Vec<Option<String>> = exec
+        .mounts
+        .iter()
+        .zip(&exec.mount_sources)
+        .map(|(m, src)| -> anyhow::Result<Option<String>> {
+            if m.from.is_none() {
+                return Ok(None);
             }
-            None => None,
-        };
-        let result = match &op.kind {
-            OpKind::Scratch => Done {
-                snapshot: None,
-                // No time until a step has one: cached rebuilds stay identical.
-                image: ImageState::new(None, options.epoch.map(rfc3339)),
-                layers: Vec::new(),
-                key: None,
-            },
-            OpKind::Context { .. } => Done {
-                snapshot: None,
-                image: ImageState::new(None, None),
-                layers: Vec::new(),
-                key: None,
-            },
-            OpKind::Image { reference, .. } => {
-                let (id, started) = progress.start(&op.name);
-                let d = import_image(store, &options.aliases, reference, options.epoch)
-                    .map_err(where_)?;
-                progress.done(id, started);
-                d
+            let Some(source) = src.and_then(|n| done.get(&n)) else {
+                return Ok(None);
+            };
+            if m.mount_type == MountType::Bind {
+                let path = m.source.as_deref().unwrap_or("/");
+                let digest = snapshot_path_digest(store, source.snapshot.as_deref(), path)?;
+                return Ok(Some(format!("content {digest}")));
             }
-            OpKind::Config(change) => {
-                let mut d = base.ok_or_else(|| anyhow!("config step without a parent"))?;
-                d.image.apply(change).map_err(|e| where_(anyhow!(e)))?;
-                d
-            }
-            OpKind::Mkdir { path } => {
-                let (id, started) = progress.start(&op.name);
-                let mut d = base.ok_or_else(|| anyhow!("WORKDIR without a parent"))?;
-                // The directories WORKDIR creates belong to the current USER.
-                let user = d.image.config.config.user.clone().unwrap_or_default();
-                let key = step_key(serde_json::json!({
-                    "v": 2, "layers": layer_key(options), "op": "mkdir",
-                    "parent": d.key, "path": path, "user": user, "epoch": options.epoch,
-                }));
-                let step = cached_step(
-                    ctx,
-                    &key,
-                    skip_cache,
-                    d.snapshot.as_deref(),
-                    (id, started),
-                    |m| {
-                        let root = m.root();
-                        let mut missing = Vec::new();
-                        let mut prefix = PathBuf::new();
-                        for c in Path::new(path.trim_start_matches('/')).components() {
-                            prefix.push(c);
-                            let dir = cache::layer::resolve_in_root(&root, &prefix, true);
-                            if std::fs::symlink_metadata(&dir).is_err() {
-                                missing.push(dir);
-                            }
-                        }
-                        let dir = cache::layer::resolve_in_root(
-                            &root,
-                            Path::new(path.trim_start_matches('/')),
-                            true,
-                        );
-                        std::fs::create_dir_all(&dir)
-                            .with_context(|| format!("creating {path}"))
-                            .map_err(where_)?;
-                        if !user.is_empty() && !missing.is_empty() {
-                            let owner = crate::sandbox::user::resolve(&root, &user)
-                                .map_err(|e| where_(anyhow!(e)))?;
-                            for dir in &missing {
-                                std::os::unix::fs::lchown(dir, Some(owner.uid), Some(owner.gid))
-                                    .with_context(|| format!("changing the owner of {path}"))
-                                    .map_err(where_)?;
-                            }
-                        }
-                        // With SOURCE_DATE_EPOCH the new directories carry
-                        // its time (BuildKit: mkdir's created time), so the
-                        // layer is the same on every build.
-                        if let Some(epoch) = options.epoch {
-                            let t = std::time::UNIX_EPOCH
-                                + std::time::Duration::from_secs(epoch.max(0) as u64);
-                            let times = std::fs::FileTimes::new().set_accessed(t).set_modified(t);
-                            for dir in missing.iter().rev() {
-                                std::fs::File::open(dir)
-                                    .and_then(|f| f.set_times(times))
-                                    .with_context(|| format!("setting the time of {path}"))
-                                    .map_err(where_)?;
-                            }
-                        }
-                        Ok(())
-                    },
-                )?;
-                let diff = d.take_step(step, &key);
-                d.image.workdir(path, diff.as_deref());
-                d
-            }
-            OpKind::Exec(exec) => {
-                let (id, started) = progress.start(&op.name);
-                let mut d = base.ok_or_else(|| anyhow!("RUN without a parent"))?;
-                if exec.security == Security::Insecure && !options.allow_insecure {
-                    return Err(where_(anyhow!(
-                        "RUN --security=insecure needs --allow security.insecure"
-                    )));
-                }
-                // The host network is the default here too, but asking for
-                // it is an entitlement, as in BuildKit.
-                if exec.network == frontend::instructions::Network::Host
-                    && !options.allow_network_host
-                {
-                    return Err(where_(anyhow!(
-                        "RUN --network=host needs --allow network.host (entitlement network.host is not allowed)"
-                    )));
-                }
-                // Per mount with `from=`: a bind keys on the content of the
-                // mounted path (as BuildKit: a change elsewhere in the source
-                // stage keeps the step cached), others on the source's key.
-                let from_keys: Vec<Option<String>> = exec
-                    .mounts
-                    .iter()
-                    .zip(&exec.mount_sources)
-                    .map(|(m, src)| -> anyhow::Result<Option<String>> {
-                        if m.from.is_none() {
-                            return Ok(None);
-                        }
-                        let Some(source) = src.and_then(|n| done.get(&n)) else {
-                            return Ok(None);
-                        };
-                        if m.mount_type == MountType::Bind {
-                            let path = m.source.as_deref().unwrap_or("/");
-                            let digest =
-                                snapshot_path_digest(store, source.snapshot.as_deref(), path)?;
-                            return Ok(Some(format!("content {digest}")));
-                        }
-                        Ok(source.key.clone())
-                    })
-                    .collect::<anyhow::Result<_>>()
-                    .map_err(where_)?;
-                let context_binds: Vec<String> = exec
-                    .mounts
-                    .iter()
-                    .filter(|m| m.mount_type == MountType::Bind && m.from.is_none())
-                    .map(|m| {
-                        crate::copy::content_digest(
-                            options.context,
-                            options.ignore.as_ref(),
-                            &[m.source.clone().unwrap_or_default()],
-                            &[],
-                            Some(stat),
+            Ok(source.key.clone())
+        })
+        .collect::<anyhow::Result<_>>()
+        .map_err(where_)?;
+    let context_binds: Vec<String> = exec
+        .mounts
+        .iter()
+        .filter(|m| m.mount_type == MountType::Bind && m.from.is_none())
+        .map(|m| {
+            crate::copy::content_digest(
+                options.context,
+                options.ignore.as_ref(),
+                &[m.source.clone().unwrap_or_default()],
+                &[],
+                Some(stat),
+            )
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| where_(e.into()))?;
+    let key = step_key(serde_json::json!({
+        "v": 1, "layers": layer_key(options), "op": "exec", "parent": d.key, "exec": exec,
+        "mount_sources": from_keys, "context_binds": context_binds,
+    }));
+    let record = cached_step(
+        ctx,
+        &key,
+        skip_cache,
+        d.snapshot.as_deref(),
+        (id, started),
+        |m| {
+            let root = m.root();
+            let user =
+                crate::sandbox::user::resolve(&root, &exec.user).map_err(|e| where_(anyhow!(e)))?;
+            let mut mounts = Vec::new();
+            // Heredocs run as files (`RUN <<EOF` with a shebang):
+            // written outside the root, bound in read-only.
+            let inline_dir = if exec.inline_files.is_empty() {
+                None
+            } else {
+                Some(
+                    crate::sandbox::TempDir::new("inline")
+                        .context("making a directory for RUN heredocs")
+                        .map_err(where_)?,
+                )
+            };
+            for (i, file) in exec.inline_files.iter().enumerate() {
+                let dir = inline_dir.as_ref().expect("made above");
+                let host = dir.path.join(i.to_string());
+                std::fs::write(&host, &file.data)
+                    .and_then(|()| {
+                        std::fs::set_permissions(
+                            &host,
+                            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(
+                                file.mode,
+                            ),
                         )
                     })
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| where_(e.into()))?;
-                let key = step_key(serde_json::json!({
-                    "v": 1, "layers": layer_key(options), "op": "exec", "parent": d.key, "exec": exec,
-                    "mount_sources": from_keys, "context_binds": context_binds,
-                }));
-                let step = cached_step(
-                    ctx,
-                    &key,
-                    skip_cache,
-                    d.snapshot.as_deref(),
-                    (id, started),
-                    |m| {
-                        let root = m.root();
-                        let user = crate::sandbox::user::resolve(&root, &exec.user)
-                            .map_err(|e| where_(anyhow!(e)))?;
-                        let mut mounts = Vec::new();
-                        // Heredocs run as files (`RUN <<EOF` with a shebang):
-                        // written outside the root, bound in read-only.
-                        let inline_dir = if exec.inline_files.is_empty() {
-                            None
-                        } else {
-                            Some(
-                                crate::sandbox::TempDir::new("inline")
-                                    .context("making a directory for RUN heredocs")
-                                    .map_err(where_)?,
-                            )
-                        };
-                        for (i, file) in exec.inline_files.iter().enumerate() {
-                            let dir = inline_dir.as_ref().expect("made above");
-                            let host = dir.path.join(i.to_string());
-                            std::fs::write(&host, &file.data)
-                                .and_then(|()| {
-                                    std::fs::set_permissions(
-                                        &host,
-                                        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(
-                                            file.mode,
-                                        ),
-                                    )
-                                })
-                                .with_context(|| format!("writing the heredoc {}", file.path))
-                                .map_err(where_)?;
-                            mounts.push(Mount::Bind {
-                                source: host,
-                                target: file.path.clone(),
-                                readonly: true,
-                            });
-                        }
-                        let mut views = Vec::new();
-                        // Cache-mount locks (sharing=locked|private), held for the run.
-                        let mut locks = Vec::new();
-                        // Empty caches of a --no-cache step, removed after it.
-                        let mut scratch_caches = Vec::new();
-                        let mut secret_env = Vec::new();
-                        let mut secret_files = Vec::new();
-                        let mut agents = Vec::new();
-                        for (mount, source) in exec.mounts.iter().zip(&exec.mount_sources) {
-                            if mount.mount_type == MountType::Ssh {
-                                let id = mount.id.clone().unwrap_or_else(|| "default".into());
-                                let Some(agent) = options.ssh.get(&id) else {
-                                    if mount.required {
-                                        return Err(where_(anyhow!(
-                                            "ssh agent {id}: not found (pass it with --ssh {id}=SOCKET)"
-                                        )));
-                                    }
-                                    continue;
-                                };
-                                let dir = secret_dir
-                                    .as_ref()
-                                    .ok_or_else(|| anyhow!("ssh {id}: no socket directory"))?;
-                                let proxy = crate::ssh::AgentProxy::start(
-                                    dir.path(),
-                                    agent,
-                                    mount.uid.unwrap_or(0),
-                                    mount.gid.unwrap_or(0),
-                                    mount.mode.unwrap_or(0o600),
-                                )
-                                .with_context(|| format!("forwarding ssh agent {id}"))
-                                .map_err(where_)?;
-                                let target = mount.target.clone().unwrap_or_else(|| {
-                                    format!("/run/buildkit/ssh_agent.{}", agents.len())
-                                });
-                                if agents.is_empty() {
-                                    secret_env.push(format!("SSH_AUTH_SOCK={target}"));
-                                }
-                                mounts.push(Mount::Bind {
-                                    source: proxy.path().to_path_buf(),
-                                    target,
-                                    readonly: false,
-                                });
-                                agents.push(proxy);
-                                continue;
-                            }
-                            if mount.mount_type == MountType::Secret {
-                                let Some((id, value)) = secret_for(mount, &options.secrets) else {
-                                    if mount.required {
-                                        let id = secret_id(mount);
-                                        return Err(where_(anyhow!(
-                                            "secret {id}: not found (pass it with --secret id={id},src=PATH)"
-                                        )));
-                                    }
-                                    continue;
-                                };
-                                if let Some(var) = &mount.env {
-                                    secret_env
-                                        .push(format!("{var}={}", String::from_utf8_lossy(value)));
-                                }
-                                if let Some(target) = &mount.target {
-                                    let dir = secret_dir.as_ref().ok_or_else(|| {
-                                        anyhow!("secret {id}: no secret directory")
-                                    })?;
-                                    let file = dir.write(
-                                        value,
-                                        mount.uid.unwrap_or(0),
-                                        mount.gid.unwrap_or(0),
-                                        mount.mode.unwrap_or(0o400),
-                                    )?;
-                                    mounts.push(Mount::Bind {
-                                        source: file.path().to_path_buf(),
-                                        target: target.clone(),
-                                        readonly: true,
-                                    });
-                                    secret_files.push(file);
-                                }
-                                continue;
-                            }
-                            let target = mount
-                                .target
-                                .clone()
-                                .ok_or_else(|| where_(anyhow!("mount without a target")))?;
-                            match mount.mount_type {
-                                MountType::Tmpfs => mounts.push(Mount::Tmpfs {
-                                    target,
-                                    size: mount.size_limit.unwrap_or(0).max(0) as u64,
-                                }),
-                                MountType::Cache => {
-                                    let id = mount.id.clone().unwrap_or_default();
-                                    let owner = (mount.uid.is_some()
-                                        || mount.gid.is_some()
-                                        || mount.mode.is_some())
-                                    .then(|| {
-                                        (
-                                            mount.uid.unwrap_or(0),
-                                            mount.gid.unwrap_or(0),
-                                            mount.mode.unwrap_or(0o755),
-                                        )
-                                    });
-                                    let dir = if skip_cache {
-                                        // --no-cache (and --no-cache-filter) give the
-                                        // step an empty cache of its own, dropped
-                                        // after it (moby/buildkit#5305): the shared
-                                        // cache keeps what earlier builds left.
-                                        let fresh = crate::sandbox::TempDir::new("cache")
-                                            .context("making an empty cache mount")
-                                            .map_err(where_)?;
-                                        if let Some((uid, gid, mode)) = owner {
-                                            std::os::unix::fs::chown(&fresh.path, Some(uid), Some(gid))
-                                                .and_then(|()| {
-                                                    std::fs::set_permissions(
-                                                        &fresh.path,
-                                                        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(mode),
-                                                    )
-                                                })
-                                                .context("setting up an empty cache mount")
-                                                .map_err(where_)?;
-                                        }
-                                        let path = fresh.path.clone();
-                                        scratch_caches.push(fresh);
-                                        path
-                                    } else {
-                                        let (dir, lock) = cache_mount_dir(
-                                            &store.root.join("cache-mounts"),
-                                            &id,
-                                            mount.sharing.unwrap_or(Sharing::Shared),
-                                            owner,
-                                        )?;
-                                        locks.extend(lock);
-                                        dir
-                                    };
-                                    if mount.from.is_some() {
-                                        let base =
-                                            source.and_then(|n| done.get(&n)).ok_or_else(|| {
-                                                where_(anyhow!("cache mount base not built"))
-                                            })?;
-                                        seed_cache_mount(
-                                            store,
-                                            &dir,
-                                            base.snapshot.as_deref(),
-                                            mount.source.as_deref().unwrap_or("/"),
-                                        )
-                                        .map_err(where_)?;
-                                    }
-                                    // `source=` mounts a directory of the cache.
-                                    let dir = match mount.source.as_deref() {
-                                        Some(sub) if mount.from.is_none() => {
-                                            cache_subdir(&dir, sub).map_err(where_)?
-                                        }
-                                        _ => dir,
-                                    };
-                                    mounts.push(Mount::Bind {
-                                        source: dir,
-                                        target,
-                                        readonly: mount.read_only,
-                                    });
-                                }
-                                MountType::Bind => {
-                                    let source_root = if mount.from.is_some() {
-                                        let input_done =
-                                            source.and_then(|n| done.get(&n)).ok_or_else(|| {
-                                                where_(anyhow!("mount source not built"))
-                                            })?;
-                                        let view = store
-                                            .snapshots
-                                            .prepare(input_done.snapshot.as_deref())?;
-                                        let r = view.root();
-                                        views.push(view);
-                                        r
-                                    } else {
-                                        options.context.to_path_buf()
-                                    };
-                                    let src = cache::layer::resolve_in_root(
-                                        &source_root,
-                                        Path::new(
-                                            mount
-                                                .source
-                                                .as_deref()
-                                                .unwrap_or("")
-                                                .trim_start_matches('/'),
-                                        ),
-                                        true,
-                                    );
-                                    mounts.push(Mount::Bind {
-                                        source: src,
-                                        target,
-                                        readonly: mount.read_only,
-                                    });
-                                }
-                                MountType::Secret => unreachable!("handled above"),
-                                MountType::Ssh => unreachable!("handled above"),
-                            }
-                        }
-                        let mut env = exec.env.clone();
-                        if !env.iter().any(|e| e.starts_with("HOME=")) {
-                            env.push(format!("HOME={}", user.home));
-                        }
-                        env.extend(options.proxy_env.iter().map(|(k, v)| format!("{k}={v}")));
-                        env.extend(secret_env);
-                        let network = match exec.network {
-                            frontend::instructions::Network::None => Network::None,
-                            _ => options.network,
-                        };
-                        let spec = RunSpec {
-                            rootfs: root.clone(),
-                            args: exec.args.clone(),
-                            env,
-                            cwd: exec.workdir.clone(),
-                            uid: user.uid,
-                            gid: user.gid,
-                            additional_gids: user.additional_gids,
-                            hostname: "buildkitsandbox".into(),
-                            network,
-                            insecure: exec.security == Security::Insecure,
-                            mounts,
-                            hosts: default_hosts("buildkitsandbox"),
-                            resolv_conf: resolv_conf(host_resolv, network),
-                        };
-                        let mut log: Vec<u8> = Vec::new();
-                        let code = runtime
-                            .run(&spec, cancel, &mut |stream: Stream, chunk: &[u8]| {
-                                if log.len() < LOG_CAP {
-                                    log.extend_from_slice(chunk);
-                                }
-                                progress.log(id, stream, chunk, started);
-                            })
-                            .map_err(|e| where_(e.into()))?;
-                        drop(views);
-                        drop(locks);
-                        drop(secret_files);
-                        drop(agents);
-                        if cancel.is_cancelled() {
-                            progress.canceled(id);
-                            bail!("canceled: another step failed");
-                        }
-                        if code != 0 {
-                            progress.error(
-                                id,
-                                &format!(
-                                    "process did not complete successfully: exit code: {code}"
-                                ),
-                            );
-                            let _ = std::io::stderr().flush();
-                            let cmd = exec.args.join(" ");
-                            let output = String::from_utf8_lossy(&log).into_owned();
-                            let tail: String = output
-                                .lines()
-                                .rev()
-                                .take(20)
-                                .collect::<Vec<_>>()
-                                .into_iter()
-                                .rev()
-                                .collect::<Vec<_>>()
-                                .join("\n");
+                    .with_context(|| format!("writing the heredoc {}", file.path))
+                    .map_err(where_)?;
+                mounts.push(Mount::Bind {
+                    source: host,
+                    target: file.path.clone(),
+                    readonly: true,
+                });
+            }
+            let mut views = Vec::new();
+            // Cache-mount locks (sharing=locked|private), held for the run.
+            let mut locks = Vec::new();
+            // Empty caches of a --no-cache step, removed after it.
+            let mut scratch_caches = Vec::new();
+            let mut secret_env = Vec::new();
+            let mut secret_files = Vec::new();
+            let mut agents = Vec::new();
+            for (mount, source) in exec.mounts.iter().zip(&exec.mount_sources) {
+                if mount.mount_type == MountType::Ssh {
+                    let id = mount.id.clone().unwrap_or_else(|| "default".into());
+                    let Some(agent) = options.ssh.get(&id) else {
+                        if mount.required {
                             return Err(where_(anyhow!(
-                                "process \"{cmd}\" did not complete successfully: exit code: {code}\n{tail}"
+                                "ssh agent {id}: not found (pass it with --ssh {id}=SOCKET)"
                             )));
                         }
-                        Ok(())
-                    },
-                )?;
-                let diff = d.take_step(step, &key);
-                d.image.run(exec, diff.as_deref());
-                d
-            }
-            OpKind::File(file) => {
-                let (id, started) = progress.start(&op.name);
-                // A --link copy starts from nothing; the merge adds it on top.
-                let mut d = match base {
-                    Some(b) => b,
-                    None => Done {
-                        snapshot: None,
-                        image: ImageState::new(None, None),
-                        layers: Vec::new(),
-                        key: None,
-                    },
-                };
-                let source_node = inputs
-                    .iter()
-                    .find(|(_, e)| *e == Edge::Source)
-                    .map(|(n, _)| *n);
-                // --parents excludes by path from the pivot, not from each
-                // source: the key then hashes excluded files too (a spare
-                // miss at worst, never a missed change).
-                let key_excludes: &[String] = if file.parents { &[] } else { &file.excludes };
-                let source_key = match &file.from {
-                    FileSource::Context => Some(
-                        crate::copy::content_digest(
-                            options.context,
-                            options.ignore.as_ref(),
-                            &file.sources,
-                            key_excludes,
-                            Some(stat),
-                        )
-                        .map_err(|e| where_(e.into()))?,
-                    ),
-                    FileSource::Named(name) => match options.named_contexts.get(name) {
-                        Some((dir, ignore)) => Some(
-                            crate::copy::content_digest(
-                                dir,
-                                ignore.as_ref(),
-                                &file.sources,
-                                key_excludes,
-                                Some(stat),
-                            )
-                            .map_err(|e| where_(e.into()))?,
-                        ),
-                        None => None,
-                    },
-                    FileSource::Stage(_) | FileSource::Image(_) => source_node
-                        .and_then(|n| done.get(&n))
-                        .and_then(|d| d.key.clone()),
-                };
-                let link = file.link && file.chmod.is_none();
-                let key = step_key(serde_json::json!({
-                    "v": 1, "layers": layer_key(options), "op": "file", "parent": if link { None } else { d.key.clone() },
-                    "file": file, "source": source_key,
-                }));
-                let step = cached_step(
-                    ctx,
-                    &key,
-                    skip_cache,
-                    d.snapshot.as_deref(),
-                    (id, started),
-                    |m| {
-                        let source = inputs
-                            .iter()
-                            .find(|(_, e)| *e == Edge::Source)
-                            .map(|(n, _)| *n);
-                        let mut view = None;
-                        let (source_root, ignore) = match &file.from {
-                            FileSource::Context => {
-                                (options.context.to_path_buf(), options.ignore.as_ref())
-                            }
-                            FileSource::Named(name) => {
-                                let (dir, ignore) =
-                                    options.named_contexts.get(name).ok_or_else(|| {
-                                        where_(anyhow!(
-                                            "build context {name:?} is not a directory context"
-                                        ))
-                                    })?;
-                                (dir.clone(), ignore.as_ref())
-                            }
-                            FileSource::Stage(_) | FileSource::Image(_) => {
-                                let s = source
-                                    .and_then(|n| done.get(&n))
-                                    .ok_or_else(|| where_(anyhow!("copy source not built")))?;
-                                let v = store.snapshots.prepare(s.snapshot.as_deref())?;
-                                let r = v.root();
-                                view = Some(v);
-                                (r, None)
-                            }
-                        };
-                        for s in &file.sources {
-                            if s.contains("://") || s.starts_with("git@") {
-                                return Err(where_(anyhow!(
-                                    "ADD from a URL or git ({s}) is not supported yet"
-                                )));
-                            }
+                        continue;
+                    };
+                    let dir = secret_dir
+                        .as_ref()
+                        .ok_or_else(|| anyhow!("ssh {id}: no socket directory"))?;
+                    let proxy = crate::ssh::AgentProxy::start(
+                        dir.path(),
+                        agent,
+                        mount.uid.unwrap_or(0),
+                        mount.gid.unwrap_or(0),
+                        mount.mode.unwrap_or(0o600),
+                    )
+                    .with_context(|| format!("forwarding ssh agent {id}"))
+                    .map_err(where_)?;
+                    let target = mount
+                        .target
+                        .clone()
+                        .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{}", agents.len()));
+                    if agents.is_empty() {
+                        secret_env.push(format!("SSH_AUTH_SOCK={target}"));
+                    }
+                    mounts.push(Mount::Bind {
+                        source: proxy.path().to_path_buf(),
+                        target,
+                        readonly: false,
+                    });
+                    agents.push(proxy);
+                    continue;
+                }
+                if mount.mount_type == MountType::Secret {
+                    let Some((id, value)) = secret_for(mount, &options.secrets) else {
+                        if mount.required {
+                            let id = secret_id(mount);
+                            return Err(where_(anyhow!(
+                                "secret {id}: not found (pass it with --secret id={id},src=PATH)"
+                            )));
                         }
-                        copy(&CopyRequest {
-                            source_root: &source_root,
-                            ignore,
-                            sources: &file.sources,
-                            contents: &file.contents,
-                            dest: &file.dest,
-                            dest_root: &m.root(),
-                            chown: file.chown.as_deref(),
-                            chmod: file.chmod.as_deref(),
-                            excludes: &file.excludes,
-                            add: file.add,
-                            unpack: file.unpack,
-                            parents: file.parents,
-                        })
-                        .map_err(|e| where_(e.into()))?;
-                        drop(view);
-                        Ok(())
-                    },
-                )?;
-                if link {
-                    // The merge records history; this op keeps only its layer.
-                    d.layers.clear();
-                    d.image = ImageState::new(None, None);
+                        continue;
+                    };
+                    if let Some(var) = &mount.env {
+                        secret_env.push(format!("{var}={}", String::from_utf8_lossy(value)));
+                    }
+                    if let Some(target) = &mount.target {
+                        let dir = secret_dir
+                            .as_ref()
+                            .ok_or_else(|| anyhow!("secret {id}: no secret directory"))?;
+                        let file = dir.write(
+                            value,
+                            mount.uid.unwrap_or(0),
+                            mount.gid.unwrap_or(0),
+                            mount.mode.unwrap_or(0o400),
+                        )?;
+                        mounts.push(Mount::Bind {
+                            source: file.path().to_path_buf(),
+                            target: target.clone(),
+                            readonly: true,
+                        });
+                        secret_files.push(file);
+                    }
+                    continue;
                 }
-                let diff = d.take_step(step, &key);
-                d.image.copy(file, diff.as_deref());
-                d
+                let target = mount
+                    .target
+                    .clone()
+                    .ok_or_else(|| where_(anyhow!("mount without a target")))?;
+                match mount.mount_type {
+                    MountType::Tmpfs => mounts.push(Mount::Tmpfs {
+                        target,
+                        size: mount.size_limit.unwrap_or(0).max(0) as u64,
+                    }),
+                    MountType::Cache => {
+                        let id = mount.id.clone().unwrap_or_default();
+                        let owner =
+                            (mount.uid.is_some() || mount.gid.is_some() || mount.mode.is_some())
+                                .then(|| {
+                                    (
+                                        mount.uid.unwrap_or(0),
+                                        mount.gid.unwrap_or(0),
+                                        mount.mode.unwrap_or(0o755),
+                                    )
+                                });
+                        let dir = if skip_cache {
+                            // --no-cache (and --no-cache-filter) give the
+                            // step an empty cache of its own, dropped
+                            // after it (moby/buildkit#5305): the shared
+                            // cache keeps what earlier builds left.
+                            let fresh = crate::sandbox::TempDir::new("cache")
+                                .context("making an empty cache mount")
+                                .map_err(where_)?;
+                            if let Some((uid, gid, mode)) = owner {
+                                std::os::unix::fs::chown(&fresh.path, Some(uid), Some(gid))
+                                    .and_then(|()| {
+                                        std::fs::set_permissions(
+                                            &fresh.path,
+                                            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(mode),
+                                        )
+                                    })
+                                    .context("setting up an empty cache mount")
+                                    .map_err(where_)?;
+                            }
+                            let path = fresh.path.clone();
+                            scratch_caches.push(fresh);
+                            path
+                        } else {
+                            let (dir, lock) = cache_mount_dir(
+                                &store.root.join("cache-mounts"),
+                                &id,
+                                mount.sharing.unwrap_or(Sharing::Shared),
+                                owner,
+                            )?;
+                            locks.extend(lock);
+                            dir
+                        };
+                        if mount.from.is_some() {
+                            let base = source
+                                .and_then(|n| done.get(&n))
+                                .ok_or_else(|| where_(anyhow!("cache mount base not built")))?;
+                            seed_cache_mount(
+                                store,
+                                &dir,
+                                base.snapshot.as_deref(),
+                                mount.source.as_deref().unwrap_or("/"),
+                            )
+                            .map_err(where_)?;
+                        }
+                        // `source=` mounts a directory of the cache.
+                        let dir = match mount.source.as_deref() {
+                            Some(sub) if mount.from.is_none() => {
+                                cache_subdir(&dir, sub).map_err(where_)?
+                            }
+                            _ => dir,
+                        };
+                        mounts.push(Mount::Bind {
+                            source: dir,
+                            target,
+                            readonly: mount.read_only,
+                        });
+                    }
+                    MountType::Bind => {
+                        let source_root = if mount.from.is_some() {
+                            let input_done = source
+                                .and_then(|n| done.get(&n))
+                                .ok_or_else(|| where_(anyhow!("mount source not built")))?;
+                            let view = store.snapshots.prepare(input_done.snapshot.as_deref())?;
+                            let r = view.root();
+                            views.push(view);
+                            r
+                        } else {
+                            options.context.to_path_buf()
+                        };
+                        let src = cache::layer::resolve_in_root(
+                            &source_root,
+                            Path::new(
+                                mount
+                                    .source
+                                    .as_deref()
+                                    .unwrap_or("")
+                                    .trim_start_matches('/'),
+                            ),
+                            true,
+                        );
+                        mounts.push(Mount::Bind {
+                            source: src,
+                            target,
+                            readonly: mount.read_only,
+                        });
+                    }
+                    MountType::Secret => unreachable!("handled above"),
+                    MountType::Ssh => unreachable!("handled above"),
+                }
             }
-            OpKind::Merge => {
-                let mut d = base.ok_or_else(|| anyhow!("merge without a parent"))?;
-                let layer_node = inputs
-                    .iter()
-                    .find(|(_, e)| *e == Edge::Layer)
-                    .map(|(n, _)| *n)
-                    .ok_or_else(|| anyhow!("merge without a layer"))?;
-                let l = &done[&layer_node];
-                // The copy's layer is put on top of the parent: it must exist.
-                let mut layers = l.layers.clone();
-                let mut config = l.image.config.clone();
-                resolve_layers(ctx, &mut layers, &mut config)?;
-                for desc in &layers {
-                    let blob = store.blobs.open_verified(&desc.digest.parse()?)?;
-                    let snap = store.snapshots.import(d.snapshot.as_deref(), blob)?;
-                    d.snapshot = Some(snap.id);
-                    d.layers.push(desc.clone());
-                }
-                d.key = Some(format!("merge {:?} {:?}", d.key, l.key));
-                let rootfs = &config.rootfs.diff_ids;
-                if let (Some(h), Some(diff)) = (config.history.last(), rootfs.last()) {
-                    d.image.config.history.push(h.clone());
-                    d.image.config.rootfs.diff_ids.push(diff.clone());
-                }
-                d
+            let mut env = exec.env.clone();
+            if !env.iter().any(|e| e.starts_with("HOME=")) {
+                env.push(format!("HOME={}", user.home));
             }
-        };
-        Ok(result)
+            env.extend(options.proxy_env.iter().map(|(k, v)| format!("{k}={v}")));
+            env.extend(secret_env);
+            let network = match exec.network {
+                frontend::instructions::Network::None => Network::None,
+                _ => options.network,
+            };
+            let spec = RunSpec {
+                rootfs: root.clone(),
+                args: exec.args.clone(),
+                env,
+                cwd: exec.workdir.clone(),
+                uid: user.uid,
+                gid: user.gid,
+                additional_gids: user.additional_gids,
+                hostname: "buildkitsandbox".into(),
+                network,
+                insecure: exec.security == Security::Insecure,
+                mounts,
+                hosts: default_hosts("buildkitsandbox"),
+                resolv_conf: resolv_conf(host_resolv, network),
+            };
+            let mut log: Vec<u8> = Vec::new();
+            let code = runtime
+                .run(&spec, cancel, &mut |stream: Stream, chunk: &[u8]| {
+                    if log.len() < LOG_CAP {
+                        log.extend_from_slice(chunk);
+                    }
+                    progress.log(id, stream, chunk, started);
+                })
+                .map_err(|e| where_(e.into()))?;
+            drop(views);
+            drop(locks);
+            drop(secret_files);
+            drop(agents);
+            if cancel.is_cancelled() {
+                progress.canceled(id);
+                bail!("canceled: another step failed");
+            }
+            if code != 0 {
+                progress.error(
+                    id,
+                    &format!("process did not complete successfully: exit code: {code}"),
+                );
+                let _ = std::io::stderr().flush();
+                let cmd = exec.args.join(" ");
+                let output = String::from_utf8_lossy(&log).into_owned();
+                let tail: String = output
+                    .lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                return Err(where_(anyhow!(
+                    "process \"{cmd}\" did not complete successfully: exit code: {code}\n{tail}"
+                )));
+            }
+            Ok(())
+        },
+    )?;
+    let diff = d.take_step(record, &key);
+    d.image.run(exec, diff.as_deref());
+    Ok(d)
+}
+
+/// COPY and ADD: the key from the sources' content digest, then the
+/// copy into a new snapshot (or an empty one for `--link`).
+fn run_file(
+    ctx: &Ctx<'_>,
+    step: &Step<'_>,
+    base: Option<Done>,
+    done: &BTreeMap<NodeIndex, Done>,
+    file: &frontend::graph::FileOp,
+) -> anyhow::Result<Done> {
+    let Ctx {
+        store,
+        options,
+        progress,
+        ref stat,
+        ..
+    } = *ctx;
+    let Step {
+        op,
+        ref inputs,
+        skip_cache,
+        ..
+    } = *step;
+    let where_ = |e: anyhow::Error| step.locate(e);
+    let (id, started) = progress.start(&op.name);
+    // A --link copy starts from nothing; the merge adds it on top.
+    let mut d = match base {
+        Some(b) => b,
+        None => Done {
+            snapshot: None,
+            image: ImageState::new(None, None),
+            layers: Vec::new(),
+            key: None,
+        },
+    };
+    let source_node = inputs
+        .iter()
+        .find(|(_, e)| *e == Edge::Source)
+        .map(|(n, _)| *n);
+    // --parents excludes by path from the pivot, not from each
+    // source: the key then hashes excluded files too (a spare
+    // miss at worst, never a missed change).
+    let key_excludes: &[String] = if file.parents { &[] } else { &file.excludes };
+    let source_key = match &file.from {
+        FileSource::Context => Some(
+            crate::copy::content_digest(
+                options.context,
+                options.ignore.as_ref(),
+                &file.sources,
+                key_excludes,
+                Some(stat),
+            )
+            .map_err(|e| where_(e.into()))?,
+        ),
+        FileSource::Named(name) => match options.named_contexts.get(name) {
+            Some((dir, ignore)) => Some(
+                crate::copy::content_digest(
+                    dir,
+                    ignore.as_ref(),
+                    &file.sources,
+                    key_excludes,
+                    Some(stat),
+                )
+                .map_err(|e| where_(e.into()))?,
+            ),
+            None => None,
+        },
+        FileSource::Stage(_) | FileSource::Image(_) => source_node
+            .and_then(|n| done.get(&n))
+            .and_then(|d| d.key.clone()),
+    };
+    let link = file.link && file.chmod.is_none();
+    let key = step_key(serde_json::json!({
+        "v": 1, "layers": layer_key(options), "op": "file", "parent": if link { None } else { d.key.clone() },
+        "file": file, "source": source_key,
+    }));
+    let record = cached_step(
+        ctx,
+        &key,
+        skip_cache,
+        d.snapshot.as_deref(),
+        (id, started),
+        |m| {
+            let source = inputs
+                .iter()
+                .find(|(_, e)| *e == Edge::Source)
+                .map(|(n, _)| *n);
+            let mut view = None;
+            let (source_root, ignore) = match &file.from {
+                FileSource::Context => (options.context.to_path_buf(), options.ignore.as_ref()),
+                FileSource::Named(name) => {
+                    let (dir, ignore) = options.named_contexts.get(name).ok_or_else(|| {
+                        where_(anyhow!("build context {name:?} is not a directory context"))
+                    })?;
+                    (dir.clone(), ignore.as_ref())
+                }
+                FileSource::Stage(_) | FileSource::Image(_) => {
+                    let s = source
+                        .and_then(|n| done.get(&n))
+                        .ok_or_else(|| where_(anyhow!("copy source not built")))?;
+                    let v = store.snapshots.prepare(s.snapshot.as_deref())?;
+                    let r = v.root();
+                    view = Some(v);
+                    (r, None)
+                }
+            };
+            for s in &file.sources {
+                if s.contains("://") || s.starts_with("git@") {
+                    return Err(where_(anyhow!(
+                        "ADD from a URL or git ({s}) is not supported yet"
+                    )));
+                }
+            }
+            copy(&CopyRequest {
+                source_root: &source_root,
+                ignore,
+                sources: &file.sources,
+                contents: &file.contents,
+                dest: &file.dest,
+                dest_root: &m.root(),
+                chown: file.chown.as_deref(),
+                chmod: file.chmod.as_deref(),
+                excludes: &file.excludes,
+                add: file.add,
+                unpack: file.unpack,
+                parents: file.parents,
+            })
+            .map_err(|e| where_(e.into()))?;
+            drop(view);
+            Ok(())
+        },
+    )?;
+    if link {
+        // The merge records history; this op keeps only its layer.
+        d.layers.clear();
+        d.image = ImageState::new(None, None);
     }
+    let diff = d.take_step(record, &key);
+    d.image.copy(file, diff.as_deref());
+    Ok(d)
 }
 
 /// The stat-cache "context" under which mounted-content digests are kept.
