@@ -222,12 +222,11 @@ fn manifest_for(
     manifest: &Descriptor,
     oci: bool,
 ) -> anyhow::Result<(Descriptor, Manifest, Vec<u8>)> {
-    let stored: Manifest = serde_json::from_slice(&blobs.read(&manifest.digest.parse()?)?)?;
+    let bytes = blobs.read(&manifest.digest.parse()?)?;
+    let mut m: Manifest = serde_json::from_slice(&bytes)?;
     if oci {
-        let bytes = blobs.read(&manifest.digest.parse()?)?;
-        return Ok((manifest.clone(), stored, bytes));
+        return Ok((manifest.clone(), m, bytes));
     }
-    let mut m = stored.clone();
     m.media_type = Some(media::DOCKER_MANIFEST.into());
     m.config.media_type = media::DOCKER_CONFIG.into();
     for l in &mut m.layers {
