@@ -426,7 +426,9 @@ impl CacheIndex {
 
     /// Drops the stat cache records of files that are gone (every record
     /// with `all`); how many. A record outlives its file otherwise: the
-    /// table would grow with every file any build ever hashed.
+    /// table would grow with every file any build ever hashed. Only records
+    /// keyed by an absolute path are files; other keys (memos a caller
+    /// keeps under a name of its own) go only with `all`.
     pub fn stat_prune(&self, all: bool) -> Result<usize, IndexError> {
         use std::os::unix::ffi::OsStrExt;
         let mut conn = self.conn();
@@ -446,7 +448,8 @@ impl CacheIndex {
                 .map_err(self.sql())?
                 .into_iter()
                 .filter(|(_, path)| {
-                    all || fs::symlink_metadata(std::ffi::OsStr::from_bytes(path)).is_err()
+                    all || (path.starts_with(b"/")
+                        && fs::symlink_metadata(std::ffi::OsStr::from_bytes(path)).is_err())
                 })
                 .collect()
         };
@@ -737,13 +740,17 @@ mod tests {
             )
         };
         idx.stat_store("local", &[row(&kept), row(&gone)]).unwrap();
+        // A memo under a key that is no path stays.
+        idx.stat_store("memo", &[(b"12:/app".to_vec(), s, "d".into())])
+            .unwrap();
         assert_eq!(idx.stat_prune(false).unwrap(), 1);
+        assert!(idx.stat_lookup("memo", b"12:/app", s).unwrap().is_some());
         let left = idx
             .stat_under("local", dir.as_os_str().as_encoded_bytes())
             .unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].0, kept.as_os_str().as_encoded_bytes());
-        assert_eq!(idx.stat_prune(true).unwrap(), 1);
+        assert_eq!(idx.stat_prune(true).unwrap(), 2);
         assert!(
             idx.stat_under("local", dir.as_os_str().as_encoded_bytes())
                 .unwrap()
