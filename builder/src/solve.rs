@@ -1063,17 +1063,9 @@ fn run_exec(
                             let fresh = crate::sandbox::TempDir::new("cache")
                                 .context("making an empty cache mount")
                                 .map_err(where_)?;
-                            if let Some((uid, gid, mode)) = owner {
-                                std::os::unix::fs::chown(&fresh.path, Some(uid), Some(gid))
-                                    .and_then(|()| {
-                                        std::fs::set_permissions(
-                                            &fresh.path,
-                                            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(mode),
-                                        )
-                                    })
-                                    .context("setting up an empty cache mount")
-                                    .map_err(where_)?;
-                            }
+                            give_new_cache(&fresh.path, owner)
+                                .context("setting up an empty cache mount")
+                                .map_err(where_)?;
                             let path = fresh.path.clone();
                             scratch_caches.push(fresh);
                             path
@@ -1555,26 +1547,31 @@ fn cache_mount_dir(
         }
     };
     if !dir.exists() {
-        // A new cache starts with the mount's uid, gid and mode (BuildKit
-        // makes it from a scratch directory with them); later uses keep
-        // whatever the steps left.
+        // A new cache starts with the mount's owner and mode; later uses
+        // keep whatever the steps left.
         let tmp = PathBuf::from(format!("{}.new-{}", dir.display(), std::process::id()));
         std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        if let Some((uid, gid, mode)) = new_owner {
-            std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
-                .with_context(|| format!("changing the owner of {}", tmp.display()))?;
-            std::fs::set_permissions(
-                &tmp,
-                <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(mode),
-            )
-            .with_context(|| format!("changing the mode of {}", tmp.display()))?;
-        }
+        give_new_cache(&tmp, new_owner)?;
         // Another build may have made it meanwhile: theirs stays.
         if std::fs::rename(&tmp, &dir).is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
         }
     }
     Ok((dir, lock))
+}
+
+/// Gives a new cache directory the mount's uid, gid and mode, when the
+/// mount names any of them (BuildKit makes a new cache from a scratch
+/// directory with them).
+fn give_new_cache(dir: &Path, owner: Option<(u32, u32, u32)>) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some((uid, gid, mode)) = owner {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+            .with_context(|| format!("changing the owner of {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("changing the mode of {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// `source=` of a cache mount: a directory inside the cache, made when
