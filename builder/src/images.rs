@@ -149,14 +149,12 @@ pub fn tag_manifest(blobs: &BlobStore, manifest: &Descriptor, tag: &str) -> anyh
         match idx.manifests.iter().position(named) {
             Some(i) => {
                 idx.manifests[i] = d;
-                let mut i = i + 1;
-                while i < idx.manifests.len() {
-                    if named(&idx.manifests[i]) {
-                        idx.manifests.remove(i);
-                    } else {
-                        i += 1;
-                    }
-                }
+                // Any later entry under the same tag goes.
+                let mut at = 0;
+                idx.manifests.retain(|m| {
+                    at += 1;
+                    at - 1 <= i || !named(m)
+                });
             }
             None => idx.manifests.push(d),
         }
