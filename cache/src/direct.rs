@@ -192,7 +192,7 @@ impl DirectWriter {
             let aligned = data.len() / ALIGN * ALIGN;
             write_chunk(&self.file, &data[..aligned], self.offset)?;
             if aligned < data.len() {
-                set_direct(&self.file, false)?;
+                clear_direct(&self.file)?;
                 self.file
                     .write_all_at(&data[aligned..], self.offset + aligned as u64)?;
             }
@@ -227,7 +227,7 @@ fn write_chunk(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
     }
     if is_direct(file)? {
         match file.write_all_at(data, offset) {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => set_direct(file, false)?,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => clear_direct(file)?,
             other => return other,
         }
     }
@@ -257,18 +257,14 @@ fn is_direct(file: &File) -> io::Result<bool> {
     Ok(status_flags(file)? & libc::O_DIRECT != 0)
 }
 
-fn set_direct(file: &File, on: bool) -> io::Result<()> {
+/// Turns `file` into a buffered one (writes through the page cache).
+fn clear_direct(file: &File) -> io::Result<()> {
     let flags = status_flags(file)?;
-    let want = if on {
-        flags | libc::O_DIRECT
-    } else {
-        flags & !libc::O_DIRECT
-    };
-    if want == flags {
+    if flags & libc::O_DIRECT == 0 {
         return Ok(());
     }
     // SAFETY: F_SETFL on an open fd changes only its status flags.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, want) } < 0 {
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -335,7 +331,7 @@ mod tests {
         let data = pattern(2 * CHUNK + 10);
         let mut w = DirectWriter::create_new(&path).unwrap();
         // As on a filesystem that refused O_DIRECT at open.
-        set_direct(w.file(), false).unwrap();
+        clear_direct(w.file()).unwrap();
         w.write_all(&data).unwrap();
         let file = w.finish().unwrap();
         assert!(!is_direct(&file).unwrap());
