@@ -690,15 +690,15 @@ pub fn content_digest(
         fresh: &mut Vec<(Vec<u8>, FileStamp, String)>,
         at: TreeWalk<'_>,
         follow: bool,
-        known: Option<(PathBuf, fs::Metadata)>,
+        listed: Option<(PathBuf, fs::Metadata)>,
     ) -> Result<(), CopyError> {
         let rel = at.rel;
         let root = w.root;
         // Below a source the parent is resolved already and the directory
         // listing gives each entry's stat relative to it (fstatat): no path
         // walk per entry.
-        let (path, meta) = match known {
-            Some(k) => k,
+        let (path, meta) = match listed {
+            Some(l) => l,
             None => {
                 let path = resolve_in_root(root, Path::new(rel), follow);
                 let Ok(meta) = (if follow {
@@ -735,13 +735,13 @@ pub fn content_digest(
                 mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
                 ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
             };
-            let known = w
+            let cached = w
                 .known
                 .as_ref()
                 .and_then(|k| k.get(path.as_os_str().as_encoded_bytes()))
                 .filter(|(s, _)| *s == stamp)
                 .map(|(_, d)| d.clone());
-            let digest = match known {
+            let digest = match cached {
                 Some(d) => d,
                 None => {
                     let mut f = File::open(&path).map_err(io_err("opening", &path))?;
