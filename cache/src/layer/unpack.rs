@@ -346,6 +346,15 @@ fn lchown(path: &Path, uid: u64, gid: u64) -> io::Result<()> {
     std::os::unix::fs::lchown(path, Some(uid as u32), Some(gid as u32))
 }
 
+/// `bytes` (a name from the archive) for a system call; a NUL in it makes
+/// the entry `entry` hostile.
+fn c_string(bytes: &[u8], entry: &Path) -> Result<std::ffi::CString, LayerError> {
+    std::ffi::CString::new(bytes).map_err(|_| LayerError::Hostile {
+        entry: entry.display().to_string(),
+        reason: "its name has a NUL byte",
+    })
+}
+
 fn remove_any(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
@@ -412,12 +421,7 @@ impl Unpacker {
             self.stats.whiteouts += 1;
             let target = parent.join(std::ffi::OsStr::from_bytes(hidden));
             remove_any(&target).map_err(|e| LayerError::io("removing", &target, e))?;
-            let c = std::ffi::CString::new(target.as_os_str().as_bytes()).map_err(|_| {
-                LayerError::Hostile {
-                    entry: rel.display().to_string(),
-                    reason: "its name has a NUL byte",
-                }
-            })?;
+            let c = c_string(target.as_os_str().as_bytes(), &rel)?;
             // SAFETY: valid path; a char 0/0 device is overlayfs's whiteout.
             if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) } != 0 {
                 return Err(LayerError::io(
@@ -550,12 +554,7 @@ impl Unpacker {
                 };
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                let c = std::ffi::CString::new(dest.as_os_str().as_bytes()).map_err(|_| {
-                    LayerError::Hostile {
-                        entry: rel.display().to_string(),
-                        reason: "its name has a NUL byte",
-                    }
-                })?;
+                let c = c_string(dest.as_os_str().as_bytes(), &rel)?;
                 // SAFETY: c is a valid path; mknod has no memory preconditions.
                 let rc =
                     unsafe { libc::mknod(c.as_ptr(), fmt | mode, libc::makedev(major, minor)) };
@@ -571,13 +570,9 @@ impl Unpacker {
             _ => return Ok(()),
         }
 
-        if let Some((uid, gid)) = self.options.owner {
+        if let Some((uid, gid)) = self.owner_of(&header) {
             lchown(&dest, uid.into(), gid.into())
                 .map_err(|e| LayerError::io("changing owner of", &dest, e))?;
-        } else if self.options.same_owner {
-            let uid = header.uid().unwrap_or(0);
-            let gid = header.gid().unwrap_or(0);
-            lchown(&dest, uid, gid).map_err(|e| LayerError::io("changing owner of", &dest, e))?;
         }
         if kind != EntryType::Symlink {
             // After chown, which clears setuid bits.
@@ -607,10 +602,7 @@ impl Unpacker {
     /// in the way (the caller replaces it and creates by path).
     fn create_in_parent(&self, name: &[u8], dest: &Path) -> Result<Option<fs::File>, LayerError> {
         let parent = self.parent_cache.as_ref().expect("resolved before");
-        let c = std::ffi::CString::new(name).map_err(|_| LayerError::Hostile {
-            entry: dest.display().to_string(),
-            reason: "its name has a NUL byte",
-        })?;
+        let c = c_string(name, dest)?;
         // SAFETY: the directory fd is open and c is NUL-terminated; a
         // returned fd is ours alone.
         let fd = unsafe {
@@ -658,13 +650,9 @@ impl Unpacker {
     ) -> Result<bool, LayerError> {
         let parent = self.parent_cache.as_ref().expect("resolved before");
         let fd = parent.dir.as_raw_fd();
-        let nul = |_| LayerError::Hostile {
-            entry: dest.display().to_string(),
-            reason: "its name has a NUL byte",
-        };
-        let c_name = std::ffi::CString::new(name).map_err(nul)?;
+        let c_name = c_string(name, dest)?;
         let target = entry.link_name_bytes().unwrap_or_default();
-        let c_target = std::ffi::CString::new(target.as_ref()).map_err(nul)?;
+        let c_target = c_string(&target, dest)?;
         // SAFETY: fd is open and both strings are NUL-terminated.
         if unsafe { libc::symlinkat(c_target.as_ptr(), fd, c_name.as_ptr()) } != 0 {
             let e = io::Error::last_os_error();
