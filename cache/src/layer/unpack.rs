@@ -123,7 +123,7 @@ pub fn decompress<'a>(reader: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> 
     let mut buffered = BufReader::with_capacity(1 << 20, reader);
     let head = buffered.fill_buf()?.to_vec();
     Ok(if head.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
+        Box::new(super::gunzip::GzipReader::new(buffered))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?)
     } else if head.starts_with(b"BZh") {
