@@ -97,6 +97,52 @@ impl<W: Write> Write for HashWriter<W> {
     }
 }
 
+impl<W: TarSink> TarSink for HashWriter<W> {
+    fn read_from(&mut self, file: &mut File, max: usize) -> io::Result<&[u8]> {
+        let data = self.inner.read_from(file, max)?;
+        if self.enabled {
+            self.hasher.update(data);
+        }
+        self.size += data.len() as u64;
+        Ok(data)
+    }
+}
+
+/// Where a [`TarWriter`] writes: a `Write` that can also take file data
+/// straight from the file into a buffer of its own, one copy fewer than
+/// reading into a buffer and writing that.
+pub(crate) trait TarSink: Write {
+    /// Reads at most `max` (> 0) bytes of `file` into the stream: the bytes
+    /// read, empty at the end of the file.
+    fn read_from(&mut self, file: &mut File, max: usize) -> io::Result<&[u8]>;
+}
+
+/// A [`TarSink`] over any writer: file data is read into a buffer (large
+/// reads: `io::copy` into a plain writer reads 8 KiB at a time) and written.
+struct Staged<W> {
+    inner: W,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> Write for Staged<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W: Write> TarSink for Staged<W> {
+    fn read_from(&mut self, file: &mut File, max: usize) -> io::Result<&[u8]> {
+        let want = max.min(self.buf.len());
+        let n = io::Read::read(file, &mut self.buf[..want])?;
+        self.inner.write_all(&self.buf[..n])?;
+        Ok(&self.buf[..n])
+    }
+}
+
 /// The compressor in the middle of the pipeline.
 enum Compressor {
     None(BlobWriter),
@@ -168,17 +214,21 @@ pub fn write_layer(
     // writer's own hash is the diff_id, so the tar is hashed once.
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let (spent_tx, spent) = std::sync::mpsc::sync_channel::<Vec<u8>>(10);
         let back = scope.spawn(move || -> io::Result<BlobWriter> {
             let mut compressor = compressor;
             for chunk in rx {
                 compressor.write_all(&chunk)?;
+                let _ = spent_tx.try_send(chunk);
             }
             compressor.finish()
         });
         let hashing = HashWriter {
             inner: ChannelWriter {
                 tx: Some(tx),
-                buf: Vec::with_capacity(CHUNK),
+                spent,
+                buf: vec![0; CHUNK],
+                len: 0,
             },
             hasher: Sha256::new(),
             size: 0,
@@ -259,15 +309,23 @@ const CHUNK: usize = 1 << 20;
 /// Collects bytes into chunks for the compression thread.
 struct ChannelWriter {
     tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    /// Chunks the compression thread is done with, to fill again (fresh
+    /// ones cost a page fault every 4 KiB).
+    spent: std::sync::mpsc::Receiver<Vec<u8>>,
+    /// `CHUNK` bytes long; `buf[..len]` is filled.
     buf: Vec<u8>,
+    len: usize,
 }
 
 impl ChannelWriter {
     fn send(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
+        if self.len == 0 {
             return Ok(());
         }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        let mut next = self.spent.try_recv().unwrap_or_default();
+        next.resize(CHUNK, 0);
+        let mut chunk = std::mem::replace(&mut self.buf, next);
+        chunk.truncate(std::mem::take(&mut self.len));
         match &self.tx {
             Some(tx) => tx
                 .send(chunk)
@@ -285,9 +343,10 @@ impl ChannelWriter {
 
 impl Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(CHUNK - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == CHUNK {
+        let n = data.len().min(CHUNK - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&data[..n]);
+        self.len += n;
+        if self.len == CHUNK {
             self.send()?;
         }
         Ok(n)
@@ -295,6 +354,19 @@ impl Write for ChannelWriter {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+impl TarSink for ChannelWriter {
+    fn read_from(&mut self, file: &mut File, max: usize) -> io::Result<&[u8]> {
+        if self.len == CHUNK {
+            self.send()?;
+        }
+        let start = self.len;
+        let end = start + max.min(CHUNK - start);
+        let n = io::Read::read(file, &mut self.buf[start..end])?;
+        self.len += n;
+        Ok(&self.buf[start..start + n])
     }
 }
 
@@ -310,7 +382,7 @@ pub(crate) fn digest_of(hasher: Sha256) -> Digest {
 }
 
 /// Builds tar entries with fixed header fields.
-pub(crate) struct TarWriter<W: Write> {
+pub(crate) struct TarWriter<W: TarSink> {
     builder: tar::Builder<W>,
     clamp_mtime: Option<i64>,
     /// (dev, ino) of files with several links -> the path written first.
@@ -345,7 +417,7 @@ fn is_opaque(path: &Path) -> bool {
         || matches!(xattr::get(path, "user.overlay.opaque"), Ok(Some(v)) if v == b"y")
 }
 
-impl<W: Write> TarWriter<W> {
+impl<W: TarSink> TarWriter<W> {
     pub(crate) fn new(inner: W, clamp_mtime: Option<i64>) -> TarWriter<W> {
         let mut builder = tar::Builder::new(inner);
         builder.mode(tar::HeaderMode::Complete);
@@ -406,16 +478,30 @@ impl<W: Write> TarWriter<W> {
             }
             let mut h = self.header(meta, EntryType::Regular);
             h.set_size(meta.len());
-            let file = File::open(full).map_err(|e| LayerError::io("opening", full, e))?;
-            // A file that changes size while it is read would corrupt the
-            // tar; the reader is limited and checked.
-            let mut limited = io::Read::take(file, meta.len());
+            let mut file = File::open(full).map_err(|e| LayerError::io("opening", full, e))?;
+            // The header (and a long-name entry) from the builder, the data
+            // and its padding from here.
             self.builder
-                .append_data(&mut h, rel, &mut limited)
+                .append_data(&mut h, rel, io::empty())
                 .map_err(io)?;
-            if limited.limit() != 0 {
-                return Err(LayerError::Changed(full.to_path_buf()));
+            // A file that changes size while it is read would corrupt the
+            // tar: exactly the size in the header is read, or it fails.
+            let mut left = meta.len();
+            while left > 0 {
+                let max = usize::try_from(left).unwrap_or(usize::MAX);
+                let n = match self.builder.get_mut().read_from(&mut file, max) {
+                    Ok([]) => return Err(LayerError::Changed(full.to_path_buf())),
+                    Ok(read) => read.len(),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(LayerError::io("reading", full, e)),
+                };
+                left -= n as u64;
             }
+            let pad = (512 - meta.len() % 512) % 512;
+            self.builder
+                .get_mut()
+                .write_all(&[0; 512][..pad as usize])
+                .map_err(io)?;
         } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
             let kind = if ft.is_char_device() {
                 EntryType::Char
@@ -642,7 +728,11 @@ pub fn write_tree_tar<W: Write>(
     out: W,
     clamp_mtime: Option<i64>,
 ) -> Result<W, LayerError> {
-    let mut tar = TarWriter::new(out, clamp_mtime);
+    let staged = Staged {
+        inner: out,
+        buf: vec![0; 256 << 10],
+    };
+    let mut tar = TarWriter::new(staged, clamp_mtime);
     tar.write_tree(root, Path::new(""))?;
-    tar.finish()
+    Ok(tar.finish()?.inner)
 }
