@@ -12,7 +12,7 @@
 //! symlinks, and symlinks found inside a copied tree are copied as links.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
@@ -223,12 +223,13 @@ fn copy_sources(req: &CopyRequest<'_>, exclude_base: &str) -> Result<u64, CopyEr
     for (name, data) in req.contents {
         let target = dest_path(req, name)?;
         write_file_from(
-            &mut data.as_bytes(),
+            Data::Bytes(data.as_bytes()),
             &target,
             0o644,
             owner,
             chmod.as_ref(),
             None,
+            false,
         )?;
         n += 1;
     }
@@ -278,14 +279,15 @@ fn copy_sources(req: &CopyRequest<'_>, exclude_base: &str) -> Result<u64, CopyEr
             .map(|b| b.to_string_lossy().into_owned())
             .unwrap_or_default();
         let target = dest_path(req, &base)?;
-        let mut file = File::open(&src).map_err(io_err("opening", &src))?;
+        let file = File::open(&src).map_err(io_err("opening", &src))?;
         write_file_from(
-            &mut file,
+            Data::File(&file, meta.len()),
             &target,
             meta.mode() & 0o7777,
             owner,
             chmod.as_ref(),
             meta.modified().ok(),
+            false,
         )?;
         n += 1;
     }
@@ -435,44 +437,133 @@ fn make_dirs(root: &Path, dir: &str, owner: Owner, mode: u32) -> Result<(), Copy
     Ok(())
 }
 
-fn write_file_from<R: Read + ?Sized>(
-    reader: &mut R,
+/// What a new file is filled from.
+enum Data<'a> {
+    /// A file of this many bytes (its size when it was stat'ed).
+    File(&'a File, u64),
+    /// Bytes in memory (a heredoc).
+    Bytes(&'a [u8]),
+}
+
+/// Creates `target` as a file with `data`, its owner, mode and mtime. An
+/// existing file or link there is replaced; an existing directory is
+/// replaced when `replace_dir` (a file copied over a directory inside a
+/// directory copy), else refused.
+fn write_file_from(
+    data: Data<'_>,
     target: &Path,
     mode: u32,
     owner: Owner,
     chmod: Option<&Chmod>,
     mtime: Option<std::time::SystemTime>,
+    replace_dir: bool,
 ) -> Result<(), CopyError> {
-    if let Ok(m) = fs::symlink_metadata(target) {
-        if m.is_dir() {
-            return Err(CopyError::Invalid(format!(
-                "cannot replace directory {} with a file",
-                target.display()
-            )));
+    let mode = chmod.map_or(mode, |c| c.apply(mode, false));
+    // Created with its final mode where the umask leaves it whole and no
+    // set-id bit needs the chown to come first (a chown clears them): no
+    // fchmod then. Otherwise created private and set after the chown.
+    let exact = mode & 0o7000 == 0 && mode & process_umask() == 0;
+    let create = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(if exact { mode } else { 0o600 })
+            .open(target)
+    };
+    // Created first and looked at only when something is in the way: a
+    // copy into a new directory costs no lookups (each one is a walk of
+    // every overlay layer).
+    let out = match create() {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let existing = fs::symlink_metadata(target).map_err(io_err("reading", target))?;
+            if existing.is_dir() {
+                if !replace_dir {
+                    return Err(CopyError::Invalid(format!(
+                        "cannot replace directory {} with a file",
+                        target.display()
+                    )));
+                }
+                fs::remove_dir_all(target).map_err(io_err("replacing", target))?;
+            } else {
+                fs::remove_file(target).map_err(io_err("replacing", target))?;
+            }
+            create().map_err(io_err("creating", target))?
         }
-        fs::remove_file(target).map_err(io_err("replacing", target))?;
+        Err(e) => return Err(io_err("creating", target)(e)),
+    };
+    match data {
+        Data::File(src, len) => send_file(src, &out, len),
+        Data::Bytes(bytes) => (&out).write_all(bytes),
     }
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(target)
-        .map_err(io_err("creating", target))?;
-    // Generic, so that a File source copies in the kernel
-    // (copy_file_range) instead of through a buffer.
-    io::copy(reader, &mut out).map_err(io_err("writing", target))?;
+    .map_err(io_err("writing", target))?;
     // Owner, mode and time through the open file: no more path lookups.
     std::os::unix::fs::fchown(&out, Some(owner.uid), Some(owner.gid))
         .map_err(io_err("changing owner of", target))?;
-    let mode = chmod.map_or(mode, |c| c.apply(mode, false));
-    out.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io_err("changing mode of", target))?;
+    if !exact {
+        out.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io_err("changing mode of", target))?;
+    }
     if let Some(t) = mtime {
         out.set_modified(t)
             .map_err(io_err("setting the time of", target))?;
     }
     Ok(())
+}
+
+/// Copies `len` bytes of `src` into `dst` in the kernel (sendfile; a
+/// snapshot is an overlay mount, where copy_file_range always fails with
+/// EXDEV first). A file that shrank since its stat copies what it has.
+fn send_file(src: &File, dst: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut left = len;
+    while left > 0 {
+        let chunk = usize::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
+        // SAFETY: both descriptors are open for the call; a null offset
+        // uses and advances src's file position.
+        let n = unsafe {
+            libc::sendfile(
+                dst.as_raw_fd(),
+                src.as_raw_fd(),
+                std::ptr::null_mut(),
+                chunk,
+            )
+        };
+        match n {
+            0 => break,
+            n if n > 0 => left -= n as u64,
+            _ => {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    // A filesystem without sendfile: through a buffer.
+                    Some(libc::EINVAL | libc::ENOSYS) if left == len => {
+                        io::copy(&mut io::Read::take(src, len), &mut &*dst)?;
+                        break;
+                    }
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// This process's umask, read once (`/proc/self/status`; setting it to read
+/// it would race with other threads). All bits when unknown.
+fn process_umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0o777)
+    })
 }
 
 /// Gives `target` (a directory here: opened read-only, which works for
@@ -519,18 +610,19 @@ fn copy_tree(
     tree: TreeCopy<'_>,
 ) -> Result<u64, CopyError> {
     use rayon::prelude::*;
-    let mut names: Vec<_> = fs::read_dir(src_dir)
+    let mut entries: Vec<_> = fs::read_dir(src_dir)
         .map_err(io_err("reading", src_dir))?
         .flatten()
-        .map(|e| e.file_name())
+        .map(|e| (e.file_name(), e))
         .collect();
-    names.sort();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
     // The entries of a directory are copied in parallel (rayon): a COPY of
     // many small files is syscall-bound, and one thread left the second
-    // core idle (bench incremental: 20,000 files).
-    names
+    // core idle (bench incremental: 20,000 files). Each is stat'ed through
+    // the listing (relative to the open directory: no path walk).
+    entries
         .par_iter()
-        .map(|name| copy_entry(src_dir, dest_dir, name, walk, tree))
+        .map(|(name, e)| copy_entry(src_dir, dest_dir, name, e, walk, tree))
         .try_reduce(|| 0, |a, b| Ok(a + b))
 }
 
@@ -539,6 +631,7 @@ fn copy_entry(
     src_dir: &Path,
     dest_dir: &Path,
     name: &std::ffi::OsStr,
+    listed: &fs::DirEntry,
     walk: TreeWalk<'_>,
     tree: TreeCopy<'_>,
 ) -> Result<u64, CopyError> {
@@ -565,7 +658,7 @@ fn copy_entry(
     };
     let src = src_dir.join(name);
     let dest = dest_dir.join(name);
-    let meta = fs::symlink_metadata(&src).map_err(io_err("reading", &src))?;
+    let meta = listed.metadata().map_err(io_err("reading", &src))?;
     let ft = meta.file_type();
     if ft.is_dir() {
         match fs::symlink_metadata(&dest) {
@@ -594,12 +687,10 @@ fn copy_entry(
         std::os::unix::fs::lchown(&dest, Some(owner.uid), Some(owner.gid))
             .map_err(io_err("changing owner of", &dest))?;
     } else if ft.is_file() {
-        if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
-            remove_any(&dest)?;
-        }
-        let mut file = File::open(&src).map_err(io_err("opening", &src))?;
+        let file = File::open(&src).map_err(io_err("opening", &src))?;
         let mode = meta.mode() & 0o7777;
-        write_file_from(&mut file, &dest, mode, owner, chmod, meta.modified().ok())?;
+        let data = Data::File(&file, meta.len());
+        write_file_from(data, &dest, mode, owner, chmod, meta.modified().ok(), true)?;
     } else {
         // Devices, fifos and sockets in a context are not copied.
         return Ok(0);

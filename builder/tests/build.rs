@@ -1146,6 +1146,50 @@ fn copy_parents_keeps_source_directories() {
     );
 }
 
+#[test]
+fn copy_replaces_what_is_in_the_way_and_keeps_modes() {
+    use std::os::unix::fs::PermissionsExt;
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("overwrite");
+    let ctx = context(&t, "overwrite");
+    std::fs::create_dir_all(ctx.join("tree")).unwrap();
+    std::fs::write(ctx.join("tree/sub"), "now a file\n").unwrap();
+    std::fs::create_dir_all(ctx.join("modes")).unwrap();
+    for (name, mode) in [("open", 0o666), ("suid", 0o4755), ("private", 0o600)] {
+        let p = ctx.join("modes").join(name);
+        std::fs::write(&p, name).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let out_dir = t.0.join("out");
+    let o = rbuild(
+        &t.0.join("state"),
+        &[
+            "build",
+            "-q",
+            "-o",
+            &format!("type=local,dest={}", out_dir.display()),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let read = |p: &str| std::fs::read_to_string(out_dir.join(p)).unwrap();
+    let link = std::fs::symlink_metadata(out_dir.join("t/link")).unwrap();
+    assert!(link.is_file(), "the link was replaced by a file");
+    assert_eq!(read("t/link"), "payload\n");
+    assert_eq!(read("outside"), "keep\n", "the link was not followed");
+    assert_eq!(read("t/plain"), "payload\n");
+    assert!(out_dir.join("t/tree/sub").is_file());
+    assert_eq!(read("t/tree/sub"), "now a file\n");
+    for (name, mode) in [("open", 0o666), ("suid", 0o4755), ("private", 0o600)] {
+        let meta = std::fs::metadata(out_dir.join("t/modes").join(name)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, mode, "{name}");
+        assert_eq!(read(&format!("t/modes/{name}")), name);
+    }
+}
+
 fn walk_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {
