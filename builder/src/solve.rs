@@ -265,6 +265,14 @@ fn now_rfc3339_nanos() -> String {
     format!("{}.{:09}Z", base.trim_end_matches('Z'), d.subsec_nanos())
 }
 
+/// Writes one progress line to stderr in one write: stderr is unbuffered,
+/// and `eprintln!` writes every piece of its format on its own.
+fn stderr_line(args: std::fmt::Arguments<'_>) {
+    let mut text = args.to_string();
+    text.push('\n');
+    let _ = std::io::stderr().write_all(text.as_bytes());
+}
+
 impl Progress {
     /// Progress in `format`.
     pub fn new(format: ProgressFormat) -> Progress {
@@ -295,7 +303,7 @@ impl Progress {
     }
 
     fn emit(value: serde_json::Value) {
-        eprintln!("{value}");
+        stderr_line(format_args!("{value}"));
     }
 
     fn vertex(&self, id: usize, extra: serde_json::Value) -> serde_json::Value {
@@ -327,7 +335,7 @@ impl Progress {
             .insert(id, (digest, name.to_string(), now_rfc3339_nanos()));
         drop(state);
         match self.format {
-            ProgressFormat::Plain => eprintln!("#{id} {name}"),
+            ProgressFormat::Plain => stderr_line(format_args!("#{id} {name}")),
             ProgressFormat::RawJson => Self::emit(self.vertex(id, serde_json::json!({}))),
             ProgressFormat::Tty => self.tty(crate::tty::Event::Start {
                 id,
@@ -340,7 +348,7 @@ impl Progress {
 
     fn cached(&self, id: usize) {
         match self.format {
-            ProgressFormat::Plain => eprintln!("#{id} CACHED"),
+            ProgressFormat::Plain => stderr_line(format_args!("#{id} CACHED")),
             ProgressFormat::RawJson => Self::emit(self.vertex(
                 id,
                 serde_json::json!({"cached": true, "completed": now_rfc3339_nanos()}),
@@ -352,9 +360,10 @@ impl Progress {
 
     fn done(&self, id: usize, started: Instant) {
         match self.format {
-            ProgressFormat::Plain => {
-                eprintln!("#{id} DONE {:.1}s", started.elapsed().as_secs_f64())
-            }
+            ProgressFormat::Plain => stderr_line(format_args!(
+                "#{id} DONE {:.1}s",
+                started.elapsed().as_secs_f64()
+            )),
             ProgressFormat::RawJson => {
                 Self::emit(self.vertex(id, serde_json::json!({"completed": now_rfc3339_nanos()})))
             }
@@ -368,7 +377,7 @@ impl Progress {
 
     fn canceled(&self, id: usize) {
         match self.format {
-            ProgressFormat::Plain => eprintln!("#{id} CANCELED"),
+            ProgressFormat::Plain => stderr_line(format_args!("#{id} CANCELED")),
             ProgressFormat::RawJson => Self::emit(self.vertex(
                 id,
                 serde_json::json!({"completed": now_rfc3339_nanos(), "error": "context canceled"}),
@@ -380,7 +389,7 @@ impl Progress {
 
     fn error(&self, id: usize, message: &str) {
         match self.format {
-            ProgressFormat::Plain => eprintln!("#{id} ERROR: {message}"),
+            ProgressFormat::Plain => stderr_line(format_args!("#{id} ERROR: {message}")),
             ProgressFormat::RawJson => Self::emit(self.vertex(
                 id,
                 serde_json::json!({"completed": now_rfc3339_nanos(), "error": message}),
@@ -420,13 +429,18 @@ impl Progress {
                     let line = String::from_utf8_lossy(partial).into_owned();
                     partial.clear();
                     if self.format == ProgressFormat::Plain {
-                        eprintln!("#{id} {:.3} {line}", started.elapsed().as_secs_f64());
+                        stderr_line(format_args!(
+                            "#{id} {:.3} {line}",
+                            started.elapsed().as_secs_f64()
+                        ));
                     } else {
                         self.tty(crate::tty::Event::Line { id, line });
                     }
                 }
                 if clipped && self.format == ProgressFormat::Plain {
-                    eprintln!("#{id} [output clipped, log limit 2MiB reached]");
+                    stderr_line(format_args!(
+                        "#{id} [output clipped, log limit 2MiB reached]"
+                    ));
                 }
             }
             ProgressFormat::RawJson => {
