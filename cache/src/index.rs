@@ -138,6 +138,16 @@ const MIGRATIONS: &[&str] = &[
      );",
 ];
 
+/// Seconds a record's last-used time may lag behind its real last use:
+/// a lookup within this of the last one writes nothing (a no-op rebuild
+/// of many cached steps would otherwise commit once a step). Far below
+/// the granularity of `prune --filter until=`.
+const TOUCH_EVERY: i64 = 60;
+
+fn stale(last_used: i64, now: i64) -> bool {
+    now - last_used >= TOUCH_EVERY || now < last_used
+}
+
 /// Unix seconds now.
 pub fn now() -> i64 {
     SystemTime::now()
@@ -214,7 +224,11 @@ impl CacheIndex {
         for migration in &MIGRATIONS[version as usize..] {
             tx.execute_batch(migration).map_err(sql)?;
         }
-        tx.pragma_update(None, "user_version", known).map_err(sql)?;
+        // Written only when it changes: a commit at every open would make
+        // every command, a no-op build too, write and sync the database.
+        if version != known {
+            tx.pragma_update(None, "user_version", known).map_err(sql)?;
+        }
         tx.commit().map_err(sql)?;
         let lock_dir = path.with_extension("locks");
         fs::create_dir_all(&lock_dir).map_err(|source| IndexError::Lock {
@@ -248,7 +262,9 @@ impl CacheIndex {
     pub fn get(&self, key: &CacheKey) -> Result<Option<Record>, IndexError> {
         let conn = self.conn();
         let row = conn
-            .prepare_cached("SELECT result, snapshot, size, created FROM records WHERE key = ?1")
+            .prepare_cached(
+                "SELECT result, snapshot, size, created, last_used FROM records WHERE key = ?1",
+            )
             .and_then(|mut stmt| {
                 stmt.query_row(params![key.as_str()], |r| {
                     Ok((
@@ -256,20 +272,24 @@ impl CacheIndex {
                         r.get::<_, Option<String>>(1)?,
                         r.get::<_, i64>(2)?,
                         r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
                     ))
                 })
                 .optional()
             })
             .map_err(self.sql())?;
-        let Some((result, snapshot, size, created)) = row else {
+        let Some((result, snapshot, size, created, last_used)) = row else {
             return Ok(None);
         };
         let now = now();
-        conn.execute(
-            "UPDATE records SET last_used = ?2 WHERE key = ?1",
-            params![key.as_str(), now],
-        )
-        .map_err(self.sql())?;
+        let last_used = if stale(last_used, now) {
+            conn.prepare_cached("UPDATE records SET last_used = ?2 WHERE key = ?1")
+                .and_then(|mut stmt| stmt.execute(params![key.as_str(), now]))
+                .map_err(self.sql())?;
+            now
+        } else {
+            last_used
+        };
         let blobs = blobs_of(&conn, key).map_err(self.sql())?;
         Ok(Some(Record {
             key: key.clone(),
@@ -278,7 +298,7 @@ impl CacheIndex {
             blobs,
             size: size as u64,
             created,
-            last_used: now,
+            last_used,
         }))
     }
 
@@ -500,22 +520,26 @@ impl CacheIndex {
     /// The snapshot holding the layers of `chain_id`, if unpacked before.
     pub fn snapshot_for_chain(&self, chain_id: &str) -> Result<Option<String>, IndexError> {
         let conn = self.conn();
-        let found: Option<String> = conn
+        let found: Option<(String, i64)> = conn
             .query_row(
-                "SELECT snapshot FROM layer_snapshots WHERE chain_id = ?1",
+                "SELECT snapshot, last_used FROM layer_snapshots WHERE chain_id = ?1",
                 params![chain_id],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
             .map_err(self.sql())?;
-        if found.is_some() {
+        let Some((snapshot, last_used)) = found else {
+            return Ok(None);
+        };
+        let now = now();
+        if stale(last_used, now) {
             conn.execute(
                 "UPDATE layer_snapshots SET last_used = ?2 WHERE chain_id = ?1",
-                params![chain_id, now()],
+                params![chain_id, now],
             )
             .map_err(self.sql())?;
         }
-        Ok(found)
+        Ok(Some(snapshot))
     }
 
     /// Records that `snapshot` holds the layers of `chain_id`.
@@ -608,6 +632,30 @@ mod tests {
         let _ = fs::remove_dir_all(&p);
         fs::create_dir_all(&p).unwrap();
         p
+    }
+
+    #[test]
+    fn a_lookup_writes_last_used_only_when_a_minute_old() {
+        let dir = temp("touch");
+        let idx = CacheIndex::open(&dir.join("index.db")).unwrap();
+        let record = |n, last_used| Record {
+            key: key(n),
+            result: "{}".into(),
+            snapshot: None,
+            blobs: vec![],
+            size: 1,
+            created: 1,
+            last_used,
+        };
+        let recent = now() - 10;
+        idx.put(&record(1, recent)).unwrap();
+        idx.put(&record(2, now() - 3600)).unwrap();
+        let changes = || idx.conn().total_changes();
+        let before = changes();
+        assert_eq!(idx.get(&key(1)).unwrap().unwrap().last_used, recent);
+        assert_eq!(changes(), before, "a recent record is not rewritten");
+        assert!(idx.get(&key(2)).unwrap().unwrap().last_used >= now() - 5);
+        assert_eq!(changes(), before + 1);
     }
 
     #[test]
