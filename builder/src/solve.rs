@@ -1297,6 +1297,22 @@ fn run_file(
         "v": 1, "layers": layer_key(options), "op": "file", "parent": if link { None } else { d.key.clone() },
         "file": file, "source": source_key,
     }));
+    // What the copy is apart from the content of its sources: the key of
+    // its latest result, whose unchanged files a rerun links (local
+    // sources; ADD may extract archives, whose entries have no stamps).
+    let local_root = match &file.from {
+        FileSource::Context => Some(options.context.to_path_buf()),
+        FileSource::Named(name) => options.named_contexts.get(name).map(|(d, _)| d.clone()),
+        FileSource::Stage(_) | FileSource::Image(_) => None,
+    };
+    let identity = local_root.filter(|_| !file.add).map(|root| {
+        step_key(serde_json::json!({
+            "v": 1, "reuse": "file", "layers": layer_key(options),
+            "parent": if link { None } else { d.key.clone() },
+            "file": file, "root": root,
+        }))
+    });
+    let mut manifest = None;
     let record = cached_step(
         ctx,
         &key,
@@ -1304,6 +1320,16 @@ fn run_file(
         d.snapshot.as_deref(),
         (id, started),
         |m| {
+            let reuse = identity.as_ref().zip(m.upper()).map(|(identity, upper)| {
+                let earlier = store.index.reuse_get(identity.as_str()).ok().flatten();
+                let earlier = earlier.and_then(|(snapshot, manifest)| {
+                    Some((store.snapshots.changes_of(&snapshot)?, manifest))
+                });
+                crate::copy::Reuse::new(
+                    upper,
+                    earlier.as_ref().map(|(fs, m)| (fs.clone(), m.as_slice())),
+                )
+            });
             let source = inputs
                 .iter()
                 .find(|(_, e)| *e == Edge::Source)
@@ -1347,12 +1373,20 @@ fn run_file(
                 add: file.add,
                 unpack: file.unpack,
                 parents: file.parents,
+                reuse: reuse.as_ref(),
             })
             .map_err(|e| where_(e.into()))?;
             drop(view);
+            manifest = reuse.map(|r| r.manifest());
             Ok(())
         },
     )?;
+    // A failing index costs only the links of the next run.
+    if let (Some(identity), Some(manifest)) = (&identity, manifest) {
+        let _ = store
+            .index
+            .reuse_put(identity.as_str(), &record.snapshot, &manifest);
+    }
     if link {
         // The merge records history; this op keeps only its layer.
         d.layers.clear();
@@ -1645,6 +1679,7 @@ fn seed_cache_mount(
         add: false,
         unpack: None,
         parents: false,
+        reuse: None,
     })
     .with_context(|| format!("seeding the cache mount from {source}"))?;
     Ok(())

@@ -1,6 +1,7 @@
 //! `rbuild build` end to end: a busybox image made FROM scratch, multi-stage,
 //! read back with umoci and skopeo; a failing RUN names its line.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -1188,6 +1189,107 @@ fn copy_replaces_what_is_in_the_way_and_keeps_modes() {
         assert_eq!(meta.permissions().mode() & 0o7777, mode, "{name}");
         assert_eq!(read(&format!("t/modes/{name}")), name);
     }
+}
+
+#[test]
+fn a_rerun_links_unchanged_files_and_copies_changed_ones() {
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("reuse");
+    let ctx = context(&t, "reuse");
+    let tree = ctx.join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("a"), "a\n").unwrap();
+    std::fs::write(tree.join("sub/b"), "b\n").unwrap();
+    std::fs::write(tree.join("c"), "c\n").unwrap();
+    // Only files that changed over two seconds before a copy are recorded.
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let root = t.0.join("state");
+    let build = |args: &[&str]| {
+        let mut all = vec!["build", "-q"];
+        all.extend_from_slice(args);
+        all.push(ctx.to_str().unwrap());
+        let o = rbuild(&root, &all);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    build(&["-t", "reuse:1"]);
+    // `a` keeps its size and mtime (moby/buildkit#2592), `c` grows.
+    let a = tree.join("a");
+    let mtime = std::fs::metadata(&a).unwrap().modified().unwrap();
+    std::fs::write(&a, "A\n").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    std::fs::write(tree.join("c"), "c, changed\n").unwrap();
+    build(&["-t", "reuse:2"]);
+    let out = t.0.join("out");
+    build(&["-o", &format!("type=local,dest={}", out.display())]);
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
+    assert_eq!(
+        (read("t/a"), read("t/sub/b"), read("t/c")),
+        ("A\n".into(), "b\n".into(), "c, changed\n".into())
+    );
+    // The image's layer carries the same files.
+    let o = rbuild(&root, &["inspect", "reuse:2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let inspect: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let layers = inspect["Manifest"]["layers"].as_array().unwrap();
+    let files = layer_files(&root, layers.last().unwrap());
+    assert_eq!(files.get("t/a").map(String::as_str), Some("A\n"));
+    assert_eq!(files.get("t/sub/b").map(String::as_str), Some("b\n"));
+    assert_eq!(files.get("t/c").map(String::as_str), Some("c, changed\n"));
+    // The two COPY results share the unchanged file, not the changed ones.
+    let inodes = |rel: &str| -> Vec<u64> {
+        let committed = root.join("snapshots/committed");
+        let mut found: Vec<u64> = std::fs::read_dir(committed)
+            .unwrap()
+            .flatten()
+            .filter_map(|s| std::fs::symlink_metadata(s.path().join("fs").join(rel)).ok())
+            .map(|m| m.ino())
+            .collect();
+        found.sort();
+        found
+    };
+    let b = inodes("t/sub/b");
+    assert_eq!(b.len(), 2, "two COPY results: {b:?}");
+    assert_eq!(b[0], b[1], "sub/b is linked");
+    for changed in ["t/a", "t/c"] {
+        let i = inodes(changed);
+        assert!(i.len() == 2 && i[0] != i[1], "{changed} is copied: {i:?}");
+    }
+}
+
+/// The regular files of a layer blob in the store (uncompressed or gzip)
+/// and their contents.
+fn layer_files(root: &Path, layer: &serde_json::Value) -> BTreeMap<String, String> {
+    use std::io::Read;
+    let digest = layer["digest"].as_str().unwrap();
+    let blob = root
+        .join("content/blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    let file = std::fs::File::open(blob).unwrap();
+    let reader: Box<dyn Read> = if layer["mediaType"].as_str().unwrap().ends_with("gzip") {
+        Box::new(flate2::read::MultiGzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let mut out = BTreeMap::new();
+    for e in tar::Archive::new(reader).entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.header().entry_type() == tar::EntryType::Regular {
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            let mut text = String::new();
+            e.read_to_string(&mut text).unwrap();
+            out.insert(path, text);
+        }
+    }
+    out
 }
 
 fn walk_files(dir: &Path) -> Vec<PathBuf> {

@@ -336,6 +336,7 @@ pub fn prune(store: &Store, options: &PruneOptions) -> Result<PruneReport, GcErr
             report.snapshots += 1;
         }
     }
+    store.index.reuse_prune(|s| snaps_marked.contains(s))?;
     Ok(report)
 }
 

@@ -136,6 +136,14 @@ const MIGRATIONS: &[&str] = &[
         media_type TEXT NOT NULL,
         PRIMARY KEY (source, target)
      );",
+    // 5: the latest result of each file copy (by what it copies, not the
+    // content) and what it wrote, so a rerun after a change can link the
+    // files that did not change instead of copying them again.
+    "CREATE TABLE file_reuse (
+        identity TEXT PRIMARY KEY,
+        snapshot TEXT NOT NULL,
+        manifest BLOB NOT NULL
+     );",
 ];
 
 /// Seconds a record's last-used time may lag behind its real last use:
@@ -178,6 +186,19 @@ pub struct FileStamp {
     pub mtime_ns: i64,
     /// ctime, nanoseconds (changes on any write, even with mtime reset).
     pub ctime_ns: i64,
+}
+
+impl FileStamp {
+    /// The stamp of a file with metadata `meta`.
+    pub fn of(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
 }
 
 impl CacheIndex {
@@ -598,6 +619,61 @@ impl CacheIndex {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(self.sql())?;
         rows.collect::<Result<_, _>>().map_err(self.sql())
+    }
+
+    /// The latest result recorded for copy `identity`: its snapshot and
+    /// manifest (the caller's format).
+    pub fn reuse_get(&self, identity: &str) -> Result<Option<(String, Vec<u8>)>, IndexError> {
+        self.conn()
+            .query_row(
+                "SELECT snapshot, manifest FROM file_reuse WHERE identity = ?1",
+                params![identity],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.sql())
+    }
+
+    /// Records `snapshot` and its `manifest` as the latest result of copy
+    /// `identity` (replacing the one before).
+    pub fn reuse_put(
+        &self,
+        identity: &str,
+        snapshot: &str,
+        manifest: &[u8],
+    ) -> Result<(), IndexError> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO file_reuse (identity, snapshot, manifest) VALUES (?1, ?2, ?3)",
+                params![identity, snapshot, manifest],
+            )
+            .map(|_| ())
+            .map_err(self.sql())
+    }
+
+    /// Forgets the copy results whose snapshot `keep` rejects (GC removed
+    /// it); how many.
+    pub fn reuse_prune(&self, keep: impl Fn(&str) -> bool) -> Result<usize, IndexError> {
+        let conn = self.conn();
+        let rows: Vec<(String, String)> = conn
+            .prepare("SELECT identity, snapshot FROM file_reuse")
+            .and_then(|mut stmt| {
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .map_err(self.sql())?;
+        let mut n = 0;
+        for (identity, snapshot) in rows {
+            if !keep(&snapshot) {
+                conn.execute(
+                    "DELETE FROM file_reuse WHERE identity = ?1",
+                    params![identity],
+                )
+                .map_err(self.sql())?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Forgets a chain id's snapshot.

@@ -301,6 +301,15 @@ impl Snapshotter {
         self.root.join("committed").join(id)
     }
 
+    /// The files committed snapshot `id` added (with overlay, the step's
+    /// changes only; with copies, its whole tree), if it exists. Read-only:
+    /// a committed snapshot never changes, so its files may be hard-linked
+    /// into a new snapshot's changes.
+    pub fn changes_of(&self, id: &str) -> Option<PathBuf> {
+        let fs = self.committed_dir(id).join("fs");
+        fs.is_dir().then_some(fs)
+    }
+
     fn clean_stale(&self) -> Result<(), SnapshotError> {
         let active = self.root.join("active");
         for entry in fs::read_dir(&active)
@@ -727,6 +736,13 @@ impl MutableSnapshot {
     /// The directory to write into (the container's root).
     pub fn root(&self) -> PathBuf {
         self.dir.join("merged")
+    }
+
+    /// With overlay, the directory that receives the changes (beside the
+    /// mount, for entries written there directly: hard links to files of
+    /// committed snapshots, which cannot be made through the mount).
+    pub fn upper(&self) -> Option<PathBuf> {
+        (self.snapshotter.backend == Backend::Overlay).then(|| self.dir.join("upper"))
     }
 
     /// The parent snapshot.
