@@ -546,6 +546,9 @@ pub fn build(
             Some(crate::secrets::SecretDir::create()?)
         },
     };
+    if copies_from_context(graph) {
+        ctx.stat.prefetch(options.context);
+    }
     let done = schedule(graph, max_parallelism(), &ctx.cancel, |node, inputs| {
         run_node(&ctx, node, inputs)
     })?;
@@ -571,6 +574,14 @@ pub fn build(
         config,
         snapshot: target.snapshot.clone(),
     })
+}
+
+/// Whether some COPY/ADD of `graph` reads the build context.
+fn copies_from_context(graph: &BuildGraph) -> bool {
+    graph
+        .graph
+        .node_weights()
+        .any(|op| matches!(&op.kind, OpKind::File(f) if matches!(f.from, FileSource::Context)))
 }
 
 /// Runs every node of `graph` once its inputs are done, up to `limit` at a
@@ -1264,31 +1275,22 @@ fn run_file(
     // source: the key then hashes excluded files too (a spare
     // miss at worst, never a missed change).
     let key_excludes: &[String] = if file.parents { &[] } else { &file.excludes };
-    let source_key = match &file.from {
-        FileSource::Context => Some(
-            crate::copy::content_digest(
-                options.context,
-                options.ignore.as_ref(),
-                &file.sources,
-                key_excludes,
-                Some(stat),
-            )
-            .map_err(|e| where_(e.into()))?,
-        ),
-        FileSource::Named(name) => match options.named_contexts.get(name) {
-            Some((dir, ignore)) => Some(
-                crate::copy::content_digest(
-                    dir,
-                    ignore.as_ref(),
-                    &file.sources,
-                    key_excludes,
-                    Some(stat),
-                )
+    // A local source: the build context or a named directory context,
+    // with its .dockerignore.
+    let local = match &file.from {
+        FileSource::Context => Some((options.context.to_path_buf(), options.ignore.as_ref())),
+        FileSource::Named(name) => options
+            .named_contexts
+            .get(name)
+            .map(|(dir, ignore)| (dir.clone(), ignore.as_ref())),
+        FileSource::Stage(_) | FileSource::Image(_) => None,
+    };
+    let source_key = match &local {
+        Some((root, ignore)) => Some(
+            crate::copy::content_digest(root, *ignore, &file.sources, key_excludes, Some(stat))
                 .map_err(|e| where_(e.into()))?,
-            ),
-            None => None,
-        },
-        FileSource::Stage(_) | FileSource::Image(_) => source_node
+        ),
+        None => source_node
             .and_then(|n| done.get(&n))
             .and_then(|d| d.key.clone()),
     };
@@ -1300,12 +1302,7 @@ fn run_file(
     // What the copy is apart from the content of its sources: the key of
     // its latest result, whose unchanged files a rerun links (local
     // sources; ADD may extract archives, whose entries have no stamps).
-    let local_root = match &file.from {
-        FileSource::Context => Some(options.context.to_path_buf()),
-        FileSource::Named(name) => options.named_contexts.get(name).map(|(d, _)| d.clone()),
-        FileSource::Stage(_) | FileSource::Image(_) => None,
-    };
-    let identity = local_root.filter(|_| !file.add).map(|root| {
+    let identity = local.as_ref().filter(|_| !file.add).map(|(root, _)| {
         step_key(serde_json::json!({
             "v": 1, "reuse": "file", "layers": layer_key(options),
             "parent": if link { None } else { d.key.clone() },
@@ -1325,26 +1322,18 @@ fn run_file(
                 let earlier = earlier.and_then(|(snapshot, manifest)| {
                     Some((store.snapshots.changes_of(&snapshot)?, manifest))
                 });
-                crate::copy::Reuse::new(
-                    upper,
-                    earlier.as_ref().map(|(fs, m)| (fs.clone(), m.as_slice())),
-                )
+                crate::copy::Reuse::new(upper, earlier)
             });
-            let source = inputs
-                .iter()
-                .find(|(_, e)| *e == Edge::Source)
-                .map(|(n, _)| *n);
             let mut view = None;
-            let (source_root, ignore) = match &file.from {
-                FileSource::Context => (options.context.to_path_buf(), options.ignore.as_ref()),
-                FileSource::Named(name) => {
-                    let (dir, ignore) = options.named_contexts.get(name).ok_or_else(|| {
-                        where_(anyhow!("build context {name:?} is not a directory context"))
-                    })?;
-                    (dir.clone(), ignore.as_ref())
+            let (source_root, ignore) = match (&local, &file.from) {
+                (Some((root, ignore)), _) => (root.clone(), *ignore),
+                (None, FileSource::Named(name)) => {
+                    return Err(where_(anyhow!(
+                        "build context {name:?} is not a directory context"
+                    )));
                 }
-                FileSource::Stage(_) | FileSource::Image(_) => {
-                    let s = source
+                (None, _) => {
+                    let s = source_node
                         .and_then(|n| done.get(&n))
                         .ok_or_else(|| where_(anyhow!("copy source not built")))?;
                     let v = store.snapshots.prepare(s.snapshot.as_deref())?;

@@ -263,6 +263,27 @@ impl CacheIndex {
         })
     }
 
+    /// A second, read-only connection to the same index, for a reader on
+    /// another thread that should not wait for this one's lock (the
+    /// stat-cache prefetch of a build). Sees what is committed.
+    pub fn reader(&self) -> Result<CacheIndex, IndexError> {
+        let sql = |source| IndexError::Sql {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sql)?;
+        conn.busy_timeout(Duration::from_secs(60)).map_err(sql)?;
+        Ok(CacheIndex {
+            conn: Mutex::new(conn),
+            path: self.path.clone(),
+            lock_dir: self.lock_dir.clone(),
+        })
+    }
+
     fn sql(&self) -> impl FnOnce(rusqlite::Error) -> IndexError + use<> {
         let path = self.path.clone();
         move |source| IndexError::Sql { path, source }
