@@ -817,16 +817,18 @@ pub fn content_digest(
                 (path, meta)
             }
         };
-        h.update(
-            format!(
+        // Formatted straight into the hash (no string per entry).
+        io::Write::write_fmt(
+            h,
+            format_args!(
                 "{rel}\0{:o}\0{}\0{}\0{}\0",
                 meta.mode(),
                 meta.uid(),
                 meta.gid(),
                 if meta.is_file() { meta.len() } else { 0 }
-            )
-            .as_bytes(),
-        );
+            ),
+        )
+        .expect("hashing cannot fail");
         if meta.file_type().is_symlink() {
             h.update(
                 fs::read_link(&path)
@@ -840,26 +842,20 @@ pub fn content_digest(
                 .known
                 .as_ref()
                 .and_then(|k| k.get(path.as_os_str().as_encoded_bytes()))
-                .filter(|(s, _)| *s == stamp)
-                .map(|(_, d)| d.clone());
-            let digest = match cached {
-                Some(d) => d,
+                .filter(|(s, _)| *s == stamp);
+            match cached {
+                Some((_, d)) => h.update(d.as_bytes()),
                 None => {
                     let mut f = File::open(&path).map_err(io_err("opening", &path))?;
                     let mut fh = Sha256::new();
                     io::copy(&mut f, &mut fh).map_err(io_err("reading", &path))?;
                     let d: String = fh.finalize().iter().map(|b| format!("{b:02x}")).collect();
+                    h.update(d.as_bytes());
                     if w.stat.is_some_and(|c| c.settled(stamp)) {
-                        fresh.push((
-                            path.as_os_str().as_encoded_bytes().to_vec(),
-                            stamp,
-                            d.clone(),
-                        ));
+                        fresh.push((path.as_os_str().as_encoded_bytes().to_vec(), stamp, d));
                     }
-                    d
                 }
-            };
-            h.update(digest.as_bytes());
+            }
         } else if meta.is_dir() {
             use rayon::prelude::*;
             let mut entries: Vec<(String, fs::DirEntry)> = fs::read_dir(&path)
