@@ -7,7 +7,7 @@ use std::process::Command;
 
 mod common;
 
-use common::{context, is_root, rbuild, rbuild_env, tmp};
+use common::{build_local, context, is_root, rbuild, rbuild_env, tmp};
 
 #[test]
 fn busybox_image_from_scratch() {
@@ -882,17 +882,7 @@ fn independent_stages_run_at_the_same_time() {
     let out = build("state", "4");
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
-    let both = rbuild(
-        &t.0.join("state"),
-        &[
-            "build",
-            "-q",
-            "-o",
-            &format!("type=local,dest={}", t.0.join("out").display()),
-            ctx.to_str().unwrap(),
-        ],
-    );
-    assert!(both.status.success());
+    build_local(&t.0.join("state"), &ctx, &t.0.join("out"));
     assert_eq!(
         std::fs::read_to_string(t.0.join("out/both")).unwrap(),
         "a\nb\n"
@@ -1116,17 +1106,7 @@ fn copy_parents_keeps_source_directories() {
     std::fs::write(ctx.join("data/sub/deep/b.txt"), "b\n").unwrap();
     std::fs::write(ctx.join("data/sub/deep/c.md"), "c\n").unwrap();
     let out_dir = t.0.join("out");
-    let o = rbuild(
-        &t.0.join("state"),
-        &[
-            "build",
-            "-q",
-            "-o",
-            &format!("type=local,dest={}", out_dir.display()),
-            ctx.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    build_local(&t.0.join("state"), &ctx, &out_dir);
     let mut files: Vec<String> = walk_files(&out_dir)
         .into_iter()
         .map(|p| p.strip_prefix(&out_dir).unwrap().display().to_string())
@@ -1165,17 +1145,7 @@ fn copy_replaces_what_is_in_the_way_and_keeps_modes() {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
     let out_dir = t.0.join("out");
-    let o = rbuild(
-        &t.0.join("state"),
-        &[
-            "build",
-            "-q",
-            "-o",
-            &format!("type=local,dest={}", out_dir.display()),
-            ctx.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    build_local(&t.0.join("state"), &ctx, &out_dir);
     let read = |p: &str| std::fs::read_to_string(out_dir.join(p)).unwrap();
     let link = std::fs::symlink_metadata(out_dir.join("t/link")).unwrap();
     assert!(link.is_file(), "the link was replaced by a file");
@@ -1600,17 +1570,7 @@ fn add_extracts_local_archives() {
         .unwrap();
     assert!(st.success());
     let out = t.0.join("out");
-    let o = rbuild(
-        &t.0.join("state"),
-        &[
-            "build",
-            "-q",
-            "-o",
-            &format!("type=local,dest={}", out.display()),
-            ctx.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    build_local(&t.0.join("state"), &ctx, &out);
     for name in ["p.txt", "g.txt", "b.txt", "x.txt"] {
         assert_eq!(
             std::fs::read_to_string(out.join("x/d").join(name)).unwrap(),

@@ -58,3 +58,19 @@ pub fn rbuild_env(root: &Path, args: &[&str], env: &[(&str, &str)]) -> std::proc
         .output()
         .unwrap()
 }
+
+/// `rbuild build -q -o type=local,dest=OUT CONTEXT` on state root `root`;
+/// it must succeed.
+pub fn build_local(root: &Path, ctx: &Path, out: &Path) {
+    let o = rbuild(
+        root,
+        &[
+            "build",
+            "-q",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -200,14 +200,9 @@ impl<R: Read> Read for GzipReader<R> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::pgzip::sample;
     use super::*;
     use std::io::Write;
-
-    fn data(len: usize) -> Vec<u8> {
-        (0..len)
-            .map(|i| b"gzip member bytes"[i % 17] ^ (i / 5000) as u8)
-            .collect()
-    }
 
     fn read_all(bytes: &[u8]) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
@@ -231,7 +226,7 @@ mod tests {
     #[test]
     fn block_members_and_single_members_read_back() {
         for len in [0, 1, MEMBER_OUT, MEMBER_OUT + 1, 3 * MEMBER_OUT + 777] {
-            let input = data(len);
+            let input = sample(len);
             let mut gz = super::super::pgzip::ParallelGzip::new(Vec::new(), 6, 2).unwrap();
             gz.write_all(&input).unwrap();
             let blocks = gz.finish().unwrap();
@@ -253,7 +248,7 @@ mod tests {
 
     #[test]
     fn damage_and_trailing_bytes_fail_as_the_streaming_decoder_does() {
-        let input = data(3 * MEMBER_OUT);
+        let input = sample(3 * MEMBER_OUT);
         let mut gz = super::super::pgzip::ParallelGzip::new(Vec::new(), 6, 1).unwrap();
         gz.write_all(&input).unwrap();
         let good = gz.finish().unwrap();

@@ -211,17 +211,18 @@ impl Drop for Pool {
     }
 }
 
+/// Test bytes: compressible but not trivial (text-like with a counter).
+#[cfg(test)]
+pub(super) fn sample(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| b"layer tar bytes "[i % 16] ^ (i / 4096) as u8)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read;
-
-    fn data(len: usize) -> Vec<u8> {
-        // Compressible but not trivial: text-like with a counter.
-        (0..len)
-            .map(|i| b"layer tar bytes "[i % 16] ^ (i / 4096) as u8)
-            .collect()
-    }
 
     fn gunzip(bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -234,7 +235,7 @@ mod tests {
     #[test]
     fn members_read_back_as_one_stream_and_do_not_depend_on_threads() {
         for len in [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 5 * BLOCK + 12345] {
-            let input = data(len);
+            let input = sample(len);
             let mut outputs = Vec::new();
             for threads in [1, 2, 4] {
                 let mut gz = ParallelGzip::new(Vec::new(), 6, threads).unwrap();
