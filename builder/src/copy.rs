@@ -1107,9 +1107,45 @@ fn decode_manifest(bytes: &[u8]) -> std::collections::HashMap<Vec<u8>, FileStamp
     out
 }
 
-/// What the stat cache knows of the files below one directory: path to
-/// stamp and digest.
-type Known = std::collections::HashMap<Vec<u8>, (FileStamp, String)>;
+/// What the stat cache knows of the files below one directory: for each
+/// path, in order, its stamp and hex digest. The paths share one buffer
+/// and the records are fixed-size: reading thousands makes a few
+/// allocations, not two a file (on a step's fresh thread each few small
+/// ones grew its heap by a page, an mprotect that stalled the other
+/// threads' page faults and thread starts: ~2 ms of a no-op rebuild).
+#[derive(Debug, Default)]
+struct Known {
+    paths: Vec<u8>,
+    /// Where each path is in `paths`, its stamp and digest; by path.
+    records: Vec<(usize, usize, FileStamp, [u8; 64])>,
+}
+
+impl Known {
+    fn path(&self, (start, len, ..): &(usize, usize, FileStamp, [u8; 64])) -> &[u8] {
+        &self.paths[*start..*start + *len]
+    }
+
+    fn push(&mut self, path: &[u8], stamp: FileStamp, digest: &str) {
+        // A digest that is not 64 hex digits is not used: the file is
+        // hashed again.
+        let Ok(hex) = <[u8; 64]>::try_from(digest.as_bytes()) else {
+            return;
+        };
+        self.records
+            .push((self.paths.len(), path.len(), stamp, hex));
+        self.paths.extend_from_slice(path);
+    }
+
+    /// The stamp and digest recorded for `path`.
+    fn get(&self, path: &[u8]) -> Option<(FileStamp, &str)> {
+        let i = self
+            .records
+            .binary_search_by(|r| self.path(r).cmp(path))
+            .ok()?;
+        let (_, _, stamp, hex) = &self.records[i];
+        Some((*stamp, std::str::from_utf8(hex).ok()?))
+    }
+}
 
 /// The stat cache as COPY/ADD hashing uses it: a file's content digest is
 /// reused while its inode, size, mtime and ctime are unchanged (ctime moves
@@ -1127,19 +1163,25 @@ pub struct StatCache<'a> {
     /// context; reading every directory's records cost more with each
     /// project built).
     known: std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<Known>>>,
-    /// Reads started ahead by [`StatCache::prefetch`].
-    pending: std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::mpsc::Receiver<Known>>>,
 }
 
 /// The stat cache records of `context` below `root`; none when the index
 /// fails (that only costs a rehash).
 fn read_known(index: &cache::index::CacheIndex, context: &str, root: &Path) -> Known {
-    index
-        .stat_under(context, root.as_os_str().as_encoded_bytes())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(p, s, d)| (p, (s, d)))
-        .collect()
+    let mut known = Known::default();
+    let read = index.stat_under_each(context, root.as_os_str().as_encoded_bytes(), |p, s, d| {
+        known.push(p, s, d)
+    });
+    // In path order from the query; out of order (never expected), they
+    // are dropped: a rehash is safe, a binary search in disorder is not.
+    let sorted = known
+        .records
+        .windows(2)
+        .all(|w| known.path(&w[0]) < known.path(&w[1]));
+    if read.is_err() || !sorted {
+        return Known::default();
+    }
+    known
 }
 
 impl<'a> StatCache<'a> {
@@ -1150,31 +1192,23 @@ impl<'a> StatCache<'a> {
             context,
             settle_ns: 2_000_000_000,
             known: std::sync::Mutex::new(std::collections::HashMap::new()),
-            pending: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
-    /// Starts reading the records below `root` on a thread and a database
-    /// connection of their own, so that the first COPY from there finds
-    /// them read, or waits less (a 3,000-file context: ~2.5 ms, which was
-    /// the whole first COPY of a no-op rebuild).
-    pub fn prefetch(&self, root: &Path) {
+    /// Reads the records below `root` now, on a database connection of
+    /// its own (the build's other steps keep theirs meanwhile): the step
+    /// that loads the build context does this, in parallel with the steps
+    /// before the first COPY, which then finds them read.
+    pub fn preload(&self, root: &Path) {
         let Ok(reader) = self.index.reader() else {
             return;
         };
-        let (context, dir) = (self.context.to_string(), root.to_path_buf());
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let started = std::thread::Builder::new()
-            .name("stat-prefetch".into())
-            .spawn(move || {
-                let _ = tx.send(read_known(&reader, &context, &dir));
-            });
-        if started.is_ok() {
-            self.pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(root.to_path_buf(), rx);
-        }
+        let records = std::sync::Arc::new(read_known(&reader, self.context, root));
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(root.to_path_buf())
+            .or_insert(records);
     }
 
     /// The records of the files below `root` (read once per build).
@@ -1183,15 +1217,7 @@ impl<'a> StatCache<'a> {
         if let Some(records) = known.get(root) {
             return std::sync::Arc::clone(records);
         }
-        let ahead = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(root);
-        let records = ahead
-            .and_then(|rx| rx.recv().ok())
-            .unwrap_or_else(|| read_known(self.index, self.context, root));
-        let records = std::sync::Arc::new(records);
+        let records = std::sync::Arc::new(read_known(self.index, self.context, root));
         known.insert(root.to_path_buf(), std::sync::Arc::clone(&records));
         records
     }

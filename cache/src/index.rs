@@ -277,6 +277,10 @@ impl CacheIndex {
         )
         .map_err(sql)?;
         conn.busy_timeout(Duration::from_secs(60)).map_err(sql)?;
+        // Pages read through a mapping, not into page-cache buffers that
+        // a fresh connection allocates one by one.
+        conn.pragma_update(None, "mmap_size", 256i64 << 20)
+            .map_err(sql)?;
         Ok(CacheIndex {
             conn: Mutex::new(conn),
             path: self.path.clone(),
@@ -455,6 +459,21 @@ impl CacheIndex {
         context: &str,
         dir: &[u8],
     ) -> Result<Vec<(Vec<u8>, FileStamp, String)>, IndexError> {
+        let mut out = Vec::new();
+        self.stat_under_each(context, dir, |path, stamp, digest| {
+            out.push((path.to_vec(), stamp, digest.to_string()));
+        })?;
+        Ok(out)
+    }
+
+    /// [`CacheIndex::stat_under`] record by record, in path order, lent
+    /// to `each` (no allocation per record).
+    pub fn stat_under_each(
+        &self,
+        context: &str,
+        dir: &[u8],
+        mut each: impl FnMut(&[u8], FileStamp, &str),
+    ) -> Result<(), IndexError> {
         // Paths below `base/` sort between `base/` and `base0` ('0' follows '/').
         let base = match dir.iter().rposition(|&b| b != b'/') {
             Some(end) => &dir[..=end],
@@ -466,24 +485,28 @@ impl CacheIndex {
         let mut stmt = conn
             .prepare(
                 "SELECT path, ino, size, mtime_ns, ctime_ns, digest FROM stat_cache \
-                 WHERE context = ?1 AND path >= ?2 AND path < ?3",
+                 WHERE context = ?1 AND path >= ?2 AND path < ?3 ORDER BY path",
             )
             .map_err(self.sql())?;
-        let rows = stmt
-            .query_map(params![context, low, high], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    FileStamp {
-                        ino: r.get::<_, i64>(1)? as u64,
-                        size: r.get::<_, i64>(2)? as u64,
-                        mtime_ns: r.get(3)?,
-                        ctime_ns: r.get(4)?,
-                    },
-                    r.get::<_, String>(5)?,
-                ))
-            })
+        let mut rows = stmt
+            .query(params![context, low, high])
             .map_err(self.sql())?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(self.sql())
+        while let Some(r) = rows.next().map_err(self.sql())? {
+            let mut read = || -> rusqlite::Result<()> {
+                let stamp = FileStamp {
+                    ino: r.get::<_, i64>(1)? as u64,
+                    size: r.get::<_, i64>(2)? as u64,
+                    mtime_ns: r.get(3)?,
+                    ctime_ns: r.get(4)?,
+                };
+                let path = r.get_ref(0)?.as_blob()?;
+                let digest = r.get_ref(5)?.as_str()?;
+                each(path, stamp, digest);
+                Ok(())
+            };
+            read().map_err(self.sql())?;
+        }
+        Ok(())
     }
 
     /// Drops the stat cache records of files that are gone (every record
