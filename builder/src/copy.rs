@@ -1116,34 +1116,48 @@ fn decode_manifest(bytes: &[u8]) -> std::collections::HashMap<Vec<u8>, FileStamp
 #[derive(Debug, Default)]
 struct Known {
     paths: Vec<u8>,
-    /// Where each path is in `paths`, its stamp and digest; by path.
-    records: Vec<(usize, usize, FileStamp, [u8; 64])>,
+    /// By path.
+    records: Vec<KnownFile>,
+}
+
+/// One file of [`Known`].
+#[derive(Debug)]
+struct KnownFile {
+    /// Where its path is in [`Known::paths`].
+    path: std::ops::Range<usize>,
+    stamp: FileStamp,
+    /// The content digest, hex.
+    digest: [u8; 64],
 }
 
 impl Known {
-    fn path(&self, (start, len, ..): &(usize, usize, FileStamp, [u8; 64])) -> &[u8] {
-        &self.paths[*start..*start + *len]
-    }
-
     fn push(&mut self, path: &[u8], stamp: FileStamp, digest: &str) {
         // A digest that is not 64 hex digits is not used: the file is
         // hashed again.
-        let Ok(hex) = <[u8; 64]>::try_from(digest.as_bytes()) else {
+        let Ok(digest) = <[u8; 64]>::try_from(digest.as_bytes()) else {
             return;
         };
-        self.records
-            .push((self.paths.len(), path.len(), stamp, hex));
+        let start = self.paths.len();
         self.paths.extend_from_slice(path);
+        self.records.push(KnownFile {
+            path: start..self.paths.len(),
+            stamp,
+            digest,
+        });
+    }
+
+    fn path_of(&self, file: &KnownFile) -> &[u8] {
+        &self.paths[file.path.clone()]
     }
 
     /// The stamp and digest recorded for `path`.
     fn get(&self, path: &[u8]) -> Option<(FileStamp, &str)> {
         let i = self
             .records
-            .binary_search_by(|r| self.path(r).cmp(path))
+            .binary_search_by(|f| self.path_of(f).cmp(path))
             .ok()?;
-        let (_, _, stamp, hex) = &self.records[i];
-        Some((*stamp, std::str::from_utf8(hex).ok()?))
+        let file = &self.records[i];
+        Some((file.stamp, std::str::from_utf8(&file.digest).ok()?))
     }
 }
 
@@ -1177,7 +1191,7 @@ fn read_known(index: &cache::index::CacheIndex, context: &str, root: &Path) -> K
     let sorted = known
         .records
         .windows(2)
-        .all(|w| known.path(&w[0]) < known.path(&w[1]));
+        .all(|w| known.path_of(&w[0]) < known.path_of(&w[1]));
     if read.is_err() || !sorted {
         return Known::default();
     }
@@ -1249,6 +1263,35 @@ mod tests {
 
     fn stamp(path: &Path) -> FileStamp {
         FileStamp::of(&fs::metadata(path).unwrap())
+    }
+
+    #[test]
+    fn known_finds_every_recorded_path_and_no_other() {
+        let stamp = |n| FileStamp {
+            ino: n,
+            size: n,
+            mtime_ns: 0,
+            ctime_ns: 0,
+        };
+        let mut known = Known::default();
+        let paths: Vec<String> = (0..50).map(|i| format!("/ctx/d{:02}/f", i * 2)).collect();
+        for (i, p) in paths.iter().enumerate() {
+            known.push(p.as_bytes(), stamp(i as u64), &format!("{i:064x}"));
+        }
+        known.push(b"/ctx/short-digest", stamp(99), "abc");
+        for (i, p) in paths.iter().enumerate() {
+            let hex = format!("{i:064x}");
+            assert_eq!(
+                known.get(p.as_bytes()),
+                Some((stamp(i as u64), hex.as_str()))
+            );
+        }
+        assert_eq!(known.get(b"/ctx/d01/f"), None);
+        assert_eq!(
+            known.get(b"/ctx/short-digest"),
+            None,
+            "not a digest: not kept"
+        );
     }
 
     #[test]
