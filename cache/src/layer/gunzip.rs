@@ -24,6 +24,10 @@ const MEMBER_OUT: usize = 1 << 20;
 /// a file name).
 const WINDOW: usize = 2 * MEMBER_OUT + (128 << 10);
 
+/// The read-ahead buffer: what is left is moved to its front once every
+/// three windows or so.
+const BUFFER: usize = 4 * WINDOW;
+
 /// A libdeflate decompressor.
 struct Inflater(NonNull<libdeflate_sys::libdeflate_decompressor>);
 
@@ -72,9 +76,10 @@ impl Drop for Inflater {
 struct Members<R> {
     source: R,
     inflater: Inflater,
-    /// Compressed bytes read ahead; `input[start..]` is not decoded yet.
+    /// Compressed bytes read ahead; `input[start..end]` is not decoded yet.
     input: Vec<u8>,
     start: usize,
+    end: usize,
     eof: bool,
     out: Vec<u8>,
     pos: usize,
@@ -102,8 +107,9 @@ impl<R: Read> GzipReader<R> {
             state: Some(State::Members(Members {
                 source,
                 inflater: Inflater::new(),
-                input: Vec::with_capacity(2 * WINDOW),
+                input: vec![0; BUFFER],
                 start: 0,
+                end: 0,
                 eof: false,
                 out: vec![0; MEMBER_OUT],
                 pos: 0,
@@ -116,24 +122,20 @@ impl<R: Read> GzipReader<R> {
 impl<R: Read> Members<R> {
     /// Reads until `WINDOW` bytes are ahead or the source ends.
     fn fill(&mut self) -> io::Result<()> {
-        if self.start > 0 && self.input.len() - self.start < WINDOW {
-            self.input.drain(..self.start);
+        if self.eof || self.end - self.start >= WINDOW {
+            return Ok(());
+        }
+        if BUFFER - self.start < WINDOW {
+            self.input.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
-        while !self.eof && self.input.len() - self.start < WINDOW {
-            let have = self.input.len();
-            self.input.resize(self.start + 2 * WINDOW, 0);
-            match self.source.read(&mut self.input[have..]) {
-                Ok(0) => {
-                    self.input.truncate(have);
-                    self.eof = true;
-                }
-                Ok(n) => self.input.truncate(have + n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.input.truncate(have),
-                Err(e) => {
-                    self.input.truncate(have);
-                    return Err(e);
-                }
+        while !self.eof && self.end - self.start < WINDOW {
+            match self.source.read(&mut self.input[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -144,7 +146,7 @@ impl<R: Read> Members<R> {
     /// the rest must go to the streaming decoder.
     fn next_member(&mut self) -> io::Result<Result<bool, ()>> {
         self.fill()?;
-        let ahead = &self.input[self.start..];
+        let ahead = &self.input[self.start..self.end];
         if ahead.is_empty() {
             return Ok(Ok(false));
         }
@@ -163,9 +165,9 @@ impl<R: Read> Members<R> {
     }
 
     /// The streaming decoder over what is left.
-    fn into_stream(mut self) -> Stream<R> {
-        self.input.drain(..self.start);
-        let rest = Cursor::new(self.input).chain(self.source);
+    fn into_stream(self) -> Stream<R> {
+        let ahead = self.input[self.start..self.end].to_vec();
+        let rest = Cursor::new(ahead).chain(self.source);
         MultiGzDecoder::new(BufReader::with_capacity(1 << 20, rest))
     }
 }
