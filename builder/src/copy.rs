@@ -964,6 +964,18 @@ pub struct Reuse {
     plain_dirs: std::sync::Mutex<std::collections::HashMap<PathBuf, bool>>,
 }
 
+/// How long before it is recorded a file must have last changed (stat
+/// cache, copy manifests): a write in the same timestamp tick as the
+/// recorded stamp could otherwise go unseen.
+const SETTLE_NS: i64 = 2_000_000_000;
+
+/// Unix time now, in nanoseconds.
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
 /// The manifest format's first byte.
 const MANIFEST_V1: u8 = 1;
 
@@ -972,14 +984,11 @@ impl Reuse {
     /// and the manifest [`Reuse::manifest`] made of it), or none.
     pub fn new(upper: PathBuf, earlier: Option<(PathBuf, Vec<u8>)>) -> Reuse {
         let (earlier_fs, manifest) = earlier.unwrap_or_default();
-        let now_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i64);
         Reuse {
             earlier: decode_manifest(&manifest),
             earlier_fs,
             upper,
-            settled_before_ns: now_ns - 2_000_000_000,
+            settled_before_ns: now_ns() - SETTLE_NS,
             wrote: std::sync::Mutex::new(Vec::new()),
             plain_dirs: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
@@ -1003,7 +1012,7 @@ impl Reuse {
 
     /// Records that `rel` was written from a source with `stamp`.
     fn wrote(&self, rel: &Path, stamp: FileStamp) {
-        if stamp.ctime_ns.max(stamp.mtime_ns) < self.settled_before_ns {
+        if stamp.changed_before(self.settled_before_ns) {
             let path = rel.as_os_str().as_encoded_bytes().to_vec();
             self.wrote
                 .lock()
@@ -1204,7 +1213,7 @@ impl<'a> StatCache<'a> {
         StatCache {
             index,
             context,
-            settle_ns: 2_000_000_000,
+            settle_ns: SETTLE_NS,
             known: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
@@ -1237,10 +1246,7 @@ impl<'a> StatCache<'a> {
     }
 
     fn settled(&self, stamp: FileStamp) -> bool {
-        let now_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i64);
-        stamp.ctime_ns.max(stamp.mtime_ns) < now_ns - self.settle_ns
+        stamp.changed_before(now_ns() - self.settle_ns)
     }
 
     fn store(&self, entries: &[(Vec<u8>, FileStamp, String)]) {

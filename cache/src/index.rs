@@ -199,6 +199,12 @@ impl FileStamp {
             ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
         }
     }
+
+    /// Whether the file last changed (content or inode) before `t_ns`
+    /// (Unix nanoseconds).
+    pub fn changed_before(&self, t_ns: i64) -> bool {
+        self.ctime_ns.max(self.mtime_ns) < t_ns
+    }
 }
 
 impl CacheIndex {
@@ -264,8 +270,8 @@ impl CacheIndex {
     }
 
     /// A second, read-only connection to the same index, for a reader on
-    /// another thread that should not wait for this one's lock (the
-    /// stat-cache prefetch of a build). Sees what is committed.
+    /// another thread that should not wait for this one's lock (a build's
+    /// stat-cache preload). Sees what is committed.
     pub fn reader(&self) -> Result<CacheIndex, IndexError> {
         let sql = |source| IndexError::Sql {
             path: self.path.clone(),
