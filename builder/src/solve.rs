@@ -622,8 +622,8 @@ fn copies_from_context(graph: &BuildGraph) -> bool {
 }
 
 /// Runs every node of `graph` once its inputs are done, up to `limit` at a
-/// time, each on a thread of its own; `run` gets the node and its inputs'
-/// results. On the first failure no new node starts, `cancel` stops the
+/// time, each on a thread of its own (or on this one when it is the only
+/// node that can run); `run` gets the node and its inputs' results. On the first failure no new node starts, `cancel` stops the
 /// running ones, and the first error is returned.
 fn schedule<F>(
     graph: &BuildGraph,
@@ -1337,8 +1337,10 @@ fn run_file(
             .and_then(|d| d.key.clone()),
     };
     let link = file.link && file.chmod.is_none();
+    // A --link copy does not depend on its parent.
+    let parent_key = if link { None } else { d.key.clone() };
     let key = step_key(serde_json::json!({
-        "v": 1, "layers": layer_key(options), "op": "file", "parent": if link { None } else { d.key.clone() },
+        "v": 1, "layers": layer_key(options), "op": "file", "parent": parent_key,
         "file": file, "source": source_key,
     }));
     // What the copy is apart from the content of its sources: the key of
@@ -1347,8 +1349,7 @@ fn run_file(
     let identity = local.as_ref().filter(|_| !file.add).map(|(root, _)| {
         step_key(serde_json::json!({
             "v": 1, "reuse": "file", "layers": layer_key(options),
-            "parent": if link { None } else { d.key.clone() },
-            "file": file, "root": root,
+            "parent": parent_key, "file": file, "root": root,
         }))
     });
     let mut manifest = None;
