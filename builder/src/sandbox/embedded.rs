@@ -566,7 +566,10 @@ fn drop_privileges(spec: &RunSpec) {
     if !spec.insecure
         && let Err(e) = super::seccomp::install()
     {
-        fail(e);
+        fail(format!(
+            "installing seccomp: {}",
+            io::Error::from_raw_os_error(e)
+        ));
     }
 }
 

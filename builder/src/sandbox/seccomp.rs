@@ -3,8 +3,9 @@
 //! depend on capabilities outside that set, or on other architectures, fall
 //! away; those for `CAP_SYS_CHROOT`, which the set has, stay).
 //!
-//! One table serves both runtimes: [`install`] compiles it to BPF for the
-//! embedded runtime (with `seccompiler`), [`oci_profile`] writes it as the
+//! One table serves both runtimes: [`install`] applies it as a BPF program
+//! for the embedded runtime (compiled here once per process: a binary search
+//! over system call numbers), [`oci_profile`] writes it as the
 //! `linux.seccomp` section of runc's config.json. Anything not listed fails
 //! with `EPERM`; `clone3` fails with `ENOSYS` so that libc falls back to
 //! `clone`, whose namespace flags are refused. Only the native x86_64 ABI
@@ -150,64 +151,190 @@ fn rules() -> impl Iterator<Item = &'static (&'static str, i64, When)> {
     ALLOWED.iter().chain(ALLOWED_UNNAMED).chain(CONDITIONAL)
 }
 
-/// Compiles the profile and applies it to the calling thread; the caller
-/// has set `no_new_privs`. Everything the thread runs after this (the exec
-/// included) must be allowed by the profile.
+/// What the filter answers for one system call number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// Not listed: `EPERM`.
+    Refuse,
+    /// Allowed, or allowed when its first argument passes (see [`When`]).
+    Allow(When),
+    /// `ENOSYS` (see [`ENOSYS`]).
+    Enosys,
+}
+
+/// `AUDIT_ARCH_X86_64` (linux/audit.h): the `arch` a native call reports.
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+
+/// The x32 ABI's bit in the system call number.
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// Offsets into `struct seccomp_data`: nr, arch, then the arguments.
+const NR: u32 = 0;
+const ARCH: u32 = 4;
+const ARG0_LOW: u32 = 16;
+const ARG0_HIGH: u32 = 20;
+
+const RET_ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
+const RET_EPERM: u32 = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+const RET_ENOSYS: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+const RET_KILL: u32 = libc::SECCOMP_RET_KILL_PROCESS;
+
+fn insn(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    }
+}
+
+fn load(offset: u32) -> libc::sock_filter {
+    insn(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, offset, 0, 0)
+}
+
+fn ret(action: u32) -> libc::sock_filter {
+    insn(libc::BPF_RET | libc::BPF_K, action, 0, 0)
+}
+
+/// A conditional jump on the accumulator: `jt`/`jf` instructions ahead.
+fn jump(op: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    insn(libc::BPF_JMP | op | libc::BPF_K, k, jt, jf)
+}
+
+/// The profile as one classic BPF program: the architecture check, then a
+/// binary search over ranges of system call numbers with one answer each.
+/// A system call costs about twenty instructions, where a list of
+/// comparisons costs hundreds, and the kernel's per-number action cache is
+/// computed from the program at install time in a fraction of the time.
 #[cfg(target_arch = "x86_64")]
-pub fn install() -> Result<(), String> {
-    use std::collections::BTreeMap;
-
-    use seccompiler::{
-        BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-        SeccompRule, TargetArch,
-    };
-
-    let cond = |op, value| {
-        SeccompCondition::new(0, SeccompCmpArgLen::Qword, op, value)
-            .and_then(|c| SeccompRule::new(vec![c]))
-            .map_err(|e| e.to_string())
-    };
-    let mut allowed: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for (_, nr, when) in rules() {
-        let rules = match *when {
-            When::Always => Vec::new(),
-            When::Arg0In(values) => values
-                .iter()
-                .map(|v| cond(SeccompCmpOp::Eq, *v))
-                .collect::<Result<_, _>>()?,
-            When::Arg0Ne(v) => vec![cond(SeccompCmpOp::Ne, v)?],
-            When::Arg0Without(mask) => vec![cond(SeccompCmpOp::MaskedEq(mask), 0)?],
-        };
-        allowed.insert(*nr, rules);
+fn compile() -> Vec<libc::sock_filter> {
+    let mut actions: std::collections::BTreeMap<u32, Action> = rules()
+        .map(|(_, nr, when)| (*nr as u32, Action::Allow(*when)))
+        .collect();
+    actions.extend(ENOSYS.iter().map(|(_, nr)| (*nr as u32, Action::Enosys)));
+    // Ranges [start, next start) of equal answers, from 0 on; a condition
+    // is a range of its own.
+    let end = actions.keys().last().map_or(0, |nr| nr + 1);
+    let mut ranges: Vec<(u32, Action)> = Vec::new();
+    for nr in 0..=end {
+        let action = actions.get(&nr).copied().unwrap_or(Action::Refuse);
+        let conditional = matches!(action, Action::Allow(w) if w != When::Always);
+        if conditional || ranges.last().is_none_or(|(_, last)| *last != action) {
+            ranges.push((nr, action));
+        }
     }
-    let enosys: BTreeMap<i64, Vec<SeccompRule>> =
-        ENOSYS.iter().map(|(_, nr)| (*nr, Vec::new())).collect();
-    let compile = |rules, mismatch, matched| -> Result<BpfProgram, String> {
-        SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)
-            .and_then(BpfProgram::try_from)
-            .map_err(|e| e.to_string())
-    };
-    let main = compile(
-        allowed,
-        SeccompAction::Errno(libc::EPERM as u32),
-        SeccompAction::Allow,
-    )?;
-    // Both filters answer clone3 with an errno; the kernel then takes the
-    // last installed one's, so ENOSYS goes second.
-    let clone3 = compile(
-        enosys,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-    )?;
-    for program in [main, clone3] {
-        seccompiler::apply_filter(&program).map_err(|e| format!("installing seccomp: {e}"))?;
+    let mut program = vec![
+        load(ARCH),
+        jump(libc::BPF_JEQ, AUDIT_ARCH_X86_64, 1, 0),
+        ret(RET_KILL),
+        load(NR),
+        jump(libc::BPF_JGE, X32_SYSCALL_BIT, 0, 1),
+        ret(RET_KILL),
+    ];
+    search(&ranges, &mut program);
+    program
+}
+
+/// Appends the decision for `ranges` (the number is in the accumulator):
+/// `nr >= middle start` jumps over the lower half's code.
+fn search(ranges: &[(u32, Action)], program: &mut Vec<libc::sock_filter>) {
+    if let [(_, action)] = ranges {
+        answer(*action, program);
+        return;
     }
-    Ok(())
+    let (lower, upper) = ranges.split_at(ranges.len() / 2);
+    program.push(jump(libc::BPF_JGE, upper[0].0, 0, 1));
+    let ja = program.len();
+    program.push(insn(libc::BPF_JMP | libc::BPF_JA, 0, 0, 0));
+    search(lower, program);
+    program[ja].k = (program.len() - ja - 1) as u32;
+    search(upper, program);
+}
+
+/// Appends the answer for one range; conditions look at the first argument
+/// (both halves: the profile compares 64-bit values).
+fn answer(action: Action, program: &mut Vec<libc::sock_filter>) {
+    match action {
+        Action::Refuse => program.push(ret(RET_EPERM)),
+        Action::Enosys => program.push(ret(RET_ENOSYS)),
+        Action::Allow(When::Always) => program.push(ret(RET_ALLOW)),
+        Action::Allow(When::Arg0Ne(value)) => program.extend([
+            load(ARG0_HIGH),
+            jump(libc::BPF_JEQ, (value >> 32) as u32, 0, 3),
+            load(ARG0_LOW),
+            jump(libc::BPF_JEQ, value as u32, 0, 1),
+            ret(RET_EPERM),
+            ret(RET_ALLOW),
+        ]),
+        Action::Allow(When::Arg0In(values)) => {
+            assert!(values.len() < 250 && values.iter().all(|v| v >> 32 == 0));
+            let n = values.len() as u8;
+            program.extend([load(ARG0_HIGH), jump(libc::BPF_JEQ, 0, 0, n + 1)]);
+            program.push(load(ARG0_LOW));
+            for (i, v) in values.iter().enumerate() {
+                program.push(jump(libc::BPF_JEQ, *v as u32, n - i as u8, 0));
+            }
+            program.extend([ret(RET_EPERM), ret(RET_ALLOW)]);
+        }
+        Action::Allow(When::Arg0Without(mask)) => {
+            assert!(mask >> 32 == 0);
+            program.extend([
+                load(ARG0_LOW),
+                jump(libc::BPF_JSET, mask as u32, 0, 1),
+                ret(RET_EPERM),
+                ret(RET_ALLOW),
+            ]);
+        }
+    }
+}
+
+/// The compiled profile, made once per process.
+#[cfg(target_arch = "x86_64")]
+fn program() -> &'static [libc::sock_filter] {
+    static PROGRAM: std::sync::OnceLock<Vec<libc::sock_filter>> = std::sync::OnceLock::new();
+    PROGRAM.get_or_init(compile)
+}
+
+/// Compiles the profile now, so that [`install`] only applies it.
+#[cfg(target_arch = "x86_64")]
+pub fn prepare() {
+    program();
+}
+
+/// Applies the profile to the calling thread; the caller has set
+/// `no_new_privs` and called [`prepare`]. Everything the thread runs after
+/// this (the exec included) must be allowed by the profile. Makes one
+/// system call and allocates nothing (safe in a child of a threaded process).
+#[cfg(target_arch = "x86_64")]
+pub fn install() -> Result<(), i32> {
+    let filter = program();
+    let fprog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: fprog points at a program that lives for the process.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
 }
 
 /// Other architectures run without a filter for now.
 #[cfg(not(target_arch = "x86_64"))]
-pub fn install() -> Result<(), String> {
+pub fn prepare() {}
+
+/// Other architectures run without a filter for now.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn install() -> Result<(), i32> {
     Ok(())
 }
 
@@ -273,6 +400,91 @@ mod tests {
         assert_eq!(
             seen.len(),
             ALLOWED.len() + ALLOWED_UNNAMED.len() + CONDITIONAL.len()
+        );
+    }
+
+    /// Runs `program` on one system call as the kernel would (the
+    /// instructions `compile` emits), returning the answer and the number
+    /// of instructions run.
+    fn evaluate(program: &[libc::sock_filter], arch: u32, nr: u32, arg0: u64) -> (u32, usize) {
+        let field = |offset| match offset {
+            NR => nr,
+            ARCH => arch,
+            ARG0_LOW => arg0 as u32,
+            ARG0_HIGH => (arg0 >> 32) as u32,
+            other => panic!("load of offset {other}"),
+        };
+        let (mut pc, mut acc, mut steps) = (0usize, 0u32, 0);
+        loop {
+            let insn = program[pc];
+            steps += 1;
+            let code = u32::from(insn.code);
+            match code & 0x07 {
+                libc::BPF_LD => acc = field(insn.k),
+                libc::BPF_RET => return (insn.k, steps),
+                libc::BPF_JMP => {
+                    let taken = match code & 0xf0 {
+                        libc::BPF_JA => {
+                            pc += insn.k as usize + 1;
+                            continue;
+                        }
+                        libc::BPF_JEQ => acc == insn.k,
+                        libc::BPF_JGE => acc >= insn.k,
+                        libc::BPF_JSET => acc & insn.k != 0,
+                        op => panic!("jump op {op:#x}"),
+                    };
+                    pc += 1 + usize::from(if taken { insn.jt } else { insn.jf });
+                    continue;
+                }
+                class => panic!("class {class:#x}"),
+            }
+            pc += 1;
+        }
+    }
+
+    #[test]
+    fn compiled_filter_answers_like_the_table() {
+        let program = compile();
+        let run = |nr: i64, arg0: u64| evaluate(&program, AUDIT_ARCH_X86_64, nr as u32, arg0).0;
+        let mut longest = 0;
+        for nr in 0..1024u32 {
+            let (answer, steps) = evaluate(&program, AUDIT_ARCH_X86_64, nr, 0);
+            longest = longest.max(steps);
+            let expected = match rules().find(|(_, n, _)| *n as u32 == nr) {
+                Some((_, _, When::Always)) => RET_ALLOW,
+                Some(_) => continue,
+                None if nr == libc::SYS_clone3 as u32 => RET_ENOSYS,
+                None => RET_EPERM,
+            };
+            assert_eq!(answer, expected, "system call {nr}");
+        }
+        assert!(longest <= 32, "{longest} instructions for one call");
+        assert!(program.len() < 400, "{} instructions", program.len());
+        for refused in [libc::SYS_unshare, libc::SYS_mount, libc::SYS_setns, 1000] {
+            assert_eq!(run(refused, 0), RET_EPERM, "{refused}");
+        }
+        // socket: every family but AF_VSOCK, compared on all 64 bits.
+        assert_eq!(run(libc::SYS_socket, libc::AF_INET as u64), RET_ALLOW);
+        assert_eq!(run(libc::SYS_socket, AF_VSOCK), RET_EPERM);
+        assert_eq!(run(libc::SYS_socket, AF_VSOCK | 1 << 32), RET_ALLOW);
+        for value in PERSONALITIES {
+            assert_eq!(run(libc::SYS_personality, *value), RET_ALLOW, "{value:#x}");
+        }
+        for value in [0x1, 0x8 | 1 << 32, 0x0040_0000] {
+            assert_eq!(run(libc::SYS_personality, value), RET_EPERM, "{value:#x}");
+        }
+        assert_eq!(run(libc::SYS_clone, libc::SIGCHLD as u64), RET_ALLOW);
+        for flag in [libc::CLONE_NEWUSER, libc::CLONE_NEWNS, libc::CLONE_NEWNET] {
+            let flags = (flag | libc::SIGCHLD) as u64;
+            assert_eq!(run(libc::SYS_clone, flags), RET_EPERM, "{flag:#x}");
+        }
+        // Only the native ABI: i386 and x32 calls end the process.
+        const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+        assert_eq!(evaluate(&program, AUDIT_ARCH_I386, 1, 0).0, RET_KILL);
+        let x32_write = X32_SYSCALL_BIT | libc::SYS_write as u32;
+        assert_eq!(
+            evaluate(&program, AUDIT_ARCH_X86_64, x32_write, 0).0,
+            RET_KILL
         );
     }
 
