@@ -3,7 +3,6 @@
 //! Needs root and busybox-static. `cargo bench -p builder --bench sandbox`.
 
 use std::os::unix::fs::symlink;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use builder::sandbox::embedded::Embedded;
@@ -20,14 +19,7 @@ fn main() {
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
     symlink("busybox", root.join("bin/true")).unwrap();
-    // The helper is the rbuild binary next to this bench's deps directory.
-    let exe = std::env::current_exe().unwrap();
-    let helper: PathBuf = exe.parent().unwrap().parent().unwrap().join("rbuild");
-    assert!(
-        helper.exists(),
-        "build the binary first: cargo build --release -p builder"
-    );
-    let runtime = Embedded { helper };
+    let runtime = Embedded;
     let spec = RunSpec::new(root.clone(), vec!["/bin/true".into()]);
     let runc = Runc::find(&root.with_extension("runc")).ok();
     let mut runtimes: Vec<(&str, &dyn Runtime)> = vec![("embedded", &runtime)];

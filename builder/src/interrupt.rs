@@ -3,9 +3,9 @@
 //! [`install`] blocks SIGINT, SIGTERM and SIGHUP in the main thread before
 //! any other thread starts (so every thread inherits the mask) and waits
 //! for them on a thread of its own. On a signal it unmounts and removes this
-//! process's active snapshots and exits with 128+signal; the sandbox
-//! helpers die with rbuild (PR_SET_PDEATHSIG), and with them every process
-//! of their steps (PID namespaces). What else must not outlive rbuild (a
+//! process's active snapshots and exits with 128+signal; each step's PID 1
+//! dies with rbuild (PR_SET_PDEATHSIG), and with it every process of the
+//! step (PID namespaces). What else must not outlive rbuild (a
 //! runc container, a temporary directory) registers a hook with
 //! [`on_interrupt`]; the handler runs the hooks first.
 
@@ -88,13 +88,4 @@ pub fn wait_if_interrupted() {
             std::thread::park();
         }
     }
-}
-
-/// Unblocks the signals again (in a child that execs something else).
-pub fn unblock() {
-    let mut set = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        set.add(s);
-    }
-    let _ = set.thread_unblock();
 }

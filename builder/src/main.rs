@@ -3,13 +3,6 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    // The RUN sandbox helper re-executes this binary.
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| a == builder::sandbox::embedded::HELPER_ARG)
-    {
-        builder::sandbox::embedded::helper_main();
-    }
     builder::interrupt::install();
     let cli = builder::cli::Cli::parse_from(with_build_default(std::env::args_os().collect()));
     match builder::commands::run(cli) {

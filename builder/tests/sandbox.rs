@@ -1,5 +1,5 @@
-//! The RUN sandbox, for real, with both runtimes (embedded: the rbuild
-//! binary as helper; runc): a busybox root filesystem, namespaces, mounts,
+//! The RUN sandbox, for real, with both runtimes (embedded: clone(2) from
+//! this process; runc): a busybox root filesystem, namespaces, mounts,
 //! users, network, exit codes, capabilities, seccomp, and that nothing of
 //! the step outlives it or leaks into the root.
 
@@ -68,9 +68,7 @@ fn spec(root: &Path, script: &str) -> RunSpec {
 
 /// Both runtimes, by name; runc keeps its state beside the test's root.
 fn runtimes(t: &Tmp) -> [(&'static str, Box<dyn Runtime>); 2] {
-    let embedded = Embedded {
-        helper: PathBuf::from(env!("CARGO_BIN_EXE_rbuild")),
-    };
+    let embedded = Embedded;
     let runc = Runc::find(&t.0.with_extension("runc")).expect("runc is installed (.ci/run)");
     [("embedded", Box::new(embedded)), ("runc", Box::new(runc))]
 }
@@ -287,6 +285,48 @@ fn mounts_and_no_process_outlives_the_step() {
             assert!(!t.0.join(p).exists(), "/{p} left in the root");
         }
         let _ = fs::remove_dir_all(&shared);
+    }
+}
+
+#[test]
+fn mount_targets_through_symlinks_stay_in_the_root() {
+    if !is_root() {
+        eprintln!("skipped: the sandbox needs root");
+        return;
+    }
+    let t = busybox_root("symlinks");
+    // An absolute link to a host directory and one climbing out: both
+    // must be followed as if the root were `/`.
+    let outside = t.0.with_extension("shared");
+    for (name, rt) in runtimes(&t) {
+        eprintln!("runtime: {name}");
+        fs::create_dir_all(&outside).unwrap();
+        symlink(&outside, t.0.join("abs")).unwrap();
+        symlink("../../../../../../outside", t.0.join("up")).unwrap();
+        let mut s = spec(
+            &t.0,
+            "df /abs/scratch | tail -1 | grep -c tmpfs; df /up/scratch | tail -1 | grep -c tmpfs",
+        );
+        s.mounts = ["/abs/scratch", "/up/scratch"]
+            .map(|target| Mount::Tmpfs {
+                target: target.into(),
+                size: 1 << 20,
+            })
+            .to_vec();
+        let (code, out, err) = run(rt.as_ref(), &s);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, "1\n1\n");
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            0,
+            "a mount point was made outside the root"
+        );
+        // The directories made for the mounts inside the root are gone.
+        let inside = t.0.join(outside.strip_prefix("/").unwrap());
+        assert!(!inside.exists() && !t.0.join("outside").exists());
+        for link in ["abs", "up"] {
+            fs::remove_file(t.0.join(link)).unwrap();
+        }
     }
 }
 

@@ -1,65 +1,65 @@
 //! The embedded runtime: namespaces, mounts and `pivot_root` done here,
-//! with no runc or other program.
+//! with no runc, no helper process and no other program.
 //!
-//! The parent ([`Embedded::run`]) re-executes the rbuild binary as
-//! `rbuild __sandbox`, writes the [`RunSpec`] as JSON to its stdin and
-//! streams its stdout/stderr. The helper ([`helper_main`]) unshares mount,
-//! UTS, IPC and PID namespaces (and the network namespace for
-//! `Network::None`), forks the step's PID 1, which sets up the root
-//! filesystem and execs the command. Setup errors travel back on fd 3, so a
-//! command's own exit status (even 125 or 127) is never mistaken for one.
+//! [`Embedded::run`] first turns the [`RunSpec`] into a [`Plan`]: every
+//! path, mount, device node and argument as a C string, the step's
+//! capabilities and ids, the command's candidates on `PATH`, the seccomp
+//! program compiled. Then `clone(2)` starts the step's PID 1 in new mount,
+//! UTS, IPC and PID namespaces (and a network namespace for
+//! `Network::None`) the way `posix_spawn` starts a process: sharing this
+//! process's memory (`CLONE_VM`), with the calling thread suspended
+//! (`CLONE_VFORK`) until the child has exec'd the command or exited.
+//!
+//! The child ([`child`]) only reads the plan and makes system calls. It
+//! allocates nothing, takes no lock, writes no memory but its own stack,
+//! and calls no libc function that touches process-wide state (`setuid` and
+//! `setgroups` go straight to the kernel, not through glibc's all-threads
+//! broadcast), so whatever rbuild's other threads are doing cannot leave
+//! it anything half-done. Every path inside the root is opened by the
+//! kernel with `RESOLVE_IN_ROOT` one component at a time (created where
+//! missing) and mounted onto through `/proc/self/fd`, as runc does: no
+//! symlink in the image leads a mount outside it. Setup errors travel back
+//! on a close-on-exec pipe (errno and the plan's description of the step),
+//! so a command's own exit status (even 125 or 127) is never mistaken for
+//! one. (A re-executed helper process did this before: its exec, dynamic
+//! loading and exit were 2-3 ms of every RUN.)
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::OnceLock;
 
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sched::{CloneFlags, unshare};
-use nix::sys::stat::{Mode, SFlag, makedev, mknod};
-use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{
-    ForkResult, Gid, Uid, chdir, execve, fork, pivot_root, setgid, setgroups, sethostname, setuid,
-};
+use libc::{c_char, c_int, c_ulong, c_void};
 
 use super::{
     Cancel, DEFAULT_CAPS, MASKED_PATHS, Mount, Network, Prepared, READONLY_PATHS, RunSpec, Runtime,
     SandboxError, Stream, exit_code, stream_output,
 };
 
-/// The argument that makes rbuild act as the sandbox helper.
-pub const HELPER_ARG: &str = "__sandbox";
-
-/// The fd on which the helper reports setup errors.
-const ERROR_FD: i32 = 3;
+/// The default runtime.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Embedded;
 
 /// The highest capability this kernel knows.
 fn last_cap() -> u32 {
-    fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
+    static LAST: OnceLock<u32> = OnceLock::new();
+    *LAST.get_or_init(|| {
+        fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40)
+    })
 }
 
-/// The default runtime.
-#[derive(Debug, Clone)]
-pub struct Embedded {
-    /// The rbuild binary to re-execute.
-    pub helper: PathBuf,
-}
-
-impl Embedded {
-    /// Re-executes the running binary.
-    pub fn current() -> io::Result<Embedded> {
-        Ok(Embedded {
-            helper: std::env::current_exe()?,
-        })
-    }
-}
+/// The child's stack while it shares our memory (its frames are small and
+/// it calls nothing deep), above one guard page.
+const CHILD_STACK: usize = 256 * 1024;
+const GUARD: usize = 4096;
 
 impl Runtime for Embedded {
     fn run(
@@ -70,511 +70,958 @@ impl Runtime for Embedded {
     ) -> Result<i32, SandboxError> {
         let spawn_err = super::spawn_error(spec);
         let prepared = Prepared::new(spec).map_err(spawn_err)?;
-        let mut full = spec.clone();
-        full.mounts = prepared.mounts.clone();
+        // Rust's runtime keeps fds 0-2 open, so none of these is below 3
+        // and the child's dup2 onto 0-2 cannot overwrite one of them.
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from);
+        let (out_read, out_write) = pipe().map_err(spawn_err)?;
+        let (err_read, err_write) = pipe().map_err(spawn_err)?;
+        let (report_read, report_write) = pipe().map_err(spawn_err)?;
+        let null = fs::File::open("/dev/null").map_err(spawn_err)?;
+        let plan = Plan::new(
+            spec,
+            &prepared.mounts,
+            [
+                null.as_raw_fd(),
+                out_write.as_raw_fd(),
+                err_write.as_raw_fd(),
+            ],
+            report_write.as_raw_fd(),
+        )
+        .map_err(SandboxError::Setup)?;
+        let pid = start(&plan, spec.network).map_err(spawn_err)?;
+        drop((out_write, err_write, report_write, null));
 
-        // Close-on-exec: a helper spawned for a parallel step must not hold
-        // this step's pipe open (its reader would wait for that step).
-        let (err_read, err_write) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_err(e.into()))?;
-        let err_fd = err_write.as_raw_fd();
-        let mut cmd = Command::new(&self.helper);
-        cmd.arg(HELPER_ARG)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        // SAFETY: dup2 and fcntl are async-signal-safe; the closure touches
-        // nothing else. dup2 leaves the copy without close-on-exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let ok = if err_fd == ERROR_FD {
-                    libc::fcntl(ERROR_FD, libc::F_SETFD, 0) >= 0
-                } else {
-                    libc::dup2(err_fd, ERROR_FD) >= 0
-                };
-                if !ok {
-                    return Err(io::Error::last_os_error());
+        // The child has exec'd the command (the pipe closed with nothing in
+        // it) or failed and exited.
+        let mut report = Vec::new();
+        let read = fs::File::from(report_read).read_to_end(&mut report);
+        let streamed = if report.is_empty() {
+            stream_output([Some(out_read), Some(err_read)], cancel, output, || {
+                // SAFETY: kill(2) on our own unreaped child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
                 }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(spawn_err)?;
-        drop(err_write);
-        let json = serde_json::to_vec(&full).expect("specs serialise");
-        let mut stdin = child.stdin.take().expect("piped");
-        stdin.write_all(&json).map_err(spawn_err)?;
-        drop(stdin);
-
-        // The helper is the step's parent (PR_SET_PDEATHSIG) and the PID
-        // namespace dies with its init: killing it ends the whole step.
-        let status = stream_output(&mut child, cancel, output, |c| {
-            let _ = c.kill();
-        })
-        .map_err(spawn_err)?;
-        let mut setup_error = String::new();
-        let _ = fs::File::from(err_read).read_to_string(&mut setup_error);
+            })
+        } else {
+            Ok(())
+        };
+        // PID 1 is gone: the namespace and everything in it with it.
+        let status = wait(pid).map_err(spawn_err)?;
         drop(prepared);
-        if !setup_error.is_empty() {
-            return Err(SandboxError::Setup(setup_error.trim().to_string()));
+        read.map_err(spawn_err)?;
+        if !report.is_empty() {
+            return Err(SandboxError::Setup(render_report(&report)));
         }
+        streamed.map_err(spawn_err)?;
         Ok(exit_code(status))
     }
 }
 
-/// Reports a setup error to the parent and exits.
-fn fail(what: impl std::fmt::Display) -> ! {
-    // SAFETY: ERROR_FD was set up by the parent; we only write to it.
-    let mut f = unsafe { fs::File::from_raw_fd(ERROR_FD) };
-    let _ = writeln!(f, "{what}");
-    std::process::exit(125);
-}
-
-/// Entry point of `rbuild __sandbox`: never returns.
-pub fn helper_main() -> ! {
-    // rbuild's main thread blocks these for its handler; the step must not
-    // inherit that.
-    crate::interrupt::unblock();
-    let mut json = Vec::new();
-    if let Err(e) = io::stdin().read_to_end(&mut json) {
-        fail(format!("reading the run spec: {e}"));
-    }
-    let spec: RunSpec = match serde_json::from_slice(&json) {
-        Ok(s) => s,
-        Err(e) => fail(format!("reading the run spec: {e}")),
-    };
-    // The command reads nothing: stdin is /dev/null, as in BuildKit.
-    match fs::File::open("/dev/null") {
-        // SAFETY: dup2 onto fd 0 of this single-threaded process.
-        Ok(null) => unsafe {
-            libc::dup2(null.as_raw_fd(), 0);
-        },
-        Err(e) => fail(format!("opening /dev/null: {e}")),
-    }
-    // Die with rbuild.
-    // SAFETY: prctl with constant arguments.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-    }
-    let mut flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWPID;
-    if spec.network == Network::None {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
-    if let Err(e) = unshare(flags) {
-        fail(format!(
-            "creating namespaces: {e} (rbuild needs root or user namespaces)"
-        ));
-    }
-    // SAFETY: this process has one thread; the child only calls
-    // async-signal-safe functions until exec... or at least nothing that
-    // another thread could have left locked.
-    match unsafe { fork() } {
-        Err(e) => fail(format!("fork: {e}")),
-        Ok(ForkResult::Child) => init(&spec),
-        Ok(ForkResult::Parent { child }) => {
-            // Forward termination to the step (PID 1 dies: all of it dies).
-            for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-                // SAFETY: ignoring a signal in the helper; the child
-                // receives kill from below when the helper is killed.
-                unsafe {
-                    libc::signal(sig, libc::SIG_IGN);
-                }
-            }
-            loop {
-                match waitpid(child, None) {
-                    Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
-                    Ok(WaitStatus::Signaled(_, sig, _)) => std::process::exit(128 + sig as i32),
-                    Ok(_) => continue,
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => fail(format!("waiting for the step: {e}")),
-                }
-            }
+/// Waits for `pid` to end.
+fn wait(pid: libc::pid_t) -> io::Result<ExitStatus> {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+            return Ok(ExitStatus::from_raw(status));
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
         }
     }
 }
 
-fn mkdir_all(path: &Path) {
-    if let Err(e) = fs::create_dir_all(path) {
-        fail(format!("creating {}: {e}", path.display()));
+/// A child's report: its errno (native endian) and what it was doing.
+fn render_report(report: &[u8]) -> String {
+    let (errno, what) = report.split_at(report.len().min(4));
+    let errno = <[u8; 4]>::try_from(errno).map_or(0, i32::from_ne_bytes);
+    let what = String::from_utf8_lossy(what);
+    if errno == 0 {
+        what.into_owned()
+    } else {
+        format!("{what}: {}", io::Error::from_raw_os_error(errno))
     }
 }
 
-fn do_mount(
-    source: Option<&str>,
-    target: &Path,
-    fstype: Option<&str>,
-    flags: MsFlags,
-    data: Option<&str>,
-) {
-    if let Err(e) = mount(source, target, fstype, flags, data) {
-        fail(format!(
-            "mounting {} on {}: {e}",
-            source.or(fstype).unwrap_or("-"),
-            target.display()
-        ));
+/// Starts the child on a stack of its own, sharing this process's memory,
+/// with this thread suspended until the child execs or exits; returns its
+/// pid (it is PID 1 of its namespace).
+fn start(plan: &Plan, network: Network) -> io::Result<libc::pid_t> {
+    let mut flags = libc::CLONE_VM
+        | libc::CLONE_VFORK
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWPID
+        | libc::SIGCHLD;
+    if network == Network::None {
+        flags |= libc::CLONE_NEWNET;
+    }
+    let size = GUARD + CHILD_STACK;
+    // SAFETY: a fresh private mapping; nothing else refers to it.
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the lowest page of our own mapping becomes the guard; the
+    // mapping is unmapped below once the child no longer runs on it.
+    // Every signal is blocked around clone so that no handler of rbuild's
+    // runs on the child's stack; the child sets its own mask before exec.
+    let (pid, err) = unsafe {
+        libc::mprotect(stack, GUARD, libc::PROT_NONE);
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let pid = libc::clone(
+            child_entry,
+            stack.cast::<u8>().add(size).cast(),
+            flags,
+            (plan as *const Plan).cast_mut().cast(),
+        );
+        let err = io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        libc::munmap(stack, size);
+        (pid, err)
+    };
+    if pid < 0 {
+        return Err(err);
+    }
+    Ok(pid)
+}
+
+/// A path inside the root, opened one component at a time, each resolved
+/// by the kernel inside the root (`RESOLVE_IN_ROOT`) and created where
+/// missing (directories, or an empty file for the last when `file`).
+struct Target {
+    /// `a`, `a/b`, `a/b/c`: what to open from the root for each component.
+    prefixes: Vec<CString>,
+    /// `a`, `b`, `c`: what to create in the directory before, if missing.
+    names: Vec<CString>,
+    /// The last component is a file.
+    file: bool,
+}
+
+impl Target {
+    /// `rel` (relative to the root, symlinks already followed) as a target.
+    fn new(rel: &Path, file: bool) -> Result<Target, String> {
+        let mut prefix = PathBuf::new();
+        let (mut prefixes, mut names) = (Vec::new(), Vec::new());
+        for c in rel.components() {
+            if let Component::Normal(name) = c {
+                prefix.push(name);
+                prefixes.push(c_path(&prefix)?);
+                names.push(c_path(Path::new(name))?);
+            }
+        }
+        Ok(Target {
+            prefixes,
+            names,
+            file,
+        })
+    }
+}
+
+/// One thing the child does before `pivot_root`.
+enum Op {
+    /// `mount(2)` onto the target (created when missing), then a read-only
+    /// remount of the new mount when `readonly`.
+    Mount {
+        target: Target,
+        source: Option<CString>,
+        fstype: Option<CString>,
+        flags: c_ulong,
+        data: Option<CString>,
+        readonly: bool,
+    },
+    /// sysfs read-only or, where that is refused, the host's `/sys` bound
+    /// read-only.
+    Sysfs(Target),
+    /// A character device `name` in `dir`, mode 0666 whatever the umask.
+    Device {
+        dir: Target,
+        name: CString,
+        major: u32,
+        minor: u32,
+    },
+    /// A symlink `name` in `dir`, best effort.
+    Symlink {
+        dir: Target,
+        name: CString,
+        content: CString,
+    },
+    /// runc's masked path: an empty read-only tmpfs on a directory,
+    /// `/dev/null` on anything else, nothing when missing.
+    Mask(Target),
+    /// runc's read-only path: bound onto itself read-only when present.
+    ReadOnly(Target),
+}
+
+/// An [`Op`] with what a failure reports.
+struct Step {
+    what: CString,
+    op: Op,
+}
+
+/// Everything the child does, made by the parent.
+struct Plan {
+    /// Become fds 0, 1 and 2.
+    stdio: [RawFd; 3],
+    /// Where setup errors go (close-on-exec).
+    report: RawFd,
+    root: CString,
+    steps: Vec<Step>,
+    hostname: CString,
+    loopback: bool,
+    workdir: Target,
+    workdir_what: CString,
+    /// Capabilities to drop from the bounding set.
+    drop_caps: Vec<c_ulong>,
+    groups: Vec<libc::gid_t>,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    /// The capability set for root (none: keep what root has).
+    caps: Option<u64>,
+    seccomp: bool,
+    /// Where the command may be, in order; only executable regular files
+    /// count when `search`.
+    programs: Vec<(CString, CString)>,
+    search: bool,
+    not_found: CString,
+    _strings: Vec<CString>,
+    argv: Vec<*const c_char>,
+    envp: Vec<*const c_char>,
+}
+
+fn c_str(s: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("a NUL byte in {s:?}"))
+}
+
+fn c_path(p: &Path) -> Result<CString, String> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| format!("a NUL byte in {}", p.display()))
+}
+
+/// A null-terminated array of pointers into `strings`.
+fn pointers(strings: &[CString]) -> Vec<*const c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain([std::ptr::null()])
+        .collect()
+}
+
+impl Plan {
+    fn new(
+        spec: &RunSpec,
+        mounts: &[Mount],
+        stdio: [RawFd; 3],
+        report: RawFd,
+    ) -> Result<Plan, String> {
+        let root = &spec.rootfs;
+        // Paths inside the root with the image's symlinks followed there;
+        // the kernel follows them again, inside the root, when opening.
+        let inside = |target: &str| -> PathBuf {
+            let resolved = cache::layer::resolve_in_root(
+                root,
+                Path::new(target.trim_start_matches('/')),
+                true,
+            );
+            resolved
+                .strip_prefix(root)
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
+        };
+        let what = |s: String| c_str(&s);
+        let mut steps = Vec::new();
+        let mount = |target: &Path,
+                     file: bool,
+                     source: Option<&str>,
+                     fstype: Option<&str>,
+                     flags: c_ulong,
+                     data: Option<&str>,
+                     readonly: bool|
+         -> Result<Step, String> {
+            Ok(Step {
+                what: what(format!(
+                    "mounting {} on /{}",
+                    source.or(fstype).unwrap_or("-"),
+                    target.display()
+                ))?,
+                op: Op::Mount {
+                    target: Target::new(target, file)?,
+                    source: source.map(c_str).transpose()?,
+                    fstype: fstype.map(c_str).transpose()?,
+                    flags,
+                    data: data.map(c_str).transpose()?,
+                    readonly,
+                },
+            })
+        };
+
+        let proc_dir = inside("/proc");
+        steps.push(mount(
+            &proc_dir,
+            false,
+            Some("proc"),
+            Some("proc"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            None,
+            false,
+        )?);
+
+        // /dev as runc makes it: a tmpfs with the standard nodes, devpts, shm.
+        let dev = inside("/dev");
+        steps.push(mount(
+            &dev,
+            false,
+            Some("tmpfs"),
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_STRICTATIME,
+            Some("mode=755,size=65536k"),
+            false,
+        )?);
+        for (name, major, minor) in [
+            ("null", 1, 3),
+            ("zero", 1, 5),
+            ("full", 1, 7),
+            ("random", 1, 8),
+            ("urandom", 1, 9),
+            ("tty", 5, 0),
+        ] {
+            steps.push(Step {
+                what: what(format!("creating /{}", dev.join(name).display()))?,
+                op: Op::Device {
+                    dir: Target::new(&dev, false)?,
+                    name: c_str(name)?,
+                    major,
+                    minor,
+                },
+            });
+        }
+        steps.push(mount(
+            &dev.join("pts"),
+            false,
+            Some("devpts"),
+            Some("devpts"),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+            false,
+        )?);
+        steps.push(mount(
+            &dev.join("shm"),
+            false,
+            Some("shm"),
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            Some("mode=1777,size=65536k"),
+            false,
+        )?);
+        for (link, content) in [
+            ("ptmx", "pts/ptmx"),
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            steps.push(Step {
+                what: what(format!("creating /{}", dev.join(link).display()))?,
+                op: Op::Symlink {
+                    dir: Target::new(&dev, false)?,
+                    name: c_str(link)?,
+                    content: c_str(content)?,
+                },
+            });
+        }
+
+        let sys = inside("/sys");
+        steps.push(Step {
+            what: what(format!("mounting sysfs on /{}", sys.display()))?,
+            op: Op::Sysfs(Target::new(&sys, false)?),
+        });
+
+        for m in mounts {
+            let target = inside(m.target());
+            steps.push(match m {
+                Mount::Bind {
+                    source,
+                    readonly,
+                    target: _,
+                } => mount(
+                    &target,
+                    !source.is_dir(),
+                    Some(&source.display().to_string()),
+                    None,
+                    libc::MS_BIND | libc::MS_REC,
+                    None,
+                    *readonly,
+                )?,
+                Mount::Tmpfs { size, target: _ } => mount(
+                    &target,
+                    false,
+                    Some("tmpfs"),
+                    Some("tmpfs"),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    (*size > 0).then(|| format!("size={size}")).as_deref(),
+                    false,
+                )?,
+            });
+        }
+
+        if !spec.insecure {
+            // Inside /proc and /sys as mounted: textually below them.
+            let below = |p: &str| {
+                let p = p.trim_start_matches('/');
+                match p.split_once('/') {
+                    Some(("proc", rest)) => proc_dir.join(rest),
+                    Some(("sys", rest)) => sys.join(rest),
+                    _ => PathBuf::from(p),
+                }
+            };
+            for p in MASKED_PATHS {
+                steps.push(Step {
+                    what: what(format!("masking {p}"))?,
+                    op: Op::Mask(Target::new(&below(p), true)?),
+                });
+            }
+            for p in READONLY_PATHS {
+                steps.push(Step {
+                    what: what(format!("making {p} read-only"))?,
+                    op: Op::ReadOnly(Target::new(&below(p), true)?),
+                });
+            }
+        }
+
+        let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
+        let drop_caps = if spec.insecure {
+            Vec::new()
+        } else {
+            (0..=last_cap())
+                .filter(|c| !DEFAULT_CAPS.contains(c))
+                .map(c_ulong::from)
+                .collect()
+        };
+        let caps = (spec.uid == 0 && !spec.insecure)
+            .then(|| DEFAULT_CAPS.iter().fold(0u64, |m, c| m | (1u64 << c)));
+        if !spec.insecure {
+            super::seccomp::prepare();
+        }
+
+        let Some(arg0) = spec.args.first() else {
+            return Err("no command to run".into());
+        };
+        let search = !arg0.contains('/');
+        let programs: Vec<PathBuf> = if search {
+            let path_var = spec
+                .env
+                .iter()
+                .find_map(|e| e.strip_prefix("PATH="))
+                .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+            path_var
+                .split(':')
+                .map(|d| Path::new(d).join(arg0))
+                .collect()
+        } else {
+            vec![PathBuf::from(arg0)]
+        };
+        let programs = programs
+            .iter()
+            .map(|p| Ok((c_path(p)?, what(format!("exec {}", p.display()))?)))
+            .collect::<Result<_, String>>()?;
+
+        let args: Vec<CString> = spec
+            .args
+            .iter()
+            .map(|a| c_str(a))
+            .collect::<Result<_, _>>()?;
+        let env: Vec<CString> = spec
+            .env
+            .iter()
+            .map(|e| c_str(e))
+            .collect::<Result<_, _>>()?;
+        let (argv, envp) = (pointers(&args), pointers(&env));
+        Ok(Plan {
+            stdio,
+            report,
+            root: c_path(root)?,
+            steps,
+            hostname: c_str(&spec.hostname)?,
+            loopback: spec.network == Network::None,
+            workdir: Target::new(Path::new(cwd.trim_start_matches('/')), false)?,
+            workdir_what: what(format!("entering the working directory {cwd}"))?,
+            drop_caps,
+            groups: spec.additional_gids.clone(),
+            uid: spec.uid,
+            gid: spec.gid,
+            caps,
+            seccomp: !spec.insecure,
+            programs,
+            search,
+            not_found: what(format!(
+                "exec: \"{arg0}\": executable file not found in $PATH"
+            ))?,
+            _strings: args.into_iter().chain(env).collect(),
+            argv,
+            envp,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The child. Everything below runs in the clone'd child while it shares
+// rbuild's memory: system calls on the plan's data and the stack only.
+
+/// Where the child starts.
+extern "C" fn child_entry(arg: *mut c_void) -> c_int {
+    // SAFETY: `start` passes a Plan that stays alive and unchanged while
+    // the child runs (the thread that owns it is suspended until the child
+    // execs or exits).
+    let plan = unsafe { &*arg.cast_const().cast::<Plan>() };
+    // SAFETY: we are that child.
+    unsafe { child(plan) }
+}
+
+fn errno() -> c_int {
+    // SAFETY: errno is the calling thread's.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Reports `what` (and errno, when not 0) to the parent and exits.
+unsafe fn fail(plan: &Plan, what: &CStr, errno: c_int) -> ! {
+    let bytes = errno.to_ne_bytes();
+    // SAFETY: writes of our own buffers to our own fd, then _exit.
+    unsafe {
+        libc::write(plan.report, bytes.as_ptr().cast(), bytes.len());
+        let what = what.to_bytes();
+        libc::write(plan.report, what.as_ptr().cast(), what.len());
+        libc::_exit(125)
+    }
+}
+
+/// `/proc/self/fd/N` for `fd`, in `buf`.
+fn fd_path(fd: c_int, buf: &mut [u8; 32]) -> *const c_char {
+    const PREFIX: &[u8] = b"/proc/self/fd/";
+    buf[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut digits = [0u8; 10];
+    let (mut n, mut len) = (fd.unsigned_abs(), 0);
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[PREFIX.len() + i] = digits[len - 1 - i];
+    }
+    buf[PREFIX.len() + len] = 0;
+    buf.as_ptr().cast()
+}
+
+/// openat2(2) of `path` below `root` with `RESOLVE_IN_ROOT`.
+unsafe fn open_in_root(root: c_int, path: &CStr, flags: c_int) -> c_int {
+    /// struct open_how (linux/openat2.h); libc's cannot be built here.
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_IN_ROOT,
+    };
+    // SAFETY: valid path and open_how for the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root,
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        ) as c_int
+    }
+}
+
+/// Opens `target` below `root` (`O_PATH`), creating what is missing when
+/// `create`; returns the fd, or -1 with errno set. The root itself for an
+/// empty target.
+unsafe fn open_target(root: c_int, target: &Target, create: bool) -> c_int {
+    // SAFETY: system calls on fds we own and the target's C strings.
+    unsafe {
+        let mut dir = libc::fcntl(root, libc::F_DUPFD_CLOEXEC, 3);
+        let n = target.names.len();
+        for i in 0..n {
+            let last = i + 1 == n;
+            let file = last && target.file;
+            let flags = if file {
+                libc::O_PATH
+            } else {
+                libc::O_PATH | libc::O_DIRECTORY
+            };
+            let mut fd = open_in_root(root, &target.prefixes[i], flags);
+            if fd < 0 && errno() == libc::ENOENT && create {
+                let name = target.names[i].as_ptr();
+                let made = if file {
+                    let f = libc::openat(
+                        dir,
+                        name,
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                        0o666,
+                    );
+                    if f >= 0 {
+                        libc::close(f);
+                    }
+                    f
+                } else {
+                    libc::mkdirat(dir, name, 0o777)
+                };
+                if made < 0 && errno() != libc::EEXIST {
+                    let e = errno();
+                    libc::close(dir);
+                    *libc::__errno_location() = e;
+                    return -1;
+                }
+                fd = open_in_root(root, &target.prefixes[i], flags);
+            }
+            let e = errno();
+            libc::close(dir);
+            if fd < 0 {
+                *libc::__errno_location() = e;
+                return -1;
+            }
+            dir = fd;
+        }
+        dir
+    }
+}
+
+/// mount(2) with a source and a target given as paths or fds.
+unsafe fn mount_at(
+    source: *const c_char,
+    target_fd: c_int,
+    fstype: *const c_char,
+    flags: c_ulong,
+    data: *const c_char,
+) -> c_int {
+    let mut buf = [0u8; 32];
+    let target = fd_path(target_fd, &mut buf);
+    // SAFETY: NUL-terminated strings or null, as mount(2) takes them.
+    unsafe { libc::mount(source, target, fstype, flags, data.cast()) }
+}
+
+fn ptr(s: &Option<CString>) -> *const c_char {
+    s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr())
+}
+
+/// Bind-remounts the mount now at `target` read-only (opened anew: an fd
+/// from before the mount refers to what is under it).
+unsafe fn remount_readonly(root: c_int, target: &Target) -> c_int {
+    // SAFETY: as open_target and mount_at.
+    unsafe {
+        let fd = open_target(root, target, false);
+        if fd < 0 {
+            return -1;
+        }
+        let rc = mount_at(
+            std::ptr::null(),
+            fd,
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC,
+            std::ptr::null(),
+        );
+        let e = errno();
+        libc::close(fd);
+        *libc::__errno_location() = e;
+        rc
+    }
+}
+
+/// Runs one step; fails the child on error.
+unsafe fn apply(plan: &Plan, root: c_int, step: &Step) {
+    // SAFETY: system calls on the plan's strings and fds we own.
+    unsafe {
+        let failed = |plan: &Plan| -> ! { fail(plan, &step.what, errno()) };
+        match &step.op {
+            Op::Mount {
+                target,
+                source,
+                fstype,
+                flags,
+                data,
+                readonly,
+            } => {
+                let fd = open_target(root, target, true);
+                if fd < 0 {
+                    failed(plan);
+                }
+                let rc = mount_at(ptr(source), fd, ptr(fstype), *flags, ptr(data));
+                libc::close(fd);
+                if rc < 0 || (*readonly && remount_readonly(root, target) < 0) {
+                    failed(plan);
+                }
+            }
+            Op::Sysfs(target) => {
+                let fd = open_target(root, target, true);
+                if fd < 0 {
+                    failed(plan);
+                }
+                let ro = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+                let sysfs = c"sysfs".as_ptr();
+                let rc = mount_at(sysfs, fd, sysfs, ro, std::ptr::null());
+                let rc = if rc < 0 {
+                    let bound = mount_at(
+                        c"/sys".as_ptr(),
+                        fd,
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null(),
+                    );
+                    if bound < 0 {
+                        bound
+                    } else {
+                        remount_readonly(root, target)
+                    }
+                } else {
+                    rc
+                };
+                libc::close(fd);
+                if rc < 0 {
+                    failed(plan);
+                }
+            }
+            Op::Device {
+                dir,
+                name,
+                major,
+                minor,
+            } => {
+                let dir = open_target(root, dir, false);
+                if dir < 0 {
+                    failed(plan);
+                }
+                let name = name.as_ptr();
+                let dev = libc::makedev(*major, *minor);
+                if libc::mknodat(dir, name, libc::S_IFCHR | 0o666, dev) < 0 {
+                    failed(plan);
+                }
+                libc::fchmodat(dir, name, 0o666, 0);
+                libc::close(dir);
+            }
+            Op::Symlink { dir, name, content } => {
+                let dir = open_target(root, dir, false);
+                if dir >= 0 {
+                    libc::symlinkat(content.as_ptr(), dir, name.as_ptr());
+                    libc::close(dir);
+                }
+            }
+            Op::Mask(target) => {
+                let fd = open_target(root, target, false);
+                if fd < 0 {
+                    return;
+                }
+                let mut st: libc::stat = std::mem::zeroed();
+                let rc = if libc::fstat(fd, &mut st) < 0 {
+                    -1
+                } else if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                    let tmpfs = c"tmpfs".as_ptr();
+                    mount_at(tmpfs, fd, tmpfs, libc::MS_RDONLY, std::ptr::null())
+                } else {
+                    let null = c"/dev/null".as_ptr();
+                    mount_at(null, fd, std::ptr::null(), libc::MS_BIND, std::ptr::null())
+                };
+                libc::close(fd);
+                if rc < 0 {
+                    failed(plan);
+                }
+            }
+            Op::ReadOnly(target) => {
+                let fd = open_target(root, target, false);
+                if fd < 0 {
+                    return;
+                }
+                let mut buf = [0u8; 32];
+                let path = fd_path(fd, &mut buf);
+                let flags = libc::MS_BIND | libc::MS_REC;
+                let rc = mount_at(path, fd, std::ptr::null(), flags, std::ptr::null());
+                libc::close(fd);
+                if rc < 0 || remount_readonly(root, target) < 0 {
+                    failed(plan);
+                }
+            }
+        }
     }
 }
 
 /// The step's PID 1: builds the root filesystem and execs the command.
-fn init(spec: &RunSpec) -> ! {
-    // SAFETY: prctl with constant arguments.
+unsafe fn child(plan: &Plan) -> ! {
+    // SAFETY: system calls on the plan's data and our own stack; see the
+    // module's doc for why nothing else may run here.
     unsafe {
+        // Die with the thread that started us (it waits for us).
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-    }
-    let root = &spec.rootfs;
-    do_mount(
-        None,
-        Path::new("/"),
-        None,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None,
-    );
-    do_mount(
-        Some(&root.display().to_string()),
-        root,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    );
-
-    let proc_dir = root.join("proc");
-    mkdir_all(&proc_dir);
-    do_mount(
-        Some("proc"),
-        &proc_dir,
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None,
-    );
-
-    setup_dev(&root.join("dev"));
-
-    let sys = root.join("sys");
-    mkdir_all(&sys);
-    let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    if mount(Some("sysfs"), &sys, Some("sysfs"), ro, None::<&str>).is_err() {
-        do_mount(
-            Some("/sys"),
-            &sys,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
+        for (i, fd) in plan.stdio.iter().enumerate() {
+            if libc::dup2(*fd, i as c_int) < 0 {
+                fail(plan, c"setting up stdio", errno());
+            }
+        }
+        // The command sees 0-2 only (the report pipe is close-on-exec: its
+        // closing tells the parent the exec happened).
+        libc::syscall(
+            libc::SYS_close_range,
+            3,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
         );
-        do_mount(
-            None,
-            &sys,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
-            None,
-        );
-    }
 
-    for m in &spec.mounts {
-        match m {
-            Mount::Bind {
-                source,
-                target,
-                readonly,
-            } => {
-                let dest = cache::layer::resolve_in_root(
-                    root,
-                    Path::new(target.trim_start_matches('/')),
-                    true,
-                );
-                if source.is_dir() {
-                    mkdir_all(&dest);
-                } else {
-                    if let Some(parent) = dest.parent() {
-                        mkdir_all(parent);
-                    }
-                    if fs::symlink_metadata(&dest).is_err()
-                        && let Err(e) = fs::File::create(&dest)
-                    {
-                        fail(format!("creating {}: {e}", dest.display()));
-                    }
-                }
-                do_mount(
-                    Some(&source.display().to_string()),
-                    &dest,
-                    None,
-                    MsFlags::MS_BIND | MsFlags::MS_REC,
-                    None,
-                );
-                if *readonly {
-                    do_mount(
-                        None,
-                        &dest,
-                        None,
-                        MsFlags::MS_BIND
-                            | MsFlags::MS_REMOUNT
-                            | MsFlags::MS_RDONLY
-                            | MsFlags::MS_REC,
-                        None,
-                    );
-                }
-            }
-            Mount::Tmpfs { target, size } => {
-                let dest = cache::layer::resolve_in_root(
-                    root,
-                    Path::new(target.trim_start_matches('/')),
-                    true,
-                );
-                mkdir_all(&dest);
-                let data = if *size > 0 {
-                    format!("size={size}")
-                } else {
-                    String::new()
-                };
-                do_mount(
-                    Some("tmpfs"),
-                    &dest,
-                    Some("tmpfs"),
-                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                    Some(&data),
-                );
-            }
-        }
-    }
-
-    if !spec.insecure {
-        for p in MASKED_PATHS {
-            let path = root.join(p.trim_start_matches('/'));
-            match fs::metadata(&path) {
-                Ok(m) if m.is_dir() => do_mount(
-                    Some("tmpfs"),
-                    &path,
-                    Some("tmpfs"),
-                    MsFlags::MS_RDONLY,
-                    None,
-                ),
-                Ok(_) => do_mount(Some("/dev/null"), &path, None, MsFlags::MS_BIND, None),
-                Err(_) => {}
-            }
-        }
-        for p in READONLY_PATHS {
-            let path = root.join(p.trim_start_matches('/'));
-            if path.exists() {
-                do_mount(
-                    Some(&path.display().to_string()),
-                    &path,
-                    None,
-                    MsFlags::MS_BIND | MsFlags::MS_REC,
-                    None,
-                );
-                do_mount(
-                    None,
-                    &path,
-                    None,
-                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
-                    None,
-                );
-            }
-        }
-    }
-
-    if let Err(e) = chdir(root) {
-        fail(format!("entering {}: {e}", root.display()));
-    }
-    if let Err(e) = pivot_root(".", ".") {
-        fail(format!("pivot_root into {}: {e}", root.display()));
-    }
-    if let Err(e) = umount2(".", MntFlags::MNT_DETACH) {
-        fail(format!("detaching the old root: {e}"));
-    }
-    let _ = chdir("/");
-    if let Err(e) = sethostname(&spec.hostname) {
-        fail(format!("setting the hostname: {e}"));
-    }
-    if spec.network == Network::None {
-        loopback_up();
-    }
-    let cwd = if spec.cwd.is_empty() {
-        "/"
-    } else {
-        spec.cwd.as_str()
-    };
-    mkdir_all(Path::new(cwd));
-    if let Err(e) = chdir(cwd) {
-        fail(format!("entering the working directory {cwd}: {e}"));
-    }
-
-    drop_privileges(spec);
-
-    let path_var = spec
-        .env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-    let Some(arg0) = spec.args.first() else {
-        fail("no command to run")
-    };
-    let program = if arg0.contains('/') {
-        PathBuf::from(arg0)
-    } else {
-        match path_var
-            .split(':')
-            .map(|d| Path::new(d).join(arg0))
-            .find(|p| is_executable(p))
+        let slash = c"/".as_ptr();
+        let null = std::ptr::null();
+        if libc::mount(
+            null,
+            slash,
+            null,
+            libc::MS_REC | libc::MS_PRIVATE,
+            null.cast(),
+        ) < 0
         {
-            Some(p) => p,
-            None => fail(format!(
-                "exec: \"{arg0}\": executable file not found in $PATH"
-            )),
+            fail(plan, c"making the mounts private", errno());
         }
-    };
-    let cstr = |s: &str| {
-        CString::new(s).unwrap_or_else(|_| fail(format!("argument with a NUL byte: {s:?}")))
-    };
-    let argv: Vec<CString> = spec.args.iter().map(|a| cstr(a)).collect();
-    let envp: Vec<CString> = spec.env.iter().map(|e| cstr(e)).collect();
-    let program_c = cstr(&program.display().to_string());
-    // Close the error channel on a successful exec.
-    // SAFETY: fcntl on our own fd.
-    unsafe {
-        libc::fcntl(ERROR_FD, libc::F_SETFD, libc::FD_CLOEXEC);
-    }
-    match execve(&program_c, &argv, &envp) {
-        Err(e) => fail(format!("exec {}: {e}", program.display())),
-        Ok(never) => match never {},
-    }
-}
-
-fn is_executable(p: &Path) -> bool {
-    fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// `/dev` as runc makes it: a tmpfs with the standard nodes, devpts, shm.
-fn setup_dev(dev: &Path) {
-    mkdir_all(dev);
-    do_mount(
-        Some("tmpfs"),
-        dev,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-        Some("mode=755,size=65536k"),
-    );
-    for (name, major, minor) in [
-        ("null", 1, 3),
-        ("zero", 1, 5),
-        ("full", 1, 7),
-        ("random", 1, 8),
-        ("urandom", 1, 9),
-        ("tty", 5, 0),
-    ] {
-        let path = dev.join(name);
-        if let Err(e) = mknod(
-            &path,
-            SFlag::S_IFCHR,
-            Mode::from_bits_truncate(0o666),
-            makedev(major, minor),
-        ) {
-            fail(format!("creating {}: {e}", path.display()));
+        let root = plan.root.as_ptr();
+        if libc::mount(root, root, null, libc::MS_BIND | libc::MS_REC, null.cast()) < 0 {
+            fail(plan, &plan.root, errno());
         }
-        let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o666));
-    }
-    let pts = dev.join("pts");
-    mkdir_all(&pts);
-    do_mount(
-        Some("devpts"),
-        &pts,
-        Some("devpts"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-    );
-    let shm = dev.join("shm");
-    mkdir_all(&shm);
-    do_mount(
-        Some("shm"),
-        &shm,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
-    );
-    for (link, target) in [
-        ("ptmx", "pts/ptmx"),
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        let _ = std::os::unix::fs::symlink(target, dev.join(link));
+        let root_fd = libc::open(root, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+        if root_fd < 0 {
+            fail(plan, &plan.root, errno());
+        }
+        for step in &plan.steps {
+            apply(plan, root_fd, step);
+        }
+        libc::close(root_fd);
+
+        let dot = c".".as_ptr();
+        if libc::chdir(root) < 0
+            || libc::syscall(libc::SYS_pivot_root, dot, dot) < 0
+            || libc::umount2(dot, libc::MNT_DETACH) < 0
+            || libc::chdir(slash) < 0
+        {
+            fail(plan, c"pivot_root into the root filesystem", errno());
+        }
+        let host = plan.hostname.to_bytes();
+        if libc::sethostname(host.as_ptr().cast(), host.len()) < 0 {
+            fail(plan, c"setting the hostname", errno());
+        }
+        if plan.loopback {
+            loopback_up(plan);
+        }
+        let new_root = libc::open(slash, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+        let cwd = open_target(new_root, &plan.workdir, true);
+        if cwd < 0 || libc::fchdir(cwd) < 0 {
+            fail(plan, &plan.workdir_what, errno());
+        }
+        libc::close(cwd);
+        libc::close(new_root);
+
+        drop_privileges(plan);
+
+        // The command starts with default signal handling and nothing
+        // blocked (rbuild ignores SIGPIPE and blocks SIGINT/TERM/HUP).
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::sigaction(sig, &action, std::ptr::null_mut());
+            }
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+
+        for (program, what) in &plan.programs {
+            if plan.search {
+                let mut st: libc::stat = std::mem::zeroed();
+                if libc::stat(program.as_ptr(), &mut st) < 0
+                    || st.st_mode & libc::S_IFMT != libc::S_IFREG
+                    || st.st_mode & 0o111 == 0
+                {
+                    continue;
+                }
+            }
+            libc::execve(program.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
+            fail(plan, what, errno());
+        }
+        fail(plan, &plan.not_found, 0)
     }
 }
 
-/// Brings `lo` up in a new network namespace.
-fn loopback_up() {
-    // SAFETY: plain socket/ioctl calls on a zeroed ifreq naming "lo".
+/// Brings `lo` up in the new network namespace.
+unsafe fn loopback_up(plan: &Plan) {
+    // SAFETY: socket/ioctl on a zeroed ifreq naming "lo".
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
-            fail("creating a socket for lo");
+            fail(plan, c"creating a socket for lo", errno());
         }
-        let _guard = OwnedFd::from_raw_fd(fd);
         let mut req: libc::ifreq = std::mem::zeroed();
-        for (i, b) in b"lo\0".iter().enumerate() {
-            req.ifr_name[i] = *b as libc::c_char;
+        for (i, b) in b"lo".iter().enumerate() {
+            req.ifr_name[i] = *b as c_char;
         }
         if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
-            fail("reading lo's flags");
+            fail(plan, c"reading lo's flags", errno());
         }
         req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
         if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
-            fail("bringing lo up");
+            fail(plan, c"bringing lo up", errno());
         }
+        libc::close(fd);
     }
 }
 
-/// Docker's capability set (all of them for `--security=insecure`),
-/// the step's user, `no_new_privs` and Docker's seccomp profile (none for
-/// `--security=insecure`).
-fn drop_privileges(spec: &RunSpec) {
-    if !spec.insecure {
-        for cap in 0..=last_cap() {
-            if !DEFAULT_CAPS.contains(&cap) {
-                // SAFETY: prctl with integer arguments.
-                unsafe {
-                    libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
-                }
-            }
-        }
-    }
-    let gids: Vec<Gid> = spec
-        .additional_gids
-        .iter()
-        .map(|g| Gid::from_raw(*g))
-        .collect();
-    if let Err(e) = setgroups(&gids) {
-        fail(format!("setgroups: {e}"));
-    }
-    if let Err(e) = setgid(Gid::from_raw(spec.gid)) {
-        fail(format!("setgid {}: {e}", spec.gid));
-    }
-    if let Err(e) = setuid(Uid::from_raw(spec.uid)) {
-        fail(format!("setuid {}: {e}", spec.uid));
-    }
-    if spec.uid == 0 && !spec.insecure {
-        let mask: u64 = DEFAULT_CAPS.iter().fold(0, |m, c| m | (1u64 << c));
-        set_caps(mask);
-    }
-    // SAFETY: prctl with constant arguments.
+/// Docker's capability set (all of them for `--security=insecure`), the
+/// step's user, `no_new_privs` and Docker's seccomp profile (none for
+/// `--security=insecure`). The id changes are raw system calls: glibc's
+/// wrappers would signal every thread of rbuild to change theirs too.
+unsafe fn drop_privileges(plan: &Plan) {
+    // SAFETY: prctl/setgroups/setgid/setuid/capset with valid arguments.
     unsafe {
+        for cap in &plan.drop_caps {
+            libc::prctl(libc::PR_CAPBSET_DROP, *cap, 0, 0, 0);
+        }
+        if libc::syscall(libc::SYS_setgroups, plan.groups.len(), plan.groups.as_ptr()) < 0 {
+            fail(plan, c"setgroups", errno());
+        }
+        if libc::syscall(libc::SYS_setgid, plan.gid) < 0 {
+            fail(plan, c"setgid", errno());
+        }
+        if libc::syscall(libc::SYS_setuid, plan.uid) < 0 {
+            fail(plan, c"setuid", errno());
+        }
+        if let Some(mask) = plan.caps {
+            set_caps(plan, mask);
+        }
         libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-    }
-    // Last: from here on only what the profile allows (stat, exec).
-    if !spec.insecure
-        && let Err(e) = super::seccomp::install()
-    {
-        fail(format!(
-            "installing seccomp: {}",
-            io::Error::from_raw_os_error(e)
-        ));
+        // Last: from here on only what the profile allows (stat, exec).
+        if plan.seccomp
+            && let Err(e) = super::seccomp::install()
+        {
+            fail(plan, c"installing seccomp", e);
+        }
     }
 }
 
 /// capset(2) with the same set as effective, permitted and inheritable.
-fn set_caps(mask: u64) {
+unsafe fn set_caps(plan: &Plan, mask: u64) {
     #[repr(C)]
     struct Header {
         version: u32,
@@ -591,20 +1038,57 @@ fn set_caps(mask: u64) {
         version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
         pid: 0,
     };
-    let lo = Data {
-        effective: mask as u32,
-        permitted: mask as u32,
-        inheritable: mask as u32,
+    let half = |bits: u32| Data {
+        effective: bits,
+        permitted: bits,
+        inheritable: bits,
     };
-    let hi = Data {
-        effective: (mask >> 32) as u32,
-        permitted: (mask >> 32) as u32,
-        inheritable: (mask >> 32) as u32,
-    };
-    let data = [lo, hi];
+    let data = [half(mask as u32), half((mask >> 32) as u32)];
     // SAFETY: header and data are valid for capset's v3 layout.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
-    if rc != 0 {
-        fail(format!("capset: {}", io::Error::last_os_error()));
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+        // SAFETY: as fail.
+        unsafe { fail(plan, c"capset", errno()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_paths_and_reports_render() {
+        let mut buf = [0u8; 32];
+        for (fd, text) in [
+            (0, "/proc/self/fd/0"),
+            (3, "/proc/self/fd/3"),
+            (1234, "/proc/self/fd/1234"),
+        ] {
+            // SAFETY: fd_path returns a pointer into buf, NUL-terminated.
+            let got = unsafe { CStr::from_ptr(fd_path(fd, &mut buf)) };
+            assert_eq!(got.to_str().unwrap(), text);
+        }
+        let mut report = libc::ENOENT.to_ne_bytes().to_vec();
+        report.extend_from_slice(b"creating /dev/null");
+        assert!(render_report(&report).starts_with("creating /dev/null: No such file"));
+        let mut report = 0i32.to_ne_bytes().to_vec();
+        report.extend_from_slice(b"exec: \"x\": executable file not found in $PATH");
+        assert_eq!(
+            render_report(&report),
+            "exec: \"x\": executable file not found in $PATH"
+        );
+    }
+
+    #[test]
+    fn targets_split_into_prefixes_and_names() {
+        let t = Target::new(Path::new("a/b/c"), true).unwrap();
+        let strs = |v: &[CString]| {
+            v.iter()
+                .map(|s| s.to_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strs(&t.prefixes), ["a", "a/b", "a/b/c"]);
+        assert_eq!(strs(&t.names), ["a", "b", "c"]);
+        assert!(t.file);
+        assert!(Target::new(Path::new(""), false).unwrap().names.is_empty());
     }
 }

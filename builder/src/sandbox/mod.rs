@@ -3,8 +3,8 @@
 //!
 //! [`Runtime`] is the seam the scheduler uses (a fake can stand in for it in
 //! tests that run without root). [`embedded::Embedded`] is the default: no
-//! other program needed; it re-executes the rbuild binary as a helper that
-//! enters new mount, PID, UTS and IPC namespaces (and a network namespace
+//! other program needed; it starts the step's first process with clone(2)
+//! in new mount, PID, UTS and IPC namespaces (and a network namespace
 //! with only loopback for `--network=none`), builds `/proc`, `/dev`, `/sys`
 //! and `/etc/hosts`/`/etc/resolv.conf` the way runc and BuildKit do,
 //! `pivot_root`s into the snapshot, drops to Docker's default capability set
@@ -20,9 +20,10 @@ pub mod seccomp;
 pub mod user;
 
 use std::fs;
-use std::io::{self, Read};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus};
+use std::process::ExitStatus;
 
 use serde::{Deserialize, Serialize};
 
@@ -297,12 +298,15 @@ impl Mount {
     }
 }
 
-/// The first path component of `target` (inside `rootfs`) that does not
-/// exist yet: a mount stub to remove after the run, as BuildKit does, so
-/// that mount points never end up in a layer.
+/// The first path component of `target` (inside `rootfs`, with the
+/// image's symlinks followed there, as the runtimes do) that does not exist
+/// yet: a mount stub to remove after the run, as BuildKit does, so that
+/// mount points never end up in a layer.
 fn missing_stub(rootfs: &Path, target: &str) -> Option<PathBuf> {
+    let resolved =
+        cache::layer::resolve_in_root(rootfs, Path::new(target.trim_start_matches('/')), true);
     let mut path = rootfs.to_path_buf();
-    for c in Path::new(target).components().skip(1) {
+    for c in resolved.strip_prefix(rootfs).ok()?.components() {
         path.push(c);
         if fs::symlink_metadata(&path).is_err() {
             return Some(path);
@@ -359,62 +363,53 @@ impl Drop for TempDir {
     }
 }
 
-/// Streams a child's stdout and stderr to `output` as chunks arrive until
-/// both close, calls `kill` once if `cancel` is set meanwhile, and waits
-/// for the child.
+/// Streams a child's stdout and stderr (read ends of pipes) to `output`
+/// as chunks arrive until both close, and calls `kill` once if `cancel` is
+/// set meanwhile. Runs on the calling thread (poll(2), no reader threads).
 pub(crate) fn stream_output(
-    child: &mut Child,
+    pipes: [Option<OwnedFd>; 2],
     cancel: &Cancel,
     output: &mut dyn FnMut(Stream, &[u8]),
-    mut kill: impl FnMut(&mut Child),
-) -> io::Result<ExitStatus> {
-    let (tx, rx) = std::sync::mpsc::channel::<(Stream, Vec<u8>)>();
-    let pipes: [(Stream, Option<Box<dyn Read + Send>>); 2] = [
-        (
-            Stream::Stdout,
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ),
-        (
-            Stream::Stderr,
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ),
-    ];
-    let mut readers = Vec::new();
-    for (stream, pipe) in pipes {
-        let Some(mut pipe) = pipe else { continue };
-        let tx = tx.clone();
-        readers.push(std::thread::spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 || tx.send((stream, buf[..n].to_vec())).is_err() {
-                    break;
-                }
-            }
-        }));
-    }
-    drop(tx);
+    mut kill: impl FnMut(),
+) -> io::Result<()> {
+    let streams = [Stream::Stdout, Stream::Stderr];
+    let mut pipes = pipes;
+    let mut buf = vec![0u8; 64 * 1024];
     let mut killed = false;
-    loop {
-        match rx.recv_timeout(std::time::Duration::from_millis(50)) {
-            Ok((stream, chunk)) => output(stream, &chunk),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+    while pipes.iter().any(Option::is_some) {
+        // A closed stream is a negative fd, which poll skips.
+        let mut fds = pipes.each_ref().map(|p| libc::pollfd {
+            fd: p.as_ref().map_or(-1, |p| p.as_raw_fd()),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        // SAFETY: poll on our own array of two pollfds.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, 50) };
+        if ready < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        for (i, fd) in fds.iter().enumerate() {
+            if fd.revents == 0 {
+                continue;
+            }
+            // SAFETY: read into our buffer from our own open fd.
+            let n = unsafe { libc::read(fd.fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 {
+                output(streams[i], &buf[..n as usize]);
+            } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                pipes[i] = None;
+            }
         }
         if !killed && cancel.is_cancelled() {
-            kill(child);
+            kill();
             killed = true;
         }
     }
-    for r in readers {
-        let _ = r.join();
-    }
-    child.wait()
+    Ok(())
 }
 
 /// A command's exit code, 128+signal when a signal ended it.

@@ -12,6 +12,7 @@
 //! deletes the container.
 
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -376,7 +377,12 @@ impl Runtime for Runc {
             let (runc, id) = (self.clone(), id.clone());
             crate::interrupt::on_interrupt(move || runc.delete(&id))
         };
-        let status = stream_output(&mut child, cancel, output, |_| self.kill(&id));
+        let pipes = [
+            child.stdout.take().map(OwnedFd::from),
+            child.stderr.take().map(OwnedFd::from),
+        ];
+        let streamed = stream_output(pipes, cancel, output, || self.kill(&id));
+        let status = child.wait().and_then(|status| streamed.map(|()| status));
         // `runc run` removes the container when it ends; a killed or
         // failed one may be left.
         self.delete(&id);
