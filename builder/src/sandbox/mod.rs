@@ -123,7 +123,7 @@ pub enum Stream {
 /// Sandbox failures (not the command's own exit status).
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    /// Starting or talking to the helper failed.
+    /// Starting the command (or its runtime) failed.
     #[error("starting the sandbox for `{command}`")]
     Spawn {
         /// The command.
@@ -132,7 +132,7 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
-    /// The helper could not set the sandbox up.
+    /// The sandbox could not be set up around the command.
     #[error("setting up the sandbox: {0}")]
     Setup(String),
 }
