@@ -187,7 +187,10 @@ fn capabilities_and_privileges_are_dropped() {
             rt.as_ref(),
             &spec(
                 &t.0,
-                "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; mount -t tmpfs x /mnt 2>&1 || echo mount-denied; cat /proc/kcore | head -c1 | wc -c",
+                "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; mount -t tmpfs x /mnt 2>&1 || echo mount-denied; \
+                 v=$(cat /proc/sys/vm/swappiness); echo $v 2>/dev/null > /proc/sys/vm/swappiness || echo sysctl-denied; \
+                 grep -E ' /proc/(sys|fs|irq) ' /proc/mounts | cut -d' ' -f2,4; \
+                 cat /proc/kcore | head -c1 | wc -c",
             ),
         );
         assert_eq!(code, 0, "{err}");
@@ -196,6 +199,15 @@ fn capabilities_and_privileges_are_dropped() {
         assert!(out.contains("CapBnd:\t00000000a80425fb"), "{out}");
         assert!(out.contains("NoNewPrivs:\t1"), "{out}");
         assert!(out.contains("mount-denied"), "{out}");
+        // Root in the step is root on the host: the kernel's settings are
+        // read-only to it.
+        assert!(out.contains("sysctl-denied"), "{out}");
+        for path in ["/proc/sys", "/proc/fs", "/proc/irq"] {
+            assert!(
+                out.contains(&format!("{path} ro,")),
+                "{path} writable: {out}"
+            );
+        }
         assert!(
             out.trim_end().ends_with('0'),
             "/proc/kcore is masked: {out}"

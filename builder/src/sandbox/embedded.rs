@@ -195,6 +195,12 @@ fn start(plan: &Plan, network: Network) -> io::Result<libc::pid_t> {
         (pid, err)
     };
     if pid < 0 {
+        if err.raw_os_error() == Some(libc::EPERM) {
+            return Err(io::Error::new(
+                err.kind(),
+                format!("creating the step's namespaces: {err} (the embedded runtime needs root)"),
+            ));
+        }
         return Err(err);
     }
     Ok(pid)
@@ -939,7 +945,7 @@ unsafe fn child(plan: &Plan) -> ! {
         // blocked (rbuild ignores SIGPIPE and blocks SIGINT/TERM/HUP).
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = libc::SIG_DFL;
-        for sig in 1..libc::SIGRTMAX() {
+        for sig in 1..=libc::SIGRTMAX() {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                 libc::sigaction(sig, &action, std::ptr::null_mut());
             }
