@@ -104,21 +104,43 @@ pub struct Snapshotter {
     backend: Backend,
 }
 
-/// Bytes under `dir`: file sizes plus 512 per entry (as a tar counts
-/// headers), never 0 for a directory with entries.
+/// Bytes under `dir` that it holds alone: file sizes plus 512 per entry
+/// (as a tar counts headers), never 0 for a directory with entries. A file
+/// with several links counts once, and not at all when some of its links
+/// are outside `dir` (a file a COPY rerun linked from an earlier result:
+/// that result's size has it already).
 fn tree_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            total += 512;
-            match e.metadata() {
-                Ok(m) if m.is_dir() => total += tree_bytes(&e.path()),
-                Ok(m) if m.is_file() => total += m.len(),
-                _ => {}
+    use std::os::unix::fs::MetadataExt;
+
+    /// Linked files: inode -> (size, links, links seen under `dir`).
+    type Linked = std::collections::HashMap<(u64, u64), (u64, u64, u64)>;
+    fn walk(dir: &Path, linked: &mut Linked) -> u64 {
+        let mut total = 0;
+        if let Ok(entries) = fs::read_dir(dir) {
+            for e in entries.flatten() {
+                total += 512;
+                match e.metadata() {
+                    Ok(m) if m.is_dir() => total += walk(&e.path(), linked),
+                    Ok(m) if m.is_file() && m.nlink() > 1 => {
+                        linked
+                            .entry((m.dev(), m.ino()))
+                            .or_insert((m.len(), m.nlink(), 0))
+                            .2 += 1;
+                    }
+                    Ok(m) if m.is_file() => total += m.len(),
+                    _ => {}
+                }
             }
         }
+        total
     }
-    total
+    let mut linked = Linked::new();
+    let total = walk(dir, &mut linked);
+    let own = linked
+        .values()
+        .filter(|(_, links, seen)| seen >= links)
+        .map(|(size, ..)| size);
+    total + own.sum::<u64>()
 }
 
 /// Asks the filesystem to place each new subdirectory of `dir` where it

@@ -107,6 +107,35 @@ fn overlay_backend_stacks_and_commits() {
     stack_and_commit(Backend::Overlay);
 }
 
+/// A step's size counts what its snapshot holds alone: a file linked in
+/// from a committed snapshot (a COPY rerun's unchanged file) is not
+/// counted again; a file linked twice within the step counts once.
+#[test]
+fn step_size_counts_linked_files_once() {
+    if !is_root() {
+        eprintln!("skipped: overlay mounts need root");
+        return;
+    }
+    let t = Tmp::new("snap", "linked");
+    let store = BlobStore::open(&t.0.join("store")).unwrap();
+    let snaps = Snapshotter::open_with_backend(&t.0.join("snaps"), Backend::Overlay).unwrap();
+    let options = LayerOptions::default();
+    let m = snaps.prepare(None).unwrap();
+    fs::write(m.root().join("big"), vec![7u8; 1 << 20]).unwrap();
+    let (first, _, first_size) = m.commit_lazy(&store, &options).unwrap();
+    assert!(first_size >= 1 << 20, "{first_size}");
+
+    let m = snaps.prepare(Some(&first.id)).unwrap();
+    let upper = m.upper().unwrap();
+    let committed = snaps.changes_of(&first.id).unwrap().join("big");
+    assert!(committed.exists(), "{}", committed.display());
+    fs::hard_link(&committed, upper.join("reused")).unwrap();
+    fs::write(upper.join("own"), vec![1u8; 1 << 19]).unwrap();
+    fs::hard_link(upper.join("own"), upper.join("own-again")).unwrap();
+    let (_, _, size) = m.commit_lazy(&store, &options).unwrap();
+    assert_eq!(size, 3 * 512 + (1 << 19));
+}
+
 #[test]
 fn long_chains_are_flattened() {
     if !is_root() {
