@@ -342,6 +342,38 @@ fn mount_targets_through_symlinks_stay_in_the_root() {
     }
 }
 
+/// A step that closes its output and runs on is still stopped when the
+/// build cancels (a sibling failed), not waited for.
+#[test]
+fn a_cancelled_step_stops_after_closing_its_output() {
+    if !is_root() {
+        eprintln!("skipped: the sandbox needs root");
+        return;
+    }
+    let t = busybox_root("cancel");
+    let cancel = Cancel::default();
+    let later = cancel.clone();
+    let setter = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        later.cancel();
+    });
+    let started = std::time::Instant::now();
+    let code = Embedded
+        .run(
+            &spec(&t.0, "echo started; exec >/dev/null 2>&1; sleep 60"),
+            &cancel,
+            &mut |_, _| {},
+        )
+        .unwrap();
+    setter.join().unwrap();
+    assert_eq!(code, 128 + 9, "killed");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "waited {:?} for a cancelled step",
+        started.elapsed()
+    );
+}
+
 #[test]
 fn seccomp_profile_refuses_what_docker_refuses() {
     if !is_root() {

@@ -95,18 +95,22 @@ impl Runtime for Embedded {
         // it) or failed and exited.
         let mut report = Vec::new();
         let read = fs::File::from(report_read).read_to_end(&mut report);
+        // SAFETY: kill(2) on our own child, not reaped before `wait`.
+        let kill = || unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        };
         let streamed = if report.is_empty() {
-            stream_output([Some(out_read), Some(err_read)], cancel, output, || {
-                // SAFETY: kill(2) on our own unreaped child.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            })
+            stream_output([Some(out_read), Some(err_read)], cancel, output, kill)
         } else {
             Ok(())
         };
-        // PID 1 is gone: the namespace and everything in it with it.
-        let status = wait(pid).map_err(spawn_err)?;
+        if streamed.is_err() {
+            kill();
+        }
+        // Both streams closed: PID 1 is ending (or closed them and runs on,
+        // still stoppable). When it ends, the namespace and everything in
+        // it go with it.
+        let status = wait(pid, cancel, kill).map_err(spawn_err)?;
         drop(prepared);
         read.map_err(spawn_err)?;
         if !report.is_empty() {
@@ -117,8 +121,35 @@ impl Runtime for Embedded {
     }
 }
 
-/// Waits for `pid` to end.
-fn wait(pid: libc::pid_t) -> io::Result<ExitStatus> {
+/// Waits for `pid` to end, calling `kill` if `cancel` is set meanwhile.
+fn wait(pid: libc::pid_t, cancel: &Cancel, mut kill: impl FnMut()) -> io::Result<ExitStatus> {
+    // A pidfd turns readable when the child ends: poll it, looking at
+    // `cancel` between polls. Without one (Linux < 5.3), wait blocking.
+    // SAFETY: pidfd_open on our own child; the fd is closed below.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as c_int;
+    if pidfd >= 0 {
+        let mut killed = false;
+        loop {
+            let mut fd = libc::pollfd {
+                fd: pidfd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one pollfd of ours.
+            let ready = unsafe { libc::poll(&mut fd, 1, 50) };
+            if ready > 0 || (ready < 0 && errno() != libc::EINTR) {
+                break;
+            }
+            if !killed && cancel.is_cancelled() {
+                kill();
+                killed = true;
+            }
+        }
+        // SAFETY: our own fd.
+        unsafe {
+            libc::close(pidfd);
+        }
+    }
     loop {
         let mut status = 0;
         // SAFETY: waitpid on our own child with a valid status pointer.
