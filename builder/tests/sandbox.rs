@@ -351,27 +351,30 @@ fn a_cancelled_step_stops_after_closing_its_output() {
         return;
     }
     let t = busybox_root("cancel");
-    let cancel = Cancel::default();
-    let later = cancel.clone();
-    let setter = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        later.cancel();
-    });
-    let started = std::time::Instant::now();
-    let code = Embedded
-        .run(
-            &spec(&t.0, "echo started; exec >/dev/null 2>&1; sleep 60"),
-            &cancel,
-            &mut |_, _| {},
-        )
-        .unwrap();
-    setter.join().unwrap();
-    assert_eq!(code, 128 + 9, "killed");
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(10),
-        "waited {:?} for a cancelled step",
-        started.elapsed()
-    );
+    for (name, rt) in runtimes(&t) {
+        eprintln!("runtime: {name}");
+        let cancel = Cancel::default();
+        let later = cancel.clone();
+        let setter = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            later.cancel();
+        });
+        let started = std::time::Instant::now();
+        let code = rt
+            .run(
+                &spec(&t.0, "echo started; exec >/dev/null 2>&1; sleep 60"),
+                &cancel,
+                &mut |_, _| {},
+            )
+            .unwrap();
+        setter.join().unwrap();
+        assert_eq!(code, 128 + 9, "killed");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "waited {:?} for a cancelled step",
+            started.elapsed()
+        );
+    }
 }
 
 #[test]

@@ -29,16 +29,14 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Component, Path, PathBuf};
-use std::process::ExitStatus;
 use std::sync::OnceLock;
 
 use libc::{c_char, c_int, c_ulong, c_void};
 
 use super::{
     Cancel, DEFAULT_CAPS, MASKED_PATHS, Mount, Network, Prepared, READONLY_PATHS, RunSpec, Runtime,
-    SandboxError, Stream, exit_code, stream_output,
+    SandboxError, Stream, exit_code, stream_output, wait,
 };
 
 /// The default runtime.
@@ -118,48 +116,6 @@ impl Runtime for Embedded {
         }
         streamed.map_err(spawn_err)?;
         Ok(exit_code(status))
-    }
-}
-
-/// Waits for `pid` to end, calling `kill` if `cancel` is set meanwhile.
-fn wait(pid: libc::pid_t, cancel: &Cancel, mut kill: impl FnMut()) -> io::Result<ExitStatus> {
-    // A pidfd turns readable when the child ends: poll it, looking at
-    // `cancel` between polls. Without one (Linux < 5.3), wait blocking.
-    // SAFETY: pidfd_open on our own child; the fd is closed below.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as c_int;
-    if pidfd >= 0 {
-        let mut killed = false;
-        loop {
-            let mut fd = libc::pollfd {
-                fd: pidfd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: poll on one pollfd of ours.
-            let ready = unsafe { libc::poll(&mut fd, 1, 50) };
-            if ready > 0 || (ready < 0 && errno() != libc::EINTR) {
-                break;
-            }
-            if !killed && cancel.is_cancelled() {
-                kill();
-                killed = true;
-            }
-        }
-        // SAFETY: our own fd.
-        unsafe {
-            libc::close(pidfd);
-        }
-    }
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid on our own child with a valid status pointer.
-        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
-            return Ok(ExitStatus::from_raw(status));
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
     }
 }
 

@@ -22,6 +22,7 @@ pub mod user;
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
@@ -412,9 +413,56 @@ pub(crate) fn stream_output(
     Ok(())
 }
 
+/// Waits for `pid` to end, calling `kill` if `cancel` is set meanwhile.
+pub(crate) fn wait(
+    pid: libc::pid_t,
+    cancel: &Cancel,
+    mut kill: impl FnMut(),
+) -> io::Result<ExitStatus> {
+    // A pidfd turns readable when the child ends: poll it, looking at
+    // `cancel` between polls. Without one (Linux < 5.3), wait blocking.
+    // SAFETY: pidfd_open on our own child; the fd is closed below.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
+    if pidfd >= 0 {
+        let mut killed = false;
+        loop {
+            let mut fd = libc::pollfd {
+                fd: pidfd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one pollfd of ours.
+            let ready = unsafe { libc::poll(&mut fd, 1, 50) };
+            if ready > 0
+                || (ready < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted)
+            {
+                break;
+            }
+            if !killed && cancel.is_cancelled() {
+                kill();
+                killed = true;
+            }
+        }
+        // SAFETY: our own fd.
+        unsafe {
+            libc::close(pidfd);
+        }
+    }
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+            return Ok(ExitStatus::from_raw(status));
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 /// A command's exit code, 128+signal when a signal ended it.
 pub(crate) fn exit_code(status: ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
     status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))

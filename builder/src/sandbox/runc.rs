@@ -24,7 +24,7 @@ use oci_spec::runtime::{
 
 use super::{
     Cancel, DEFAULT_CAPS, MASKED_PATHS, Mount, Network, Prepared, READONLY_PATHS, RunSpec, Runtime,
-    SandboxError, Stream, TempDir, exit_code, stream_output,
+    SandboxError, Stream, TempDir, exit_code, stream_output, wait,
 };
 
 /// Capability names by number (linux/capability.h).
@@ -382,7 +382,11 @@ impl Runtime for Runc {
             child.stderr.take().map(OwnedFd::from),
         ];
         let streamed = stream_output(pipes, cancel, output, || self.kill(&id));
-        let status = child.wait().and_then(|status| streamed.map(|()| status));
+        if streamed.is_err() {
+            self.kill(&id);
+        }
+        let status = wait(child.id() as libc::pid_t, cancel, || self.kill(&id))
+            .and_then(|status| streamed.map(|()| status));
         // `runc run` removes the container when it ends; a killed or
         // failed one may be left.
         self.delete(&id);
