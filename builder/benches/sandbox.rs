@@ -16,7 +16,11 @@ fn main() {
         return;
     }
     let root = std::env::temp_dir().join(format!("rbuild-bench-sandbox-{}", std::process::id()));
-    std::fs::create_dir_all(root.join("bin")).unwrap();
+    // The directories an image has (busybox's bench base too), so that a
+    // run makes no mount-point stubs but /etc/hosts and /etc/resolv.conf.
+    for dir in ["bin", "etc", "proc", "dev", "sys", "tmp"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
     symlink("busybox", root.join("bin/true")).unwrap();
     let runtime = Embedded;
