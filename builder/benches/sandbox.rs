@@ -23,7 +23,7 @@ fn main() {
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
     symlink("busybox", root.join("bin/true")).unwrap();
-    let runtime = Embedded;
+    let runtime = Embedded::default();
     let spec = RunSpec::new(root.clone(), vec!["/bin/true".into()]);
     let runc = Runc::find(&root.with_extension("runc")).ok();
     let mut runtimes: Vec<(&str, &dyn Runtime)> = vec![("embedded", &runtime)];

@@ -68,7 +68,7 @@ fn spec(root: &Path, script: &str) -> RunSpec {
 
 /// Both runtimes, by name; runc keeps its state beside the test's root.
 fn runtimes(t: &Tmp) -> [(&'static str, Box<dyn Runtime>); 2] {
-    let embedded = Embedded;
+    let embedded = Embedded::default();
     let runc = Runc::find(&t.0.with_extension("runc")).expect("runc is installed (.ci/run)");
     [("embedded", Box::new(embedded)), ("runc", Box::new(runc))]
 }

@@ -179,7 +179,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     let runtime: Box<dyn Runtime> = if args.runtime == "runc" {
         Box::new(Runc::find(&store_root.join("runc"))?)
     } else {
-        Box::new(Embedded)
+        Box::new(Embedded::default())
     };
     let built = build(&store, &graph, runtime.as_ref(), &options, &progress);
     progress.finish();

@@ -35,13 +35,15 @@ use std::sync::OnceLock;
 use libc::{c_char, c_int, c_ulong, c_void};
 
 use super::{
-    Cancel, DEFAULT_CAPS, MASKED_PATHS, Mount, Network, Prepared, READONLY_PATHS, RunSpec, Runtime,
-    SandboxError, Stream, exit_code, stream_output, wait,
+    Cancel, DEFAULT_CAPS, EtcFiles, MASKED_PATHS, Mount, Network, Prepared, READONLY_PATHS,
+    RunSpec, Runtime, SandboxError, Stream, exit_code, stream_output, wait,
 };
 
 /// The default runtime.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Embedded;
+#[derive(Debug, Clone, Default)]
+pub struct Embedded {
+    etc: std::sync::Arc<EtcFiles>,
+}
 
 /// The highest capability this kernel knows.
 fn last_cap() -> u32 {
@@ -67,7 +69,7 @@ impl Runtime for Embedded {
         output: &mut dyn FnMut(Stream, &[u8]),
     ) -> Result<i32, SandboxError> {
         let spawn_err = super::spawn_error(spec);
-        let prepared = Prepared::new(spec).map_err(spawn_err)?;
+        let prepared = Prepared::new(spec, &self.etc).map_err(spawn_err)?;
         // Rust's runtime keeps fds 0-2 open, so none of these is below 3
         // and the child's dup2 onto 0-2 cannot overwrite one of them.
         let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from);

@@ -229,15 +229,44 @@ pub const READONLY_PATHS: [&str; 6] = [
 ];
 
 /// What a run needs besides the command, made before it starts and undone
-/// when dropped: `/etc/hosts` and `/etc/resolv.conf` in a temporary
-/// directory, bound in ahead of the spec's own mounts, and the mount-point
-/// stubs that the run will create in the root and that must not end up in a
-/// layer.
+/// when dropped: `/etc/hosts` and `/etc/resolv.conf` (from the runtime's
+/// [`EtcFiles`]), bound in ahead of the spec's own mounts, and the
+/// mount-point stubs that the run will create in the root and that must not
+/// end up in a layer.
 pub(crate) struct Prepared {
     /// Every mount of the run: the two files, then the spec's.
     pub mounts: Vec<Mount>,
     stubs: Vec<PathBuf>,
-    _etc: TempDir,
+    _etc: std::sync::Arc<TempDir>,
+}
+
+/// The `/etc/hosts` and `/etc/resolv.conf` files runs bind in (read-only),
+/// a directory per distinct pair of contents, kept as long as the runtime
+/// that owns this (one build): writing and removing them around every RUN
+/// cost a directory, two files and their removal each time.
+#[derive(Default)]
+pub(crate) struct EtcFiles(std::sync::Mutex<Vec<(String, String, std::sync::Arc<TempDir>)>>);
+
+impl std::fmt::Debug for EtcFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EtcFiles")
+    }
+}
+
+impl EtcFiles {
+    /// The directory holding `hosts` and `resolv.conf` with these contents.
+    fn get(&self, hosts: &str, resolv_conf: &str) -> io::Result<std::sync::Arc<TempDir>> {
+        let mut dirs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((.., dir)) = dirs.iter().find(|(h, r, _)| h == hosts && r == resolv_conf) {
+            return Ok(dir.clone());
+        }
+        let dir = TempDir::new("etc")?;
+        fs::write(dir.path.join("hosts"), hosts)?;
+        fs::write(dir.path.join("resolv.conf"), resolv_conf)?;
+        let dir = std::sync::Arc::new(dir);
+        dirs.push((hosts.to_string(), resolv_conf.to_string(), dir.clone()));
+        Ok(dir)
+    }
 }
 
 /// How a runtime reports an I/O failure around starting `spec`.
@@ -249,10 +278,8 @@ pub(crate) fn spawn_error(spec: &RunSpec) -> impl Fn(io::Error) -> SandboxError 
 }
 
 impl Prepared {
-    pub(crate) fn new(spec: &RunSpec) -> io::Result<Prepared> {
-        let etc = TempDir::new("etc")?;
-        fs::write(etc.path.join("hosts"), &spec.hosts)?;
-        fs::write(etc.path.join("resolv.conf"), &spec.resolv_conf)?;
+    pub(crate) fn new(spec: &RunSpec, etc: &EtcFiles) -> io::Result<Prepared> {
+        let etc = etc.get(&spec.hosts, &spec.resolv_conf)?;
         let mut mounts = vec![
             Mount::Bind {
                 source: etc.path.join("hosts"),
@@ -466,4 +493,32 @@ pub(crate) fn exit_code(status: ExitStatus) -> i32 {
     status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etc_files_are_shared_by_content_and_removed_with_their_owner() {
+        let etc = EtcFiles::default();
+        let a = etc.get("hosts a\n", "nameserver 192.0.2.1\n").unwrap();
+        let again = etc.get("hosts a\n", "nameserver 192.0.2.1\n").unwrap();
+        let b = etc.get("hosts a\n", "nameserver 192.0.2.2\n").unwrap();
+        assert_eq!(a.path, again.path);
+        assert_ne!(a.path, b.path);
+        assert_eq!(
+            fs::read_to_string(b.path.join("resolv.conf")).unwrap(),
+            "nameserver 192.0.2.2\n"
+        );
+        assert_eq!(
+            fs::read_to_string(a.path.join("hosts")).unwrap(),
+            "hosts a\n"
+        );
+        let paths = [a.path.clone(), b.path.clone()];
+        drop((a, again, b, etc));
+        for p in paths {
+            assert!(!p.exists(), "{} left behind", p.display());
+        }
+    }
 }

@@ -23,8 +23,8 @@ use oci_spec::runtime::{
 };
 
 use super::{
-    Cancel, DEFAULT_CAPS, MASKED_PATHS, Mount, Network, Prepared, READONLY_PATHS, RunSpec, Runtime,
-    SandboxError, Stream, TempDir, exit_code, stream_output, wait,
+    Cancel, DEFAULT_CAPS, EtcFiles, MASKED_PATHS, Mount, Network, Prepared, READONLY_PATHS,
+    RunSpec, Runtime, SandboxError, Stream, TempDir, exit_code, stream_output, wait,
 };
 
 /// Capability names by number (linux/capability.h).
@@ -79,6 +79,7 @@ pub struct Runc {
     pub binary: PathBuf,
     /// runc's `--root`: its state directory, private to rbuild.
     pub state: PathBuf,
+    etc: std::sync::Arc<EtcFiles>,
 }
 
 impl Runc {
@@ -99,6 +100,7 @@ impl Runc {
         Ok(Runc {
             binary,
             state: state.to_path_buf(),
+            etc: Default::default(),
         })
     }
 
@@ -350,7 +352,7 @@ impl Runtime for Runc {
         output: &mut dyn FnMut(Stream, &[u8]),
     ) -> Result<i32, SandboxError> {
         let spawn_err = super::spawn_error(spec);
-        let prepared = Prepared::new(spec).map_err(spawn_err)?;
+        let prepared = Prepared::new(spec, &self.etc).map_err(spawn_err)?;
         let bundle = TempDir::new("runc").map_err(spawn_err)?;
         let config = config(spec, &prepared.mounts).map_err(SandboxError::Setup)?;
         config
