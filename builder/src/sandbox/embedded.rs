@@ -17,7 +17,8 @@
 //! broadcast), so whatever rbuild's other threads are doing cannot leave
 //! it anything half-done. Every path inside the root is opened by the
 //! kernel with `RESOLVE_IN_ROOT` one component at a time (created where
-//! missing) and mounted onto through `/proc/self/fd`, as runc does: no
+//! missing; before Linux 5.6, with `O_NOFOLLOW` from the directory before,
+//! see [`Walk`]) and mounted onto through `/proc/self/fd`, as runc does: no
 //! symlink in the image leads a mount outside it. Setup errors travel back
 //! on a close-on-exec pipe (errno and the plan's description of the step),
 //! so a command's own exit status (even 125 or 127) is never mistaken for
@@ -270,6 +271,8 @@ struct Step {
 
 /// Everything the child does, made by the parent.
 struct Plan {
+    /// How paths below the root are opened.
+    walk: Walk,
     /// Become fds 0, 1 and 2.
     stdio: [RawFd; 3],
     /// Where setup errors go (close-on-exec).
@@ -545,13 +548,14 @@ impl Plan {
             .collect::<Result<_, _>>()?;
         let (argv, envp) = (pointers(&args), pointers(&env));
         Ok(Plan {
+            walk: Walk::here(),
             stdio,
             report,
             root: c_path(root)?,
             steps,
             hostname: c_str(&spec.hostname)?,
             loopback: spec.network == Network::None,
-            workdir: Target::new(Path::new(cwd.trim_start_matches('/')), false)?,
+            workdir: Target::new(&inside(cwd), false)?,
             workdir_what: what(format!("entering the working directory {cwd}"))?,
             drop_caps,
             groups: spec.additional_gids.clone(),
@@ -623,6 +627,46 @@ fn fd_path(fd: c_int, buf: &mut [u8; 32]) -> *const c_char {
     buf.as_ptr().cast()
 }
 
+/// How the child opens paths inside the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// openat2 with `RESOLVE_IN_ROOT` from the root (Linux 5.6 on): a
+    /// symlink met on the way is followed inside the root.
+    InRoot,
+    /// openat with `O_NOFOLLOW` from the directory before (older kernels,
+    /// or a seccomp filter around rbuild that refuses openat2): a symlink
+    /// met is refused. The plan's paths had the image's symlinks followed
+    /// inside the root already, so only one made since would be met.
+    NoFollow,
+}
+
+impl Walk {
+    /// What this kernel offers, found once.
+    fn here() -> Walk {
+        static WALK: OnceLock<Walk> = OnceLock::new();
+        *WALK.get_or_init(|| {
+            // SAFETY: openat2 of "/" as O_PATH; the fd is closed.
+            let fd = unsafe { open_in_root(libc::AT_FDCWD, c"/", libc::O_PATH) };
+            if fd >= 0 {
+                // SAFETY: our own fd.
+                unsafe { libc::close(fd) };
+                Walk::InRoot
+            } else if matches!(errno(), libc::ENOSYS | libc::EPERM) {
+                Walk::NoFollow
+            } else {
+                Walk::InRoot
+            }
+        })
+    }
+}
+
+/// The root directory the child works in, and how it walks below it.
+#[derive(Debug, Clone, Copy)]
+struct Root {
+    fd: c_int,
+    walk: Walk,
+}
+
 /// openat2(2) of `path` below `root` with `RESOLVE_IN_ROOT`.
 unsafe fn open_in_root(root: c_int, path: &CStr, flags: c_int) -> c_int {
     /// struct open_how (linux/openat2.h); libc's cannot be built here.
@@ -652,10 +696,10 @@ unsafe fn open_in_root(root: c_int, path: &CStr, flags: c_int) -> c_int {
 /// Opens `target` below `root` (`O_PATH`), creating what is missing when
 /// `create`; returns the fd, or -1 with errno set. The root itself for an
 /// empty target.
-unsafe fn open_target(root: c_int, target: &Target, create: bool) -> c_int {
+unsafe fn open_target(root: Root, target: &Target, create: bool) -> c_int {
     // SAFETY: system calls on fds we own and the target's C strings.
     unsafe {
-        let mut dir = libc::fcntl(root, libc::F_DUPFD_CLOEXEC, 3);
+        let mut dir = libc::fcntl(root.fd, libc::F_DUPFD_CLOEXEC, 3);
         let n = target.names.len();
         for i in 0..n {
             let last = i + 1 == n;
@@ -665,7 +709,25 @@ unsafe fn open_target(root: c_int, target: &Target, create: bool) -> c_int {
             } else {
                 libc::O_PATH | libc::O_DIRECTORY
             };
-            let mut fd = open_in_root(root, &target.prefixes[i], flags);
+            let open = || match root.walk {
+                Walk::InRoot => open_in_root(root.fd, &target.prefixes[i], flags),
+                Walk::NoFollow => {
+                    let name = target.names[i].as_ptr();
+                    let fd = libc::openat(dir, name, flags | libc::O_NOFOLLOW | libc::O_CLOEXEC);
+                    // O_PATH|O_NOFOLLOW opens a symlink itself: refuse it.
+                    let mut st: libc::stat = std::mem::zeroed();
+                    if fd >= 0
+                        && libc::fstat(fd, &mut st) == 0
+                        && st.st_mode & libc::S_IFMT == libc::S_IFLNK
+                    {
+                        libc::close(fd);
+                        *libc::__errno_location() = libc::ELOOP;
+                        return -1;
+                    }
+                    fd
+                }
+            };
+            let mut fd = open();
             if fd < 0 && errno() == libc::ENOENT && create {
                 let name = target.names[i].as_ptr();
                 let made = if file {
@@ -688,7 +750,7 @@ unsafe fn open_target(root: c_int, target: &Target, create: bool) -> c_int {
                     *libc::__errno_location() = e;
                     return -1;
                 }
-                fd = open_in_root(root, &target.prefixes[i], flags);
+                fd = open();
             }
             let e = errno();
             libc::close(dir);
@@ -722,7 +784,7 @@ fn ptr(s: &Option<CString>) -> *const c_char {
 
 /// Bind-remounts the mount now at `target` read-only (opened anew: an fd
 /// from before the mount refers to what is under it).
-unsafe fn remount_readonly(root: c_int, target: &Target) -> c_int {
+unsafe fn remount_readonly(root: Root, target: &Target) -> c_int {
     // SAFETY: as open_target and mount_at.
     unsafe {
         let fd = open_target(root, target, false);
@@ -744,7 +806,7 @@ unsafe fn remount_readonly(root: c_int, target: &Target) -> c_int {
 }
 
 /// Runs one step; fails the child on error.
-unsafe fn apply(plan: &Plan, root: c_int, step: &Step) {
+unsafe fn apply(plan: &Plan, root: Root, step: &Step) {
     // SAFETY: system calls on the plan's strings and fds we own.
     unsafe {
         let failed = |plan: &Plan| -> ! { fail(plan, &step.what, errno()) };
@@ -900,8 +962,12 @@ unsafe fn child(plan: &Plan) -> ! {
         if root_fd < 0 {
             fail(plan, &plan.root, errno());
         }
+        let root_dir = Root {
+            fd: root_fd,
+            walk: plan.walk,
+        };
         for step in &plan.steps {
-            apply(plan, root_fd, step);
+            apply(plan, root_dir, step);
         }
         libc::close(root_fd);
 
@@ -921,12 +987,16 @@ unsafe fn child(plan: &Plan) -> ! {
             loopback_up(plan);
         }
         let new_root = libc::open(slash, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+        let new_root = Root {
+            fd: new_root,
+            walk: plan.walk,
+        };
         let cwd = open_target(new_root, &plan.workdir, true);
         if cwd < 0 || libc::fchdir(cwd) < 0 {
             fail(plan, &plan.workdir_what, errno());
         }
         libc::close(cwd);
-        libc::close(new_root);
+        libc::close(new_root.fd);
 
         drop_privileges(plan);
 
@@ -1071,6 +1141,78 @@ mod tests {
             render_report(&report),
             "exec: \"x\": executable file not found in $PATH"
         );
+    }
+
+    /// Opens `rel` below `dir` the way the child does; the fd's path or
+    /// the errno.
+    fn open_below(dir: &Path, walk: Walk, rel: &str, file: bool) -> Result<PathBuf, i32> {
+        let dir = CString::new(dir.as_os_str().as_bytes()).unwrap();
+        // SAFETY: open/open_target/close on our own fds; readlink of
+        // /proc/self/fd is only read.
+        unsafe {
+            let fd = libc::open(dir.as_ptr(), libc::O_PATH | libc::O_DIRECTORY);
+            assert!(fd >= 0);
+            let root = Root { fd, walk };
+            let target = Target::new(Path::new(rel), file).unwrap();
+            let opened = open_target(root, &target, true);
+            let result = if opened < 0 {
+                Err(errno())
+            } else {
+                let path = fs::read_link(format!("/proc/self/fd/{opened}")).unwrap();
+                libc::close(opened);
+                Ok(path)
+            };
+            libc::close(fd);
+            result
+        }
+    }
+
+    #[test]
+    fn paths_below_the_root_never_leave_it() {
+        let t = std::env::temp_dir().join(format!("rbuild-walk-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&t);
+        let (root, outside) = (t.join("root"), t.join("outside"));
+        fs::create_dir_all(root.join("a")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        // An absolute link (to the root's own /a, not the host's) and links
+        // that point out of the root.
+        std::os::unix::fs::symlink("/a", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("host")).unwrap();
+        std::os::unix::fs::symlink("../../outside/f", root.join("a/up")).unwrap();
+
+        // Missing directories and files are made; both walks agree.
+        for walk in [Walk::InRoot, Walk::NoFollow] {
+            let dir = open_below(&root, walk, "a/new/deeper", false).unwrap();
+            assert_eq!(dir, root.join("a/new/deeper"), "{walk:?}");
+            let file = open_below(&root, walk, "a/new/file", true).unwrap();
+            assert_eq!(file, root.join("a/new/file"), "{walk:?}");
+            assert!(root.join("a/new/file").is_file());
+            fs::remove_dir_all(root.join("a/new")).unwrap();
+        }
+        // Followed inside the root ...
+        let via = open_below(&root, Walk::InRoot, "abs/x", false).unwrap();
+        assert_eq!(via, root.join("a/x"));
+        // (a link to a directory the root does not have leads nowhere: the
+        // plan resolves such paths beforehand, so the walk makes them)
+        let via = open_below(&root, Walk::InRoot, "host/x", false);
+        assert_eq!(via, Err(libc::ENOENT));
+        let resolved = outside.strip_prefix("/").unwrap().join("x");
+        let via = open_below(&root, Walk::InRoot, resolved.to_str().unwrap(), false);
+        assert_eq!(via.unwrap(), root.join(&resolved));
+        // ... or refused.
+        for rel in ["abs/y", "host/y"] {
+            assert!(
+                open_below(&root, Walk::NoFollow, rel, false).is_err(),
+                "{rel}"
+            );
+        }
+        assert_eq!(
+            open_below(&root, Walk::NoFollow, "a/up", true),
+            Err(libc::ELOOP)
+        );
+        // Nothing was made outside.
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+        let _ = fs::remove_dir_all(&t);
     }
 
     #[test]
