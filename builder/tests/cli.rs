@@ -309,6 +309,61 @@ fn graph_build_args_and_stdin_dockerfile() {
     );
 }
 
+/// `rbuild build -` builds the Dockerfile from stdin with an empty
+/// context; no build leaves a directory behind for it.
+#[test]
+fn stdin_build_has_an_empty_context_and_leaves_nothing() {
+    let dir = std::env::temp_dir().join(format!("rbuild-stdin-build-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("ctx")).unwrap();
+    let root = dir.join("root");
+    let empty_contexts = || -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("empty-context"))
+            .collect()
+    };
+    for (context, dockerfile) in [
+        ("-", "FROM scratch\nENV FROM_STDIN=1\n"),
+        (
+            dir.join("ctx").to_str().unwrap(),
+            "FROM scratch\nENV FROM_DIR=1\n",
+        ),
+    ] {
+        let dest = dir.join("out");
+        let before = empty_contexts();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rbuild"))
+            .args([
+                "build",
+                "--root",
+                root.to_str().unwrap(),
+                "--progress",
+                "plain",
+            ])
+            .args(["-o", &format!("type=local,dest={}", dest.display())])
+            .args(["-f", "-", context])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run rbuild");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(dockerfile.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{context}: {}", stderr(&out));
+        assert!(dest.is_dir(), "{context}");
+        let left: Vec<_> = empty_contexts().difference(&before).cloned().collect();
+        assert!(left.is_empty(), "{context}: {left:?} left behind");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn debug_ignore_bad_pattern_names_file_line() {
     let dir = std::env::temp_dir().join(format!("rbuild-badign-{}", std::process::id()));

@@ -782,6 +782,8 @@ mod tests {
         assert_eq!(changes(), before, "a recent record is not rewritten");
         assert!(idx.get(&key(2)).unwrap().unwrap().last_used >= now() - 5);
         assert_eq!(changes(), before + 1);
+        drop(idx);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -83,12 +83,16 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         labels.insert(k.to_string(), v.to_string());
     }
 
+    // `rbuild build -`: the Dockerfile comes on stdin and the context is
+    // empty (a directory of ours for the build's life).
     let stdin_dockerfile = args.context == Path::new("-");
-    let empty_context = tempdir_for_stdin()?;
-    let context = if stdin_dockerfile {
-        empty_context.clone()
-    } else {
-        args.context.clone()
+    let empty_context = stdin_dockerfile
+        .then(|| crate::sandbox::TempDir::new("empty-context"))
+        .transpose()
+        .context("making an empty build context")?;
+    let context = match &empty_context {
+        Some(dir) => dir.path.clone(),
+        None => args.context.clone(),
     };
     if !context.is_dir() {
         bail!("build context {} is not a directory", context.display());
@@ -245,12 +249,6 @@ fn write_file(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("rbuild-tmp");
     std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}
-
-fn tempdir_for_stdin() -> anyhow::Result<PathBuf> {
-    let p = std::env::temp_dir().join(format!("rbuild-empty-context-{}", std::process::id()));
-    std::fs::create_dir_all(&p)?;
-    Ok(p)
 }
 
 pub fn images(root: Option<PathBuf>) -> anyhow::Result<()> {
