@@ -488,20 +488,15 @@ pub fn export_local(store: &Store, snapshot: Option<&str>, dest: &str) -> anyhow
 
 /// `type=tar`: the final filesystem as one tar.
 pub fn export_tar(store: &Store, snapshot: Option<&str>, dest: &str) -> anyhow::Result<()> {
-    let scratch = std::env::temp_dir().join(format!("rbuild-export-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&scratch);
-    fs::create_dir_all(&scratch)?;
-    let result = (|| {
-        if let Some(s) = snapshot {
-            store.snapshots.materialize(s, &scratch)?;
-        }
-        to_file(dest, |w| {
-            cache::layer::write_tree_tar(&scratch, w, None)?;
-            Ok(())
-        })
-    })();
-    let _ = fs::remove_dir_all(&scratch);
-    result
+    // Removed when done, failed or interrupted.
+    let scratch = crate::sandbox::TempDir::new("export")?;
+    if let Some(s) = snapshot {
+        store.snapshots.materialize(s, &scratch.path)?;
+    }
+    to_file(dest, |w| {
+        cache::layer::write_tree_tar(&scratch.path, w, None)?;
+        Ok(())
+    })
 }
 
 #[cfg(test)]
