@@ -334,28 +334,21 @@ fn stdin_build_has_an_empty_context_and_leaves_nothing() {
     ] {
         let dest = dir.join("out");
         let before = empty_contexts();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rbuild"))
-            .args([
-                "build",
-                "--root",
-                root.to_str().unwrap(),
-                "--progress",
-                "plain",
-            ])
-            .args(["-o", &format!("type=local,dest={}", dest.display())])
-            .args(["-f", "-", context])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run rbuild");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(dockerfile.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let output = format!("type=local,dest={}", dest.display());
+        let root = root.to_str().unwrap();
+        let args = [
+            "build",
+            "--root",
+            root,
+            "--progress",
+            "plain",
+            "-o",
+            &output,
+            "-f",
+            "-",
+            context,
+        ];
+        let out = rbuild_stdin(&args, dockerfile);
         assert!(out.status.success(), "{context}: {}", stderr(&out));
         assert!(dest.is_dir(), "{context}");
         let left: Vec<_> = empty_contexts().difference(&before).cloned().collect();
