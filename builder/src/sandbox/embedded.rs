@@ -80,7 +80,7 @@ impl Runtime for Embedded {
         let null = fs::File::open("/dev/null").map_err(spawn_err)?;
         let plan = Plan::new(
             spec,
-            &prepared.mounts,
+            &prepared,
             [
                 null.as_raw_fd(),
                 out_write.as_raw_fd(),
@@ -321,24 +321,12 @@ fn pointers(strings: &[CString]) -> Vec<*const c_char> {
 impl Plan {
     fn new(
         spec: &RunSpec,
-        mounts: &[Mount],
+        prepared: &Prepared,
         stdio: [RawFd; 3],
         report: RawFd,
     ) -> Result<Plan, String> {
         let root = &spec.rootfs;
-        // Paths inside the root with the image's symlinks followed there;
-        // the kernel follows them again, inside the root, when opening.
-        let inside = |target: &str| -> PathBuf {
-            let resolved = cache::layer::resolve_in_root(
-                root,
-                Path::new(target.trim_start_matches('/')),
-                true,
-            );
-            resolved
-                .strip_prefix(root)
-                .map(Path::to_path_buf)
-                .unwrap_or_default()
-        };
+        let inside = |target: &str| prepared.inside(root, target);
         let what = |s: String| c_str(&s);
         let mut steps = Vec::new();
         let mount = |target: &Path,
@@ -447,7 +435,7 @@ impl Plan {
             op: Op::Sysfs(Target::new(&sys, false)?),
         });
 
-        for m in mounts {
+        for m in &prepared.mounts {
             let target = inside(m.target());
             steps.push(match m {
                 Mount::Bind {

@@ -236,6 +236,9 @@ pub const READONLY_PATHS: [&str; 6] = [
 pub(crate) struct Prepared {
     /// Every mount of the run: the two files, then the spec's.
     pub mounts: Vec<Mount>,
+    /// Each mount target and `/proc`, `/dev`, `/sys` as [`inside`] the
+    /// root: resolved once, for the stubs and for a runtime's own use.
+    resolved: Vec<(String, PathBuf)>,
     stubs: Vec<PathBuf>,
     _etc: std::sync::Arc<TempDir>,
 }
@@ -293,19 +296,32 @@ impl Prepared {
             },
         ];
         mounts.extend(spec.mounts.iter().cloned());
-        let stubs = mounts
+        let resolved: Vec<(String, PathBuf)> = mounts
             .iter()
             .map(Mount::target)
             // The working directory is not a stub: a created one stays, as
             // runc creates it in BuildKit.
             .chain(["/proc", "/dev", "/sys"])
-            .filter_map(|t| missing_stub(&spec.rootfs, t))
+            .map(|t| (t.to_string(), inside(&spec.rootfs, t)))
+            .collect();
+        let stubs = resolved
+            .iter()
+            .filter_map(|(_, rel)| missing_stub(&spec.rootfs, rel))
             .collect();
         Ok(Prepared {
             mounts,
+            resolved,
             stubs,
             _etc: etc,
         })
+    }
+
+    /// `target` [`inside`] the root, as resolved when prepared where it was.
+    pub(crate) fn inside(&self, rootfs: &Path, target: &str) -> PathBuf {
+        match self.resolved.iter().find(|(t, _)| t == target) {
+            Some((_, rel)) => rel.clone(),
+            None => inside(rootfs, target),
+        }
     }
 }
 
@@ -326,15 +342,24 @@ impl Mount {
     }
 }
 
-/// The first path component of `target` (inside `rootfs`, with the
-/// image's symlinks followed there, as the runtimes do) that does not exist
-/// yet: a mount stub to remove after the run, as BuildKit does, so that
-/// mount points never end up in a layer.
-fn missing_stub(rootfs: &Path, target: &str) -> Option<PathBuf> {
+/// `target` (absolute in the sandbox) as a path relative to `rootfs`, with
+/// the image's symlinks followed inside it (the runtimes open it there
+/// again, inside the root).
+pub(crate) fn inside(rootfs: &Path, target: &str) -> PathBuf {
     let resolved =
         cache::layer::resolve_in_root(rootfs, Path::new(target.trim_start_matches('/')), true);
+    resolved
+        .strip_prefix(rootfs)
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// The first component of `rel` (relative to `rootfs`, symlinks followed)
+/// that does not exist yet: a mount stub to remove after the run, as
+/// BuildKit does, so that mount points never end up in a layer.
+fn missing_stub(rootfs: &Path, rel: &Path) -> Option<PathBuf> {
     let mut path = rootfs.to_path_buf();
-    for c in resolved.strip_prefix(rootfs).ok()?.components() {
+    for c in rel.components() {
         path.push(c);
         if fs::symlink_metadata(&path).is_err() {
             return Some(path);
