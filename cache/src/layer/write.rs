@@ -343,6 +343,11 @@ impl ChannelWriter {
 
 impl Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        // `read_from` may leave the buffer full: a write that took nothing
+        // would read as the end of the stream (`write_all` fails).
+        if self.len == CHUNK && !data.is_empty() {
+            self.send()?;
+        }
         let n = data.len().min(CHUNK - self.len);
         self.buf[self.len..self.len + n].copy_from_slice(&data[..n]);
         self.len += n;
@@ -465,13 +470,15 @@ impl<W: TarSink> TarWriter<W> {
         } else if ft.is_symlink() {
             let target = fs::read_link(full).map_err(|e| LayerError::io("reading", full, e))?;
             let mut h = self.header(meta, EntryType::Symlink);
-            self.builder.append_link(&mut h, rel, &target).map_err(io)?;
+            self.append_link(&mut h, rel, target.as_os_str().as_bytes())
+                .map_err(io)?;
         } else if ft.is_file() {
             if meta.nlink() > 1 {
                 let key = (meta.dev(), meta.ino());
                 if let Some(first) = self.links.get(&key).cloned() {
                     let mut h = self.header(meta, EntryType::Link);
-                    self.builder.append_link(&mut h, rel, &first).map_err(io)?;
+                    self.append_link(&mut h, rel, first.as_os_str().as_bytes())
+                        .map_err(io)?;
                     return Ok(());
                 }
                 self.links.insert(key, rel.to_path_buf());
@@ -522,6 +529,35 @@ impl<W: TarSink> TarWriter<W> {
         }
         // Sockets have no tar form; they are left out, as by Docker.
         Ok(())
+    }
+
+    /// A symlink or hard link entry whose target is `target` byte for byte.
+    /// (`tar::Builder::append_link` cleans the target as a path: `//a`
+    /// became `/a`, `a/./b` `a/b`; a symlink's target is any bytes.) A
+    /// target longer than the header's 100 bytes goes before it in a GNU
+    /// long-link entry, as GNU tar writes it.
+    fn append_link(&mut self, h: &mut Header, rel: &Path, target: &[u8]) -> io::Result<()> {
+        let slot = &mut h.as_old_mut().linkname;
+        if target.len() > slot.len() {
+            let mut long = Header::new_gnu();
+            let name = b"././@LongLink";
+            long.as_gnu_mut().expect("a GNU header").name[..name.len()].copy_from_slice(name);
+            long.set_mode(0o644);
+            long.set_uid(0);
+            long.set_gid(0);
+            long.set_mtime(0);
+            long.set_size(target.len() as u64 + 1);
+            long.set_entry_type(EntryType::GNULongLink);
+            long.set_cksum();
+            let sink = self.builder.get_mut();
+            sink.write_all(long.as_bytes())?;
+            sink.write_all(target)?;
+            let written = target.len() + 1;
+            sink.write_all(&[0; 512][..1 + (512 - written % 512) % 512])?;
+        }
+        let n = target.len().min(slot.len());
+        slot[..n].copy_from_slice(&target[..n]);
+        self.builder.append_data(h, rel, io::empty())
     }
 
     /// PAX `SCHILY.xattr.*` records (overlay's own attributes excluded).

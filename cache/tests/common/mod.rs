@@ -27,3 +27,6 @@ impl Drop for Tmp {
         let _ = fs::remove_dir_all(&self.0);
     }
 }
+
+#[allow(dead_code)] // used by the layer tests only
+pub mod tree;
