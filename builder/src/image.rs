@@ -105,9 +105,7 @@ impl ImageState {
             },
             // BuildKit's emptyImage: PATH and WorkingDir "/".
             config: ContainerConfig {
-                env: Some(vec![
-                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-                ]),
+                env: Some(vec![format!("PATH={}", frontend::stage::DEFAULT_PATH)]),
                 working_dir: Some("/".into()),
                 ..ContainerConfig::default()
             },
@@ -115,6 +113,12 @@ impl ImageState {
         });
         // Triggers of the base image ran in this stage; they do not carry over.
         config.config.on_build = None;
+        // Every stage has a PATH (BuildKit adds its default to a base
+        // image's Env that has none, as the frontend's stage scope does).
+        let env = config.config.env.get_or_insert_with(Vec::new);
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.push(format!("PATH={}", frontend::stage::DEFAULT_PATH));
+        }
         ImageState {
             config,
             cmd_set: false,

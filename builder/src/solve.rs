@@ -1204,12 +1204,12 @@ fn run_exec(
                     MountType::Ssh => unreachable!("handled above"),
                 }
             }
-            let mut env = exec.env.clone();
-            if !env.iter().any(|e| e.starts_with("HOME=")) {
-                env.push(format!("HOME={}", user.home));
-            }
-            env.extend(options.proxy_env.iter().map(|(k, v)| format!("{k}={v}")));
-            env.extend(secret_env);
+            let env = crate::sandbox::env::process_env(
+                &exec.env,
+                &options.proxy_env,
+                secret_env,
+                &user.home,
+            );
             let network = match exec.network {
                 frontend::instructions::Network::None => Network::None,
                 _ => options.network,
@@ -1573,6 +1573,17 @@ fn resolve_layers(
         }
     }
     *layers = out;
+    // A step whose changes came to an empty tar adds no layer: its history
+    // entry says so (history entries with a layer pair with diff_ids in
+    // order).
+    let mut diff_ids_in_order = config.rootfs.diff_ids.iter();
+    for h in config.history.iter_mut().filter(|h| !h.empty_layer) {
+        match diff_ids_in_order.next() {
+            Some(d) if matches!(resolved.get(d), Some(None)) => h.empty_layer = true,
+            Some(_) => {}
+            None => break,
+        }
+    }
     let diff_ids = std::mem::take(&mut config.rootfs.diff_ids);
     config.rootfs.diff_ids = diff_ids
         .into_iter()

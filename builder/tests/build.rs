@@ -81,12 +81,11 @@ fn busybox_image_from_scratch() {
         std::fs::read_to_string(rootfs.join("built-by")).unwrap(),
         "builder\n"
     );
-    // No mount stubs or sandbox files leaked into the layers.
-    assert!(
-        !rootfs.join("etc/hosts").exists()
-            && !rootfs.join("proc").exists()
-            && !rootfs.join("dev").exists()
-    );
+    // No mount stubs or sandbox files leaked into the layers; the
+    // runtime's mount points are there, empty, as runc leaves them in
+    // BuildKit's layers.
+    assert!(!rootfs.join("etc/hosts").exists() && !rootfs.join("etc/resolv.conf").exists());
+    assert_runtime_dirs(&rootfs);
 
     // skopeo agrees on the config; history is BuildKit's.
     let insp = Command::new("skopeo")
@@ -579,16 +578,27 @@ fn runc_runtime_gives_the_embedded_runtimes_image() {
         read("work/dir/userns.txt")
     );
     assert!(read("tmp/id.txt").starts_with("uid=1000(app) gid=1000"));
-    for stub in [
-        "scratch",
-        "ctx",
-        "proc",
-        "dev",
-        "sys",
-        "etc/hosts",
-        "etc/resolv.conf",
-    ] {
+    for stub in ["scratch", "ctx", "etc/hosts", "etc/resolv.conf"] {
         assert!(!out.join(stub).exists(), "mount point {stub} in the image");
+    }
+    assert_runtime_dirs(&out);
+}
+
+/// `/dev`, `/proc` and `/sys` of a tree built `FROM scratch` with a RUN:
+/// empty directories, 0755, root's (what runc makes and BuildKit keeps).
+fn assert_runtime_dirs(rootfs: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    for dir in ["dev", "proc", "sys"] {
+        let meta = std::fs::symlink_metadata(rootfs.join(dir))
+            .unwrap_or_else(|e| panic!("/{dir} in {}: {e}", rootfs.display()));
+        assert!(meta.is_dir(), "/{dir}");
+        assert_eq!(meta.mode() & 0o7777, 0o755, "/{dir}");
+        assert_eq!((meta.uid(), meta.gid()), (0, 0), "/{dir}");
+        assert_eq!(
+            std::fs::read_dir(rootfs.join(dir)).unwrap().count(),
+            0,
+            "/{dir} is not empty"
+        );
     }
 }
 

@@ -294,7 +294,22 @@ impl Snapshotter {
         let fs_dir = self.committed_dir(id).join("fs");
         let layer = match self.backend {
             Backend::Overlay => {
-                write_layer(store, &DiffSource::Overlay { upper: &fs_dir }, options)?
+                let lowers: Vec<PathBuf> = match self.get(id)?.parent {
+                    Some(p) => self
+                        .chain(&p)?
+                        .iter()
+                        .map(|id| self.committed_dir(id).join("fs"))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                write_layer(
+                    store,
+                    &DiffSource::Overlay {
+                        upper: &fs_dir,
+                        lowers: &lowers,
+                    },
+                    options,
+                )?
             }
             Backend::Copy => match self.get(id)?.parent {
                 Some(p) => {

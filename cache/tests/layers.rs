@@ -185,7 +185,13 @@ fn compare_diff_writes_changes_and_whiteouts() {
     )
     .unwrap();
     let names = tar_names(&store, &layer.descriptor.digest);
-    assert_eq!(names, vec!["changed", "dir/.wh.old", ".wh.gone", "new"]);
+    // `dir` is unchanged but holds a change: it is written before it, as
+    // BuildKit includes parents; `keep` (unchanged, nothing changed in it)
+    // is not.
+    assert_eq!(
+        names,
+        vec!["changed", "dir/", "dir/.wh.old", ".wh.gone", "new"]
+    );
     // Applying the diff on the lower tree gives the upper tree.
     let applied = t.0.join("applied");
     unpack(
@@ -232,31 +238,54 @@ fn overlay_upper_whiteouts_and_opaque_dirs() {
         return;
     }
     let t = Tmp::new("layers", "overlay");
+    // Two committed layers below, in overlay form.
+    let bottom = t.0.join("bottom");
+    fs::create_dir_all(bottom.join("etc/replaced")).unwrap();
+    fs::write(bottom.join("etc/replaced/old.conf"), b"o").unwrap();
+    fs::write(bottom.join("etc/kept"), b"k").unwrap();
+    fs::write(bottom.join("etc/gone-below"), b"g").unwrap();
+    let top = t.0.join("top");
+    fs::create_dir_all(top.join("etc")).unwrap();
+    fs::write(top.join("etc/deleted"), b"d").unwrap();
+    mknod(&top.join("etc/gone-below"), libc::S_IFCHR, 0, 0);
+    // The step: deletes a file of the top layer, one the top layer had
+    // deleted already (overlay leaves a whiteout: nothing to write), and
+    // one that never existed; replaces a directory (opaque); etc itself
+    // only copied up.
     let upper = t.0.join("upper");
     fs::create_dir_all(upper.join("etc/replaced")).unwrap();
     fs::write(upper.join("etc/replaced/new.conf"), b"n").unwrap();
     xattr::set(upper.join("etc/replaced"), "trusted.overlay.opaque", b"y").unwrap();
-    mknod(&upper.join("etc/deleted"), libc::S_IFCHR, 0, 0);
+    for gone in ["deleted", "gone-below", "never"] {
+        mknod(&upper.join("etc").join(gone), libc::S_IFCHR, 0, 0);
+    }
     let store = BlobStore::open(&t.0.join("store")).unwrap();
+    let lowers = [top.clone(), bottom.clone()];
     let layer = write_layer(
         &store,
-        &DiffSource::Overlay { upper: &upper },
+        &DiffSource::Overlay {
+            upper: &upper,
+            lowers: &lowers,
+        },
         &LayerOptions::default(),
     )
     .unwrap();
     let names = tar_names(&store, &layer.descriptor.digest);
+    // The opaque directory is written as its changes against what it
+    // hides, as BuildKit's overlay differ does; unchanged directories only
+    // as the parents of changes.
     assert_eq!(
         names,
         vec![
             "etc/",
             "etc/.wh.deleted",
             "etc/replaced/",
-            "etc/replaced/.wh..wh..opq",
-            "etc/replaced/new.conf"
+            "etc/replaced/new.conf",
+            "etc/replaced/.wh.old.conf"
         ]
     );
 
-    // Applying it on a base removes the deleted file and the old contents.
+    // Applying it on the merged lower tree gives the merged upper tree.
     let base = t.0.join("base");
     fs::create_dir_all(base.join("etc/replaced")).unwrap();
     fs::write(base.join("etc/deleted"), b"d").unwrap();
@@ -280,6 +309,65 @@ fn overlay_upper_whiteouts_and_opaque_dirs() {
         xattr::get(base.join("etc/replaced"), "trusted.overlay.opaque")
             .unwrap()
             .is_none()
+    );
+}
+
+/// A step that only copied directories up (a mount stub made and removed,
+/// `chmod` to the same mode) and rewrote a file unchanged changes nothing:
+/// its layer is an empty tar, as BuildKit's.
+#[test]
+fn copied_up_but_unchanged_is_no_change() {
+    let t = Tmp::new("layers", "copied-up");
+    let lower = t.0.join("lower");
+    fs::create_dir_all(lower.join("root/deep")).unwrap();
+    fs::write(lower.join("root/deep/f"), b"same").unwrap();
+    let upper = t.0.join("upper");
+    fs::create_dir_all(upper.join("root/deep")).unwrap();
+    fs::write(upper.join("root/deep/f"), b"same").unwrap();
+    let mtime = fs::metadata(lower.join("root/deep/f"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    fs::File::options()
+        .write(true)
+        .open(upper.join("root/deep/f"))
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let store = BlobStore::open(&t.0.join("store")).unwrap();
+    let lowers = [lower.clone()];
+    for source in [
+        DiffSource::Overlay {
+            upper: &upper,
+            lowers: &lowers,
+        },
+        DiffSource::Compare {
+            lower: &lower,
+            upper: &upper,
+        },
+    ] {
+        let layer = write_layer(&store, &source, &LayerOptions::default()).unwrap();
+        assert_eq!(layer.uncompressed_size, 1024, "{source:?}");
+    }
+    // The same content with another mtime is a change (with its parents).
+    fs::File::options()
+        .write(true)
+        .open(upper.join("root/deep/f"))
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH)
+        .unwrap();
+    let layer = write_layer(
+        &store,
+        &DiffSource::Overlay {
+            upper: &upper,
+            lowers: &lowers,
+        },
+        &LayerOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        tar_names(&store, &layer.descriptor.digest),
+        vec!["root/", "root/deep/", "root/deep/f"]
     );
 }
 

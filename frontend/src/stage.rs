@@ -286,6 +286,10 @@ impl PlanError {
     }
 }
 
+/// BuildKit's `system.DefaultPathEnv` for Linux: the `PATH` of every stage
+/// whose base sets none (`FROM scratch` among them).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// An ordered environment where a later entry replaces an earlier one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EnvList(Vec<(String, String)>);
@@ -340,11 +344,17 @@ pub struct StageEnv {
 }
 
 impl StageEnv {
-    /// The scope of a stage whose base image has `env` and `workdir`.
+    /// The scope of a stage whose base image has `env` and `workdir`; with
+    /// [`DEFAULT_PATH`] added when the base sets no `PATH` (BuildKit makes
+    /// sure every stage has one: its steps run with it, words expand with
+    /// it and the image's config keeps it).
     pub fn new(env: &[(String, String)], workdir: &str) -> StageEnv {
         let mut image_env = EnvList::default();
         for (k, v) in env {
             image_env.set(k, v);
+        }
+        if image_env.get("PATH").is_none() {
+            image_env.set("PATH", DEFAULT_PATH);
         }
         StageEnv {
             scope: image_env.clone(),

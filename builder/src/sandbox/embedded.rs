@@ -511,7 +511,7 @@ impl Plan {
                 .env
                 .iter()
                 .find_map(|e| e.strip_prefix("PATH="))
-                .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+                .unwrap_or(super::env::DEFAULT_PATH);
             path_var
                 .split(':')
                 .map(|d| Path::new(d).join(arg0))
@@ -916,6 +916,9 @@ unsafe fn child(plan: &Plan) -> ! {
     unsafe {
         // Die with the thread that started us (it waits for us).
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        // runc's default umask for the command and for the mount points it
+        // makes (0755 directories), whatever rbuild was started with.
+        libc::umask(0o022);
         for (i, fd) in plan.stdio.iter().enumerate() {
             if libc::dup2(*fd, i as c_int) < 0 {
                 fail(plan, c"setting up stdio", errno());

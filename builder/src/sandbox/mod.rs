@@ -14,6 +14,7 @@
 
 #[cfg(target_os = "linux")]
 pub mod embedded;
+pub mod env;
 pub mod runc;
 #[cfg(target_os = "linux")]
 pub mod seccomp;
@@ -228,6 +229,10 @@ pub const READONLY_PATHS: [&str; 6] = [
     "/proc/sysrq-trigger",
 ];
 
+/// The runtime's own mount points, made (0755, root's) where the root has
+/// none.
+const RUNTIME_DIRS: [&str; 3] = ["/proc", "/dev", "/sys"];
+
 /// What a run needs besides the command, made before it starts and undone
 /// when dropped: `/etc/hosts` and `/etc/resolv.conf` (from the runtime's
 /// [`EtcFiles`]), bound in ahead of the spec's own mounts, and the
@@ -299,12 +304,15 @@ impl Prepared {
         let resolved: Vec<(String, PathBuf)> = mounts
             .iter()
             .map(Mount::target)
-            // The working directory is not a stub: a created one stays, as
-            // runc creates it in BuildKit.
-            .chain(["/proc", "/dev", "/sys"])
+            .chain(RUNTIME_DIRS)
             .map(|t| (t.to_string(), inside(&spec.rootfs, t)))
             .collect();
-        let stubs = resolved
+        // Only the mounts' stubs are removed (BuildKit's MountStubsCleaner:
+        // /etc/hosts, /etc/resolv.conf and the step's mounts). `/proc`,
+        // `/dev` and `/sys`, made by the runtime where the root has none,
+        // stay and are part of the step's layer, as runc leaves them in
+        // BuildKit; so does a working directory made for the step.
+        let stubs = resolved[..mounts.len()]
             .iter()
             .filter_map(|(_, rel)| missing_stub(&spec.rootfs, rel))
             .collect();

@@ -80,7 +80,11 @@ pub fn resolve(rootfs: &Path, spec: &str) -> Result<User, String> {
         None => user.parse().expect("numeric, or found above"),
     };
     let name = entry.map(|e| e.name.clone());
-    let home = entry.map_or_else(|| "/".to_string(), |e| e.home.clone());
+    // runc looks HOME up by uid (the first entry with it), else "/".
+    let home = entries
+        .iter()
+        .find(|e| e.uid == uid)
+        .map_or_else(|| "/".to_string(), |e| e.home.clone());
     let all_groups = groups(rootfs);
     match group {
         Some(g) => {

@@ -2,6 +2,7 @@
 //! streaming pass ([`write_layer`]), and unpacking of layers onto a
 //! directory with OCI whiteouts and hostile-archive protection ([`unpack`]).
 
+mod diff;
 mod gunzip;
 mod pgzip;
 mod unpack;

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 use tar::{EntryType, Header};
 
+use super::diff::{Lower, os_join};
 use super::{Compression, Layer, LayerError};
 use crate::Digest;
 use crate::blob::{BlobStore, BlobWriter};
@@ -36,6 +37,9 @@ pub enum DiffSource<'a> {
     Overlay {
         /// The upper directory.
         upper: &'a Path,
+        /// The layers below it, top first, in the same form (what changed
+        /// is told from what merely was copied up).
+        lowers: &'a [PathBuf],
     },
     /// What changed from `lower` to `upper` (both full trees): new and
     /// changed entries, and whiteouts for removed ones.
@@ -237,8 +241,13 @@ pub fn write_layer(
         let mut tar = TarWriter::new(hashing, options.clamp_mtime);
         let walked = match source {
             DiffSource::Full { root } => tar.write_tree(root, Path::new("")),
-            DiffSource::Overlay { upper } => tar.write_overlay(upper, Path::new("")),
-            DiffSource::Compare { lower, upper } => tar.write_compare(lower, upper, Path::new("")),
+            DiffSource::Overlay { upper, lowers } => {
+                let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+                tar.write_overlay(upper, &Lower::new(&lowers), Path::new(""))
+            }
+            DiffSource::Compare { lower, upper } => {
+                tar.write_compare(&Lower::new(&[lower]), upper, Path::new(""))
+            }
         };
         let finished = walked.and_then(|()| tar.finish());
         // Closing the channel (also on error) lets the thread end.
@@ -392,34 +401,9 @@ pub(crate) struct TarWriter<W: TarSink> {
     clamp_mtime: Option<i64>,
     /// (dev, ino) of files with several links -> the path written first.
     links: HashMap<(u64, u64), PathBuf>,
-}
-
-fn os_join(dir: &Path, name: &OsStr) -> PathBuf {
-    if dir.as_os_str().is_empty() {
-        PathBuf::from(name)
-    } else {
-        dir.join(name)
-    }
-}
-
-/// Directory entries sorted by name bytes.
-fn sorted_entries(dir: &Path) -> Result<Vec<OsString>, LayerError> {
-    let mut names: Vec<OsString> = fs::read_dir(dir)
-        .map_err(|e| LayerError::io("reading", dir, e))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| LayerError::io("reading", dir, e))?;
-    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    Ok(names)
-}
-
-fn is_whiteout_device(meta: &Metadata) -> bool {
-    meta.file_type().is_char_device() && meta.rdev() == 0
-}
-
-fn is_opaque(path: &Path) -> bool {
-    matches!(xattr::get(path, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y")
-        || matches!(xattr::get(path, "user.overlay.opaque"), Ok(Some(v)) if v == b"y")
+    /// Unchanged directories (full path, name) around the entry being
+    /// walked, outermost first: written before the first entry below them.
+    deferred: Vec<(PathBuf, PathBuf)>,
 }
 
 impl<W: TarSink> TarWriter<W> {
@@ -431,6 +415,7 @@ impl<W: TarSink> TarWriter<W> {
             builder,
             clamp_mtime,
             links: HashMap::new(),
+            deferred: Vec::new(),
         }
     }
 
@@ -453,6 +438,52 @@ impl<W: TarSink> TarWriter<W> {
         h.set_mtime(mtime.max(0) as u64);
         h.set_size(0);
         h
+    }
+
+    /// Writes entry `full` as `rel`, after the directories deferred
+    /// around it.
+    pub(super) fn emit(
+        &mut self,
+        full: &Path,
+        rel: &Path,
+        meta: &Metadata,
+    ) -> Result<(), LayerError> {
+        self.write_deferred()?;
+        self.write_entry(full, rel, meta)
+    }
+
+    /// Writes the whiteout of `name` in `rel_dir`, after the directories
+    /// deferred around it.
+    pub(super) fn emit_whiteout(
+        &mut self,
+        rel_dir: &Path,
+        name: &OsStr,
+        template: Option<&Metadata>,
+    ) -> Result<(), LayerError> {
+        self.write_deferred()?;
+        self.write_whiteout(rel_dir, name, template)
+    }
+
+    /// An unchanged directory about to be walked: written only if
+    /// something below it is.
+    pub(super) fn defer_dir(&mut self, full: &Path, rel: &Path) {
+        self.deferred.push((full.to_path_buf(), rel.to_path_buf()));
+    }
+
+    /// Done walking directory `rel`.
+    pub(super) fn leave_dir(&mut self, rel: &Path) {
+        if self.deferred.last().is_some_and(|(_, r)| r == rel) {
+            self.deferred.pop();
+        }
+    }
+
+    fn write_deferred(&mut self) -> Result<(), LayerError> {
+        for (full, rel) in std::mem::take(&mut self.deferred) {
+            let meta =
+                fs::symlink_metadata(&full).map_err(|e| LayerError::io("reading", &full, e))?;
+            self.write_entry(&full, &rel, &meta)?;
+        }
+        Ok(())
     }
 
     /// Writes one filesystem entry found at `full` as `rel`.
@@ -607,153 +638,6 @@ impl<W: TarSink> TarWriter<W> {
         self.builder
             .append_data(&mut h, &path, io::empty())
             .map_err(|e| LayerError::io("writing", &path, e))
-    }
-
-    /// Every entry below `dir` (relative name `rel`), depth first, sorted.
-    pub(crate) fn write_tree(&mut self, dir: &Path, rel: &Path) -> Result<(), LayerError> {
-        for name in sorted_entries(dir)? {
-            let full = dir.join(&name);
-            let child = os_join(rel, &name);
-            let meta =
-                fs::symlink_metadata(&full).map_err(|e| LayerError::io("reading", &full, e))?;
-            self.write_entry(&full, &child, &meta)?;
-            if meta.is_dir() {
-                self.write_tree(&full, &child)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// An overlayfs upper directory, whiteouts translated to OCI form.
-    pub(crate) fn write_overlay(&mut self, dir: &Path, rel: &Path) -> Result<(), LayerError> {
-        for name in sorted_entries(dir)? {
-            let full = dir.join(&name);
-            let child = os_join(rel, &name);
-            let meta =
-                fs::symlink_metadata(&full).map_err(|e| LayerError::io("reading", &full, e))?;
-            if is_whiteout_device(&meta) {
-                self.write_whiteout(rel, &name, Some(&meta))?;
-                continue;
-            }
-            self.write_entry(&full, &child, &meta)?;
-            if meta.is_dir() {
-                if is_opaque(&full) {
-                    self.write_whiteout(&child, OsStr::new(".wh..opq"), Some(&meta))?;
-                }
-                self.write_overlay(&full, &child)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Entries of `upper` that are new or differ from `lower`, whiteouts
-    /// for entries of `lower` that are gone. Unchanged parent directories
-    /// are not written: they exist below.
-    pub(crate) fn write_compare(
-        &mut self,
-        lower: &Path,
-        upper: &Path,
-        rel: &Path,
-    ) -> Result<(), LayerError> {
-        let upper_names = sorted_entries(upper)?;
-        let lower_names = if lower.is_dir() {
-            sorted_entries(lower)?
-        } else {
-            Vec::new()
-        };
-        let mut all: Vec<&OsString> = upper_names.iter().chain(lower_names.iter()).collect();
-        all.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        all.dedup();
-        for name in all {
-            let up = upper.join(name);
-            let low = lower.join(name);
-            let child = os_join(rel, name);
-            let up_meta = fs::symlink_metadata(&up).ok();
-            let low_meta = fs::symlink_metadata(&low).ok();
-            match (up_meta, low_meta) {
-                (None, Some(lm)) => self.write_whiteout(rel, name, Some(&lm))?,
-                (Some(um), None) => {
-                    self.write_entry(&up, &child, &um)?;
-                    if um.is_dir() {
-                        self.write_tree(&up, &child)?;
-                    }
-                }
-                (Some(um), Some(lm)) => {
-                    if um.is_dir() && lm.is_dir() {
-                        if !same_meta(&um, &lm, &up, &low) {
-                            self.write_entry(&up, &child, &um)?;
-                        }
-                        self.write_compare(&low, &up, &child)?;
-                    } else if um.is_dir() != lm.is_dir() {
-                        // A directory replaced by a file or the other way:
-                        // hide the old one, then write the new one whole.
-                        if lm.is_dir() {
-                            self.write_whiteout(rel, name, Some(&lm))?;
-                        }
-                        self.write_entry(&up, &child, &um)?;
-                        if um.is_dir() {
-                            self.write_whiteout(&child, OsStr::new(".wh..opq"), Some(&um))?;
-                            self.write_tree(&up, &child)?;
-                        }
-                    } else if !same_meta(&um, &lm, &up, &low) || !same_content(&um, &lm, &up, &low)?
-                    {
-                        self.write_entry(&up, &child, &um)?;
-                    }
-                }
-                (None, None) => {}
-            }
-        }
-        Ok(())
-    }
-}
-
-fn same_meta(a: &Metadata, b: &Metadata, pa: &Path, pb: &Path) -> bool {
-    let xattrs = |p: &Path| -> Vec<(OsString, Option<Vec<u8>>)> {
-        xattr::list(p)
-            .map(|names| {
-                let mut v: Vec<_> = names
-                    .map(|n| (n.clone(), xattr::get(p, &n).ok().flatten()))
-                    .collect();
-                v.sort();
-                v
-            })
-            .unwrap_or_default()
-    };
-    a.mode() == b.mode()
-        && a.uid() == b.uid()
-        && a.gid() == b.gid()
-        && a.mtime() == b.mtime()
-        && a.mtime_nsec() == b.mtime_nsec()
-        && a.rdev() == b.rdev()
-        && (a.file_type().is_symlink() || xattrs(pa) == xattrs(pb))
-}
-
-fn same_content(a: &Metadata, b: &Metadata, pa: &Path, pb: &Path) -> Result<bool, LayerError> {
-    if a.file_type().is_symlink() {
-        return Ok(fs::read_link(pa).ok() == fs::read_link(pb).ok());
-    }
-    if !a.is_file() {
-        return Ok(true);
-    }
-    if a.len() != b.len() {
-        return Ok(false);
-    }
-    if a.dev() == b.dev() && a.ino() == b.ino() {
-        return Ok(true);
-    }
-    let mut fa = File::open(pa).map_err(|e| LayerError::io("opening", pa, e))?;
-    let mut fb = File::open(pb).map_err(|e| LayerError::io("opening", pb, e))?;
-    let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
-    loop {
-        let na = io::Read::read(&mut fa, &mut ba).map_err(|e| LayerError::io("reading", pa, e))?;
-        if na == 0 {
-            return Ok(true);
-        }
-        io::Read::read_exact(&mut fb, &mut bb[..na])
-            .map_err(|e| LayerError::io("reading", pb, e))?;
-        if ba[..na] != bb[..na] {
-            return Ok(false);
-        }
     }
 }
 
