@@ -134,17 +134,55 @@ struct Owner {
 
 /// Copies what `req` asks for. Returns the number of entries written.
 pub fn copy(req: &CopyRequest<'_>) -> Result<u64, CopyError> {
+    let links = HardLinks::default();
     if req.parents {
-        return copy_parents(req);
+        return copy_parents(req, &links);
     }
-    copy_sources(req, "")
+    copy_sources(req, "", &links)
+}
+
+/// Source files with more than one link, by (device, inode), and where
+/// their first name was copied to: the other names copied become hard
+/// links to it, as BuildKit's copier keeps them.
+#[derive(Default)]
+struct HardLinks(std::sync::Mutex<std::collections::HashMap<(u64, u64), PathBuf>>);
+
+impl HardLinks {
+    /// Writes `dest` with `write`, unless `meta` (of the source) is a file
+    /// already copied under another name: then `dest` is a link to it.
+    /// Multiply-linked files are copied one at a time (the map is held).
+    fn copy_or_link(
+        &self,
+        meta: &fs::Metadata,
+        dest: &Path,
+        write: impl FnOnce() -> Result<(), CopyError>,
+    ) -> Result<(), CopyError> {
+        if meta.nlink() < 2 {
+            return write();
+        }
+        let mut first = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (meta.dev(), meta.ino());
+        if let Some(earlier) = first.get(&key) {
+            if fs::symlink_metadata(dest).is_ok() {
+                remove_any(dest)?;
+            }
+            return fs::hard_link(earlier, dest).map_err(io_err("linking", dest));
+        }
+        write()?;
+        first.insert(key, dest.to_path_buf());
+        Ok(())
+    }
 }
 
 /// Copies `req`'s sources. `--exclude` patterns match paths below each
 /// source relative to it (as BuildKit's copier walks a source: `COPY
 /// --exclude=*.log logs/ /x/` skips `logs/a.log`), prefixed with
 /// `exclude_base`; a source itself is never excluded.
-fn copy_sources(req: &CopyRequest<'_>, exclude_base: &str) -> Result<u64, CopyError> {
+fn copy_sources(
+    req: &CopyRequest<'_>,
+    exclude_base: &str,
+    links: &HardLinks,
+) -> Result<u64, CopyError> {
     let owner = match req.chown {
         None => Owner { uid: 0, gid: 0 },
         Some(spec) => {
@@ -256,6 +294,7 @@ fn copy_sources(req: &CopyRequest<'_>, exclude_base: &str) -> Result<u64, CopyEr
                 excludes: &excludes,
                 owner,
                 chmod: chmod.as_ref(),
+                links,
             };
             n += copy_tree(&src, &dest_dir, walk, tree)?;
             continue;
@@ -282,16 +321,18 @@ fn copy_sources(req: &CopyRequest<'_>, exclude_base: &str) -> Result<u64, CopyEr
             .map(|b| b.to_string_lossy().into_owned())
             .unwrap_or_default();
         let target = dest_path(req, &base)?;
-        let file = File::open(&src).map_err(io_err("opening", &src))?;
-        write_file_from(
-            Data::File(&file, meta.len()),
-            &target,
-            meta.mode() & 0o7777,
-            owner,
-            chmod.as_ref(),
-            meta.modified().ok(),
-            false,
-        )?;
+        links.copy_or_link(&meta, &target, || {
+            let file = File::open(&src).map_err(io_err("opening", &src))?;
+            write_file_from(
+                Data::File(&file, meta.len()),
+                &target,
+                meta.mode() & 0o7777,
+                owner,
+                chmod.as_ref(),
+                meta.modified().ok(),
+                false,
+            )
+        })?;
         n += 1;
     }
     Ok(n)
@@ -301,7 +342,7 @@ fn copy_sources(req: &CopyRequest<'_>, exclude_base: &str) -> Result<u64, CopyEr
 /// the destination directory joined with the match's path (a directory) or
 /// its parent (a file). The kept path starts at the context root, or after
 /// a `/./` in the source (`src/./pkg/*.go` keeps `pkg/...`).
-fn copy_parents(req: &CopyRequest<'_>) -> Result<u64, CopyError> {
+fn copy_parents(req: &CopyRequest<'_>, links: &HardLinks) -> Result<u64, CopyError> {
     let excludes =
         PatternMatcher::new(req.excludes).map_err(|e| CopyError::Invalid(e.to_string()))?;
     let ignored = |rel: &str| {
@@ -371,6 +412,7 @@ fn copy_parents(req: &CopyRequest<'_>) -> Result<u64, CopyError> {
                     ..*req
                 },
                 kept,
+                links,
             )?;
         }
     }
@@ -603,6 +645,7 @@ struct TreeCopy<'a> {
     excludes: &'a PatternMatcher,
     owner: Owner,
     chmod: Option<&'a Chmod>,
+    links: &'a HardLinks,
 }
 
 /// Copies the contents of `src_dir` into `dest_dir`, links as links.
@@ -643,6 +686,7 @@ fn copy_entry(
         excludes,
         owner,
         chmod,
+        links,
     } = tree;
     let child_rel = join_rel(walk.rel, &name.to_string_lossy());
     let child_exclude_rel = join_rel(walk.exclude_rel, &name.to_string_lossy());
@@ -690,22 +734,25 @@ fn copy_entry(
         std::os::unix::fs::lchown(&dest, Some(owner.uid), Some(owner.gid))
             .map_err(io_err("changing owner of", &dest))?;
     } else if ft.is_file() {
-        let reuse = req.reuse.and_then(|r| {
-            let rel = dest.strip_prefix(req.dest_root).ok()?;
-            Some((r, rel, FileStamp::of(&meta)))
-        });
-        if let Some((r, rel, stamp)) = reuse
-            && r.link(rel, stamp, &dest)
-        {
-            return Ok(1);
-        }
-        let file = File::open(&src).map_err(io_err("opening", &src))?;
-        let mode = meta.mode() & 0o7777;
-        let data = Data::File(&file, meta.len());
-        write_file_from(data, &dest, mode, owner, chmod, meta.modified().ok(), true)?;
-        if let Some((r, rel, stamp)) = reuse {
-            r.wrote(rel, stamp);
-        }
+        links.copy_or_link(&meta, &dest, || {
+            let reuse = req.reuse.and_then(|r| {
+                let rel = dest.strip_prefix(req.dest_root).ok()?;
+                Some((r, rel, FileStamp::of(&meta)))
+            });
+            if let Some((r, rel, stamp)) = reuse
+                && r.link(rel, stamp, &dest)
+            {
+                return Ok(());
+            }
+            let file = File::open(&src).map_err(io_err("opening", &src))?;
+            let mode = meta.mode() & 0o7777;
+            let data = Data::File(&file, meta.len());
+            write_file_from(data, &dest, mode, owner, chmod, meta.modified().ok(), true)?;
+            if let Some((r, rel, stamp)) = reuse {
+                r.wrote(rel, stamp);
+            }
+            Ok(())
+        })?;
     } else {
         // Devices, fifos and sockets in a context are not copied.
         return Ok(0);

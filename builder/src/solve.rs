@@ -943,12 +943,17 @@ fn run_exec(
     // Per mount with `from=`: a bind keys on the content of the
     // mounted path (as BuildKit: a change elsewhere in the source
     // stage keeps the step cached), others on the source's key.
+    // A bind of the context or of a named directory context keys on the
+    // content it shows (with the source's ignore file).
+    let local_of = |m: &frontend::instructions::Mount, src: &Option<NodeIndex>| {
+        local_bind_source(ctx, m, *src)
+    };
     let from_keys: Vec<Option<String>> = exec
         .mounts
         .iter()
         .zip(&exec.mount_sources)
         .map(|(m, src)| -> anyhow::Result<Option<String>> {
-            if m.from.is_none() {
+            if m.from.is_none() || local_of(m, src).is_some() {
                 return Ok(None);
             }
             let Some(source) = src.and_then(|n| done.get(&n)) else {
@@ -966,11 +971,12 @@ fn run_exec(
     let context_binds: Vec<String> = exec
         .mounts
         .iter()
-        .filter(|m| m.mount_type == MountType::Bind && m.from.is_none())
-        .map(|m| {
+        .zip(&exec.mount_sources)
+        .filter_map(|(m, src)| Some((m, local_of(m, src)?)))
+        .map(|(m, (root, ignore)): (_, (PathBuf, _))| {
             crate::copy::content_digest(
-                options.context,
-                options.ignore.as_ref(),
+                &root,
+                ignore,
                 &[m.source.clone().unwrap_or_default()],
                 &[],
                 Some(stat),
@@ -1025,6 +1031,7 @@ fn run_exec(
                 });
             }
             let mut views = Vec::new();
+            let mut local_binds = Vec::new();
             // Cache-mount locks (sharing=locked|private), held for the run.
             let mut locks = Vec::new();
             // Empty caches of a --no-cache step, removed after it.
@@ -1170,6 +1177,23 @@ fn run_exec(
                             target,
                             readonly: mount.read_only,
                         });
+                    }
+                    MountType::Bind if local_of(mount, source).is_some() => {
+                        let (root, ignore) = local_of(mount, source).expect("matched");
+                        let bind = crate::bind::local_bind(
+                            &store.snapshots,
+                            &root,
+                            ignore,
+                            mount.source.as_deref().unwrap_or(""),
+                            mount.read_only,
+                        )
+                        .map_err(where_)?;
+                        mounts.push(Mount::Bind {
+                            source: bind.source.clone(),
+                            target,
+                            readonly: mount.read_only,
+                        });
+                        local_binds.push(bind);
                     }
                     MountType::Bind => {
                         let source_root = if mount.from.is_some() {
@@ -1466,8 +1490,10 @@ fn snapshot_path_digest(
 
 /// What of the layer options changes a layer's bytes: part of every key.
 fn layer_key(options: &BuildOptions<'_>) -> String {
+    // `diff2`: layers hold what BuildKit's differs count as changed (steps
+    // recorded before wrote copied-up directories and .wh..opq).
     format!(
-        "uncompressed clamp {:?}",
+        "uncompressed diff2 clamp {:?}",
         options.epoch.filter(|_| options.rewrite_timestamp)
     )
 }
@@ -1594,6 +1620,32 @@ fn resolve_layers(
         })
         .collect();
     Ok(())
+}
+
+/// The local directory a bind mount shows, with its ignore file: the
+/// build context (no `from=`), or a named directory context.
+fn local_bind_source<'c>(
+    ctx: &'c Ctx<'_>,
+    mount: &frontend::instructions::Mount,
+    source: Option<NodeIndex>,
+) -> Option<(PathBuf, Option<&'c PatternMatcher>)> {
+    if mount.mount_type != MountType::Bind {
+        return None;
+    }
+    let options = ctx.options;
+    if mount.from.is_none() {
+        return Some((options.context.to_path_buf(), options.ignore.as_ref()));
+    }
+    match &ctx.graph.graph[source?].kind {
+        OpKind::Context { name } if name == "context" => {
+            Some((options.context.to_path_buf(), options.ignore.as_ref()))
+        }
+        OpKind::Context { name } => options
+            .named_contexts
+            .get(name)
+            .map(|(dir, ignore)| (dir.clone(), ignore.as_ref())),
+        _ => None,
+    }
 }
 
 /// An empty tar (two zero blocks) is no layer.

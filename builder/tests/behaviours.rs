@@ -25,6 +25,8 @@ enum Check {
     Mode(&'static str, u32),
     /// Owner and group of an exported path.
     Owner(&'static str, u32, u32),
+    /// Two exported paths are hard links of one file.
+    Linked(&'static str, &'static str),
     /// A JSON pointer into `rbuild inspect`'s `Config` (the image config).
     Config(&'static str, Value),
     /// The build's plain progress contains this text.
@@ -955,6 +957,136 @@ fn cases() -> Vec<Case> {
             "FROM bb AS parent\nONBUILD RUN echo from-parent > /onbuild\nFROM parent AS child\nRUN cat /onbuild > /seen\n",
         )
         .checks(vec![File("seen", "from-parent\n")]),
+        // Found beside BuildKit (issue 12): a step's environment and root.
+        case(
+            "issue12/runEnvFromScratch",
+            "FROM scratch\nCOPY busybox /busybox\nRUN [\"/busybox\", \"sh\", \"-c\", \"/busybox env > /env\"]\n",
+        )
+        .checks(vec![
+            Contains("env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"),
+            Contains("env", "HOME=/\n"),
+            Config(
+                "/config/Env",
+                json!(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]),
+            ),
+            // The runtime's mount points stay, as runc leaves them.
+            Mode("dev", 0o755),
+            Mode("proc", 0o755),
+            Mode("sys", 0o755),
+            Owner("proc", 0, 0),
+            Missing("etc"),
+        ]),
+        case(
+            "issue12/expandDefaultPath",
+            "FROM scratch\nENV P=$PATH:/extra\n",
+        )
+        .checks(vec![Config(
+            "/config/Env",
+            json!([
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "P=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/extra"
+            ]),
+        )]),
+        case(
+            "issue12/runHomeFromPasswd",
+            "FROM bb\nUSER 1000\nRUN echo $HOME > /tmp/user\nUSER 4242\nRUN echo $HOME > /tmp/nobody\nUSER root\nENV HOME=\nRUN echo \"[$HOME]\" > /tmp/empty\n",
+        )
+        .checks(vec![
+            File("tmp/user", "/home/user\n"),
+            File("tmp/nobody", "/\n"),
+            File("tmp/empty", "[/root]\n"),
+        ]),
+        case(
+            "issue12/secretEnvWinsOverEnv",
+            "FROM bb\nENV TOKEN=plain\nRUN --mount=type=secret,id=tok,env=TOKEN test \"$TOKEN\" = s3cret && echo secret-won > /r\n",
+        )
+        .files(&[("tok", "s3cret")])
+        .flags(&["--secret", "id=tok,src={ctx}/tok"])
+        .checks(vec![File("r", "secret-won\n")]),
+        // A bind of the context shows what the ignore file keeps, and
+        // what the step writes stays in the step.
+        case(
+            "issue12/bindMountDockerignore",
+            "FROM bb\nRUN --mount=type=bind,target=/c ls -a /c > /list && ls /c/dir > /dirlist\n",
+        )
+        .files(&[
+            ("kept", "k"),
+            ("ignored", "i"),
+            ("dir/ok", "o"),
+            ("dir/no", "n"),
+            ("gone/x", "x"),
+            (".dockerignore", "ignored\ndir/*\n!dir/ok\ngone\n"),
+        ])
+        .checks(vec![
+            File("list", ".\n..\n.dockerignore\nDockerfile\nbusybox\ndir\nkept\n"),
+            File("dirlist", "ok\n"),
+        ]),
+        case(
+            "issue12/bindMountSubdirAndIgnoredSource",
+            "FROM bb\nRUN --mount=type=bind,source=sub,target=/c ls /c > /list\nRUN --mount=type=bind,source=sub/secret,target=/s cat /s\n",
+        )
+        .files(&[("sub/a", "a"), ("sub/secret", "s"), (".dockerignore", "sub/secret\n")])
+        .fails("bind mount source sub/secret: not found in the build context"),
+        case(
+            "issue12/bindMountSubdirIgnore",
+            "FROM bb\nRUN --mount=type=bind,source=sub,target=/c ls /c > /list\n",
+        )
+        .files(&[("sub/a", "a"), ("sub/secret", "s"), (".dockerignore", "sub/secret\n")])
+        .checks(vec![File("list", "a\n")]),
+        case(
+            "issue12/bindMountRwStaysInStep",
+            "FROM bb\nRUN --mount=type=bind,target=/c,rw echo changed > /c/kept && rm /c/busybox && cat /c/kept > /seen\nRUN --mount=type=bind,target=/c cat /c/kept > /after && test -f /c/busybox\n",
+        )
+        .files(&[("kept", "k")])
+        .checks(vec![File("seen", "changed\n"), File("after", "k")]),
+        case(
+            "issue12/dockerfileIgnoreOutsideContext",
+            "FROM bb\nCOPY . /out/\nRUN --mount=type=bind,target=/c ls /c > /list\n",
+        )
+        .files(&[("foo", "foo"), ("bar", "bar"), (".dockerignore", "foo\n")])
+        .setup(|ctx| {
+            let dir = ctx.parent().unwrap().join("dockerfiles");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::copy(ctx.join("Dockerfile"), dir.join("Dockerfile")).unwrap();
+            std::fs::write(dir.join("Dockerfile.dockerignore"), "bar\nbusybox\n").unwrap();
+        })
+        .flags(&["-f", "{ctx}/../dockerfiles/Dockerfile"])
+        .checks(vec![
+            File("out/foo", "foo"),
+            Missing("out/bar"),
+            Missing("out/busybox"),
+            File("list", "Dockerfile\nfoo\n"),
+        ]),
+        case(
+            "issue12/namedContextBindMount",
+            "FROM bb\nRUN --mount=type=bind,from=named,target=/n ls -a /n > /list && cat /n/kept > /content\n",
+        )
+        .files(&[
+            ("namedctx/kept", "v1"),
+            ("namedctx/ignored", "i"),
+            ("namedctx/.dockerignore", "ignored\n"),
+        ])
+        .flags(&["--build-context", "named={ctx}/namedctx"])
+        .checks(vec![
+            File("list", ".\n..\n.dockerignore\nkept\n"),
+            File("content", "v1"),
+        ])
+        .before_rebuild(|ctx| std::fs::write(ctx.join("namedctx/kept"), "v2").unwrap())
+        .rebuild(&[], vec![File("content", "v2")]),
+        // Hard links stay hard links: made by a step, copied from the
+        // context or from another stage, exported.
+        case(
+            "issue12/hardLinksKept",
+            "FROM bb AS s\nRUN mkdir /data && echo x > /data/r1 && ln /data/r1 /data/r2\nFROM scratch\nCOPY a b /c/\nCOPY . /all/\nCOPY --from=s /data/ /s/\n",
+        )
+        .files(&[("a", "a")])
+        .setup(|ctx| sh(ctx, "ln a b"))
+        .checks(vec![
+            Linked("c/a", "c/b"),
+            Linked("all/a", "all/b"),
+            Linked("s/r1", "s/r2"),
+            File("s/r2", "x\n"),
+        ]),
     ]
 }
 
@@ -1122,6 +1254,14 @@ fn check_all(
                 )),
                 Err(e) => Some(format!("{p}: {e}")),
             },
+            Check::Linked(a, b) => {
+                let ino =
+                    |p: &str| std::fs::symlink_metadata(out.join(p)).map(|m| (m.dev(), m.ino()));
+                match (ino(a), ino(b)) {
+                    (Ok(x), Ok(y)) if x == y => None,
+                    (x, y) => Some(format!("{a} and {b} are not one file: {x:?} {y:?}")),
+                }
+            }
             Check::Config(pointer, want) => {
                 let config = config.get_or_insert_with(|| image_config(root, tag));
                 let got = config["Config"]

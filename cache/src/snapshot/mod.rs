@@ -31,6 +31,8 @@ use crate::layer::{
     DiffSource, Layer, LayerError, LayerOptions, UnpackOptions, unpack, write_layer,
 };
 
+mod view;
+
 /// Snapshot failures; each names the snapshot or path.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -493,8 +495,9 @@ impl Snapshotter {
         result
     }
 
-    /// A writable snapshot on top of `parent` (or empty).
-    pub fn prepare(&self, parent: Option<&str>) -> Result<MutableSnapshot, SnapshotError> {
+    /// A new active snapshot directory (locked, with an empty `merged`),
+    /// not mounted yet.
+    fn new_active(&self, parent: Option<&str>) -> Result<MutableSnapshot, SnapshotError> {
         // Made under a dot name with its lock held, then renamed: another
         // process's cleanup only ever sees active snapshots that are locked.
         let name = format!("{}-{}", std::process::id(), self.next_id()?);
@@ -504,15 +507,23 @@ impl Snapshotter {
         let lock = File::create(staging.join("lock")).map_err(io_err("creating", &staging))?;
         lock.lock().map_err(io_err("locking", &staging))?;
         fs::rename(&staging, &active).map_err(io_err("creating", &active))?;
-        let mut snap = MutableSnapshot {
+        let snap = MutableSnapshot {
             snapshotter: self.clone(),
-            dir: active.clone(),
+            dir: active,
             parent: parent.map(str::to_string),
             mounted: false,
             _lock: lock,
         };
         let merged = snap.root();
         fs::create_dir_all(&merged).map_err(io_err("creating", &merged))?;
+        Ok(snap)
+    }
+
+    /// A writable snapshot on top of `parent` (or empty).
+    pub fn prepare(&self, parent: Option<&str>) -> Result<MutableSnapshot, SnapshotError> {
+        let mut snap = self.new_active(parent)?;
+        let active = snap.dir.clone();
+        let merged = snap.root();
         match self.backend {
             Backend::Copy => {
                 if let Some(p) = parent {
