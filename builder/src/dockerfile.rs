@@ -22,8 +22,20 @@ pub struct Loaded {
 }
 
 /// `--build-arg NAME=VALUE` or `NAME` (value from the environment; skipped
-/// when unset, as buildx does).
+/// when unset, as buildx does); `SOURCE_DATE_EPOCH` from the environment
+/// when no `--build-arg` sets it (buildx passes it on the same way).
 pub fn build_args(args: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = flag_build_args(args)?;
+    if !out.contains_key("SOURCE_DATE_EPOCH")
+        && let Ok(epoch) = std::env::var("SOURCE_DATE_EPOCH")
+        && !epoch.is_empty()
+    {
+        out.insert("SOURCE_DATE_EPOCH".to_string(), epoch);
+    }
+    Ok(out)
+}
+
+fn flag_build_args(args: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for arg in args {
         match arg.split_once('=') {

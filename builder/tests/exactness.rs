@@ -1,0 +1,252 @@
+//! What building side by side with BuildKit found (issue 12), where the
+//! behaviour cases of `behaviours.rs` can't reach: the layers a step
+//! writes, rbuild started with another umask, SOURCE_DATE_EPOCH from the
+//! environment, concurrent builds on one state root.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{is_root, rbuild_env, tmp};
+use serde_json::Value;
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A context with busybox and `dockerfile`.
+fn context(dir: &Path, dockerfile: &str) -> PathBuf {
+    let ctx = dir.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).expect("busybox-static (.ci/run)");
+    std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    ctx
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+fn blob(layout: &Path, digest: &str) -> PathBuf {
+    layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+/// An OCI layout's (first) image: its config, and each layer's entries
+/// (name -> (type, mode, uid, gid)) with the history entry that made it.
+struct Image {
+    config: Value,
+    layers: Vec<(String, BTreeMap<String, (char, u32, u64, u64)>)>,
+}
+
+fn image(layout: &Path) -> Image {
+    let index = read_json(&layout.join("index.json"));
+    let manifest = read_json(&blob(
+        layout,
+        index["manifests"][0]["digest"].as_str().unwrap(),
+    ));
+    let config = read_json(&blob(
+        layout,
+        manifest["config"]["digest"].as_str().unwrap(),
+    ));
+    let made_by: Vec<String> = config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| !h["empty_layer"].as_bool().unwrap_or(false))
+        .map(|h| h["created_by"].as_str().unwrap_or("").to_string())
+        .collect();
+    let layers = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(made_by)
+        .map(|(l, by)| {
+            let file = std::fs::File::open(blob(layout, l["digest"].as_str().unwrap())).unwrap();
+            let mut entries = BTreeMap::new();
+            let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(file));
+            for e in archive.entries().unwrap() {
+                let e = e.unwrap();
+                let h = e.header();
+                let kind = match h.entry_type() {
+                    tar::EntryType::Directory => 'd',
+                    tar::EntryType::Symlink => 'l',
+                    tar::EntryType::Link => 'h',
+                    _ => 'f',
+                };
+                entries.insert(
+                    e.path().unwrap().display().to_string(),
+                    (kind, h.mode().unwrap(), h.uid().unwrap(), h.gid().unwrap()),
+                );
+            }
+            (by, entries)
+        })
+        .collect();
+    Image { config, layers }
+}
+
+/// `rbuild build` to an OCI layout directory, with rbuild's umask set.
+fn build_layout(root: &Path, ctx: &Path, layout: &Path, umask: u32) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rbuild"));
+    cmd.arg("--root")
+        .arg(root)
+        .args(["build", "-q", "-o"])
+        .arg(format!("type=oci,dest={},tar=false", layout.display()))
+        .arg(ctx);
+    // SAFETY: umask is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::umask(umask);
+            Ok(())
+        });
+    }
+    cmd.output().unwrap()
+}
+
+/// A RUN on a root without /dev, /proc, /sys: its layer holds them (0755,
+/// root's), as runc makes them and BuildKit keeps them; the stubs of
+/// /etc/hosts, /etc/resolv.conf and of the step's mounts are gone; files
+/// the step makes have the modes of umask 0022 whatever rbuild's umask;
+/// a step that changed nothing but mount stubs adds no layer.
+#[test]
+fn run_layers_hold_what_buildkits_do() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("exact-layers");
+    let ctx = context(
+        &t.0,
+        "FROM scratch\n\
+         COPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox mkdir /made && /bin/busybox touch /made/f\"]\n\
+         RUN [\"/bin/busybox\", \"mkdir\", \"-p\", \"/root/keep\"]\n\
+         RUN --mount=type=tmpfs,target=/root/.cache --mount=type=tmpfs,target=/srv/x/y [\"/bin/busybox\", \"true\"]\n",
+    );
+    let layout = t.0.join("layout");
+    let o = build_layout(&t.0.join("state"), &ctx, &layout, 0o077);
+    assert!(o.status.success(), "{}", text(&o));
+    let img = image(&layout);
+    let (by, first_run) = &img.layers[1];
+    assert!(by.contains("mkdir /made"), "{by}");
+    for dir in ["dev/", "proc/", "sys/"] {
+        assert_eq!(
+            first_run.get(dir),
+            Some(&('d', 0o755, 0, 0)),
+            "{dir} in {first_run:?}"
+        );
+    }
+    assert_eq!(first_run.get("made/"), Some(&('d', 0o755, 0, 0)));
+    assert_eq!(first_run.get("made/f"), Some(&('f', 0o644, 0, 0)));
+    assert!(
+        !first_run.keys().any(|k| k.starts_with("etc")),
+        "{first_run:?}"
+    );
+    // The second RUN: its own directory only, the runtime's are there.
+    let (_, second) = &img.layers[2];
+    assert_eq!(
+        second.keys().collect::<Vec<_>>(),
+        ["root/", "root/keep/"],
+        "{second:?}"
+    );
+    // The third only made and removed mount stubs (/root/.cache in an
+    // existing directory, /srv/x/y in new ones): no layer, and history
+    // says so.
+    assert_eq!(img.layers.len(), 3, "{:?}", img.layers);
+    let history = img.config["history"].as_array().unwrap();
+    let last = history.last().unwrap();
+    assert!(
+        last["created_by"].as_str().unwrap().contains("true"),
+        "{last}"
+    );
+    assert_eq!(last["empty_layer"], Value::Bool(true), "{last}");
+}
+
+/// SOURCE_DATE_EPOCH from the environment (as buildx reads it) with
+/// rewrite-timestamp: the same image from fresh roots a second apart and
+/// from four builds started together on one root.
+#[test]
+fn source_date_epoch_from_the_environment() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("exact-sde");
+    let ctx = context(
+        &t.0,
+        "FROM scratch\n\
+         COPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         RUN mkdir /out && echo hello > /out/a.txt\n",
+    );
+    let env = [("SOURCE_DATE_EPOCH", "1700000000")];
+    let build = |root: &Path, name: &str| {
+        let layout = t.0.join(name);
+        let o = rbuild_env(
+            root,
+            &[
+                "build",
+                "-q",
+                "--no-cache",
+                "-o",
+                &format!(
+                    "type=oci,dest={},tar=false,rewrite-timestamp=true",
+                    layout.display()
+                ),
+                ctx.to_str().unwrap(),
+            ],
+            &env,
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let first = build(&t.0.join("root-a"), "a");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = build(&t.0.join("root-b"), "b");
+    assert_eq!(first, second, "fresh roots a second apart");
+    let created = image(&t.0.join("a")).config["created"].clone();
+    assert_eq!(created, Value::String("2023-11-14T22:13:20Z".into()));
+
+    let shared = t.0.join("root-shared");
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let shared = &shared;
+                let build = &build;
+                s.spawn(move || build(shared, &format!("together-{i}")))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(ids.iter().all(|id| *id == first), "{first} vs {ids:?}");
+    // A --build-arg wins over the environment.
+    let o = rbuild_env(
+        &t.0.join("root-a"),
+        &[
+            "build",
+            "-q",
+            "--build-arg",
+            "SOURCE_DATE_EPOCH=1600000000",
+            "-t",
+            "sde:arg",
+            ctx.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let inspect = rbuild_env(&t.0.join("root-a"), &["inspect", "sde:arg"], &[]);
+    let config: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(
+        config["Config"]["created"],
+        Value::String("2020-09-13T12:26:40Z".into()),
+        "{config}"
+    );
+}
