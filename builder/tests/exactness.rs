@@ -40,11 +40,14 @@ fn blob(layout: &Path, digest: &str) -> PathBuf {
         .join(digest.trim_start_matches("sha256:"))
 }
 
+/// A layer's entries: name -> (type, mode, uid, gid).
+type Entries = BTreeMap<String, (char, u32, u64, u64)>;
+
 /// An OCI layout's (first) image: its config, and each layer's entries
-/// (name -> (type, mode, uid, gid)) with the history entry that made it.
+/// with the history entry that made it.
 struct Image {
     config: Value,
-    layers: Vec<(String, BTreeMap<String, (char, u32, u64, u64)>)>,
+    layers: Vec<(String, Entries)>,
 }
 
 fn image(layout: &Path) -> Image {
