@@ -21,6 +21,7 @@ pub mod export;
 pub mod image;
 pub mod images;
 pub mod interrupt;
+pub mod mask;
 pub mod sandbox;
 pub mod secrets;
 pub mod solve;

@@ -1254,14 +1254,28 @@ fn run_exec(
                 resolv_conf: resolv_conf(host_resolv, network),
             };
             let mut log: Vec<u8> = Vec::new();
-            let code = runtime
-                .run(&spec, cancel, &mut |stream: Stream, chunk: &[u8]| {
-                    if log.len() < LOG_CAP {
-                        log.extend_from_slice(chunk);
-                    }
-                    progress.log(id, stream, chunk, started);
-                })
-                .map_err(|e| where_(e.into()))?;
+            // Secret values are masked before the output goes anywhere.
+            let masker = crate::mask::Masker::global();
+            let (mut out_mask, mut err_mask) = (masker.stream(), masker.stream());
+            let mut show = |stream: Stream, chunk: &[u8]| {
+                if chunk.is_empty() {
+                    return;
+                }
+                if log.len() < LOG_CAP {
+                    log.extend_from_slice(chunk);
+                }
+                progress.log(id, stream, chunk, started);
+            };
+            let ran = runtime.run(&spec, cancel, &mut |stream: Stream, chunk: &[u8]| {
+                let masked = match stream {
+                    Stream::Stdout => out_mask.push(chunk),
+                    Stream::Stderr => err_mask.push(chunk),
+                };
+                show(stream, &masked);
+            });
+            show(Stream::Stdout, &out_mask.finish());
+            show(Stream::Stderr, &err_mask.finish());
+            let code = ran.map_err(|e| where_(e.into()))?;
             drop(views);
             drop(locks);
             drop(secret_files);

@@ -253,3 +253,81 @@ fn source_date_epoch_from_the_environment() {
         "{config}"
     );
 }
+
+/// A secret a step prints is masked in every progress mode (rawjson's
+/// base64 data too), in the error of a failing step and in the metadata
+/// file, also when the output splits it between two writes.
+#[test]
+fn secrets_are_masked_everywhere() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    use base64::Engine as _;
+    let t = tmp("exact-mask");
+    let secret = "hunter2-secret-value";
+    let ctx = context(
+        &t.0,
+        "FROM scratch\n\
+         COPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         ARG FAIL=0\n\
+         RUN --mount=type=secret,id=s,env=TOKEN,target=/run/secrets/s cat /run/secrets/s; echo; \
+         printf '%s' \"$TOKEN\" | head -c 7; sleep 0.2; printf '%s\\n' \"$TOKEN\" | tail -c +8; \
+         echo \"$TOKEN\" >&2; test $FAIL = 0\n",
+    );
+    std::fs::write(ctx.join("s"), secret).unwrap();
+    let root = t.0.join("state");
+    let run = |progress: &str, fail: &str| {
+        let meta = t.0.join(format!("meta-{progress}-{fail}.json"));
+        let o = rbuild_env(
+            &root,
+            &[
+                "build",
+                "--no-cache",
+                "--progress",
+                progress,
+                "--build-arg",
+                &format!("FAIL={fail}"),
+                "--secret",
+                &format!("id=s,src={}", ctx.join("s").display()),
+                "--metadata-file",
+                meta.to_str().unwrap(),
+                "-t",
+                &format!("{secret}:1"),
+                ctx.to_str().unwrap(),
+            ],
+            &[],
+        );
+        (o, std::fs::read_to_string(meta).unwrap_or_default())
+    };
+    for progress in ["plain", "rawjson"] {
+        let (o, meta) = run(progress, "0");
+        assert!(o.status.success(), "{}", text(&o));
+        let mut all = text(&o);
+        if progress == "rawjson" {
+            for line in String::from_utf8_lossy(&o.stderr).lines() {
+                let Ok(event) = serde_json::from_str::<Value>(line) else {
+                    continue;
+                };
+                for log in event["logs"].as_array().into_iter().flatten() {
+                    let data = base64::engine::general_purpose::STANDARD
+                        .decode(log["data"].as_str().unwrap())
+                        .unwrap();
+                    all.push_str(&String::from_utf8_lossy(&data));
+                }
+            }
+        }
+        assert!(!all.contains(secret), "{progress}: {all}");
+        assert!(!all.contains("hunter2"), "{progress}: {all}");
+        // Three lines of the step, and the tag named at the end.
+        assert_eq!(all.matches("****").count(), 4, "{progress}: {all}");
+        assert!(meta.contains("\"image.name\": \"****:1\""), "{meta}");
+    }
+    let (o, _) = run("plain", "1");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let error = &err[err.find("error:").expect("an error")..];
+    assert!(error.contains("****"), "{error}");
+    assert!(!err.contains("hunter2"), "{err}");
+}

@@ -107,6 +107,8 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         graph_args.file = Some(PathBuf::from("-"));
     }
     let secrets = crate::secrets::read_specs(&args.secret)?;
+    // Their values never show in a log, an error or the metadata file.
+    crate::mask::Masker::new(secrets.values().map(Vec::as_slice)).install();
     // The private agents (key files) live as long as the build.
     let (ssh, _private_agents) = crate::ssh::read_specs(&args.ssh)?;
     let loaded = crate::dockerfile::load(&context, &graph_args)?;
@@ -222,14 +224,17 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
             "containerimage.descriptor": built.manifest,
             "image.name": args.tags.join(","),
         });
-        write_file(f, serde_json::to_string_pretty(&meta)?.as_bytes())?;
+        let text = crate::mask::Masker::global().mask_str(&serde_json::to_string_pretty(&meta)?);
+        write_file(f, text.as_bytes())?;
     }
     if quiet {
         println!("{}", built.image_id);
     } else {
         eprintln!("writing image {} done", built.image_id);
+        let masker = crate::mask::Masker::global();
         for t in &args.tags {
-            eprintln!("naming to {} done", crate::images::normalize(t));
+            let name = masker.mask_str(&crate::images::normalize(t));
+            eprintln!("naming to {name} done");
         }
     }
     Ok(())

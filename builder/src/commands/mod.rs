@@ -44,7 +44,7 @@ pub fn render_error(err: &anyhow::Error) -> String {
             break;
         }
     }
-    out
+    crate::mask::Masker::global().mask_str(&out)
 }
 
 /// The Dockerfile lines a frontend error points at, with a caret.
