@@ -11,6 +11,28 @@ use frontend::stage::{Plan, PlanOptions};
 use crate::cli::BuildGraphArgs;
 use crate::commands::debug::read_dockerfile;
 
+/// The texts of the Dockerfiles this process parsed, by the name their
+/// spans carry: an error's snippet comes from the text that was parsed
+/// (stdin's too), never from reading a path again.
+static SOURCES: std::sync::Mutex<Vec<(String, std::sync::Arc<str>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Keeps `text` as the source named `name`.
+pub fn remember_source(name: &str, text: &str) {
+    let mut sources = SOURCES.lock().unwrap_or_else(|e| e.into_inner());
+    sources.retain(|(n, _)| n != name);
+    sources.push((name.to_string(), text.into()));
+}
+
+/// The text parsed under `name`, if this process parsed one.
+pub fn source(name: &str) -> Option<std::sync::Arc<str>> {
+    let sources = SOURCES.lock().unwrap_or_else(|e| e.into_inner());
+    sources
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, text)| text.clone())
+}
+
 /// A Dockerfile read and planned.
 pub struct Loaded {
     /// Where it was read from (`-` for stdin).
@@ -89,6 +111,7 @@ pub fn load(context: &Path, args: &BuildGraphArgs) -> anyhow::Result<Loaded> {
     } else {
         path.display().to_string()
     };
+    remember_source(&name, &text);
     let dockerfile = frontend::parse(&name, &text)?;
     let options = PlanOptions {
         target: args.target.clone(),

@@ -717,9 +717,28 @@ impl Step<'_> {
     /// (`Dockerfile:3:1: [2/4] RUN ...`).
     fn locate(&self, e: anyhow::Error) -> anyhow::Error {
         match &self.op.span {
-            Some(s) => e.context(format!("{}: {}", s.start(), self.op.name)),
+            Some(s) => e.context(StepLocation {
+                span: s.clone(),
+                name: self.op.name.clone(),
+            }),
             None => e.context(self.op.name.clone()),
         }
+    }
+}
+
+/// Where a failed step is in the Dockerfile: the context of its error,
+/// which the error's report shows the line of.
+#[derive(Debug, Clone)]
+pub struct StepLocation {
+    /// The instruction's range.
+    pub span: frontend::Span,
+    /// The step's name (`[2/4] RUN ...`).
+    pub name: String,
+}
+
+impl std::fmt::Display for StepLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.span.start(), self.name)
     }
 }
 

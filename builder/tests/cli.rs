@@ -404,3 +404,53 @@ fn du_prune_verify_on_a_state_root() {
     assert_eq!(out.status.code(), Some(2));
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// Error snippets come from the text that was parsed: a Dockerfile from
+/// stdin shows its own lines, not those of a `./Dockerfile` in the working
+/// directory, for a planning error and for a step that fails.
+#[test]
+fn stdin_errors_show_the_parsed_text() {
+    let dir = std::env::temp_dir().join(format!("rbuild-stdin-snippet-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM scratch\nCOPY from-the-working-directory /\nCOPY another /\n",
+    )
+    .unwrap();
+    let run = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rbuild"))
+            .args(["--root", dir.join("root").to_str().unwrap()])
+            .args(args)
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run(&["build", "-"], "FROM scratch\nRUN --bad-flag x\n");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains(" 2 | RUN --bad-flag x\n"), "{err}");
+    assert!(!err.contains("working-directory"), "{err}");
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let out = run(
+            &["build", "--progress", "plain", "-f", "-", "."],
+            "FROM scratch\n\nCOPY not-in-the-context /x\n",
+        );
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert!(err.contains(" 3 | COPY not-in-the-context /x\n"), "{err}");
+        assert!(!err.contains("working-directory"), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -38,11 +38,11 @@ pub fn render_error(err: &anyhow::Error) -> String {
     for cause in err.chain().skip(1) {
         let _ = write!(out, "\n  Caused by: {cause}");
     }
-    for cause in err.chain() {
-        if let Some(snippet) = snippet_of(cause) {
-            let _ = write!(out, "\n{snippet}");
-            break;
-        }
+    let step = err
+        .downcast_ref::<crate::solve::StepLocation>()
+        .and_then(|s| snippet_at(&s.span.start()));
+    if let Some(snippet) = step.or_else(|| err.chain().find_map(snippet_of)) {
+        let _ = write!(out, "\n{snippet}");
     }
     crate::mask::Masker::global().mask_str(&out)
 }
@@ -59,13 +59,16 @@ fn snippet_of(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
         } else {
             return None;
         };
-        let text = std::fs::read_to_string(&*span.file).ok()?;
-        let line = text
-            .lines()
-            .nth(span.start_line.checked_sub(1)?)?
-            .to_string();
-        (span.start(), line)
+        return snippet_at(&span.start());
     };
     let rendered = frontend::span::render_snippet("", &location, &text);
+    rendered.split_once('\n').map(|(_, s)| s.to_string())
+}
+
+/// The line at `location` with a caret, from the text that was parsed.
+fn snippet_at(location: &frontend::Location) -> Option<String> {
+    let text = crate::dockerfile::source(&location.file)?;
+    let line = text.lines().nth(location.line.checked_sub(1)?)?;
+    let rendered = frontend::span::render_snippet("", location, line);
     rendered.split_once('\n').map(|(_, s)| s.to_string())
 }
