@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
@@ -577,10 +578,14 @@ pub fn build(
 /// inputs each node still waits for, and the nodes ready to run (by
 /// topological position).
 struct Progressed {
-    done: BTreeMap<NodeIndex, Done>,
+    done: BTreeMap<NodeIndex, Arc<Done>>,
     failure: Option<anyhow::Error>,
     waiting: BTreeMap<NodeIndex, usize>,
     ready: std::collections::BTreeSet<(usize, NodeIndex)>,
+    /// How many dependents of a done node have not started yet: at 0 its
+    /// result leaves `done` (its dependents hold it), so that a chain of
+    /// steps hands one state down instead of keeping a copy per step.
+    unstarted: BTreeMap<NodeIndex, usize>,
 }
 
 impl Progressed {
@@ -596,7 +601,7 @@ impl Progressed {
     ) {
         match result {
             Ok(d) => {
-                self.done.insert(node, d);
+                self.done.insert(node, Arc::new(d));
                 for &next in dependents.get(&node).map(Vec::as_slice).unwrap_or(&[]) {
                     let w = self.waiting.get_mut(&next).expect("every node is counted");
                     *w -= 1;
@@ -630,9 +635,9 @@ fn schedule<F>(
     limit: usize,
     cancel: &Cancel,
     run: F,
-) -> anyhow::Result<BTreeMap<NodeIndex, Done>>
+) -> anyhow::Result<BTreeMap<NodeIndex, Arc<Done>>>
 where
-    F: Fn(NodeIndex, &BTreeMap<NodeIndex, Done>) -> anyhow::Result<Done> + Sync,
+    F: Fn(NodeIndex, BTreeMap<NodeIndex, Arc<Done>>) -> anyhow::Result<Done> + Sync,
 {
     use std::collections::BTreeSet;
     let order = graph.topological();
@@ -652,13 +657,15 @@ where
             ready.insert((position[&node], node));
         }
     }
+    let unstarted = dependents.iter().map(|(n, d)| (*n, d.len())).collect();
     let mut state = Progressed {
         done: BTreeMap::new(),
         failure: None,
         waiting,
         ready,
+        unstarted,
     };
-    let run_caught = |node: NodeIndex, inputs: &BTreeMap<NodeIndex, Done>| {
+    let run_caught = |node: NodeIndex, inputs: BTreeMap<NodeIndex, Arc<Done>>| {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(node, inputs)))
             .unwrap_or_else(|_| Err(anyhow!("internal error: a build step panicked")))
     };
@@ -670,16 +677,12 @@ where
                 let Some((_, node)) = state.ready.pop_first() else {
                     break;
                 };
-                let inputs: BTreeMap<NodeIndex, Done> = graph
-                    .inputs(node)
-                    .into_iter()
-                    .filter_map(|(n, _)| state.done.get(&n).map(|d| (n, d.clone())))
-                    .collect();
+                let inputs = take_inputs(&mut state, graph, node, graph.target);
                 if running == 0 && state.ready.is_empty() {
                     // Everything left waits for this node: it runs here,
                     // without a thread start (on a VM, the wake-up of an
                     // idle CPU for it took up to 2 ms).
-                    let result = run_caught(node, &inputs);
+                    let result = run_caught(node, inputs);
                     state.finish(node, result, &dependents, &position, cancel);
                     continue;
                 }
@@ -687,7 +690,7 @@ where
                 let run_caught = &run_caught;
                 running += 1;
                 scope.spawn(move || {
-                    let _ = tx.send((node, run_caught(node, &inputs)));
+                    let _ = tx.send((node, run_caught(node, inputs)));
                 });
             }
             if running == 0 {
@@ -703,6 +706,32 @@ where
         Some(e) => Err(e),
         None => Ok(done),
     }
+}
+
+/// Inputs a node takes from `state` as it starts; an input whose last
+/// dependent this is leaves `state.done` (unless it is `keep`).
+fn take_inputs(
+    state: &mut Progressed,
+    graph: &BuildGraph,
+    node: NodeIndex,
+    keep: NodeIndex,
+) -> BTreeMap<NodeIndex, Arc<Done>> {
+    let mut inputs = BTreeMap::new();
+    for (n, _) in graph.inputs(node) {
+        if inputs.contains_key(&n) {
+            continue;
+        }
+        let Some(d) = state.done.get(&n) else {
+            continue;
+        };
+        inputs.insert(n, d.clone());
+        let left = state.unstarted.get_mut(&n).expect("every input is counted");
+        *left -= 1;
+        if *left == 0 && n != keep {
+            state.done.remove(&n);
+        }
+    }
+    inputs
 }
 
 /// The op a runner runs, its inputs, and whether the cache may answer.
@@ -747,7 +776,7 @@ impl std::fmt::Display for StepLocation {
 fn run_node(
     ctx: &Ctx<'_>,
     node: NodeIndex,
-    done: &BTreeMap<NodeIndex, Done>,
+    mut done: BTreeMap<NodeIndex, Arc<Done>>,
 ) -> anyhow::Result<Done> {
     let Ctx {
         store,
@@ -774,7 +803,16 @@ fn run_node(
     // The state this op continues from; a new stage starts a new image.
     let base = match parent {
         Some(p) => {
-            let mut d = done[&p].clone();
+            // The parent's state is taken over when no one else holds it
+            // (the usual chain of steps), else copied.
+            let shared = step.inputs.iter().filter(|(n, _)| *n == p).count() > 1;
+            let parent_done = if shared {
+                done[&p].clone()
+            } else {
+                done.remove(&p)
+                    .ok_or_else(|| anyhow!("parent step not done"))?
+            };
+            let mut d = Arc::try_unwrap(parent_done).unwrap_or_else(|d| (*d).clone());
             if graph.graph[p].stage != op.stage {
                 let since = d.image.created().map(str::to_string);
                 d.image = ImageState::new(Some(d.image.config.clone()), since);
@@ -817,8 +855,8 @@ fn run_node(
             d
         }
         OpKind::Mkdir { path } => run_mkdir(ctx, &step, base, path)?,
-        OpKind::Exec(exec) => run_exec(ctx, &step, base, done, exec)?,
-        OpKind::File(file) => run_file(ctx, &step, base, done, file)?,
+        OpKind::Exec(exec) => run_exec(ctx, &step, base, &done, exec)?,
+        OpKind::File(file) => run_file(ctx, &step, base, &done, file)?,
         OpKind::Merge => {
             let mut d = base.ok_or_else(|| anyhow!("merge without a parent"))?;
             let layer_node = step
@@ -929,7 +967,7 @@ fn run_exec(
     ctx: &Ctx<'_>,
     step: &Step<'_>,
     base: Option<Done>,
-    done: &BTreeMap<NodeIndex, Done>,
+    done: &BTreeMap<NodeIndex, Arc<Done>>,
     exec: &frontend::graph::ExecOp,
 ) -> anyhow::Result<Done> {
     let Ctx {
@@ -1338,7 +1376,7 @@ fn run_file(
     ctx: &Ctx<'_>,
     step: &Step<'_>,
     base: Option<Done>,
-    done: &BTreeMap<NodeIndex, Done>,
+    done: &BTreeMap<NodeIndex, Arc<Done>>,
     file: &frontend::graph::FileOp,
 ) -> anyhow::Result<Done> {
     let Ctx {
@@ -1725,7 +1763,11 @@ fn cache_mount_dir(
     if !dir.exists() {
         // A new cache starts with the mount's owner and mode; later uses
         // keep whatever the steps left.
-        let tmp = PathBuf::from(format!("{}.new-{}", dir.display(), std::process::id()));
+        // A name of this call's own: two steps of one build may make the
+        // same cache at once.
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = PathBuf::from(format!("{}.new-{}-{n}", dir.display(), std::process::id()));
         std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         give_new_cache(&tmp, new_owner)?;
         // Another build may have made it meanwhile: theirs stays.

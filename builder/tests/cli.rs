@@ -454,3 +454,46 @@ fn stdin_errors_show_the_parsed_text() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A Dockerfile too large to build is refused with an error that says so:
+/// over 16 MiB, over 100,000 instructions, or RUN steps that would carry
+/// too much environment (ENV and RUN lines interleaved: each RUN has all
+/// the variables before it) -- never an out-of-memory kill.
+#[test]
+fn too_large_dockerfiles_are_refused() {
+    let dir = std::env::temp_dir().join(format!("rbuild-too-large-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (
+            "huge",
+            format!("FROM scratch\nRUN echo {}\n", "a".repeat(17 << 20)),
+            "larger than 16 MiB, too large to build",
+        ),
+        (
+            "many",
+            format!("FROM scratch\n{}", "ENV a=b\n".repeat(100_000)),
+            ":100001:1: more than 100000 instructions: the Dockerfile is too large to build",
+        ),
+        (
+            "interleaved",
+            format!(
+                "FROM scratch\n{}",
+                (0..20_000)
+                    .map(|i| format!("ENV V{i}={i}\nRUN true\n"))
+                    .collect::<String>()
+            ),
+            "MiB of environment",
+        ),
+    ];
+    for (name, text, message) in cases {
+        let file = dir.join(name);
+        std::fs::write(&file, text).unwrap();
+        let out = rbuild(&["graph", "-f", file.to_str().unwrap(), dir.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let err = stderr(&out);
+        assert!(err.starts_with("error: "), "{name}: {err}");
+        assert!(err.contains(message), "{name}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -343,7 +343,15 @@ struct Compiler<'a> {
     stage_envs: BTreeMap<usize, StageEnv>,
     stage_meta: BTreeMap<usize, (String, Vec<String>)>,
     findings: Vec<Finding>,
+    /// Bytes of environment the RUN steps carry so far (each has all of
+    /// its stage's variables): bounded by [`MAX_RUN_ENV`].
+    run_env_bytes: usize,
 }
+
+/// The most environment all RUN steps of a build may carry together. A
+/// file of many ENV lines each followed by a RUN makes it grow with the
+/// square of its length; past this it is refused, not run out of memory.
+pub const MAX_RUN_ENV: usize = 128 << 20;
 
 /// Compiles the stages the plan's target needs.
 pub fn compile(plan: &Plan, images: &dyn ImageConfigs) -> Result<BuildGraph, PlanError> {
@@ -355,6 +363,7 @@ pub fn compile(plan: &Plan, images: &dyn ImageConfigs) -> Result<BuildGraph, Pla
         stage_results: BTreeMap::new(),
         stage_envs: BTreeMap::new(),
         stage_meta: BTreeMap::new(),
+        run_env_bytes: 0,
         findings: plan.findings.clone(),
     };
     let single = plan.stages.len() == 1;
@@ -589,9 +598,19 @@ impl Compiler<'_> {
                     }
                     let (args, inline_files, suffix) =
                         run_command(&run.command, &shell).map_err(&bad)?;
+                    let run_env = env.scope.to_strings();
+                    self.run_env_bytes += run_env.iter().map(|e| e.len() + 24).sum::<usize>();
+                    if self.run_env_bytes > MAX_RUN_ENV {
+                        return Err(bad(format!(
+                            "the RUN steps up to here carry over {} MiB of environment \
+                             ({} variables in this one): the Dockerfile is too large to build",
+                            MAX_RUN_ENV >> 20,
+                            run_env.len()
+                        )));
+                    }
                     let exec = ExecOp {
                         args,
-                        env: env.scope.to_strings(),
+                        env: run_env,
                         workdir: env.workdir.clone(),
                         user: user.clone(),
                         mounts: mounts.clone(),

@@ -10,7 +10,7 @@
 //! (ENV growth, ARG scoping, WORKDIR) that expansion of each instruction
 //! uses; the graph compiler and the builder both walk it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use crate::instructions::{self, Instruction, InstructionError, Kind};
@@ -290,35 +290,80 @@ impl PlanError {
 /// whose base sets none (`FROM scratch` among them).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// An ordered environment where a later entry replaces an earlier one.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EnvList(Vec<(String, String)>);
+/// Names in the order they were first set, each with its latest value,
+/// found by name without a scan (a stage of 10,000 ENV or ARG lines made
+/// every lookup a walk of all of them).
+#[derive(Debug, Clone)]
+pub struct Ordered<V> {
+    entries: Vec<(String, V)>,
+    index: HashMap<String, usize>,
+}
 
-impl EnvList {
+impl<V> Default for Ordered<V> {
+    fn default() -> Self {
+        Ordered {
+            entries: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+}
+
+impl<V: PartialEq> PartialEq for Ordered<V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries
+    }
+}
+
+impl<V: Eq> Eq for Ordered<V> {}
+
+impl<V> Ordered<V> {
     /// Sets `key`, keeping its position when it exists.
-    pub fn set(&mut self, key: &str, value: &str) {
-        match self.0.iter_mut().find(|(k, _)| k == key) {
-            Some(entry) => entry.1 = value.to_string(),
-            None => self.0.push((key.to_string(), value.to_string())),
+    pub fn insert(&mut self, key: &str, value: V) {
+        match self.index.get(key) {
+            Some(&i) => self.entries[i].1 = value,
+            None => {
+                self.index.insert(key.to_string(), self.entries.len());
+                self.entries.push((key.to_string(), value));
+            }
         }
     }
 
     /// The value of `key`.
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+    pub fn value(&self, key: &str) -> Option<&V> {
+        self.index.get(key).map(|&i| &self.entries[i].1)
     }
 
     /// The entries in order.
-    pub fn entries(&self) -> &[(String, String)] {
-        &self.0
+    pub fn entries(&self) -> &[(String, V)] {
+        &self.entries
+    }
+
+    /// The entries in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, (String, V)> {
+        self.entries.iter()
+    }
+}
+
+/// An ordered environment where a later entry replaces an earlier one.
+pub type EnvList = Ordered<String>;
+
+impl EnvList {
+    /// Sets `key`, keeping its position when it exists.
+    pub fn set(&mut self, key: &str, value: &str) {
+        self.insert(key, value.to_string());
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.value(key).map(String::as_str)
     }
 
     /// `KEY=VALUE` strings, as an image config's Env.
     pub fn to_strings(&self) -> Vec<String> {
-        self.0.iter().map(|(k, v)| format!("{k}={v}")).collect()
+        self.entries
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
     }
 }
 
@@ -338,7 +383,7 @@ pub struct StageEnv {
     /// The image config's Env (ENV only, no ARG values).
     pub image_env: EnvList,
     /// ARGs declared in the stage so far, with their values.
-    pub args: Vec<(String, Option<String>)>,
+    pub args: Ordered<Option<String>>,
     /// The working directory, absolute.
     pub workdir: String,
 }
@@ -359,7 +404,7 @@ impl StageEnv {
         StageEnv {
             scope: image_env.clone(),
             image_env,
-            args: Vec::new(),
+            args: Ordered::default(),
             workdir: if workdir.is_empty() {
                 "/".into()
             } else {
@@ -420,10 +465,7 @@ impl StageEnv {
                 self.scope.set(&def.key, v);
             }
             // A redeclared ARG keeps its first place (BuildKit's RUN history).
-            match self.args.iter_mut().find(|(k, _)| k == &def.key) {
-                Some(entry) => entry.1 = value.clone(),
-                None => self.args.push((def.key.clone(), value.clone())),
-            }
+            self.args.insert(&def.key, value.clone());
             out.push((def.key.clone(), value));
         }
         Ok(out)

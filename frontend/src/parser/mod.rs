@@ -26,6 +26,11 @@ use crate::span::{Location, Span};
 /// The longest line BuildKit's scanner accepts (bufio.MaxScanTokenSize - 1).
 pub const MAX_LINE: usize = 65535;
 
+/// The most instructions a Dockerfile may have. Real ones have hundreds;
+/// each instruction costs a build a few KiB, so a file far beyond this is
+/// refused with an error rather than run out of memory.
+pub const MAX_INSTRUCTIONS: usize = 100_000;
+
 /// ONBUILD may nest only one level; deeper nesting is refused later, but the
 /// parser must not recurse without bound on hostile input.
 const MAX_DEPTH: usize = 4;
@@ -198,6 +203,9 @@ impl<'a> Iterator for Lines<'a> {
 struct Parser<'a> {
     file: Arc<str>,
     text: &'a str,
+    /// Where each line of `text` starts: a line's text without a scan from
+    /// the top (that was quadratic in the number of instructions).
+    line_starts: Vec<usize>,
     lines: Lines<'a>,
     escape: char,
     directive_parser: DirectiveParser,
@@ -214,9 +222,14 @@ fn is_comment(line: &str) -> bool {
 
 impl<'a> Parser<'a> {
     fn new(file: &str, text: &'a str) -> Parser<'a> {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .filter(|&i| i < text.len())
+            .collect();
         Parser {
             file: Arc::from(file),
             text,
+            line_starts,
             lines: Lines {
                 text,
                 pos: 0,
@@ -229,6 +242,13 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Line `n` (1-based) of the text, without its newline.
+    fn line(&self, n: usize) -> Option<&'a str> {
+        let start = *self.line_starts.get(n.checked_sub(1)?)?;
+        let end = self.line_starts.get(n).copied().unwrap_or(self.text.len());
+        Some(trim_newline(&self.text[start..end]))
+    }
+
     fn error(&self, message: impl Into<String>, line: usize, column: usize) -> ParseError {
         let line = line.max(1);
         ParseError {
@@ -238,12 +258,7 @@ impl<'a> Parser<'a> {
                 line,
                 column: column.max(1),
             },
-            line_text: self
-                .text
-                .split('\n')
-                .nth(line - 1)
-                .map(|l| trim_newline(l).to_string())
-                .unwrap_or_default(),
+            line_text: self.line(line).unwrap_or_default().to_string(),
         }
     }
 
@@ -385,12 +400,7 @@ impl<'a> Parser<'a> {
                 end_line = self.lines.number;
             }
 
-            let end_text = self
-                .text
-                .split('\n')
-                .nth(end_line - 1)
-                .map(trim_newline)
-                .unwrap_or("");
+            let end_text = self.line(end_line).unwrap_or("");
             node.span = Span {
                 file: self.file.clone(),
                 start_line,
@@ -400,6 +410,13 @@ impl<'a> Parser<'a> {
             };
             if let Some(trigger) = node.trigger.as_mut() {
                 trigger.span = node.span.clone();
+            }
+            if nodes.len() == MAX_INSTRUCTIONS {
+                return Err(self.error(
+                    format!("more than {MAX_INSTRUCTIONS} instructions: the Dockerfile is too large to build"),
+                    start_line,
+                    1,
+                ));
             }
             nodes.push(node);
         }
