@@ -318,6 +318,22 @@ impl ImageState {
         Ok(())
     }
 
+    /// A layer the stage starts from that no instruction made (a local
+    /// directory as a base): a history entry of its own, as BuildKit's
+    /// exporter adds for layers without one.
+    pub fn base_layer(&mut self, diff_id: Option<&str>) {
+        if let Some(d) = diff_id {
+            self.config.history.push(History {
+                created: self.created.clone(),
+                created_by: None,
+                author: None,
+                comment: None,
+                empty_layer: false,
+            });
+            self.config.rootfs.diff_ids.push(d.to_string());
+        }
+    }
+
     /// Records a RUN and its layer.
     pub fn run(&mut self, exec: &ExecOp, diff_id: Option<&str>) {
         let mut words: Vec<String> = Vec::new();

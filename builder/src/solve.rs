@@ -835,11 +835,21 @@ fn run_node(
             if name == "context" && copies_from_context(graph) {
                 ctx.stat.preload(options.context);
             }
-            Done {
-                snapshot: None,
-                image: ImageState::new(None, None),
-                layers: Vec::new(),
-                key: None,
+            let is_base = graph
+                .graph
+                .edges_directed(node, petgraph::Direction::Outgoing)
+                .any(|e| *e.weight() == Edge::Parent);
+            match options.named_contexts.get(name) {
+                // `FROM NAME` of a directory: its files are the stage's root.
+                Some((dir, ignore)) if is_base => {
+                    run_context_base(ctx, &step, dir, ignore.as_ref())?
+                }
+                _ => Done {
+                    snapshot: None,
+                    image: ImageState::new(None, None),
+                    layers: Vec::new(),
+                    key: None,
+                },
             }
         }
         OpKind::Image { reference, .. } => {
@@ -886,6 +896,52 @@ fn run_node(
         }
     };
     Ok(result)
+}
+
+/// A named directory context as a stage's base (`FROM NAME`): its files
+/// (its ignore file applied) as the first layer, keyed on their content.
+fn run_context_base(
+    ctx: &Ctx<'_>,
+    step: &Step<'_>,
+    dir: &Path,
+    ignore: Option<&PatternMatcher>,
+) -> anyhow::Result<Done> {
+    let where_ = |e: anyhow::Error| step.locate(e);
+    let (id, started) = ctx.progress.start(&step.op.name);
+    let all = [".".to_string()];
+    let content = crate::copy::content_digest(dir, ignore, &all, &[], Some(&ctx.stat))
+        .map_err(|e| where_(e.into()))?;
+    let key = step_key(serde_json::json!({
+        "v": 1, "layers": layer_key(ctx.options), "op": "context-base", "content": content,
+    }));
+    let record = cached_step(ctx, &key, step.skip_cache, None, (id, started), |m| {
+        copy(&CopyRequest {
+            source_root: dir,
+            ignore,
+            sources: &all,
+            contents: &[],
+            dest: "/",
+            dest_root: &m.root(),
+            chown: None,
+            chmod: None,
+            excludes: &[],
+            add: false,
+            unpack: None,
+            parents: false,
+            reuse: None,
+        })
+        .map_err(|e| where_(e.into()))?;
+        Ok(())
+    })?;
+    let mut d = Done {
+        snapshot: None,
+        image: ImageState::new(None, ctx.options.epoch.map(rfc3339)),
+        layers: Vec::new(),
+        key: None,
+    };
+    let diff = d.take_step(record, &key);
+    d.image.base_layer(diff.as_deref());
+    Ok(d)
 }
 
 /// WORKDIR's directory: made (owned by the stage's USER) on a new

@@ -1073,6 +1073,25 @@ fn cases() -> Vec<Case> {
         ])
         .before_rebuild(|ctx| std::fs::write(ctx.join("namedctx/kept"), "v2").unwrap())
         .rebuild(&[], vec![File("content", "v2")]),
+        // A named directory context as a stage's base: its files (its
+        // ignore file applied) are the root; a change rebuilds.
+        case(
+            "issue12/fromNamedContext",
+            "FROM named\nRUN [\"/busybox\", \"sh\", \"-c\", \"/busybox cat /f > /seen\"]\n",
+        )
+        .files(&[("namedctx/f", "v1"), ("namedctx/skip", "s"), ("namedctx/.dockerignore", "skip\n")])
+        .setup(|ctx| {
+            std::fs::copy("/bin/busybox", ctx.join("namedctx/busybox")).unwrap();
+        })
+        .flags(&["--build-context", "named={ctx}/namedctx"])
+        .checks(vec![
+            File("seen", "v1"),
+            File("f", "v1"),
+            Missing("skip"),
+            Mode("busybox", 0o755),
+        ])
+        .before_rebuild(|ctx| std::fs::write(ctx.join("namedctx/f"), "v2").unwrap())
+        .rebuild(&[], vec![File("seen", "v2")]),
         // Hard links stay hard links: made by a step, copied from the
         // context or from another stage, exported.
         case(
