@@ -57,6 +57,33 @@ pub struct CopyRequest<'a> {
     pub reuse: Option<&'a Reuse>,
 }
 
+impl<'a> CopyRequest<'a> {
+    /// A plain copy of `sources` (from `source_root`) to `dest` in
+    /// `dest_root`: no ignore file, owner, mode, exclusion or archive.
+    pub fn plain(
+        source_root: &'a Path,
+        sources: &'a [String],
+        dest: &'a str,
+        dest_root: &'a Path,
+    ) -> CopyRequest<'a> {
+        CopyRequest {
+            source_root,
+            ignore: None,
+            sources,
+            contents: &[],
+            dest,
+            dest_root,
+            chown: None,
+            chmod: None,
+            excludes: &[],
+            add: false,
+            unpack: None,
+            parents: false,
+            reuse: None,
+        }
+    }
+}
+
 /// Why a copy failed; names the path.
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {

@@ -915,20 +915,10 @@ fn run_context_base(
         "v": 1, "layers": layer_key(ctx.options), "op": "context-base", "content": content,
     }));
     let record = cached_step(ctx, &key, step.skip_cache, None, (id, started), |m| {
+        let root = m.root();
         copy(&CopyRequest {
-            source_root: dir,
             ignore,
-            sources: &all,
-            contents: &[],
-            dest: "/",
-            dest_root: &m.root(),
-            chown: None,
-            chmod: None,
-            excludes: &[],
-            add: false,
-            unpack: None,
-            parents: false,
-            reuse: None,
+            ..CopyRequest::plain(dir, &all, "/", &root)
         })
         .map_err(|e| where_(e.into()))?;
         Ok(())
@@ -1892,21 +1882,12 @@ fn seed_cache_mount(
         return Ok(());
     }
     let view = store.snapshots.prepare(base)?;
-    copy(&CopyRequest {
-        source_root: &view.root(),
-        ignore: None,
-        sources: &[source.to_string()],
-        contents: &[],
-        dest: "/",
-        dest_root: dir,
-        chown: None,
-        chmod: None,
-        excludes: &[],
-        add: false,
-        unpack: None,
-        parents: false,
-        reuse: None,
-    })
+    copy(&CopyRequest::plain(
+        &view.root(),
+        &[source.to_string()],
+        "/",
+        dir,
+    ))
     .with_context(|| format!("seeding the cache mount from {source}"))?;
     Ok(())
 }

@@ -13,8 +13,14 @@ fn rbuild(args: &[&str]) -> Output {
 }
 
 fn rbuild_stdin(args: &[&str], stdin: &str) -> Output {
+    rbuild_stdin_in(Path::new("."), args, stdin)
+}
+
+/// `rbuild ARGS` run in `dir` with `stdin` as its input.
+fn rbuild_stdin_in(dir: &Path, args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_rbuild"))
         .args(args)
+        .current_dir(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -418,23 +424,11 @@ fn stdin_errors_show_the_parsed_text() {
         "FROM scratch\nCOPY from-the-working-directory /\nCOPY another /\n",
     )
     .unwrap();
+    let root = dir.join("root");
     let run = |args: &[&str], stdin: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rbuild"))
-            .args(["--root", dir.join("root").to_str().unwrap()])
-            .args(args)
-            .current_dir(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        let mut all = vec!["--root", root.to_str().unwrap()];
+        all.extend_from_slice(args);
+        rbuild_stdin_in(&dir, &all, stdin)
     };
     let out = run(&["build", "-"], "FROM scratch\nRUN --bad-flag x\n");
     assert_eq!(out.status.code(), Some(1));
