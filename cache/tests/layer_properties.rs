@@ -221,3 +221,161 @@ fn data_ending_on_a_chunk_boundary() {
         }
     }
 }
+
+/// One change a step makes to its root.
+#[derive(Debug, Clone)]
+enum Change {
+    Write {
+        path: usize,
+        data: u8,
+    },
+    Touch {
+        path: usize,
+    },
+    Chmod {
+        path: usize,
+        mode: u32,
+    },
+    Remove {
+        path: usize,
+    },
+    /// `rm -rf` a directory and make it again with one new file (overlay
+    /// makes it opaque).
+    Recreate {
+        path: usize,
+    },
+    MakeDir {
+        path: usize,
+    },
+    Symlink {
+        path: usize,
+    },
+    /// Made and removed again (a mount stub).
+    Stub {
+        path: usize,
+    },
+}
+
+/// Paths the changes pick from: some exist below, some do not.
+const PATHS: &[&str] = &[
+    "a", "b", "d", "d/x", "d/y", "d/e", "d/e/z", "d/e/w", "f", "f/q", "g", "g/h", "g/h/i",
+];
+
+fn change() -> impl Strategy<Value = Change> {
+    let p = 0..PATHS.len();
+    prop_oneof![
+        (p.clone(), any::<u8>()).prop_map(|(path, data)| Change::Write { path, data }),
+        p.clone().prop_map(|path| Change::Touch { path }),
+        (
+            p.clone(),
+            prop_oneof![Just(0o700u32), Just(0o755), Just(0o644), Just(0o600)]
+        )
+            .prop_map(|(path, mode)| Change::Chmod { path, mode }),
+        p.clone().prop_map(|path| Change::Remove { path }),
+        p.clone().prop_map(|path| Change::Recreate { path }),
+        p.clone().prop_map(|path| Change::MakeDir { path }),
+        p.clone().prop_map(|path| Change::Symlink { path }),
+        p.prop_map(|path| Change::Stub { path }),
+    ]
+}
+
+/// Applies `change` under `root`; one that does not apply is skipped.
+fn apply(root: &Path, change: &Change) {
+    let at = |i: usize| root.join(PATHS[i]);
+    let _ = match change {
+        Change::Write { path, data } => {
+            let p = at(*path);
+            let _ = fs::create_dir_all(p.parent().unwrap());
+            fs::write(&p, vec![*data; usize::from(*data) % 7 + 1])
+        }
+        Change::Touch { path } => fs::File::options()
+            .write(true)
+            .open(at(*path))
+            .and_then(|f| {
+                f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000))
+            }),
+        Change::Chmod { path, mode } => {
+            fs::set_permissions(at(*path), fs::Permissions::from_mode(*mode))
+        }
+        Change::Remove { path } => {
+            let p = at(*path);
+            if p.is_dir() && !p.is_symlink() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            }
+        }
+        Change::Recreate { path } => {
+            let p = at(*path);
+            if p.is_dir() && !p.is_symlink() {
+                fs::remove_dir_all(&p)
+                    .and_then(|()| fs::create_dir(&p))
+                    .and_then(|()| fs::write(p.join("new"), b"n"))
+            } else {
+                Ok(())
+            }
+        }
+        Change::MakeDir { path } => fs::create_dir_all(at(*path)),
+        Change::Symlink { path } => symlink("target/of/link", at(*path)),
+        Change::Stub { path } => {
+            let p = at(*path);
+            match fs::symlink_metadata(&p) {
+                Ok(_) => Ok(()),
+                Err(_) => fs::write(&p, b"").and_then(|()| fs::remove_file(&p)),
+            }
+        }
+    };
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Three steps of random changes on real snapshots (overlay, and the
+    /// copy backend's tree comparison): the layers they write, unpacked one
+    /// over the other, give each step's tree.
+    #[test]
+    fn overlay_layers_rebuild_each_steps_tree(
+        steps in proptest::collection::vec(proptest::collection::vec(change(), 1..8), 3),
+    ) {
+        if !is_root() {
+            return Ok(());
+        }
+        use cache::snapshot::{Backend, Snapshotter};
+        for backend in [Backend::Overlay, Backend::Copy] {
+        let t = Tmp::new("layer-prop", &format!("{backend:?}"));
+        let store = BlobStore::open(&t.0.join("store")).unwrap();
+        let snaps = Snapshotter::open_with_backend(&t.0.join("snaps"), backend).unwrap();
+        let unpacked = t.0.join("unpacked");
+        fs::create_dir(&unpacked).unwrap();
+        let mut parent: Option<String> = None;
+        for (i, changes) in steps.iter().enumerate() {
+            let m = snaps.prepare(parent.as_deref()).unwrap();
+            let root = m.root();
+            if i == 0 {
+                for p in ["d/e", "g/h"] {
+                    fs::create_dir_all(root.join(p)).unwrap();
+                }
+                for p in ["a", "d/x", "d/e/z", "g/h/i"] {
+                    fs::write(root.join(p), p).unwrap();
+                }
+            }
+            for c in changes {
+                apply(&root, c);
+            }
+            let want = describe(&root);
+            let (snap, _) = m.commit(&store, &LayerOptions::default()).unwrap();
+            let layer = snaps.layer(&snap.id, &store, &LayerOptions::default()).unwrap();
+            let reader = store
+                .open_verified(&layer.descriptor.digest.parse().unwrap())
+                .unwrap();
+            unpack(reader, &unpacked, &UnpackOptions::default()).unwrap();
+            prop_assert_eq!(&describe(&unpacked), &want, "{:?} step {} of {:?}", backend, i, steps);
+            parent = Some(snap.id);
+        }
+        }
+    }
+}

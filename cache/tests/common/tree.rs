@@ -59,7 +59,10 @@ pub fn describe(root: &Path) -> BTreeMap<Vec<u8>, String> {
             } else {
                 String::new()
             };
+            // A directory's mtime changes as entries are made in it, and
+            // its link count is the filesystem's (overlayfs says 1).
             let mtime = if m.is_dir() { 0 } else { m.mtime() };
+            let nlink = if m.is_dir() { 0 } else { m.nlink() };
             out.insert(
                 rel,
                 format!(
@@ -68,7 +71,7 @@ pub fn describe(root: &Path) -> BTreeMap<Vec<u8>, String> {
                     m.uid(),
                     m.gid(),
                     m.rdev(),
-                    m.nlink(),
+                    nlink,
                     mtime
                 ),
             );
