@@ -22,6 +22,7 @@ pub mod image;
 pub mod images;
 pub mod interrupt;
 pub mod mask;
+pub mod progress;
 pub mod sandbox;
 pub mod secrets;
 pub mod solve;

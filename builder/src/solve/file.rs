@@ -1,0 +1,310 @@
+//! COPY/ADD, WORKDIR's directories and a named directory context as a
+//! base: the runners that fill a snapshot with files.
+
+use super::*;
+
+/// Whether some COPY/ADD of `graph` reads the build context.
+pub(super) fn copies_from_context(graph: &BuildGraph) -> bool {
+    graph
+        .graph
+        .node_weights()
+        .any(|op| matches!(&op.kind, OpKind::File(f) if matches!(f.from, FileSource::Context)))
+}
+
+/// A named directory context as a stage's base (`FROM NAME`): its files
+/// (its ignore file applied) as the first layer, keyed on their content.
+pub(super) fn run_context_base(
+    ctx: &Ctx<'_>,
+    step: &Step<'_>,
+    dir: &Path,
+    ignore: Option<&PatternMatcher>,
+) -> anyhow::Result<Done> {
+    let where_ = |e: anyhow::Error| step.locate(e);
+    let (id, started) = ctx.progress.start(&step.op.name);
+    let all = [".".to_string()];
+    let content = crate::copy::content_digest(dir, ignore, &all, &[], Some(&ctx.stat))
+        .map_err(|e| where_(e.into()))?;
+    let key = step_key(serde_json::json!({
+        "v": 1, "layers": layer_key(ctx.options), "op": "context-base", "content": content,
+    }));
+    let record = cached_step(ctx, &key, step.skip_cache, None, (id, started), |m| {
+        let root = m.root();
+        copy(&CopyRequest {
+            ignore,
+            ..CopyRequest::plain(dir, &all, "/", &root)
+        })
+        .map_err(|e| where_(e.into()))?;
+        Ok(())
+    })?;
+    let mut d = Done {
+        snapshot: None,
+        image: ImageState::new(None, ctx.options.epoch.map(rfc3339)),
+        layers: Vec::new(),
+        key: None,
+    };
+    let diff = d.take_step(record, &key);
+    d.image.base_layer(diff.as_deref());
+    Ok(d)
+}
+
+/// WORKDIR's directory: made (owned by the stage's USER) on a new
+/// snapshot of the parent, unless the cache has it.
+pub(super) fn run_mkdir(
+    ctx: &Ctx<'_>,
+    step: &Step<'_>,
+    base: Option<Done>,
+    path: &str,
+) -> anyhow::Result<Done> {
+    let Ctx {
+        options, progress, ..
+    } = *ctx;
+    let Step { op, skip_cache, .. } = *step;
+    let where_ = |e: anyhow::Error| step.locate(e);
+    let (id, started) = progress.start(&op.name);
+    let mut d = base.ok_or_else(|| anyhow!("WORKDIR without a parent"))?;
+    // The directories WORKDIR creates belong to the current USER.
+    let user = d.image.config.config.user.clone().unwrap_or_default();
+    let key = step_key(serde_json::json!({
+        "v": 2, "layers": layer_key(options), "op": "mkdir",
+        "parent": d.key, "path": path, "user": user, "epoch": options.epoch,
+    }));
+    let record = cached_step(
+        ctx,
+        &key,
+        skip_cache,
+        d.snapshot.as_deref(),
+        (id, started),
+        |m| {
+            let root = m.root();
+            let mut missing = Vec::new();
+            let mut prefix = PathBuf::new();
+            for c in Path::new(path.trim_start_matches('/')).components() {
+                prefix.push(c);
+                let dir = cache::layer::resolve_in_root(&root, &prefix, true);
+                if std::fs::symlink_metadata(&dir).is_err() {
+                    missing.push(dir);
+                }
+            }
+            let dir =
+                cache::layer::resolve_in_root(&root, Path::new(path.trim_start_matches('/')), true);
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating {path}"))
+                .map_err(where_)?;
+            if !user.is_empty() && !missing.is_empty() {
+                let owner =
+                    crate::sandbox::user::resolve(&root, &user).map_err(|e| where_(anyhow!(e)))?;
+                for dir in &missing {
+                    std::os::unix::fs::lchown(dir, Some(owner.uid), Some(owner.gid))
+                        .with_context(|| format!("changing the owner of {path}"))
+                        .map_err(where_)?;
+                }
+            }
+            // With SOURCE_DATE_EPOCH the new directories carry
+            // its time (BuildKit: mkdir's created time), so the
+            // layer is the same on every build.
+            if let Some(epoch) = options.epoch {
+                let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch.max(0) as u64);
+                let times = std::fs::FileTimes::new().set_accessed(t).set_modified(t);
+                for dir in missing.iter().rev() {
+                    std::fs::File::open(dir)
+                        .and_then(|f| f.set_times(times))
+                        .with_context(|| format!("setting the time of {path}"))
+                        .map_err(where_)?;
+                }
+            }
+            Ok(())
+        },
+    )?;
+    let diff = d.take_step(record, &key);
+    d.image.workdir(path, diff.as_deref());
+    Ok(d)
+}
+
+/// COPY and ADD: the key from the sources' content digest, then the
+/// copy into a new snapshot (or an empty one for `--link`).
+pub(super) fn run_file(
+    ctx: &Ctx<'_>,
+    step: &Step<'_>,
+    base: Option<Done>,
+    done: &BTreeMap<NodeIndex, Arc<Done>>,
+    file: &frontend::graph::FileOp,
+) -> anyhow::Result<Done> {
+    let Ctx {
+        store,
+        options,
+        progress,
+        ref stat,
+        ..
+    } = *ctx;
+    let Step {
+        op,
+        ref inputs,
+        skip_cache,
+        ..
+    } = *step;
+    let where_ = |e: anyhow::Error| step.locate(e);
+    let (id, started) = progress.start(&op.name);
+    // A --link copy starts from nothing; the merge adds it on top.
+    let mut d = match base {
+        Some(b) => b,
+        None => Done {
+            snapshot: None,
+            image: ImageState::new(None, None),
+            layers: Vec::new(),
+            key: None,
+        },
+    };
+    let source_node = inputs
+        .iter()
+        .find(|(_, e)| *e == Edge::Source)
+        .map(|(n, _)| *n);
+    // --parents excludes by path from the pivot, not from each
+    // source: the key then hashes excluded files too (a spare
+    // miss at worst, never a missed change).
+    let key_excludes: &[String] = if file.parents { &[] } else { &file.excludes };
+    // A local source: the build context or a named directory context,
+    // with its .dockerignore.
+    let local = match &file.from {
+        FileSource::Context => Some((options.context.to_path_buf(), options.ignore.as_ref())),
+        FileSource::Named(name) => options
+            .named_contexts
+            .get(name)
+            .map(|(dir, ignore)| (dir.clone(), ignore.as_ref())),
+        FileSource::Stage(_) | FileSource::Image(_) => None,
+    };
+    let source_key = match &local {
+        Some((root, ignore)) => Some(
+            crate::copy::content_digest(root, *ignore, &file.sources, key_excludes, Some(stat))
+                .map_err(|e| where_(e.into()))?,
+        ),
+        None => source_node
+            .and_then(|n| done.get(&n))
+            .and_then(|d| d.key.clone()),
+    };
+    let link = file.link && file.chmod.is_none();
+    // A --link copy does not depend on its parent.
+    let parent_key = if link { None } else { d.key.clone() };
+    let key = step_key(serde_json::json!({
+        "v": 1, "layers": layer_key(options), "op": "file", "parent": parent_key,
+        "file": file, "source": source_key,
+    }));
+    // What the copy is apart from the content of its sources: the key of
+    // its latest result, whose unchanged files a rerun links (local
+    // sources; ADD may extract archives, whose entries have no stamps).
+    let identity = local.as_ref().filter(|_| !file.add).map(|(root, _)| {
+        step_key(serde_json::json!({
+            "v": 1, "reuse": "file", "layers": layer_key(options),
+            "parent": parent_key, "file": file, "root": root,
+        }))
+    });
+    let mut manifest = None;
+    let record = cached_step(
+        ctx,
+        &key,
+        skip_cache,
+        d.snapshot.as_deref(),
+        (id, started),
+        |m| {
+            let reuse = identity.as_ref().zip(m.upper()).map(|(identity, upper)| {
+                let earlier = store.index.reuse_get(identity.as_str()).ok().flatten();
+                let earlier = earlier.and_then(|(snapshot, manifest)| {
+                    Some((store.snapshots.changes_of(&snapshot)?, manifest))
+                });
+                crate::copy::Reuse::new(upper, earlier)
+            });
+            let mut view = None;
+            let (source_root, ignore) = match (&local, &file.from) {
+                (Some((root, ignore)), _) => (root.clone(), *ignore),
+                (None, FileSource::Named(name)) => {
+                    return Err(where_(anyhow!(
+                        "build context {name:?} is not a directory context"
+                    )));
+                }
+                (None, _) => {
+                    let s = source_node
+                        .and_then(|n| done.get(&n))
+                        .ok_or_else(|| where_(anyhow!("copy source not built")))?;
+                    let v = store.snapshots.prepare(s.snapshot.as_deref())?;
+                    let r = v.root();
+                    view = Some(v);
+                    (r, None)
+                }
+            };
+            for s in &file.sources {
+                if s.contains("://") || s.starts_with("git@") {
+                    return Err(where_(anyhow!(
+                        "ADD from a URL or git ({s}) is not supported yet"
+                    )));
+                }
+            }
+            copy(&CopyRequest {
+                source_root: &source_root,
+                ignore,
+                sources: &file.sources,
+                contents: &file.contents,
+                dest: &file.dest,
+                dest_root: &m.root(),
+                chown: file.chown.as_deref(),
+                chmod: file.chmod.as_deref(),
+                excludes: &file.excludes,
+                add: file.add,
+                unpack: file.unpack,
+                parents: file.parents,
+                reuse: reuse.as_ref(),
+            })
+            .map_err(|e| where_(e.into()))?;
+            drop(view);
+            manifest = reuse.map(|r| r.manifest());
+            Ok(())
+        },
+    )?;
+    // A failing index costs only the links of the next run.
+    if let (Some(identity), Some(manifest)) = (&identity, manifest) {
+        let _ = store
+            .index
+            .reuse_put(identity.as_str(), &record.snapshot, &manifest);
+    }
+    if link {
+        // The merge records history; this op keeps only its layer.
+        d.layers.clear();
+        d.image = ImageState::new(None, None);
+    }
+    let diff = d.take_step(record, &key);
+    d.image.copy(file, diff.as_deref());
+    Ok(d)
+}
+
+/// The stat-cache "context" under which mounted-content digests are kept.
+pub(super) const SNAPSHOT_CONTENT: &str = "snapshot-content";
+
+/// The content digest of `path` in a committed snapshot (the source of a
+/// `RUN --mount=from=` bind). Committed snapshots never change and their
+/// ids are never reused, so the digest is kept in the index under the
+/// snapshot id and computed once, through a read-only view.
+pub(super) fn snapshot_path_digest(
+    store: &Store,
+    snapshot: Option<&str>,
+    path: &str,
+) -> anyhow::Result<String> {
+    let Some(snap) = snapshot else {
+        return Ok("scratch".into());
+    };
+    let memo = format!("{snap}:{path}").into_bytes();
+    let stamp = cache::index::FileStamp {
+        ino: 0,
+        size: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+    };
+    if let Some(d) = store.index.stat_lookup(SNAPSHOT_CONTENT, &memo, stamp)? {
+        return Ok(d);
+    }
+    let view = store.snapshots.prepare(Some(snap))?;
+    let digest = crate::copy::content_digest(&view.root(), None, &[path.to_string()], &[], None);
+    let _ = view.discard();
+    let digest = digest?;
+    store
+        .index
+        .stat_store(SNAPSHOT_CONTENT, &[(memo, stamp, digest.clone())])?;
+    Ok(digest)
+}

@@ -1,0 +1,360 @@
+//! Running a build graph: each op of the target's stages, in dependency
+//! order, on snapshots, with the sandbox for RUN and `copy` for COPY/ADD;
+//! the target's image is assembled and stored under its tags.
+//!
+//! Ops run as soon as their inputs are done, several at a time
+//! ([`schedule`]); each snapshot-making op has a content cache key (its
+//! parent's key, the op, and the digest of the files it reads) and is
+//! skipped when the cache index holds a result for that key.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, anyhow, bail};
+use cache::gc::Store;
+use cache::layer::{Compression, LayerOptions};
+use cache::spec::{Descriptor, ImageConfig};
+use frontend::graph::{BuildGraph, Edge, FileSource, ImageConfigs, OpKind};
+use frontend::ignore::PatternMatcher;
+use frontend::instructions::{MountType, Security, Sharing};
+use petgraph::stable_graph::NodeIndex;
+
+use crate::copy::{CopyRequest, copy};
+use crate::image::ImageState;
+use crate::sandbox::{
+    Cancel, Mount, Network, RunSpec, Runtime, Stream, default_hosts, resolv_conf,
+};
+
+mod base;
+mod exec;
+mod file;
+mod record;
+mod schedule;
+
+use self::base::*;
+use self::exec::*;
+use self::file::*;
+use self::record::*;
+use self::schedule::*;
+use crate::progress::{LOG_CAP, rfc3339};
+pub use crate::progress::{Progress, ProgressFormat};
+pub use base::LocalImages;
+
+/// What a build needs besides the graph.
+pub struct BuildOptions<'a> {
+    /// The build context directory.
+    pub context: &'a Path,
+    /// `.dockerignore` of the context.
+    pub ignore: Option<PatternMatcher>,
+    /// `--build-context NAME=DIR`, with the directory's `.dockerignore`.
+    pub named_contexts: BTreeMap<String, (PathBuf, Option<PatternMatcher>)>,
+    /// `--build-context NAME=docker-image://|oci-layout://`: images by NAME.
+    pub aliases: crate::images::Aliases,
+    /// Tags to store the image under.
+    pub tags: Vec<String>,
+    /// RUN network.
+    pub network: Network,
+    /// `--allow security.insecure`.
+    pub allow_insecure: bool,
+    /// `--allow network.host`.
+    pub allow_network_host: bool,
+    /// `--label K=V`: added to the image's labels.
+    pub labels: BTreeMap<String, String>,
+    /// SOURCE_DATE_EPOCH, for config and history times.
+    pub epoch: Option<i64>,
+    /// Proxy variables for RUN (not recorded anywhere).
+    pub proxy_env: Vec<(String, String)>,
+    /// `--no-cache`: run every step (results are still recorded).
+    pub no_cache: bool,
+    /// `--secret` values by id.
+    pub secrets: crate::secrets::Secrets,
+    /// `--ssh` agent sockets by id.
+    pub ssh: crate::ssh::Agents,
+    /// `-o rewrite-timestamp=true`: file times in new layers clamped to
+    /// SOURCE_DATE_EPOCH (`epoch`).
+    pub rewrite_timestamp: bool,
+    /// `--no-cache-filter`: run every step of these stages.
+    pub no_cache_stages: std::collections::BTreeSet<usize>,
+}
+
+/// The stored image.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// Config digest (the image id).
+    pub image_id: String,
+    /// Manifest descriptor.
+    pub manifest: Descriptor,
+    /// The config.
+    pub config: ImageConfig,
+    /// The target's final snapshot (None: empty filesystem).
+    pub snapshot: Option<String>,
+}
+
+/// One op's result: a snapshot (None: empty) and its stage's image so far.
+#[derive(Clone)]
+struct Done {
+    snapshot: Option<String>,
+    image: ImageState,
+    layers: Vec<Descriptor>,
+    /// Cache key of the filesystem state (None: empty).
+    key: Option<String>,
+}
+
+impl Done {
+    /// Continues from a snapshot-making step recorded under `key`: its
+    /// time, layer (or placeholder), snapshot and key. Returns the diff_id
+    /// (or placeholder) for the step's history entry, which the caller
+    /// writes as RUN, COPY or WORKDIR.
+    fn take_step(&mut self, step: StepRecord, key: &cache::index::CacheKey) -> Option<String> {
+        self.image.set_created(Some(step.created.clone()));
+        self.layers.extend(step.layer_ref(key));
+        let diff = step.diff_ref(key);
+        self.snapshot = Some(step.snapshot);
+        self.key = Some(key.as_str().to_string());
+        diff
+    }
+}
+
+/// What every step of one build shares.
+struct Ctx<'a> {
+    store: &'a Store,
+    graph: &'a BuildGraph,
+    runtime: &'a dyn Runtime,
+    options: &'a BuildOptions<'a>,
+    progress: &'a Progress,
+    layer_options: LayerOptions,
+    host_resolv: String,
+    created: String,
+    /// Set on the first failure: running steps are killed.
+    cancel: Cancel,
+    /// Where secret files are made (when there are secrets).
+    secret_dir: Option<crate::secrets::SecretDir>,
+    /// Context file digests, read from the index once per build.
+    stat: crate::copy::StatCache<'a>,
+}
+
+/// Runs the graph and stores the target image.
+pub fn build(
+    store: &Store,
+    graph: &BuildGraph,
+    runtime: &dyn Runtime,
+    options: &BuildOptions<'_>,
+    progress: &Progress,
+) -> anyhow::Result<Built> {
+    let ctx = Ctx {
+        store,
+        graph,
+        runtime,
+        options,
+        progress,
+        // Layers are stored uncompressed (as docker's image store keeps
+        // them): a build never waits for compression, and an export
+        // compresses each layer once for the format it asks for.
+        layer_options: LayerOptions {
+            compression: Compression::Uncompressed,
+            clamp_mtime: options.epoch.filter(|_| options.rewrite_timestamp),
+            ..LayerOptions::default()
+        },
+        host_resolv: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        created: rfc3339(options.epoch.unwrap_or_else(cache::index::now)),
+        cancel: Cancel::default(),
+        stat: crate::copy::StatCache::new(&store.index, "local"),
+        secret_dir: if options.secrets.is_empty() && options.ssh.is_empty() {
+            None
+        } else {
+            Some(crate::secrets::SecretDir::create()?)
+        },
+    };
+    let done = schedule(graph, max_parallelism(), &ctx.cancel, |node, inputs| {
+        run_node(&ctx, node, inputs)
+    })?;
+    let created = ctx.created.clone();
+    let target = &done[&graph.target];
+    let mut config = target.image.config.clone();
+    let mut layers = target.layers.clone();
+    resolve_layers(&ctx, &mut layers, &mut config)?;
+    // The latest step's time: an unchanged rebuild gives the same image id.
+    config.created = Some(target.image.created().map_or(created, str::to_string));
+    // `--label`s join the Dockerfile's LABELs (and win).
+    if !options.labels.is_empty() {
+        config
+            .config
+            .labels
+            .get_or_insert_with(Default::default)
+            .extend(options.labels.clone());
+    }
+    let (image_id, manifest) = crate::images::store(&store.blobs, &config, layers, &options.tags)?;
+    Ok(Built {
+        image_id: image_id.to_string(),
+        manifest,
+        config,
+        snapshot: target.snapshot.clone(),
+    })
+}
+
+/// The op a runner runs, its inputs, and whether the cache may answer.
+struct Step<'g> {
+    op: &'g frontend::graph::Op,
+    inputs: Vec<(NodeIndex, Edge)>,
+    skip_cache: bool,
+}
+
+impl Step<'_> {
+    /// `e` with the op's Dockerfile position and name
+    /// (`Dockerfile:3:1: [2/4] RUN ...`).
+    fn locate(&self, e: anyhow::Error) -> anyhow::Error {
+        match &self.op.span {
+            Some(s) => e.context(StepLocation {
+                span: s.clone(),
+                name: self.op.name.clone(),
+            }),
+            None => e.context(self.op.name.clone()),
+        }
+    }
+}
+
+/// Where a failed step is in the Dockerfile: the context of its error,
+/// which the error's report shows the line of.
+#[derive(Debug, Clone)]
+pub struct StepLocation {
+    /// The instruction's range.
+    pub span: frontend::Span,
+    /// The step's name (`[2/4] RUN ...`).
+    pub name: String,
+}
+
+impl std::fmt::Display for StepLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.span.start(), self.name)
+    }
+}
+
+/// Runs one node: `done` holds the results of its inputs. RUN, COPY/ADD
+/// and WORKDIR have runners of their own.
+fn run_node(
+    ctx: &Ctx<'_>,
+    node: NodeIndex,
+    mut done: BTreeMap<NodeIndex, Arc<Done>>,
+) -> anyhow::Result<Done> {
+    let Ctx {
+        store,
+        graph,
+        options,
+        progress,
+        ..
+    } = *ctx;
+    let op = &graph.graph[node];
+    let step = Step {
+        op,
+        inputs: graph.inputs(node),
+        skip_cache: options.no_cache
+            || op
+                .stage
+                .is_some_and(|s| options.no_cache_stages.contains(&s)),
+    };
+    let parent = step
+        .inputs
+        .iter()
+        .find(|(_, e)| *e == Edge::Parent)
+        .map(|(n, _)| *n);
+    let where_ = |e: anyhow::Error| step.locate(e);
+    // The state this op continues from; a new stage starts a new image.
+    let base = match parent {
+        Some(p) => {
+            // The parent's state is taken over when no one else holds it
+            // (the usual chain of steps), else copied.
+            let shared = step.inputs.iter().filter(|(n, _)| *n == p).count() > 1;
+            let parent_done = if shared {
+                done[&p].clone()
+            } else {
+                done.remove(&p)
+                    .ok_or_else(|| anyhow!("parent step not done"))?
+            };
+            let mut d = Arc::try_unwrap(parent_done).unwrap_or_else(|d| (*d).clone());
+            if graph.graph[p].stage != op.stage {
+                let since = d.image.created().map(str::to_string);
+                d.image = ImageState::new(Some(d.image.config.clone()), since);
+            }
+            Some(d)
+        }
+        None => None,
+    };
+    let result = match &op.kind {
+        OpKind::Scratch => Done {
+            snapshot: None,
+            // No time until a step has one: cached rebuilds stay identical.
+            image: ImageState::new(None, options.epoch.map(rfc3339)),
+            layers: Vec::new(),
+            key: None,
+        },
+        OpKind::Context { name } => {
+            // The first COPY from the context then finds its stat cache
+            // records read, while the steps before it ran.
+            if name == "context" && copies_from_context(graph) {
+                ctx.stat.preload(options.context);
+            }
+            let is_base = graph
+                .graph
+                .edges_directed(node, petgraph::Direction::Outgoing)
+                .any(|e| *e.weight() == Edge::Parent);
+            match options.named_contexts.get(name) {
+                // `FROM NAME` of a directory: its files are the stage's root.
+                Some((dir, ignore)) if is_base => {
+                    run_context_base(ctx, &step, dir, ignore.as_ref())?
+                }
+                _ => Done {
+                    snapshot: None,
+                    image: ImageState::new(None, None),
+                    layers: Vec::new(),
+                    key: None,
+                },
+            }
+        }
+        OpKind::Image { reference, .. } => {
+            let (id, started) = progress.start(&op.name);
+            let d =
+                import_image(store, &options.aliases, reference, options.epoch).map_err(where_)?;
+            progress.done(id, started);
+            d
+        }
+        OpKind::Config(change) => {
+            let mut d = base.ok_or_else(|| anyhow!("config step without a parent"))?;
+            d.image.apply(change).map_err(|e| where_(anyhow!(e)))?;
+            d
+        }
+        OpKind::Mkdir { path } => run_mkdir(ctx, &step, base, path)?,
+        OpKind::Exec(exec) => run_exec(ctx, &step, base, &done, exec)?,
+        OpKind::File(file) => run_file(ctx, &step, base, &done, file)?,
+        OpKind::Merge => {
+            let mut d = base.ok_or_else(|| anyhow!("merge without a parent"))?;
+            let layer_node = step
+                .inputs
+                .iter()
+                .find(|(_, e)| *e == Edge::Layer)
+                .map(|(n, _)| *n)
+                .ok_or_else(|| anyhow!("merge without a layer"))?;
+            let l = &done[&layer_node];
+            // The copy's layer is put on top of the parent: it must exist.
+            let mut layers = l.layers.clone();
+            let mut config = l.image.config.clone();
+            resolve_layers(ctx, &mut layers, &mut config)?;
+            for desc in &layers {
+                let blob = store.blobs.open_verified(&desc.digest.parse()?)?;
+                let snap = store.snapshots.import(d.snapshot.as_deref(), blob)?;
+                d.snapshot = Some(snap.id);
+                d.layers.push(desc.clone());
+            }
+            d.key = Some(format!("merge {:?} {:?}", d.key, l.key));
+            let rootfs = &config.rootfs.diff_ids;
+            if let (Some(h), Some(diff)) = (config.history.last(), rootfs.last()) {
+                d.image.config.history.push(h.clone());
+                d.image.config.rootfs.diff_ids.push(diff.clone());
+            }
+            d
+        }
+    };
+    Ok(result)
+}

@@ -1,0 +1,252 @@
+//! Step records and their cache keys: what the index keeps for a
+//! snapshot-making step (snapshot, layer or a placeholder for it, time),
+//! the key a step is found under, and the layers written late for the
+//! image a build produces.
+
+use super::*;
+
+/// What a snapshot-making step left, as the cache index records it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(super) struct StepRecord {
+    pub(super) snapshot: String,
+    pub(super) layer: Option<Descriptor>,
+    pub(super) diff_id: Option<String>,
+    pub(super) created: String,
+    /// The step changed files but its layer tar is not written yet: only
+    /// the layers of the image a build produces are ([`resolve_layers`]);
+    /// a stage that only feeds `COPY --from` never needs its tars.
+    #[serde(default)]
+    pub(super) pending: bool,
+    /// Bytes of a pending step's changes (its snapshot), for disk usage.
+    #[serde(default)]
+    pub(super) pending_size: u64,
+}
+
+/// The media type of a layer placeholder; its digest is
+/// `pending:<cache key>`, and it stands in the image's diff_ids too until
+/// [`resolve_layers`] writes the layer.
+pub(super) const PENDING_LAYER: &str = "application/vnd.rbuild.layer.pending";
+
+impl StepRecord {
+    /// The layer as an image takes it: the written one, or a placeholder.
+    pub(super) fn layer_ref(&self, key: &cache::index::CacheKey) -> Option<Descriptor> {
+        if self.pending {
+            return Some(Descriptor {
+                media_type: PENDING_LAYER.into(),
+                digest: format!("pending:{}", key.as_str()),
+                size: 0,
+                urls: None,
+                annotations: None,
+                data: None,
+                platform: None,
+                artifact_type: None,
+            });
+        }
+        self.layer.clone()
+    }
+
+    /// The diff_id as an image takes it: the real one, or the placeholder.
+    pub(super) fn diff_ref(&self, key: &cache::index::CacheKey) -> Option<String> {
+        if self.pending {
+            return Some(format!("pending:{}", key.as_str()));
+        }
+        self.diff_id.clone()
+    }
+}
+
+/// sha256 of the versioned key inputs (canonical JSON).
+pub(super) fn step_key(inputs: serde_json::Value) -> cache::index::CacheKey {
+    use sha2::{Digest as _, Sha256};
+    let bytes = serde_json::to_vec(&inputs).expect("key inputs serialise");
+    let hex: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    cache::index::CacheKey::new(&hex).expect("sha256 hex is a key")
+}
+
+/// A usable cache record: its snapshot and layer blob are still there.
+pub(super) fn lookup(
+    store: &Store,
+    key: &cache::index::CacheKey,
+) -> anyhow::Result<Option<StepRecord>> {
+    let Some(rec) = store.index.get(key)? else {
+        return Ok(None);
+    };
+    let Ok(step) = serde_json::from_str::<StepRecord>(&rec.result) else {
+        return Ok(None);
+    };
+    if store.snapshots.get(&step.snapshot).is_err() {
+        return Ok(None);
+    }
+    if let Some(l) = &step.layer
+        && !store.blobs.contains(&l.digest.parse()?)
+    {
+        return Ok(None);
+    }
+    Ok(Some(step))
+}
+
+pub(super) fn record(
+    store: &Store,
+    key: &cache::index::CacheKey,
+    step: &StepRecord,
+) -> anyhow::Result<()> {
+    let now = cache::index::now();
+    store.index.put(&cache::index::Record {
+        key: key.clone(),
+        result: serde_json::to_string(step)?,
+        snapshot: Some(step.snapshot.clone()),
+        blobs: step.layer.iter().map(|l| l.digest.clone()).collect(),
+        size: step.layer.as_ref().map_or(step.pending_size, |l| l.size),
+        created: now,
+        last_used: now,
+    })?;
+    Ok(())
+}
+
+/// What of the layer options changes a layer's bytes: part of every key.
+pub(super) fn layer_key(options: &BuildOptions<'_>) -> String {
+    // `diff2`: layers hold what BuildKit's differs count as changed (steps
+    // recorded before wrote copied-up directories and .wh..opq).
+    format!(
+        "uncompressed diff2 clamp {:?}",
+        options.epoch.filter(|_| options.rewrite_timestamp)
+    )
+}
+
+/// A snapshot-making step: its record from the cache index under `key`
+/// (unless `skip_cache`), else `run` fills a new snapshot on `parent`, which
+/// is committed and recorded. The key's lock is held throughout: a step
+/// another build is making is waited for, then taken from the cache.
+pub(super) fn cached_step(
+    ctx: &Ctx<'_>,
+    key: &cache::index::CacheKey,
+    skip_cache: bool,
+    parent: Option<&str>,
+    (id, started): (usize, Instant),
+    run: impl FnOnce(&cache::snapshot::MutableSnapshot) -> anyhow::Result<()>,
+) -> anyhow::Result<StepRecord> {
+    let _lock = ctx.store.index.lock_key(key)?;
+    if !skip_cache && let Some(step) = lookup(ctx.store, key)? {
+        ctx.progress.cached(id);
+        return Ok(step);
+    }
+    let m = ctx.store.snapshots.prepare(parent)?;
+    run(&m)?;
+    let (snap, layer, changed) = m.commit_lazy(&ctx.store.blobs, &ctx.layer_options)?;
+    let step = match layer {
+        Some(layer) => new_step(snap.id, &layer, ctx.options.epoch),
+        None => StepRecord {
+            snapshot: snap.id,
+            layer: None,
+            diff_id: None,
+            created: rfc3339(ctx.options.epoch.unwrap_or_else(cache::index::now)),
+            pending: changed > 0,
+            pending_size: changed,
+        },
+    };
+    record(ctx.store, key, &step)?;
+    ctx.progress.done(id, started);
+    Ok(step)
+}
+
+/// A new step's record: its snapshot, its layer (unless empty) and when it
+/// was made (SOURCE_DATE_EPOCH when set).
+pub(super) fn new_step(
+    snapshot: String,
+    layer: &cache::layer::Layer,
+    epoch: Option<i64>,
+) -> StepRecord {
+    let diff_id = non_empty(layer);
+    StepRecord {
+        snapshot,
+        layer: diff_id.as_ref().map(|_| layer.descriptor.clone()),
+        diff_id,
+        created: rfc3339(epoch.unwrap_or_else(cache::index::now)),
+        pending: false,
+        pending_size: 0,
+    }
+}
+
+/// Writes the pending layer of the step recorded under `key` (once: under
+/// the key's lock, another build may have written it meanwhile) and
+/// returns its descriptor and diff_id. An empty tar means no layer.
+pub(super) fn write_pending_layer(
+    ctx: &Ctx<'_>,
+    key: &str,
+) -> anyhow::Result<Option<(Descriptor, String)>> {
+    let key = cache::index::CacheKey::new(key)?;
+    let _lock = ctx.store.index.lock_key(&key)?;
+    let step = lookup(ctx.store, &key)?
+        .ok_or_else(|| anyhow!("the record of a pending layer ({}) is gone", key.as_str()))?;
+    if !step.pending {
+        return Ok(step.layer.zip(step.diff_id));
+    }
+    let layer = ctx
+        .store
+        .snapshots
+        .layer(&step.snapshot, &ctx.store.blobs, &ctx.layer_options)?;
+    let done = new_step(step.snapshot, &layer, None);
+    let written = StepRecord {
+        created: step.created,
+        ..done
+    };
+    record(ctx.store, &key, &written)?;
+    Ok(written.layer.zip(written.diff_id))
+}
+
+/// Writes the pending layers of an image (the target's) and puts the real
+/// descriptors and diff_ids in place of the placeholders.
+pub(super) fn resolve_layers(
+    ctx: &Ctx<'_>,
+    layers: &mut Vec<Descriptor>,
+    config: &mut cache::spec::ImageConfig,
+) -> anyhow::Result<()> {
+    let mut resolved: BTreeMap<String, Option<(Descriptor, String)>> = BTreeMap::new();
+    for l in layers.iter() {
+        if let Some(key) = l.digest.strip_prefix("pending:")
+            && !resolved.contains_key(&l.digest)
+        {
+            resolved.insert(l.digest.clone(), write_pending_layer(ctx, key)?);
+        }
+    }
+    if resolved.is_empty() {
+        return Ok(());
+    }
+    let mut out = Vec::with_capacity(layers.len());
+    for l in layers.drain(..) {
+        match resolved.get(&l.digest) {
+            Some(Some((d, _))) => out.push(d.clone()),
+            Some(None) => {}
+            None => out.push(l),
+        }
+    }
+    *layers = out;
+    // A step whose changes came to an empty tar adds no layer: its history
+    // entry says so (history entries with a layer pair with diff_ids in
+    // order).
+    let mut diff_ids_in_order = config.rootfs.diff_ids.iter();
+    for h in config.history.iter_mut().filter(|h| !h.empty_layer) {
+        match diff_ids_in_order.next() {
+            Some(d) if matches!(resolved.get(d), Some(None)) => h.empty_layer = true,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let diff_ids = std::mem::take(&mut config.rootfs.diff_ids);
+    config.rootfs.diff_ids = diff_ids
+        .into_iter()
+        .filter_map(|d| match resolved.get(&d) {
+            Some(Some((_, diff_id))) => Some(diff_id.clone()),
+            Some(None) => None,
+            None => Some(d),
+        })
+        .collect();
+    Ok(())
+}
+
+/// An empty tar (two zero blocks) is no layer.
+pub(super) fn non_empty(layer: &cache::layer::Layer) -> Option<String> {
+    (layer.uncompressed_size > 1024).then(|| layer.diff_id.to_string())
+}
