@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
 use cache::snapshot::{MutableSnapshot, Snapshotter};
-use frontend::ignore::PatternMatcher;
+use frontend::ignore::{MatchInfo, PatternMatcher};
 
-use crate::sandbox::TempDir;
+use crate::tempdir::TempDir;
 
 /// What a local bind mount binds, and what must live as long as the step.
 pub struct LocalBind {
@@ -61,8 +61,15 @@ pub fn local_bind(
     }
     let hidden = match ignore {
         Some(m) => {
+            // What the patterns say of the source's own directories.
+            let mut info = MatchInfo::default();
+            let mut above = PathBuf::new();
+            for c in rel.components() {
+                above.push(c);
+                info = m.matches_with_parents(&above.to_string_lossy(), &info)?.1;
+            }
             let mut hidden = Vec::new();
-            hidden_under(&src, &rel, Path::new(""), m, &mut hidden)?;
+            hidden_under(&src, &rel, Path::new(""), &info, m, &mut hidden)?;
             hidden
         }
         None => Vec::new(),
@@ -93,6 +100,7 @@ fn hidden_under(
     dir: &Path,
     prefix: &Path,
     rel: &Path,
+    parent: &MatchInfo,
     ignore: &PatternMatcher,
     hidden: &mut Vec<PathBuf>,
 ) -> anyhow::Result<bool> {
@@ -107,11 +115,11 @@ fn hidden_under(
         let child = rel.join(e.file_name());
         let in_context = prefix.join(&child);
         let name = in_context.to_string_lossy();
-        let excluded = ignore.matches_or_parent_matches(&name).unwrap_or(false);
+        let (excluded, info) = ignore.matches_with_parents(&name, parent)?;
         let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
         if is_dir && (!excluded || ignore.may_include_under(&name)) {
             let before = hidden.len();
-            let inside = hidden_under(dir, prefix, &child, ignore, hidden)?;
+            let inside = hidden_under(dir, prefix, &child, &info, ignore, hidden)?;
             if excluded && !inside {
                 // Nothing re-included: the directory goes whole.
                 hidden.truncate(before);

@@ -2,6 +2,7 @@
 //! defaults, `--build-arg` values from the environment, named contexts.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -9,7 +10,6 @@ use frontend::parser::Dockerfile;
 use frontend::stage::{Plan, PlanOptions};
 
 use crate::cli::BuildGraphArgs;
-use crate::commands::debug::read_dockerfile;
 
 /// The texts of the Dockerfiles this process parsed, by the name their
 /// spans carry: an error's snippet comes from the text that was parsed
@@ -127,3 +127,34 @@ pub fn load(context: &Path, args: &BuildGraphArgs) -> anyhow::Result<Loaded> {
         plan,
     })
 }
+
+/// Reads a Dockerfile from a path or `-` (stdin); invalid UTF-8 is replaced.
+pub fn read_dockerfile(path: &Path) -> anyhow::Result<String> {
+    let mut bytes = Vec::new();
+    let read = if path == Path::new("-") {
+        std::io::stdin()
+            .take(MAX_DOCKERFILE + 1)
+            .read_to_end(&mut bytes)
+            .context("reading the Dockerfile from stdin")?
+    } else {
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_DOCKERFILE + 1).read_to_end(&mut bytes))
+            .with_context(|| format!("reading {}", path.display()))?
+    };
+    if read as u64 > MAX_DOCKERFILE {
+        anyhow::bail!(
+            "{}: larger than {} MiB, too large to build",
+            if path == Path::new("-") {
+                "the Dockerfile from stdin".to_string()
+            } else {
+                path.display().to_string()
+            },
+            MAX_DOCKERFILE >> 20
+        );
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The largest Dockerfile read (BuildKit's scanner takes lines up to 64 KiB;
+/// a file is a few hundred of them).
+const MAX_DOCKERFILE: u64 = 16 << 20;

@@ -489,7 +489,7 @@ pub fn export_local(store: &Store, snapshot: Option<&str>, dest: &str) -> anyhow
 /// `type=tar`: the final filesystem as one tar.
 pub fn export_tar(store: &Store, snapshot: Option<&str>, dest: &str) -> anyhow::Result<()> {
     // Removed when done, failed or interrupted.
-    let scratch = crate::sandbox::TempDir::new("export")?;
+    let scratch = crate::tempdir::TempDir::new("export")?;
     if let Some(s) = snapshot {
         store.snapshots.materialize(s, &scratch.path)?;
     }

@@ -27,4 +27,5 @@ pub mod sandbox;
 pub mod secrets;
 pub mod solve;
 pub mod ssh;
+pub mod tempdir;
 pub mod tty;

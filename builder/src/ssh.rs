@@ -81,13 +81,13 @@ pub fn read_specs(specs: &[String]) -> anyhow::Result<(Agents, Vec<PrivateAgent>
 pub struct PrivateAgent {
     socket: PathBuf,
     child: std::process::Child,
-    _dir: crate::sandbox::TempDir,
+    _dir: crate::tempdir::TempDir,
 }
 
 impl PrivateAgent {
     fn start(keys: &[PathBuf]) -> anyhow::Result<PrivateAgent> {
         use std::os::unix::process::CommandExt;
-        let dir = crate::sandbox::TempDir::new("ssh").context("making the agent's directory")?;
+        let dir = crate::tempdir::TempDir::new("ssh").context("making the agent's directory")?;
         std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o700))?;
         let socket = dir.path.join("agent.sock");
         let mut agent = std::process::Command::new("ssh-agent");

@@ -219,7 +219,7 @@ impl BlobStore {
     /// Stores bytes (configs, manifests). A blob already there is not
     /// written again (a no-op rebuild re-stores its config and manifest).
     pub fn put_bytes(&self, data: &[u8]) -> Result<Digest, BlobError> {
-        let digest = crate::layer::digest_of(Sha256::new_with_prefix(data));
+        let digest = Digest::of_sha256(Sha256::new_with_prefix(data));
         if self.contains(&digest) {
             return Ok(digest);
         }
@@ -409,7 +409,7 @@ impl BlobWriter {
     pub fn commit(mut self, expected: Option<(&Digest, u64)>) -> Result<(Digest, u64), BlobError> {
         let file = self.file.take().expect("commit once");
         let file = file.finish().map_err(io_err("writing", &self.path))?;
-        let digest = crate::layer::digest_of(self.hasher.clone());
+        let digest = Digest::of_sha256(self.hasher.clone());
         if let Some((want, size)) = expected {
             if &digest != want {
                 return Err(BlobError::DigestMismatch {

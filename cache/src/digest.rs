@@ -25,6 +25,20 @@ pub struct Digest {
 }
 
 impl Digest {
+    /// The digest a finished sha256 hash gives.
+    pub fn of_sha256(hasher: sha2::Sha256) -> Digest {
+        use sha2::Digest as _;
+        let hex: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Digest {
+            algorithm: "sha256",
+            hex,
+        }
+    }
+
     /// The algorithm name (`sha256`).
     pub fn algorithm(&self) -> &str {
         self.algorithm

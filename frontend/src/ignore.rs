@@ -10,8 +10,6 @@
 //!
 //! [`ignore_file_for`] picks `<Dockerfile>.dockerignore` over the context's.
 
-use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use regex::Regex;
@@ -442,149 +440,10 @@ impl PatternMatcher {
     }
 }
 
-/// A context entry a walk keeps.
-#[derive(Debug, Clone)]
-pub struct ContextEntry {
-    /// Path relative to the context root, `/`-separated.
-    pub path: String,
-    /// The entry's metadata (symlinks are not followed).
-    pub metadata: fs::Metadata,
-}
-
-/// A failure while walking a context; names the path.
-#[derive(Debug, thiserror::Error)]
-pub enum WalkError {
-    /// Reading a directory or an entry failed.
-    #[error("reading {path}")]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-    /// A pattern failed to match (a malformed pattern).
-    #[error(transparent)]
-    Pattern(#[from] IgnoreError),
-}
-
-/// What a walk saw.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WalkStats {
-    /// Entries handed to the visitor.
-    pub kept: usize,
-    /// Entries excluded one by one.
-    pub excluded: usize,
-    /// Excluded directories skipped without reading them.
-    pub skipped_dirs: usize,
-}
-
-/// Walks `root` in name order, handing every entry that `.dockerignore`
-/// keeps to `visit`. An excluded directory is skipped unread unless a `!`
-/// pattern could re-include something inside it; then it is read, but only
-/// the re-included entries are kept. Symlinks are reported, never followed.
-pub fn walk_context(
-    root: &Path,
-    matcher: &PatternMatcher,
-    visit: &mut dyn FnMut(ContextEntry),
-) -> Result<WalkStats, WalkError> {
-    let mut stats = WalkStats::default();
-    walk_dir(root, "", &MatchInfo::default(), matcher, visit, &mut stats)?;
-    Ok(stats)
-}
-
-fn walk_dir(
-    dir: &Path,
-    rel: &str,
-    parent: &MatchInfo,
-    matcher: &PatternMatcher,
-    visit: &mut dyn FnMut(ContextEntry),
-    stats: &mut WalkStats,
-) -> Result<(), WalkError> {
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| WalkError::Io { path, source }
-    };
-    let mut entries: Vec<(String, PathBuf)> = fs::read_dir(dir)
-        .map_err(io_err(dir))?
-        .map(|e| {
-            let e = e.map_err(io_err(dir))?;
-            Ok((e.file_name().to_string_lossy().into_owned(), e.path()))
-        })
-        .collect::<Result<_, WalkError>>()?;
-    entries.sort();
-    for (name, path) in entries {
-        let child = if rel.is_empty() {
-            name
-        } else {
-            format!("{rel}/{name}")
-        };
-        let metadata = fs::symlink_metadata(&path).map_err(io_err(&path))?;
-        let (excluded, info) = matcher.matches_with_parents(&child, parent)?;
-        if metadata.is_dir() {
-            if excluded && !matcher.may_include_under(&child) {
-                stats.skipped_dirs += 1;
-                continue;
-            }
-            if excluded {
-                stats.excluded += 1;
-            } else {
-                stats.kept += 1;
-                visit(ContextEntry {
-                    path: child.clone(),
-                    metadata,
-                });
-            }
-            walk_dir(&path, &child, &info, matcher, visit, stats)?;
-        } else if excluded {
-            stats.excluded += 1;
-        } else {
-            stats.kept += 1;
-            visit(ContextEntry {
-                path: child,
-                metadata,
-            });
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn walk_skips_excluded_subtrees_but_keeps_exceptions() {
-        let root = std::env::temp_dir().join(format!("rbuild-walk-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        for dir in ["node_modules/a/b", "docs/api", "src"] {
-            fs::create_dir_all(root.join(dir)).unwrap();
-        }
-        for file in [
-            "node_modules/a/b/x.js",
-            "docs/api/keep.md",
-            "docs/api/drop.md",
-            "src/main.rs",
-            "x.tmp",
-            "Dockerfile",
-        ] {
-            fs::write(root.join(file), file).unwrap();
-        }
-        let pm =
-            PatternMatcher::new(&["node_modules", "docs", "!docs/api/keep.md", "*.tmp"]).unwrap();
-        let mut kept = Vec::new();
-        let stats = walk_context(&root, &pm, &mut |e| kept.push(e.path)).unwrap();
-        fs::remove_dir_all(&root).unwrap();
-        assert_eq!(
-            kept,
-            vec!["Dockerfile", "docs/api/keep.md", "src", "src/main.rs"]
-        );
-        assert_eq!(stats.skipped_dirs, 1, "node_modules is never read");
-        // The same answers as matching each path on its own.
-        for p in &kept {
-            assert!(!pm.matches_or_parent_matches(p).unwrap(), "{p}");
-        }
-    }
+    use std::fs;
 
     #[test]
     fn dockerfile_specific_ignore_file_wins() {

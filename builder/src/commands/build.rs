@@ -87,7 +87,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     // empty (a directory of ours for the build's life).
     let stdin_dockerfile = args.context == Path::new("-");
     let empty_context = stdin_dockerfile
-        .then(|| crate::sandbox::TempDir::new("empty-context"))
+        .then(|| crate::tempdir::TempDir::new("empty-context"))
         .transpose()
         .context("making an empty build context")?;
     let context = match &empty_context {

@@ -2,7 +2,6 @@
 //! can be checked from outside against BuildKit's behaviour.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -21,39 +20,8 @@ pub fn run(cmd: DebugCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Reads a Dockerfile from a path or `-` (stdin); invalid UTF-8 is replaced.
-pub fn read_dockerfile(path: &Path) -> anyhow::Result<String> {
-    let mut bytes = Vec::new();
-    let read = if path == Path::new("-") {
-        std::io::stdin()
-            .take(MAX_DOCKERFILE + 1)
-            .read_to_end(&mut bytes)
-            .context("reading the Dockerfile from stdin")?
-    } else {
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_DOCKERFILE + 1).read_to_end(&mut bytes))
-            .with_context(|| format!("reading {}", path.display()))?
-    };
-    if read as u64 > MAX_DOCKERFILE {
-        anyhow::bail!(
-            "{}: larger than {} MiB, too large to build",
-            if path == Path::new("-") {
-                "the Dockerfile from stdin".to_string()
-            } else {
-                path.display().to_string()
-            },
-            MAX_DOCKERFILE >> 20
-        );
-    }
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
-}
-
-/// The largest Dockerfile read (BuildKit's scanner takes lines up to 64 KiB;
-/// a file is a few hundred of them).
-const MAX_DOCKERFILE: u64 = 16 << 20;
-
 fn parse(args: ParseArgs) -> anyhow::Result<()> {
-    let text = read_dockerfile(&args.file)?;
+    let text = crate::dockerfile::read_dockerfile(&args.file)?;
     let name = if args.file == Path::new("-") {
         "Dockerfile".to_string()
     } else {

@@ -29,6 +29,8 @@ use std::process::ExitStatus;
 
 use serde::{Deserialize, Serialize};
 
+use crate::tempdir::TempDir;
+
 /// The network a command sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Network {
@@ -390,37 +392,6 @@ fn remove_empty_stub(path: &Path) {
         let _ = fs::remove_dir(path);
     } else if meta.is_file() && meta.len() == 0 {
         let _ = fs::remove_file(path);
-    }
-}
-
-/// A directory under the system's temporary directory, removed on drop
-/// and when rbuild is interrupted.
-pub(crate) struct TempDir {
-    pub path: PathBuf,
-    _hook: crate::interrupt::HookGuard,
-}
-
-impl TempDir {
-    pub(crate) fn new(what: &str) -> io::Result<TempDir> {
-        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p =
-            std::env::temp_dir().join(format!("rbuild-sandbox-{what}-{}-{n}", std::process::id()));
-        fs::create_dir_all(&p)?;
-        let path = p.clone();
-        let hook = crate::interrupt::on_interrupt(move || {
-            let _ = fs::remove_dir_all(path);
-        });
-        Ok(TempDir {
-            path: p,
-            _hook: hook,
-        })
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
     }
 }
 

@@ -24,7 +24,7 @@ use oci_spec::runtime::{
 
 use super::{
     Cancel, DEFAULT_CAPS, EtcFiles, MASKED_PATHS, Mount, Network, Prepared, READONLY_PATHS,
-    RunSpec, Runtime, SandboxError, Stream, TempDir, exit_code, stream_output, wait,
+    RunSpec, Runtime, SandboxError, Stream, exit_code, stream_output, wait,
 };
 
 /// Capability names by number (linux/capability.h).
@@ -353,7 +353,7 @@ impl Runtime for Runc {
     ) -> Result<i32, SandboxError> {
         let spawn_err = super::spawn_error(spec);
         let prepared = Prepared::new(spec, &self.etc).map_err(spawn_err)?;
-        let bundle = TempDir::new("runc").map_err(spawn_err)?;
+        let bundle = crate::tempdir::TempDir::new("runc").map_err(spawn_err)?;
         let config = config(spec, &prepared.mounts).map_err(SandboxError::Setup)?;
         config
             .save(bundle.path.join("config.json"))

@@ -104,7 +104,7 @@ pub(super) fn run_exec(
                 None
             } else {
                 Some(
-                    crate::sandbox::TempDir::new("inline")
+                    crate::tempdir::TempDir::new("inline")
                         .context("making a directory for RUN heredocs")
                         .map_err(where_)?,
                 )
@@ -233,7 +233,7 @@ pub(super) fn run_exec(
                             // step an empty cache of its own, dropped
                             // after it (moby/buildkit#5305): the shared
                             // cache keeps what earlier builds left.
-                            let fresh = crate::sandbox::TempDir::new("cache")
+                            let fresh = crate::tempdir::TempDir::new("cache")
                                 .context("making an empty cache mount")
                                 .map_err(where_)?;
                             give_new_cache(&fresh.path, owner)

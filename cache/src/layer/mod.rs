@@ -15,7 +15,6 @@ pub use unpack::{
     MAX_ENTRY_SIZE, UnpackOptions, UnpackStats, XZ_MAGIC, decompress, resolve_in_root, unpack,
     xz_decoder,
 };
-pub(crate) use write::digest_of;
 pub use write::{DiffSource, LayerOptions, convert_layer, write_layer, write_tree_tar};
 
 use crate::blob::BlobError;
@@ -69,7 +68,7 @@ pub fn chain_id(diff_ids: &[Digest]) -> Option<Digest> {
     for d in it {
         let mut h = Sha256::new();
         h.update(format!("{chain} {d}").as_bytes());
-        chain = write::digest_of(h);
+        chain = Digest::of_sha256(h);
     }
     Some(chain)
 }

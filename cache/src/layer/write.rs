@@ -269,7 +269,7 @@ pub fn write_layer(
         closed.map_err(|e| LayerError::io("writing", Path::new("layer"), e))?;
         let blob = compressed.map_err(|e| LayerError::io("compressing", Path::new("-"), e))?;
         let uncompressed_size = hashing.size;
-        let tar_hash = hashing.enabled.then(|| digest_of(hashing.hasher));
+        let tar_hash = hashing.enabled.then(|| Digest::of_sha256(hashing.hasher));
         let (digest, size) = blob.commit(None)?;
         let diff_id = tar_hash.unwrap_or_else(|| digest.clone());
         let media_type = super::media_type(options.compression, options.oci_media_types);
@@ -382,17 +382,6 @@ impl TarSink for ChannelWriter {
         self.len += n;
         Ok(&self.buf[start..start + n])
     }
-}
-
-pub(crate) fn digest_of(hasher: Sha256) -> Digest {
-    let hex: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256:{hex}")
-        .parse()
-        .expect("sha256 hex is a digest")
 }
 
 /// Builds tar entries with fixed header fields.
