@@ -19,15 +19,15 @@ pub(super) fn max_parallelism() -> usize {
 /// Where a [`schedule`] is: the nodes done, the first failure, how many
 /// inputs each node still waits for, and the nodes ready to run (by
 /// topological position).
-pub(super) struct Progressed {
-    pub(super) done: BTreeMap<NodeIndex, Arc<Done>>,
-    pub(super) failure: Option<anyhow::Error>,
-    pub(super) waiting: BTreeMap<NodeIndex, usize>,
-    pub(super) ready: std::collections::BTreeSet<(usize, NodeIndex)>,
+struct Progressed {
+    done: BTreeMap<NodeIndex, Arc<Done>>,
+    failure: Option<anyhow::Error>,
+    waiting: BTreeMap<NodeIndex, usize>,
+    ready: std::collections::BTreeSet<(usize, NodeIndex)>,
     /// How many dependents of a done node have not started yet: at 0 its
     /// result leaves `done` (its dependents hold it), so that a chain of
     /// steps hands one state down instead of keeping a copy per step.
-    pub(super) unstarted: BTreeMap<NodeIndex, usize>,
+    unstarted: BTreeMap<NodeIndex, usize>,
 }
 
 impl Progressed {
@@ -144,7 +144,7 @@ where
 
 /// Inputs a node takes from `state` as it starts; an input whose last
 /// dependent this is leaves `state.done` (unless it is `keep`).
-pub(super) fn take_inputs(
+fn take_inputs(
     state: &mut Progressed,
     graph: &BuildGraph,
     node: NodeIndex,
@@ -166,4 +166,137 @@ pub(super) fn take_inputs(
         }
     }
     inputs
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The graph of a Dockerfile (no base images).
+    fn graph(dockerfile: &str) -> BuildGraph {
+        let df = frontend::parse("Dockerfile", dockerfile).unwrap();
+        let plan = frontend::stage::plan(&df, &frontend::stage::PlanOptions::default()).unwrap();
+        frontend::graph::compile(&plan, &frontend::graph::NoImages).unwrap()
+    }
+
+    fn empty() -> Done {
+        Done {
+            snapshot: None,
+            image: ImageState::new(None, None),
+            layers: Vec::new(),
+            key: None,
+        }
+    }
+
+    const TWO_STAGES: &str = "FROM scratch AS a\nENV A=1\nENV A2=1\n\
+        FROM scratch AS b\nENV B=1\nENV B2=1\n\
+        FROM scratch\nCOPY --from=a /x /x\nCOPY --from=b /y /y\n";
+
+    #[test]
+    fn every_node_runs_once_after_its_inputs() {
+        let g = graph(TWO_STAGES);
+        let ran = Mutex::new(Vec::new());
+        let done = schedule(&g, 4, &Cancel::default(), |node, inputs| {
+            for (input, _) in g.inputs(node) {
+                assert!(
+                    inputs.contains_key(&input),
+                    "{node:?} started before {input:?}"
+                );
+            }
+            ran.lock().unwrap().push(node);
+            Ok(empty())
+        })
+        .unwrap();
+        let mut ran = ran.into_inner().unwrap();
+        let all = ran.len();
+        ran.sort();
+        ran.dedup();
+        assert_eq!(ran.len(), all, "a node ran twice");
+        assert_eq!(all, g.graph.node_count());
+        // What is left: the target (and no intermediate state).
+        assert!(done.contains_key(&g.target));
+        assert_eq!(
+            done.len(),
+            1,
+            "{done:?}",
+            done = done.keys().collect::<Vec<_>>()
+        );
+    }
+
+    /// A step of a chain takes its parent's state over: nobody else holds it.
+    #[test]
+    fn a_chain_hands_its_state_down() {
+        let g = graph("FROM scratch\nENV A=1\nENV B=2\nENV C=3\n");
+        let shared = AtomicUsize::new(0);
+        schedule(&g, 4, &Cancel::default(), |_, inputs| {
+            if inputs.values().any(|d| Arc::strong_count(d) > 1) {
+                shared.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(empty())
+        })
+        .unwrap();
+        assert_eq!(shared.into_inner(), 0);
+    }
+
+    /// Independent stages run together up to the limit; with a limit of
+    /// one, never two at once.
+    #[test]
+    fn independent_nodes_run_together_up_to_the_limit() {
+        let g = graph(TWO_STAGES);
+        for (limit, want_together) in [(4, true), (1, false)] {
+            let running = AtomicUsize::new(0);
+            let most = AtomicUsize::new(0);
+            schedule(&g, limit, &Cancel::default(), |_, _| {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(30));
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok(empty())
+            })
+            .unwrap();
+            let most = most.into_inner();
+            assert_eq!(most > 1, want_together, "limit {limit}: {most} at once");
+            assert!(most <= limit, "limit {limit}: {most} at once");
+        }
+    }
+
+    /// The first failure is the result, cancels what runs, and starts
+    /// nothing after it.
+    #[test]
+    fn a_failure_cancels_the_rest() {
+        let g = graph("FROM scratch\nENV A=1\nENV B=2\nENV C=3\nENV D=4\n");
+        let order = g.topological();
+        let failing = order[2];
+        let cancel = Cancel::default();
+        let started = Mutex::new(Vec::new());
+        let err = schedule(&g, 4, &cancel, |node, _| {
+            started.lock().unwrap().push(node);
+            if node == failing {
+                anyhow::bail!("step failed");
+            }
+            Ok(empty())
+        })
+        .err()
+        .expect("the build fails");
+        assert_eq!(err.to_string(), "step failed");
+        assert!(cancel.is_cancelled());
+        let started = started.into_inner().unwrap();
+        assert_eq!(started, order[..3].to_vec(), "nothing after the failure");
+    }
+
+    /// A step that panics fails the build instead of taking rbuild down.
+    #[test]
+    fn a_panic_is_an_error() {
+        let g = graph("FROM scratch\nENV A=1\n");
+        let err = schedule(&g, 4, &Cancel::default(), |_, _| -> anyhow::Result<Done> {
+            panic!("boom")
+        })
+        .err()
+        .expect("the build fails");
+        assert!(err.to_string().contains("panicked"), "{err}");
+    }
 }
