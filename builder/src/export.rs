@@ -15,11 +15,73 @@ use cache::gc::Store;
 use cache::layer::Compression;
 use cache::spec::{Descriptor, Index, Manifest, media, to_canonical_json};
 
+/// What an output writes (`type=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// The local image store (with `name=` tags).
+    Image,
+    /// A registry (needs the registry client).
+    Registry,
+    /// An OCI archive or layout directory.
+    Oci,
+    /// A `docker load` archive.
+    Docker,
+    /// The final filesystem as a directory.
+    Local,
+    /// The final filesystem as a tar.
+    Tar,
+}
+
+impl OutputKind {
+    /// The `type=` word.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputKind::Image => "image",
+            OutputKind::Registry => "registry",
+            OutputKind::Oci => "oci",
+            OutputKind::Docker => "docker",
+            OutputKind::Local => "local",
+            OutputKind::Tar => "tar",
+        }
+    }
+
+    /// Whether it writes to `dest=`.
+    fn needs_dest(self) -> bool {
+        !matches!(self, OutputKind::Image | OutputKind::Registry)
+    }
+}
+
+impl std::fmt::Display for OutputKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for OutputKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<OutputKind, String> {
+        Ok(match s {
+            "image" => OutputKind::Image,
+            "registry" => OutputKind::Registry,
+            "oci" => OutputKind::Oci,
+            "docker" => OutputKind::Docker,
+            "local" => OutputKind::Local,
+            "tar" => OutputKind::Tar,
+            other => {
+                return Err(format!(
+                    "unknown type {other:?} (image, oci, docker, local, tar)"
+                ));
+            }
+        })
+    }
+}
+
 /// A parsed `-o` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
-    /// `image`, `oci`, `docker`, `local` or `tar`.
-    pub kind: String,
+    /// `type=`.
+    pub kind: OutputKind,
     /// `dest=`.
     pub dest: Option<String>,
     /// `tar=false` (oci: a layout directory).
@@ -29,7 +91,7 @@ pub struct Output {
     /// `name=`.
     pub names: Vec<String>,
     /// `compression=`.
-    pub compression: Option<String>,
+    pub compression: Option<Compression>,
     /// `push=true`.
     pub push: bool,
     /// `compression-level=`.
@@ -43,9 +105,9 @@ pub struct Output {
 
 impl Output {
     /// An output of `kind` to `dest` with every option at its default.
-    pub fn new(kind: &str, dest: Option<&str>) -> Output {
+    pub fn new(kind: OutputKind, dest: Option<&str>) -> Output {
         Output {
-            kind: kind.to_string(),
+            kind,
             dest: dest.map(str::to_string),
             tar: true,
             oci_media_types: None,
@@ -61,13 +123,12 @@ impl Output {
 
 /// Parses `type=oci,dest=out.tar,...`.
 pub fn parse_output(spec: &str) -> anyhow::Result<Output> {
-    let mut out = Output::new("", None);
     if !spec.contains('=') {
         // buildx: a bare path means type=local.
-        out.kind = "local".into();
-        out.dest = Some(spec.to_string());
-        return Ok(out);
+        return Ok(Output::new(OutputKind::Local, Some(spec)));
     }
+    let mut kind = None;
+    let mut out = Output::new(OutputKind::Image, None);
     for field in spec.split(',') {
         let (k, v) = field.split_once('=').unwrap_or((field, ""));
         let bool_value = |v: &str| match v {
@@ -76,14 +137,24 @@ pub fn parse_output(spec: &str) -> anyhow::Result<Output> {
             _ => bail!("--output {spec}: {k} must be true or false"),
         };
         match k {
-            "type" => out.kind = v.to_string(),
+            "type" => {
+                kind = Some(
+                    v.parse::<OutputKind>()
+                        .map_err(|e| anyhow::anyhow!("--output {spec}: {e}"))?,
+                )
+            }
             "dest" => out.dest = Some(v.to_string()),
             "tar" => out.tar = bool_value(v)?,
             "oci-mediatypes" => out.oci_media_types = Some(bool_value(v)?),
             "name" => out
                 .names
                 .extend(v.split(';').filter(|n| !n.is_empty()).map(str::to_string)),
-            "compression" => out.compression = Some(v.to_string()),
+            "compression" => {
+                out.compression = Some(
+                    v.parse()
+                        .map_err(|e: String| anyhow::anyhow!("--output {spec}: {e}"))?,
+                )
+            }
             "push" => out.push = bool_value(v)?,
             "compression-level" => out.compression_level = Some(
                 v.parse()
@@ -100,17 +171,9 @@ pub fn parse_output(spec: &str) -> anyhow::Result<Output> {
             other => bail!("--output {spec}: unknown option {other:?}"),
         }
     }
-    if out.kind.is_empty() {
-        bail!("--output {spec}: type= is required");
-    }
-    match out.kind.as_str() {
-        "image" | "registry" => {}
-        "oci" | "docker" | "local" | "tar" => {
-            if out.dest.is_none() {
-                bail!("--output {spec}: dest= is required for type={}", out.kind);
-            }
-        }
-        other => bail!("--output {spec}: unknown type {other:?} (image, oci, docker, local, tar)"),
+    out.kind = kind.ok_or_else(|| anyhow::anyhow!("--output {spec}: type= is required"))?;
+    if out.kind.needs_dest() && out.dest.is_none() {
+        bail!("--output {spec}: dest= is required for type={}", out.kind);
     }
     Ok(out)
 }
@@ -282,12 +345,8 @@ pub struct LayerFormat {
 impl LayerFormat {
     /// `out`'s format, `default` (`--compression`) when it names none.
     pub fn of(out: &Output, default: Compression) -> anyhow::Result<LayerFormat> {
-        let compression = match &out.compression {
-            Some(c) => c.parse().map_err(anyhow::Error::msg)?,
-            None => default,
-        };
         Ok(LayerFormat {
-            compression,
+            compression: out.compression.unwrap_or(default),
             level: out.compression_level,
             force: out.force_compression,
         })
@@ -388,7 +447,7 @@ pub fn export_image(
     format: LayerFormat,
 ) -> anyhow::Result<()> {
     let blobs = &store.blobs;
-    let docker = out.kind == "docker";
+    let docker = out.kind == OutputKind::Docker;
     let oci = out.oci_media_types.unwrap_or(!docker);
     let manifest = &converted_manifest(store, manifest, format)?;
     let (desc, m, manifest_bytes) = manifest_for(blobs, manifest, oci)?;
@@ -507,14 +566,19 @@ mod tests {
     fn outputs_parse_like_buildx() {
         let o = parse_output("type=oci,dest=out.tar").unwrap();
         assert_eq!(
-            (o.kind.as_str(), o.dest.as_deref(), o.tar),
-            ("oci", Some("out.tar"), true)
+            (o.kind, o.dest.as_deref(), o.tar),
+            (OutputKind::Oci, Some("out.tar"), true)
         );
         let o = parse_output("type=oci,dest=dir,tar=false").unwrap();
         assert!(!o.tar);
-        assert_eq!(parse_output("out").unwrap().kind, "local");
+        assert_eq!(parse_output("out").unwrap().kind, OutputKind::Local);
         assert!(parse_output("type=docker").is_err());
         assert!(parse_output("type=nope,dest=x").is_err());
+        assert!(parse_output("dest=x").is_err());
+        let o = parse_output("type=oci,dest=x,compression=zstd").unwrap();
+        assert_eq!(o.compression, Some(Compression::Zstd));
+        let e = parse_output("type=oci,dest=x,compression=lz4").unwrap_err();
+        assert!(e.to_string().contains("compression"), "{e}");
         assert_eq!(docker_tag("demo:1"), "demo:1");
         assert_eq!(docker_tag("ghcr.io/a/b:2"), "ghcr.io/a/b:2");
     }

@@ -12,6 +12,7 @@ use frontend::ignore::{PatternMatcher, ignore_file_for, read_ignore_file};
 
 use crate::cli::{BuildArgs, ProgressMode};
 use crate::commands::store::{human, state_root};
+use crate::export::OutputKind;
 use crate::sandbox::Network;
 use crate::sandbox::Runtime;
 use crate::sandbox::embedded::Embedded;
@@ -40,7 +41,10 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         .iter()
         .map(|o| crate::export::parse_output(o))
         .collect::<anyhow::Result<_>>()?;
-    if let Some(o) = outputs.iter().find(|o| o.push || o.kind == "registry") {
+    if let Some(o) = outputs
+        .iter()
+        .find(|o| o.push || o.kind == OutputKind::Registry)
+    {
         return Err(not_yet(&format!(
             "--output type={} with push (the registry client)",
             o.kind
@@ -196,22 +200,25 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     }
     for o in &outputs {
         let dest = o.dest.as_deref().unwrap_or("");
-        match o.kind.as_str() {
-            "image" => {
+        match o.kind {
+            OutputKind::Image => {
                 for n in &o.names {
                     crate::images::tag_manifest(&store.blobs, &built.manifest, n)?;
                 }
             }
-            "oci" | "docker" => {
+            OutputKind::Oci | OutputKind::Docker => {
                 let format = crate::export::LayerFormat::of(o, default_compression)?;
                 crate::export::export_image(&store, &built.manifest, o, &names, format)
                     .with_context(|| format!("exporting to {dest}"))?
             }
-            "local" => crate::export::export_local(&store, built.snapshot.as_deref(), dest)
+            OutputKind::Local => {
+                crate::export::export_local(&store, built.snapshot.as_deref(), dest)
+                    .with_context(|| format!("exporting to {dest}"))?
+            }
+            OutputKind::Tar => crate::export::export_tar(&store, built.snapshot.as_deref(), dest)
                 .with_context(|| format!("exporting to {dest}"))?,
-            "tar" => crate::export::export_tar(&store, built.snapshot.as_deref(), dest)
-                .with_context(|| format!("exporting to {dest}"))?,
-            _ => unreachable!("checked when parsing"),
+            // Refused before the build (no registry client yet).
+            OutputKind::Registry => return Err(not_yet("--output type=registry")),
         }
     }
     if let Some(f) = &args.iidfile {
@@ -336,7 +343,8 @@ pub fn save(
     }
     let store = open_store(root)?;
     let img = find(&store, &references[0])?;
-    let out = crate::export::Output::new(format, Some(output));
+    let kind: OutputKind = format.parse().map_err(anyhow::Error::msg)?;
+    let out = crate::export::Output::new(kind, Some(output));
     let format = crate::export::LayerFormat {
         compression: Compression::Gzip,
         level: None,
