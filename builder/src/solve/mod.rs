@@ -29,14 +29,18 @@ use crate::sandbox::{
 };
 
 mod base;
+mod cache_mount;
 mod exec;
 mod file;
+mod mounts;
 mod record;
 mod schedule;
 
 use self::base::*;
+use self::cache_mount::*;
 use self::exec::*;
 use self::file::*;
+use self::mounts::*;
 use self::record::*;
 use self::schedule::*;
 use crate::progress::{LOG_CAP, rfc3339};
