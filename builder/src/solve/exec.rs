@@ -83,23 +83,34 @@ pub(super) fn run_exec(
     Ok(d)
 }
 
-/// The key of a RUN on `d`. Per mount with `from=`: a bind keys on the
-/// content of the mounted path (as BuildKit: a change elsewhere in the
-/// source stage keeps the step cached), others on the source's key. A bind
-/// of the context or of a named directory context keys on the content it
-/// shows (with the source's ignore file).
+/// The key of a RUN on `d`. Per mount, what its source holds: a bind of
+/// the context or of a named directory context keys on the content it
+/// shows (with the source's ignore file); a bind of a stage on the content
+/// of the mounted path (as BuildKit: a change elsewhere in the source
+/// stage keeps the step cached); other mounts with `from=` on the source's
+/// key.
 fn exec_key(
     ctx: &Ctx<'_>,
     d: &Done,
     done: &BTreeMap<NodeIndex, Arc<Done>>,
     exec: &frontend::graph::ExecOp,
 ) -> anyhow::Result<cache::index::CacheKey> {
-    let from_keys: Vec<Option<String>> = exec
+    let sources: Vec<Option<String>> = exec
         .mounts
         .iter()
         .zip(&exec.mount_sources)
         .map(|(m, src)| -> anyhow::Result<Option<String>> {
-            if m.from.is_none() || local_bind_source(ctx, m, *src).is_some() {
+            if let Some((root, ignore)) = local_bind_source(ctx, m, *src) {
+                let digest = crate::copy::content_digest(
+                    &root,
+                    ignore,
+                    &[m.source.clone().unwrap_or_default()],
+                    &[],
+                    Some(&ctx.stat),
+                )?;
+                return Ok(Some(digest));
+            }
+            if m.from.is_none() {
                 return Ok(None);
             }
             let Some(source) = src.and_then(|n| done.get(&n)) else {
@@ -113,25 +124,13 @@ fn exec_key(
             Ok(source.key.clone())
         })
         .collect::<anyhow::Result<_>>()?;
-    let context_binds: Vec<String> = exec
-        .mounts
-        .iter()
-        .zip(&exec.mount_sources)
-        .filter_map(|(m, src)| Some((m, local_bind_source(ctx, m, *src)?)))
-        .map(|(m, (root, ignore))| {
-            crate::copy::content_digest(
-                &root,
-                ignore,
-                &[m.source.clone().unwrap_or_default()],
-                &[],
-                Some(&ctx.stat),
-            )
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(step_key(serde_json::json!({
-        "v": 1, "layers": layer_key(ctx.options), "op": "exec", "parent": d.key, "exec": exec,
-        "mount_sources": from_keys, "context_binds": context_binds,
-    })))
+    let layers = layer_key(ctx.options);
+    let common = Common {
+        version: KEY_VERSION,
+        layers: &layers,
+        parent: d.key.as_deref(),
+    };
+    Ok(Inputs::Exec(ExecInputs::of(common, exec, sources)).key())
 }
 
 /// Runs `spec` with its output, secret values masked, shown as step `id`'s

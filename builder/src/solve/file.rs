@@ -24,9 +24,16 @@ pub(super) fn run_context_base(
     let all = [".".to_string()];
     let content = crate::copy::content_digest(dir, ignore, &all, &[], Some(&ctx.stat))
         .map_err(|e| where_(e.into()))?;
-    let key = step_key(serde_json::json!({
-        "v": 1, "layers": layer_key(ctx.options), "op": "context-base", "content": content,
-    }));
+    let layers = layer_key(ctx.options);
+    let inputs = Inputs::ContextBase(ContextBaseInputs {
+        common: Common {
+            version: KEY_VERSION,
+            layers: &layers,
+            parent: None,
+        },
+        content: &content,
+    });
+    let key = inputs.key();
     let record = cached_step(ctx, &key, step.skip_cache, None, (id, started), |m| {
         let root = m.root();
         copy(&CopyRequest {
@@ -64,10 +71,18 @@ pub(super) fn run_mkdir(
     let mut d = base.ok_or_else(|| anyhow!("WORKDIR without a parent"))?;
     // The directories WORKDIR creates belong to the current USER.
     let user = d.image.config.config.user.clone().unwrap_or_default();
-    let key = step_key(serde_json::json!({
-        "v": 2, "layers": layer_key(options), "op": "mkdir",
-        "parent": d.key, "path": path, "user": user, "epoch": options.epoch,
-    }));
+    let layers = layer_key(options);
+    let inputs = Inputs::Mkdir(MkdirInputs {
+        common: Common {
+            version: KEY_VERSION,
+            layers: &layers,
+            parent: d.key.as_deref(),
+        },
+        path,
+        user: &user,
+        epoch: options.epoch,
+    });
+    let key = inputs.key();
     let record = cached_step(
         ctx,
         &key,
@@ -184,10 +199,17 @@ pub(super) fn run_file(
     let link = file.link && file.chmod.is_none();
     // A --link copy does not depend on its parent.
     let parent_key = if link { None } else { d.key.clone() };
-    let key = step_key(serde_json::json!({
-        "v": 1, "layers": layer_key(options), "op": "file", "parent": parent_key,
-        "file": file, "source": source_key,
-    }));
+    let layers = layer_key(options);
+    let inputs = Inputs::File(FileInputs::of(
+        Common {
+            version: KEY_VERSION,
+            layers: &layers,
+            parent: parent_key.as_deref(),
+        },
+        file,
+        source_key.as_deref(),
+    ));
+    let key = inputs.key();
     // What the copy is apart from the content of its sources: the key of
     // its latest result, whose unchanged files a rerun links (local
     // sources; ADD may extract archives, whose entries have no stamps).
