@@ -22,6 +22,9 @@ pub struct Cli {
 pub enum Command {
     /// Build an image from a Dockerfile (also `rbuild [OPTIONS] CONTEXT`)
     Build(Box<BuildArgs>),
+    /// Build, and say for each step whether the cache had it and, if not,
+    /// which input changed since its last build (`build --explain`)
+    Explain(Box<BuildArgs>),
     /// List the images in the local store
     Images,
     /// Show an image's manifest and config
@@ -285,6 +288,10 @@ pub struct BuildArgs {
     /// Do not use the cache
     #[arg(long)]
     pub no_cache: bool,
+    /// After the build, say for each step whether the cache had it and,
+    /// if not, which input changed since its last build
+    #[arg(long)]
+    pub explain: bool,
     /// Do not use the cache for the steps of this stage (repeatable)
     #[arg(long, value_name = "STAGE", value_delimiter = ',')]
     pub no_cache_filter: Vec<String>,

@@ -144,6 +144,13 @@ const MIGRATIONS: &[&str] = &[
         snapshot TEXT NOT NULL,
         manifest BLOB NOT NULL
      );",
+    // 6: per step (its place in a Dockerfile), the key and the key inputs
+    // of its latest build, so the next build can say what changed.
+    "CREATE TABLE step_inputs (
+        identity TEXT PRIMARY KEY,
+        key TEXT NOT NULL,
+        inputs TEXT NOT NULL
+     );",
 ];
 
 /// Seconds a record's last-used time may lag behind its real last use:
@@ -669,6 +676,36 @@ impl CacheIndex {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(self.sql())?;
         rows.collect::<Result<_, _>>().map_err(self.sql())
+    }
+
+    /// The key and key inputs (the caller's format) of the latest build of
+    /// step `identity`.
+    pub fn inputs_get(&self, identity: &str) -> Result<Option<(String, String)>, IndexError> {
+        self.conn()
+            .query_row(
+                "SELECT key, inputs FROM step_inputs WHERE identity = ?1",
+                params![identity],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.sql())
+    }
+
+    /// Records `key` and its `inputs` as the latest build of step
+    /// `identity` (replacing the one before).
+    pub fn inputs_put(
+        &self,
+        identity: &str,
+        key: &CacheKey,
+        inputs: &str,
+    ) -> Result<(), IndexError> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO step_inputs (identity, key, inputs) VALUES (?1, ?2, ?3)",
+                params![identity, key.as_str(), inputs],
+            )
+            .map(|_| ())
+            .map_err(self.sql())
     }
 
     /// The latest result recorded for copy `identity`: its snapshot and

@@ -174,6 +174,15 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         ssh,
         rewrite_timestamp,
         labels,
+        dockerfile: if loaded.path == Path::new("-") {
+            format!("{}\n-", context_dir.display())
+        } else {
+            std::path::absolute(&loaded.path)
+                .unwrap_or_else(|_| loaded.path.clone())
+                .display()
+                .to_string()
+        },
+        explain: args.explain,
     };
     let quiet = args.quiet || args.progress == ProgressMode::Quiet;
     let format = match args.progress {
@@ -194,6 +203,9 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     let built = build(&store, &graph, runtime.as_ref(), &options, &progress);
     progress.finish();
     let built = built?;
+    if args.explain {
+        eprint!("{}", crate::solve::explain::report(&built.explained));
+    }
     let mut names: Vec<String> = args.tags.clone();
     for o in &outputs {
         names.extend(o.names.iter().cloned());

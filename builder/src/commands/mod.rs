@@ -15,6 +15,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Debug(cmd) => debug::run(cmd),
         Command::Build(args) => build::run(cli.root, *args),
+        Command::Explain(mut args) => {
+            args.explain = true;
+            build::run(cli.root, *args)
+        }
         Command::Images => build::images(cli.root),
         Command::Inspect { reference } => build::inspect(cli.root, &reference),
         Command::Tag { source, target } => build::tag(cli.root, &source, &target),

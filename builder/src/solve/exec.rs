@@ -28,11 +28,11 @@ pub(super) fn run_exec(
             "RUN --network=host needs --allow network.host (entitlement network.host is not allowed)"
         )));
     }
-    let key = exec_key(ctx, &d, done, exec).map_err(where_)?;
+    let (key, inputs) = exec_key(ctx, &d, done, exec).map_err(where_)?;
     let record = cached_step(
         ctx,
-        &key,
-        step.skip_cache,
+        step,
+        (&key, &inputs),
         d.snapshot.as_deref(),
         (id, started),
         |m| {
@@ -94,7 +94,7 @@ fn exec_key(
     d: &Done,
     done: &BTreeMap<NodeIndex, Arc<Done>>,
     exec: &frontend::graph::ExecOp,
-) -> anyhow::Result<cache::index::CacheKey> {
+) -> anyhow::Result<(cache::index::CacheKey, String)> {
     let sources: Vec<Option<String>> = exec
         .mounts
         .iter()
@@ -130,7 +130,7 @@ fn exec_key(
         layers: &layers,
         parent: d.key.as_deref(),
     };
-    Ok(Inputs::Exec(ExecInputs::of(common, exec, sources)).key())
+    Ok(Inputs::Exec(ExecInputs::of(common, exec, sources)).keyed())
 }
 
 /// Runs `spec` with its output, secret values masked, shown as step `id`'s

@@ -33,8 +33,8 @@ pub(super) fn run_context_base(
         },
         content: &content,
     });
-    let key = inputs.key();
-    let record = cached_step(ctx, &key, step.skip_cache, None, (id, started), |m| {
+    let (key, inputs) = inputs.keyed();
+    let record = cached_step(ctx, step, (&key, &inputs), None, (id, started), |m| {
         let root = m.root();
         copy(&CopyRequest {
             ignore,
@@ -65,7 +65,7 @@ pub(super) fn run_mkdir(
     let Ctx {
         options, progress, ..
     } = *ctx;
-    let Step { op, skip_cache, .. } = *step;
+    let Step { op, .. } = *step;
     let where_ = |e: anyhow::Error| step.locate(e);
     let (id, started) = progress.start(&op.name);
     let mut d = base.ok_or_else(|| anyhow!("WORKDIR without a parent"))?;
@@ -82,11 +82,11 @@ pub(super) fn run_mkdir(
         user: &user,
         epoch: options.epoch,
     });
-    let key = inputs.key();
+    let (key, inputs) = inputs.keyed();
     let record = cached_step(
         ctx,
-        &key,
-        skip_cache,
+        step,
+        (&key, &inputs),
         d.snapshot.as_deref(),
         (id, started),
         |m| {
@@ -151,12 +151,7 @@ pub(super) fn run_file(
         ref stat,
         ..
     } = *ctx;
-    let Step {
-        op,
-        ref inputs,
-        skip_cache,
-        ..
-    } = *step;
+    let Step { op, ref inputs, .. } = *step;
     let where_ = |e: anyhow::Error| step.locate(e);
     let (id, started) = progress.start(&op.name);
     // A --link copy starts from nothing; the merge adds it on top.
@@ -209,7 +204,7 @@ pub(super) fn run_file(
         file,
         source_key.as_deref(),
     ));
-    let key = inputs.key();
+    let (key, inputs) = inputs.keyed();
     // What the copy is apart from the content of its sources: the key of
     // its latest result, whose unchanged files a rerun links (local
     // sources; ADD may extract archives, whose entries have no stamps).
@@ -222,8 +217,8 @@ pub(super) fn run_file(
     let mut manifest = None;
     let record = cached_step(
         ctx,
-        &key,
-        skip_cache,
+        step,
+        (&key, &inputs),
         d.snapshot.as_deref(),
         (id, started),
         |m| {

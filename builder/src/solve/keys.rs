@@ -192,13 +192,23 @@ impl Inputs<'_> {
     }
 
     /// The key: sha256 of [`Inputs::to_json`].
+    #[cfg(test)]
     pub fn key(&self) -> cache::index::CacheKey {
+        self.keyed().0
+    }
+
+    /// The key and the JSON it is the digest of.
+    pub fn keyed(&self) -> (cache::index::CacheKey, String) {
         use sha2::{Digest as _, Sha256};
-        let hex: String = Sha256::digest(self.to_json().as_bytes())
+        let json = self.to_json();
+        let hex: String = Sha256::digest(json.as_bytes())
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        cache::index::CacheKey::new(&hex).expect("sha256 hex is a key")
+        (
+            cache::index::CacheKey::new(&hex).expect("sha256 hex is a key"),
+            json,
+        )
     }
 }
 

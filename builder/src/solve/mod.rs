@@ -31,6 +31,7 @@ use crate::sandbox::{
 mod base;
 mod cache_mount;
 mod exec;
+pub mod explain;
 mod file;
 mod keys;
 mod mounts;
@@ -40,6 +41,7 @@ mod schedule;
 use self::base::*;
 use self::cache_mount::*;
 use self::exec::*;
+use self::explain::*;
 use self::file::*;
 use self::keys::*;
 use self::mounts::*;
@@ -84,6 +86,12 @@ pub struct BuildOptions<'a> {
     pub rewrite_timestamp: bool,
     /// `--no-cache-filter`: run every step of these stages.
     pub no_cache_stages: std::collections::BTreeSet<usize>,
+    /// The Dockerfile as its steps are known across builds (its absolute
+    /// path; for stdin, the context's and `-`).
+    pub dockerfile: String,
+    /// `--explain`: say for each step whether it hit the cache, and why
+    /// not.
+    pub explain: bool,
 }
 
 /// The stored image.
@@ -97,6 +105,8 @@ pub struct Built {
     pub config: ImageConfig,
     /// The target's final snapshot (None: empty filesystem).
     pub snapshot: Option<String>,
+    /// With `--explain`: each step's outcome, in the order they started.
+    pub explained: Vec<(usize, String, Outcome)>,
 }
 
 /// One op's result: a snapshot (None: empty) and its stage's image so far.
@@ -140,6 +150,10 @@ struct Ctx<'a> {
     secret_dir: Option<crate::secrets::SecretDir>,
     /// Context file digests, read from the index once per build.
     stat: crate::copy::StatCache<'a>,
+    /// Each step's place in the Dockerfile ([`explain::identities`]).
+    identities: BTreeMap<NodeIndex, String>,
+    /// What `--explain` reports.
+    explained: std::sync::Mutex<Vec<(usize, String, Outcome)>>,
 }
 
 /// Runs the graph and stores the target image.
@@ -168,6 +182,8 @@ pub fn build(
         created: rfc3339(options.epoch.unwrap_or_else(cache::index::now)),
         cancel: Cancel::default(),
         stat: crate::copy::StatCache::new(&store.index, "local"),
+        identities: identities(graph, &options.dockerfile),
+        explained: Default::default(),
         secret_dir: if options.secrets.is_empty() && options.ssh.is_empty() {
             None
         } else {
@@ -193,7 +209,9 @@ pub fn build(
             .extend(options.labels.clone());
     }
     let (image_id, manifest) = crate::images::store(&store.blobs, &config, layers, &options.tags)?;
+    let explained = std::mem::take(&mut *ctx.explained.lock().unwrap_or_else(|e| e.into_inner()));
     Ok(Built {
+        explained,
         image_id: image_id.to_string(),
         manifest,
         config,
@@ -203,6 +221,7 @@ pub fn build(
 
 /// The op a runner runs, its inputs, and whether the cache may answer.
 struct Step<'g> {
+    node: NodeIndex,
     op: &'g frontend::graph::Op,
     inputs: Vec<(NodeIndex, Edge)>,
     skip_cache: bool,
@@ -254,6 +273,7 @@ fn run_node(
     } = *ctx;
     let op = &graph.graph[node];
     let step = Step {
+        node,
         op,
         inputs: graph.inputs(node),
         skip_cache: options.no_cache

@@ -121,17 +121,21 @@ pub(super) fn layer_key(options: &BuildOptions<'_>) -> String {
 /// another build is making is waited for, then taken from the cache.
 pub(super) fn cached_step(
     ctx: &Ctx<'_>,
-    key: &cache::index::CacheKey,
-    skip_cache: bool,
+    step: &Step<'_>,
+    (key, inputs): (&cache::index::CacheKey, &str),
     parent: Option<&str>,
     (id, started): (usize, Instant),
     run: impl FnOnce(&cache::snapshot::MutableSnapshot) -> anyhow::Result<()>,
 ) -> anyhow::Result<StepRecord> {
     let _lock = ctx.store.index.lock_key(key)?;
-    if !skip_cache && let Some(step) = lookup(ctx.store, key)? {
+    if !step.skip_cache
+        && let Some(record) = lookup(ctx.store, key)?
+    {
+        note_step(ctx, step, key, inputs, (id, true))?;
         ctx.progress.cached(id);
-        return Ok(step);
+        return Ok(record);
     }
+    note_step(ctx, step, key, inputs, (id, false))?;
     let m = ctx.store.snapshots.prepare(parent)?;
     run(&m)?;
     let (snap, layer, changed) = m.commit_lazy(&ctx.store.blobs, &ctx.layer_options)?;

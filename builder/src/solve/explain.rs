@@ -1,0 +1,227 @@
+//! Why a step ran: each step's place in its Dockerfile (its identity) and
+//! the key inputs of its latest build are kept in the index; when a step
+//! misses the cache, the first input that differs from that build is named
+//! (`env VERSION changed (1.2 -> 1.3)`, `command changed`, `source files
+//! changed`, `parent changed`). Secrets are no input: changing one is no
+//! miss, as in BuildKit.
+
+use serde_json::Value;
+
+use super::*;
+
+/// Where a step is: the Dockerfile, the stage and the step's place among
+/// the stage's instructions (so an edit of the step itself is compared
+/// with its own earlier build).
+pub(super) fn identities(graph: &BuildGraph, dockerfile: &str) -> BTreeMap<NodeIndex, String> {
+    let mut by_stage: BTreeMap<usize, Vec<(usize, NodeIndex)>> = BTreeMap::new();
+    for n in graph.graph.node_indices() {
+        let op = &graph.graph[n];
+        if let (Some(stage), Some(span)) = (op.stage, &op.span) {
+            by_stage
+                .entry(stage)
+                .or_default()
+                .push((span.start_line, n));
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (stage, mut nodes) in by_stage {
+        nodes.sort();
+        for (place, (_, n)) in nodes.into_iter().enumerate() {
+            out.insert(n, format!("{dockerfile}\nstage {stage}\nstep {place}"));
+        }
+    }
+    out
+}
+
+/// What a step's lookup found, for `--explain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The cache had it.
+    Hit,
+    /// It ran, and why.
+    Miss(String),
+}
+
+/// Records the inputs of a step about to be looked up or run and, when it
+/// runs, says why: compared with the latest build of the same step.
+pub(super) fn note_step(
+    ctx: &Ctx<'_>,
+    step: &Step<'_>,
+    key: &cache::index::CacheKey,
+    inputs: &str,
+    (id, hit): (usize, bool),
+) -> anyhow::Result<()> {
+    let Some(identity) = ctx.identities.get(&step.node) else {
+        return Ok(());
+    };
+    let earlier = ctx.store.index.inputs_get(identity)?;
+    // A no-op rebuild writes nothing here.
+    if earlier.as_ref().is_none_or(|(k, _)| k != key.as_str()) {
+        ctx.store.index.inputs_put(identity, key, inputs)?;
+    }
+    if !ctx.options.explain {
+        return Ok(());
+    }
+    let outcome = if hit {
+        Outcome::Hit
+    } else if step.skip_cache {
+        Outcome::Miss("--no-cache".into())
+    } else {
+        Outcome::Miss(match &earlier {
+            None => "no earlier build of this step".into(),
+            Some((_, before)) => why(before, inputs),
+        })
+    };
+    ctx.explained
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((id, step.op.name.clone(), outcome));
+    Ok(())
+}
+
+/// The first input of `now` that differs from `before` (both the JSON of
+/// [`Inputs`]), in words.
+pub(super) fn why(before: &str, now: &str) -> String {
+    let (Ok(before), Ok(now)) = (
+        serde_json::from_str::<Value>(before),
+        serde_json::from_str::<Value>(now),
+    ) else {
+        return "the inputs could not be read".into();
+    };
+    let (Some(before), Some(now)) = (before.as_object(), now.as_object()) else {
+        return "the inputs could not be read".into();
+    };
+    for (field, new) in now {
+        let old = before.get(field).unwrap_or(&Value::Null);
+        if old == new {
+            continue;
+        }
+        return match field.as_str() {
+            "op" => "the instruction changed".into(),
+            "version" => "the cache key format changed (a new rbuild)".into(),
+            "layers" => "the layer format changed (SOURCE_DATE_EPOCH or rewrite-timestamp)".into(),
+            "parent" => "parent changed (an earlier step ran)".into(),
+            "env" => env_change(old, new),
+            "args" => format!("command changed ({} -> {})", words(old), words(new)),
+            "mounts" => mount_change(old, new),
+            "source_content" | "content" => "source files changed".into(),
+            other => format!("{other} changed ({} -> {})", short(old), short(new)),
+        };
+    }
+    "its inputs are those of its latest build (that result was removed)".into()
+}
+
+/// The first variable whose value differs: ENV and ARG values alike.
+fn env_change(old: &Value, new: &Value) -> String {
+    let pairs = |v: &Value| -> Vec<(String, String)> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect()
+    };
+    let (old, new) = (pairs(old), pairs(new));
+    let value = |list: &[(String, String)], k: &str| {
+        list.iter()
+            .find(|(name, _)| name == k)
+            .map(|(_, v)| v.clone())
+    };
+    for (k, v) in &new {
+        match value(&old, k) {
+            Some(was) if was == *v => {}
+            Some(was) => return format!("build arg or env {k} changed ({was} -> {v})"),
+            None => return format!("build arg or env {k} added ({v})"),
+        }
+    }
+    for (k, _) in &old {
+        if value(&new, k).is_none() {
+            return format!("build arg or env {k} removed");
+        }
+    }
+    "the environment's order changed".into()
+}
+
+/// The first mount that differs, by target.
+fn mount_change(old: &Value, new: &Value) -> String {
+    let empty = Vec::new();
+    let (old, new) = (
+        old.as_array().unwrap_or(&empty),
+        new.as_array().unwrap_or(&empty),
+    );
+    for (i, m) in new.iter().enumerate() {
+        let target = m["mount"]["target"].as_str().unwrap_or("?");
+        match old.get(i) {
+            None => return format!("mount {target} added"),
+            Some(o) if o["mount"] != m["mount"] => return format!("mount {target} changed"),
+            Some(o) if o["source"] != m["source"] => {
+                return format!("mount {target}: its source changed");
+            }
+            Some(_) => {}
+        }
+    }
+    "a mount was removed".into()
+}
+
+fn words(v: &Value) -> String {
+    let joined: Vec<&str> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    short(&Value::String(joined.join(" ")))
+}
+
+/// A value in a line: strings bare, at most 60 characters.
+fn short(v: &Value) -> String {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "none".into(),
+        other => other.to_string(),
+    };
+    if s.chars().count() > 60 {
+        format!("{}...", s.chars().take(57).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// The report of `--explain`: a line per step that can hit or miss, by
+/// its number in the progress output.
+pub fn report(explained: &[(usize, String, Outcome)]) -> String {
+    let mut sorted: Vec<&(usize, String, Outcome)> = explained.iter().collect();
+    sorted.sort_by_key(|(id, ..)| *id);
+    let mut out = String::new();
+    for (id, name, outcome) in sorted {
+        let what = match outcome {
+            Outcome::Hit => "hit".to_string(),
+            Outcome::Miss(why) => format!("miss: {why}"),
+        };
+        out.push_str(&format!("#{id} {name}: {what}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_first_input_that_differs() {
+        let a = r#"{"op":"exec","version":2,"parent":"p","args":["sh","-c","make"],"env":["PATH=/bin","V=1"]}"#;
+        let b = r#"{"op":"exec","version":2,"parent":"p","args":["sh","-c","make"],"env":["PATH=/bin","V=2"]}"#;
+        assert_eq!(why(a, b), "build arg or env V changed (1 -> 2)");
+        let c = r#"{"op":"exec","version":2,"parent":"q","args":["sh","-c","make"],"env":["PATH=/bin","V=2"]}"#;
+        assert_eq!(why(b, c), "parent changed (an earlier step ran)");
+        let d = r#"{"op":"exec","version":2,"parent":"p","args":["sh","-c","make all"],"env":["PATH=/bin","V=1"]}"#;
+        assert_eq!(why(a, d), "command changed (sh -c make -> sh -c make all)");
+        assert_eq!(
+            why(a, a),
+            "its inputs are those of its latest build (that result was removed)"
+        );
+    }
+}
