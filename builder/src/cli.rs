@@ -288,6 +288,10 @@ pub struct BuildArgs {
     /// Do not use the cache
     #[arg(long)]
     pub no_cache: bool,
+    /// Build a second time without the cache and compare: exit 1, naming
+    /// what differs, when the image is not reproducible
+    #[arg(long)]
+    pub verify: bool,
     /// After the build, say for each step whether the cache had it and,
     /// if not, which input changed since its last build
     #[arg(long)]

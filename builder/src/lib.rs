@@ -29,3 +29,4 @@ pub mod solve;
 pub mod ssh;
 pub mod tempdir;
 pub mod tty;
+pub mod verify;

@@ -897,6 +897,24 @@ fn independent_stages_run_at_the_same_time() {
         std::fs::read_to_string(t.0.join("out/both")).unwrap(),
         "a\nb\n"
     );
+    // With --no-cache the two steps start from one empty cache of the
+    // build, and still meet in it (each had an empty cache of its own).
+    let out = rbuild_env(
+        &t.0.join("state"),
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "--no-cache",
+            ctx.to_str().unwrap(),
+        ],
+        &[("RBUILD_MAX_PARALLELISM", "4")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // One step at a time, a waits for b in vain: the check can fail.
     let out = build("serial", "1");
     let log = String::from_utf8_lossy(&out.stderr);
@@ -928,6 +946,25 @@ fn cache_mount_sharing_locked_and_private() {
     let pv = "2f7076"; // hex of "/pv" (no BUILDKIT_CACHE_MOUNT_NS)
     assert!(dirs.iter().any(|d| d == pv), "{dirs:?}");
     assert!(dirs.iter().any(|d| *d == format!("{pv}.1")), "{dirs:?}");
+    // With --no-cache the steps start from empty caches, shared, locked
+    // and private as their mounts say, within the build (each step had one
+    // of its own: the shared /sync never met and the build failed).
+    let out = rbuild_env(
+        &root,
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "--no-cache",
+            ctx.to_str().unwrap(),
+        ],
+        &[("RBUILD_MAX_PARALLELISM", "2")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

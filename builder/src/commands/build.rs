@@ -157,7 +157,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         "none" => Network::None,
         _ => Network::Host,
     };
-    let options = BuildOptions {
+    let mut options = BuildOptions {
         context: &context_dir,
         ignore,
         named_contexts,
@@ -205,6 +205,31 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     let built = built?;
     if args.explain {
         eprint!("{}", crate::solve::explain::report(&built.explained));
+    }
+    if args.verify {
+        // The same build without the cache, stored under no tag.
+        if !quiet {
+            eprintln!("verify: building again without the cache");
+        }
+        options.no_cache = true;
+        options.tags.clear();
+        options.explain = false;
+        let progress = Progress::new(format);
+        let again = build(&store, &graph, runtime.as_ref(), &options, &progress);
+        progress.finish();
+        let again = again.context("verify: the second build failed")?;
+        let differ = crate::verify::differences(&store.blobs, &built.manifest, &again.manifest)?;
+        if !differ.is_empty() {
+            bail!(
+                "the image is not reproducible: a second build gave {} (first {})\n{}",
+                again.image_id,
+                built.image_id,
+                differ.join("\n")
+            );
+        }
+        if !quiet {
+            eprintln!("verify: reproducible, {}", built.image_id);
+        }
     }
     let mut names: Vec<String> = args.tags.clone();
     for o in &outputs {

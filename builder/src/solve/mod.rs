@@ -154,6 +154,8 @@ struct Ctx<'a> {
     identities: BTreeMap<NodeIndex, String>,
     /// What `--explain` reports.
     explained: std::sync::Mutex<Vec<(usize, String, Outcome)>>,
+    /// The empty cache mounts of steps that skip the cache, by id.
+    fresh_caches: std::sync::Mutex<BTreeMap<String, crate::tempdir::TempDir>>,
 }
 
 /// Runs the graph and stores the target image.
@@ -184,6 +186,7 @@ pub fn build(
         stat: crate::copy::StatCache::new(&store.index, "local"),
         identities: identities(graph, &options.dockerfile),
         explained: Default::default(),
+        fresh_caches: Default::default(),
         secret_dir: if options.secrets.is_empty() && options.ssh.is_empty() {
             None
         } else {

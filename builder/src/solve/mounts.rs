@@ -16,10 +16,10 @@ pub(super) struct StepMounts {
     local_binds: Vec<crate::bind::LocalBind>,
     /// Cache-mount locks (sharing=locked|private), held for the run.
     locks: Vec<std::fs::File>,
-    /// Empty caches of a --no-cache step, removed after it.
-    scratch_caches: Vec<crate::tempdir::TempDir>,
     secret_files: Vec<crate::secrets::SecretFile>,
     agents: Vec<crate::ssh::AgentProxy>,
+    /// The empty cache of a `sharing=private` step that skips the cache.
+    private_caches: Vec<crate::tempdir::TempDir>,
 }
 
 impl StepMounts {
@@ -37,9 +37,9 @@ impl StepMounts {
             views: Vec::new(),
             local_binds: Vec::new(),
             locks: Vec::new(),
-            scratch_caches: Vec::new(),
             secret_files: Vec::new(),
             agents: Vec::new(),
+            private_caches: Vec::new(),
         };
         m.heredocs(exec)?;
         for (mount, source) in exec.mounts.iter().zip(&exec.mount_sources) {
@@ -185,23 +185,49 @@ impl StepMounts {
                     mount.mode.unwrap_or(0o755),
                 )
             });
+        let sharing = mount.sharing.unwrap_or(Sharing::Shared);
         let dir = if step.skip_cache {
-            // --no-cache (and --no-cache-filter) give the step an empty
-            // cache of its own, dropped after it (moby/buildkit#5305): the
-            // shared cache keeps what earlier builds left.
-            let fresh =
-                crate::tempdir::TempDir::new("cache").context("making an empty cache mount")?;
-            give_new_cache(&fresh.path, owner).context("setting up an empty cache mount")?;
-            let path = fresh.path.clone();
-            self.scratch_caches.push(fresh);
-            path
+            // --no-cache (and --no-cache-filter) steps start from an empty
+            // cache (moby/buildkit#5305), one per id for the build's steps
+            // that skip the cache (a private step has its own), dropped
+            // when the build ends: the lasting cache keeps what earlier
+            // builds left.
+            let new = || -> anyhow::Result<crate::tempdir::TempDir> {
+                let dir =
+                    crate::tempdir::TempDir::new("cache").context("making an empty cache mount")?;
+                give_new_cache(&dir.path, owner).context("setting up an empty cache mount")?;
+                Ok(dir)
+            };
+            if sharing == Sharing::Private {
+                let dir = new()?;
+                let path = dir.path.clone();
+                self.private_caches.push(dir);
+                path
+            } else {
+                let path = {
+                    let mut fresh = ctx.fresh_caches.lock().unwrap_or_else(|e| e.into_inner());
+                    match fresh.get(&id) {
+                        Some(dir) => dir.path.clone(),
+                        None => {
+                            let dir = new()?;
+                            let path = dir.path.clone();
+                            fresh.insert(id.clone(), dir);
+                            path
+                        }
+                    }
+                };
+                if sharing == Sharing::Locked {
+                    // flock on the directory itself: nothing left behind.
+                    let held = std::fs::File::open(&path)
+                        .and_then(|f| f.lock().map(|()| f))
+                        .with_context(|| format!("locking {}", path.display()))?;
+                    self.locks.push(held);
+                }
+                path
+            }
         } else {
-            let (dir, lock) = cache_mount_dir(
-                &ctx.store.root.join("cache-mounts"),
-                &id,
-                mount.sharing.unwrap_or(Sharing::Shared),
-                owner,
-            )?;
+            let (dir, lock) =
+                cache_mount_dir(&ctx.store.root.join("cache-mounts"), &id, sharing, owner)?;
             self.locks.extend(lock);
             dir
         };
