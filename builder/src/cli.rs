@@ -296,6 +296,10 @@ pub struct BuildArgs {
     /// if not, which input changed since its last build
     #[arg(long)]
     pub explain: bool,
+    /// With --explain: `text` (lines on stderr) or `json` (one object a
+    /// step, on stdout)
+    #[arg(long = "format", value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub explain_format: String,
     /// Do not use the cache for the steps of this stage (repeatable)
     #[arg(long, value_name = "STAGE", value_delimiter = ',')]
     pub no_cache_filter: Vec<String>,

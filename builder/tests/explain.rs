@@ -87,10 +87,7 @@ fn explain_names_what_changed() {
         outcome(&arg, run),
         "miss: build arg or env VERSION changed (1 -> 2)"
     );
-    assert_eq!(
-        outcome(&arg, copy),
-        "miss: parent changed (an earlier step ran)"
-    );
+    assert_eq!(outcome(&arg, copy), "miss: parent changed (step #3 ran)");
 
     // A context file's content; a file added; the ignore file.
     std::fs::write(ctx.join("src/a.txt"), "changed\n").unwrap();
@@ -126,6 +123,37 @@ fn explain_names_what_changed() {
     assert!(
         outcome(&line, "/everything").starts_with("miss: command changed ("),
         "{line:#?}"
+    );
+
+    // For tools: one JSON object a step.
+    let o = rbuild(
+        &root,
+        &[
+            "explain",
+            "--progress",
+            "quiet",
+            "--format",
+            "json",
+            "--build-arg",
+            "VERSION=3",
+            "--secret",
+            &format!("id=token,src={}", t.0.join("token").display()),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let steps: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(steps.len(), 5, "{steps:#?}");
+    assert_eq!(steps[0]["cached"], true);
+    assert_eq!(steps[2]["step"], 3);
+    assert_eq!(steps[2]["cached"], false);
+    assert_eq!(
+        steps[2]["reason"],
+        "build arg or env VERSION changed (2 -> 3)"
     );
 
     // --no-cache-filter runs the stage's steps.

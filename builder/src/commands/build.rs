@@ -204,7 +204,11 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     progress.finish();
     let built = built?;
     if args.explain {
-        eprint!("{}", crate::solve::explain::report(&built.explained));
+        if args.explain_format == "json" {
+            print!("{}", crate::solve::explain::report_json(&built.explained));
+        } else {
+            eprint!("{}", crate::solve::explain::report(&built.explained));
+        }
     }
     if args.verify {
         // The same build without the cache, stored under no tag.

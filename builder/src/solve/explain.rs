@@ -54,6 +54,11 @@ pub(super) fn note_step(
     let Some(identity) = ctx.identities.get(&step.node) else {
         return Ok(());
     };
+    // Which step made this key, for the steps that build on it.
+    ctx.made_by
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key.as_str().to_string(), (id, hit));
     let earlier = ctx.store.index.inputs_get(identity)?;
     // A no-op rebuild writes nothing here.
     if earlier.as_ref().is_none_or(|(k, _)| k != key.as_str()) {
@@ -67,9 +72,15 @@ pub(super) fn note_step(
     } else if step.skip_cache {
         Outcome::Miss("--no-cache".into())
     } else {
+        let made = ctx
+            .made_by
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let ran = |key: &str| made.get(key).filter(|(_, hit)| !hit).map(|(id, _)| *id);
         Outcome::Miss(match &earlier {
             None => "no earlier build of this step".into(),
-            Some((_, before)) => why(before, inputs),
+            Some((_, before)) => why_with(before, inputs, &ran),
         })
     };
     ctx.explained
@@ -81,7 +92,13 @@ pub(super) fn note_step(
 
 /// The first input of `now` that differs from `before` (both the JSON of
 /// [`Inputs`]), in words.
-pub(super) fn why(before: &str, now: &str) -> String {
+#[cfg(test)]
+fn why(before: &str, now: &str) -> String {
+    why_with(before, now, &|_| None)
+}
+
+/// [`why`], with the step that made a parent key (`#5`), when known.
+pub(super) fn why_with(before: &str, now: &str, made_by: &dyn Fn(&str) -> Option<usize>) -> String {
     let (Ok(before), Ok(now)) = (
         serde_json::from_str::<Value>(before),
         serde_json::from_str::<Value>(now),
@@ -100,7 +117,10 @@ pub(super) fn why(before: &str, now: &str) -> String {
             "op" => "the instruction changed".into(),
             "version" => "the cache key format changed (a new rbuild)".into(),
             "layers" => "the layer format changed (SOURCE_DATE_EPOCH or rewrite-timestamp)".into(),
-            "parent" => "parent changed (an earlier step ran)".into(),
+            "parent" => match new.as_str().and_then(made_by) {
+                Some(id) => format!("parent changed (step #{id} ran)"),
+                None => "parent changed (an earlier step ran)".into(),
+            },
             "env" => env_change(old, new),
             "args" => format!("command changed ({} -> {})", words(old), words(new)),
             "mounts" => mount_change(old, new),
@@ -188,6 +208,26 @@ fn short(v: &Value) -> String {
     } else {
         s
     }
+}
+
+/// `--explain --format json`: one object per step, by its number in the
+/// progress output: `{"step": 3, "name": "...", "cached": false,
+/// "reason": "..."}` (no reason for a hit).
+pub fn report_json(explained: &[(usize, String, Outcome)]) -> String {
+    let mut sorted: Vec<&(usize, String, Outcome)> = explained.iter().collect();
+    sorted.sort_by_key(|(id, ..)| *id);
+    let mut out = String::new();
+    for (id, name, outcome) in sorted {
+        let line = match outcome {
+            Outcome::Hit => serde_json::json!({"step": id, "name": name, "cached": true}),
+            Outcome::Miss(why) => {
+                serde_json::json!({"step": id, "name": name, "cached": false, "reason": why})
+            }
+        };
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    out
 }
 
 /// The report of `--explain`: a line per step that can hit or miss, by

@@ -154,6 +154,9 @@ struct Ctx<'a> {
     identities: BTreeMap<NodeIndex, String>,
     /// What `--explain` reports.
     explained: std::sync::Mutex<Vec<(usize, String, Outcome)>>,
+    /// The step (progress number) that made each key of this build, and
+    /// whether it came from the cache.
+    made_by: std::sync::Mutex<BTreeMap<String, (usize, bool)>>,
     /// The empty cache mounts of steps that skip the cache, by id.
     fresh_caches: std::sync::Mutex<BTreeMap<String, crate::tempdir::TempDir>>,
 }
@@ -186,6 +189,7 @@ pub fn build(
         stat: crate::copy::StatCache::new(&store.index, "local"),
         identities: identities(graph, &options.dockerfile),
         explained: Default::default(),
+        made_by: Default::default(),
         fresh_caches: Default::default(),
         secret_dir: if options.secrets.is_empty() && options.ssh.is_empty() {
             None
