@@ -222,56 +222,9 @@ pub(super) fn run_file(
         d.snapshot.as_deref(),
         (id, started),
         |m| {
-            let reuse = identity.as_ref().zip(m.upper()).map(|(identity, upper)| {
-                let earlier = store.index.reuse_get(identity.as_str()).ok().flatten();
-                let earlier = earlier.and_then(|(snapshot, manifest)| {
-                    Some((store.snapshots.changes_of(&snapshot)?, manifest))
-                });
-                crate::copy::Reuse::new(upper, earlier)
-            });
-            let mut view = None;
-            let (source_root, ignore) = match (&local, &file.from) {
-                (Some((root, ignore)), _) => (root.clone(), *ignore),
-                (None, FileSource::Named(name)) => {
-                    return Err(where_(anyhow!(
-                        "build context {name:?} is not a directory context"
-                    )));
-                }
-                (None, _) => {
-                    let s = source_node
-                        .and_then(|n| done.get(&n))
-                        .ok_or_else(|| where_(anyhow!("copy source not built")))?;
-                    let v = store.snapshots.prepare(s.snapshot.as_deref())?;
-                    let r = v.root();
-                    view = Some(v);
-                    (r, None)
-                }
-            };
-            for s in &file.sources {
-                if s.contains("://") || s.starts_with("git@") {
-                    return Err(where_(anyhow!(
-                        "ADD from a URL or git ({s}) is not supported yet"
-                    )));
-                }
-            }
-            copy(&CopyRequest {
-                source_root: &source_root,
-                ignore,
-                sources: &file.sources,
-                contents: &file.contents,
-                dest: &file.dest,
-                dest_root: &m.root(),
-                chown: file.chown.as_deref(),
-                chmod: file.chmod.as_deref(),
-                excludes: &file.excludes,
-                add: file.add,
-                unpack: file.unpack,
-                parents: file.parents,
-                reuse: reuse.as_ref(),
-            })
-            .map_err(|e| where_(e.into()))?;
-            drop(view);
-            manifest = reuse.map(|r| r.manifest());
+            let source = source_node.and_then(|n| done.get(&n)).map(|d| &**d);
+            manifest = copy_into(ctx, m, file, local.as_ref(), source, identity.as_ref())
+                .map_err(where_)?;
             Ok(())
         },
     )?;
@@ -289,6 +242,64 @@ pub(super) fn run_file(
     let diff = d.take_step(record, &key);
     d.image.copy(file, diff.as_deref());
     Ok(d)
+}
+
+/// Fills `m` with what `file` copies from `local` (a directory and its
+/// ignore file) or else from `source` (a stage's or image's snapshot);
+/// unchanged files of the latest result of copy `identity` are linked.
+/// Returns the manifest of what was written, for the next run's links.
+fn copy_into(
+    ctx: &Ctx<'_>,
+    m: &cache::snapshot::MutableSnapshot,
+    file: &frontend::graph::FileOp,
+    local: Option<&(PathBuf, Option<&PatternMatcher>)>,
+    source: Option<&Done>,
+    identity: Option<&cache::index::CacheKey>,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let store = ctx.store;
+    let reuse = identity.zip(m.upper()).map(|(identity, upper)| {
+        let earlier = store.index.reuse_get(identity.as_str()).ok().flatten();
+        let earlier = earlier.and_then(|(snapshot, manifest)| {
+            Some((store.snapshots.changes_of(&snapshot)?, manifest))
+        });
+        crate::copy::Reuse::new(upper, earlier)
+    });
+    let mut view = None;
+    let (source_root, ignore) = match (local, &file.from) {
+        (Some((root, ignore)), _) => (root.clone(), *ignore),
+        (None, FileSource::Named(name)) => {
+            bail!("build context {name:?} is not a directory context");
+        }
+        (None, _) => {
+            let s = source.ok_or_else(|| anyhow!("copy source not built"))?;
+            let v = store.snapshots.prepare(s.snapshot.as_deref())?;
+            let r = v.root();
+            view = Some(v);
+            (r, None)
+        }
+    };
+    for s in &file.sources {
+        if s.contains("://") || s.starts_with("git@") {
+            bail!("ADD from a URL or git ({s}) is not supported yet");
+        }
+    }
+    copy(&CopyRequest {
+        source_root: &source_root,
+        ignore,
+        sources: &file.sources,
+        contents: &file.contents,
+        dest: &file.dest,
+        dest_root: &m.root(),
+        chown: file.chown.as_deref(),
+        chmod: file.chmod.as_deref(),
+        excludes: &file.excludes,
+        add: file.add,
+        unpack: file.unpack,
+        parents: file.parents,
+        reuse: reuse.as_ref(),
+    })?;
+    drop(view);
+    Ok(reuse.map(|r| r.manifest()))
 }
 
 /// The stat-cache "context" under which mounted-content digests are kept.

@@ -294,25 +294,8 @@ fn run_node(
         .find(|(_, e)| *e == Edge::Parent)
         .map(|(n, _)| *n);
     let where_ = |e: anyhow::Error| step.locate(e);
-    // The state this op continues from; a new stage starts a new image.
     let base = match parent {
-        Some(p) => {
-            // The parent's state is taken over when no one else holds it
-            // (the usual chain of steps), else copied.
-            let shared = step.inputs.iter().filter(|(n, _)| *n == p).count() > 1;
-            let parent_done = if shared {
-                done[&p].clone()
-            } else {
-                done.remove(&p)
-                    .ok_or_else(|| anyhow!("parent step not done"))?
-            };
-            let mut d = Arc::try_unwrap(parent_done).unwrap_or_else(|d| (*d).clone());
-            if graph.graph[p].stage != op.stage {
-                let since = d.image.created().map(str::to_string);
-                d.image = ImageState::new(Some(d.image.config.clone()), since);
-            }
-            Some(d)
-        }
+        Some(p) => Some(take_parent(graph, &step, p, &mut done)?),
         None => None,
     };
     let result = match &op.kind {
@@ -323,29 +306,7 @@ fn run_node(
             layers: Vec::new(),
             key: None,
         },
-        OpKind::Context { name } => {
-            // The first COPY from the context then finds its stat cache
-            // records read, while the steps before it ran.
-            if name == "context" && copies_from_context(graph) {
-                ctx.stat.preload(options.context);
-            }
-            let is_base = graph
-                .graph
-                .edges_directed(node, petgraph::Direction::Outgoing)
-                .any(|e| *e.weight() == Edge::Parent);
-            match options.named_contexts.get(name) {
-                // `FROM NAME` of a directory: its files are the stage's root.
-                Some((dir, ignore)) if is_base => {
-                    run_context_base(ctx, &step, dir, ignore.as_ref())?
-                }
-                _ => Done {
-                    snapshot: None,
-                    image: ImageState::new(None, None),
-                    layers: Vec::new(),
-                    key: None,
-                },
-            }
-        }
+        OpKind::Context { name } => run_context(ctx, &step, name)?,
         OpKind::Image { reference, .. } => {
             let (id, started) = progress.start(&op.name);
             let d =
@@ -362,32 +323,91 @@ fn run_node(
         OpKind::Exec(exec) => run_exec(ctx, &step, base, &done, exec)?,
         OpKind::File(file) => run_file(ctx, &step, base, &done, file)?,
         OpKind::Merge => {
-            let mut d = base.ok_or_else(|| anyhow!("merge without a parent"))?;
-            let layer_node = step
-                .inputs
-                .iter()
-                .find(|(_, e)| *e == Edge::Layer)
-                .map(|(n, _)| *n)
-                .ok_or_else(|| anyhow!("merge without a layer"))?;
-            let l = &done[&layer_node];
-            // The copy's layer is put on top of the parent: it must exist.
-            let mut layers = l.layers.clone();
-            let mut config = l.image.config.clone();
-            resolve_layers(ctx, &mut layers, &mut config)?;
-            for desc in &layers {
-                let blob = store.blobs.open_verified(&desc.digest.parse()?)?;
-                let snap = store.snapshots.import(d.snapshot.as_deref(), blob)?;
-                d.snapshot = Some(snap.id);
-                d.layers.push(desc.clone());
-            }
-            d.key = Some(format!("merge {:?} {:?}", d.key, l.key));
-            let rootfs = &config.rootfs.diff_ids;
-            if let (Some(h), Some(diff)) = (config.history.last(), rootfs.last()) {
-                d.image.config.history.push(h.clone());
-                d.image.config.rootfs.diff_ids.push(diff.clone());
-            }
-            d
+            let d = base.ok_or_else(|| anyhow!("merge without a parent"))?;
+            run_merge(ctx, &step, d, &done)?
         }
     };
     Ok(result)
+}
+
+/// The state an op continues from: its parent's, taken over when no one
+/// else holds it (the usual chain of steps), else copied; a new stage
+/// starts a new image from it.
+fn take_parent(
+    graph: &BuildGraph,
+    step: &Step<'_>,
+    p: NodeIndex,
+    done: &mut BTreeMap<NodeIndex, Arc<Done>>,
+) -> anyhow::Result<Done> {
+    let shared = step.inputs.iter().filter(|(n, _)| *n == p).count() > 1;
+    let parent_done = if shared {
+        done[&p].clone()
+    } else {
+        done.remove(&p)
+            .ok_or_else(|| anyhow!("parent step not done"))?
+    };
+    let mut d = Arc::try_unwrap(parent_done).unwrap_or_else(|d| (*d).clone());
+    if graph.graph[p].stage != step.op.stage {
+        let since = d.image.created().map(str::to_string);
+        d.image = ImageState::new(Some(d.image.config.clone()), since);
+    }
+    Ok(d)
+}
+
+/// A context node: nothing to run for the main context (the first COPY
+/// from it finds its stat cache records read meanwhile); a named directory
+/// context that is a stage's base (`FROM NAME`) becomes its first layer.
+fn run_context(ctx: &Ctx<'_>, step: &Step<'_>, name: &str) -> anyhow::Result<Done> {
+    let options = ctx.options;
+    if name == "context" && copies_from_context(ctx.graph) {
+        ctx.stat.preload(options.context);
+    }
+    let is_base = ctx
+        .graph
+        .graph
+        .edges_directed(step.node, petgraph::Direction::Outgoing)
+        .any(|e| *e.weight() == Edge::Parent);
+    Ok(match options.named_contexts.get(name) {
+        Some((dir, ignore)) if is_base => run_context_base(ctx, step, dir, ignore.as_ref())?,
+        _ => Done {
+            snapshot: None,
+            image: ImageState::new(None, None),
+            layers: Vec::new(),
+            key: None,
+        },
+    })
+}
+
+/// `COPY --link`'s result put on top of its parent: the copy's layer (it
+/// must exist) imported as a snapshot, with its history entry.
+fn run_merge(
+    ctx: &Ctx<'_>,
+    step: &Step<'_>,
+    mut d: Done,
+    done: &BTreeMap<NodeIndex, Arc<Done>>,
+) -> anyhow::Result<Done> {
+    let store = ctx.store;
+    let layer_node = step
+        .inputs
+        .iter()
+        .find(|(_, e)| *e == Edge::Layer)
+        .map(|(n, _)| *n)
+        .ok_or_else(|| anyhow!("merge without a layer"))?;
+    let l = &done[&layer_node];
+    let mut layers = l.layers.clone();
+    let mut config = l.image.config.clone();
+    resolve_layers(ctx, &mut layers, &mut config)?;
+    for desc in &layers {
+        let blob = store.blobs.open_verified(&desc.digest.parse()?)?;
+        let snap = store.snapshots.import(d.snapshot.as_deref(), blob)?;
+        d.snapshot = Some(snap.id);
+        d.layers.push(desc.clone());
+    }
+    d.key = Some(format!("merge {:?} {:?}", d.key, l.key));
+    let rootfs = &config.rootfs.diff_ids;
+    if let (Some(h), Some(diff)) = (config.history.last(), rootfs.last()) {
+        d.image.config.history.push(h.clone());
+        d.image.config.rootfs.diff_ids.push(diff.clone());
+    }
+    Ok(d)
 }
