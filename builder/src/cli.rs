@@ -247,6 +247,56 @@ fn parse_until(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_nanos(ns as u64))
 }
 
+/// `--network` for RUN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkMode {
+    /// The host's network (buildkitd without CNI)
+    Default,
+    /// Loopback only
+    None,
+    /// The host's network, asked for (`RUN --network=host` needs the entitlement)
+    Host,
+}
+
+/// `--runtime`: how RUN is sandboxed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeKind {
+    /// rbuild's own sandbox (no other program)
+    Embedded,
+    /// The runc program
+    Runc,
+}
+
+/// `--format` of `--explain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExplainFormat {
+    /// Lines on stderr
+    Text,
+    /// One JSON object a step, on stdout
+    Json,
+}
+
+/// `--compression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressionArg {
+    /// gzip (Docker's default)
+    Gzip,
+    /// zstd
+    Zstd,
+    /// No compression
+    Uncompressed,
+}
+
+impl From<CompressionArg> for cache::layer::Compression {
+    fn from(c: CompressionArg) -> Self {
+        match c {
+            CompressionArg::Gzip => cache::layer::Compression::Gzip,
+            CompressionArg::Zstd => cache::layer::Compression::Zstd,
+            CompressionArg::Uncompressed => cache::layer::Compression::Uncompressed,
+        }
+    }
+}
+
 /// Progress output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProgressMode {
@@ -298,26 +348,26 @@ pub struct BuildArgs {
     pub explain: bool,
     /// With --explain: `text` (lines on stderr) or `json` (one object a
     /// step, on stdout)
-    #[arg(long = "format", value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub explain_format: String,
+    #[arg(long = "format", value_name = "FORMAT", value_enum, default_value_t = ExplainFormat::Text)]
+    pub explain_format: ExplainFormat,
     /// Do not use the cache for the steps of this stage (repeatable)
     #[arg(long, value_name = "STAGE", value_delimiter = ',')]
     pub no_cache_filter: Vec<String>,
     /// Network for RUN: default (the host's), none or host
-    #[arg(long, default_value = "default", value_parser = ["default", "none", "host"])]
-    pub network: String,
+    #[arg(long, value_enum, default_value_t = NetworkMode::Default)]
+    pub network: NetworkMode,
     /// Extra privileges: security.insecure
     #[arg(long, value_name = "ENTITLEMENT")]
     pub allow: Vec<String>,
     /// How RUN is sandboxed
-    #[arg(long, default_value = "embedded", value_parser = ["embedded", "runc"])]
-    pub runtime: String,
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Embedded)]
+    pub runtime: RuntimeKind,
     /// Output: type=image (the local store) for now
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
     /// Layer compression: gzip (default), zstd or uncompressed
-    #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd", "uncompressed"])]
-    pub compression: String,
+    #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
+    pub compression: CompressionArg,
     /// Secrets for RUN --mount=type=secret: id=ID[,src=PATH|,env=VAR]
     #[arg(long, value_name = "SPEC")]
     pub secret: Vec<String>,

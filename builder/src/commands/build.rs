@@ -10,7 +10,7 @@ use cache::layer::Compression;
 use frontend::graph::compile;
 use frontend::ignore::{PatternMatcher, ignore_file_for, read_ignore_file};
 
-use crate::cli::{BuildArgs, ProgressMode};
+use crate::cli::{BuildArgs, ExplainFormat, NetworkMode, ProgressMode, RuntimeKind};
 use crate::commands::store::{human, state_root};
 use crate::export::OutputKind;
 use crate::sandbox::Network;
@@ -52,10 +52,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     }
     // Layer compression is an export's concern: `--compression` is the
     // default for the outputs that name none.
-    let default_compression: Compression = args
-        .compression
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!("--compression: {e}"))?;
+    let default_compression: Compression = args.compression.into();
     for o in &outputs {
         let format = crate::export::LayerFormat::of(o, default_compression)
             .with_context(|| format!("--output type={}", o.kind))?;
@@ -153,9 +150,9 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         }
     }
     let graph = compile(&loaded.plan, &LocalImages(&store, &aliases))?;
-    let network = match args.network.as_str() {
-        "none" => Network::None,
-        _ => Network::Host,
+    let network = match args.network {
+        NetworkMode::None => Network::None,
+        NetworkMode::Default | NetworkMode::Host => Network::Host,
     };
     let mut options = BuildOptions {
         context: &context_dir,
@@ -195,7 +192,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         _ => ProgressFormat::Plain,
     };
     let progress = Progress::new(format);
-    let runtime: Box<dyn Runtime> = if args.runtime == "runc" {
+    let runtime: Box<dyn Runtime> = if args.runtime == RuntimeKind::Runc {
         Box::new(Runc::find(&store_root.join("runc"))?)
     } else {
         Box::new(Embedded::default())
@@ -204,7 +201,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     progress.finish();
     let built = built?;
     if args.explain {
-        if args.explain_format == "json" {
+        if args.explain_format == ExplainFormat::Json {
             print!("{}", crate::solve::explain::report_json(&built.explained));
         } else {
             eprint!("{}", crate::solve::explain::report(&built.explained));
