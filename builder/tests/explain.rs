@@ -163,4 +163,42 @@ fn explain_names_what_changed() {
         &["--build-arg", "VERSION=2", "--no-cache-filter", "base"],
     );
     assert_eq!(outcome(&filtered, "COPY busybox"), "miss: --no-cache");
+
+    // The base image rebuilt with other content.
+    let base = t.0.join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::copy("/bin/busybox", base.join("busybox")).unwrap();
+    let build_base = |marker: &str| {
+        std::fs::write(
+            base.join("Dockerfile"),
+            format!("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"touch\", \"/{marker}\"]\n"),
+        )
+        .unwrap();
+        let o = rbuild(
+            &root,
+            &[
+                "build",
+                "-q",
+                "-t",
+                "explain-base:1",
+                base.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let on_base = t.0.join("on-base");
+    std::fs::create_dir_all(&on_base).unwrap();
+    std::fs::write(
+        on_base.join("Dockerfile"),
+        "FROM explain-base:1\nRUN [\"/bin/busybox\", \"touch\", \"/on-top\"]\n",
+    )
+    .unwrap();
+    build_base("one");
+    explain(&root, &on_base, &[]);
+    build_base("two");
+    let rebased = explain(&root, &on_base, &[]);
+    assert!(
+        outcome(&rebased, "/on-top").starts_with("miss: base image changed (sha256:"),
+        "{rebased:#?}"
+    );
 }

@@ -117,9 +117,19 @@ pub(super) fn why_with(before: &str, now: &str, made_by: &dyn Fn(&str) -> Option
             "op" => "the instruction changed".into(),
             "version" => "the cache key format changed (a new rbuild)".into(),
             "layers" => "the layer format changed (SOURCE_DATE_EPOCH or rewrite-timestamp)".into(),
-            "parent" => match new.as_str().and_then(made_by) {
-                Some(id) => format!("parent changed (step #{id} ran)"),
-                None => "parent changed (an earlier step ran)".into(),
+            "parent" => match (old.as_str(), new.as_str()) {
+                (Some(o), Some(n)) if o.starts_with("image ") && n.starts_with("image ") => {
+                    format!(
+                        "base image changed ({} -> {})",
+                        short_digest(&o["image ".len()..]),
+                        short_digest(&n["image ".len()..])
+                    )
+                }
+                (_, Some(n)) if n.starts_with("image ") => "base image changed".into(),
+                (_, n) => match n.and_then(made_by) {
+                    Some(id) => format!("parent changed (step #{id} ran)"),
+                    None => "parent changed (an earlier step ran)".into(),
+                },
             },
             "env" => env_change(old, new),
             "args" => format!("command changed ({} -> {})", words(old), words(new)),
@@ -184,6 +194,11 @@ fn mount_change(old: &Value, new: &Value) -> String {
         }
     }
     "a mount was removed".into()
+}
+
+/// `sha256:` and the first 12 hex digits.
+fn short_digest(d: &str) -> String {
+    d.chars().take("sha256:".len() + 12).collect()
 }
 
 fn words(v: &Value) -> String {
