@@ -96,29 +96,21 @@ pub fn differences(
 
 /// Which aspects of an entry differ.
 fn how(a: &Entry, b: &Entry) -> String {
-    let mut what = Vec::new();
-    if a.kind != b.kind {
-        what.push("type");
-    }
-    if a.content != b.content {
-        what.push("content");
-    }
-    if a.mode != b.mode {
-        what.push("mode");
-    }
-    if a.owner != b.owner {
-        what.push("owner");
-    }
-    if a.mtime != b.mtime {
-        what.push("mtime");
-    }
-    if a.link != b.link {
-        what.push("link target");
-    }
-    if a.xattrs != b.xattrs {
-        what.push("xattrs");
-    }
-    what.join(", ")
+    let aspects = [
+        ("type", a.kind != b.kind),
+        ("content", a.content != b.content),
+        ("mode", a.mode != b.mode),
+        ("owner", a.owner != b.owner),
+        ("mtime", a.mtime != b.mtime),
+        ("link target", a.link != b.link),
+        ("xattrs", a.xattrs != b.xattrs),
+    ];
+    let differ: Vec<&str> = aspects
+        .iter()
+        .filter(|(_, differs)| *differs)
+        .map(|(name, _)| *name)
+        .collect();
+    differ.join(", ")
 }
 
 fn manifest(blobs: &BlobStore, desc: &Descriptor) -> anyhow::Result<Manifest> {
