@@ -93,14 +93,23 @@ fn explain_names_what_changed() {
     std::fs::write(ctx.join("src/a.txt"), "changed\n").unwrap();
     let content = explain(&root, &ctx, &["--build-arg", "VERSION=2"]);
     assert_eq!(outcome(&content, run), "hit");
-    assert_eq!(outcome(&content, copy), "miss: source files changed");
+    assert_eq!(
+        outcome(&content, copy),
+        "miss: 1 file changed: src/a.txt (changed)"
+    );
     std::fs::write(ctx.join("src/b.txt"), "b\n").unwrap();
     let added = explain(&root, &ctx, &["--build-arg", "VERSION=2"]);
-    assert_eq!(outcome(&added, copy), "miss: source files changed");
+    assert_eq!(
+        outcome(&added, copy),
+        "miss: 1 file changed: src/b.txt (added)"
+    );
     // (Ignoring b.txt would give back the tree built two steps ago: a hit.)
     std::fs::write(ctx.join(".dockerignore"), "src/a.txt\n").unwrap();
     let ignored = explain(&root, &ctx, &["--build-arg", "VERSION=2"]);
-    assert_eq!(outcome(&ignored, copy), "miss: source files changed");
+    assert_eq!(
+        outcome(&ignored, copy),
+        "miss: 1 file changed: src/a.txt (removed)"
+    );
 
     // A secret's value is no input (as BuildKit).
     std::fs::write(t.0.join("token"), "secret-2").unwrap();

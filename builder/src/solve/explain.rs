@@ -60,6 +60,15 @@ pub(super) fn note_step(
         .unwrap_or_else(|e| e.into_inner())
         .insert(key.as_str().to_string(), (id, hit));
     let earlier = ctx.store.index.inputs_get(identity)?;
+    if !hit
+        && let Some((old_key, _)) = &earlier
+        && old_key != key.as_str()
+    {
+        ctx.earlier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, old_key.clone());
+    }
     // A no-op rebuild writes nothing here.
     if earlier.as_ref().is_none_or(|(k, _)| k != key.as_str()) {
         ctx.store.index.inputs_put(identity, key, inputs)?;
@@ -88,6 +97,136 @@ pub(super) fn note_step(
         .unwrap_or_else(|e| e.into_inner())
         .push((id, step.op.name.clone(), outcome));
     Ok(())
+}
+
+/// With `--explain`, a copy step that ran because its source files
+/// changed names the files: its result (`snapshot`) is compared with the
+/// result of its latest build, when that is still in the cache (files the
+/// rerun linked from it are the same file and cost nothing to compare).
+pub(super) fn note_copy(ctx: &Ctx<'_>, id: usize, snapshot: &str) -> anyhow::Result<()> {
+    if !ctx.options.explain {
+        return Ok(());
+    }
+    let Some(earlier) = ctx
+        .earlier
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&id)
+        .cloned()
+    else {
+        return Ok(());
+    };
+    let Some(before) = cache::index::CacheKey::new(&earlier)
+        .ok()
+        .and_then(|k| lookup(ctx.store, &k).ok().flatten())
+    else {
+        return Ok(());
+    };
+    let snapshots = &ctx.store.snapshots;
+    let (Some(old), Some(new)) = (
+        snapshots.changes_of(&before.snapshot),
+        snapshots.changes_of(snapshot),
+    ) else {
+        return Ok(());
+    };
+    let (old, new) = (listing(&old)?, listing(&new)?);
+    let changed = files_changed(&old, &new);
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let mut explained = ctx.explained.lock().unwrap_or_else(|e| e.into_inner());
+    for (step_id, _, outcome) in explained.iter_mut() {
+        if *step_id == id && *outcome == Outcome::Miss("source files changed".into()) {
+            *outcome = Outcome::Miss(changed.clone());
+        }
+    }
+    Ok(())
+}
+
+/// Every entry under `dir` with what identifies its state: type, mode,
+/// owner, size, link target, and for a file its content's sha256 (shared
+/// between names of one file: a linked file is read once).
+fn listing(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    use sha2::{Digest as _, Sha256};
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut seen: BTreeMap<(u64, u64), String> = BTreeMap::new();
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        let full = dir.join(&rel);
+        for e in std::fs::read_dir(&full)?.flatten() {
+            let child = rel.join(e.file_name());
+            let meta = e.metadata()?;
+            let mut id = format!(
+                "{:o} {}:{} {}",
+                meta.mode(),
+                meta.uid(),
+                meta.gid(),
+                if meta.is_file() { meta.len() } else { 0 }
+            );
+            if meta.is_dir() {
+                todo.push(child.clone());
+            } else if meta.file_type().is_symlink() {
+                id.push_str(&std::fs::read_link(e.path())?.to_string_lossy());
+            } else if meta.is_file() {
+                let content = match seen.get(&(meta.dev(), meta.ino())) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let mut h = Sha256::new();
+                        std::io::copy(&mut std::fs::File::open(e.path())?, &mut h)?;
+                        let c = cache::Digest::of_sha256(h).to_string();
+                        seen.insert((meta.dev(), meta.ino()), c.clone());
+                        c
+                    }
+                };
+                id.push(' ');
+                id.push_str(&content);
+            }
+            out.push((child.to_string_lossy().into_owned(), id));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `2 files changed: src/a.rs (changed), src/b.rs (added)`: the first
+/// three by path, then how many more; empty when none differ.
+fn files_changed(before: &[(String, String)], now: &[(String, String)]) -> String {
+    let old: BTreeMap<&str, &str> = before
+        .iter()
+        .map(|(p, d)| (p.as_str(), d.as_str()))
+        .collect();
+    let new: BTreeMap<&str, &str> = now.iter().map(|(p, d)| (p.as_str(), d.as_str())).collect();
+    let mut differ: Vec<String> = Vec::new();
+    for (path, digest) in &new {
+        match old.get(path) {
+            None => differ.push(format!("{path} (added)")),
+            Some(d) if d != digest => differ.push(format!("{path} (changed)")),
+            Some(_) => {}
+        }
+    }
+    for path in old.keys().filter(|p| !new.contains_key(*p)) {
+        differ.push(format!("{path} (removed)"));
+    }
+    differ.sort();
+    if differ.is_empty() {
+        return String::new();
+    }
+    let n = differ.len();
+    let mut text = format!(
+        "{n} file{} changed: {}",
+        if n == 1 { "" } else { "s" },
+        differ
+            .iter()
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if n > 3 {
+        text.push_str(&format!(" and {} more", n - 3));
+    }
+    text
 }
 
 /// The first input of `now` that differs from `before` (both the JSON of
@@ -264,6 +403,26 @@ pub fn report(explained: &[(usize, String, Outcome)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_the_files_that_differ() {
+        let files = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(p, d)| (p.to_string(), d.to_string()))
+                .collect()
+        };
+        let before = files(&[("a", "1"), ("b", "1"), ("c", "1"), ("d", "1"), ("e", "1")]);
+        assert_eq!(files_changed(&before, &before), "");
+        let now = files(&[("a", "2"), ("c", "1"), ("d", "2"), ("e", "2"), ("f", "1")]);
+        assert_eq!(
+            files_changed(&before, &now),
+            "5 files changed: a (changed), b (removed), d (changed) and 2 more"
+        );
+        assert_eq!(
+            files_changed(&before[..1], &files(&[("a", "3")])),
+            "1 file changed: a (changed)"
+        );
+    }
 
     #[test]
     fn names_the_first_input_that_differs() {

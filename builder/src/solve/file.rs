@@ -228,6 +228,7 @@ pub(super) fn run_file(
             Ok(())
         },
     )?;
+    note_copy(ctx, id, &record.snapshot)?;
     // A failing index costs only the links of the next run.
     if let (Some(identity), Some(manifest)) = (&identity, manifest) {
         let _ = store

@@ -154,6 +154,9 @@ struct Ctx<'a> {
     identities: BTreeMap<NodeIndex, String>,
     /// What `--explain` reports.
     explained: std::sync::Mutex<Vec<(usize, String, Outcome)>>,
+    /// The key of the latest earlier build of each step that ran (by
+    /// progress number), for `--explain`'s file names.
+    earlier: std::sync::Mutex<BTreeMap<usize, String>>,
     /// The step (progress number) that made each key of this build, and
     /// whether it came from the cache.
     made_by: std::sync::Mutex<BTreeMap<String, (usize, bool)>>,
@@ -190,6 +193,7 @@ pub fn build(
         identities: identities(graph, &options.dockerfile),
         explained: Default::default(),
         made_by: Default::default(),
+        earlier: Default::default(),
         fresh_caches: Default::default(),
         secret_dir: if options.secrets.is_empty() && options.ssh.is_empty() {
             None
