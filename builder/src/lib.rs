@@ -23,6 +23,7 @@ pub mod images;
 pub mod interrupt;
 pub mod mask;
 pub mod progress;
+pub mod registry;
 pub mod sandbox;
 pub mod secrets;
 pub mod solve;

@@ -491,3 +491,36 @@ fn too_large_dockerfiles_are_refused() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// An image's name is a reference as Docker reads it: a bad `-t`, `-o
+/// name=` or `rbuild tag` target is an error naming it, before anything
+/// is built.
+#[test]
+fn bad_image_names_are_refused() {
+    let dir = std::env::temp_dir().join(format!("rbuild-bad-tags-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("Dockerfile"), "FROM scratch\n").unwrap();
+    let root = dir.join("root");
+    let (r, d) = (root.to_str().unwrap(), dir.to_str().unwrap());
+    for (args, message) in [
+        (
+            vec!["--root", r, "build", "-t", "MyApp:1", d],
+            "error: invalid tag \"MyApp:1\": invalid reference format: repository name (library/MyApp) must be lowercase",
+        ),
+        (
+            vec!["--root", r, "build", "-o", "type=image,name=app:-x", d],
+            "error: invalid tag \"app:-x\": invalid reference format: bad tag \"-x\"",
+        ),
+        (
+            vec!["--root", r, "tag", "busybox", "a..b"],
+            "error: invalid tag \"a..b\": invalid reference format",
+        ),
+    ] {
+        let out = rbuild(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
+    }
+    assert!(!root.exists(), "nothing made for a refused name");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

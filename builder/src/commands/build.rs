@@ -41,6 +41,14 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         .iter()
         .map(|o| crate::export::parse_output(o))
         .collect::<anyhow::Result<_>>()?;
+    // Every name an image gets is a reference as Docker reads it.
+    for name in args
+        .tags
+        .iter()
+        .chain(outputs.iter().flat_map(|o| &o.names))
+    {
+        check_tag(name)?;
+    }
     if let Some(o) = outputs
         .iter()
         .find(|o| o.push || o.kind == OutputKind::Registry)
@@ -347,7 +355,16 @@ pub fn inspect(root: Option<PathBuf>, reference: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `name` as an image's name: an error as buildx words it when it is not a
+/// reference.
+fn check_tag(name: &str) -> anyhow::Result<()> {
+    crate::registry::Reference::parse(name)
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("invalid tag {name:?}: {e}"))
+}
+
 pub fn tag(root: Option<PathBuf>, source: &str, target: &str) -> anyhow::Result<()> {
+    check_tag(target)?;
     let store = open_store(root)?;
     let img = find(&store, source)?;
     crate::images::tag_manifest(&store.blobs, &img.manifest, target)
