@@ -1,0 +1,653 @@
+//! COPY and ADD from local sources into a root filesystem, with BuildKit's
+//! rules: Go globs, a directory source copies its contents, a trailing `/`
+//! makes the destination a directory, several sources need one, missing
+//! parents are created, `--chown` by name or id (resolved in the
+//! destination's /etc/passwd), `--chmod` octal or symbolic, `--exclude`,
+//! `.dockerignore` for the build context, heredoc sources, and ADD's local
+//! archive extraction.
+//!
+//! Nothing is read outside the source root or written outside the
+//! destination root: both sides are resolved inside their roots
+//! (`cache::layer::resolve_in_root`), files are created without following
+//! symlinks, and symlinks found inside a copied tree are copied as links.
+//!
+//! Beside the copy: `hash` (a copy's content key), `stat` (the stat cache
+//! of context digests), `reuse` (a rerun links unchanged files), `write`
+//! (one file written) and `archive` (ADD's local archives).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use cache::PathError;
+use cache::index::FileStamp;
+use cache::layer::resolve_in_root;
+use frontend::glob::glob_match;
+use frontend::ignore::PatternMatcher;
+use frontend::instructions::chmod::Chmod;
+
+mod archive;
+mod hash;
+mod reuse;
+mod stat;
+mod write;
+
+use self::archive::*;
+pub use self::hash::content_digest;
+pub use self::reuse::Reuse;
+use self::reuse::{SETTLE_NS, now_ns};
+use self::stat::Known;
+pub use self::stat::StatCache;
+use self::write::*;
+
+/// What to copy where.
+#[derive(Debug, Clone)]
+pub struct CopyRequest<'a> {
+    /// Root of the sources (build context or another stage's filesystem).
+    pub source_root: &'a Path,
+    /// `.dockerignore` of the build context (none for stages).
+    pub ignore: Option<&'a PatternMatcher>,
+    /// Source paths (globs allowed), relative to `source_root`.
+    pub sources: &'a [String],
+    /// Heredoc sources: (file name, content).
+    pub contents: &'a [(String, String)],
+    /// Absolute destination inside `dest_root`; a trailing `/` means a directory.
+    pub dest: &'a str,
+    /// Root filesystem written to.
+    pub dest_root: &'a Path,
+    /// `--chown` (unresolved).
+    pub chown: Option<&'a str>,
+    /// `--chmod`.
+    pub chmod: Option<&'a str>,
+    /// `--exclude` patterns.
+    pub excludes: &'a [String],
+    /// ADD: extract local archives.
+    pub add: bool,
+    /// ADD `--unpack` (None: extract archives by default).
+    pub unpack: Option<bool>,
+    /// `COPY --parents`: keep each source's parent directories (from the
+    /// context root, or from a `/./` pivot in the source) under the
+    /// destination.
+    pub parents: bool,
+    /// An earlier result of the same copy whose unchanged files are
+    /// hard-linked instead of copied (see [`Reuse`]).
+    pub reuse: Option<&'a Reuse>,
+}
+
+impl<'a> CopyRequest<'a> {
+    /// A plain copy of `sources` (from `source_root`) to `dest` in
+    /// `dest_root`: no ignore file, owner, mode, exclusion or archive.
+    pub fn plain(
+        source_root: &'a Path,
+        sources: &'a [String],
+        dest: &'a str,
+        dest_root: &'a Path,
+    ) -> CopyRequest<'a> {
+        CopyRequest {
+            source_root,
+            ignore: None,
+            sources,
+            contents: &[],
+            dest,
+            dest_root,
+            chown: None,
+            chmod: None,
+            excludes: &[],
+            add: false,
+            unpack: None,
+            parents: false,
+            reuse: None,
+        }
+    }
+}
+
+/// Why a copy failed; names the path.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// A source that does not exist (or is excluded).
+    #[error("{0:?}: not found")]
+    NotFound(String),
+    /// A rule of COPY was broken.
+    #[error("{0}")]
+    Invalid(String),
+    /// A filesystem operation failed.
+    #[error(transparent)]
+    Io(#[from] PathError),
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CopyError + use<> {
+    let at = PathError::at(action, path);
+    move |source| at(source).into()
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// Relative paths (from `root`) matching `pattern` segment by segment.
+fn expand_glob(root: &Path, pattern: &str) -> Result<Vec<String>, CopyError> {
+    let segments: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
+    let mut found = vec![String::new()];
+    for seg in segments {
+        let mut next = Vec::new();
+        for base in &found {
+            let dir = resolve_in_root(root, Path::new(base), true);
+            if !has_glob(seg) {
+                let candidate = if base.is_empty() {
+                    seg.to_string()
+                } else {
+                    format!("{base}/{seg}")
+                };
+                if fs::symlink_metadata(resolve_in_root(root, Path::new(&candidate), false)).is_ok()
+                {
+                    next.push(candidate);
+                }
+                continue;
+            }
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            let mut names: Vec<String> = entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            for name in names {
+                let matched = glob_match(seg, &name)
+                    .map_err(|_| CopyError::Invalid(format!("invalid pattern {pattern:?}")))?;
+                if matched {
+                    next.push(if base.is_empty() {
+                        name
+                    } else {
+                        format!("{base}/{name}")
+                    });
+                }
+            }
+        }
+        found = next;
+    }
+    Ok(found.into_iter().filter(|f| !f.is_empty()).collect())
+}
+
+/// The owner a copied entry gets.
+#[derive(Debug, Clone, Copy)]
+struct Owner {
+    uid: u32,
+    gid: u32,
+}
+
+/// Copies what `req` asks for. Returns the number of entries written.
+pub fn copy(req: &CopyRequest<'_>) -> Result<u64, CopyError> {
+    let links = HardLinks::default();
+    if req.parents {
+        return copy_parents(req, &links);
+    }
+    copy_sources(req, "", &links)
+}
+
+/// Source files with more than one link, by (device, inode), and where
+/// their first name was copied to: the other names copied become hard
+/// links to it, as BuildKit's copier keeps them.
+#[derive(Default)]
+struct HardLinks(std::sync::Mutex<std::collections::HashMap<(u64, u64), PathBuf>>);
+
+impl HardLinks {
+    /// Writes `dest` with `write`, unless `meta` (of the source) is a file
+    /// already copied under another name: then `dest` is a link to it.
+    /// Multiply-linked files are copied one at a time (the map is held).
+    fn copy_or_link(
+        &self,
+        meta: &fs::Metadata,
+        dest: &Path,
+        write: impl FnOnce() -> Result<(), CopyError>,
+    ) -> Result<(), CopyError> {
+        if meta.nlink() < 2 {
+            return write();
+        }
+        let mut first = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (meta.dev(), meta.ino());
+        if let Some(earlier) = first.get(&key) {
+            if fs::symlink_metadata(dest).is_ok() {
+                remove_any(dest)?;
+            }
+            return fs::hard_link(earlier, dest).map_err(io_err("linking", dest));
+        }
+        write()?;
+        first.insert(key, dest.to_path_buf());
+        Ok(())
+    }
+}
+
+/// Copies `req`'s sources. `--exclude` patterns match paths below each
+/// source relative to it (as BuildKit's copier walks a source: `COPY
+/// --exclude=*.log logs/ /x/` skips `logs/a.log`), prefixed with
+/// `exclude_base`; a source itself is never excluded.
+fn copy_sources(
+    req: &CopyRequest<'_>,
+    exclude_base: &str,
+    links: &HardLinks,
+) -> Result<u64, CopyError> {
+    let owner = match req.chown {
+        None => Owner { uid: 0, gid: 0 },
+        Some(spec) => {
+            let u =
+                crate::sandbox::user::resolve(req.dest_root, spec).map_err(CopyError::Invalid)?;
+            Owner {
+                uid: u.uid,
+                gid: u.gid,
+            }
+        }
+    };
+    let chmod = req
+        .chmod
+        .map(Chmod::parse)
+        .transpose()
+        .map_err(CopyError::Invalid)?;
+    let excludes =
+        PatternMatcher::new(req.excludes).map_err(|e| CopyError::Invalid(e.to_string()))?;
+
+    // Sources, expanded.
+    let mut selected: Vec<String> = Vec::new();
+    let mut wildcard = false;
+    for src in req.sources {
+        let clean = frontend::glob::clean(&format!("/{src}"));
+        let rel = clean.trim_start_matches('/').to_string();
+        if has_glob(&rel) {
+            wildcard = true;
+            selected.extend(expand_glob(req.source_root, &rel)?);
+        } else {
+            let path = resolve_in_root(req.source_root, Path::new(&rel), true);
+            let ignored = req.ignore.is_some_and(|m| {
+                !rel.is_empty() && m.matches_or_parent_matches(&rel).unwrap_or(false)
+            });
+            if ignored || fs::symlink_metadata(&path).is_err() {
+                return Err(CopyError::NotFound(format!("/{rel}")));
+            }
+            selected.push(rel);
+        }
+    }
+    if let Some(m) = req.ignore {
+        selected.retain(|p| !m.matches_or_parent_matches(p).unwrap_or(false));
+    }
+    let total = selected.len() + req.contents.len();
+    if total == 0 && wildcard {
+        // A wildcard may match nothing (BuildKit allows empty wildcards);
+        // the destination directory is made all the same.
+        let dir = if req.dest.ends_with('/') {
+            req.dest.to_string()
+        } else {
+            Path::new(req.dest)
+                .parent()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        make_dirs(req.dest_root, &dir, Owner { uid: 0, gid: 0 }, 0o755)?;
+        return Ok(0);
+    }
+    if total == 0 {
+        return Err(CopyError::Invalid("no source files were specified".into()));
+    }
+    // BuildKit counts the sources as written, not their matches: one
+    // wildcard may land on a file name (`COPY f*.go foo2.go`).
+    let dest_is_dir_word = req.dest.ends_with('/');
+    if req.sources.len() + req.contents.len() > 1 && !dest_is_dir_word {
+        // BuildKit accepts an existing directory too.
+        let existing = resolve_in_root(
+            req.dest_root,
+            Path::new(req.dest.trim_start_matches('/')),
+            true,
+        );
+        if !existing.is_dir() {
+            return Err(CopyError::Invalid(
+                "When using COPY with more than one source file, the destination must be a directory and end with a /".into(),
+            ));
+        }
+    }
+
+    let mut n = 0;
+    for (name, data) in req.contents {
+        let target = dest_path(req, name)?;
+        write_file_from(
+            Data::Bytes(data.as_bytes()),
+            &target,
+            0o644,
+            owner,
+            chmod.as_ref(),
+            None,
+            false,
+        )?;
+        n += 1;
+    }
+    for rel in &selected {
+        let src = resolve_in_root(req.source_root, Path::new(rel), true);
+        let meta = fs::metadata(&src).map_err(io_err("reading", &src))?;
+        if meta.is_dir() {
+            // A directory copies its contents.
+            let dest_dir = resolve_in_root(
+                req.dest_root,
+                Path::new(req.dest.trim_start_matches('/')),
+                true,
+            );
+            make_dirs(req.dest_root, req.dest, owner, new_dir_mode(req))?;
+            let walk = TreeWalk {
+                rel,
+                exclude_rel: exclude_base,
+            };
+            let tree = TreeCopy {
+                req,
+                excludes: &excludes,
+                owner,
+                chmod: chmod.as_ref(),
+                links,
+            };
+            n += copy_tree(&src, &dest_dir, walk, tree)?;
+            continue;
+        }
+        if req.add && req.unpack != Some(false) && is_archive(&src)? {
+            let dest_dir = resolve_in_root(
+                req.dest_root,
+                Path::new(req.dest.trim_start_matches('/')),
+                true,
+            );
+            make_dirs(req.dest_root, req.dest, owner, new_dir_mode(req))?;
+            // --chown owns every extracted entry; else the archive's owners.
+            let options = cache::layer::UnpackOptions {
+                owner: req.chown.map(|_| (owner.uid, owner.gid)),
+                ..cache::layer::UnpackOptions::default()
+            };
+            let stats = cache::layer::unpack(archive_reader(&src)?, &dest_dir, &options)
+                .map_err(|e| CopyError::Invalid(format!("extracting {rel}: {e}")))?;
+            n += stats.entries;
+            continue;
+        }
+        let base = Path::new(rel)
+            .file_name()
+            .map(|b| b.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let target = dest_path(req, &base)?;
+        links.copy_or_link(&meta, &target, || {
+            let file = File::open(&src).map_err(io_err("opening", &src))?;
+            write_file_from(
+                Data::File(&file, meta.len()),
+                &target,
+                meta.mode() & 0o7777,
+                owner,
+                chmod.as_ref(),
+                meta.modified().ok(),
+                false,
+            )
+        })?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// `COPY --parents`: each match of each source is copied on its own, to
+/// the destination directory joined with the match's path (a directory) or
+/// its parent (a file). The kept path starts at the context root, or after
+/// a `/./` in the source (`src/./pkg/*.go` keeps `pkg/...`).
+fn copy_parents(req: &CopyRequest<'_>, links: &HardLinks) -> Result<u64, CopyError> {
+    let excludes =
+        PatternMatcher::new(req.excludes).map_err(|e| CopyError::Invalid(e.to_string()))?;
+    let ignored = |rel: &str| {
+        req.ignore
+            .is_some_and(|m| m.matches_or_parent_matches(rel).unwrap_or(false))
+    };
+    // BuildKit walks from the pivot here: `--exclude` matches paths
+    // relative to it, the kept paths.
+    let excluded = |kept: &str| excludes.matches_or_parent_matches(kept).unwrap_or(false);
+    let dest = req.dest.trim_end_matches('/');
+    let mut n = 0;
+    if !req.contents.is_empty() {
+        n += copy(&CopyRequest {
+            sources: &[],
+            parents: false,
+            dest: &format!("{dest}/"),
+            ..*req
+        })?;
+    }
+    for src in req.sources {
+        let (pivot, whole) = match src.split_once("/./") {
+            Some((before, after)) => {
+                let before = frontend::glob::clean(&format!("/{before}"));
+                let before = before.trim_start_matches('/').to_string();
+                (before.clone(), format!("{before}/{after}"))
+            }
+            None => (String::new(), src.clone()),
+        };
+        let clean = frontend::glob::clean(&format!("/{whole}"));
+        let rel = clean.trim_start_matches('/').to_string();
+        let matches = if has_glob(&rel) {
+            expand_glob(req.source_root, &rel)?
+        } else {
+            vec![rel]
+        };
+        for m in matches {
+            let kept = if pivot.is_empty() {
+                m.as_str()
+            } else {
+                m.strip_prefix(&pivot)
+                    .map(|k| k.trim_start_matches('/'))
+                    .unwrap_or(&m)
+            };
+            if (ignored(&m) && has_glob(&clean)) || excluded(kept) {
+                continue;
+            }
+            let path = resolve_in_root(req.source_root, Path::new(&m), true);
+            let under = if path.is_dir() {
+                kept.to_string()
+            } else {
+                Path::new(kept)
+                    .parent()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            };
+            let target = if under.is_empty() {
+                format!("{dest}/")
+            } else {
+                format!("{dest}/{under}/")
+            };
+            n += copy_sources(
+                &CopyRequest {
+                    sources: std::slice::from_ref(&m),
+                    contents: &[],
+                    dest: &target,
+                    parents: false,
+                    ..*req
+                },
+                kept,
+                links,
+            )?;
+        }
+    }
+    Ok(n)
+}
+
+/// Where a single file named `base` goes.
+fn dest_path(req: &CopyRequest<'_>, base: &str) -> Result<PathBuf, CopyError> {
+    let dest_rel = req.dest.trim_start_matches('/');
+    let existing = resolve_in_root(req.dest_root, Path::new(dest_rel), true);
+    let into_dir = req.dest.ends_with('/') || existing.is_dir() || dest_rel.is_empty();
+    let target_rel = if into_dir {
+        format!("{}/{base}", dest_rel.trim_end_matches('/'))
+    } else {
+        dest_rel.to_string()
+    };
+    let target_rel = target_rel.trim_start_matches('/').to_string();
+    let parent = Path::new(&target_rel)
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    make_dirs(
+        req.dest_root,
+        &format!("/{parent}"),
+        Owner { uid: 0, gid: 0 },
+        new_dir_mode(req),
+    )?;
+    let parent_path = resolve_in_root(req.dest_root, Path::new(&parent), true);
+    let name = Path::new(&target_rel)
+        .file_name()
+        .ok_or_else(|| CopyError::Invalid(format!("invalid destination {:?}", req.dest)))?;
+    Ok(parent_path.join(name))
+}
+
+/// The mode of directories a copy creates: an octal `--chmod`'s (as
+/// BuildKit: `COPY --chmod=777 f /parent/f` makes `/parent` 0777), else
+/// 0755.
+fn new_dir_mode(req: &CopyRequest<'_>) -> u32 {
+    match req.chmod.map(Chmod::parse) {
+        Some(Ok(Chmod::Octal(mode))) => mode,
+        _ => 0o755,
+    }
+}
+
+/// Where a directory walk is: `rel` from the source root (what
+/// `.dockerignore` matches), `exclude_rel` from the copy's source (what
+/// `--exclude` matches).
+#[derive(Clone, Copy)]
+struct TreeWalk<'a> {
+    rel: &'a str,
+    exclude_rel: &'a str,
+}
+
+/// `parent/name`, or `name` under the root.
+fn join_rel(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+/// What stays the same over a directory copy: the request, its
+/// `--exclude` patterns, the owner and the `--chmod` of every entry.
+#[derive(Clone, Copy)]
+struct TreeCopy<'a> {
+    req: &'a CopyRequest<'a>,
+    excludes: &'a PatternMatcher,
+    owner: Owner,
+    chmod: Option<&'a Chmod>,
+    links: &'a HardLinks,
+}
+
+/// Copies the contents of `src_dir` into `dest_dir`, links as links.
+fn copy_tree(
+    src_dir: &Path,
+    dest_dir: &Path,
+    walk: TreeWalk<'_>,
+    tree: TreeCopy<'_>,
+) -> Result<u64, CopyError> {
+    use rayon::prelude::*;
+    let mut entries: Vec<_> = fs::read_dir(src_dir)
+        .map_err(io_err("reading", src_dir))?
+        .flatten()
+        .map(|e| (e.file_name(), e))
+        .collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    // The entries of a directory are copied in parallel (rayon): a COPY of
+    // many small files is syscall-bound, and one thread left the second
+    // core idle (bench incremental: 20,000 files). Each is stat'ed through
+    // the listing (relative to the open directory: no path walk).
+    entries
+        .par_iter()
+        .map(|(name, e)| copy_entry(src_dir, dest_dir, name, e, walk, tree))
+        .try_reduce(|| 0, |a, b| Ok(a + b))
+}
+
+/// One entry of [`copy_tree`]: how many files it copied.
+fn copy_entry(
+    src_dir: &Path,
+    dest_dir: &Path,
+    name: &std::ffi::OsStr,
+    listed: &fs::DirEntry,
+    walk: TreeWalk<'_>,
+    tree: TreeCopy<'_>,
+) -> Result<u64, CopyError> {
+    let TreeCopy {
+        req,
+        excludes,
+        owner,
+        chmod,
+        links,
+    } = tree;
+    let child_rel = join_rel(walk.rel, &name.to_string_lossy());
+    let child_exclude_rel = join_rel(walk.exclude_rel, &name.to_string_lossy());
+    if req
+        .ignore
+        .is_some_and(|m| m.matches_or_parent_matches(&child_rel).unwrap_or(false))
+        || excludes
+            .matches_or_parent_matches(&child_exclude_rel)
+            .unwrap_or(false)
+    {
+        return Ok(0);
+    }
+    let child = TreeWalk {
+        rel: &child_rel,
+        exclude_rel: &child_exclude_rel,
+    };
+    let src = src_dir.join(name);
+    let dest = dest_dir.join(name);
+    let meta = listed.metadata().map_err(io_err("reading", &src))?;
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        match fs::symlink_metadata(&dest) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                fs::remove_file(&dest).map_err(io_err("replacing", &dest))?;
+                fs::create_dir(&dest).map_err(io_err("creating", &dest))?;
+            }
+            Err(_) => fs::create_dir(&dest).map_err(io_err("creating", &dest))?,
+        }
+        let n = copy_tree(&src, &dest, child, tree)?;
+        std::os::unix::fs::lchown(&dest, Some(owner.uid), Some(owner.gid))
+            .map_err(io_err("changing owner of", &dest))?;
+        let mode = chmod.map_or(meta.mode() & 0o7777, |c| c.apply(meta.mode(), true));
+        fs::set_permissions(&dest, fs::Permissions::from_mode(mode))
+            .map_err(io_err("changing mode of", &dest))?;
+        set_mtime(&dest, &meta);
+        return Ok(n + 1);
+    }
+    if ft.is_symlink() {
+        let target = fs::read_link(&src).map_err(io_err("reading", &src))?;
+        if fs::symlink_metadata(&dest).is_ok() {
+            remove_any(&dest)?;
+        }
+        symlink(&target, &dest).map_err(io_err("creating", &dest))?;
+        std::os::unix::fs::lchown(&dest, Some(owner.uid), Some(owner.gid))
+            .map_err(io_err("changing owner of", &dest))?;
+    } else if ft.is_file() {
+        links.copy_or_link(&meta, &dest, || {
+            let reuse = req.reuse.and_then(|r| {
+                let rel = dest.strip_prefix(req.dest_root).ok()?;
+                Some((r, rel, FileStamp::of(&meta)))
+            });
+            if let Some((r, rel, stamp)) = reuse
+                && r.link(rel, stamp, &dest)
+            {
+                return Ok(());
+            }
+            let file = File::open(&src).map_err(io_err("opening", &src))?;
+            let mode = meta.mode() & 0o7777;
+            let data = Data::File(&file, meta.len());
+            write_file_from(data, &dest, mode, owner, chmod, meta.modified().ok(), true)?;
+            if let Some((r, rel, stamp)) = reuse {
+                r.wrote(rel, stamp);
+            }
+            Ok(())
+        })?;
+    } else {
+        // Devices, fifos and sockets in a context are not copied.
+        return Ok(0);
+    }
+    Ok(1)
+}
+
+fn remove_any(path: &Path) -> Result<(), CopyError> {
+    let r = if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    r.map_err(io_err("replacing", path))
+}
