@@ -54,21 +54,7 @@ pub(super) fn note_step(
     let Some(identity) = ctx.identities.get(&step.node) else {
         return Ok(());
     };
-    // Which step made this key, for the steps that build on it.
-    ctx.made_by
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key.as_str().to_string(), (id, hit));
     let earlier = ctx.store.index.inputs_get(identity)?;
-    if !hit
-        && let Some((old_key, _)) = &earlier
-        && old_key != key.as_str()
-    {
-        ctx.earlier
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, old_key.clone());
-    }
     // A no-op rebuild writes nothing here.
     if earlier.as_ref().is_none_or(|(k, _)| k != key.as_str()) {
         ctx.store.index.inputs_put(identity, key, inputs)?;
@@ -76,22 +62,29 @@ pub(super) fn note_step(
     if !ctx.options.explain {
         return Ok(());
     }
+    // Which step made this key, for the steps that build on it.
+    let mut made = ctx.made_by.lock().unwrap_or_else(|e| e.into_inner());
+    made.insert(key.as_str().to_string(), (id, hit));
     let outcome = if hit {
         Outcome::Hit
     } else if step.skip_cache {
         Outcome::Miss("--no-cache".into())
     } else {
-        let made = ctx
-            .made_by
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        if let Some((old_key, _)) = &earlier
+            && old_key != key.as_str()
+        {
+            ctx.earlier
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, old_key.clone());
+        }
         let ran = |key: &str| made.get(key).filter(|(_, hit)| !hit).map(|(id, _)| *id);
         Outcome::Miss(match &earlier {
             None => "no earlier build of this step".into(),
             Some((_, before)) => why_with(before, inputs, &ran),
         })
     };
+    drop(made);
     ctx.explained
         .lock()
         .unwrap_or_else(|e| e.into_inner())
