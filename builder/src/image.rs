@@ -28,11 +28,10 @@ pub struct ImageState {
     cmd_set: bool,
     /// History time: SOURCE_DATE_EPOCH or the build's start, RFC 3339.
     created: Option<String>,
-    /// Where each name is in the config's Env: an ENV finds its entry
-    /// without a scan (10,000 ENV lines were 10^8 comparisons).
+    /// Where each name is in the config's Env (made with the state, kept
+    /// by `add_env`, the only writer of Env): an ENV finds its entry without
+    /// a scan (10,000 ENV lines were 10^8 comparisons).
     env_index: std::collections::HashMap<String, usize>,
-    /// The length of the Env the index was made for.
-    env_indexed: usize,
 }
 
 /// The name of an Env entry `NAME=value`.
@@ -129,11 +128,15 @@ impl ImageState {
         if !env.iter().any(|e| e.starts_with("PATH=")) {
             env.push(format!("PATH={}", frontend::stage::DEFAULT_PATH));
         }
+        let env_index = env
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (env_name(e).to_string(), i))
+            .collect();
         ImageState {
             config,
             cmd_set: false,
-            env_index: Default::default(),
-            env_indexed: usize::MAX,
+            env_index,
             created,
         }
     }
@@ -164,28 +167,13 @@ impl ImageState {
     fn add_env(&mut self, key: &str, value: &str) {
         let env = self.config.config.env.get_or_insert_with(Vec::new);
         let item = format!("{key}={value}");
-        let indexed = |index: &std::collections::HashMap<String, usize>, env: &[String]| {
-            index
-                .get(key)
-                .copied()
-                .filter(|&i| env.get(i).is_some_and(|e| env_name(e) == key))
-        };
-        if self.env_indexed != env.len() {
-            // The config was set from elsewhere (a base image): index it.
-            self.env_index = env
-                .iter()
-                .enumerate()
-                .map(|(i, e)| (env_name(e).to_string(), i))
-                .collect();
-        }
-        match indexed(&self.env_index, env) {
-            Some(i) => env[i] = item,
+        match self.env_index.get(key) {
+            Some(&i) => env[i] = item,
             None => {
                 self.env_index.insert(key.to_string(), env.len());
                 env.push(item);
             }
         }
-        self.env_indexed = env.len();
     }
 
     /// Applies a config-only step. Errors are BuildKit's (a bad STOPSIGNAL).
