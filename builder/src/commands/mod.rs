@@ -53,26 +53,28 @@ pub fn render_error(err: &anyhow::Error) -> String {
 
 /// The Dockerfile lines a frontend error points at, with a caret.
 fn snippet_of(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let (location, text) = if let Some(e) = cause.downcast_ref::<frontend::ParseError>() {
-        (e.location.clone(), e.line_text.clone())
+    if let Some(e) = cause.downcast_ref::<frontend::ParseError>() {
+        return with_caret(&e.location, &e.line_text);
+    }
+    let span = if let Some(e) = cause.downcast_ref::<frontend::stage::PlanError>() {
+        e.span()?.clone()
+    } else if let Some(e) = cause.downcast_ref::<frontend::instructions::InstructionError>() {
+        e.span.clone()
     } else {
-        let span = if let Some(e) = cause.downcast_ref::<frontend::stage::PlanError>() {
-            e.span()?.clone()
-        } else if let Some(e) = cause.downcast_ref::<frontend::instructions::InstructionError>() {
-            e.span.clone()
-        } else {
-            return None;
-        };
-        return snippet_at(&span.start());
+        return None;
     };
-    let rendered = frontend::span::render_snippet("", &location, &text);
-    rendered.split_once('\n').map(|(_, s)| s.to_string())
+    snippet_at(&span.start())
 }
 
 /// The line at `location` with a caret, from the text that was parsed.
 fn snippet_at(location: &frontend::Location) -> Option<String> {
     let text = crate::dockerfile::source(&location.file)?;
     let line = text.lines().nth(location.line.checked_sub(1)?)?;
+    with_caret(location, line)
+}
+
+/// `line` and a caret under `location`, without the file-name header.
+fn with_caret(location: &frontend::Location, line: &str) -> Option<String> {
     let rendered = frontend::span::render_snippet("", location, line);
     rendered.split_once('\n').map(|(_, s)| s.to_string())
 }
