@@ -296,14 +296,7 @@ impl Snapshotter {
         let fs_dir = self.committed_dir(id).join("fs");
         let layer = match self.backend {
             Backend::Overlay => {
-                let lowers: Vec<PathBuf> = match self.get(id)?.parent {
-                    Some(p) => self
-                        .chain(&p)?
-                        .iter()
-                        .map(|id| self.committed_dir(id).join("fs"))
-                        .collect(),
-                    None => Vec::new(),
-                };
+                let lowers = self.lower_dirs(self.get(id)?.parent.as_deref())?;
                 write_layer(
                     store,
                     &DiffSource::Overlay {
@@ -519,6 +512,19 @@ impl Snapshotter {
         Ok(snap)
     }
 
+    /// The `fs` directories of `parent` and its ancestors, nearest first:
+    /// the lower directories of an overlay on top of `parent`.
+    fn lower_dirs(&self, parent: Option<&str>) -> Result<Vec<PathBuf>, SnapshotError> {
+        Ok(match parent {
+            Some(p) => self
+                .chain(p)?
+                .iter()
+                .map(|id| self.committed_dir(id).join("fs"))
+                .collect(),
+            None => Vec::new(),
+        })
+    }
+
     /// A writable snapshot on top of `parent` (or empty).
     pub fn prepare(&self, parent: Option<&str>) -> Result<MutableSnapshot, SnapshotError> {
         let mut snap = self.new_active(parent)?;
@@ -531,19 +537,8 @@ impl Snapshotter {
                 }
             }
             Backend::Overlay => {
-                let upper = active.join("upper");
-                let work = active.join("work");
-                for d in [&upper, &work] {
-                    fs::create_dir_all(d).map_err(io_err("creating", d))?;
-                }
-                let mut lowers: Vec<PathBuf> = match parent {
-                    Some(p) => self
-                        .chain(p)?
-                        .iter()
-                        .map(|id| self.committed_dir(id).join("fs"))
-                        .collect(),
-                    None => Vec::new(),
-                };
+                let (upper, work) = upper_and_work(&active)?;
+                let mut lowers = self.lower_dirs(parent)?;
                 let mut options = overlay_options(&lowers, &upper, &work);
                 if options.len() > MAX_MOUNT_OPTIONS {
                     // Too many layers for one mount: flatten the chain.
@@ -615,14 +610,36 @@ impl Snapshotter {
     }
 }
 
+/// The `upper` and `work` directories of an overlay mount, made in `dir`.
+fn upper_and_work(dir: &Path) -> Result<(PathBuf, PathBuf), SnapshotError> {
+    let (upper, work) = (dir.join("upper"), dir.join("work"));
+    for d in [&upper, &work] {
+        fs::create_dir_all(d).map_err(io_err("creating", d))?;
+    }
+    Ok((upper, work))
+}
+
+/// The options of an overlay mount, each path escaped.
 fn overlay_options(lowers: &[PathBuf], upper: &Path, work: &Path) -> String {
-    let lower: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+    let lower: Vec<String> = lowers.iter().map(|p| escape(p)).collect();
     format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.join(":"),
-        upper.display(),
-        work.display()
+        escape(upper),
+        escape(work)
     )
+}
+
+/// `path` as one overlay mount option value: `\`, `,` and `:` escaped.
+fn escape(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        if matches!(c, '\\' | ',' | ':') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn overlay_works(root: &Path) -> bool {
@@ -914,5 +931,16 @@ pub fn abandon_own(root: &Path) {
             let _ = unmount(&m);
         }
         let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_option_separators() {
+        assert_eq!(escape(Path::new("/a,b:c\\d")), "/a\\,b\\:c\\\\d");
+        assert_eq!(escape(Path::new("/plain/dir")), "/plain/dir");
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::{
     Backend, MutableSnapshot, SnapshotError, Snapshotter, copy_entry, copy_metadata, io_err,
-    mount_overlay,
+    mount_overlay, overlay_options, upper_and_work,
 };
 
 impl Snapshotter {
@@ -26,18 +26,9 @@ impl Snapshotter {
         let mut snap = self.new_active(None)?;
         let merged = snap.root();
         if self.backend == Backend::Overlay {
-            let upper = snap.dir.join("upper");
-            let work = snap.dir.join("work");
-            for d in [&upper, &work] {
-                fs::create_dir_all(d).map_err(io_err("creating", d))?;
-            }
+            let (upper, work) = upper_and_work(&snap.dir)?;
             hide(dir, &upper, hidden)?;
-            let options = format!(
-                "lowerdir={},upperdir={},workdir={}",
-                escape(dir),
-                escape(&upper),
-                escape(&work)
-            );
+            let options = overlay_options(&[dir.to_path_buf()], &upper, &work);
             if mount_overlay(&merged, &options).is_ok() {
                 snap.mounted = true;
                 return Ok(snap);
@@ -47,18 +38,6 @@ impl Snapshotter {
         copy_shown(dir, &merged, Path::new(""), &hidden)?;
         Ok(snap)
     }
-}
-
-/// `path` as one overlay mount option value: `\`, `,` and `:` escaped.
-fn escape(path: &Path) -> String {
-    let mut out = String::new();
-    for c in path.to_string_lossy().chars() {
-        if matches!(c, '\\' | ',' | ':') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Whiteouts in `upper` for the `hidden` entries of `lower`; the
@@ -122,15 +101,4 @@ fn copy_shown(
         copy_metadata(&from, &to, &meta)?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escapes_option_separators() {
-        assert_eq!(escape(Path::new("/a,b:c\\d")), "/a\\,b\\:c\\\\d");
-        assert_eq!(escape(Path::new("/plain/dir")), "/plain/dir");
-    }
 }
