@@ -125,11 +125,7 @@ fn exec_key(
         })
         .collect::<anyhow::Result<_>>()?;
     let layers = layer_key(ctx.options);
-    let common = Common {
-        version: KEY_VERSION,
-        layers: &layers,
-        parent: d.key.as_deref(),
-    };
+    let common = Common::new(&layers, d.key.as_deref());
     Ok(Inputs::Exec(ExecInputs::of(common, exec, sources)).keyed())
 }
 

@@ -26,11 +26,7 @@ pub(super) fn run_context_base(
         .map_err(|e| where_(e.into()))?;
     let layers = layer_key(ctx.options);
     let inputs = Inputs::ContextBase(ContextBaseInputs {
-        common: Common {
-            version: KEY_VERSION,
-            layers: &layers,
-            parent: None,
-        },
+        common: Common::new(&layers, None),
         content: &content,
     });
     let (key, inputs) = inputs.keyed();
@@ -73,11 +69,7 @@ pub(super) fn run_mkdir(
     let user = d.image.config.config.user.clone().unwrap_or_default();
     let layers = layer_key(options);
     let inputs = Inputs::Mkdir(MkdirInputs {
-        common: Common {
-            version: KEY_VERSION,
-            layers: &layers,
-            parent: d.key.as_deref(),
-        },
+        common: Common::new(&layers, d.key.as_deref()),
         path,
         user: &user,
         epoch: options.epoch,
@@ -196,11 +188,7 @@ pub(super) fn run_file(
     let parent_key = if link { None } else { d.key.clone() };
     let layers = layer_key(options);
     let inputs = Inputs::File(FileInputs::of(
-        Common {
-            version: KEY_VERSION,
-            layers: &layers,
-            parent: parent_key.as_deref(),
-        },
+        Common::new(&layers, parent_key.as_deref()),
         file,
         source_key.as_deref(),
     ));

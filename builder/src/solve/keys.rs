@@ -16,17 +16,28 @@ use frontend::instructions::{Mount, Network, Security};
 /// The format of the key inputs: a change to what a key is made of bumps
 /// it, so that old records are not taken for new ones. 2: typed inputs
 /// (1 was whole ops serialised with `json!`).
-pub(super) const KEY_VERSION: u32 = 2;
+const KEY_VERSION: u32 = 2;
 
 /// What every key has: the format, the layer format and the state the op
 /// starts from.
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct Common<'a> {
-    pub version: u32,
+    version: u32,
     /// What of the layer options changes a layer's bytes.
     pub layers: &'a str,
     /// The key of the state the op runs on (none: scratch, or `--link`).
     pub parent: Option<&'a str>,
+}
+
+impl<'a> Common<'a> {
+    /// The common inputs in the current format.
+    pub fn new(layers: &'a str, parent: Option<&'a str>) -> Self {
+        Common {
+            version: KEY_VERSION,
+            layers,
+            parent,
+        }
+    }
 }
 
 /// The inputs of one op's key.
@@ -235,11 +246,7 @@ mod tests {
     }
 
     fn common(parent: Option<&str>) -> Common<'_> {
-        Common {
-            version: KEY_VERSION,
-            layers: "uncompressed",
-            parent,
-        }
+        Common::new("uncompressed", parent)
     }
 
     fn exec_key(e: &ExecOp, parent: Option<&str>) -> cache::index::CacheKey {
