@@ -39,11 +39,11 @@ pub(super) fn run_exec(
             let root = m.root();
             let user =
                 crate::sandbox::user::resolve(&root, &exec.user).map_err(|e| where_(anyhow!(e)))?;
-            let mounts = StepMounts::prepare(ctx, step, exec, done).map_err(where_)?;
+            let mut mounts = StepMounts::prepare(ctx, step, exec, done).map_err(where_)?;
             let env = crate::sandbox::env::process_env(
                 &exec.env,
                 &options.proxy_env,
-                mounts.env.clone(),
+                std::mem::take(&mut mounts.env),
                 &user.home,
             );
             let network = match exec.network {
@@ -61,7 +61,7 @@ pub(super) fn run_exec(
                 hostname: "buildkitsandbox".into(),
                 network,
                 insecure: exec.security == Security::Insecure,
-                mounts: mounts.mounts.clone(),
+                mounts: std::mem::take(&mut mounts.mounts),
                 hosts: default_hosts("buildkitsandbox"),
                 resolv_conf: resolv_conf(&ctx.host_resolv, network),
             };
