@@ -142,6 +142,15 @@ fn tar_names(store: &BlobStore, digest: &str) -> Vec<String> {
         .collect()
 }
 
+fn mtime(path: &Path) -> std::time::SystemTime {
+    fs::metadata(path).unwrap().modified().unwrap()
+}
+
+/// Sets the mtime of a file or directory.
+fn set_mtime(path: &Path, time: std::time::SystemTime) {
+    fs::File::open(path).unwrap().set_modified(time).unwrap();
+}
+
 #[test]
 fn compare_diff_writes_changes_and_whiteouts() {
     let t = Tmp::new("layers", "compare");
@@ -157,22 +166,8 @@ fn compare_diff_writes_changes_and_whiteouts() {
     fs::write(lower.join("changed"), b"before").unwrap();
     fs::write(upper.join("changed"), b"after!").unwrap();
     fs::write(upper.join("new"), b"new").unwrap();
-    let same_time = fs::metadata(lower.join("keep/same"))
-        .unwrap()
-        .modified()
-        .unwrap();
-    fs::File::options()
-        .write(true)
-        .open(upper.join("keep/same"))
-        .unwrap()
-        .set_modified(same_time)
-        .unwrap();
-    for d in ["keep", "dir", ""] {
-        let m = fs::metadata(lower.join(d)).unwrap().modified().unwrap();
-        fs::File::open(upper.join(d))
-            .unwrap()
-            .set_modified(m)
-            .unwrap();
+    for p in ["keep/same", "keep", "dir", ""] {
+        set_mtime(&upper.join(p), mtime(&lower.join(p)));
     }
     let store = BlobStore::open(&t.0.join("store")).unwrap();
     let layer = write_layer(
@@ -324,16 +319,10 @@ fn copied_up_but_unchanged_is_no_change() {
     let upper = t.0.join("upper");
     fs::create_dir_all(upper.join("root/deep")).unwrap();
     fs::write(upper.join("root/deep/f"), b"same").unwrap();
-    let mtime = fs::metadata(lower.join("root/deep/f"))
-        .unwrap()
-        .modified()
-        .unwrap();
-    fs::File::options()
-        .write(true)
-        .open(upper.join("root/deep/f"))
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    set_mtime(
+        &upper.join("root/deep/f"),
+        mtime(&lower.join("root/deep/f")),
+    );
     let store = BlobStore::open(&t.0.join("store")).unwrap();
     let lowers = [lower.clone()];
     for source in [
@@ -350,12 +339,7 @@ fn copied_up_but_unchanged_is_no_change() {
         assert_eq!(layer.uncompressed_size, 1024, "{source:?}");
     }
     // The same content with another mtime is a change (with its parents).
-    fs::File::options()
-        .write(true)
-        .open(upper.join("root/deep/f"))
-        .unwrap()
-        .set_modified(std::time::UNIX_EPOCH)
-        .unwrap();
+    set_mtime(&upper.join("root/deep/f"), std::time::UNIX_EPOCH);
     let layer = write_layer(
         &store,
         &DiffSource::Overlay {
