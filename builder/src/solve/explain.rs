@@ -357,14 +357,19 @@ fn short(v: &Value) -> String {
     }
 }
 
+/// The explained steps in the order of their numbers.
+fn by_step(explained: &[(usize, String, Outcome)]) -> Vec<&(usize, String, Outcome)> {
+    let mut sorted: Vec<_> = explained.iter().collect();
+    sorted.sort_by_key(|(id, ..)| *id);
+    sorted
+}
+
 /// `--explain --format json`: one object per step, by its number in the
 /// progress output: `{"step": 3, "name": "...", "cached": false,
 /// "reason": "..."}` (no reason for a hit).
 pub fn report_json(explained: &[(usize, String, Outcome)]) -> String {
-    let mut sorted: Vec<&(usize, String, Outcome)> = explained.iter().collect();
-    sorted.sort_by_key(|(id, ..)| *id);
     let mut out = String::new();
-    for (id, name, outcome) in sorted {
+    for (id, name, outcome) in by_step(explained) {
         let line = match outcome {
             Outcome::Hit => serde_json::json!({"step": id, "name": name, "cached": true}),
             Outcome::Miss(why) => {
@@ -380,10 +385,8 @@ pub fn report_json(explained: &[(usize, String, Outcome)]) -> String {
 /// The report of `--explain`: a line per step that can hit or miss, by
 /// its number in the progress output.
 pub fn report(explained: &[(usize, String, Outcome)]) -> String {
-    let mut sorted: Vec<&(usize, String, Outcome)> = explained.iter().collect();
-    sorted.sort_by_key(|(id, ..)| *id);
     let mut out = String::new();
-    for (id, name, outcome) in sorted {
+    for (id, name, outcome) in by_step(explained) {
         let what = match outcome {
             Outcome::Hit => "hit".to_string(),
             Outcome::Miss(why) => format!("miss: {why}"),
