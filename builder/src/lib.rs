@@ -13,6 +13,7 @@
 //! each command.
 
 pub mod bind;
+pub mod changes;
 pub mod cli;
 pub mod commands;
 pub mod copy;

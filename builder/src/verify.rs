@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
+use crate::changes::{Change, changes};
 use anyhow::Context;
 use cache::blob::BlobStore;
 use cache::spec::{Descriptor, Manifest};
@@ -59,17 +60,14 @@ pub fn differences(
             l2.digest
         ));
         let (e1, e2) = (entries(blobs, l1)?, entries(blobs, l2)?);
-        let mut files = Vec::new();
-        for (path, b) in &e2 {
-            match e1.get(path) {
-                None => files.push(format!("  {path}: only in the second build")),
-                Some(a) if a != b => files.push(format!("  {path}: {}", how(a, b))),
-                Some(_) => {}
-            }
-        }
-        for path in e1.keys().filter(|p| !e2.contains_key(*p)) {
-            files.push(format!("  {path}: only in the first build"));
-        }
+        let mut files: Vec<String> = changes(&e1, &e2)
+            .into_iter()
+            .map(|c| match c {
+                Change::Added(path) => format!("  {path}: only in the second build"),
+                Change::Changed(path, a, b) => format!("  {path}: {}", how(a, b)),
+                Change::Removed(path) => format!("  {path}: only in the first build"),
+            })
+            .collect();
         if files.is_empty() {
             files.push("  the same files, in another order or encoding".into());
         }

@@ -7,6 +7,8 @@
 
 use serde_json::Value;
 
+use crate::changes::{Change, changes};
+
 use super::*;
 
 /// Where a step is: the Dockerfile, the stage and the step's place among
@@ -190,17 +192,14 @@ fn files_changed(before: &[(String, String)], now: &[(String, String)]) -> Strin
         .map(|(p, d)| (p.as_str(), d.as_str()))
         .collect();
     let new: BTreeMap<&str, &str> = now.iter().map(|(p, d)| (p.as_str(), d.as_str())).collect();
-    let mut differ: Vec<String> = Vec::new();
-    for (path, digest) in &new {
-        match old.get(path) {
-            None => differ.push(format!("{path} (added)")),
-            Some(d) if d != digest => differ.push(format!("{path} (changed)")),
-            Some(_) => {}
-        }
-    }
-    for path in old.keys().filter(|p| !new.contains_key(*p)) {
-        differ.push(format!("{path} (removed)"));
-    }
+    let mut differ: Vec<String> = changes(&old, &new)
+        .into_iter()
+        .map(|c| match c {
+            Change::Added(path) => format!("{path} (added)"),
+            Change::Changed(path, ..) => format!("{path} (changed)"),
+            Change::Removed(path) => format!("{path} (removed)"),
+        })
+        .collect();
     differ.sort();
     if differ.is_empty() {
         return String::new();
