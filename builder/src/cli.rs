@@ -57,6 +57,23 @@ pub enum Command {
         #[arg(required = true)]
         references: Vec<String>,
     },
+    /// Pull an image from a registry into the local store
+    Pull {
+        /// The image (`debian:bookworm`, `host:5000/app@sha256:...`)
+        reference: String,
+    },
+    /// Push an image of the local store to its registry
+    Push {
+        /// The image, named with its registry (`host:5000/app:1`)
+        reference: String,
+    },
+    /// Log in to a registry (credentials go where docker keeps them)
+    Login(LoginArgs),
+    /// Forget a registry's credentials
+    Logout {
+        /// The registry (default: Docker Hub)
+        server: Option<String>,
+    },
     /// Print the build graph that `build` would run, without running it
     Graph(GraphArgs),
     /// Show cache disk usage
@@ -68,6 +85,22 @@ pub enum Command {
     /// Look inside the frontend: parse, expand words, match .dockerignore
     #[command(subcommand)]
     Debug(DebugCommand),
+}
+
+/// `rbuild login`
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// User name
+    #[arg(short = 'u', long)]
+    pub username: Option<String>,
+    /// Password (prefer --password-stdin: this one shows in `ps`)
+    #[arg(short = 'p', long)]
+    pub password: Option<String>,
+    /// Read the password from stdin
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// The registry (default: Docker Hub)
+    pub server: Option<String>,
 }
 
 /// `rbuild debug ...`

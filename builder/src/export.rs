@@ -309,6 +309,25 @@ fn manifest_for(
     ))
 }
 
+/// Whether `out`'s manifest gets OCI media types: as asked, by default
+/// except for `type=docker`; zstd layers have no Docker media type that
+/// readers take, so they force OCI ones (as BuildKit does).
+pub fn oci_media_types(out: &Output, format: LayerFormat) -> bool {
+    format.compression == Compression::Zstd
+        || out
+            .oci_media_types
+            .unwrap_or(out.kind != OutputKind::Docker)
+}
+
+/// `manifest` with OCI media types, or converted to Docker's (stored).
+pub fn with_media_types(
+    blobs: &BlobStore,
+    manifest: &Descriptor,
+    oci: bool,
+) -> anyhow::Result<Descriptor> {
+    Ok(manifest_for(blobs, manifest, oci)?.0)
+}
+
 fn index_for(desc: &Descriptor, names: &[String]) -> Index {
     let mut d = desc.clone();
     if let Some(name) = names.first() {
@@ -448,7 +467,7 @@ pub fn export_image(
 ) -> anyhow::Result<()> {
     let blobs = &store.blobs;
     let docker = out.kind == OutputKind::Docker;
-    let oci = out.oci_media_types.unwrap_or(!docker);
+    let oci = oci_media_types(out, format);
     let manifest = &converted_manifest(store, manifest, format)?;
     let (desc, m, manifest_bytes) = manifest_for(blobs, manifest, oci)?;
     let index = index_for(&desc, names);

@@ -13,31 +13,16 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// Annotation holding the full image name.
 pub const FULL_NAME: &str = "io.containerd.image.name";
 
-/// `alpine` -> `docker.io/library/alpine:latest`, as docker names images.
+/// Annotation naming the repository an image was pulled from
+/// (`docker.io/library/debian`): where its blobs can be mounted from.
+pub const SOURCE: &str = "io.rbuild.image.source";
+
+/// `alpine` -> `docker.io/library/alpine:latest`, as docker names images
+/// (a name that is no reference stays as it is).
 pub fn normalize(reference: &str) -> String {
-    let (name, digest) = match reference.split_once('@') {
-        Some((n, d)) => (n, Some(d)),
-        None => (reference, None),
-    };
-    let last = name.rsplit('/').next().unwrap_or(name);
-    let (name, tag) = match last.rsplit_once(':') {
-        Some((_, t)) => (&name[..name.len() - t.len() - 1], Some(t)),
-        None => (name, None),
-    };
-    let first = name.split('/').next().unwrap_or(name);
-    let has_registry =
-        name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
-    let full = if has_registry {
-        name.to_string()
-    } else if name.contains('/') {
-        format!("docker.io/{name}")
-    } else {
-        format!("docker.io/library/{name}")
-    };
-    match (digest, tag) {
-        (Some(d), _) => format!("{full}@{d}"),
-        (None, Some(t)) => format!("{full}:{t}"),
-        (None, None) => format!("{full}:latest"),
+    match crate::registry::Reference::parse(reference) {
+        Ok(r) => r.with_default_tag().to_string(),
+        Err(_) => reference.to_string(),
     }
 }
 
@@ -130,13 +115,11 @@ pub fn tag_manifest(blobs: &BlobStore, manifest: &Descriptor, tag: &str) -> anyh
     }
     let full = normalize(tag);
     let mut d = manifest.clone();
-    d.annotations = Some(
-        [
-            (REF_NAME.to_string(), tag.to_string()),
-            (FULL_NAME.to_string(), full),
-        ]
-        .into(),
-    );
+    // Other annotations (where it was pulled from) go with the image.
+    let mut annotations = d.annotations.take().unwrap_or_default();
+    annotations.insert(REF_NAME.to_string(), tag.to_string());
+    annotations.insert(FULL_NAME.to_string(), full);
+    d.annotations = Some(annotations);
     blobs.update_index(|idx| {
         let named = |m: &Descriptor| {
             m.annotations
@@ -165,18 +148,6 @@ pub fn tag_manifest(blobs: &BlobStore, manifest: &Descriptor, tag: &str) -> anyh
 /// Images given by `--build-context NAME=docker-image://REF` or
 /// `NAME=oci-layout://PATH[:TAG|@DIGEST]`, by NAME.
 pub type Aliases = std::collections::BTreeMap<String, StoredImage>;
-
-/// Like [`find`], with build-context aliases first.
-pub fn find_with(
-    blobs: &BlobStore,
-    aliases: &Aliases,
-    reference: &str,
-) -> anyhow::Result<Option<StoredImage>> {
-    if let Some(img) = aliases.get(reference) {
-        return Ok(Some(img.clone()));
-    }
-    find(blobs, reference)
-}
 
 /// Copies the image `PATH[:TAG|@DIGEST]` of an OCI layout into the store
 /// (digests verified) and returns it. A multi-platform index gives linux/amd64.
@@ -253,9 +224,12 @@ mod tests {
         assert_eq!(normalize("alpine:3"), "docker.io/library/alpine:3");
         assert_eq!(normalize("me/app:1"), "docker.io/me/app:1");
         assert_eq!(normalize("localhost:5000/app"), "localhost:5000/app:latest");
+        let digest = format!("sha256:{}", "ab".repeat(32));
         assert_eq!(
-            normalize("ghcr.io/o/a:v@sha256:ab"),
-            "ghcr.io/o/a@sha256:ab"
+            normalize(&format!("ghcr.io/o/a:v@{digest}")),
+            format!("ghcr.io/o/a:v@{digest}")
         );
+        assert_eq!(normalize("index.docker.io/x"), "docker.io/library/x:latest");
+        assert_eq!(normalize("not a reference"), "not a reference");
     }
 }

@@ -178,13 +178,21 @@ fn failing_run_names_its_line_and_leaves_no_mounts() {
 fn unsupported_features_fail_clearly() {
     let t = tmp("unsupported");
     let root = t.0.join("state");
-    let out = rbuild(&root, &["build", "--push", t.0.to_str().unwrap()]);
+    let out = rbuild(
+        &root,
+        &["build", "--cache-to", "type=inline", t.0.to_str().unwrap()],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("--push (the registry client) is not supported yet"),
+        err.contains("--cache-from/--cache-to is not supported yet"),
         "{err}"
     );
+    // A push needs a name.
+    let out = rbuild(&root, &["build", "--push", t.0.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("name the image with -t"), "{err}");
 }
 
 fn steps(stderr: &[u8]) -> (usize, usize) {
@@ -786,12 +794,18 @@ fn image_build_contexts() {
             "build",
             "-q",
             "--build-context",
-            "mybase=docker-image://nowhere:1",
+            "mybase=docker-image://127.0.0.1:1/nowhere:1",
             child.to_str().unwrap(),
         ],
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not in the local store"));
+    // Not in the store, so asked of its registry, which is not there.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--build-context mybase=docker-image://127.0.0.1:1/nowhere:1")
+            && err.contains("registry 127.0.0.1:1"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -17,7 +17,7 @@ use crate::sandbox::Network;
 use crate::sandbox::Runtime;
 use crate::sandbox::embedded::Embedded;
 use crate::sandbox::runc::Runc;
-use crate::solve::{BuildOptions, LocalImages, Progress, ProgressFormat, build};
+use crate::solve::{BuildOptions, Progress, ProgressFormat, build};
 
 fn not_yet(flag: &str) -> anyhow::Error {
     anyhow::anyhow!("{flag} is not supported yet")
@@ -27,20 +27,33 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     if !args.cache_from.is_empty() || !args.cache_to.is_empty() {
         return Err(not_yet("--cache-from/--cache-to"));
     }
-    if args.push {
-        return Err(not_yet("--push (the registry client)"));
-    }
-    if args.pull {
-        return Err(not_yet("--pull (the registry client)"));
-    }
     if args.check {
         return Err(not_yet("--check"));
     }
-    let outputs: Vec<crate::export::Output> = args
+    let mut outputs: Vec<crate::export::Output> = args
         .outputs
         .iter()
         .map(|o| crate::export::parse_output(o))
         .collect::<anyhow::Result<_>>()?;
+    // `--push` is `-o type=image,push=true` with the -t names.
+    if args.push {
+        let mut o = crate::export::Output::new(OutputKind::Image, None);
+        o.push = true;
+        outputs.push(o);
+    }
+    for o in &mut outputs {
+        if o.kind == OutputKind::Registry {
+            o.push = true;
+        }
+        if o.push && o.kind == OutputKind::Image && o.names.is_empty() {
+            o.names = args.tags.clone();
+        }
+        if o.push && o.names.is_empty() {
+            bail!(
+                "--push / --output push=true: name the image with -t or name= (a name is needed to push to a registry)"
+            );
+        }
+    }
     // Every name an image gets is a reference as Docker reads it.
     for name in args
         .tags
@@ -48,15 +61,6 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         .chain(outputs.iter().flat_map(|o| &o.names))
     {
         check_tag(name)?;
-    }
-    if let Some(o) = outputs
-        .iter()
-        .find(|o| o.push || o.kind == OutputKind::Registry)
-    {
-        return Err(not_yet(&format!(
-            "--output type={} with push (the registry client)",
-            o.kind
-        )));
     }
     // Layer compression is an export's concern: `--compression` is the
     // default for the outputs that name none.
@@ -135,18 +139,25 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         read_ignore(ignore_file_for(&context, &dockerfile_path))?
     };
     let mut named_contexts = BTreeMap::new();
-    let mut aliases = crate::images::Aliases::new();
+    let quiet = args.quiet || args.progress == ProgressMode::Quiet;
+    let transfer: std::sync::Arc<dyn crate::registry::transfer::Transfer> = if quiet {
+        std::sync::Arc::new(crate::registry::transfer::Silent)
+    } else {
+        std::sync::Arc::new(crate::registry::transfer::Lines::new("pulling"))
+    };
+    let settings = crate::registry::hosts::Settings::load(&store_root)?;
+    let mut images = crate::resolver::Resolver::new(&store.blobs, settings, args.pull, transfer);
     for spec in &graph_args.build_contexts {
         let (name, src) = spec.split_once('=').expect("checked when planning");
         if let Some(path) = src.strip_prefix("oci-layout://") {
             let img = crate::images::import_oci_layout(&store.blobs, path)
                 .with_context(|| format!("--build-context {spec}"))?;
-            aliases.insert(name.to_string(), img);
+            images.alias(name, img);
         } else if let Some(reference) = src.strip_prefix("docker-image://") {
-            let img = crate::images::find(&store.blobs, reference)?.ok_or_else(|| {
-                anyhow::anyhow!("--build-context {spec}: image {reference} is not in the local store (pulling is not supported yet)")
-            })?;
-            aliases.insert(name.to_string(), img);
+            let img = images
+                .resolve(reference)
+                .with_context(|| format!("--build-context {spec}"))?;
+            images.alias(name, img);
         } else if src.contains("://") {
             return Err(not_yet(&format!("--build-context {spec}")));
         } else {
@@ -157,7 +168,13 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
             named_contexts.insert(name.to_string(), (dir, ignore));
         }
     }
-    let graph = compile(&loaded.plan, &LocalImages(&store, &aliases))?;
+    let graph = compile(&loaded.plan, &images);
+    // A base image that could not be resolved fails the build here, with
+    // the registry's answer.
+    if let Some(e) = images.take_failure() {
+        return Err(e);
+    }
+    let graph = graph?;
     let network = match args.network {
         NetworkMode::None => Network::None,
         NetworkMode::Default | NetworkMode::Host => Network::Host,
@@ -166,7 +183,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         context: &context_dir,
         ignore,
         named_contexts,
-        aliases: aliases.clone(),
+        images: &images,
         tags: args.tags.clone(),
         network,
         allow_insecure,
@@ -189,7 +206,6 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         },
         explain: args.explain,
     };
-    let quiet = args.quiet || args.progress == ProgressMode::Quiet;
     let format = match args.progress {
         _ if quiet => ProgressFormat::Quiet,
         ProgressMode::Rawjson => ProgressFormat::RawJson,
@@ -244,12 +260,41 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     for o in &outputs {
         names.extend(o.names.iter().cloned());
     }
+    let mut pushed = None;
     for o in &outputs {
         let dest = o.dest.as_deref().unwrap_or("");
         match o.kind {
-            OutputKind::Image => {
+            OutputKind::Image | OutputKind::Registry => {
                 for n in &o.names {
                     crate::images::tag_manifest(&store.blobs, &built.manifest, n)?;
+                }
+                if o.push {
+                    let format = crate::export::LayerFormat::of(o, default_compression)?;
+                    let transfer: std::sync::Arc<dyn crate::registry::transfer::Transfer> = if quiet
+                    {
+                        std::sync::Arc::new(crate::registry::transfer::Silent)
+                    } else {
+                        std::sync::Arc::new(crate::registry::transfer::Lines::new("pushing"))
+                    };
+                    for n in &o.names {
+                        let desc = crate::publish::push_image(
+                            images.registry()?,
+                            &store,
+                            &built.manifest,
+                            n,
+                            format,
+                            crate::export::oci_media_types(o, format),
+                            &transfer,
+                        )?;
+                        if !quiet {
+                            eprintln!(
+                                "pushing {} with digest {} done",
+                                crate::images::normalize(n),
+                                desc.digest
+                            );
+                        }
+                        pushed = Some(desc);
+                    }
                 }
             }
             OutputKind::Oci | OutputKind::Docker => {
@@ -263,18 +308,19 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
             }
             OutputKind::Tar => crate::export::export_tar(&store, built.snapshot.as_deref(), dest)
                 .with_context(|| format!("exporting to {dest}"))?,
-            // Refused before the build (no registry client yet).
-            OutputKind::Registry => return Err(not_yet("--output type=registry")),
         }
     }
     if let Some(f) = &args.iidfile {
         write_file(f, built.image_id.as_bytes())?;
     }
     if let Some(f) = &args.metadata_file {
+        // What was pushed, when something was: its manifest has the
+        // layers compressed for the registry.
+        let manifest = pushed.as_ref().unwrap_or(&built.manifest);
         let meta = serde_json::json!({
-            "containerimage.digest": built.manifest.digest,
+            "containerimage.digest": manifest.digest,
             "containerimage.config.digest": built.image_id,
-            "containerimage.descriptor": built.manifest,
+            "containerimage.descriptor": manifest,
             "image.name": args.tags.join(","),
         });
         let text = crate::mask::Masker::global().mask_str(&serde_json::to_string_pretty(&meta)?);

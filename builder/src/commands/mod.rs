@@ -4,6 +4,7 @@
 mod build;
 pub(crate) mod debug;
 mod graph;
+mod registry;
 pub(crate) mod store;
 
 use std::fmt::Write;
@@ -28,6 +29,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             format,
             references,
         } => build::save(cli.root, &output, &format, &references),
+        Command::Pull { reference } => registry::pull(cli.root, &reference),
+        Command::Push { reference } => registry::push(cli.root, &reference),
+        Command::Login(args) => registry::login(cli.root, args),
+        Command::Logout { server } => registry::logout(server.as_deref()),
         Command::Graph(args) => graph::run(args),
         Command::Du(args) => store::du(cli.root, args),
         Command::Prune(args) => store::prune(cli.root, args),

@@ -1,6 +1,157 @@
-//! Registries. For now the grammar of image references, as Docker parses
-//! them; the distribution client (pull, push, auth) will live beside it.
+//! Registries: image references as Docker parses them, and the
+//! distribution client (pull, push, login) on reqwest and tokio. The async
+//! part stays in here: [`Registry`] gives the rest of rbuild blocking calls
+//! on a runtime of its own.
 
+pub mod auth;
+pub mod client;
+pub mod hosts;
+pub mod pull;
+pub mod push;
 pub mod reference;
+pub mod transfer;
 
-pub use reference::{Reference, ReferenceError};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use cache::Digest;
+use cache::blob::BlobStore;
+use cache::spec::{Descriptor, Manifest};
+
+pub use reference::Reference;
+
+use client::Client;
+use hosts::{Endpoint, Settings};
+use transfer::Transfer;
+
+/// An image pulled into the content store.
+pub struct Pulled {
+    /// The image manifest (for the build platform).
+    pub manifest: Descriptor,
+    /// The index the reference named, if any.
+    pub index: Option<Descriptor>,
+    /// Where it came from (`domain/path`), for cross-repository mounts.
+    pub source: String,
+}
+
+/// The registry client with blocking calls.
+pub struct Registry {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+}
+
+impl Registry {
+    /// A client with `settings` (see [`hosts`]).
+    pub fn new(settings: Settings) -> anyhow::Result<Registry> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("rbuild-registry")
+            .enable_all()
+            .build()
+            .context("starting the registry client's runtime")?;
+        Ok(Registry {
+            runtime,
+            client: Client::new(settings),
+        })
+    }
+
+    /// The settings it uses.
+    pub fn settings(&self) -> &Settings {
+        self.client.settings()
+    }
+
+    /// Resolves `reference` (a mirror first when the settings name one) to
+    /// the build platform's manifest, and stores the manifest, its config
+    /// and layers, each verified. The manifest is stored last: when it is
+    /// in the store, so is everything it names.
+    pub fn pull(
+        &self,
+        blobs: &BlobStore,
+        reference: &Reference,
+        transfer: &Arc<dyn Transfer>,
+    ) -> anyhow::Result<Pulled> {
+        let endpoints = self.settings().pull_endpoints(&reference.domain);
+        self.runtime.block_on(async {
+            let resolved = pull::resolve(&self.client, &endpoints, reference).await?;
+            let ep = &resolved.endpoint;
+            let config = &resolved.parsed.config;
+            pull::fetch_blob(&self.client, ep, reference, blobs, config, transfer).await?;
+            let layers = &resolved.parsed.layers;
+            let results: Vec<anyhow::Result<()>> = {
+                use futures_util::StreamExt as _;
+                futures_util::stream::iter(layers)
+                    .map(|d| pull::fetch_blob(&self.client, ep, reference, blobs, d, transfer))
+                    .buffer_unordered(push::PARALLEL)
+                    .collect()
+                    .await
+            };
+            results.into_iter().collect::<anyhow::Result<()>>()?;
+            let index = match &resolved.index {
+                Some(i) => {
+                    blobs.put_bytes(&i.bytes)?;
+                    Some(i.descriptor.clone())
+                }
+                None => None,
+            };
+            blobs.put_bytes(&resolved.manifest.bytes)?;
+            Ok(Pulled {
+                manifest: resolved.manifest.descriptor,
+                index,
+                source: reference.name(),
+            })
+        })
+    }
+
+    /// Pushes the image `manifest` (from `blobs`) as `reference`: blobs the
+    /// registry lacks (mounted from `mount_from`'s repositories when they
+    /// hold them), then the manifest under the reference's tag or digest.
+    pub fn push(
+        &self,
+        blobs: &BlobStore,
+        manifest: &Descriptor,
+        reference: &Reference,
+        mount_from: &HashMap<String, String>,
+        transfer: &Arc<dyn Transfer>,
+    ) -> anyhow::Result<()> {
+        let digest: Digest = manifest.digest.parse()?;
+        let bytes = blobs
+            .read(&digest)
+            .with_context(|| format!("reading the manifest {digest}"))?;
+        let parsed: Manifest = serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading the manifest {digest}"))?;
+        let ep = Endpoint::origin(&reference.domain);
+        let target = push::Target {
+            endpoint: &ep,
+            reference,
+            mount_from,
+        };
+        let mut descs = vec![parsed.config.clone()];
+        descs.extend(parsed.layers.iter().cloned());
+        let tag = reference
+            .digest
+            .clone()
+            .or_else(|| reference.tag.clone())
+            .unwrap_or_else(|| "latest".into());
+        self.runtime.block_on(async {
+            push::push_blobs(&self.client, &target, blobs, &descs, transfer).await?;
+            push::push_manifest(&self.client, &target, manifest, bytes, &tag).await
+        })
+    }
+
+    /// Checks `username`/`secret` against `domain` as `docker login` does
+    /// (Basic on `/v2/`, or a token from the Bearer realm).
+    pub fn check_login(&self, domain: &str, username: &str, secret: &str) -> anyhow::Result<()> {
+        self.client.set_credentials(
+            domain,
+            auth::Credentials {
+                username: username.to_string(),
+                secret: secret.to_string(),
+                identity_token: false,
+                source: "the given user name and password".into(),
+            },
+        );
+        let ep = Endpoint::origin(domain);
+        self.runtime.block_on(self.client.check_login(&ep))
+    }
+}

@@ -17,7 +17,7 @@ use anyhow::{Context, anyhow, bail};
 use cache::gc::Store;
 use cache::layer::{Compression, LayerOptions};
 use cache::spec::{Descriptor, ImageConfig};
-use frontend::graph::{BuildGraph, Edge, FileSource, ImageConfigs, OpKind};
+use frontend::graph::{BuildGraph, Edge, FileSource, OpKind};
 use frontend::ignore::PatternMatcher;
 use frontend::instructions::{MountType, Security, Sharing};
 use petgraph::stable_graph::NodeIndex;
@@ -49,7 +49,6 @@ use self::record::*;
 use self::schedule::*;
 use crate::progress::{LOG_CAP, rfc3339};
 pub use crate::progress::{Progress, ProgressFormat};
-pub use base::LocalImages;
 
 /// What a build needs besides the graph.
 pub struct BuildOptions<'a> {
@@ -59,8 +58,8 @@ pub struct BuildOptions<'a> {
     pub ignore: Option<PatternMatcher>,
     /// `--build-context NAME=DIR`, with the directory's `.dockerignore`.
     pub named_contexts: BTreeMap<String, (PathBuf, Option<PatternMatcher>)>,
-    /// `--build-context NAME=docker-image://|oci-layout://`: images by NAME.
-    pub aliases: crate::images::Aliases,
+    /// Base images: build-context aliases, the local store, registries.
+    pub images: &'a crate::resolver::Resolver<'a>,
     /// Tags to store the image under.
     pub tags: Vec<String>,
     /// RUN network.
@@ -314,7 +313,7 @@ fn run_node(
         OpKind::Image { reference, .. } => {
             let (id, started) = progress.start(&op.name);
             let d =
-                import_image(store, &options.aliases, reference, options.epoch).map_err(where_)?;
+                import_image(store, options.images, reference, options.epoch).map_err(where_)?;
             progress.done(id, started);
             d
         }

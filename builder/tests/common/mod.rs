@@ -74,3 +74,4 @@ pub fn build_local(root: &Path, ctx: &Path, out: &Path) {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+pub mod registry;

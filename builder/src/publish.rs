@@ -1,0 +1,102 @@
+//! Moving images between the local store and registries: a pull tagged
+//! in the store with where it came from, and a push of a stored image
+//! with its layers compressed and media types as the output asks (blobs
+//! mounted from repositories local images were pulled from).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use anyhow::Context;
+use cache::blob::BlobStore;
+use cache::gc::Store;
+use cache::spec::{Descriptor, Manifest};
+
+use crate::export::LayerFormat;
+use crate::images::{self, SOURCE, StoredImage};
+use crate::registry::transfer::Transfer;
+use crate::registry::{Reference, Registry};
+
+/// Pulls `reference` into `blobs` and tags it there under the name given
+/// (with `:latest` when it names no tag or digest).
+pub fn pull_image(
+    registry: &Registry,
+    blobs: &BlobStore,
+    reference: &str,
+    transfer: &Arc<dyn Transfer>,
+) -> anyhow::Result<StoredImage> {
+    let given = Reference::parse(reference).with_context(|| format!("pulling {reference}"))?;
+    let name = if given.tag.is_none() && given.digest.is_none() {
+        format!("{reference}:latest")
+    } else {
+        reference.to_string()
+    };
+    let parsed = given.with_default_tag();
+    let pulled = registry
+        .pull(blobs, &parsed, transfer)
+        .with_context(|| format!("pulling {parsed}"))?;
+    let mut desc = pulled.manifest;
+    desc.annotations = Some(BTreeMap::from([(SOURCE.to_string(), pulled.source)]));
+    images::tag_manifest(blobs, &desc, &name)?;
+    let mut image = images::find(blobs, &name)?.expect("just tagged");
+    image.reference = name;
+    Ok(image)
+}
+
+/// Blobs of `domain`'s repositories that local images were pulled from, by
+/// digest: the pushes' cross-repository mount sources.
+pub fn mount_sources(blobs: &BlobStore, domain: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let prefix = format!("{domain}/");
+    for img in images::list(blobs).unwrap_or_default() {
+        let Some(repo) = img
+            .manifest
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SOURCE))
+            .and_then(|s| s.strip_prefix(&prefix))
+        else {
+            continue;
+        };
+        let Ok(digest) = img.manifest.digest.parse() else {
+            continue;
+        };
+        let Ok(m) = blobs
+            .read(&digest)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| Ok(serde_json::from_slice::<Manifest>(&b)?))
+        else {
+            continue;
+        };
+        for l in m.layers.iter().chain([&m.config]) {
+            out.entry(l.digest.clone())
+                .or_insert_with(|| repo.to_string());
+        }
+    }
+    out
+}
+
+/// Pushes the image `manifest` of the store as `target`, its layers
+/// compressed as `format` asks (the store keeps rbuild's own layers
+/// uncompressed) and with OCI or Docker media types; returns the manifest
+/// pushed.
+pub fn push_image(
+    registry: &Registry,
+    store: &Store,
+    manifest: &Descriptor,
+    target: &str,
+    format: LayerFormat,
+    oci_media_types: bool,
+    transfer: &Arc<dyn Transfer>,
+) -> anyhow::Result<Descriptor> {
+    let reference = Reference::parse(target)
+        .with_context(|| format!("pushing {target}"))?
+        .with_default_tag();
+    let converted = crate::export::converted_manifest(store, manifest, format)
+        .with_context(|| format!("pushing {reference}"))?;
+    let pushed = crate::export::with_media_types(&store.blobs, &converted, oci_media_types)?;
+    let mounts = mount_sources(&store.blobs, &reference.domain);
+    registry
+        .push(&store.blobs, &pushed, &reference, &mounts, transfer)
+        .with_context(|| format!("pushing {reference}"))?;
+    Ok(pushed)
+}

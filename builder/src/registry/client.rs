@@ -1,0 +1,531 @@
+//! The distribution protocol's transport: one HTTP client per host (its
+//! CA roots and client certificate from certs.d), HTTPS or, for loopback
+//! and insecure hosts, plain HTTP after HTTPS fails; the `/v2/` ping that
+//! tells which challenge the host uses; tokens fetched per scope and reused
+//! until they expire; retries with backoff on 429, 5xx and dropped
+//! connections.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use reqwest::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use tokio::sync::OnceCell;
+
+use super::auth::{self, Challenge, Credentials};
+use super::hosts::{Endpoint, Settings};
+
+/// Attempts at one request before its error is final.
+const ATTEMPTS: u32 = 5;
+/// The first wait between attempts (doubled each time).
+const BACKOFF: Duration = Duration::from_millis(200);
+
+/// What a request may do in a repository: the token scope's actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// `pull`
+    Pull,
+    /// `pull,push`
+    Push,
+}
+
+/// A repository on a host, and the access a request needs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Scope {
+    /// `library/debian`
+    pub repository: String,
+    /// pull or push
+    pub access: Access,
+}
+
+impl Scope {
+    fn token_scope(&self) -> String {
+        let actions = match self.access {
+            Access::Pull => "pull",
+            Access::Push => "pull,push",
+        };
+        format!("repository:{}:{actions}", self.repository)
+    }
+}
+
+/// A host as pinged: its base URL and challenge.
+struct Host {
+    http: reqwest::Client,
+    base: String,
+    challenge: Challenge,
+}
+
+/// Tokens by (host, scopes): the token and when to stop using it.
+type Tokens = HashMap<(String, Vec<String>), (String, Instant)>;
+
+/// The transport, shared by every pull and push of a process.
+pub struct Client {
+    settings: Settings,
+    hosts: Mutex<HashMap<String, Arc<OnceCell<Arc<Host>>>>>,
+    tokens: Mutex<Tokens>,
+    credentials: Mutex<HashMap<String, Option<Credentials>>>,
+}
+
+impl Client {
+    /// A client with these settings.
+    pub fn new(settings: Settings) -> Client {
+        Client {
+            settings,
+            hosts: Mutex::default(),
+            tokens: Mutex::default(),
+            credentials: Mutex::default(),
+        }
+    }
+
+    /// The settings it was made with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The credentials for `domain` (looked up once).
+    fn credentials(&self, domain: &str) -> anyhow::Result<Option<Credentials>> {
+        if let Some(c) = self.credentials.lock().expect("lock").get(domain) {
+            return Ok(c.clone());
+        }
+        let c = auth::lookup(domain)?;
+        self.credentials
+            .lock()
+            .expect("lock")
+            .insert(domain.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Uses `creds` for `domain` instead of the stored ones (`rbuild login`).
+    pub fn set_credentials(&self, domain: &str, creds: Credentials) {
+        self.credentials
+            .lock()
+            .expect("lock")
+            .insert(domain.to_string(), Some(creds));
+    }
+
+    /// The host behind `ep`, pinged once.
+    async fn host(&self, ep: &Endpoint) -> anyhow::Result<Arc<Host>> {
+        let cell = self
+            .hosts
+            .lock()
+            .expect("lock")
+            .entry(ep.authority.clone())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| self.ping(ep))
+            .await
+            .cloned()
+            .with_context(|| format!("registry {}", ep.authority))
+    }
+
+    /// An HTTP client for `authority`: system roots, certs.d, the settings'
+    /// CA files; no verification for hosts marked insecure.
+    fn http_client(&self, authority: &str) -> anyhow::Result<reqwest::Client> {
+        let mut b = reqwest::Client::builder()
+            .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(120))
+            .redirect(reqwest::redirect::Policy::limited(10));
+        let dir = self.settings.certs_dir(authority);
+        let mut cas = self.settings.ca_files(authority);
+        let mut certs = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let p = e.path();
+                match p.extension().and_then(|x| x.to_str()) {
+                    Some("crt") => cas.push(p),
+                    Some("cert") => certs.push(p),
+                    _ => {}
+                }
+            }
+        }
+        for ca in &cas {
+            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{}: not a PEM certificate", ca.display()))?
+            {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        // Docker's pairing: `client.cert` goes with `client.key`.
+        certs.sort();
+        if let Some(cert) = certs.first() {
+            let key = cert.with_extension("key");
+            let mut pem =
+                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+            pem.extend(
+                std::fs::read(&key).with_context(|| {
+                    format!("reading {} (for {})", key.display(), cert.display())
+                })?,
+            );
+            b = b.identity(
+                reqwest::Identity::from_pem(&pem)
+                    .with_context(|| format!("client certificate {}", cert.display()))?,
+            );
+        }
+        if self.settings.insecure(authority) {
+            b = b.danger_accept_invalid_certs(true);
+        }
+        b.build().context("making the HTTP client")
+    }
+
+    /// `GET /v2/`: which scheme answers, and the challenge.
+    async fn ping(&self, ep: &Endpoint) -> anyhow::Result<Arc<Host>> {
+        let http = self.http_client(&ep.authority)?;
+        let https = format!("https://{}", ep.authority);
+        // Where plain HTTP may follow, HTTPS gets one try: a plain-HTTP
+        // registry fails it at once, and retries would only wait.
+        let first = if self.settings.allows_http(&ep.authority) {
+            http.get(format!("{https}/v2/")).send().await
+        } else {
+            retry(|| http.get(format!("{https}/v2/")).send()).await
+        };
+        let (base, resp) = match first {
+            Ok(r) => (https, r),
+            Err(e) if self.settings.allows_http(&ep.authority) => {
+                let plain = format!("http://{}", ep.authority);
+                match retry(|| http.get(format!("{plain}/v2/")).send()).await {
+                    // A TLS server answers plain HTTP with 400: the
+                    // HTTPS error is the one to tell.
+                    Ok(r) if is_registry_answer(&r) => (plain, r),
+                    _ => return Err(e).context("GET /v2/ over HTTPS"),
+                }
+            }
+            Err(e) => return Err(e).context("GET /v2/"),
+        };
+        let challenge = match resp.status() {
+            s if s.is_success() => Challenge::None,
+            StatusCode::UNAUTHORIZED => resp
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|h| h.to_str().ok())
+                .and_then(auth::parse_challenge)
+                .with_context(|| {
+                    format!("{base}/v2/ answered 401 without a Basic or Bearer challenge")
+                })?,
+            s => bail!("{base}/v2/ answered HTTP {s}; is this a registry?"),
+        };
+        Ok(Arc::new(Host {
+            http,
+            base,
+            challenge,
+        }))
+    }
+
+    /// The `Authorization` header for `scopes` on `ep`, if one is needed.
+    async fn authorization(
+        &self,
+        ep: &Endpoint,
+        host: &Host,
+        scopes: &[Scope],
+    ) -> anyhow::Result<Option<String>> {
+        match &host.challenge {
+            Challenge::None => Ok(None),
+            Challenge::Basic => match self.credentials(&ep.domain)? {
+                Some(c) => Ok(Some(c.basic_header())),
+                None => bail!(
+                    "registry {} asks for a user name and password and none is stored for {} (run `rbuild login {}`)",
+                    ep.authority,
+                    ep.domain,
+                    ep.domain
+                ),
+            },
+            Challenge::Bearer { realm, service } => {
+                let scope_strings: Vec<String> = scopes.iter().map(Scope::token_scope).collect();
+                let key = (ep.authority.clone(), scope_strings.clone());
+                if let Some((token, until)) = self.tokens.lock().expect("lock").get(&key)
+                    && Instant::now() < *until
+                {
+                    return Ok(Some(format!("Bearer {token}")));
+                }
+                let (token, lifetime) = self
+                    .fetch_token(ep, host, realm, service.as_deref(), &scope_strings)
+                    .await?;
+                // A little early, so a token does not run out mid-request.
+                let until = Instant::now() + lifetime.saturating_sub(Duration::from_secs(10));
+                self.tokens
+                    .lock()
+                    .expect("lock")
+                    .insert(key, (token.clone(), until));
+                Ok(Some(format!("Bearer {token}")))
+            }
+        }
+    }
+
+    /// The token flow: GET the realm with the scopes (Basic credentials
+    /// when stored), or POST a refresh token for an identity token.
+    async fn fetch_token(
+        &self,
+        ep: &Endpoint,
+        host: &Host,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[String],
+    ) -> anyhow::Result<(String, Duration)> {
+        let creds = self.credentials(&ep.domain)?;
+        let mut query: Vec<(&str, &str)> = Vec::new();
+        if let Some(s) = service {
+            query.push(("service", s));
+        }
+        for s in scopes {
+            query.push(("scope", s));
+        }
+        let resp = retry(|| {
+            let req = match &creds {
+                Some(c) if c.identity_token => {
+                    let mut form = query.clone();
+                    form.extend([
+                        ("grant_type", "refresh_token"),
+                        ("refresh_token", c.secret.as_str()),
+                        ("client_id", "rbuild"),
+                    ]);
+                    host.http.post(realm).form(&form)
+                }
+                Some(c) => host
+                    .http
+                    .get(realm)
+                    .query(&query)
+                    .header(AUTHORIZATION, c.basic_header()),
+                None => host.http.get(realm).query(&query),
+            };
+            req.send()
+        })
+        .await
+        .with_context(|| format!("token endpoint {realm}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let tried = creds.as_ref().map_or_else(
+                || "no credentials (anonymous)".to_string(),
+                |c| format!("credentials from {}", c.source),
+            );
+            bail!(
+                "registry {}: token endpoint {realm} refused {}: HTTP {status}; tried {tried}",
+                ep.authority,
+                scopes.join(" "),
+            );
+        }
+        let body = resp
+            .bytes()
+            .await
+            .with_context(|| format!("token endpoint {realm}: reading the answer"))?;
+        let body: serde_json::Value = serde_json::from_slice(&body)
+            .with_context(|| format!("token endpoint {realm}: the answer is not JSON"))?;
+        let token = body
+            .get("token")
+            .or_else(|| body.get("access_token"))
+            .and_then(|t| t.as_str())
+            .filter(|t| !t.is_empty())
+            .with_context(|| format!("token endpoint {realm}: no token in the answer"))?;
+        // The spec's default lifetime is 60 seconds.
+        let secs = body
+            .get("expires_in")
+            .and_then(|e| e.as_u64())
+            .unwrap_or(60)
+            .max(60);
+        Ok((token.to_string(), Duration::from_secs(secs)))
+    }
+
+    /// Sends the request `make` builds (from the host's client and base
+    /// URL), authorised for `scopes`, retried on 429, 5xx and dropped
+    /// connections; a 401 with a token fetches a new one once. Other
+    /// statuses are the caller's to read.
+    pub async fn send(
+        &self,
+        ep: &Endpoint,
+        scopes: &[Scope],
+        make: impl Fn(&reqwest::Client, &str) -> RequestBuilder,
+    ) -> anyhow::Result<Response> {
+        self.send_with(ep, scopes, ATTEMPTS, make).await
+    }
+
+    /// [`Client::send`] without retries (a request that can't be repeated
+    /// as it is, such as one part of an upload session).
+    pub async fn send_once(
+        &self,
+        ep: &Endpoint,
+        scopes: &[Scope],
+        make: impl Fn(&reqwest::Client, &str) -> RequestBuilder,
+    ) -> anyhow::Result<Response> {
+        self.send_with(ep, scopes, 1, make).await
+    }
+
+    async fn send_with(
+        &self,
+        ep: &Endpoint,
+        scopes: &[Scope],
+        attempts: u32,
+        make: impl Fn(&reqwest::Client, &str) -> RequestBuilder,
+    ) -> anyhow::Result<Response> {
+        let host = self.host(ep).await?;
+        let mut refreshed = false;
+        loop {
+            let authz = self.authorization(ep, &host, scopes).await?;
+            let resp = retry_n(attempts, || {
+                let mut req = make(&host.http, &host.base);
+                if let Some(a) = &authz {
+                    req = req.header(
+                        AUTHORIZATION,
+                        HeaderValue::from_str(a).expect("header-safe token"),
+                    );
+                }
+                req.send()
+            })
+            .await
+            .with_context(|| format!("registry {}", ep.authority))?;
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                return Ok(resp);
+            }
+            if matches!(host.challenge, Challenge::Bearer { .. }) && !refreshed {
+                // The token may have run out or lack a scope: one new one.
+                refreshed = true;
+                let strings: Vec<String> = scopes.iter().map(Scope::token_scope).collect();
+                self.tokens
+                    .lock()
+                    .expect("lock")
+                    .remove(&(ep.authority.clone(), strings));
+                continue;
+            }
+            let tried = match self.credentials(&ep.domain)? {
+                Some(c) => format!("credentials from {}", c.source),
+                None => "no credentials (anonymous)".into(),
+            };
+            bail!(
+                "registry {} refused {}: HTTP 401 Unauthorized; tried {tried}",
+                ep.authority,
+                scopes
+                    .iter()
+                    .map(Scope::token_scope)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+    }
+
+    /// Whether the credentials set for `ep`'s domain are accepted: Basic
+    /// on `/v2/`, or a token from the Bearer realm (no scope, as `docker
+    /// login` asks).
+    pub async fn check_login(&self, ep: &Endpoint) -> anyhow::Result<()> {
+        let host = self.host(ep).await?;
+        match &host.challenge {
+            Challenge::None => Ok(()),
+            Challenge::Basic => {
+                let authz = self.authorization(ep, &host, &[]).await?;
+                let resp = retry(|| {
+                    let mut req = host.http.get(format!("{}/v2/", host.base));
+                    if let Some(a) = &authz {
+                        req = req.header(AUTHORIZATION, a.as_str());
+                    }
+                    req.send()
+                })
+                .await
+                .with_context(|| format!("registry {}", ep.authority))?;
+                if !resp.status().is_success() {
+                    bail!(
+                        "registry {} refused the user name and password: {}",
+                        ep.authority,
+                        status_error(resp).await
+                    );
+                }
+                Ok(())
+            }
+            Challenge::Bearer { realm, service } => self
+                .fetch_token(ep, &host, realm, service.as_deref(), &[])
+                .await
+                .map(|_| ()),
+        }
+    }
+
+    /// `base` for `ep` (after its ping): for Location headers.
+    pub async fn base_url(&self, ep: &Endpoint) -> anyhow::Result<String> {
+        Ok(self.host(ep).await?.base.clone())
+    }
+}
+
+/// Whether a plain-HTTP answer came from a registry (not a TLS server's
+/// "client sent an HTTP request to an HTTPS server").
+fn is_registry_answer(r: &Response) -> bool {
+    r.headers().contains_key("docker-distribution-api-version")
+        || matches!(r.status(), StatusCode::OK | StatusCode::UNAUTHORIZED)
+}
+
+/// Whether an answer is worth another try.
+fn retryable_status(s: StatusCode) -> bool {
+    s == StatusCode::TOO_MANY_REQUESTS
+        || matches!(
+            s,
+            StatusCode::INTERNAL_SERVER_ERROR
+                | StatusCode::BAD_GATEWAY
+                | StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::GATEWAY_TIMEOUT
+        )
+}
+
+/// Whether a transport error is worth another try (resets, timeouts,
+/// refused connections of a registry restarting).
+pub fn retryable_error(e: &reqwest::Error) -> bool {
+    e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
+}
+
+/// Runs `attempt` until it answers with a status that is not worth
+/// retrying, at most [`ATTEMPTS`] times with doubling waits.
+pub async fn retry<F, Fut>(attempt: F) -> Result<Response, reqwest::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Response, reqwest::Error>>,
+{
+    retry_n(ATTEMPTS, attempt).await
+}
+
+async fn retry_n<F, Fut>(attempts: u32, mut attempt: F) -> Result<Response, reqwest::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Response, reqwest::Error>>,
+{
+    let mut wait = BACKOFF;
+    for n in 1.. {
+        let last = n >= attempts;
+        match attempt().await {
+            Ok(r) if retryable_status(r.status()) && !last => {
+                // Retry-After in seconds, bounded by our own backoff cap.
+                let after = r
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(|s| Duration::from_secs(s.min(10)));
+                tokio::time::sleep(after.unwrap_or(wait)).await;
+            }
+            Err(e) if retryable_error(&e) && !last => tokio::time::sleep(wait).await,
+            other => return other,
+        }
+        wait *= 2;
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// A registry's error answer as text: `HTTP 404 Not Found: MANIFEST_UNKNOWN
+/// manifest unknown`, from the distribution spec's `errors` list.
+pub async fn status_error(resp: Response) -> String {
+    let status = resp.status();
+    let body = resp.bytes().await.unwrap_or_default();
+    let details: Vec<String> = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("errors").and_then(|e| e.as_array()).cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            let field = |k| e.get(k).and_then(|v| v.as_str()).unwrap_or("");
+            format!("{} {}", field("code"), field("message"))
+                .trim()
+                .to_string()
+        })
+        .filter(|s| !s.is_empty())
+        .collect();
+    if details.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        format!("HTTP {status}: {}", details.join("; "))
+    }
+}

@@ -1,0 +1,368 @@
+//! Pulling: a reference to its manifest (an index resolved to the build
+//! platform), and blobs streamed into the content store, each verified
+//! against its digest before it is kept; a dropped download resumes with
+//! `Range` where it stopped.
+
+use std::io::Write as _;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use cache::Digest;
+use cache::blob::BlobStore;
+use cache::spec::{Descriptor, Index, Manifest, media};
+use futures_util::StreamExt as _;
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, RANGE};
+use sha2::{Digest as _, Sha256};
+
+use super::client::{Access, Client, Scope, retryable_error, status_error};
+use super::hosts::Endpoint;
+use super::reference::Reference;
+use super::transfer::Transfer;
+
+/// Every manifest type we read, as the Accept header lists them.
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// Times a download may resume after its connection drops.
+const RESUMES: u32 = 5;
+
+/// The platform images resolve to (the build host's).
+pub const PLATFORM_OS: &str = "linux";
+/// The build host's architecture, as OCI names it.
+pub const PLATFORM_ARCH: &str = "amd64";
+
+/// A manifest as fetched: bytes verified against their digest.
+pub struct Fetched {
+    /// Its descriptor (media type, digest, size).
+    pub descriptor: Descriptor,
+    /// The bytes as served.
+    pub bytes: Vec<u8>,
+}
+
+/// An image reference resolved on a registry.
+pub struct Resolved {
+    /// The host that answered (a mirror or the domain's own).
+    pub endpoint: Endpoint,
+    /// The index the reference named, if it named one.
+    pub index: Option<Fetched>,
+    /// The image manifest for the build platform.
+    pub manifest: Fetched,
+    /// The parsed image manifest.
+    pub parsed: Manifest,
+}
+
+/// The scope pulling `reference` needs.
+pub fn pull_scope(reference: &Reference) -> Scope {
+    Scope {
+        repository: reference.path.clone(),
+        access: Access::Pull,
+    }
+}
+
+/// Fetches and verifies the manifest `tag_or_digest` of `reference`.
+async fn fetch_manifest(
+    client: &Client,
+    ep: &Endpoint,
+    reference: &Reference,
+    tag_or_digest: &str,
+) -> anyhow::Result<Fetched> {
+    let scope = [pull_scope(reference)];
+    let path = &reference.path;
+    let resp = client
+        .send(ep, &scope, |http, base| {
+            http.get(format!("{base}/v2/{path}/manifests/{tag_or_digest}"))
+                .header(ACCEPT, MANIFEST_TYPES)
+        })
+        .await?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let msg = status_error(resp).await;
+        if status == StatusCode::NOT_FOUND {
+            bail!("{reference}: not found on {} ({msg})", ep.authority);
+        }
+        bail!(
+            "{reference}: GET manifest {tag_or_digest} from {}: {msg}",
+            ep.authority
+        );
+    }
+    let header_type = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
+    let claimed = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let bytes = resp.bytes().await.with_context(|| {
+        format!(
+            "{reference}: reading manifest {tag_or_digest} from {}",
+            ep.authority
+        )
+    })?;
+    let digest = Digest::of_sha256(Sha256::new_with_prefix(&bytes));
+    // The bytes must be what was asked for by digest, and what the
+    // registry says they are.
+    for want in [
+        tag_or_digest
+            .starts_with("sha256:")
+            .then_some(tag_or_digest),
+        claimed.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if want.starts_with("sha256:") && want != digest.to_string() {
+            bail!(
+                "{reference}: the manifest from {} has digest {digest}, not {want}; nothing was stored",
+                ep.authority
+            );
+        }
+    }
+    let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| {
+            v.get("mediaType")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
+        .or(header_type)
+        .with_context(|| format!("{reference}: the manifest names no media type"))?;
+    Ok(Fetched {
+        descriptor: Descriptor::new(&media_type, &digest, bytes.len() as u64),
+        bytes: bytes.to_vec(),
+    })
+}
+
+fn is_index(media_type: &str) -> bool {
+    media_type == media::OCI_INDEX || media_type == media::DOCKER_MANIFEST_LIST
+}
+
+/// Resolves `reference` on the first of `endpoints` that has it: its
+/// manifest, through its index to linux/amd64 when it names one.
+pub async fn resolve(
+    client: &Client,
+    endpoints: &[Endpoint],
+    reference: &Reference,
+) -> anyhow::Result<Resolved> {
+    let mut errors = Vec::new();
+    for ep in endpoints {
+        match resolve_on(client, ep, reference).await {
+            Ok(r) => return Ok(r),
+            // A mirror that fails is passed over, as BuildKit does.
+            Err(e) if ep.is_mirror_of(&reference.domain) => errors.push(format!("{e:#}")),
+            Err(e) => {
+                return Err(match errors.is_empty() {
+                    true => e,
+                    false => e.context(format!("mirrors failed too: {}", errors.join("; "))),
+                });
+            }
+        }
+    }
+    unreachable!("the domain's own host is the last endpoint")
+}
+
+async fn resolve_on(
+    client: &Client,
+    ep: &Endpoint,
+    reference: &Reference,
+) -> anyhow::Result<Resolved> {
+    let wanted = reference
+        .digest
+        .clone()
+        .or_else(|| reference.tag.clone())
+        .unwrap_or_else(|| "latest".into());
+    let first = fetch_manifest(client, ep, reference, &wanted).await?;
+    let (index, manifest) = if is_index(&first.descriptor.media_type) {
+        let idx: Index = serde_json::from_slice(&first.bytes)
+            .with_context(|| format!("{reference}: reading its index"))?;
+        let chosen = choose_platform(&idx).with_context(|| format!("{reference}"))?;
+        let m = fetch_manifest(client, ep, reference, &chosen.digest).await?;
+        (Some(first), m)
+    } else {
+        (None, first)
+    };
+    match manifest.descriptor.media_type.as_str() {
+        media::OCI_MANIFEST | media::DOCKER_MANIFEST => {}
+        "application/vnd.docker.distribution.manifest.v1+json"
+        | "application/vnd.docker.distribution.manifest.v1+prettyjws" => bail!(
+            "{reference}: the registry serves a schema 1 manifest, which rbuild (like BuildKit) does not read"
+        ),
+        other => bail!("{reference}: {other} is not an image manifest"),
+    }
+    let parsed: Manifest = serde_json::from_slice(&manifest.bytes)
+        .with_context(|| format!("{reference}: reading its manifest"))?;
+    Ok(Resolved {
+        endpoint: ep.clone(),
+        index,
+        manifest,
+        parsed,
+    })
+}
+
+/// The build platform's entry of an index (linux/amd64; an entry without a
+/// variant or with `v1` first, as containerd's matcher orders amd64).
+fn choose_platform(idx: &Index) -> anyhow::Result<&Descriptor> {
+    let candidates = idx.manifests.iter().filter(|d| {
+        d.platform
+            .as_ref()
+            .is_some_and(|p| p.os == PLATFORM_OS && p.architecture == PLATFORM_ARCH)
+    });
+    let rank = |d: &Descriptor| match d.platform.as_ref().and_then(|p| p.variant.as_deref()) {
+        None | Some("") | Some("v1") => 0,
+        Some(_) => 1,
+    };
+    if let Some(d) = candidates.min_by_key(|d| rank(d)) {
+        return Ok(d);
+    }
+    let have: Vec<String> = idx
+        .manifests
+        .iter()
+        .filter_map(|d| d.platform.as_ref())
+        .map(|p| match &p.variant {
+            Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+            None => format!("{}/{}", p.os, p.architecture),
+        })
+        .collect();
+    bail!(
+        "no image for {PLATFORM_OS}/{PLATFORM_ARCH} in its index (it has {})",
+        if have.is_empty() {
+            "no platforms".to_string()
+        } else {
+            have.join(", ")
+        }
+    )
+}
+
+/// Downloads `desc` into `blobs` unless it is there: streamed, resumed
+/// after a dropped connection, and kept only when its digest and size
+/// match.
+pub async fn fetch_blob(
+    client: &Client,
+    ep: &Endpoint,
+    reference: &Reference,
+    blobs: &BlobStore,
+    desc: &Descriptor,
+    transfer: &Arc<dyn Transfer>,
+) -> anyhow::Result<()> {
+    let digest: Digest = desc
+        .digest
+        .parse()
+        .with_context(|| format!("{reference}: bad digest {}", desc.digest))?;
+    if blobs.contains(&digest) {
+        transfer.done(&desc.digest, desc.size, true);
+        return Ok(());
+    }
+    transfer.start(&desc.digest, desc.size);
+    let scope = [pull_scope(reference)];
+    let path = &reference.path;
+    let mut writer = blobs.writer()?;
+    let mut resumes = 0;
+    'request: loop {
+        let offset = writer.size();
+        let resp = client
+            .send(ep, &scope, |http, base| {
+                let req = http.get(format!("{base}/v2/{path}/blobs/{digest}"));
+                if offset > 0 {
+                    req.header(RANGE, format!("bytes={offset}-"))
+                } else {
+                    req
+                }
+            })
+            .await?;
+        match resp.status() {
+            StatusCode::PARTIAL_CONTENT if offset > 0 => {}
+            StatusCode::OK if offset > 0 => {
+                // No ranges here: start again.
+                writer = blobs.writer()?;
+            }
+            StatusCode::OK => {}
+            _ => {
+                let msg = status_error(resp).await;
+                bail!(
+                    "{reference}: GET blob {digest} from {}: {msg}",
+                    ep.authority
+                );
+            }
+        }
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    writer
+                        .write_all(&bytes)
+                        .with_context(|| format!("storing blob {digest}"))?;
+                    transfer.progress(&desc.digest, writer.size());
+                    if writer.size() > desc.size {
+                        bail!(
+                            "{reference}: blob {digest} from {} is longer than its {} bytes; nothing was stored",
+                            ep.authority,
+                            desc.size
+                        );
+                    }
+                }
+                Err(e) if retryable_error(&e) && resumes < RESUMES => {
+                    resumes += 1;
+                    continue 'request;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("{reference}: reading blob {digest} from {}", ep.authority)
+                    });
+                }
+            }
+        }
+        break;
+    }
+    writer.commit(Some((&digest, desc.size))).with_context(|| {
+        format!(
+            "{reference}: blob from {} does not match its digest; nothing was stored",
+            ep.authority
+        )
+    })?;
+    transfer.done(&desc.digest, desc.size, false);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cache::spec::Platform;
+
+    fn entry(arch: &str, variant: Option<&str>, digest: &str) -> Descriptor {
+        let mut d = Descriptor::new(media::OCI_MANIFEST, &digest.parse().unwrap(), 1);
+        d.platform = Some(Platform {
+            architecture: arch.into(),
+            os: "linux".into(),
+            os_version: None,
+            os_features: None,
+            variant: variant.map(str::to_string),
+        });
+        d
+    }
+
+    #[test]
+    fn index_resolves_to_amd64() {
+        let a = format!("sha256:{}", "a".repeat(64));
+        let b = format!("sha256:{}", "b".repeat(64));
+        let c = format!("sha256:{}", "c".repeat(64));
+        let idx = Index {
+            schema_version: 2,
+            media_type: Some(media::OCI_INDEX.into()),
+            manifests: vec![
+                entry("arm64", Some("v8"), &a),
+                entry("amd64", Some("v3"), &b),
+                entry("amd64", None, &c),
+            ],
+            annotations: None,
+        };
+        assert_eq!(choose_platform(&idx).unwrap().digest, c);
+        let only_arm = Index {
+            manifests: vec![entry("arm64", Some("v8"), &a)],
+            ..idx
+        };
+        let err = choose_platform(&only_arm).unwrap_err().to_string();
+        assert!(err.contains("linux/arm64/v8"), "{err}");
+    }
+}

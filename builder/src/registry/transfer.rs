@@ -1,0 +1,124 @@
+//! Progress of blob transfers, and the plain-text lines `rbuild pull` and
+//! `rbuild push` print (BuildKit's `sha256:... 12.58MB / 30.10MB 0.8s`).
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Told of each blob as it moves.
+pub trait Transfer: Send + Sync {
+    /// A blob of `size` bytes starts moving.
+    fn start(&self, digest: &str, size: u64);
+    /// `bytes` of it have moved so far.
+    fn progress(&self, digest: &str, bytes: u64);
+    /// It is there; `existed` when nothing had to move.
+    fn done(&self, digest: &str, size: u64, existed: bool);
+}
+
+/// Reports nothing.
+pub struct Silent;
+
+impl Transfer for Silent {
+    fn start(&self, _: &str, _: u64) {}
+    fn progress(&self, _: &str, _: u64) {}
+    fn done(&self, _: &str, _: u64, _: bool) {}
+}
+
+/// Lines on stderr: one when a blob starts, one every few seconds while it
+/// moves, one when it is done.
+pub struct Lines {
+    verb: &'static str,
+    started: Mutex<HashMap<String, (Instant, Instant)>>,
+}
+
+impl Lines {
+    /// `verb` is what moving is called (`pulling`, `pushing`).
+    pub fn new(verb: &'static str) -> Lines {
+        Lines {
+            verb,
+            started: Mutex::default(),
+        }
+    }
+}
+
+/// The interval between progress lines of one blob.
+const EVERY: Duration = Duration::from_secs(2);
+
+fn short(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    &hex[..hex.len().min(12)]
+}
+
+/// Bytes in BuildKit's units (decimal, two decimals).
+pub fn human_bytes(n: u64) -> String {
+    let n = n as f64;
+    match n {
+        n if n >= 1e9 => format!("{:.2}GB", n / 1e9),
+        n if n >= 1e6 => format!("{:.2}MB", n / 1e6),
+        n if n >= 1e3 => format!("{:.2}kB", n / 1e3),
+        n => format!("{n}B"),
+    }
+}
+
+impl Transfer for Lines {
+    fn start(&self, digest: &str, size: u64) {
+        let now = Instant::now();
+        self.started
+            .lock()
+            .expect("lock")
+            .insert(digest.to_string(), (now, now));
+        let _ = writeln!(
+            std::io::stderr(),
+            "{} {} {}",
+            self.verb,
+            short(digest),
+            human_bytes(size)
+        );
+    }
+
+    fn progress(&self, digest: &str, bytes: u64) {
+        let mut started = self.started.lock().expect("lock");
+        let Some((t0, last)) = started.get_mut(digest) else {
+            return;
+        };
+        if last.elapsed() >= EVERY {
+            *last = Instant::now();
+            let _ = writeln!(
+                std::io::stderr(),
+                "sha256:{} {} {:.1}s",
+                short(digest),
+                human_bytes(bytes),
+                t0.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    fn done(&self, digest: &str, size: u64, existed: bool) {
+        let t0 = self.started.lock().expect("lock").remove(digest);
+        let line = match (existed, t0) {
+            (true, _) | (false, None) => format!("{} exists", short(digest)),
+            (false, Some((t0, _))) => format!(
+                "{} {} / {} {:.1}s done",
+                short(digest),
+                human_bytes(size),
+                human_bytes(size),
+                t0.elapsed().as_secs_f64()
+            ),
+        };
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_as_buildkit_prints_them() {
+        assert_eq!(human_bytes(12), "12B");
+        assert_eq!(human_bytes(12_580_000), "12.58MB");
+        assert_eq!(human_bytes(1_500), "1.50kB");
+        assert_eq!(human_bytes(2_000_000_000), "2.00GB");
+    }
+}

@@ -1,0 +1,137 @@
+//! The one answer to "what image is REF": build-context aliases, then the
+//! local image store (unless `--pull`), then the registry, whose image is
+//! pulled into the store and tagged there. The graph compiler asks it for
+//! base configs and the solver for layers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cache::blob::BlobStore;
+
+use crate::images::{self, Aliases, StoredImage};
+use crate::publish::pull_image;
+use crate::registry::Registry;
+use crate::registry::hosts::Settings;
+use crate::registry::transfer::Transfer;
+
+/// Resolves base images for one build: each reference once.
+pub struct Resolver<'a> {
+    blobs: &'a BlobStore,
+    aliases: Aliases,
+    settings: Settings,
+    /// Re-check every reference on its registry (`--pull`).
+    always_pull: bool,
+    registry: OnceLock<Registry>,
+    resolved: Mutex<HashMap<String, StoredImage>>,
+    /// The first failure, for the caller of the infallible config lookup.
+    failure: Mutex<Option<anyhow::Error>>,
+    transfer: Arc<dyn Transfer>,
+}
+
+impl<'a> Resolver<'a> {
+    /// A resolver over the store `blobs`.
+    pub fn new(
+        blobs: &'a BlobStore,
+        settings: Settings,
+        always_pull: bool,
+        transfer: Arc<dyn Transfer>,
+    ) -> Resolver<'a> {
+        Resolver {
+            blobs,
+            aliases: Aliases::new(),
+            settings,
+            always_pull,
+            registry: OnceLock::new(),
+            resolved: Mutex::default(),
+            failure: Mutex::default(),
+            transfer,
+        }
+    }
+
+    /// Names `image` `name` for this build (`--build-context
+    /// NAME=docker-image://REF|oci-layout://PATH`).
+    pub fn alias(&mut self, name: &str, image: StoredImage) {
+        self.aliases.insert(name.to_string(), image);
+    }
+
+    /// The store images are resolved into.
+    pub fn blobs(&self) -> &BlobStore {
+        self.blobs
+    }
+
+    /// The registry client, made on first use.
+    pub fn registry(&self) -> anyhow::Result<&Registry> {
+        if let Some(r) = self.registry.get() {
+            return Ok(r);
+        }
+        let r = Registry::new(self.settings.clone())?;
+        Ok(self.registry.get_or_init(|| r))
+    }
+
+    /// The image `reference` names: an alias, the local store's (unless
+    /// `--pull`), else pulled.
+    pub fn resolve(&self, reference: &str) -> anyhow::Result<StoredImage> {
+        if let Some(img) = self.aliases.get(reference) {
+            return Ok(img.clone());
+        }
+        if let Some(img) = self.resolved.lock().expect("lock").get(reference) {
+            return Ok(img.clone());
+        }
+        let local = if self.always_pull {
+            None
+        } else {
+            images::find(self.blobs, reference)?
+        };
+        let img = match local {
+            Some(img) => img,
+            None => pull_image(self.registry()?, self.blobs, reference, &self.transfer)?,
+        };
+        self.resolved
+            .lock()
+            .expect("lock")
+            .insert(reference.to_string(), img.clone());
+        Ok(img)
+    }
+
+    /// The first resolution that failed during config lookups.
+    pub fn take_failure(&self) -> Option<anyhow::Error> {
+        self.failure.lock().expect("lock").take()
+    }
+}
+
+impl frontend::graph::ImageConfigs for Resolver<'_> {
+    fn config(&self, reference: &str) -> Option<frontend::graph::BaseConfig> {
+        let read = self
+            .resolve(reference)
+            .and_then(|img| images::read(self.blobs, &img));
+        match read {
+            Ok((_, cfg)) => Some(base_config(cfg.config)),
+            Err(e) => {
+                self.failure
+                    .lock()
+                    .expect("lock")
+                    .get_or_insert(e.context(format!("resolving the base image {reference}")));
+                None
+            }
+        }
+    }
+}
+
+/// What the graph compiler takes from an image's config.
+pub fn base_config(c: cache::spec::ContainerConfig) -> frontend::graph::BaseConfig {
+    frontend::graph::BaseConfig {
+        env: c
+            .env
+            .unwrap_or_default()
+            .iter()
+            .map(|e| {
+                let (k, v) = e.split_once('=').unwrap_or((e, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect(),
+        workdir: c.working_dir.unwrap_or_default(),
+        user: c.user.unwrap_or_default(),
+        shell: c.shell.unwrap_or_default(),
+        onbuild: c.on_build.unwrap_or_default(),
+    }
+}

@@ -1,0 +1,452 @@
+//! The registry client against a real registry (Debian's docker-registry
+//! on 127.0.0.1) and real clients (skopeo, umoci): push, pull, FROM a
+//! registry image, Basic auth and login, corrupt blobs, indexes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::registry::{Options, Registry};
+use common::{is_root, rbuild, rbuild_env, tmp};
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A context with busybox, a data file and `dockerfile`.
+fn context(dir: &Path, dockerfile: &str) -> PathBuf {
+    let ctx = dir.join("ctx");
+    std::fs::create_dir_all(ctx.join("data")).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    std::fs::write(ctx.join("data/file.txt"), "payload\n").unwrap();
+    std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    ctx
+}
+
+const BASE: &str = "FROM scratch\nCOPY busybox /bin/busybox\nCOPY data/file.txt /data/\nENV A=1\nCMD [\"/bin/busybox\",\"true\"]\n";
+
+/// Builds BASE as `name` in `root`.
+fn build_base(dir: &Path, root: &Path, name: &str) {
+    let ctx = context(dir, BASE);
+    ok(&rbuild(
+        root,
+        &["build", "-q", "-t", name, ctx.to_str().unwrap()],
+    ));
+}
+
+fn skopeo(args: &[&str]) -> Output {
+    Command::new("skopeo")
+        .args(args)
+        .output()
+        .expect("skopeo runs (.ci/run installs it)")
+}
+
+/// Requests in the registry's access log whose line contains `needle`.
+fn requests(reg: &Registry, needle: &str) -> usize {
+    reg.log()
+        .lines()
+        .filter(|l| l.contains("HTTP/1.1\"") && l.contains(needle))
+        .count()
+}
+
+#[test]
+fn push_is_read_by_skopeo_and_umoci_and_pulls_back() {
+    let t = tmp("reg-roundtrip");
+    let reg = Registry::start(&t.0.join("reg"), Options::default());
+    let root = t.0.join("root");
+    build_base(&t.0, &root, "app:1");
+    let name = format!("{}/team/app:1", reg.addr);
+    ok(&rbuild(&root, &["tag", "app:1", &name]));
+    let pushed = rbuild(&root, &["push", &name]);
+    let out = ok(&pushed);
+    let digest = out
+        .split("digest: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("push prints the digest")
+        .to_string();
+
+    let inspect = ok(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{name}"),
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(v["Digest"], digest.as_str());
+    assert!(
+        v["Env"].as_array().unwrap().iter().any(|e| e == "A=1"),
+        "{inspect}"
+    );
+    let layout = t.0.join("layout");
+    ok(&skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{name}"),
+        &format!("oci:{}:x", layout.display()),
+    ]));
+    let bundle = t.0.join("bundle");
+    let o = Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:x", layout.display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    ok(&o);
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("rootfs/data/file.txt")).unwrap(),
+        "payload\n"
+    );
+
+    // Pushed again: the registry has every blob, nothing is uploaded.
+    let uploads = requests(&reg, "POST /v2/team/app/blobs/uploads/");
+    let again = rbuild(&root, &["push", &name]);
+    ok(&again);
+    assert_eq!(requests(&reg, "POST /v2/team/app/blobs/uploads/"), uploads);
+    assert!(!stderr(&again).contains("done"), "{}", stderr(&again));
+
+    // A fresh state root pulls it back, the same image.
+    let fresh = t.0.join("fresh");
+    let pulled = ok(&rbuild(&fresh, &["pull", &name]));
+    assert_eq!(pulled.trim(), name);
+    let a = ok(&rbuild(&root, &["inspect", &name]));
+    let b = ok(&rbuild(&fresh, &["inspect", &name]));
+    let id = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["Id"].clone();
+    assert_eq!(id(&a), id(&b));
+    assert!(ok(&rbuild(&fresh, &["images"])).contains(&name));
+}
+
+#[test]
+fn build_from_an_image_skopeo_pushed() {
+    if !is_root() {
+        eprintln!("skipped: RUN needs root");
+        return;
+    }
+    let t = tmp("reg-from");
+    let reg = Registry::start(&t.0.join("reg"), Options::default());
+    let root = t.0.join("root");
+    build_base(&t.0, &root, "base:1");
+    let layout = t.0.join("layout");
+    std::fs::create_dir_all(&layout).unwrap();
+    ok(&rbuild(
+        &root,
+        &[
+            "save",
+            "-o",
+            layout.join("base.tar").to_str().unwrap(),
+            "base:1",
+        ],
+    ));
+    std::fs::create_dir_all(layout.join("oci")).unwrap();
+    ok(&Command::new("tar")
+        .arg("-xf")
+        .arg(layout.join("base.tar"))
+        .arg("-C")
+        .arg(layout.join("oci"))
+        .output()
+        .unwrap());
+    let base = format!("{}/other/base:2", reg.addr);
+    ok(&skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}", layout.join("oci").display()),
+        &format!("docker://{base}"),
+    ]));
+
+    let dir = t.0.join("app");
+    let ctx = context(
+        &dir,
+        &format!(
+            "FROM {base}\nRUN [\"/bin/busybox\",\"sh\",\"-c\",\"echo $A > /env && cp /data/file.txt /copied\"]\n"
+        ),
+    );
+    // A state root that has never seen the base: FROM pulls it.
+    let fresh = t.0.join("fresh");
+    let out = t.0.join("out");
+    let dest = format!("type=local,dest={}", out.display());
+    let build = |extra: &[&str]| {
+        let mut args = vec!["build", "--progress=plain"];
+        args.extend_from_slice(extra);
+        args.extend(["-o", &dest, ctx.to_str().unwrap()]);
+        let o = rbuild(&fresh, &args);
+        ok(&o);
+        o
+    };
+    build(&[]);
+    assert_eq!(std::fs::read_to_string(out.join("env")).unwrap(), "1\n");
+    assert_eq!(
+        std::fs::read_to_string(out.join("copied")).unwrap(),
+        "payload\n"
+    );
+    assert!(ok(&rbuild(&fresh, &["images"])).contains(&base));
+
+    // Once pulled, a rebuild asks the registry nothing; --pull asks for
+    // the manifest once and downloads no blob again.
+    let manifests = || requests(&reg, "/v2/other/base/manifests/");
+    let blobs = || requests(&reg, "GET /v2/other/base/blobs/");
+    let (m0, b0) = (manifests(), blobs());
+    build(&[]);
+    assert_eq!((manifests(), blobs()), (m0, b0));
+    let pulled = build(&["--pull"]);
+    assert_eq!((manifests(), blobs()), (m0 + 1, b0), "{}", stderr(&pulled));
+    assert!(stderr(&pulled).contains("CACHED"), "{}", stderr(&pulled));
+}
+
+#[test]
+fn basic_auth_login_and_logout() {
+    let t = tmp("reg-basic");
+    let reg = Registry::start(
+        &t.0.join("reg"),
+        Options {
+            htpasswd: Some(("alice".into(), "s3cret".into())),
+            ..Options::default()
+        },
+    );
+    let root = t.0.join("root");
+    build_base(&t.0, &root, "app:1");
+    let name = format!("{}/app:1", reg.addr);
+    ok(&rbuild(&root, &["tag", "app:1", &name]));
+    let config = t.0.join("docker-config");
+    let env = [("DOCKER_CONFIG", config.to_str().unwrap())];
+
+    // No credentials: a clear refusal that says what to do.
+    let o = rbuild_env(&root, &["push", &name], &env);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&reg.addr) && err.contains("rbuild login"),
+        "{err}"
+    );
+
+    // A wrong password: login fails and stores nothing.
+    let login = |pass: &str| {
+        Command::new(env!("CARGO_BIN_EXE_rbuild"))
+            .args(["--root", root.to_str().unwrap(), "login", "-u", "alice"])
+            .arg("--password-stdin")
+            .arg(&reg.addr)
+            .env("DOCKER_CONFIG", &config)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write as _;
+                c.stdin
+                    .take()
+                    .unwrap()
+                    .write_all(format!("{pass}\n").as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap()
+    };
+    let o = login("wrong");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(&reg.addr), "{}", stderr(&o));
+    assert!(!config.join("config.json").exists());
+
+    let o = login("s3cret");
+    assert!(ok(&o).contains("Login Succeeded"));
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(config.join("config.json")).unwrap()).unwrap();
+    assert!(stored["auths"][&reg.addr]["auth"].is_string(), "{stored}");
+
+    ok(&rbuild_env(&root, &["push", &name], &env));
+    let fresh = t.0.join("fresh");
+    ok(&rbuild_env(&fresh, &["pull", &name], &env));
+
+    // Stored credentials that are wrong: the error names where they came from.
+    std::fs::write(
+        config.join("config.json"),
+        format!(
+            "{{\"auths\":{{\"{}\":{{\"auth\":\"YWxpY2U6d3Jvbmc=\"}}}}}}",
+            reg.addr
+        ),
+    )
+    .unwrap();
+    let o = rbuild_env(&t.0.join("fresh2"), &["pull", &name], &env);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("config.json") && err.contains("401") && !err.contains("wrong"),
+        "{err}"
+    );
+
+    let o = rbuild_env(&root, &["logout", &reg.addr], &env);
+    assert!(ok(&o).contains("Removing login credentials"));
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(config.join("config.json")).unwrap()).unwrap();
+    assert!(stored["auths"].get(&reg.addr).is_none(), "{stored}");
+}
+
+#[test]
+fn a_corrupt_blob_is_refused_and_nothing_is_stored() {
+    let t = tmp("reg-corrupt");
+    let reg = Registry::start(&t.0.join("reg"), Options::default());
+    let root = t.0.join("root");
+    build_base(&t.0, &root, "app:1");
+    let name = format!("{}/app:1", reg.addr);
+    ok(&rbuild(&root, &["tag", "app:1", &name]));
+    ok(&rbuild(&root, &["push", &name]));
+    let inspect: serde_json::Value = serde_json::from_str(&ok(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{name}"),
+    ])))
+    .unwrap();
+    let layer = inspect["Layers"][0].as_str().unwrap().to_string();
+    // Same size, other bytes.
+    let path = reg.blob_path(&layer);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+
+    let fresh = t.0.join("fresh");
+    let o = rbuild(&fresh, &["pull", &name]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains(&layer) && err.contains(&name), "{err}");
+    let hex = layer.strip_prefix("sha256:").unwrap();
+    assert!(!fresh.join("content/blobs/sha256").join(hex).exists());
+    assert!(!ok(&rbuild(&fresh, &["images"])).contains(&name));
+}
+
+#[test]
+fn missing_images_and_bad_names_are_clear_errors() {
+    let t = tmp("reg-missing");
+    let reg = Registry::start(&t.0.join("reg"), Options::default());
+    let root = t.0.join("root");
+    let o = rbuild(&root, &["pull", &format!("{}/nothing:1", reg.addr)]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("nothing:1") && err.contains("not found"),
+        "{err}"
+    );
+    let o = rbuild(&root, &["pull", "me/Upper:1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("must be lowercase"), "{}", stderr(&o));
+
+    let dir = t.0.join("app");
+    let ctx = context(&dir, &format!("FROM {}/nothing:1\nRUN true\n", reg.addr));
+    let o = rbuild(&root, &["build", ctx.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("nothing:1") && err.contains("not found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn build_push_with_compression_and_media_types() {
+    let t = tmp("reg-build-push");
+    let reg = Registry::start(&t.0.join("reg"), Options::default());
+    let root = t.0.join("root");
+    let ctx = context(&t.0, BASE);
+    let name = format!("{}/built/app:1", reg.addr);
+    let meta = t.0.join("meta.json");
+    ok(&rbuild(
+        &root,
+        &[
+            "build",
+            "--push",
+            "-t",
+            &name,
+            "--metadata-file",
+            meta.to_str().unwrap(),
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    let raw = |n: &str| -> serde_json::Value {
+        serde_json::from_str(&ok(&skopeo(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{n}"),
+        ])))
+        .unwrap()
+    };
+    let inspect: serde_json::Value = serde_json::from_str(&ok(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{name}"),
+    ])))
+    .unwrap();
+    assert_eq!(inspect["Digest"], meta["containerimage.digest"]);
+    let m = raw(&name);
+    assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    for l in m["layers"].as_array().unwrap() {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        );
+    }
+
+    // zstd layers through -o: they have no Docker media type, so the
+    // manifest stays OCI even when Docker's are asked for (as BuildKit).
+    let other = format!("{}/built/zstd:1", reg.addr);
+    ok(&rbuild(
+        &root,
+        &[
+            "build",
+            "-q",
+            "-o",
+            &format!("type=image,name={other},push=true,compression=zstd,oci-mediatypes=false"),
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    let m = raw(&other);
+    assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    for l in m["layers"].as_array().unwrap() {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        );
+    }
+    // Docker's media types with gzip.
+    let docker = format!("{}/built/docker:1", reg.addr);
+    ok(&rbuild(
+        &root,
+        &[
+            "build",
+            "-q",
+            "-o",
+            &format!("type=registry,name={docker},oci-mediatypes=false"),
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    let m = raw(&docker);
+    assert_eq!(
+        m["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    for l in m["layers"].as_array().unwrap() {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        );
+    }
+    // Real readers unpack both.
+    for n in [&name, &other, &docker] {
+        let layout = t.0.join(format!("layout-{}", n.len()));
+        ok(&skopeo(&[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{n}"),
+            &format!("oci:{}:x", layout.display()),
+        ]));
+    }
+}
