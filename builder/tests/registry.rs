@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::registry::{Options, Registry};
+use common::registry::{Options, Pki, Registry};
 use common::{is_root, rbuild, rbuild_env, tmp};
 
 fn ok(o: &Output) -> String {
@@ -449,4 +449,199 @@ fn build_push_with_compression_and_media_types() {
             &format!("oci:{}:x", layout.display()),
         ]));
     }
+}
+
+/// `ROOT/config.toml` with `text`.
+fn settings(root: &Path, text: &str) {
+    std::fs::create_dir_all(root).unwrap();
+    std::fs::write(root.join("config.toml"), text).unwrap();
+}
+
+#[test]
+fn tls_with_a_ca_and_client_certificate_from_certs_d() {
+    let t = tmp("reg-tls");
+    let pki = Pki::new(&t.0.join("pki"));
+    let server = pki.issue("server");
+    let reg = Registry::start(
+        &t.0.join("reg"),
+        Options {
+            tls: Some(server),
+            client_ca: Some(pki.dir.join("ca.crt")),
+            ..Options::default()
+        },
+    );
+    let root = t.0.join("root");
+    build_base(&t.0, &root, "app:1");
+    let name = format!("{}/app:1", reg.addr);
+    ok(&rbuild(&root, &["tag", "app:1", &name]));
+
+    // The CA is unknown: the TLS error, not a plain-HTTP retry, is told.
+    let o = rbuild(&root, &["push", &name]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains(&reg.addr) && err.contains("HTTPS"), "{err}");
+
+    // certs.d as Docker reads it: the CA, and a client certificate.
+    let certs_d = t.0.join("certs.d");
+    let host_dir = certs_d.join(&reg.addr);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::copy(pki.dir.join("ca.crt"), host_dir.join("ca.crt")).unwrap();
+    let config = format!("certs_d = \"{}\"\n", certs_d.display());
+    settings(&root, &config);
+    let o = rbuild(&root, &["push", &name]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "the client certificate is required"
+    );
+    let (cert, key) = pki.issue("client");
+    std::fs::copy(cert, host_dir.join("client.cert")).unwrap();
+    std::fs::copy(key, host_dir.join("client.key")).unwrap();
+    ok(&rbuild(&root, &["push", &name]));
+    let fresh = t.0.join("fresh");
+    settings(&fresh, &config);
+    ok(&rbuild(&fresh, &["pull", &name]));
+}
+
+#[test]
+fn a_mirror_serves_docker_hub_names() {
+    if !is_root() {
+        eprintln!("skipped: RUN needs root");
+        return;
+    }
+    let t = tmp("reg-mirror");
+    let reg = Registry::start(&t.0.join("reg"), Options::default());
+    let root = t.0.join("root");
+    build_base(&t.0, &root, "busybase:1");
+    // As Docker Hub would name an official image.
+    let on_mirror = format!("{}/library/busybase:1", reg.addr);
+    ok(&rbuild(&root, &["tag", "busybase:1", &on_mirror]));
+    ok(&rbuild(&root, &["push", &on_mirror]));
+
+    let fresh = t.0.join("fresh");
+    settings(
+        &fresh,
+        &format!("[registry.\"docker.io\"]\nmirrors = [\"{}\"]\n", reg.addr),
+    );
+    let dir = t.0.join("app");
+    let ctx = context(
+        &dir,
+        "FROM busybase:1\nRUN [\"/bin/busybox\",\"test\",\"-f\",\"/data/file.txt\"]\n",
+    );
+    ok(&rbuild(
+        &fresh,
+        &["build", "-q", "-t", "app:2", ctx.to_str().unwrap()],
+    ));
+    assert!(ok(&rbuild(&fresh, &["images"])).contains("busybase:1"));
+    assert!(requests(&reg, "GET /v2/library/busybase/manifests/1") >= 1);
+}
+
+#[test]
+fn an_index_resolves_to_linux_amd64_and_blobs_mount_across_repositories() {
+    let t = tmp("reg-index");
+    let reg = Registry::start(&t.0.join("reg"), Options::default());
+    let root = t.0.join("root");
+    build_base(&t.0, &root, "app:1");
+    let amd64 = format!("{}/multi/app:amd64", reg.addr);
+    ok(&rbuild(&root, &["tag", "app:1", &amd64]));
+    ok(&rbuild(&root, &["push", &amd64]));
+    let raw = |n: &str| -> (serde_json::Value, String) {
+        let text = ok(&skopeo(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{n}"),
+        ]));
+        (serde_json::from_str(&text).unwrap(), text)
+    };
+    let (manifest, text) = raw(&amd64);
+    let digest = |bytes: &[u8]| {
+        use sha2::Digest as _;
+        format!("sha256:{:x}", sha2::Sha256::digest(bytes))
+    };
+    let amd64_digest = digest(text.as_bytes());
+    // An index whose first entry is another platform (pointing at the same
+    // manifest: only the platform field decides).
+    let entry = |arch: &str, variant: Option<&str>| {
+        let mut p = serde_json::json!({"architecture": arch, "os": "linux"});
+        if let Some(v) = variant {
+            p["variant"] = v.into();
+        }
+        serde_json::json!({
+            "mediaType": manifest["mediaType"],
+            "digest": amd64_digest,
+            "size": text.len(),
+            "platform": p,
+        })
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry("arm64", Some("v8")), entry("amd64", None)],
+    });
+    // skopeo copies an index from an OCI layout as it is.
+    let layout = t.0.join("layout");
+    ok(&skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{amd64}"),
+        &format!("oci:{}:x", layout.display()),
+    ]));
+    let index_bytes = serde_json::to_vec(&index).unwrap();
+    let index_digest = digest(&index_bytes);
+    std::fs::write(
+        layout
+            .join("blobs/sha256")
+            .join(index_digest.strip_prefix("sha256:").unwrap()),
+        &index_bytes,
+    )
+    .unwrap();
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "digest": index_digest,
+                "size": index_bytes.len(),
+                "annotations": {"org.opencontainers.image.ref.name": "multi"},
+            }],
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let multi = format!("{}/multi/app:both", reg.addr);
+    ok(&skopeo(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:multi", layout.display()),
+        &format!("docker://{multi}"),
+    ]));
+    let fresh = t.0.join("fresh");
+    ok(&rbuild(&fresh, &["pull", &multi]));
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(&rbuild(&fresh, &["inspect", &multi]))).unwrap();
+    assert_eq!(inspect["Digest"], amd64_digest.as_str());
+    // By digest too.
+    let by_digest = format!("{}/multi/app@{index_digest}", reg.addr);
+    ok(&rbuild(&fresh, &["pull", &by_digest]));
+
+    // Pushed to another repository of the same registry: its blobs are
+    // mounted from the one they were pulled from, not uploaded.
+    let copy = format!("{}/other/copy:1", reg.addr);
+    ok(&rbuild(&fresh, &["tag", &multi, &copy]));
+    let uploads = requests(&reg, "PATCH /v2/other/copy/blobs/uploads/");
+    let o = rbuild(&fresh, &["push", &copy]);
+    ok(&o);
+    assert_eq!(
+        requests(&reg, "PATCH /v2/other/copy/blobs/uploads/"),
+        uploads
+    );
+    assert!(requests(&reg, "mount=sha256") >= 2, "{}", reg.log());
+    ok(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{copy}"),
+    ]));
 }

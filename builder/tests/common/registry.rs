@@ -14,6 +14,8 @@ pub struct Options {
     pub htpasswd: Option<(String, String)>,
     /// TLS with this certificate and key (PEM files).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// With TLS: clients must show a certificate this CA signed.
+    pub client_ca: Option<PathBuf>,
     /// Token auth: (realm, service, issuer, root certificate bundle).
     pub token: Option<(String, String, String, PathBuf)>,
 }
@@ -52,6 +54,9 @@ impl Registry {
                 cert.display(),
                 key.display()
             ));
+            if let Some(ca) = &options.client_ca {
+                config.push_str(&format!("    clientcas:\n      - {}\n", ca.display()));
+            }
         }
         if let Some((user, pass)) = &options.htpasswd {
             let out = Command::new("htpasswd")
@@ -145,4 +150,103 @@ impl Drop for Registry {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A test CA and certificates it signs, made with `openssl`.
+pub struct Pki {
+    /// The directory holding them.
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    /// A CA (`ca.crt`, `ca.key`) in `dir`.
+    pub fn new(dir: &Path) -> Pki {
+        std::fs::create_dir_all(dir).unwrap();
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=rbuild test CA",
+            ],
+        );
+        Pki {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// `NAME.crt`/`NAME.key` signed by the CA, for 127.0.0.1 and localhost
+    /// (a server) or as a client.
+    pub fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
+        let (crt, key, csr) = (
+            format!("{name}.crt"),
+            format!("{name}.key"),
+            format!("{name}.csr"),
+        );
+        openssl(
+            &self.dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        let ext = self.dir.join(format!("{name}.ext"));
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .unwrap();
+        openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                ext.to_str().unwrap(),
+            ],
+        );
+        (self.dir.join(crt), self.dir.join(key))
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs (.ci/run installs it)");
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
