@@ -645,3 +645,68 @@ fn an_index_resolves_to_linux_amd64_and_blobs_mount_across_repositories() {
         &format!("docker://{copy}"),
     ]));
 }
+
+#[test]
+fn bearer_tokens_from_a_token_endpoint() {
+    use common::token_server::{ISSUER, SERVICE, TokenServer};
+    let t = tmp("reg-token");
+    let tokens = TokenServer::start(&t.0.join("token"), "bob", "hunter2");
+    let reg = Registry::start(
+        &t.0.join("reg"),
+        Options {
+            token: Some((
+                tokens.realm.clone(),
+                SERVICE.into(),
+                ISSUER.into(),
+                tokens.bundle.clone(),
+            )),
+            ..Options::default()
+        },
+    );
+    let root = t.0.join("root");
+    build_base(&t.0, &root, "app:1");
+    let name = format!("{}/team/app:1", reg.addr);
+    ok(&rbuild(&root, &["tag", "app:1", &name]));
+    let config = t.0.join("docker-config");
+    std::fs::create_dir_all(&config).unwrap();
+    let env = [("DOCKER_CONFIG", config.to_str().unwrap())];
+
+    // Anonymous: a token with no access, and the registry's refusal.
+    let o = rbuild_env(&root, &["push", &name], &env);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("401") && err.contains("no credentials"),
+        "{err}"
+    );
+
+    let o = Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .args([
+            "--root",
+            root.to_str().unwrap(),
+            "login",
+            "-u",
+            "bob",
+            "-p",
+            "hunter2",
+        ])
+        .arg(&reg.addr)
+        .env("DOCKER_CONFIG", &config)
+        .output()
+        .unwrap();
+    ok(&o);
+    // One token serves the whole push (config, layers, manifest).
+    let before = tokens.issued();
+    ok(&rbuild_env(&root, &["push", &name], &env));
+    assert_eq!(tokens.issued() - before, 1);
+    let before = tokens.issued();
+    ok(&rbuild_env(&t.0.join("fresh"), &["pull", &name], &env));
+    assert_eq!(tokens.issued() - before, 1);
+    ok(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--creds",
+        "bob:hunter2",
+        &format!("docker://{name}"),
+    ]));
+}

@@ -57,8 +57,11 @@ struct Host {
     challenge: Challenge,
 }
 
-/// Tokens by (host, scopes): the token and when to stop using it.
-type Tokens = HashMap<(String, Vec<String>), (String, Instant)>;
+/// A token and when to stop using it; behind an async lock, so requests
+/// made at once for the same scopes wait for one token request.
+type TokenSlot = Arc<tokio::sync::Mutex<Option<(String, Instant)>>>;
+/// Tokens by (host, scopes).
+type Tokens = HashMap<(String, Vec<String>), TokenSlot>;
 
 /// The transport, shared by every pull and push of a process.
 pub struct Client {
@@ -235,7 +238,15 @@ impl Client {
             Challenge::Bearer { realm, service } => {
                 let scope_strings: Vec<String> = scopes.iter().map(Scope::token_scope).collect();
                 let key = (ep.authority.clone(), scope_strings.clone());
-                if let Some((token, until)) = self.tokens.lock().expect("lock").get(&key)
+                let slot = self
+                    .tokens
+                    .lock()
+                    .expect("lock")
+                    .entry(key)
+                    .or_default()
+                    .clone();
+                let mut slot = slot.lock().await;
+                if let Some((token, until)) = slot.as_ref()
                     && Instant::now() < *until
                 {
                     return Ok(Some(format!("Bearer {token}")));
@@ -245,10 +256,7 @@ impl Client {
                     .await?;
                 // A little early, so a token does not run out mid-request.
                 let until = Instant::now() + lifetime.saturating_sub(Duration::from_secs(10));
-                self.tokens
-                    .lock()
-                    .expect("lock")
-                    .insert(key, (token.clone(), until));
+                *slot = Some((token.clone(), until));
                 Ok(Some(format!("Bearer {token}")))
             }
         }
@@ -381,10 +389,15 @@ impl Client {
                 // The token may have run out or lack a scope: one new one.
                 refreshed = true;
                 let strings: Vec<String> = scopes.iter().map(Scope::token_scope).collect();
-                self.tokens
+                let slot = self
+                    .tokens
                     .lock()
                     .expect("lock")
-                    .remove(&(ep.authority.clone(), strings));
+                    .get(&(ep.authority.clone(), strings))
+                    .cloned();
+                if let Some(slot) = slot {
+                    *slot.lock().await = None;
+                }
                 continue;
             }
             let tried = match self.credentials(&ep.domain)? {

@@ -75,3 +75,4 @@ pub fn build_local(root: &Path, ctx: &Path, out: &Path) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 pub mod registry;
+pub mod token_server;
