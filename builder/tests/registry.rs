@@ -710,3 +710,125 @@ fn bearer_tokens_from_a_token_endpoint() {
         &format!("docker://{name}"),
     ]));
 }
+
+#[test]
+fn retries_and_resumes_through_503s_and_resets() {
+    use common::fault_proxy::{Fault, FaultProxy};
+    use std::sync::atomic::Ordering;
+    let t = tmp("reg-faults");
+    let reg = Registry::start(&t.0.join("reg"), Options::default());
+    let root = t.0.join("root");
+    build_base(&t.0, &root, "app:1");
+    let direct = format!("{}/app:1", reg.addr);
+    ok(&rbuild(&root, &["tag", "app:1", &direct]));
+    ok(&rbuild(&root, &["push", &direct]));
+
+    let proxy = FaultProxy::start(
+        &reg.addr,
+        vec![
+            Fault::Pass,
+            Fault::Unavailable,
+            Fault::CutAfter(300_000),
+            Fault::Pass,
+            Fault::Unavailable,
+            Fault::Pass,
+        ],
+    );
+    let fresh = t.0.join("fresh");
+    let through = format!("{}/app:1", proxy.addr);
+    let o = rbuild(&fresh, &["pull", &through]);
+    ok(&o);
+    let c = &proxy.counts;
+    assert!(c.unavailable.load(Ordering::SeqCst) > 0);
+    assert!(c.cut.load(Ordering::SeqCst) > 0);
+    assert!(
+        c.saw_range.load(Ordering::SeqCst),
+        "a cut download resumes with Range: {}",
+        stderr(&o)
+    );
+    let a = ok(&rbuild(&root, &["inspect", &direct]));
+    let b = ok(&rbuild(&fresh, &["inspect", &through]));
+    let id = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["Id"].clone();
+    assert_eq!(id(&a), id(&b));
+
+    // A push through the same faults completes, and real readers read it.
+    let pushed = format!("{}/other:1", proxy.addr);
+    ok(&rbuild(&root, &["tag", "app:1", &pushed]));
+    ok(&rbuild(&root, &["push", &pushed]));
+    ok(&skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}/other:1", reg.addr),
+        &format!("oci:{}:x", t.0.join("check").display()),
+    ]));
+}
+
+#[test]
+fn a_registry_stopped_mid_push_gets_a_whole_image_from_the_next_push() {
+    let t = tmp("reg-stop");
+    let mut reg = Registry::start(&t.0.join("reg"), Options::default());
+    let root = t.0.join("root");
+    // A layer big enough that the push is still going when the registry dies.
+    let ctx = context(
+        &t.0,
+        "FROM scratch\nCOPY big /big\nCOPY busybox /bin/busybox\n",
+    );
+    let mut big = std::fs::File::create(ctx.join("big")).unwrap();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut chunk = vec![0u8; 1 << 20];
+    for _ in 0..48 {
+        for b in chunk.iter_mut() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *b = state as u8;
+        }
+        std::io::Write::write_all(&mut big, &chunk).unwrap();
+    }
+    drop(big);
+    let name = format!("{}/big/app:1", reg.addr);
+    ok(&rbuild(
+        &root,
+        &["build", "-q", "-t", &name, ctx.to_str().unwrap()],
+    ));
+    let push = Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .args(["--root", root.to_str().unwrap(), "push", &name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stop it once an upload has started.
+    let uploads = reg
+        .dir
+        .join("data/docker/registry/v2/repositories/big/app/_uploads");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !uploads.exists() {
+        assert!(std::time::Instant::now() < deadline, "no upload started");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    reg.stop();
+    let out = push.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&reg.addr), "{}", stderr(&out));
+
+    reg.restart();
+    ok(&rbuild(&root, &["push", &name]));
+    let layout = t.0.join("check");
+    ok(&skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{name}"),
+        &format!("oci:{}:x", layout.display()),
+    ]));
+    let bundle = t.0.join("bundle");
+    ok(&Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:x", layout.display()))
+        .arg(&bundle)
+        .output()
+        .unwrap());
+    assert_eq!(
+        std::fs::metadata(bundle.join("rootfs/big")).unwrap().len(),
+        48 << 20
+    );
+}

@@ -476,9 +476,9 @@ fn retryable_status(s: StatusCode) -> bool {
 }
 
 /// Whether a transport error is worth another try (resets, timeouts,
-/// refused connections of a registry restarting).
+/// refused connections of a registry restarting, a body cut short).
 pub fn retryable_error(e: &reqwest::Error) -> bool {
-    e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
+    e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() || e.is_decode()
 }
 
 /// Runs `attempt` until it answers with a status that is not worth

@@ -78,15 +78,15 @@ impl Registry {
             let config = &resolved.parsed.config;
             pull::fetch_blob(&self.client, ep, reference, blobs, config, transfer).await?;
             let layers = &resolved.parsed.layers;
-            let results: Vec<anyhow::Result<()>> = {
-                use futures_util::StreamExt as _;
+            {
+                use futures_util::{StreamExt as _, TryStreamExt as _};
+                // The first failure ends the pull.
                 futures_util::stream::iter(layers)
                     .map(|d| pull::fetch_blob(&self.client, ep, reference, blobs, d, transfer))
                     .buffer_unordered(push::PARALLEL)
-                    .collect()
-                    .await
-            };
-            results.into_iter().collect::<anyhow::Result<()>>()?;
+                    .try_collect::<()>()
+                    .await?;
+            }
             let index = match &resolved.index {
                 Some(i) => {
                     blobs.put_bytes(&i.bytes)?;

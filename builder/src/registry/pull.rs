@@ -68,39 +68,48 @@ async fn fetch_manifest(
 ) -> anyhow::Result<Fetched> {
     let scope = [pull_scope(reference)];
     let path = &reference.path;
-    let resp = client
-        .send(ep, &scope, |http, base| {
-            http.get(format!("{base}/v2/{path}/manifests/{tag_or_digest}"))
-                .header(ACCEPT, MANIFEST_TYPES)
-        })
-        .await?;
-    if !resp.status().is_success() {
-        let status = resp.status();
-        let msg = status_error(resp).await;
-        if status == StatusCode::NOT_FOUND {
-            bail!("{reference}: not found on {} ({msg})", ep.authority);
+    let mut resumes = 0;
+    let (header_type, claimed, bytes) = loop {
+        let resp = client
+            .send(ep, &scope, |http, base| {
+                http.get(format!("{base}/v2/{path}/manifests/{tag_or_digest}"))
+                    .header(ACCEPT, MANIFEST_TYPES)
+            })
+            .await?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let msg = status_error(resp).await;
+            if status == StatusCode::NOT_FOUND {
+                bail!("{reference}: not found on {} ({msg})", ep.authority);
+            }
+            bail!(
+                "{reference}: GET manifest {tag_or_digest} from {}: {msg}",
+                ep.authority
+            );
         }
-        bail!(
-            "{reference}: GET manifest {tag_or_digest} from {}: {msg}",
-            ep.authority
-        );
-    }
-    let header_type = resp
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
-    let claimed = resp
-        .headers()
-        .get("docker-content-digest")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let bytes = resp.bytes().await.with_context(|| {
-        format!(
-            "{reference}: reading manifest {tag_or_digest} from {}",
-            ep.authority
-        )
-    })?;
+        let header = |name| {
+            resp.headers()
+                .get(name)
+                .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let header_type = header(CONTENT_TYPE.as_str())
+            .map(|s| s.split(';').next().unwrap_or(&s).trim().to_string());
+        let claimed = header("docker-content-digest");
+        match resp.bytes().await {
+            Ok(b) => break (header_type, claimed, b),
+            // Cut short: ask again.
+            Err(e) if retryable_error(&e) && resumes < RESUMES => resumes += 1,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "{reference}: reading manifest {tag_or_digest} from {}",
+                        ep.authority
+                    )
+                });
+            }
+        }
+    };
     let digest = Digest::of_sha256(Sha256::new_with_prefix(&bytes));
     // The bytes must be what was asked for by digest, and what the
     // registry says they are.

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use cache::Digest;
 use cache::blob::BlobStore;
 use cache::spec::Descriptor;
-use futures_util::StreamExt as _;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 
@@ -71,12 +71,12 @@ pub async fn push_blobs(
     descs: &[Descriptor],
     transfer: &Arc<dyn Transfer>,
 ) -> anyhow::Result<()> {
-    let results: Vec<anyhow::Result<()>> = futures_util::stream::iter(descs)
+    // The first failure ends the push (the others are dropped).
+    futures_util::stream::iter(descs)
         .map(|d| push_blob(client, target, blobs, d, transfer))
         .buffer_unordered(PARALLEL)
-        .collect()
-        .await;
-    results.into_iter().collect()
+        .try_collect()
+        .await
 }
 
 async fn push_blob(
@@ -115,29 +115,30 @@ async fn push_blob(
         );
     }
     transfer.start(&desc.digest, desc.size);
-    let mut last = None;
-    for _ in 0..UPLOAD_ATTEMPTS {
-        match upload(client, target, &path, desc, &digest, transfer).await {
-            Ok(mounted) => {
-                transfer.done(&desc.digest, desc.size, mounted);
-                return Ok(());
-            }
-            Err(e) => last = Some(e),
+    for attempt in 1.. {
+        // The POST has its own retries: when it fails, the push does.
+        let Some(session) = start_upload(client, target, desc).await? else {
+            transfer.done(&desc.digest, desc.size, true);
+            return Ok(());
+        };
+        // A session broken mid-blob can't be resumed: a new one starts.
+        match send_blob(client, target, &path, desc, &digest, &session, transfer).await {
+            Ok(()) => break,
+            Err(e) if attempt >= UPLOAD_ATTEMPTS => return Err(e),
+            Err(_) => continue,
         }
     }
-    Err(last.expect("at least one attempt"))
+    transfer.done(&desc.digest, desc.size, false);
+    Ok(())
 }
 
-/// One upload session: POST (a mount when a source is known), PATCH with
-/// the whole blob streamed, PUT with the digest. True when mounted.
-async fn upload(
+/// POST: a mount when a source is known (None when it mounted), else a
+/// new upload session's location.
+async fn start_upload(
     client: &Client,
     target: &Target<'_>,
-    path: &std::path::Path,
     desc: &Descriptor,
-    digest: &Digest,
-    transfer: &Arc<dyn Transfer>,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Option<String>> {
     let ep = target.endpoint;
     let repo = &target.reference.path;
     let name = target.reference;
@@ -156,7 +157,7 @@ async fn upload(
         })
         .await?;
     match start.status() {
-        StatusCode::CREATED if from.is_some() => return Ok(true),
+        StatusCode::CREATED if from.is_some() => return Ok(None),
         StatusCode::ACCEPTED => {}
         _ => bail!(
             "{name}: starting an upload on {}: {}",
@@ -164,10 +165,26 @@ async fn upload(
             status_error(start).await
         ),
     }
-    let started_at =
-        location(&start).with_context(|| format!("{name}: upload on {}", ep.authority))?;
+    location(&start)
+        .map(Some)
+        .with_context(|| format!("{name}: upload on {}", ep.authority))
+}
+
+/// PATCH with the whole blob streamed, then PUT with the digest.
+async fn send_blob(
+    client: &Client,
+    target: &Target<'_>,
+    path: &std::path::Path,
+    desc: &Descriptor,
+    digest: &Digest,
+    started_at: &str,
+    transfer: &Arc<dyn Transfer>,
+) -> anyhow::Result<()> {
+    let ep = target.endpoint;
+    let name = target.reference;
+    let scopes = target.scopes(None);
     let base = client.base_url(ep).await?;
-    let patch_url = upload_url(&base, &started_at, "");
+    let patch_url = upload_url(&base, started_at, "");
     let patch_url = patch_url.trim_end_matches(['?', '&']).to_string();
     let size = desc.size;
     let digest_s = desc.digest.clone();
@@ -193,7 +210,7 @@ async fn upload(
             status_error(patched).await
         );
     }
-    let put_at = location(&patched).unwrap_or(started_at);
+    let put_at = location(&patched).unwrap_or_else(|_| started_at.to_string());
     let put_url = upload_url(&base, &put_at, &format!("digest={digest}"));
     let put = client
         .send_once(ep, &scopes, |http, _| {
@@ -207,7 +224,7 @@ async fn upload(
             status_error(put).await
         );
     }
-    Ok(false)
+    Ok(())
 }
 
 /// A blob file as a request body, read in 1 MiB pieces, progress told.

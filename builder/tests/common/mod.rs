@@ -74,5 +74,6 @@ pub fn build_local(root: &Path, ctx: &Path, out: &Path) {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+pub mod fault_proxy;
 pub mod registry;
 pub mod token_server;
