@@ -109,11 +109,15 @@ fn push_is_read_by_skopeo_and_umoci_and_pulls_back() {
         "payload\n"
     );
 
-    // Pushed again: the registry has every blob, nothing is uploaded.
-    let uploads = requests(&reg, "POST /v2/team/app/blobs/uploads/");
+    // Pushed again: the registry has every blob and the manifest, so the
+    // push is HEAD requests (after the ping) and nothing is written.
+    let before = requests(&reg, "/v2/");
+    let heads = requests(&reg, "\"HEAD /v2/team/app/");
     let again = rbuild(&root, &["push", &name]);
     ok(&again);
-    assert_eq!(requests(&reg, "POST /v2/team/app/blobs/uploads/"), uploads);
+    let blobs = v["Layers"].as_array().unwrap().len() + 1;
+    assert_eq!(requests(&reg, "\"HEAD /v2/team/app/") - heads, blobs + 1);
+    assert_eq!(requests(&reg, "/v2/") - before, blobs + 2, "{}", reg.log());
     assert!(!stderr(&again).contains("done"), "{}", stderr(&again));
 
     // A fresh state root pulls it back, the same image.

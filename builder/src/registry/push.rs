@@ -249,8 +249,9 @@ fn location(resp: &reqwest::Response) -> anyhow::Result<String> {
         .context("the registry gave no Location for the upload")
 }
 
-/// PUTs a manifest (its bytes as stored) under `tag_or_digest`; returns
-/// the digest the registry reports, checked against ours.
+/// PUTs a manifest (its bytes as stored) under `tag_or_digest` unless a
+/// HEAD shows the registry has it there; the digest the registry reports
+/// is checked against ours.
 pub async fn push_manifest(
     client: &Client,
     target: &Target<'_>,
@@ -261,6 +262,22 @@ pub async fn push_manifest(
     let ep = target.endpoint;
     let repo = &target.reference.path;
     let scopes = target.scopes(None);
+    // Already there under that name: nothing to write.
+    let head = client
+        .send(ep, &scopes, |http, base| {
+            http.head(format!("{base}/v2/{repo}/manifests/{tag_or_digest}"))
+                .header(reqwest::header::ACCEPT, desc.media_type.as_str())
+        })
+        .await?;
+    if head.status().is_success()
+        && head
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            == Some(desc.digest.as_str())
+    {
+        return Ok(());
+    }
     let resp = client
         .send(ep, &scopes, |http, base| {
             http.put(format!("{base}/v2/{repo}/manifests/{tag_or_digest}"))
