@@ -15,6 +15,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::registry::{Options, Registry};
 use common::{is_root, rbuild, tmp};
 
 /// Each path's line of what must survive.
@@ -93,6 +94,9 @@ fn describe(root: &Path) -> (Entries, LinkGroups) {
 /// A minbase bookworm tree, made once per target directory (debootstrap
 /// takes about half a minute).
 fn debootstrap() -> PathBuf {
+    // The tests of this file share one tree: one makes it, the others wait.
+    static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONCE.lock().unwrap_or_else(|e| e.into_inner());
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debootstrap-bookworm-minbase");
     let done = dir.with_extension("done");
     if done.exists() {
@@ -116,19 +120,14 @@ fn debootstrap() -> PathBuf {
     dir.join("rootfs")
 }
 
-#[test]
-fn debian_rootfs_image_is_exact() {
-    if !is_root() {
-        eprintln!("skipped: debootstrap and building need root");
-        return;
-    }
-    let rootfs = debootstrap();
-    let t = tmp("debian");
-    let ctx = t.0.join("ctx");
+/// `rootfs` as the official image's recipe builds it, tagged `name` in
+/// the state root `root`.
+fn build_debian(rootfs: &Path, dir: &Path, root: &Path, name: &str) {
+    let ctx = dir.join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     let st = Command::new("tar")
         .arg("-C")
-        .arg(&rootfs)
+        .arg(rootfs)
         .arg("-cf")
         .arg(ctx.join("rootfs.tar"))
         .arg(".")
@@ -140,12 +139,20 @@ fn debian_rootfs_image_is_exact() {
         "FROM scratch\nADD rootfs.tar /\nCMD [\"bash\"]\n",
     )
     .unwrap();
-    let root = t.0.join("state");
-    let o = rbuild(
-        &root,
-        &["build", "-q", "-t", "debian:rbuild", ctx.to_str().unwrap()],
-    );
+    let o = rbuild(root, &["build", "-q", "-t", name, ctx.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn debian_rootfs_image_is_exact() {
+    if !is_root() {
+        eprintln!("skipped: debootstrap and building need root");
+        return;
+    }
+    let rootfs = debootstrap();
+    let t = tmp("debian");
+    let root = t.0.join("state");
+    build_debian(&rootfs, &t.0, &root, "debian:rbuild");
 
     // umoci reads the image from the store and unpacks its layer.
     let bundle = t.0.join("bundle");
@@ -208,4 +215,90 @@ fn debian_rootfs_image_is_exact() {
         std::fs::read_to_string(out_dir.join("user")).unwrap(),
         "root\n"
     );
+}
+
+/// The chain a user runs: a Debian base in a registry, reached as
+/// `debian:bookworm` through a docker.io mirror; docker-library's
+/// buildpack-deps `curl` Dockerfile built on it (apt-get from Debian's
+/// mirror), pushed, and read back by skopeo.
+#[test]
+fn buildpack_deps_curl_from_a_registry_base() {
+    if !is_root() {
+        eprintln!("skipped: debootstrap and building need root");
+        return;
+    }
+    let rootfs = debootstrap();
+    let t = tmp("debian-chain");
+    let reg = Registry::start(&t.0.join("reg"), Options::default());
+    let root = t.0.join("state");
+    let base = format!("{}/library/debian:bookworm", reg.addr);
+    build_debian(&rootfs, &t.0, &root, &base);
+    let o = rbuild(&root, &["push", &base]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let fresh = t.0.join("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    std::fs::write(
+        fresh.join("config.toml"),
+        format!("[registry.\"docker.io\"]\nmirrors = [\"{}\"]\n", reg.addr),
+    )
+    .unwrap();
+    let app = t.0.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    let dockerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join(
+        "../../shared/conformance/real-world/docker-library__buildpack-deps__debian__bookworm__curl__Dockerfile.Dockerfile",
+    );
+    let conformance = std::env::var_os("RBUILD_CONFORMANCE")
+        .map(PathBuf::from)
+        .map(|d| {
+            d.join("real-world/docker-library__buildpack-deps__debian__bookworm__curl__Dockerfile.Dockerfile")
+        })
+        .unwrap_or(dockerfile);
+    std::fs::copy(&conformance, app.join("Dockerfile"))
+        .unwrap_or_else(|e| panic!("{}: {e}", conformance.display()));
+    let name = format!("{}/app/buildpack-deps:bookworm-curl", reg.addr);
+    let o = rbuild(
+        &fresh,
+        &["build", "-q", "--push", "-t", &name, app.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let layout = t.0.join("pulled");
+    let o = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{name}"))
+        .arg(format!("oci:{}:x", layout.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bundle = t.0.join("bundle");
+    let o = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:x", layout.display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for tool in [
+        "usr/bin/curl",
+        "usr/bin/wget",
+        "usr/bin/gpg",
+        "usr/bin/sq",
+        "etc/ssl/certs/ca-certificates.crt",
+    ] {
+        assert!(bundle.join("rootfs").join(tool).exists(), "{tool}");
+    }
+    // The base layer is the registry's, shared, not a copy.
+    let layers = |n: &str| -> Vec<serde_json::Value> {
+        let o = Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false"])
+            .arg(format!("docker://{n}"))
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["Layers"].as_array().unwrap().clone()
+    };
+    let (base_layers, app_layers) = (layers(&base), layers(&name));
+    assert_eq!(app_layers.len(), base_layers.len() + 1);
+    assert_eq!(app_layers[0], base_layers[0]);
 }
