@@ -205,6 +205,31 @@ fn build_from_an_image_skopeo_pushed() {
     let pulled = build(&["--pull"]);
     assert_eq!((manifests(), blobs()), (m0 + 1, b0), "{}", stderr(&pulled));
     assert!(stderr(&pulled).contains("CACHED"), "{}", stderr(&pulled));
+
+    // COPY --from a registry image and a docker-image:// build context,
+    // on a state root that has neither.
+    let dir = t.0.join("copy");
+    let ctx = context(
+        &dir,
+        &format!(
+            "FROM scratch\nCOPY --from={base} /data/file.txt /a\nCOPY --from=named /bin/busybox /b\n"
+        ),
+    );
+    let out = t.0.join("copied-out");
+    ok(&rbuild(
+        &t.0.join("fresh2"),
+        &[
+            "build",
+            "-q",
+            "--build-context",
+            &format!("named=docker-image://{base}"),
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(std::fs::read_to_string(out.join("a")).unwrap(), "payload\n");
+    assert!(out.join("b").is_file());
 }
 
 #[test]
@@ -835,4 +860,105 @@ fn a_registry_stopped_mid_push_gets_a_whole_image_from_the_next_push() {
         std::fs::metadata(bundle.join("rootfs/big")).unwrap().len(),
         48 << 20
     );
+}
+
+#[test]
+fn credentials_from_a_credential_helper() {
+    let t = tmp("reg-helper");
+    let reg = Registry::start(
+        &t.0.join("reg"),
+        Options {
+            htpasswd: Some(("carol".into(), "pw-from-helper".into())),
+            ..Options::default()
+        },
+    );
+    let root = t.0.join("root");
+    build_base(&t.0, &root, "app:1");
+    let name = format!("{}/app:1", reg.addr);
+    ok(&rbuild(&root, &["tag", "app:1", &name]));
+    // A helper as docker runs them: `docker-credential-NAME get|store|erase`,
+    // the server on stdin; this one keeps its secret in a file.
+    let bin = t.0.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let store = t.0.join("helper-store");
+    let helper = bin.join("docker-credential-rbuildtest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nread server\ncase \"$1\" in\nget) if [ -f {s} ]; then printf '{{\"ServerURL\":\"%s\",\"Username\":\"carol\",\"Secret\":\"%s\"}}' \"$server\" \"$(cat {s})\"; else echo 'credentials not found in native keychain'; exit 1; fi;;\nstore) printf '%s' \"$server\" | sed 's/.*\"Secret\":\"\\([^\"]*\\)\".*/\\1/' > {s};;\nerase) rm -f {s};;\nesac\n",
+            s = store.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = t.0.join("docker-config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("config.json"),
+        "{\"credsStore\":\"rbuildtest\"}",
+    )
+    .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let env = [
+        ("DOCKER_CONFIG", config.to_str().unwrap()),
+        ("PATH", path.as_str()),
+    ];
+    // Nothing stored yet: the helper says so, and the push is refused.
+    let o = rbuild_env(&root, &["push", &name], &env);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+
+    // login stores through the helper, not in config.json.
+    let o = Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .args([
+            "--root",
+            root.to_str().unwrap(),
+            "login",
+            "-u",
+            "carol",
+            "-p",
+            "pw-from-helper",
+        ])
+        .arg(&reg.addr)
+        .envs(env)
+        .output()
+        .unwrap();
+    ok(&o);
+    assert!(
+        stderr(&o).contains("docker-credential-rbuildtest"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read_to_string(&store).unwrap(), "pw-from-helper");
+    assert!(
+        !std::fs::read_to_string(config.join("config.json"))
+            .unwrap()
+            .contains("auths")
+    );
+    ok(&rbuild_env(&root, &["push", &name], &env));
+    ok(&rbuild_env(&root, &["logout", &reg.addr], &env));
+    assert!(!store.exists());
+}
+
+#[test]
+fn an_insecure_registry_skips_verification() {
+    let t = tmp("reg-insecure");
+    let pki = Pki::new(&t.0.join("pki"));
+    let reg = Registry::start(
+        &t.0.join("reg"),
+        Options {
+            tls: Some(pki.issue("server")),
+            ..Options::default()
+        },
+    );
+    let root = t.0.join("root");
+    build_base(&t.0, &root, "app:1");
+    let name = format!("{}/app:1", reg.addr);
+    ok(&rbuild(&root, &["tag", "app:1", &name]));
+    assert_eq!(rbuild(&root, &["push", &name]).status.code(), Some(1));
+    settings(
+        &root,
+        &format!("[registry.\"{}\"]\ninsecure = true\n", reg.addr),
+    );
+    ok(&rbuild(&root, &["push", &name]));
 }
