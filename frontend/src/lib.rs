@@ -20,6 +20,7 @@ pub mod instructions;
 pub mod parser;
 pub mod print;
 pub mod quote;
+pub mod reference;
 pub mod shell;
 pub mod span;
 pub mod stage;

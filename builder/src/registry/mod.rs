@@ -8,7 +8,6 @@ pub mod client;
 pub mod hosts;
 pub mod pull;
 pub mod push;
-pub mod reference;
 pub mod transfer;
 
 use std::collections::HashMap;
@@ -19,6 +18,8 @@ use cache::Digest;
 use cache::blob::BlobStore;
 use cache::spec::{Descriptor, Manifest};
 
+/// References live in the frontend (FROM names are checked there too).
+pub use frontend::reference;
 pub use reference::Reference;
 
 use client::Client;

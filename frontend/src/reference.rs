@@ -212,10 +212,20 @@ fn check_tag(tag: &str) -> Result<(), String> {
 
 /// `algorithm:hex`, with sha256's and sha512's lengths checked.
 fn check_digest(digest: &str) -> Result<(), String> {
-    digest
-        .parse::<cache::Digest>()
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    let Some((algorithm, hex)) = digest.split_once(':') else {
+        return Err(format!("invalid digest {digest:?}: no algorithm"));
+    };
+    let len = match algorithm {
+        "sha256" => 64,
+        "sha384" => 96,
+        "sha512" => 128,
+        _ => return Err(format!("unsupported digest algorithm in {digest:?}")),
+    };
+    if hex.len() == len && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(())
+    } else {
+        Err(format!("invalid checksum digest format in {digest:?}"))
+    }
 }
 
 #[cfg(test)]
