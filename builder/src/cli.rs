@@ -74,6 +74,8 @@ pub enum Command {
         /// The registry (default: Docker Hub)
         server: Option<String>,
     },
+    /// Run the build checks (BuildKit's lint rules) and build nothing
+    Check(CheckArgs),
     /// Print the build graph that `build` would run, without running it
     Graph(GraphArgs),
     /// Show cache disk usage
@@ -210,6 +212,28 @@ pub struct GraphArgs {
     #[arg(long, value_enum, default_value = "dot")]
     pub format: GraphFormat,
     /// The build context directory
+    pub context: PathBuf,
+}
+
+/// Output of `check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CheckFormat {
+    /// Warnings with the lines they point at
+    Text,
+    /// `{"warnings":[...],"error":null}`
+    Json,
+}
+
+/// `rbuild check`
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub build: BuildGraphArgs,
+    /// Output format
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: CheckFormat,
+    /// The build context directory (for .dockerignore)
+    #[arg(default_value = ".")]
     pub context: PathBuf,
 }
 
@@ -419,7 +443,7 @@ pub struct BuildArgs {
     /// Always pull base images (not supported yet)
     #[arg(long)]
     pub pull: bool,
-    /// Run lint checks only (not supported yet)
+    /// Run the build checks only and build nothing (as `rbuild check`)
     #[arg(long)]
     pub check: bool,
     /// The build context directory, or - for a Dockerfile on stdin

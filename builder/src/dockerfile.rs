@@ -41,6 +41,8 @@ pub struct Loaded {
     pub dockerfile: Dockerfile,
     /// The stages, resolved.
     pub plan: Plan,
+    /// The options it was planned with.
+    pub options: PlanOptions,
 }
 
 /// `--build-arg NAME=VALUE` or `NAME` (value from the environment; skipped
@@ -125,6 +127,7 @@ pub fn load(context: &Path, args: &BuildGraphArgs) -> anyhow::Result<Loaded> {
         path,
         dockerfile,
         plan,
+        options,
     })
 }
 

@@ -17,6 +17,7 @@ pub mod glob;
 pub mod graph;
 pub mod ignore;
 pub mod instructions;
+pub mod lint;
 pub mod parser;
 pub mod print;
 pub mod quote;

@@ -65,3 +65,68 @@ pub fn render_snippet(message: &str, location: &Location, line_text: &str) -> St
         .collect();
     format!("{message}\n {number} | {shown}\n {pad} | {caret_pad}^")
 }
+
+/// The lines of `text` around `span`, as BuildKit prints a source range
+/// (`errdefs.Source.Print`): a `file:line` header, two lines of context
+/// each side (four for a one-line range), the range's lines marked `>>>`.
+pub fn render_source(file: &str, text: &str, span: &Span) -> String {
+    let lines: Vec<&str> = text.split('\n').collect();
+    let (first, last) = (span.start_line, span.end_line.max(span.start_line));
+    if first < 1 || first > lines.len() {
+        return String::new();
+    }
+    let (mut start, mut end) = (first, last.min(lines.len()));
+    let pad = if end == start { 4 } else { 2 };
+    let mut p = 0;
+    while p < pad {
+        if start > 1 {
+            start -= 1;
+            p += 1;
+        }
+        if end != lines.len() {
+            end += 1;
+            p += 1;
+        }
+        p += 1;
+    }
+    let mut out = format!("{file}:{first}\n--------------------\n");
+    for (i, line) in lines.iter().enumerate().take(end).skip(start - 1) {
+        let n = i + 1;
+        let marker = if (first..=last).contains(&n) {
+            ">>>"
+        } else {
+            "   "
+        };
+        out.push_str(&format!(" {n:>3} | {marker} {line}\n"));
+    }
+    out.push_str("--------------------\n");
+    out
+}
+
+#[cfg(test)]
+mod source_tests {
+    use super::*;
+
+    #[test]
+    fn one_line_gets_context_as_buildkit_prints_it() {
+        let text = "FROM a as b\nRUN x\nRUN y\nRUN z\nCMD w";
+        let span = Span {
+            start_line: 1,
+            end_line: 1,
+            ..Span::default()
+        };
+        assert_eq!(
+            render_source("Dockerfile", text, &span),
+            "Dockerfile:1\n--------------------\n   1 | >>> FROM a as b\n   2 |     RUN x\n   3 |     RUN y\n--------------------\n"
+        );
+        let span = Span {
+            start_line: 3,
+            end_line: 4,
+            ..Span::default()
+        };
+        assert_eq!(
+            render_source("Dockerfile", text, &span),
+            "Dockerfile:3\n--------------------\n   2 |     RUN x\n   3 | >>> RUN y\n   4 | >>> RUN z\n   5 |     CMD w\n--------------------\n"
+        );
+    }
+}

@@ -516,6 +516,61 @@ fn predefined_args(
     env
 }
 
+/// The scope FROM lines see: BuildKit's predefined args, then the ARGs
+/// before the first FROM (a build arg wins over a default).
+pub fn global_args(
+    all: &[Instruction],
+    escape: char,
+    options: &PlanOptions,
+) -> Result<EnvList, PlanError> {
+    let meta: Vec<Instruction> = all
+        .iter()
+        .take_while(|i| !matches!(i.kind, Kind::From(_)))
+        .filter(|i| matches!(i.kind, Kind::Arg(_)))
+        .cloned()
+        .collect();
+    let Some(last_from) = all.iter().rev().find(|i| matches!(i.kind, Kind::From(_))) else {
+        return Err(PlanError::Options(
+            "dockerfile contains no stages to build".into(),
+        ));
+    };
+    global_scope(&meta, last_from, &Lex::new(escape), options)
+}
+
+fn global_scope(
+    meta_args: &[Instruction],
+    last_from: &Instruction,
+    lex: &Lex,
+    options: &PlanOptions,
+) -> Result<EnvList, PlanError> {
+    let platform = options.platform.clone().unwrap_or_else(Platform::host);
+    let last_name = match &last_from.kind {
+        Kind::From(f) => f.name.clone().unwrap_or_default(),
+        _ => String::new(),
+    };
+    let target_name = options.target.clone().unwrap_or(last_name);
+    let mut global = predefined_args(&platform, &options.build_args, &target_name);
+    for ins in meta_args {
+        let Kind::Arg(defs) = &ins.kind else { continue };
+        for def in defs {
+            let value = match options.build_args.get(&def.key) {
+                Some(v) => Some(v.clone()),
+                None => match &def.value {
+                    Some(d) => Some(
+                        lex.process_word(d, &global)
+                            .map_err(|e| PlanError::at(&ins.span, e.to_string()))?,
+                    ),
+                    None => None,
+                },
+            };
+            if let Some(v) = value {
+                global.set(&def.key, &v);
+            }
+        }
+    }
+    Ok(global)
+}
+
 /// Plans the build of a parsed Dockerfile.
 pub fn plan(df: &Dockerfile, options: &PlanOptions) -> Result<Plan, PlanError> {
     let instructions = instructions::parse(df)?;
@@ -566,30 +621,12 @@ fn plan_instructions(
     }
 
     let platform = options.platform.clone().unwrap_or_else(Platform::host);
-    let last_name = match &raw_stages.last().expect("non-empty").0.kind {
-        Kind::From(f) => f.name.clone().unwrap_or_default(),
-        _ => String::new(),
-    };
-    let target_name = options.target.clone().unwrap_or(last_name);
-    let mut global = predefined_args(&platform, &options.build_args, &target_name);
-    for ins in &meta_args {
-        let Kind::Arg(defs) = &ins.kind else { continue };
-        for def in defs {
-            let value = match options.build_args.get(&def.key) {
-                Some(v) => Some(v.clone()),
-                None => match &def.value {
-                    Some(d) => Some(
-                        lex.process_word(d, &global)
-                            .map_err(|e| PlanError::at(&ins.span, e.to_string()))?,
-                    ),
-                    None => None,
-                },
-            };
-            if let Some(v) = value {
-                global.set(&def.key, &v);
-            }
-        }
-    }
+    let global = global_scope(
+        &meta_args,
+        &raw_stages.last().expect("non-empty").0,
+        &lex,
+        options,
+    )?;
 
     // SOURCE_DATE_EPOCH: a build arg, else a non-empty global ARG. Only a
     // number of seconds is understood (BuildKit's `context` value needs a
@@ -632,20 +669,35 @@ fn plan_instructions(
         let stage_platform = match &from.platform {
             None => None,
             Some(p) => {
-                let v = lex.process_word(p, &global).map_err(|e| {
+                let e = lex.process(p, &global).map_err(|e| {
                     PlanError::at(
                         &span,
                         format!("failed to process arguments for platform {p}: {e}"),
                     )
                 })?;
+                // BuildKit's wrapSuggestAny: the first unmatched variable
+                // near a global ARG's name gets a did-you-mean.
+                let keys: Vec<&str> = global.iter().map(|(k, _)| k.as_str()).collect();
+                let suggest = |message: String| {
+                    e.unmatched
+                        .iter()
+                        .find_map(|u| crate::instructions::search(u, &keys, true))
+                        .map_or(message.clone(), |m| {
+                            format!("{message} (did you mean {m}?)")
+                        })
+                };
+                let v = e.result.clone();
                 if v.is_empty() {
                     return Err(PlanError::at(
                         &span,
-                        format!("empty platform value from expression {p}"),
+                        suggest(format!("empty platform value from expression {p}")),
                     ));
                 }
-                Some(Platform::parse(&v).map_err(|e| {
-                    PlanError::at(&span, format!("failed to parse platform {p}: {e}"))
+                Some(Platform::parse(&v).map_err(|err| {
+                    PlanError::at(
+                        &span,
+                        suggest(format!("failed to parse platform {p}: {err}")),
+                    )
                 })?)
             }
         };

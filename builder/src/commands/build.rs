@@ -28,7 +28,13 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         return Err(not_yet("--cache-from/--cache-to"));
     }
     if args.check {
-        return Err(not_yet("--check"));
+        let context = if args.context == Path::new("-") {
+            PathBuf::from(".")
+        } else {
+            args.context.clone()
+        };
+        let checked = crate::commands::check::check_file(root, &args.graph, &context)?;
+        return crate::commands::check::print(&checked, crate::cli::CheckFormat::Text);
     }
     let mut outputs: Vec<crate::export::Output> = args
         .outputs
@@ -175,6 +181,31 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         return Err(e);
     }
     let graph = graph?;
+    // The build checks of what this build builds; with `error=true` a
+    // finding fails the build before any step runs.
+    let lint = {
+        let instructions = frontend::instructions::parse(&loaded.dockerfile)?;
+        let config = frontend::lint::config_for(&loaded.dockerfile, &loaded.plan.build_args)?;
+        frontend::lint::lint(
+            &loaded.dockerfile,
+            &instructions,
+            Some(&loaded.plan),
+            config,
+            &frontend::lint::LintOptions {
+                images: &images,
+                ignore: ignore.as_ref(),
+                all_stages: false,
+                build: &loaded.options,
+            },
+        )
+    };
+    if let Some(violation) = lint.violation() {
+        let first = &lint.sorted()[0];
+        return Err(anyhow::Error::new(frontend::stage::PlanError::At {
+            span: first.span.clone(),
+            message: violation,
+        }));
+    }
     let network = match args.network {
         NetworkMode::None => Network::None,
         NetworkMode::Default | NetworkMode::Host => Network::Host,
@@ -329,6 +360,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     if quiet {
         println!("{}", built.image_id);
     } else {
+        print_lint_summary(&lint);
         eprintln!("writing image {} done", built.image_id);
         let masker = crate::mask::Masker::global();
         for t in &args.tags {
@@ -339,8 +371,28 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// BuildKit's end-of-build list: `N warnings found`, one line each.
+fn print_lint_summary(lint: &frontend::lint::Report) {
+    let found = lint.sorted();
+    if found.is_empty() {
+        return;
+    }
+    let noun = if found.len() == 1 {
+        "warning"
+    } else {
+        "warnings"
+    };
+    eprintln!(
+        "\n {} {noun} found (use `rbuild check` to see the lines):",
+        found.len()
+    );
+    for f in found {
+        eprintln!(" - {}", f.short());
+    }
+}
+
 /// The patterns of an ignore file, if there is one.
-fn read_ignore(file: Option<PathBuf>) -> anyhow::Result<Option<PatternMatcher>> {
+pub(crate) fn read_ignore(file: Option<PathBuf>) -> anyhow::Result<Option<PatternMatcher>> {
     let Some(f) = file else { return Ok(None) };
     let text = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
     let matcher = PatternMatcher::new(&read_ignore_file(&String::from_utf8_lossy(&text)))

@@ -2,6 +2,7 @@
 //! context naming the file, flag or reference at fault.
 
 mod build;
+mod check;
 pub(crate) mod debug;
 mod graph;
 mod registry;
@@ -33,6 +34,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Push { reference } => registry::push(cli.root, &reference),
         Command::Login(args) => registry::login(cli.root, args),
         Command::Logout { server } => registry::logout(server.as_deref()),
+        Command::Check(args) => check::run(cli.root, args),
         Command::Graph(args) => graph::run(args),
         Command::Du(args) => store::du(cli.root, args),
         Command::Prune(args) => store::prune(cli.root, args),

@@ -339,6 +339,20 @@ pub(crate) fn suggest(
     options: &[&str],
     case_sensitive: bool,
 ) -> String {
+    match search(value, options, case_sensitive) {
+        Some(m) => format!("{message} (did you mean {m}?)"),
+        None => message,
+    }
+}
+
+/// BuildKit's `suggest.Search`: the first option nearest to `value` within
+/// edit distance 2, none when one equals it; case-insensitive search gives
+/// the option in `value`'s case.
+pub(crate) fn search<S: AsRef<str>>(
+    value: &str,
+    options: &[S],
+    case_sensitive: bool,
+) -> Option<String> {
     let fold = |s: &str| {
         if case_sensitive {
             s.to_string()
@@ -350,9 +364,9 @@ pub(crate) fn suggest(
     let mut best: Option<String> = None;
     let mut min = 3;
     for opt in options {
-        let o = fold(opt);
+        let o = fold(opt.as_ref());
         if o == val {
-            return message;
+            return None;
         }
         let d = levenshtein(&val, &o);
         if d < min {
@@ -368,10 +382,7 @@ pub(crate) fn suggest(
             });
         }
     }
-    match best {
-        Some(m) => format!("{message} (did you mean {m}?)"),
-        None => message,
-    }
+    best
 }
 
 fn levenshtein(a: &str, b: &str) -> usize {

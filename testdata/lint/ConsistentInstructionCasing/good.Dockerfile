@@ -1,0 +1,2 @@
+from busybox
+run true

@@ -1,0 +1,4 @@
+FROM busybox
+COPY secret.key /x
+ADD logs/app.log /y
+COPY --from=busybox secret.key /z

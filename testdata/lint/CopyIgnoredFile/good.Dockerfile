@@ -1,0 +1,3 @@
+FROM busybox
+COPY app.txt /x
+COPY . /src

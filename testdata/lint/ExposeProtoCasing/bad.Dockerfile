@@ -1,0 +1,2 @@
+FROM busybox
+EXPOSE 80/TcP 443

@@ -1,0 +1,4 @@
+FROM busybox as a
+RUN true
+from busybox AS b
+run true

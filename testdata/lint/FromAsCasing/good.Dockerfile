@@ -1,0 +1,3 @@
+FROM busybox AS a
+RUN true
+From busybox as b

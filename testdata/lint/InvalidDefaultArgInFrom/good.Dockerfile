@@ -1,0 +1,4 @@
+ARG VERSION=1
+FROM busybox:$VERSION
+ARG SUFFIX=""
+FROM busybox$SUFFIX

@@ -1,0 +1,4 @@
+FROM busybox AS base
+SHELL ["/bin/sh", "-c"]
+FROM base
+CMD echo hi

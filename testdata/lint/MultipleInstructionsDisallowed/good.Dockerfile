@@ -1,0 +1,4 @@
+FROM busybox AS base
+CMD ["a"]
+FROM base
+CMD ["b"]

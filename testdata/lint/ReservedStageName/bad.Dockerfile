@@ -1,0 +1,2 @@
+FROM busybox AS scratch
+FROM busybox AS context

@@ -1,0 +1,4 @@
+FROM busybox
+ARG GITHUB_TOKEN
+ENV DB_PASSWORD=x apikey=y
+ARG AUTH

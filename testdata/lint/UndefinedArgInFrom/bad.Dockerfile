@@ -1,0 +1,3 @@
+ARG VERSION=1
+FROM busybox:${VERSIN}
+FROM --platform=$BULIDPLATFORM busybox

@@ -1,0 +1,5 @@
+FROM busybox
+ENV PATHX=$PAHT
+COPY $SRC /x
+ARG later
+ENV A=$later
