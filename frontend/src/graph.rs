@@ -24,7 +24,7 @@ use crate::instructions::{
 };
 use crate::shell::Lex;
 use crate::span::Span;
-use crate::stage::{Base, EnvList, Finding, Plan, PlanError, Source, StageEnv, parse_trigger};
+use crate::stage::{Base, EnvList, Plan, PlanError, Source, StageEnv, parse_trigger};
 
 /// What the base image of a stage brings (from its config).
 #[derive(Debug, Clone, Default)]
@@ -330,8 +330,6 @@ pub struct BuildGraph {
     pub target: NodeIndex,
     /// Final scope of each compiled stage (image Env, workdir).
     pub stage_envs: BTreeMap<usize, StageEnv>,
-    /// Build-check findings.
-    pub findings: Vec<Finding>,
 }
 
 struct Compiler<'a> {
@@ -342,7 +340,6 @@ struct Compiler<'a> {
     stage_results: BTreeMap<usize, NodeIndex>,
     stage_envs: BTreeMap<usize, StageEnv>,
     stage_meta: BTreeMap<usize, (String, Vec<String>)>,
-    findings: Vec<Finding>,
     /// Bytes of environment the RUN steps carry so far (each has all of
     /// its stage's variables): bounded by [`MAX_RUN_ENV`].
     run_env_bytes: usize,
@@ -364,7 +361,6 @@ pub fn compile(plan: &Plan, images: &dyn ImageConfigs) -> Result<BuildGraph, Pla
         stage_envs: BTreeMap::new(),
         stage_meta: BTreeMap::new(),
         run_env_bytes: 0,
-        findings: plan.findings.clone(),
     };
     let single = plan.stages.len() == 1;
     for &s in &plan.needed {
@@ -376,7 +372,6 @@ pub fn compile(plan: &Plan, images: &dyn ImageConfigs) -> Result<BuildGraph, Pla
         stage_results: c.stage_results,
         target,
         stage_envs: c.stage_envs,
-        findings: c.findings,
     })
 }
 

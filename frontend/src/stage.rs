@@ -213,17 +213,6 @@ impl Stage {
     }
 }
 
-/// A finding of the build checks (a lint warning).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    /// The rule, as BuildKit names it.
-    pub rule: &'static str,
-    /// What it says.
-    pub message: String,
-    /// Where.
-    pub span: Span,
-}
-
 /// A build's stages, resolved.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -245,8 +234,6 @@ pub struct Plan {
     pub named_contexts: BTreeSet<String>,
     /// `SOURCE_DATE_EPOCH` (a `--build-arg` or a global ARG), seconds.
     pub source_date_epoch: Option<i64>,
-    /// Build-check findings met while planning.
-    pub findings: Vec<Finding>,
 }
 
 /// Why a Dockerfile cannot be planned; names the span at fault.
@@ -574,29 +561,15 @@ fn global_scope(
 /// Plans the build of a parsed Dockerfile.
 pub fn plan(df: &Dockerfile, options: &PlanOptions) -> Result<Plan, PlanError> {
     let instructions = instructions::parse(df)?;
-    plan_instructions(df.escape, instructions, &df.warnings, options)
+    plan_instructions(df.escape, instructions, options)
 }
 
 fn plan_instructions(
     escape: char,
     all: Vec<Instruction>,
-    warnings: &[parser::Warning],
     options: &PlanOptions,
 ) -> Result<Plan, PlanError> {
     let lex = Lex::new(escape);
-    let mut findings: Vec<Finding> = Vec::new();
-    for w in warnings {
-        let span = all
-            .iter()
-            .find(|i| i.span.start_line <= w.line && w.line <= i.span.end_line)
-            .map(|i| i.span.clone())
-            .unwrap_or_default();
-        findings.push(Finding {
-            rule: w.rule,
-            message: "Empty continuation line".into(),
-            span,
-        });
-    }
 
     // Global ARGs come before the first FROM; anything else there is an error.
     let mut meta_args: Vec<Instruction> = Vec::new();
@@ -717,16 +690,6 @@ fn plan_instructions(
             Base::Image(expanded.clone())
         };
         if let Some(name) = &from.name {
-            if by_name.contains_key(name) {
-                findings.push(Finding {
-                    rule: "DuplicateStageName",
-                    message: format!(
-                        "Duplicate stage name {}, stage names should be unique",
-                        crate::quote::go_quote(name)
-                    ),
-                    span: span.clone(),
-                });
-            }
             by_name.insert(name.clone(), index);
         }
         stages.push(Stage {
@@ -880,7 +843,6 @@ fn plan_instructions(
         platform,
         named_contexts: options.named_contexts.clone(),
         source_date_epoch,
-        findings,
     })
 }
 
