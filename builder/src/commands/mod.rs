@@ -42,8 +42,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `error: ...` with its cause chain, and the Dockerfile snippet when a
-/// frontend error is in the chain.
+/// `error: ...` with its cause chain, and the Dockerfile lines at fault
+/// when a frontend error or a failed step is in the chain, as BuildKit
+/// prints them (`Dockerfile:LINE`, the lines around, the failing ones
+/// marked `>>>`).
 pub fn render_error(err: &anyhow::Error) -> String {
     let mut out = format!("error: {err}");
     for cause in err.chain().skip(1) {
@@ -51,33 +53,40 @@ pub fn render_error(err: &anyhow::Error) -> String {
     }
     let step = err
         .downcast_ref::<crate::solve::StepLocation>()
-        .and_then(|s| snippet_at(&s.span.start()));
+        .and_then(|s| source_block(&s.span));
     if let Some(snippet) = step.or_else(|| err.chain().find_map(snippet_of)) {
         let _ = write!(out, "\n{snippet}");
     }
     crate::mask::Masker::global().mask_str(&out)
 }
 
-/// The Dockerfile lines a frontend error points at, with a caret.
+/// The Dockerfile lines a frontend error points at.
 fn snippet_of(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
-    if let Some(e) = cause.downcast_ref::<frontend::ParseError>() {
-        return with_caret(&e.location, &e.line_text);
-    }
-    let span = if let Some(e) = cause.downcast_ref::<frontend::stage::PlanError>() {
+    let span = if let Some(e) = cause.downcast_ref::<frontend::ParseError>() {
+        let one_line = frontend::Span {
+            file: e.location.file.clone(),
+            start_line: e.location.line,
+            start_column: e.location.column,
+            end_line: e.location.line,
+            end_column: e.location.column,
+        };
+        // A text this process did not keep: the line the parser saw.
+        return source_block(&one_line).or_else(|| with_caret(&e.location, &e.line_text));
+    } else if let Some(e) = cause.downcast_ref::<frontend::stage::PlanError>() {
         e.span()?.clone()
     } else if let Some(e) = cause.downcast_ref::<frontend::instructions::InstructionError>() {
         e.span.clone()
     } else {
         return None;
     };
-    snippet_at(&span.start())
+    source_block(&span)
 }
 
-/// The line at `location` with a caret, from the text that was parsed.
-fn snippet_at(location: &frontend::Location) -> Option<String> {
-    let text = crate::dockerfile::source(&location.file)?;
-    let line = text.lines().nth(location.line.checked_sub(1)?)?;
-    with_caret(location, line)
+/// The lines around `span` from the text that was parsed.
+fn source_block(span: &frontend::Span) -> Option<String> {
+    let text = crate::dockerfile::source(&span.file)?;
+    let block = frontend::span::render_source(&span.file, &text, span);
+    (!block.is_empty()).then(|| block.trim_end().to_string())
 }
 
 /// `line` and a caret under `location`, without the file-name header.
