@@ -105,7 +105,7 @@ impl frontend::graph::ImageConfigs for Resolver<'_> {
             .resolve(reference)
             .and_then(|img| images::read(self.blobs, &img));
         match read {
-            Ok((_, cfg)) => Some(base_config(cfg.config)),
+            Ok((_, cfg)) => Some(base_config(cfg)),
             Err(e) => {
                 self.failure
                     .lock()
@@ -117,9 +117,17 @@ impl frontend::graph::ImageConfigs for Resolver<'_> {
     }
 }
 
-/// What the graph compiler takes from an image's config.
-pub fn base_config(c: cache::spec::ContainerConfig) -> frontend::graph::BaseConfig {
+/// What the graph compiler and the checks take from an image's config.
+pub fn base_config(image: cache::spec::ImageConfig) -> frontend::graph::BaseConfig {
+    let p = &image.platform;
+    let platform = (!p.os.is_empty()).then(|| frontend::stage::Platform {
+        os: p.os.clone(),
+        architecture: p.architecture.clone(),
+        variant: p.variant.clone().unwrap_or_default(),
+    });
+    let c = image.config;
     frontend::graph::BaseConfig {
+        platform,
         env: c
             .env
             .unwrap_or_default()

@@ -227,3 +227,39 @@ fn every_real_world_dockerfile_checks_without_a_panic() {
         golden.display()
     );
 }
+
+/// BuildKit's instruction error cases (`instructions/errors.json`): each
+/// file fails `rbuild check` with BuildKit's message, exit status 1.
+#[test]
+fn instruction_error_cases_fail_the_check() {
+    let t = tmp("check-errors");
+    let root = t.0.join("root");
+    let cases: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(corpus().join("instructions/errors.json")).unwrap())
+            .unwrap();
+    let mut failures = Vec::new();
+    for (i, case) in cases["cases"].as_array().unwrap().iter().enumerate() {
+        let ctx = write(
+            &t.0.join(i.to_string()),
+            case["dockerfile"].as_str().unwrap(),
+        );
+        let o = rbuild(&root, &["check", "--format", "json", ctx.to_str().unwrap()]);
+        let v = json(&o);
+        let error = v["error"].as_str().unwrap_or("").to_string();
+        let want = case["expected_error"].as_str().unwrap();
+        // The message follows the `file:line:col: ` it is located at.
+        let message = error.splitn(4, ": ").last().unwrap_or("").to_string();
+        let ok = match case["match"].as_str().unwrap() {
+            "exact" => message == want || error.ends_with(&format!(": {want}")),
+            _ => error.contains(want),
+        };
+        if !ok || o.status.code() != Some(1) {
+            failures.push(format!(
+                "{}: exit {:?}, error {error:?}",
+                case["id"],
+                o.status.code()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -267,7 +267,7 @@ fn graph_json_prunes_to_target() {
         err.contains("Dockerfile:2:1: circular dependency detected on stage: a"),
         "{err}"
     );
-    assert!(err.contains(" 2 | COPY --from=a /x /y"), "{err}");
+    assert!(err.contains("   2 | >>> COPY --from=a /x /y"), "{err}");
 
     let out = rbuild(&["graph", "--target", "nope", dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
@@ -433,7 +433,7 @@ fn stdin_errors_show_the_parsed_text() {
     let out = run(&["build", "-"], "FROM scratch\nRUN --bad-flag x\n");
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains(" 2 | RUN --bad-flag x\n"), "{err}");
+    assert!(err.contains("   2 | >>> RUN --bad-flag x\n"), "{err}");
     assert!(!err.contains("working-directory"), "{err}");
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } == 0 {
@@ -443,7 +443,10 @@ fn stdin_errors_show_the_parsed_text() {
         );
         assert_eq!(out.status.code(), Some(1));
         let err = stderr(&out);
-        assert!(err.contains(" 3 | COPY not-in-the-context /x\n"), "{err}");
+        assert!(
+            err.contains("   3 | >>> COPY not-in-the-context /x\n"),
+            "{err}"
+        );
         assert!(!err.contains("working-directory"), "{err}");
     }
     std::fs::remove_dir_all(&dir).unwrap();

@@ -39,6 +39,8 @@ pub struct BaseConfig {
     pub shell: Vec<String>,
     /// `OnBuild` triggers.
     pub onbuild: Vec<String>,
+    /// The platform the image is for, when its config says.
+    pub platform: Option<crate::stage::Platform>,
 }
 
 /// Looks up image configs for FROM lines; the builder backs it with its

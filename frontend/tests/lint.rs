@@ -167,3 +167,42 @@ fn a_build_lints_only_the_stages_it_builds() {
     assert_eq!(lines_of(&lint_with(false), "LegacyKeyValueFormat").len(), 1);
     assert_eq!(lines_of(&lint_with(true), "LegacyKeyValueFormat").len(), 2);
 }
+
+/// Images whose configs say they are for linux/arm64.
+struct Arm64Images;
+
+impl frontend::graph::ImageConfigs for Arm64Images {
+    fn config(&self, reference: &str) -> Option<frontend::graph::BaseConfig> {
+        (reference == "arm-only").then(|| frontend::graph::BaseConfig {
+            platform: Some(frontend::stage::Platform::parse("linux/arm64/v8").unwrap()),
+            ..Default::default()
+        })
+    }
+}
+
+#[test]
+fn a_base_image_for_another_platform() {
+    let text = "FROM arm-only\nFROM busybox\n";
+    let df = frontend::parse("Dockerfile", text).unwrap();
+    let instructions = frontend::instructions::parse(&df).unwrap();
+    let options = PlanOptions::default();
+    let plan = frontend::stage::plan(&df, &options).unwrap();
+    let report = lint::lint(
+        &df,
+        &instructions,
+        Some(&plan),
+        lint::CheckConfig::default(),
+        &LintOptions {
+            images: &Arm64Images,
+            ignore: None,
+            all_stages: true,
+            build: &options,
+        },
+    );
+    assert_eq!(
+        lines_of(&report, "InvalidBaseImagePlatform"),
+        [
+            "1: Base image arm-only was pulled with platform \"linux/arm64\", expected \"linux/amd64\" for current build"
+        ]
+    );
+}

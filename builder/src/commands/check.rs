@@ -20,7 +20,7 @@ impl ImageConfigs for LocalConfigs {
         let blobs = self.0.as_ref()?;
         let img = crate::images::find(blobs, reference).ok()??;
         let (_, cfg) = crate::images::read(blobs, &img).ok()?;
-        Some(crate::resolver::base_config(cfg.config))
+        Some(crate::resolver::base_config(cfg))
     }
 }
 
