@@ -206,3 +206,19 @@ fn a_base_image_for_another_platform() {
         ]
     );
 }
+
+#[test]
+fn copy_ignored_file_is_experimental() {
+    let ignore = PatternMatcher::new(&["*.key"]).unwrap();
+    let text = "FROM busybox\nCOPY a.key /\n";
+    assert!(run(text, Some(&ignore), &[]).findings.is_empty());
+    let r = run(
+        text,
+        Some(&ignore),
+        &[("BUILDKIT_DOCKERFILE_CHECK", "experimental=CopyIgnoredFile")],
+    );
+    assert_eq!(
+        lines_of(&r, "CopyIgnoredFile"),
+        ["2: Attempting to Copy file \"a.key\" that is excluded by .dockerignore"]
+    );
+}

@@ -1,6 +1,7 @@
 //! The build-check rules as BuildKit's `frontend/dockerfile/linter`
-//! (v0.24) names and describes them: one value per rule, the messages
-//! made where the checks run.
+//! names and describes them: one value per rule, the messages made where
+//! the checks run. Experimental as in every release up to v0.26
+//! (CopyIgnoredFile and InvalidDefinitionDescription).
 
 /// A build-check rule.
 #[derive(Debug, PartialEq, Eq)]
@@ -68,7 +69,7 @@ rules! {
         "Default value for global ARG results in an empty or invalid base image name";
     FROM_PLATFORM_FLAG_CONST_DISALLOWED "FromPlatformFlagConstDisallowed" Some("https://docs.docker.com/go/dockerfile/rule/from-platform-flag-const-disallowed/"), false,
         "FROM --platform flag should not use a constant value";
-    COPY_IGNORED_FILE "CopyIgnoredFile" Some("https://docs.docker.com/go/dockerfile/rule/copy-ignored-file/"), false,
+    COPY_IGNORED_FILE "CopyIgnoredFile" Some("https://docs.docker.com/go/dockerfile/rule/copy-ignored-file/"), true,
         "Attempting to Copy file that is excluded by .dockerignore";
     INVALID_DEFINITION_DESCRIPTION "InvalidDefinitionDescription" Some("https://docs.docker.com/go/dockerfile/rule/invalid-definition-description/"), true,
         "Comment for build stage or argument should follow the format: `# <arg/stage name> <description>`. If this is not intended to be a description comment, add an empty line or comment between the instruction and the comment.";

@@ -474,6 +474,15 @@ impl Walk<'_, '_> {
             .map(|s| self.expand(s, unmatched))
             .collect();
         self.expand(&files.dest, unmatched);
+        // Heredoc bodies with an unquoted delimiter expand too, quotes kept
+        // (BuildKit's ExpandRaw).
+        let mut raw = Lex::new('\\');
+        raw.skip_process_quotes = true;
+        for c in files.contents.iter().filter(|c| c.expand) {
+            if let Ok(e) = self.state.env.expand_with_matches(&raw, &c.data) {
+                unmatched.extend(e.unmatched);
+            }
+        }
         sources
     }
 

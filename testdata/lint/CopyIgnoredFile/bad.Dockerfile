@@ -1,3 +1,4 @@
+# check=experimental=CopyIgnoredFile
 FROM busybox
 COPY secret.key /x
 ADD logs/app.log /y

@@ -1,3 +1,4 @@
+# check=experimental=CopyIgnoredFile
 FROM busybox
 COPY app.txt /x
 COPY . /src

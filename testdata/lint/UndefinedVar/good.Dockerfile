@@ -3,3 +3,6 @@ ARG FOO
 ENV BAR=$FOO P=$PATH
 FROM base
 COPY ${FOO} /x
+COPY <<"EOF" /raw
+$NOT_EXPANDED
+EOF
