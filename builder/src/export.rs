@@ -413,31 +413,7 @@ pub fn converted_manifest(
         if !convert {
             continue;
         }
-        let key = format.key();
-        let known = store
-            .index
-            .conversion(&layer.digest, &key)?
-            .filter(|(d, _, _)| d.parse().is_ok_and(|d| blobs.contains(&d)));
-        let converted = match known {
-            Some((digest, size, media_type)) => {
-                Descriptor::new(&media_type, &digest.parse()?, size)
-            }
-            None => {
-                let options = cache::layer::LayerOptions {
-                    compression: wanted,
-                    level: format.level,
-                    ..cache::layer::LayerOptions::default()
-                };
-                let d = cache::layer::convert_layer(blobs, layer, &options)
-                    .with_context(|| format!("compressing layer {}", layer.digest))?;
-                store.index.set_conversion(
-                    &layer.digest,
-                    &key,
-                    (&d.digest, d.size, &d.media_type),
-                )?;
-                d
-            }
-        };
+        let converted = converted_layer(store, layer, format)?;
         *layer = Descriptor {
             annotations: layer.annotations.clone(),
             ..converted
@@ -454,6 +430,35 @@ pub fn converted_manifest(
         &digest,
         bytes.len() as u64,
     ))
+}
+
+/// `layer` compressed as `format` asks, stored; each conversion is
+/// recorded in the index, so a layer is compressed once per format.
+pub fn converted_layer(
+    store: &Store,
+    layer: &Descriptor,
+    format: LayerFormat,
+) -> anyhow::Result<Descriptor> {
+    let blobs = &store.blobs;
+    let key = format.key();
+    let known = store
+        .index
+        .conversion(&layer.digest, &key)?
+        .filter(|(d, _, _)| d.parse().is_ok_and(|d| blobs.contains(&d)));
+    if let Some((digest, size, media_type)) = known {
+        return Ok(Descriptor::new(&media_type, &digest.parse()?, size));
+    }
+    let options = cache::layer::LayerOptions {
+        compression: format.compression,
+        level: format.level,
+        ..cache::layer::LayerOptions::default()
+    };
+    let d = cache::layer::convert_layer(blobs, layer, &options)
+        .with_context(|| format!("compressing layer {}", layer.digest))?;
+    store
+        .index
+        .set_conversion(&layer.digest, &key, (&d.digest, d.size, &d.media_type))?;
+    Ok(d)
 }
 
 /// `type=oci` and `type=docker`: the image as an archive (or layout dir),

@@ -29,6 +29,7 @@ pub mod registry;
 pub mod resolver;
 pub mod sandbox;
 pub mod secrets;
+pub mod shared_cache;
 pub mod solve;
 pub mod ssh;
 pub mod tempdir;

@@ -103,6 +103,20 @@ impl Progress {
         serde_json::json!({"vertexes": [v]})
     }
 
+    /// A warning that is not one step's (as BuildKit's `warnings` of a
+    /// solve status): a `WARNING:` line, or a rawjson event.
+    pub(crate) fn warn(&self, message: &str) {
+        let message = crate::mask::Masker::global().mask_str(message);
+        match self.format {
+            ProgressFormat::RawJson => {
+                use base64::Engine as _;
+                let short = base64::engine::general_purpose::STANDARD.encode(message.as_bytes());
+                Self::emit(serde_json::json!({"warnings": [{"level": 1, "short": short}]}));
+            }
+            _ => stderr_line(format_args!("WARNING: {message}")),
+        }
+    }
+
     pub(crate) fn start(&self, name: &str) -> (usize, Instant) {
         use sha2::{Digest as _, Sha256};
         let mut state = self.state();

@@ -24,9 +24,16 @@ fn not_yet(flag: &str) -> anyhow::Error {
 }
 
 pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
-    if !args.cache_from.is_empty() || !args.cache_to.is_empty() {
-        return Err(not_yet("--cache-from/--cache-to"));
-    }
+    let cache_to: Vec<crate::shared_cache::CacheTo> = args
+        .cache_to
+        .iter()
+        .map(|s| crate::shared_cache::CacheTo::parse(s))
+        .collect::<anyhow::Result<_>>()?;
+    let cache_from: Vec<crate::shared_cache::CacheFrom> = args
+        .cache_from
+        .iter()
+        .map(|s| crate::shared_cache::CacheFrom::parse(s))
+        .collect::<anyhow::Result<_>>()?;
     if args.check {
         let context = if args.context == Path::new("-") {
             PathBuf::from(".")
@@ -152,7 +159,8 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         std::sync::Arc::new(crate::registry::transfer::Lines::new("pulling"))
     };
     let settings = crate::registry::hosts::Settings::load(&store_root)?;
-    let mut images = crate::resolver::Resolver::new(&store.blobs, settings, args.pull, transfer);
+    let mut images =
+        crate::resolver::Resolver::new(&store.blobs, settings, args.pull, transfer.clone());
     for spec in &graph_args.build_contexts {
         let (name, src) = spec.split_once('=').expect("checked when planning");
         if let Some(path) = src.strip_prefix("oci-layout://") {
@@ -210,7 +218,20 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         NetworkMode::None => Network::None,
         NetworkMode::Default | NetworkMode::Host => Network::Host,
     };
+    // A cache that can't be read is a warning: the build goes on.
+    let imports = crate::shared_cache::Imports::load(&cache_from, &images, &|w| {
+        if !quiet {
+            eprintln!("WARNING: {w}");
+        }
+    });
+    let cache_export = cache_to.iter().map(|c| c.mode).max_by_key(|m| {
+        // max gathers everything min would.
+        matches!(m, crate::shared_cache::Mode::Max)
+    });
     let mut options = BuildOptions {
+        cache_imports: (!imports.is_empty()).then_some(&imports),
+        cache_export,
+        transfer: transfer.clone(),
         context: &context_dir,
         ignore,
         named_contexts,
@@ -290,6 +311,24 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     let mut names: Vec<String> = args.tags.clone();
     for o in &outputs {
         names.extend(o.names.iter().cloned());
+    }
+    for to in &cache_to {
+        let exported = crate::shared_cache::export::export(
+            &store,
+            &built.cache_records,
+            to,
+            &images,
+            &transfer,
+        );
+        match exported {
+            Ok(()) => {}
+            Err(e) if to.ignore_error => {
+                if !quiet {
+                    eprintln!("WARNING: exporting the cache failed (ignore-error=true): {e:#}");
+                }
+            }
+            Err(e) => return Err(e.context("exporting the build cache")),
+        }
     }
     let mut pushed = None;
     for o in &outputs {

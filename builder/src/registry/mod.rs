@@ -140,6 +140,54 @@ impl Registry {
         })
     }
 
+    /// The image manifest `reference` names (an index resolved to the
+    /// build platform), verified.
+    pub fn fetch_manifest(&self, reference: &Reference) -> anyhow::Result<Manifest> {
+        let endpoints = self.settings().pull_endpoints(&reference.domain);
+        self.runtime.block_on(async {
+            let resolved = pull::resolve(&self.client, &endpoints, reference).await?;
+            Ok(resolved.parsed)
+        })
+    }
+
+    /// A small blob (a config) of `reference`'s repository, verified,
+    /// read into memory.
+    pub fn fetch_small_blob(
+        &self,
+        reference: &Reference,
+        desc: &Descriptor,
+    ) -> anyhow::Result<Vec<u8>> {
+        let tmp = crate::tempdir::TempDir::new("small-blob")?;
+        let blobs = BlobStore::open(&tmp.path)?;
+        self.fetch_blob(
+            &blobs,
+            reference,
+            desc,
+            &(Arc::new(transfer::Silent) as Arc<dyn Transfer>),
+        )?;
+        Ok(blobs.read(&desc.digest.parse()?)?)
+    }
+
+    /// Downloads the blob `desc` of `reference`'s repository into `blobs`
+    /// (verified; nothing stored on a mismatch).
+    pub fn fetch_blob(
+        &self,
+        blobs: &BlobStore,
+        reference: &Reference,
+        desc: &Descriptor,
+        transfer: &Arc<dyn Transfer>,
+    ) -> anyhow::Result<()> {
+        let ep = Endpoint::origin(&reference.domain);
+        self.runtime.block_on(pull::fetch_blob(
+            &self.client,
+            &ep,
+            reference,
+            blobs,
+            desc,
+            transfer,
+        ))
+    }
+
     /// Checks `username`/`secret` against `domain` as `docker login` does
     /// (Basic on `/v2/`, or a token from the Bearer realm).
     pub fn check_login(&self, domain: &str, username: &str, secret: &str) -> anyhow::Result<()> {

@@ -37,6 +37,7 @@ mod keys;
 mod mounts;
 mod record;
 mod schedule;
+mod shared;
 
 use self::base::*;
 use self::cache_mount::*;
@@ -47,6 +48,7 @@ use self::keys::*;
 use self::mounts::*;
 use self::record::*;
 use self::schedule::*;
+use self::shared::*;
 use crate::progress::{LOG_CAP, rfc3339};
 pub use crate::progress::{Progress, ProgressFormat};
 
@@ -91,6 +93,12 @@ pub struct BuildOptions<'a> {
     /// `--explain`: say for each step whether it hit the cache, and why
     /// not.
     pub explain: bool,
+    /// `--cache-from`: records a step may be taken from.
+    pub cache_imports: Option<&'a crate::shared_cache::Imports>,
+    /// `--cache-to`: which records to gather ([`Built::cache_records`]).
+    pub cache_export: Option<crate::shared_cache::Mode>,
+    /// Where downloads report (layers of imported caches).
+    pub transfer: Arc<dyn crate::registry::transfer::Transfer>,
 }
 
 /// The stored image.
@@ -106,6 +114,8 @@ pub struct Built {
     pub snapshot: Option<String>,
     /// With `--explain`: each step's outcome, in the order they started.
     pub explained: Vec<(usize, String, Outcome)>,
+    /// With `--cache-to`: the records to export.
+    pub cache_records: Vec<crate::shared_cache::CacheRecord>,
 }
 
 /// One op's result: a snapshot (None: empty) and its stage's image so far.
@@ -161,6 +171,8 @@ struct Ctx<'a> {
     made_by: std::sync::Mutex<BTreeMap<String, (usize, bool)>>,
     /// The empty cache mounts of steps that skip the cache, by id.
     fresh_caches: std::sync::Mutex<BTreeMap<String, crate::tempdir::TempDir>>,
+    /// With `--cache-to`: each step made or found.
+    seen: std::sync::Mutex<Vec<Seen>>,
 }
 
 /// Runs the graph and stores the target image.
@@ -194,6 +206,7 @@ pub fn build(
         made_by: Default::default(),
         earlier: Default::default(),
         fresh_caches: Default::default(),
+        seen: Default::default(),
         secret_dir: if options.secrets.is_empty() && options.ssh.is_empty() {
             None
         } else {
@@ -220,8 +233,10 @@ pub fn build(
     }
     let (image_id, manifest) = crate::images::store(&store.blobs, &config, layers, &options.tags)?;
     let explained = std::mem::take(&mut *ctx.explained.lock().unwrap_or_else(|e| e.into_inner()));
+    let cache_records = export_records(&ctx, target)?;
     Ok(Built {
         explained,
+        cache_records,
         image_id: image_id.to_string(),
         manifest,
         config,

@@ -129,9 +129,10 @@ pub(super) fn cached_step(
 ) -> anyhow::Result<StepRecord> {
     let _lock = ctx.store.index.lock_key(key)?;
     if !step.skip_cache
-        && let Some(record) = lookup(ctx.store, key)?
+        && let Some(record) = lookup(ctx.store, key)?.or_else(|| imported_hit(ctx, key, parent))
     {
         note_step(ctx, step, key, inputs, (id, true))?;
+        saw(ctx, key, inputs);
         ctx.progress.cached(id);
         return Ok(record);
     }
@@ -151,6 +152,7 @@ pub(super) fn cached_step(
         },
     };
     record(ctx.store, key, &step)?;
+    saw(ctx, key, inputs);
     ctx.progress.done(id, started);
     Ok(step)
 }

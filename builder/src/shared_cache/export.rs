@@ -1,0 +1,146 @@
+//! Writing a cache: each record's layer compressed (gzip, once per layer),
+//! a config listing the records in BuildKit's `cacheconfig.v0` shape, and
+//! an OCI manifest over both, into an OCI layout directory (tagged in its
+//! index.json) or pushed to a registry.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use cache::blob::BlobStore;
+use cache::gc::Store;
+use cache::layer::Compression;
+use cache::spec::{Descriptor, Manifest, media, to_canonical_json};
+use serde_json::json;
+
+use super::spec::{CacheTo, Location};
+use super::{CACHE_CONFIG, CacheRecord, UNCOMPRESSED};
+use crate::export::LayerFormat;
+use crate::registry::transfer::Transfer;
+
+/// The manifest of `records`, stored in `store` with its config and
+/// (compressed) layers; returns its descriptor.
+fn write_manifest(store: &Store, records: &[CacheRecord]) -> anyhow::Result<Descriptor> {
+    let gzip = LayerFormat {
+        compression: Compression::Gzip,
+        level: None,
+        force: false,
+    };
+    let mut layers: Vec<Descriptor> = Vec::new();
+    let mut index_of: BTreeMap<String, usize> = BTreeMap::new();
+    let mut config_layers = Vec::new();
+    let mut config_records = Vec::new();
+    for r in records {
+        let Some((layer, diff_id)) = &r.layer else {
+            config_records.push(json!({
+                "digest": format!("sha256:{}", r.key),
+                "results": [],
+                "createdAt": r.created,
+            }));
+            continue;
+        };
+        let stored =
+            if layer.media_type == media::OCI_LAYER || layer.media_type == media::DOCKER_LAYER {
+                crate::export::converted_layer(store, layer, gzip)?
+            } else {
+                layer.clone()
+            };
+        let i = *index_of.entry(stored.digest.clone()).or_insert_with(|| {
+            let mut d = stored.clone();
+            d.annotations = Some(BTreeMap::from([(
+                UNCOMPRESSED.to_string(),
+                diff_id.clone(),
+            )]));
+            layers.push(d);
+            config_layers.push(json!({"blob": stored.digest, "parent": -1}));
+            layers.len() - 1
+        });
+        config_records.push(json!({
+            "digest": format!("sha256:{}", r.key),
+            "results": [{"layer": i, "createdAt": r.created}],
+        }));
+    }
+    let config = json!({"layers": config_layers, "records": config_records});
+    let config_bytes = serde_json::to_vec(&config)?;
+    let config_digest = store.blobs.put_bytes(&config_bytes)?;
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(media::OCI_MANIFEST.into()),
+        artifact_type: None,
+        config: Descriptor::new(CACHE_CONFIG, &config_digest, config_bytes.len() as u64),
+        layers,
+        subject: None,
+        annotations: None,
+    };
+    let bytes = to_canonical_json(&manifest);
+    let digest = store.blobs.put_bytes(&bytes)?;
+    Ok(Descriptor::new(
+        media::OCI_MANIFEST,
+        &digest,
+        bytes.len() as u64,
+    ))
+}
+
+/// Writes `records` where `to` says.
+pub fn export(
+    store: &Store,
+    records: &[CacheRecord],
+    to: &CacheTo,
+    images: &crate::resolver::Resolver<'_>,
+    transfer: &Arc<dyn Transfer>,
+) -> anyhow::Result<()> {
+    let manifest = write_manifest(store, records)?;
+    match &to.location {
+        Location::Local { dir, tag } => to_layout(store, &manifest, dir, tag)
+            .with_context(|| format!("--cache-to type=local,dest={dir}")),
+        Location::Registry(reference) => {
+            let parsed = crate::registry::Reference::parse(reference)
+                .with_context(|| format!("--cache-to ref={reference}"))?
+                .with_default_tag();
+            images
+                .registry()?
+                .push(
+                    &store.blobs,
+                    &manifest,
+                    &parsed,
+                    &crate::publish::mount_sources(&store.blobs, &parsed.domain),
+                    transfer,
+                )
+                .with_context(|| format!("--cache-to ref={reference}"))
+        }
+    }
+}
+
+/// Copies the manifest and what it names into the OCI layout `dir`, and
+/// points `tag` at it in the layout's index.json.
+fn to_layout(store: &Store, manifest: &Descriptor, dir: &str, tag: &str) -> anyhow::Result<()> {
+    let layout = BlobStore::open(std::path::Path::new(dir))?;
+    let m: Manifest = serde_json::from_slice(&store.blobs.read(&manifest.digest.parse()?)?)?;
+    for d in std::iter::once(&m.config)
+        .chain(&m.layers)
+        .chain(std::iter::once(manifest))
+    {
+        let digest = d.digest.parse()?;
+        if !layout.contains(&digest) {
+            layout.put(store.blobs.open_verified(&digest)?, Some((&digest, d.size)))?;
+        }
+    }
+    let mut entry = manifest.clone();
+    entry.annotations = Some(BTreeMap::from([(
+        crate::images::REF_NAME.to_string(),
+        tag.to_string(),
+    )]));
+    layout.update_index(|idx| {
+        idx.manifests.retain(|d| {
+            d.annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::images::REF_NAME))
+                .is_none_or(|t| t != tag)
+        });
+        idx.manifests.push(entry);
+    })?;
+    // The store's own bookkeeping is not part of an OCI layout.
+    let _ = std::fs::remove_dir_all(std::path::Path::new(dir).join("blobs/.tmp"));
+    let _ = std::fs::remove_file(std::path::Path::new(dir).join("index.json.lock"));
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! Reading caches: each `--cache-from`'s manifest and config (the records)
+//! at the start of a build, first source first; a record's layer is
+//! fetched (and verified) only when a step hits it. A cache that can't be
+//! read is a warning, as in BuildKit: the build goes on without it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use cache::blob::BlobStore;
+use cache::spec::{Descriptor, Manifest};
+
+use super::spec::{CacheFrom, Location};
+use super::{CACHE_CONFIG, CacheRecord, UNCOMPRESSED};
+use crate::registry::Reference;
+use crate::registry::transfer::Transfer;
+
+/// Where an imported record's layer is.
+enum Source {
+    Layout(BlobStore),
+    Registry(Reference),
+}
+
+/// The records of every `--cache-from`.
+#[derive(Default)]
+pub struct Imports {
+    records: HashMap<String, (CacheRecord, usize)>,
+    sources: Vec<Source>,
+}
+
+impl Imports {
+    /// Reads each cache; one that fails is reported through `warn`.
+    pub fn load(
+        froms: &[CacheFrom],
+        images: &crate::resolver::Resolver<'_>,
+        warn: &dyn Fn(String),
+    ) -> Imports {
+        let mut out = Imports::default();
+        for from in froms {
+            match read(from, images) {
+                Ok((source, records)) => {
+                    let i = out.sources.len();
+                    out.sources.push(source);
+                    for r in records {
+                        // The first source with a key wins.
+                        out.records.entry(r.key.clone()).or_insert((r, i));
+                    }
+                }
+                Err(e) => warn(format!("importing cache {}: {e:#}", describe(from))),
+            }
+        }
+        out
+    }
+
+    /// How many records were read.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether none were.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The record of `key`, if a cache has it.
+    pub fn get(&self, key: &str) -> Option<&CacheRecord> {
+        self.records.get(key).map(|(r, _)| r)
+    }
+
+    /// Brings the layer of `key`'s record into `blobs` (verified).
+    pub fn fetch_layer(
+        &self,
+        key: &str,
+        blobs: &BlobStore,
+        images: &crate::resolver::Resolver<'_>,
+        transfer: &Arc<dyn Transfer>,
+    ) -> anyhow::Result<()> {
+        let Some((record, source)) = self.records.get(key) else {
+            bail!("no imported record {key}");
+        };
+        let Some((layer, _)) = &record.layer else {
+            return Ok(());
+        };
+        let digest = layer.digest.parse()?;
+        if blobs.contains(&digest) {
+            return Ok(());
+        }
+        match &self.sources[*source] {
+            Source::Layout(layout) => {
+                blobs.put(layout.open_verified(&digest)?, Some((&digest, layer.size)))?;
+            }
+            Source::Registry(reference) => {
+                images
+                    .registry()?
+                    .fetch_blob(blobs, reference, layer, transfer)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn describe(from: &CacheFrom) -> String {
+    match &from.location {
+        Location::Local { dir, tag } => format!("type=local,src={dir},tag={tag}"),
+        Location::Registry(r) => format!("type=registry,ref={r}"),
+    }
+}
+
+/// A cache's source and records.
+fn read(
+    from: &CacheFrom,
+    images: &crate::resolver::Resolver<'_>,
+) -> anyhow::Result<(Source, Vec<CacheRecord>)> {
+    match &from.location {
+        Location::Local { dir, tag } => {
+            let layout = BlobStore::open_existing(std::path::Path::new(dir))
+                .with_context(|| format!("opening the OCI layout {dir}"))?;
+            let index = layout.read_index()?;
+            let desc = index
+                .manifests
+                .iter()
+                .find(|d| {
+                    d.annotations
+                        .as_ref()
+                        .and_then(|a| a.get(crate::images::REF_NAME))
+                        .is_some_and(|t| t == tag)
+                })
+                .with_context(|| format!("no cache tagged {tag:?} in {dir}"))?;
+            let manifest: Manifest = serde_json::from_slice(&layout.read(&desc.digest.parse()?)?)?;
+            let config = layout.read(&manifest.config.digest.parse()?)?;
+            Ok((Source::Layout(layout), records(&manifest, &config)?))
+        }
+        Location::Registry(reference) => {
+            let parsed = Reference::parse(reference)?.with_default_tag();
+            let registry = images.registry()?;
+            let manifest = registry.fetch_manifest(&parsed)?;
+            let config = registry.fetch_small_blob(&parsed, &manifest.config)?;
+            let records = records(&manifest, &config)?;
+            Ok((Source::Registry(parsed), records))
+        }
+    }
+}
+
+/// The records a cache config lists, their layers described by the
+/// manifest (digest, media type, size, diff_id).
+fn records(manifest: &Manifest, config: &[u8]) -> anyhow::Result<Vec<CacheRecord>> {
+    if manifest.config.media_type != CACHE_CONFIG {
+        bail!(
+            "not a build cache: its config is {}, not {CACHE_CONFIG}",
+            manifest.config.media_type
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(config).context("reading the cache config")?;
+    let blobs: Vec<&str> = v["layers"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|l| l["blob"].as_str()).collect())
+        .unwrap_or_default();
+    let by_digest: HashMap<&str, &Descriptor> = manifest
+        .layers
+        .iter()
+        .map(|d| (d.digest.as_str(), d))
+        .collect();
+    let mut out = Vec::new();
+    for r in v["records"].as_array().into_iter().flatten() {
+        // Records of other builders (BuildKit's own keys) never match ours.
+        let Some(key) = r["digest"].as_str().and_then(|d| d.strip_prefix("sha256:")) else {
+            continue;
+        };
+        let result = r["results"].as_array().and_then(|a| a.first());
+        let layer = match result.and_then(|res| res["layer"].as_u64()) {
+            Some(i) => {
+                let Some(desc) = blobs.get(i as usize).and_then(|b| by_digest.get(b)) else {
+                    continue;
+                };
+                let Some(diff_id) = desc.annotations.as_ref().and_then(|a| a.get(UNCOMPRESSED))
+                else {
+                    continue;
+                };
+                let mut d = (*desc).clone();
+                d.annotations = None;
+                Some((d, diff_id.clone()))
+            }
+            None => None,
+        };
+        let created = result
+            .and_then(|res| res["createdAt"].as_str())
+            .or_else(|| r["createdAt"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        out.push(CacheRecord {
+            key: key.to_string(),
+            layer,
+            created,
+        });
+    }
+    Ok(out)
+}

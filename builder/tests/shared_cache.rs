@@ -1,0 +1,194 @@
+//! A cache that travels: two state roots as two machines, one exporting
+//! with `--cache-to`, the other (empty) importing with `--cache-from`, in
+//! an OCI layout directory and in a real registry (docker-registry on
+//! 127.0.0.1); mode=min against mode=max; a changed file; a missing cache
+//! and a corrupt blob, which are warnings.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::registry::{Options, Registry};
+use common::{is_root, rbuild, tmp};
+
+const DOCKERFILE: &str = "FROM scratch AS base
+COPY busybox /bin/busybox
+RUN [\"/bin/busybox\",\"--install\",\"-s\",\"/bin\"]
+FROM base AS build
+RUN echo built > /artifact
+FROM base
+COPY data.txt /data.txt
+COPY --from=build /artifact /artifact
+RUN cat /data.txt /artifact > /both
+";
+
+fn context(dir: &Path) -> PathBuf {
+    let ctx = dir.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    std::fs::write(ctx.join("data.txt"), "hello\n").unwrap();
+    std::fs::write(ctx.join("Dockerfile"), DOCKERFILE).unwrap();
+    ctx
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Builds `ctx` on `root` with `extra` flags; returns (steps that ran by
+/// name, cached count, stderr).
+fn build(root: &Path, ctx: &Path, extra: &[&str]) -> (Vec<String>, usize, String) {
+    let mut args = vec!["build", "--progress=plain", "-t", "app:1"];
+    args.extend_from_slice(extra);
+    args.push(ctx.to_str().unwrap());
+    let err = ok(&rbuild(root, &args));
+    // `#N [name] ...` then `#N DONE` for a step that ran.
+    let mut names = std::collections::BTreeMap::new();
+    let mut ran = Vec::new();
+    let mut cached = 0;
+    for line in err.lines() {
+        let Some((num, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        if rest.starts_with('[') {
+            names.insert(num.to_string(), rest.to_string());
+        } else if rest.starts_with("DONE") {
+            ran.push(names.get(num).cloned().unwrap_or_default());
+        } else if rest == "CACHED" {
+            cached += 1;
+        }
+    }
+    (ran, cached, err)
+}
+
+fn image_id(root: &Path) -> serde_json::Value {
+    let o = rbuild(root, &["inspect", "app:1"]);
+    serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["Id"].clone()
+}
+
+#[test]
+fn local_cache_mode_max_and_min() {
+    if !is_root() {
+        eprintln!("skipped: RUN needs root");
+        return;
+    }
+    let t = tmp("cache-local");
+    let ctx = context(&t.0);
+    let dir = t.0.join("cache");
+    let (a, b) = (t.0.join("a"), t.0.join("b"));
+    let to = format!("type=local,dest={},mode=max", dir.display());
+    let (ran, _, _) = build(&a, &ctx, &["--cache-to", &to]);
+    assert_eq!(ran.len(), 6, "{ran:?}");
+    assert!(dir.join("index.json").is_file() && !dir.join("index.json.lock").exists());
+
+    // An empty root: every step from the cache, the same image.
+    let from = format!("type=local,src={}", dir.display());
+    let (ran, cached, _) = build(&b, &ctx, &["--cache-from", &from]);
+    assert!(ran.is_empty(), "{ran:?}");
+    assert_eq!(cached, 6);
+    assert_eq!(image_id(&a), image_id(&b));
+    let out = t.0.join("out");
+    ok(&rbuild(
+        &b,
+        &[
+            "build",
+            "-q",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        std::fs::read_to_string(out.join("both")).unwrap(),
+        "hello\nbuilt\n"
+    );
+
+    // One file changes: only the steps after it run.
+    std::fs::write(ctx.join("data.txt"), "changed\n").unwrap();
+    let (ran, _, _) = build(&t.0.join("c"), &ctx, &["--cache-from", &from]);
+    assert_eq!(ran.len(), 3, "{ran:?}");
+    assert!(ran.iter().all(|r| r.starts_with("[stage-2")), "{ran:?}");
+    std::fs::write(ctx.join("data.txt"), "hello\n").unwrap();
+
+    // mode=min: the result's chain only; the build stage runs again.
+    let min_dir = t.0.join("cache-min");
+    let to = format!("type=local,dest={},mode=min", min_dir.display());
+    build(&a, &ctx, &["--cache-to", &to]);
+    let from = format!("type=local,src={}", min_dir.display());
+    let (ran, cached, _) = build(&t.0.join("d"), &ctx, &["--cache-from", &from]);
+    assert_eq!(ran, ["[build 1/1] RUN echo built > /artifact"], "{cached}");
+}
+
+#[test]
+fn registry_cache_between_two_roots() {
+    if !is_root() {
+        eprintln!("skipped: RUN needs root");
+        return;
+    }
+    let t = tmp("cache-registry");
+    let reg = Registry::start(&t.0.join("reg"), Options::default());
+    let ctx = context(&t.0);
+    let cache_ref = format!("{}/app:buildcache", reg.addr);
+    let (a, b) = (t.0.join("a"), t.0.join("b"));
+    build(
+        &a,
+        &ctx,
+        &[
+            "--cache-to",
+            &format!("type=registry,ref={cache_ref},mode=max"),
+        ],
+    );
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{cache_ref}"))
+        .output()
+        .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(
+        m["config"]["mediaType"],
+        "application/vnd.buildkit.cacheconfig.v0"
+    );
+
+    let (ran, cached, _) = build(&b, &ctx, &["--cache-from", &cache_ref]);
+    assert!(ran.is_empty(), "{ran:?}");
+    assert_eq!(cached, 6);
+    assert_eq!(image_id(&a), image_id(&b));
+
+    // A missing cache is a warning; the build goes on.
+    let (ran, _, err) = build(
+        &t.0.join("c"),
+        &ctx,
+        &["--cache-from", &format!("{}/nothing:here", reg.addr)],
+    );
+    assert_eq!(ran.len(), 6);
+    assert!(
+        err.contains("WARNING: importing cache") && err.contains("not found"),
+        "{err}"
+    );
+
+    // A corrupt layer in the registry: caught by its digest, the step runs.
+    let layers = m["layers"].as_array().unwrap();
+    let biggest = layers
+        .iter()
+        .max_by_key(|l| l["size"].as_u64().unwrap())
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = reg.blob_path(&biggest);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let d = t.0.join("d");
+    let (ran, _, err) = build(&d, &ctx, &["--cache-from", &cache_ref]);
+    assert!(
+        err.contains("could not be used") && err.contains(&biggest),
+        "{err}"
+    );
+    assert!(!ran.is_empty(), "the step whose layer was corrupt ran");
+    let hex = biggest.strip_prefix("sha256:").unwrap();
+    assert!(!d.join("content/blobs/sha256").join(hex).exists());
+}
