@@ -192,3 +192,42 @@ fn registry_cache_between_two_roots() {
     let hex = biggest.strip_prefix("sha256:").unwrap();
     assert!(!d.join("content/blobs/sha256").join(hex).exists());
 }
+
+#[test]
+fn inline_cache_in_a_pushed_image() {
+    if !is_root() {
+        eprintln!("skipped: RUN needs root");
+        return;
+    }
+    let t = tmp("cache-inline");
+    let reg = Registry::start(&t.0.join("reg"), Options::default());
+    let ctx = context(&t.0);
+    let image = format!("{}/app:inline", reg.addr);
+    let a = t.0.join("a");
+    ok(&rbuild(
+        &a,
+        &[
+            "build",
+            "-q",
+            "--push",
+            "-t",
+            &image,
+            "--cache-to",
+            "type=inline",
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    let config = Command::new("skopeo")
+        .args(["inspect", "--config", "--tls-verify=false"])
+        .arg(format!("docker://{image}"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&config.stdout).unwrap();
+    assert!(v["moby.buildkit.cache.v0"].is_string(), "{v}");
+
+    // An empty root with the image as its cache: the result's own steps
+    // hit (the builder stage is not in the image, so it runs).
+    let (ran, cached, _) = build(&t.0.join("b"), &ctx, &["--cache-from", &image]);
+    assert_eq!(ran, ["[build 1/1] RUN echo built > /artifact"], "{cached}");
+    assert_eq!(cached, 5);
+}

@@ -275,7 +275,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     };
     let built = build(&store, &graph, runtime.as_ref(), &options, &progress);
     progress.finish();
-    let built = built?;
+    let mut built = built?;
     if args.explain {
         if args.explain_format == ExplainFormat::Json {
             print!("{}", crate::solve::explain::report_json(&built.explained));
@@ -307,6 +307,27 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         if !quiet {
             eprintln!("verify: reproducible, {}", built.image_id);
         }
+    }
+    // `--cache-to type=inline`: the records go into the image's config
+    // (BuildKit's `moby.buildkit.cache.v0`), which makes it another image.
+    if cache_to
+        .iter()
+        .any(|c| c.location == crate::shared_cache::spec::Location::Inline)
+        && let Some(inline) = crate::shared_cache::export::inline_cache(
+            &built.cache_records,
+            &built.config.rootfs.diff_ids,
+        )
+    {
+        let manifest: cache::spec::Manifest =
+            serde_json::from_slice(&store.blobs.read(&built.manifest.digest.parse()?)?)?;
+        built.config.extra.insert(
+            crate::shared_cache::INLINE_FIELD.to_string(),
+            serde_json::Value::String(inline),
+        );
+        let (id, desc) =
+            crate::images::store(&store.blobs, &built.config, manifest.layers, &args.tags)?;
+        built.image_id = id.to_string();
+        built.manifest = desc;
     }
     let mut names: Vec<String> = args.tags.clone();
     for o in &outputs {

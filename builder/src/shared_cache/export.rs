@@ -89,8 +89,13 @@ pub fn export(
     images: &crate::resolver::Resolver<'_>,
     transfer: &Arc<dyn Transfer>,
 ) -> anyhow::Result<()> {
+    if to.location == Location::Inline {
+        // Written into the image's config when it is made.
+        return Ok(());
+    }
     let manifest = write_manifest(store, records)?;
     match &to.location {
+        Location::Inline => Ok(()),
         Location::Local { dir, tag } => to_layout(store, &manifest, dir, tag)
             .with_context(|| format!("--cache-to type=local,dest={dir}")),
         Location::Registry(reference) => {
@@ -109,6 +114,40 @@ pub fn export(
                 .with_context(|| format!("--cache-to ref={reference}"))
         }
     }
+}
+
+/// The inline cache of an image (BuildKit's `moby.buildkit.cache.v0`
+/// config field): the records whose layers are the image's own, each
+/// naming its layer by position in the image. None when no record is.
+pub fn inline_cache(records: &[CacheRecord], diff_ids: &[String]) -> Option<String> {
+    use base64::Engine as _;
+    let layers: Vec<serde_json::Value> = (0..diff_ids.len())
+        .map(|i| json!({"blob": diff_ids[i], "parent": i as i64 - 1}))
+        .collect();
+    let mut out = Vec::new();
+    for r in records {
+        match &r.layer {
+            Some((_, diff_id)) => {
+                let Some(i) = diff_ids.iter().position(|d| d == diff_id) else {
+                    continue;
+                };
+                out.push(json!({
+                    "digest": format!("sha256:{}", r.key),
+                    "results": [{"layer": i, "createdAt": r.created}],
+                }));
+            }
+            None => out.push(json!({
+                "digest": format!("sha256:{}", r.key),
+                "results": [],
+                "createdAt": r.created,
+            })),
+        }
+    }
+    if out.is_empty() {
+        return None;
+    }
+    let config = json!({"layers": layers, "records": out});
+    Some(base64::engine::general_purpose::STANDARD.encode(config.to_string()))
 }
 
 /// Copies the manifest and what it names into the OCI layout `dir`, and

@@ -11,7 +11,7 @@ use cache::blob::BlobStore;
 use cache::spec::{Descriptor, Manifest};
 
 use super::spec::{CacheFrom, Location};
-use super::{CACHE_CONFIG, CacheRecord, UNCOMPRESSED};
+use super::{CACHE_CONFIG, CacheRecord, INLINE_FIELD, UNCOMPRESSED};
 use crate::registry::Reference;
 use crate::registry::transfer::Transfer;
 
@@ -103,6 +103,7 @@ fn describe(from: &CacheFrom) -> String {
     match &from.location {
         Location::Local { dir, tag } => format!("type=local,src={dir},tag={tag}"),
         Location::Registry(r) => format!("type=registry,ref={r}"),
+        Location::Inline => "type=inline".into(),
     }
 }
 
@@ -135,10 +136,36 @@ fn read(
             let registry = images.registry()?;
             let manifest = registry.fetch_manifest(&parsed)?;
             let config = registry.fetch_small_blob(&parsed, &manifest.config)?;
-            let records = records(&manifest, &config)?;
+            let records = if manifest.config.media_type == CACHE_CONFIG {
+                records(&manifest, &config)?
+            } else {
+                inline_records(&manifest, &config)?
+            };
             Ok((Source::Registry(parsed), records))
         }
+        Location::Inline => bail!("an inline cache is read from its image's reference"),
     }
+}
+
+/// The records an image carries in its config (`--cache-to type=inline`):
+/// layer `i` of a record is the image's layer `i`.
+fn inline_records(manifest: &Manifest, config: &[u8]) -> anyhow::Result<Vec<CacheRecord>> {
+    use base64::Engine as _;
+    let image: cache::spec::ImageConfig =
+        serde_json::from_slice(config).context("reading the image config")?;
+    let Some(encoded) = image.extra.get(INLINE_FIELD).and_then(|v| v.as_str()) else {
+        bail!(
+            "not a build cache: a {} with no {INLINE_FIELD} in its config",
+            manifest.config.media_type
+        );
+    };
+    let cache = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .context("reading the inline cache")?;
+    let diff_ids = &image.rootfs.diff_ids;
+    parse_records(&cache, &|i| {
+        Some((manifest.layers.get(i)?.clone(), diff_ids.get(i)?.clone()))
+    })
 }
 
 /// The records a cache config lists, their layers described by the
@@ -161,6 +188,23 @@ fn records(manifest: &Manifest, config: &[u8]) -> anyhow::Result<Vec<CacheRecord
         .iter()
         .map(|d| (d.digest.as_str(), d))
         .collect();
+    parse_records(config, &|i| {
+        let desc = blobs.get(i).and_then(|b| by_digest.get(b))?;
+        let diff_id = desc.annotations.as_ref()?.get(UNCOMPRESSED)?;
+        let mut d = (*desc).clone();
+        d.annotations = None;
+        Some((d, diff_id.clone()))
+    })
+}
+
+/// The records of a cache config; `layer_at` gives the layer (and its
+/// diff_id) a result's index names.
+fn parse_records(
+    config: &[u8],
+    layer_at: &dyn Fn(usize) -> Option<(Descriptor, String)>,
+) -> anyhow::Result<Vec<CacheRecord>> {
+    let v: serde_json::Value =
+        serde_json::from_slice(config).context("reading the cache config")?;
     let mut out = Vec::new();
     for r in v["records"].as_array().into_iter().flatten() {
         // Records of other builders (BuildKit's own keys) never match ours.
@@ -169,18 +213,10 @@ fn records(manifest: &Manifest, config: &[u8]) -> anyhow::Result<Vec<CacheRecord
         };
         let result = r["results"].as_array().and_then(|a| a.first());
         let layer = match result.and_then(|res| res["layer"].as_u64()) {
-            Some(i) => {
-                let Some(desc) = blobs.get(i as usize).and_then(|b| by_digest.get(b)) else {
-                    continue;
-                };
-                let Some(diff_id) = desc.annotations.as_ref().and_then(|a| a.get(UNCOMPRESSED))
-                else {
-                    continue;
-                };
-                let mut d = (*desc).clone();
-                d.annotations = None;
-                Some((d, diff_id.clone()))
-            }
+            Some(i) => match layer_at(i as usize) {
+                Some(l) => Some(l),
+                None => continue,
+            },
             None => None,
         };
         let created = result

@@ -26,6 +26,9 @@ pub enum Location {
     },
     /// A registry reference.
     Registry(String),
+    /// In the image's own config (`--cache-to type=inline`), read back
+    /// with `--cache-from` the image's reference.
+    Inline,
 }
 
 /// A parsed `--cache-to`.
@@ -81,8 +84,12 @@ fn location(
             }),
             _ => bail!("{flag} {spec}: type=local needs {dir_key}=DIR"),
         },
-        Some(t @ ("inline" | "gha" | "s3" | "azblob")) => {
-            bail!("{flag} {spec}: type={t} is not supported yet (registry and local are)")
+        Some("inline") if dir_key == "dest" => Ok(Location::Inline),
+        Some("inline") => {
+            bail!("{flag} {spec}: an inline cache is read with type=registry,ref=IMAGE")
+        }
+        Some(t @ ("gha" | "s3" | "azblob")) => {
+            bail!("{flag} {spec}: type={t} is not supported yet (registry, local and inline are)")
         }
         Some(t) => bail!("{flag} {spec}: unknown cache type {t:?} (registry, local)"),
         None => bail!("{flag} {spec}: type= is missing"),
