@@ -218,7 +218,7 @@ fn inline_cache_in_a_pushed_image() {
         ],
     ));
     let config = Command::new("skopeo")
-        .args(["inspect", "--config", "--tls-verify=false"])
+        .args(["inspect", "--config", "--raw", "--tls-verify=false"])
         .arg(format!("docker://{image}"))
         .output()
         .unwrap();
