@@ -231,3 +231,47 @@ fn inline_cache_in_a_pushed_image() {
     assert_eq!(ran, ["[build 1/1] RUN echo built > /artifact"], "{cached}");
     assert_eq!(cached, 5);
 }
+
+#[test]
+fn cache_mounts_travel() {
+    if !is_root() {
+        eprintln!("skipped: RUN needs root");
+        return;
+    }
+    let t = tmp("cache-mounts");
+    let ctx = t.0.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nARG V=1\nRUN --mount=type=cache,target=/cache,id=pkgs [\"/bin/busybox\",\"sh\",\"-c\",\"[ -f /cache/pkg ] || /bin/busybox echo filled-by-$V > /cache/pkg; /bin/busybox cat /cache/pkg > /seen\"]\n",
+    )
+    .unwrap();
+    let dir = t.0.join("cache");
+    let seen = |root: &Path, extra: &[&str]| -> String {
+        let out = root.join("out");
+        let dest = format!("type=local,dest={}", out.display());
+        let mut args = vec!["build", "-q", "-o", &dest];
+        args.extend_from_slice(extra);
+        args.push(ctx.to_str().unwrap());
+        ok(&rbuild(root, &args));
+        std::fs::read_to_string(out.join("seen")).unwrap()
+    };
+    let to = format!("type=local,dest={},cache-mounts=true", dir.display());
+    assert_eq!(seen(&t.0.join("a"), &["--cache-to", &to]), "filled-by-1\n");
+    // Another machine, a step the layer cache misses (another V): the
+    // mount holds what the first machine left.
+    let from = format!("type=local,src={}", dir.display());
+    assert_eq!(
+        seen(
+            &t.0.join("b"),
+            &["--build-arg", "V=2", "--cache-from", &from]
+        ),
+        "filled-by-1\n"
+    );
+    // Without the import it starts empty.
+    assert_eq!(
+        seen(&t.0.join("c"), &["--build-arg", "V=2"]),
+        "filled-by-2\n"
+    );
+}

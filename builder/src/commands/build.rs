@@ -337,6 +337,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         let exported = crate::shared_cache::export::export(
             &store,
             &built.cache_records,
+            &built.cache_mounts,
             to,
             &images,
             &transfer,

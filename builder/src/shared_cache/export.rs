@@ -14,13 +14,37 @@ use cache::spec::{Descriptor, Manifest, media, to_canonical_json};
 use serde_json::json;
 
 use super::spec::{CacheTo, Location};
-use super::{CACHE_CONFIG, CacheRecord, UNCOMPRESSED};
+use super::{CACHE_CONFIG, CACHE_MOUNT, CacheRecord, UNCOMPRESSED};
 use crate::export::LayerFormat;
 use crate::registry::transfer::Transfer;
 
-/// The manifest of `records`, stored in `store` with its config and
-/// (compressed) layers; returns its descriptor.
-fn write_manifest(store: &Store, records: &[CacheRecord]) -> anyhow::Result<Descriptor> {
+/// Each cache mount's directory as a gzip tar in `store`, annotated with
+/// its id.
+fn cache_mount_blobs(
+    store: &Store,
+    mounts: &[(String, std::path::PathBuf)],
+) -> anyhow::Result<Vec<Descriptor>> {
+    let mut out = Vec::new();
+    for (id, dir) in mounts {
+        let writer = store.blobs.writer()?;
+        let gz = flate2::write::GzEncoder::new(writer, flate2::Compression::fast());
+        let gz = cache::layer::write_tree_tar(dir, gz, None)
+            .with_context(|| format!("reading the cache mount {id} ({})", dir.display()))?;
+        let (digest, size) = gz.finish()?.commit(None)?;
+        let mut d = Descriptor::new(media::OCI_LAYER_GZIP, &digest, size);
+        d.annotations = Some(BTreeMap::from([(CACHE_MOUNT.to_string(), id.clone())]));
+        out.push(d);
+    }
+    Ok(out)
+}
+
+/// The manifest of `records` (and the cache mounts' blobs), stored in
+/// `store` with its config and (compressed) layers; returns its descriptor.
+fn write_manifest(
+    store: &Store,
+    records: &[CacheRecord],
+    mounts: Vec<Descriptor>,
+) -> anyhow::Result<Descriptor> {
     let gzip = LayerFormat {
         compression: Compression::Gzip,
         level: None,
@@ -60,7 +84,19 @@ fn write_manifest(store: &Store, records: &[CacheRecord]) -> anyhow::Result<Desc
             "results": [{"layer": i, "createdAt": r.created}],
         }));
     }
-    let config = json!({"layers": config_layers, "records": config_records});
+    let mount_list: Vec<serde_json::Value> = mounts
+        .iter()
+        .map(|d| {
+            let id = d.annotations.as_ref().and_then(|a| a.get(CACHE_MOUNT));
+            json!({"id": id, "blob": d.digest})
+        })
+        .collect();
+    layers.extend(mounts);
+    let config = json!({
+        "layers": config_layers,
+        "records": config_records,
+        "rbuild.cacheMounts": mount_list,
+    });
     let config_bytes = serde_json::to_vec(&config)?;
     let config_digest = store.blobs.put_bytes(&config_bytes)?;
     let manifest = Manifest {
@@ -85,6 +121,7 @@ fn write_manifest(store: &Store, records: &[CacheRecord]) -> anyhow::Result<Desc
 pub fn export(
     store: &Store,
     records: &[CacheRecord],
+    cache_mounts: &[(String, std::path::PathBuf)],
     to: &CacheTo,
     images: &crate::resolver::Resolver<'_>,
     transfer: &Arc<dyn Transfer>,
@@ -93,7 +130,12 @@ pub fn export(
         // Written into the image's config when it is made.
         return Ok(());
     }
-    let manifest = write_manifest(store, records)?;
+    let mounts = if to.cache_mounts {
+        cache_mount_blobs(store, cache_mounts)?
+    } else {
+        Vec::new()
+    };
+    let manifest = write_manifest(store, records, mounts)?;
     match &to.location {
         Location::Inline => Ok(()),
         Location::Local { dir, tag } => to_layout(store, &manifest, dir, tag)

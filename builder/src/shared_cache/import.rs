@@ -11,7 +11,7 @@ use cache::blob::BlobStore;
 use cache::spec::{Descriptor, Manifest};
 
 use super::spec::{CacheFrom, Location};
-use super::{CACHE_CONFIG, CacheRecord, INLINE_FIELD, UNCOMPRESSED};
+use super::{CACHE_CONFIG, CACHE_MOUNT, CacheRecord, INLINE_FIELD, UNCOMPRESSED};
 use crate::registry::Reference;
 use crate::registry::transfer::Transfer;
 
@@ -25,6 +25,8 @@ enum Source {
 #[derive(Default)]
 pub struct Imports {
     records: HashMap<String, (CacheRecord, usize)>,
+    /// Cache mount contents by mount id.
+    mounts: HashMap<String, (Descriptor, usize)>,
     sources: Vec<Source>,
 }
 
@@ -38,12 +40,15 @@ impl Imports {
         let mut out = Imports::default();
         for from in froms {
             match read(from, images) {
-                Ok((source, records)) => {
+                Ok((source, records, mounts)) => {
                     let i = out.sources.len();
                     out.sources.push(source);
                     for r in records {
                         // The first source with a key wins.
                         out.records.entry(r.key.clone()).or_insert((r, i));
+                    }
+                    for (id, d) in mounts {
+                        out.mounts.entry(id).or_insert((d, i));
                     }
                 }
                 Err(e) => warn(format!("importing cache {}: {e:#}", describe(from))),
@@ -67,6 +72,51 @@ impl Imports {
         self.records.get(key).map(|(r, _)| r)
     }
 
+    /// Fills the new cache mount directory `dir` with what an imported
+    /// cache holds for mount `id`; false when none holds any.
+    pub fn seed_cache_mount(
+        &self,
+        id: &str,
+        dir: &std::path::Path,
+        blobs: &BlobStore,
+        images: &crate::resolver::Resolver<'_>,
+        transfer: &Arc<dyn Transfer>,
+    ) -> anyhow::Result<bool> {
+        let Some((desc, source)) = self.mounts.get(id) else {
+            return Ok(false);
+        };
+        self.fetch(*source, desc, blobs, images, transfer)?;
+        let blob = blobs.open_verified(&desc.digest.parse()?)?;
+        cache::layer::unpack(blob, dir, &cache::layer::UnpackOptions::default())
+            .with_context(|| format!("unpacking the imported cache mount {id}"))?;
+        Ok(true)
+    }
+
+    fn fetch(
+        &self,
+        source: usize,
+        desc: &Descriptor,
+        blobs: &BlobStore,
+        images: &crate::resolver::Resolver<'_>,
+        transfer: &Arc<dyn Transfer>,
+    ) -> anyhow::Result<()> {
+        let digest = desc.digest.parse()?;
+        if blobs.contains(&digest) {
+            return Ok(());
+        }
+        match &self.sources[source] {
+            Source::Layout(layout) => {
+                blobs.put(layout.open_verified(&digest)?, Some((&digest, desc.size)))?;
+            }
+            Source::Registry(reference) => {
+                images
+                    .registry()?
+                    .fetch_blob(blobs, reference, desc, transfer)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Brings the layer of `key`'s record into `blobs` (verified).
     pub fn fetch_layer(
         &self,
@@ -81,21 +131,7 @@ impl Imports {
         let Some((layer, _)) = &record.layer else {
             return Ok(());
         };
-        let digest = layer.digest.parse()?;
-        if blobs.contains(&digest) {
-            return Ok(());
-        }
-        match &self.sources[*source] {
-            Source::Layout(layout) => {
-                blobs.put(layout.open_verified(&digest)?, Some((&digest, layer.size)))?;
-            }
-            Source::Registry(reference) => {
-                images
-                    .registry()?
-                    .fetch_blob(blobs, reference, layer, transfer)?;
-            }
-        }
-        Ok(())
+        self.fetch(*source, layer, blobs, images, transfer)
     }
 }
 
@@ -107,11 +143,26 @@ fn describe(from: &CacheFrom) -> String {
     }
 }
 
-/// A cache's source and records.
+/// The cache mounts a cache holds: (id, blob).
+type Mounts = Vec<(String, Descriptor)>;
+
+/// The blobs of cache mounts a manifest lists.
+fn mounts_of(manifest: &Manifest) -> Mounts {
+    manifest
+        .layers
+        .iter()
+        .filter_map(|d| {
+            let id = d.annotations.as_ref()?.get(CACHE_MOUNT)?.clone();
+            Some((id, d.clone()))
+        })
+        .collect()
+}
+
+/// A cache's source, records and cache mounts.
 fn read(
     from: &CacheFrom,
     images: &crate::resolver::Resolver<'_>,
-) -> anyhow::Result<(Source, Vec<CacheRecord>)> {
+) -> anyhow::Result<(Source, Vec<CacheRecord>, Mounts)> {
     match &from.location {
         Location::Local { dir, tag } => {
             let layout = BlobStore::open_existing(std::path::Path::new(dir))
@@ -129,7 +180,8 @@ fn read(
                 .with_context(|| format!("no cache tagged {tag:?} in {dir}"))?;
             let manifest: Manifest = serde_json::from_slice(&layout.read(&desc.digest.parse()?)?)?;
             let config = layout.read(&manifest.config.digest.parse()?)?;
-            Ok((Source::Layout(layout), records(&manifest, &config)?))
+            let records = records(&manifest, &config)?;
+            Ok((Source::Layout(layout), records, mounts_of(&manifest)))
         }
         Location::Registry(reference) => {
             let parsed = Reference::parse(reference)?.with_default_tag();
@@ -141,7 +193,7 @@ fn read(
             } else {
                 inline_records(&manifest, &config)?
             };
-            Ok((Source::Registry(parsed), records))
+            Ok((Source::Registry(parsed), records, mounts_of(&manifest)))
         }
         Location::Inline => bail!("an inline cache is read from its image's reference"),
     }

@@ -21,6 +21,8 @@ pub use spec::{CacheFrom, CacheTo, Mode};
 pub const CACHE_CONFIG: &str = "application/vnd.buildkit.cacheconfig.v0";
 /// The image config field of an inline cache (BuildKit's).
 pub const INLINE_FIELD: &str = "moby.buildkit.cache.v0";
+/// The annotation naming the cache mount a blob holds.
+pub const CACHE_MOUNT: &str = "io.rbuild.cache-mount";
 /// The annotation holding a layer's uncompressed digest (as containerd's).
 pub const UNCOMPRESSED: &str = "containerd.io/uncompressed";
 

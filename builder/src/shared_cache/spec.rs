@@ -40,6 +40,9 @@ pub struct CacheTo {
     pub mode: Mode,
     /// A failed export is a warning, not a failed build.
     pub ignore_error: bool,
+    /// `cache-mounts=true`: the contents of the build's `RUN
+    /// --mount=type=cache` directories travel too.
+    pub cache_mounts: bool,
 }
 
 /// A parsed `--cache-from`.
@@ -105,6 +108,7 @@ impl CacheTo {
             location,
             mode: Mode::Min,
             ignore_error: false,
+            cache_mounts: false,
         };
         for (k, v) in &f {
             match k.as_str() {
@@ -117,6 +121,7 @@ impl CacheTo {
                     }
                 }
                 "ignore-error" => out.ignore_error = v == "true",
+                "cache-mounts" => out.cache_mounts = v == "true",
                 // Accepted as buildx does; the layout is always an OCI
                 // image manifest with gzip layers.
                 "compression" | "compression-level" | "force-compression" | "oci-mediatypes"

@@ -4,7 +4,8 @@
 
 use super::*;
 
-/// The directory of a cache mount and the lock that keeps it while the
+/// The directory of a cache mount (a new one filled by `seed`) and the
+/// lock that keeps it while the
 /// step runs. `shared` (the default) lets any number of steps use it at
 /// once; `locked` waits until no other step holds it; `private` takes the
 /// first copy no other step holds (`ID`, `ID.1`, `ID.2`, ...), as BuildKit
@@ -14,6 +15,7 @@ pub(super) fn cache_mount_dir(
     id: &str,
     sharing: Sharing,
     new_owner: Option<(u32, u32, u32)>,
+    seed: &dyn Fn(&Path),
 ) -> anyhow::Result<(PathBuf, Option<std::fs::File>)> {
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     let name = hex_name(id);
@@ -50,6 +52,8 @@ pub(super) fn cache_mount_dir(
         let tmp = PathBuf::from(format!("{}.new-{}-{n}", dir.display(), std::process::id()));
         std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         give_new_cache(&tmp, new_owner)?;
+        // An imported cache may hold this mount's contents.
+        seed(&tmp);
         // Another build may have made it meanwhile: theirs stays.
         if std::fs::rename(&tmp, &dir).is_err() {
             let _ = std::fs::remove_dir_all(&tmp);

@@ -116,6 +116,8 @@ pub struct Built {
     pub explained: Vec<(usize, String, Outcome)>,
     /// With `--cache-to`: the records to export.
     pub cache_records: Vec<crate::shared_cache::CacheRecord>,
+    /// With `--cache-to`: the cache mounts the build used (id, directory).
+    pub cache_mounts: Vec<(String, PathBuf)>,
 }
 
 /// One op's result: a snapshot (None: empty) and its stage's image so far.
@@ -173,6 +175,8 @@ struct Ctx<'a> {
     fresh_caches: std::sync::Mutex<BTreeMap<String, crate::tempdir::TempDir>>,
     /// With `--cache-to`: each step made or found.
     seen: std::sync::Mutex<Vec<Seen>>,
+    /// With `--cache-to`: the cache mounts used, by id.
+    cache_mounts: std::sync::Mutex<BTreeMap<String, PathBuf>>,
 }
 
 /// Runs the graph and stores the target image.
@@ -207,6 +211,7 @@ pub fn build(
         earlier: Default::default(),
         fresh_caches: Default::default(),
         seen: Default::default(),
+        cache_mounts: Default::default(),
         secret_dir: if options.secrets.is_empty() && options.ssh.is_empty() {
             None
         } else {
@@ -234,9 +239,14 @@ pub fn build(
     let (image_id, manifest) = crate::images::store(&store.blobs, &config, layers, &options.tags)?;
     let explained = std::mem::take(&mut *ctx.explained.lock().unwrap_or_else(|e| e.into_inner()));
     let cache_records = export_records(&ctx, target)?;
+    let cache_mounts =
+        std::mem::take(&mut *ctx.cache_mounts.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_iter()
+            .collect();
     Ok(Built {
         explained,
         cache_records,
+        cache_mounts,
         image_id: image_id.to_string(),
         manifest,
         config,

@@ -226,9 +226,36 @@ impl StepMounts {
                 path
             }
         } else {
-            let (dir, lock) =
-                cache_mount_dir(&ctx.store.root.join("cache-mounts"), &id, sharing, owner)?;
+            let seed = |new: &Path| {
+                let Some(imports) = ctx.options.cache_imports else {
+                    return;
+                };
+                let seeded = imports.seed_cache_mount(
+                    &id,
+                    new,
+                    &ctx.store.blobs,
+                    ctx.options.images,
+                    &ctx.options.transfer,
+                );
+                if let Err(e) = seeded {
+                    ctx.progress
+                        .warn(&format!("cache mount {id} starts empty: {e:#}"));
+                }
+            };
+            let (dir, lock) = cache_mount_dir(
+                &ctx.store.root.join("cache-mounts"),
+                &id,
+                sharing,
+                owner,
+                &seed,
+            )?;
             self.locks.extend(lock);
+            if ctx.options.cache_export.is_some() {
+                ctx.cache_mounts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.clone(), dir.clone());
+            }
             dir
         };
         if mount.from.is_some() {
