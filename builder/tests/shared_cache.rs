@@ -83,9 +83,23 @@ fn local_cache_mode_max_and_min() {
     assert_eq!(ran.len(), 6, "{ran:?}");
     assert!(dir.join("index.json").is_file() && !dir.join("index.json.lock").exists());
 
-    // An empty root: every step from the cache, the same image.
+    // An empty root, the context at another path with other mtimes and
+    // inodes (keys hold content only): every step from the cache, the
+    // same image.
+    let moved = t.0.join("elsewhere");
+    std::fs::create_dir_all(&moved).unwrap();
+    for f in ["busybox", "data.txt", "Dockerfile"] {
+        std::fs::copy(ctx.join(f), moved.join(f)).unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(moved.join(f))
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+    }
     let from = format!("type=local,src={}", dir.display());
-    let (ran, cached, _) = build(&b, &ctx, &["--cache-from", &from]);
+    let (ran, cached, _) = build(&b, &moved, &["--cache-from", &from]);
     assert!(ran.is_empty(), "{ran:?}");
     assert_eq!(cached, 6);
     assert_eq!(image_id(&a), image_id(&b));
