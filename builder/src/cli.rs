@@ -419,7 +419,7 @@ pub struct BuildArgs {
     /// How RUN is sandboxed
     #[arg(long, value_enum, default_value_t = RuntimeKind::Embedded)]
     pub runtime: RuntimeKind,
-    /// Output: type=image (the local store) for now
+    /// Output: type=image|registry|oci|docker|local|tar, with options
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
     /// Layer compression: gzip (default), zstd or uncompressed
@@ -431,16 +431,16 @@ pub struct BuildArgs {
     /// SSH agent sockets for RUN --mount=type=ssh: default or ID=SOCKET
     #[arg(long, value_name = "SPEC")]
     pub ssh: Vec<String>,
-    /// Cache import (not supported yet)
+    /// Cache import: type=registry,ref=REF | type=local,src=DIR | REF (repeatable)
     #[arg(long, value_name = "SPEC")]
     pub cache_from: Vec<String>,
-    /// Cache export (not supported yet)
+    /// Cache export: type=registry,ref=REF | type=local,dest=DIR | type=inline [,mode=min|max][,cache-mounts=true]
     #[arg(long, value_name = "SPEC")]
     pub cache_to: Vec<String>,
-    /// Push the image (not supported yet)
+    /// Push the image to its registry (same as -o type=image,push=true)
     #[arg(long)]
     pub push: bool,
-    /// Always pull base images (not supported yet)
+    /// Ask the registry again for every base image
     #[arg(long)]
     pub pull: bool,
     /// Run the build checks only and build nothing (as `rbuild check`)

@@ -26,6 +26,7 @@ pub mod mask;
 pub mod progress;
 pub mod publish;
 pub mod registry;
+pub mod remote;
 pub mod resolver;
 pub mod sandbox;
 pub mod secrets;

@@ -174,7 +174,17 @@ pub(super) fn run_file(
             .map(|(dir, ignore)| (dir.clone(), ignore.as_ref())),
         FileSource::Stage(_) | FileSource::Image(_) => None,
     };
+    // ADD of URLs: each downloaded (or revalidated) now; the key holds
+    // what each gave (content, name, mtime), not the URL's validators.
+    let remote = remote_sources(ctx.store, file).map_err(where_)?;
     let source_key = match &local {
+        _ if remote.is_some() => remote.as_ref().map(|files| {
+            let parts: Vec<_> = files
+                .iter()
+                .map(|f| (&f.url, &f.digest, &f.name, f.mtime))
+                .collect();
+            step_key(serde_json::json!(parts)).as_str().to_string()
+        }),
         Some((root, ignore)) => Some(
             crate::copy::content_digest(root, *ignore, &file.sources, key_excludes, Some(stat))
                 .map_err(|e| where_(e.into()))?,
@@ -211,8 +221,11 @@ pub(super) fn run_file(
         (id, started),
         |m| {
             let source = source_node.and_then(|n| done.get(&n)).map(|d| &**d);
-            manifest = copy_into(ctx, m, file, local.as_ref(), source, identity.as_ref())
-                .map_err(where_)?;
+            manifest = match &remote {
+                Some(files) => copy_remote(ctx, m, file, files).map(|()| None),
+                None => copy_into(ctx, m, file, local.as_ref(), source, identity.as_ref()),
+            }
+            .map_err(where_)?;
             Ok(())
         },
     )?;
@@ -267,11 +280,6 @@ fn copy_into(
             (r, None)
         }
     };
-    for s in &file.sources {
-        if s.contains("://") || s.starts_with("git@") {
-            bail!("ADD from a URL or git ({s}) is not supported yet");
-        }
-    }
     copy(&CopyRequest {
         source_root: &source_root,
         ignore,
@@ -289,6 +297,61 @@ fn copy_into(
     })?;
     drop(view);
     Ok(reuse.map(|r| r.manifest()))
+}
+
+/// The URLs an ADD downloads, fetched (None: it has no URL source).
+fn remote_sources(
+    store: &Store,
+    file: &frontend::graph::FileOp,
+) -> anyhow::Result<Option<Vec<crate::remote::Fetched>>> {
+    if !file.add {
+        return Ok(None);
+    }
+    // BuildKit's rule: what parses as a git reference is git.
+    if let Some(s) = file.sources.iter().find(|s| {
+        !matches!(
+            frontend::gitref::parse_git_ref(s),
+            Err(frontend::gitref::GitRefError::NotGit(_))
+        )
+    }) {
+        bail!("ADD from git ({s}) is not supported yet");
+    }
+    let urls: Vec<&String> = file
+        .sources
+        .iter()
+        .filter(|s| crate::remote::is_http(s))
+        .collect();
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    if urls.len() != file.sources.len() || !file.contents.is_empty() {
+        bail!("ADD of URLs together with local files is not supported yet: use one ADD for each");
+    }
+    urls.into_iter()
+        .map(|u| crate::remote::fetch(store, u, file.checksum.as_deref()))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// Fills `m` with downloaded files: written (0600, their mtimes) into a
+/// directory of their own, then copied as ADD copies (archives unpacked
+/// only with `--unpack=true`).
+fn copy_remote(
+    ctx: &Ctx<'_>,
+    m: &cache::snapshot::MutableSnapshot,
+    file: &frontend::graph::FileOp,
+    files: &[crate::remote::Fetched],
+) -> anyhow::Result<()> {
+    let dir = crate::tempdir::TempDir::new("add-url")?;
+    let names = crate::remote::stage(ctx.store, files, &dir.path)?;
+    copy(&CopyRequest {
+        chown: file.chown.as_deref(),
+        chmod: file.chmod.as_deref(),
+        add: file.unpack == Some(true),
+        unpack: file.unpack,
+        ..CopyRequest::plain(&dir.path, &names, &file.dest, &m.root())
+    })?;
+    Ok(())
 }
 
 /// The stat-cache "context" under which mounted-content digests are kept.

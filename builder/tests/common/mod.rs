@@ -75,5 +75,6 @@ pub fn build_local(root: &Path, ctx: &Path, out: &Path) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 pub mod fault_proxy;
+pub mod http_server;
 pub mod registry;
 pub mod token_server;

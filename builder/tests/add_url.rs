@@ -1,0 +1,188 @@
+//! `ADD <url>` against an HTTP server of the test's own: name, mode and
+//! mtime as BuildKit gives them, revalidation (a 304 is a hit with no
+//! download), a changed file misses, `--checksum` (a hit asks nothing; a
+//! mismatch names both digests and keeps nothing), redirects, a 404,
+//! archives unpacked only with `--unpack=true`.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+use common::http_server::HttpServer;
+use common::{is_root, rbuild, tmp};
+
+const MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
+
+fn dockerfile(dir: &Path, text: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("Dockerfile"), text).unwrap();
+    dir.to_path_buf()
+}
+
+/// Builds `ctx` on `root` into `out`; the output on success.
+fn build(root: &Path, ctx: &Path, out: &Path) -> std::process::Output {
+    rbuild(
+        root,
+        &[
+            "build",
+            "--progress=plain",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            ctx.to_str().unwrap(),
+        ],
+    )
+}
+
+fn ok(o: &std::process::Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{:x}", sha2::Sha256::digest(bytes))
+}
+
+#[test]
+fn add_url_files_and_their_cache() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let t = tmp("add-url");
+    let srv = HttpServer::start();
+    srv.file("/tools/tool.txt", b"version 1\n", "v1", MODIFIED);
+    srv.redirect("/latest", "/tools/tool.txt");
+    let ctx = dockerfile(
+        &t.0.join("ctx"),
+        &format!(
+            "FROM scratch\nADD {0}/tools/tool.txt /dl/\nADD {0}/latest /renamed\n",
+            srv.base
+        ),
+    );
+    let root = t.0.join("root");
+    let out = t.0.join("out");
+    ok(&build(&root, &ctx, &out));
+    let file = out.join("dl/tool.txt");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "version 1\n");
+    let m = std::fs::metadata(&file).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o600);
+    assert_eq!(m.mtime(), 1_445_412_480, "Last-Modified");
+    assert_eq!(m.uid(), 0);
+    assert_eq!(
+        std::fs::read_to_string(out.join("renamed")).unwrap(),
+        "version 1\n"
+    );
+
+    // Unchanged: revalidated with a 304, every step from the cache.
+    let err = ok(&build(&root, &ctx, &out));
+    assert_eq!(err.matches(" CACHED").count(), 2, "{err}");
+    assert!(srv.requests("/tools/tool.txt").contains(&304));
+
+    // Changed on the server: a miss and the new content.
+    srv.file("/tools/tool.txt", b"version 2\n", "v2", MODIFIED);
+    let err = ok(&build(&root, &ctx, &out));
+    assert_eq!(err.matches(" CACHED").count(), 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("dl/tool.txt")).unwrap(),
+        "version 2\n"
+    );
+
+    // A 404 names the URL and the line.
+    let bad = dockerfile(
+        &t.0.join("bad"),
+        &format!("FROM scratch\nADD {}/nothing /x\n", srv.base),
+    );
+    let o = build(&root, &bad, &out);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("/nothing") && err.contains("404") && err.contains("Dockerfile:2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn add_url_checksum() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let t = tmp("add-url-checksum");
+    let srv = HttpServer::start();
+    let body = b"pinned release\n";
+    srv.file("/release.txt", body, "r1", MODIFIED);
+    let good = sha256(body);
+    let ctx = dockerfile(
+        &t.0.join("ctx"),
+        &format!(
+            "FROM scratch\nADD --checksum={good} {}/release.txt /\n",
+            srv.base
+        ),
+    );
+    let root = t.0.join("root");
+    let out = t.0.join("out");
+    ok(&build(&root, &ctx, &out));
+    let asked = srv.requests("/release.txt").len();
+    // With a checksum whose content is stored, a rebuild asks nothing.
+    let err = ok(&build(&root, &ctx, &out));
+    assert!(err.contains("CACHED"), "{err}");
+    assert_eq!(srv.requests("/release.txt").len(), asked);
+
+    // A wrong checksum: an error naming both digests, nothing kept.
+    let wrong = sha256(b"something else");
+    let bad = dockerfile(
+        &t.0.join("bad"),
+        &format!(
+            "FROM scratch\nADD --checksum={wrong} {}/release.txt /\n",
+            srv.base
+        ),
+    );
+    let fresh = t.0.join("fresh");
+    let o = build(&fresh, &bad, &out);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&wrong) && err.contains(&good) && err.contains("/release.txt"),
+        "{err}"
+    );
+    let hex = good.strip_prefix("sha256:").unwrap();
+    assert!(!fresh.join("content/blobs/sha256").join(hex).exists());
+}
+
+#[test]
+fn add_url_archives_unpack_only_when_asked() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let t = tmp("add-url-tar");
+    let srv = HttpServer::start();
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    let mut h = tar::Header::new_gnu();
+    h.set_size(6);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, "hello.txt", &b"hello\n"[..])
+        .unwrap();
+    let gz = tar.into_inner().unwrap().finish().unwrap();
+    srv.file("/a.tar.gz", &gz, "t1", MODIFIED);
+    let ctx = dockerfile(
+        &t.0.join("ctx"),
+        &format!(
+            "FROM scratch\nADD {0}/a.tar.gz /kept/\nADD --unpack=true {0}/a.tar.gz /unpacked/\n",
+            srv.base
+        ),
+    );
+    let out = t.0.join("out");
+    ok(&build(&t.0.join("root"), &ctx, &out));
+    assert_eq!(std::fs::read(out.join("kept/a.tar.gz")).unwrap(), gz);
+    assert_eq!(
+        std::fs::read_to_string(out.join("unpacked/hello.txt")).unwrap(),
+        "hello\n"
+    );
+}
