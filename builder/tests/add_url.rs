@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use common::http_server::HttpServer;
-use common::{is_root, rbuild, tmp};
+use common::{is_root, tmp};
 
 const MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
 
@@ -20,19 +20,7 @@ fn dockerfile(dir: &Path, text: &str) -> PathBuf {
     dir.to_path_buf()
 }
 
-/// Builds `ctx` on `root` into `out`; the output on success.
-fn build(root: &Path, ctx: &Path, out: &Path) -> std::process::Output {
-    rbuild(
-        root,
-        &[
-            "build",
-            "--progress=plain",
-            "-o",
-            &format!("type=local,dest={}", out.display()),
-            ctx.to_str().unwrap(),
-        ],
-    )
-}
+use common::build_into as build;
 
 fn ok(o: &std::process::Output) -> String {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -180,12 +180,17 @@ fn unsupported_features_fail_clearly() {
     let root = t.0.join("state");
     let out = rbuild(
         &root,
-        &["build", "--cache-to", "type=inline", t.0.to_str().unwrap()],
+        &[
+            "build",
+            "--cache-to",
+            "type=s3,ref=x",
+            t.0.to_str().unwrap(),
+        ],
     );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("--cache-from/--cache-to is not supported yet"),
+        err.contains("--cache-to type=s3,ref=x: type=s3 is not supported yet"),
         "{err}"
     );
     // A push needs a name.

@@ -46,6 +46,22 @@ fn build_base(dir: &Path, root: &Path, name: &str) {
     ));
 }
 
+/// A registry started with `options`, a state root holding BASE as
+/// `app:1`, and that image tagged `REGISTRY/repo` (the name returned).
+fn with_image(
+    test: &str,
+    options: Options,
+    repo: &str,
+) -> (common::Tmp, Registry, PathBuf, String) {
+    let t = tmp(test);
+    let reg = Registry::start(&t.0.join("reg"), options);
+    let root = t.0.join("root");
+    build_base(&t.0, &root, "app:1");
+    let name = format!("{}/{repo}", reg.addr);
+    ok(&rbuild(&root, &["tag", "app:1", &name]));
+    (t, reg, root, name)
+}
+
 fn skopeo(args: &[&str]) -> Output {
     Command::new("skopeo")
         .args(args)
@@ -63,12 +79,7 @@ fn requests(reg: &Registry, needle: &str) -> usize {
 
 #[test]
 fn push_is_read_by_skopeo_and_umoci_and_pulls_back() {
-    let t = tmp("reg-roundtrip");
-    let reg = Registry::start(&t.0.join("reg"), Options::default());
-    let root = t.0.join("root");
-    build_base(&t.0, &root, "app:1");
-    let name = format!("{}/team/app:1", reg.addr);
-    ok(&rbuild(&root, &["tag", "app:1", &name]));
+    let (t, reg, root, name) = with_image("reg-roundtrip", Options::default(), "team/app:1");
     let pushed = rbuild(&root, &["push", &name]);
     let out = ok(&pushed);
     let digest = out
@@ -320,12 +331,7 @@ fn basic_auth_login_and_logout() {
 
 #[test]
 fn a_corrupt_blob_is_refused_and_nothing_is_stored() {
-    let t = tmp("reg-corrupt");
-    let reg = Registry::start(&t.0.join("reg"), Options::default());
-    let root = t.0.join("root");
-    build_base(&t.0, &root, "app:1");
-    let name = format!("{}/app:1", reg.addr);
-    ok(&rbuild(&root, &["tag", "app:1", &name]));
+    let (t, reg, root, name) = with_image("reg-corrupt", Options::default(), "app:1");
     ok(&rbuild(&root, &["push", &name]));
     let inspect: serde_json::Value = serde_json::from_str(&ok(&skopeo(&[
         "inspect",
@@ -755,13 +761,14 @@ fn retries_and_resumes_through_503s_and_resets() {
     let proxy = FaultProxy::start(
         &reg.addr,
         vec![
-            Fault::Pass,
+            Fault::CutAfter(300_000),
             Fault::Unavailable,
             Fault::CutAfter(300_000),
-            Fault::Pass,
+            Fault::CutAfter(300_000),
             Fault::Unavailable,
-            Fault::Pass,
+            Fault::CutAfter(300_000),
         ],
+        2,
     );
     let fresh = t.0.join("fresh");
     let through = format!("{}/app:1", proxy.addr);

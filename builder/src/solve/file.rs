@@ -178,13 +178,7 @@ pub(super) fn run_file(
     // what each gave (content, name, mtime), not the URL's validators.
     let remote = remote_sources(ctx.store, file).map_err(where_)?;
     let source_key = match &local {
-        _ if remote.is_some() => remote.as_ref().map(|files| {
-            let parts: Vec<_> = files
-                .iter()
-                .map(|f| (&f.url, &f.digest, &f.name, f.mtime))
-                .collect();
-            step_key(serde_json::json!(parts)).as_str().to_string()
-        }),
+        _ if remote.is_some() => remote.as_ref().map(Remote::key),
         Some((root, ignore)) => Some(
             crate::copy::content_digest(root, *ignore, &file.sources, key_excludes, Some(stat))
                 .map_err(|e| where_(e.into()))?,
@@ -222,7 +216,7 @@ pub(super) fn run_file(
         |m| {
             let source = source_node.and_then(|n| done.get(&n)).map(|d| &**d);
             manifest = match &remote {
-                Some(files) => copy_remote(ctx, m, file, files).map(|()| None),
+                Some(r) => copy_remote(ctx, m, file, r).map(|()| None),
                 None => copy_into(ctx, m, file, local.as_ref(), source, identity.as_ref()),
             }
             .map_err(where_)?;
@@ -299,57 +293,107 @@ fn copy_into(
     Ok(reuse.map(|r| r.manifest()))
 }
 
-/// The URLs an ADD downloads, fetched (None: it has no URL source).
-fn remote_sources(
-    store: &Store,
-    file: &frontend::graph::FileOp,
-) -> anyhow::Result<Option<Vec<crate::remote::Fetched>>> {
+/// What an ADD brings from elsewhere.
+pub(super) enum Remote {
+    /// URLs, downloaded.
+    Http(Vec<crate::remote::http::Fetched>),
+    /// A git repository at a commit.
+    Git(crate::remote::git::Resolved),
+}
+
+impl Remote {
+    /// What the cache key holds: the content (digests, names, mtimes) or
+    /// the commit, never a server's validators.
+    fn key(&self) -> String {
+        let inputs = match self {
+            Remote::Http(files) => {
+                let parts: Vec<_> = files
+                    .iter()
+                    .map(|f| (&f.url, &f.digest, &f.name, f.mtime))
+                    .collect();
+                serde_json::json!({"http": parts})
+            }
+            Remote::Git(r) => serde_json::json!({"git": r}),
+        };
+        step_key(inputs).as_str().to_string()
+    }
+}
+
+/// The URLs or the git repository an ADD reads, fetched or resolved
+/// (None: its sources are local).
+fn remote_sources(store: &Store, file: &frontend::graph::FileOp) -> anyhow::Result<Option<Remote>> {
     if !file.add {
         return Ok(None);
     }
-    // BuildKit's rule: what parses as a git reference is git.
-    if let Some(s) = file.sources.iter().find(|s| {
-        !matches!(
-            frontend::gitref::parse_git_ref(s),
-            Err(frontend::gitref::GitRefError::NotGit(_))
-        )
-    }) {
-        bail!("ADD from git ({s}) is not supported yet");
+    // BuildKit's rule: what parses as a git reference is git; other
+    // http(s) URLs are downloads.
+    let (mut git, mut urls, mut local) = (Vec::new(), Vec::new(), 0);
+    for s in &file.sources {
+        match frontend::gitref::parse_git_ref(s) {
+            Err(frontend::gitref::GitRefError::NotGit(_)) if crate::remote::http::is_http(s) => {
+                urls.push(s)
+            }
+            Err(frontend::gitref::GitRefError::NotGit(_)) => local += 1,
+            other => git.push(other?),
+        }
     }
-    let urls: Vec<&String> = file
-        .sources
-        .iter()
-        .filter(|s| crate::remote::is_http(s))
-        .collect();
-    if urls.is_empty() {
+    if git.is_empty() && urls.is_empty() {
         return Ok(None);
     }
-    if urls.len() != file.sources.len() || !file.contents.is_empty() {
-        bail!("ADD of URLs together with local files is not supported yet: use one ADD for each");
+    if local > 0 || !file.contents.is_empty() || (!git.is_empty() && !urls.is_empty()) {
+        bail!(
+            "ADD of URLs or git together with other sources is not supported yet: use one ADD for each"
+        );
+    }
+    if let [r] = git.as_slice() {
+        let resolved = crate::remote::git::resolve(r, file.checksum.as_deref())?;
+        let resolved = crate::remote::git::Resolved {
+            keep_git_dir: file.keep_git_dir.unwrap_or(resolved.keep_git_dir),
+            ..resolved
+        };
+        return Ok(Some(Remote::Git(resolved)));
+    }
+    if git.len() > 1 {
+        bail!("ADD of several git repositories at once is not supported yet: use one ADD for each");
     }
     urls.into_iter()
-        .map(|u| crate::remote::fetch(store, u, file.checksum.as_deref()))
+        .map(|u| crate::remote::http::fetch(store, u, file.checksum.as_deref()))
         .collect::<anyhow::Result<Vec<_>>>()
-        .map(Some)
+        .map(|f| Some(Remote::Http(f)))
 }
 
-/// Fills `m` with downloaded files: written (0600, their mtimes) into a
-/// directory of their own, then copied as ADD copies (archives unpacked
-/// only with `--unpack=true`).
+/// Fills `m` with what `remote` brings: downloaded files written (0600,
+/// their mtimes) into a directory of their own, or a git checkout, then
+/// copied as ADD copies (downloaded archives unpacked only with
+/// `--unpack=true`; a checkout never).
 fn copy_remote(
     ctx: &Ctx<'_>,
     m: &cache::snapshot::MutableSnapshot,
     file: &frontend::graph::FileOp,
-    files: &[crate::remote::Fetched],
+    remote: &Remote,
 ) -> anyhow::Result<()> {
-    let dir = crate::tempdir::TempDir::new("add-url")?;
-    let names = crate::remote::stage(ctx.store, files, &dir.path)?;
+    let dir = crate::tempdir::TempDir::new("add-remote")?;
+    let (root, names, add) = match remote {
+        Remote::Http(files) => (
+            dir.path.clone(),
+            crate::remote::http::stage(ctx.store, files, &dir.path)?,
+            file.unpack == Some(true),
+        ),
+        Remote::Git(r) => {
+            crate::remote::git::checkout(r, &dir.path)?;
+            let sub = dir.path.join(r.subdir.trim_start_matches('/'));
+            if !sub.is_dir() {
+                bail!("{}#{}: no directory {:?}", r.remote, r.commit, r.subdir);
+            }
+            (sub, vec![".".to_string()], false)
+        }
+    };
     copy(&CopyRequest {
         chown: file.chown.as_deref(),
         chmod: file.chmod.as_deref(),
-        add: file.unpack == Some(true),
-        unpack: file.unpack,
-        ..CopyRequest::plain(&dir.path, &names, &file.dest, &m.root())
+        add,
+        unpack: if add { file.unpack } else { Some(false) },
+        ..CopyRequest::plain(&root, &names, &file.dest, &m.root())
     })?;
     Ok(())
 }

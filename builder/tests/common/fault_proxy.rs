@@ -16,7 +16,9 @@ pub enum Fault {
     Pass,
     /// `503` with `Connection: close`, nothing forwarded.
     Unavailable,
-    /// Forwarded, then closed after this many bytes of answer.
+    /// Forwarded; once its answers pass this many bytes the connection
+    /// is closed, while the proxy's budget of cuts lasts (so the cut
+    /// lands in whatever large download a connection carries).
     CutAfter(usize),
 }
 
@@ -29,6 +31,8 @@ pub struct Counts {
     pub cut: AtomicUsize,
     /// Whether a request carried a `Range` header.
     pub saw_range: AtomicBool,
+    /// Cuts still allowed.
+    pub cuts_left: AtomicUsize,
 }
 
 /// A running proxy.
@@ -41,11 +45,12 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     /// Proxies to `target`; connection `n` (from 0) gets
-    /// `schedule[n % schedule.len()]`.
-    pub fn start(target: &str, schedule: Vec<Fault>) -> FaultProxy {
+    /// `schedule[n % schedule.len()]`; at most `cuts` connections are cut.
+    pub fn start(target: &str, schedule: Vec<Fault>, cuts: usize) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let counts = Arc::new(Counts::default());
+        counts.cuts_left.store(cuts, Ordering::SeqCst);
         let c = counts.clone();
         let target = target.to_string();
         std::thread::spawn(move || {
@@ -108,7 +113,13 @@ fn serve(mut client: TcpStream, target: &str, fault: Fault, counts: &Counts) {
                 Ok(n) => n,
             };
             let n = match fault {
-                Fault::CutAfter(limit) if sent + n >= limit => {
+                Fault::CutAfter(limit)
+                    if sent + n >= limit
+                        && counts
+                            .cuts_left
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1))
+                            .is_ok() =>
+                {
                     let _ = client.write_all(&buf[..limit - sent]);
                     counts.cut.fetch_add(1, Ordering::SeqCst);
                     break;

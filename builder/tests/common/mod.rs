@@ -78,3 +78,18 @@ pub mod fault_proxy;
 pub mod http_server;
 pub mod registry;
 pub mod token_server;
+
+/// `rbuild build --progress=plain -o type=local,dest=OUT CONTEXT` on state
+/// root `root`, whatever its outcome.
+pub fn build_into(root: &Path, ctx: &Path, out: &Path) -> std::process::Output {
+    rbuild(
+        root,
+        &[
+            "build",
+            "--progress=plain",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            ctx.to_str().unwrap(),
+        ],
+    )
+}

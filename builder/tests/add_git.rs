@@ -1,0 +1,187 @@
+//! `ADD <git url>` against `git daemon` on 127.0.0.1: a branch, a tag, a
+//! commit, a subdirectory, `--keep-git-dir`, modes 0644/0755; a rebuild
+//! with no new commit is a hit, a new commit a miss; `--checksum` and a
+//! missing ref are errors that say so.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use common::registry::free_port;
+use common::{is_root, tmp};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let o = Command::new("git")
+        .args([
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "user.name=t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs (.ci/run installs it)");
+    assert!(
+        o.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A repository with a commit on `main` tagged `v1`, served by git daemon.
+fn serve(dir: &Path) -> (Daemon, String, PathBuf) {
+    let work = dir.join("work");
+    std::fs::create_dir_all(work.join("sub")).unwrap();
+    git(&work, &["init", "-q"]);
+    std::fs::write(work.join("sub/a.txt"), "one\n").unwrap();
+    std::fs::write(work.join("run.sh"), "#!/bin/sh\necho run\n").unwrap();
+    std::fs::set_permissions(work.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-qm", "one"]);
+    git(&work, &["tag", "-a", "v1", "-m", "v1"]);
+    let served = dir.join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    git(dir, &["clone", "-q", "--bare", "work", "served/repo.git"]);
+    let port = free_port();
+    // The daemon itself, not the `git` wrapper that would leave it behind
+    // (holding the test's output open) when killed.
+    let exec_path = git(dir, &["--exec-path"]);
+    let child = Command::new(Path::new(&exec_path).join("git-daemon"))
+        .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+        .arg(format!("--port={port}"))
+        .arg(format!("--base-path={}", served.display()))
+        .arg(&served)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "git daemon did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (
+        Daemon(child),
+        format!("git://127.0.0.1:{port}/repo.git"),
+        work,
+    )
+}
+
+fn build(root: &Path, dir: &Path, dockerfile: &str) -> (std::process::Output, PathBuf) {
+    let ctx = dir.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    let out = dir.join("out");
+    let _ = std::fs::remove_dir_all(&out);
+    (common::build_into(root, &ctx, &out), out)
+}
+
+fn ok(o: &std::process::Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn add_from_git() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let t = tmp("add-git");
+    let (_daemon, url, work) = serve(&t.0);
+    let commit = git(&work, &["rev-parse", "HEAD"]);
+    let root = t.0.join("root");
+    let df = format!(
+        "FROM scratch\nADD {url}#main /branch\nADD {url}#v1:sub /tag-sub\nADD {url}#{commit} /commit\nADD --keep-git-dir=true {url}#main /with-git\n"
+    );
+    let (o, out) = build(&root, &t.0, &df);
+    ok(&o);
+    assert_eq!(
+        std::fs::read_to_string(out.join("branch/sub/a.txt")).unwrap(),
+        "one\n"
+    );
+    let mode = |p: &str| std::fs::metadata(out.join(p)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode("branch/run.sh"), 0o755);
+    assert_eq!(mode("branch/sub/a.txt"), 0o644);
+    assert!(!out.join("branch/.git").exists());
+    assert_eq!(
+        std::fs::read_to_string(out.join("tag-sub/a.txt")).unwrap(),
+        "one\n"
+    );
+    assert!(out.join("commit/run.sh").is_file());
+    assert!(out.join("with-git/.git").is_dir());
+
+    // No new commit: a hit.
+    let (o, _) = build(&root, &t.0, &df);
+    let err = ok(&o);
+    assert_eq!(err.matches(" CACHED").count(), 4, "{err}");
+
+    // A new commit on main: the branch misses, the tag and commit hit.
+    std::fs::write(work.join("sub/a.txt"), "two\n").unwrap();
+    git(&work, &["commit", "-qam", "two"]);
+    git(
+        &work,
+        &[
+            "push",
+            "-q",
+            &format!("{}", t.0.join("served/repo.git").display()),
+            "main",
+        ],
+    );
+    let (o, out) = build(&root, &t.0, &df);
+    let err = ok(&o);
+    assert_eq!(
+        std::fs::read_to_string(out.join("branch/sub/a.txt")).unwrap(),
+        "two\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("tag-sub/a.txt")).unwrap(),
+        "one\n"
+    );
+    // The first step changed, so every step after it ran again.
+    assert_eq!(err.matches(" CACHED").count(), 0, "{err}");
+
+    // --checksum is a commit prefix; a missing ref says so.
+    let (o, _) = build(
+        &root,
+        &t.0,
+        &format!("FROM scratch\nADD --checksum=0000 {url}#v1 /x\n"),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("expected checksum to match"));
+    let (o, _) = build(
+        &root,
+        &t.0,
+        &format!(
+            "FROM scratch\nADD --checksum={} {url}#v1 /x\n",
+            &commit[..10]
+        ),
+    );
+    ok(&o);
+    let (o, _) = build(&root, &t.0, &format!("FROM scratch\nADD {url}#nope /x\n"));
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("does not contain ref nope") && err.contains("Dockerfile:2"),
+        "{err}"
+    );
+}
