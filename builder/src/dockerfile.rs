@@ -85,7 +85,9 @@ pub fn named_contexts(specs: &[String]) -> anyhow::Result<BTreeSet<String>> {
     for spec in specs {
         match spec.split_once('=') {
             Some((name, src)) if !name.is_empty() && !src.is_empty() => {
-                if !src.contains("://") {
+                // Image contexts resolve as images; directories and URLs
+                // (git, archives) are contexts.
+                if !src.starts_with("docker-image://") && !src.starts_with("oci-layout://") {
                     out.insert(name.to_string());
                 }
             }
@@ -131,8 +133,28 @@ pub fn load(context: &Path, args: &BuildGraphArgs) -> anyhow::Result<Loaded> {
     })
 }
 
+/// Stdin when it was read already (to tell a context archive from a
+/// Dockerfile): `-` reads this.
+static STDIN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// Keeps what stdin held, for [`read_dockerfile`] of `-`.
+pub fn set_stdin(bytes: Vec<u8>) {
+    let _ = STDIN.set(bytes);
+}
+
 /// Reads a Dockerfile from a path or `-` (stdin); invalid UTF-8 is replaced.
 pub fn read_dockerfile(path: &Path) -> anyhow::Result<String> {
+    if path == Path::new("-")
+        && let Some(bytes) = STDIN.get()
+    {
+        if bytes.len() as u64 > MAX_DOCKERFILE {
+            anyhow::bail!(
+                "the Dockerfile from stdin: larger than {} MiB, too large to build",
+                MAX_DOCKERFILE >> 20
+            );
+        }
+        return Ok(String::from_utf8_lossy(bytes).into_owned());
+    }
     let mut bytes = Vec::new();
     let read = if path == Path::new("-") {
         std::io::stdin()

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 use common::registry::free_port;
-use common::{is_root, tmp};
+use common::{is_root, rbuild, tmp};
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let o = Command::new("git")
@@ -184,4 +184,76 @@ fn add_from_git() {
         err.contains("does not contain ref nope") && err.contains("Dockerfile:2"),
         "{err}"
     );
+}
+
+#[test]
+fn git_urls_as_build_contexts() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let t = tmp("git-context");
+    let (_daemon, url, work) = serve(&t.0);
+    // A Dockerfile in the repository's subdirectory, another at its root.
+    std::fs::write(
+        work.join("sub/Dockerfile"),
+        "FROM scratch\nCOPY a.txt /in-sub\n",
+    )
+    .unwrap();
+    std::fs::write(
+        work.join("Build.Dockerfile"),
+        "FROM scratch\nCOPY sub/a.txt /named-f\nCOPY --from=extra run.sh /extra\n",
+    )
+    .unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-qm", "dockerfiles"]);
+    git(
+        &work,
+        &[
+            "push",
+            "-q",
+            &format!("{}", t.0.join("served/repo.git").display()),
+            "main",
+        ],
+    );
+    let root = t.0.join("root");
+    let out = t.0.join("out");
+    let o = rbuild(
+        &root,
+        &[
+            "build",
+            "-q",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            &format!("{url}#main:sub"),
+        ],
+    );
+    ok(&o);
+    assert_eq!(
+        std::fs::read_to_string(out.join("in-sub")).unwrap(),
+        "one\n"
+    );
+
+    // -f inside the repository, and a named context from git too.
+    let out2 = t.0.join("out2");
+    let o = rbuild(
+        &root,
+        &[
+            "build",
+            "-q",
+            "-f",
+            "Build.Dockerfile",
+            "--build-context",
+            &format!("extra={url}#v1"),
+            "-o",
+            &format!("type=local,dest={}", out2.display()),
+            &format!("{url}#main"),
+        ],
+    );
+    ok(&o);
+    assert_eq!(
+        std::fs::read_to_string(out2.join("named-f")).unwrap(),
+        "one\n"
+    );
+    assert!(out2.join("extra").is_file());
 }

@@ -174,3 +174,86 @@ fn add_url_archives_unpack_only_when_asked() {
         "hello\n"
     );
 }
+
+#[test]
+fn archives_and_files_as_build_contexts() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let t = tmp("url-context");
+    let srv = HttpServer::start();
+    // A context as a gzip tarball: Dockerfile and a file.
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    for (name, body) in [
+        ("Dockerfile", &b"FROM scratch\nCOPY x.txt /x\n"[..]),
+        ("x.txt", &b"from the tarball\n"[..]),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, name, body).unwrap();
+    }
+    let gz = tar.into_inner().unwrap().finish().unwrap();
+    srv.file("/ctx.tar.gz", &gz, "c1", MODIFIED);
+    srv.file(
+        "/Dockerfile",
+        b"FROM scratch\nLABEL from=url\n",
+        "d1",
+        MODIFIED,
+    );
+    let root = t.0.join("root");
+    let out = t.0.join("out");
+    let o = common::rbuild(
+        &root,
+        &[
+            "build",
+            "-q",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            &format!("{}/ctx.tar.gz", srv.base),
+        ],
+    );
+    ok(&o);
+    assert_eq!(
+        std::fs::read_to_string(out.join("x")).unwrap(),
+        "from the tarball\n"
+    );
+
+    // A URL of a plain file is the Dockerfile, with an empty context.
+    let o = common::rbuild(
+        &root,
+        &[
+            "build",
+            "-q",
+            "-t",
+            "fromurl:1",
+            &format!("{}/Dockerfile", srv.base),
+        ],
+    );
+    ok(&o);
+    let inspect = common::rbuild(&root, &["inspect", "fromurl:1"]);
+    assert!(String::from_utf8_lossy(&inspect.stdout).contains("\"from\": \"url\""));
+
+    // The same tarball on stdin is a context too.
+    let out2 = t.0.join("out2");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .args(["--root", root.to_str().unwrap(), "build", "-q", "-o"])
+        .arg(format!("type=local,dest={}", out2.display()))
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &gz).unwrap();
+    ok(&child.wait_with_output().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(out2.join("x")).unwrap(),
+        "from the tarball\n"
+    );
+}

@@ -109,16 +109,32 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         labels.insert(k.to_string(), v.to_string());
     }
 
-    // `rbuild build -`: the Dockerfile comes on stdin and the context is
-    // empty (a directory of ours for the build's life).
-    let stdin_dockerfile = args.context == Path::new("-");
+    let store_root = state_root(root);
+    let store = Store::open(&store_root)
+        .with_context(|| format!("opening the state directory {}", store_root.display()))?;
+    crate::interrupt::set_snapshot_root(store_root.join("snapshots"));
+
+    // A context that is no directory (a git or http(s) URL, a tar archive
+    // on stdin) becomes one of this build's own.
+    let spec = args.context.to_string_lossy().into_owned();
+    let remote_context = if args.context == Path::new("-") {
+        crate::remote::context::from_stdin()?
+    } else if crate::remote::context::is_remote(&spec) {
+        Some(crate::remote::context::materialize(&spec, &store)?)
+    } else {
+        None
+    };
+    // `rbuild build -` with no archive: the Dockerfile came on stdin and
+    // the context is empty (a directory of ours for the build's life).
+    let stdin_dockerfile = args.context == Path::new("-") && remote_context.is_none();
     let empty_context = stdin_dockerfile
         .then(|| crate::tempdir::TempDir::new("empty-context"))
         .transpose()
         .context("making an empty build context")?;
-    let context = match &empty_context {
-        Some(dir) => dir.path.clone(),
-        None => args.context.clone(),
+    let context = match (&remote_context, &empty_context) {
+        (Some(m), _) => m.root.clone(),
+        (None, Some(dir)) => dir.path.clone(),
+        (None, None) => args.context.clone(),
     };
     if !context.is_dir() {
         bail!("build context {} is not a directory", context.display());
@@ -132,16 +148,21 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     if stdin_dockerfile {
         graph_args.file = Some(PathBuf::from("-"));
     }
+    if let Some(m) = &remote_context {
+        // `-f` names a file inside such a context; a URL of a plain file
+        // is the Dockerfile itself.
+        graph_args.file = match (&graph_args.file, &m.dockerfile) {
+            (Some(f), _) if f.is_relative() => Some(m.root.join(f)),
+            (None, Some(df)) => Some(df.clone()),
+            (f, _) => f.clone(),
+        };
+    }
     let secrets = crate::secrets::read_specs(&args.secret)?;
     // Their values never show in a log, an error or the metadata file.
     crate::mask::Masker::new(secrets.values().map(Vec::as_slice)).install();
     // The private agents (key files) live as long as the build.
     let (ssh, _private_agents) = crate::ssh::read_specs(&args.ssh)?;
     let loaded = crate::dockerfile::load(&context, &graph_args)?;
-    let store_root = state_root(root);
-    let store = Store::open(&store_root)
-        .with_context(|| format!("opening the state directory {}", store_root.display()))?;
-    crate::interrupt::set_snapshot_root(store_root.join("snapshots"));
 
     let ignore = {
         let dockerfile_path = if loaded.path == Path::new("-") {
@@ -152,6 +173,8 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         read_ignore(ignore_file_for(&context, &dockerfile_path))?
     };
     let mut named_contexts = BTreeMap::new();
+    // Remote named contexts' directories, kept for the build's life.
+    let mut remote_named = Vec::new();
     let quiet = args.quiet || args.progress == ProgressMode::Quiet;
     let transfer: std::sync::Arc<dyn crate::registry::transfer::Transfer> = if quiet {
         std::sync::Arc::new(crate::registry::transfer::Silent)
@@ -172,6 +195,12 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
                 .resolve(reference)
                 .with_context(|| format!("--build-context {spec}"))?;
             images.alias(name, img);
+        } else if crate::remote::context::is_remote(src) {
+            let m = crate::remote::context::materialize(src, &store)
+                .with_context(|| format!("--build-context {spec}"))?;
+            let ignore = read_ignore(Some(m.root.join(".dockerignore")).filter(|f| f.is_file()))?;
+            named_contexts.insert(name.to_string(), (m.root.clone(), ignore));
+            remote_named.push(m);
         } else if src.contains("://") {
             return Err(not_yet(&format!("--build-context {spec}")));
         } else {

@@ -5,7 +5,7 @@ use super::*;
 
 /// A tar archive (plain, gzip, zstd, bzip2 or xz), told by content as
 /// BuildKit does: what the (decompressed) start holds must be a tar header.
-pub(super) fn is_archive(path: &Path) -> Result<bool, CopyError> {
+pub(crate) fn is_archive(path: &Path) -> Result<bool, CopyError> {
     let mut inner = [0u8; 512];
     let inner_len = match cache::layer::decompress(archive_reader(path)?) {
         Ok(mut d) => read_up_to(&mut d, &mut inner),
@@ -17,7 +17,7 @@ pub(super) fn is_archive(path: &Path) -> Result<bool, CopyError> {
 
 /// The file, or for xz its decompressed content (the other compressions
 /// are undone by `cache::layer::decompress`).
-pub(super) fn archive_reader(path: &Path) -> Result<Box<dyn Read + Send>, CopyError> {
+pub(crate) fn archive_reader(path: &Path) -> Result<Box<dyn Read + Send>, CopyError> {
     let mut file = File::open(path).map_err(io_err("opening", path))?;
     let mut magic = [0u8; 6];
     let n = read_up_to(&mut file, &mut magic);

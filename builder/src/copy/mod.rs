@@ -33,7 +33,7 @@ mod reuse;
 mod stat;
 mod write;
 
-use self::archive::*;
+pub(crate) use self::archive::{archive_reader, is_archive};
 pub use self::hash::content_digest;
 pub use self::reuse::Reuse;
 use self::reuse::{SETTLE_NS, now_ns};

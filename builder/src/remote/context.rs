@@ -1,0 +1,123 @@
+//! Build contexts that are not directories, told apart as buildx does: a
+//! git URL (`https://host/repo.git#ref:subdir`, `git@host:repo.git`), an
+//! http(s) URL of a tar archive (plain, gzip, zstd, bzip2, xz) or of a
+//! single file (the Dockerfile, with an empty context), and a tar archive
+//! on stdin. Each becomes a directory of this build's own; `-f` inside it
+//! is read relative to it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use cache::gc::Store;
+
+use crate::tempdir::TempDir;
+
+/// A context made into a directory for the build's life.
+pub struct Materialized {
+    /// Holds the files; removed on drop.
+    _dir: TempDir,
+    /// The context root (a git subdirectory, or the whole directory).
+    pub root: PathBuf,
+    /// The Dockerfile the source itself is, when it is one.
+    pub dockerfile: Option<PathBuf>,
+}
+
+/// Whether `spec` names a context that is not a local directory.
+pub fn is_remote(spec: &str) -> bool {
+    crate::remote::http::is_http(spec)
+        || !matches!(
+            frontend::gitref::parse_git_ref(spec),
+            Err(frontend::gitref::GitRefError::NotGit(_))
+        )
+}
+
+/// Unpacks the archive `path` into `dir`, as a context: owners and
+/// devices are not kept, nothing lands outside `dir`.
+fn unpack(path: &Path, dir: &Path) -> anyhow::Result<()> {
+    let options = cache::layer::UnpackOptions {
+        same_owner: false,
+        devices: false,
+        ..cache::layer::UnpackOptions::default()
+    };
+    cache::layer::unpack(crate::copy::archive_reader(path)?, dir, &options)
+        .with_context(|| format!("unpacking the context archive {}", path.display()))?;
+    Ok(())
+}
+
+/// The remote context `spec` (see [`is_remote`]) as a directory.
+pub fn materialize(spec: &str, store: &Store) -> anyhow::Result<Materialized> {
+    let dir = TempDir::new("context")?;
+    match frontend::gitref::parse_git_ref(spec) {
+        Ok(r) => {
+            let resolved = crate::remote::git::resolve(&r, None)
+                .with_context(|| format!("build context {spec}"))?;
+            let checkout = dir.path.join("repo");
+            std::fs::create_dir_all(&checkout)?;
+            crate::remote::git::checkout(&resolved, &checkout)
+                .with_context(|| format!("build context {spec}"))?;
+            let root = checkout.join(resolved.subdir.trim_start_matches('/'));
+            if !root.is_dir() {
+                bail!(
+                    "build context {spec}: no directory {:?} in the repository",
+                    resolved.subdir
+                );
+            }
+            return Ok(Materialized {
+                _dir: dir,
+                root,
+                dockerfile: None,
+            });
+        }
+        Err(frontend::gitref::GitRefError::NotGit(_)) => {}
+        Err(e) => return Err(e).with_context(|| format!("build context {spec}")),
+    }
+    if !crate::remote::http::is_http(spec) {
+        bail!("build context {spec} is neither a directory nor a URL");
+    }
+    let fetched = crate::remote::http::fetch(store, spec, None)
+        .with_context(|| format!("build context {spec}"))?;
+    let downloaded = store.blobs.path(&fetched.digest.parse()?);
+    let root = dir.path.join("ctx");
+    std::fs::create_dir_all(&root)?;
+    if crate::copy::is_archive(&downloaded)? {
+        unpack(&downloaded, &root)?;
+        Ok(Materialized {
+            _dir: dir,
+            root,
+            dockerfile: None,
+        })
+    } else {
+        // A plain file is the Dockerfile, and the context is empty.
+        let file = dir.path.join("Dockerfile");
+        std::fs::copy(&downloaded, &file).with_context(|| format!("build context {spec}"))?;
+        Ok(Materialized {
+            _dir: dir,
+            root,
+            dockerfile: Some(file),
+        })
+    }
+}
+
+/// Stdin for `rbuild build -`: a tar archive is the context (returned);
+/// anything else is the Dockerfile (kept for `-f -`), with no context.
+pub fn from_stdin() -> anyhow::Result<Option<Materialized>> {
+    let dir = TempDir::new("stdin")?;
+    let file = dir.path.join("stdin");
+    {
+        let mut out = std::fs::File::create(&file)?;
+        std::io::copy(&mut std::io::stdin().lock(), &mut out).context("reading stdin")?;
+    }
+    if crate::copy::is_archive(&file)? {
+        let root = dir.path.join("ctx");
+        std::fs::create_dir_all(&root)?;
+        unpack(&file, &root)?;
+        let _ = std::fs::remove_file(&file);
+        return Ok(Some(Materialized {
+            _dir: dir,
+            root,
+            dockerfile: None,
+        }));
+    }
+    crate::dockerfile::set_stdin(std::fs::read(&file)?);
+    Ok(None)
+}
