@@ -257,3 +257,50 @@ fn archives_and_files_as_build_contexts() {
         "from the tarball\n"
     );
 }
+
+#[test]
+fn add_url_with_a_token_secret() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let t = tmp("add-url-auth");
+    let srv = HttpServer::start();
+    srv.protected("/private.txt", b"private data\n", "Bearer s3cr3t-t0ken");
+    let ctx = dockerfile(
+        &t.0.join("ctx"),
+        &format!("FROM scratch\nADD {}/private.txt /p\n", srv.base),
+    );
+    let root = t.0.join("root");
+    let out = t.0.join("out");
+    let o = build(&root, &ctx, &out);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("401"));
+
+    // BuildKit's secret name: HTTP_AUTH_TOKEN_<host>.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .args([
+            "--root",
+            root.to_str().unwrap(),
+            "build",
+            "--progress=plain",
+        ])
+        .args([
+            "--secret",
+            "id=HTTP_AUTH_TOKEN_127.0.0.1,env=THE_TOKEN",
+            "-t",
+            "priv:1",
+            "-o",
+        ])
+        .arg(format!("type=local,dest={}", out.display()))
+        .arg(&ctx)
+        .env("THE_TOKEN", "s3cr3t-t0ken")
+        .output()
+        .unwrap();
+    let err = ok(&o);
+    assert_eq!(
+        std::fs::read_to_string(out.join("p")).unwrap(),
+        "private data\n"
+    );
+    assert!(!err.contains("s3cr3t-t0ken"), "{err}");
+}

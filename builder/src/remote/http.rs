@@ -81,7 +81,12 @@ fn write_meta(root: &Path, f: &Fetched) -> anyhow::Result<()> {
 /// stored content this URL gave before, revalidated when it was fetched
 /// before, else downloaded. A `checksum` mismatch is an error naming both
 /// digests, and nothing is kept.
-pub fn fetch(store: &Store, url: &str, checksum: Option<&str>) -> anyhow::Result<Fetched> {
+pub fn fetch(
+    store: &Store,
+    url: &str,
+    checksum: Option<&str>,
+    authorization: Option<&str>,
+) -> anyhow::Result<Fetched> {
     let checksum: Option<Digest> = checksum
         .map(|c| {
             c.parse()
@@ -102,7 +107,13 @@ pub fn fetch(store: &Store, url: &str, checksum: Option<&str>) -> anyhow::Result
         .enable_all()
         .build()
         .context("starting the HTTP client")?;
-    let fetched = runtime.block_on(download(store, url, checksum.as_ref(), known.as_ref()))?;
+    let fetched = runtime.block_on(download(
+        store,
+        url,
+        checksum.as_ref(),
+        known.as_ref(),
+        authorization,
+    ))?;
     write_meta(&store.root, &fetched)?;
     Ok(fetched)
 }
@@ -112,6 +123,7 @@ async fn download(
     url: &str,
     checksum: Option<&Digest>,
     known: Option<&Fetched>,
+    authorization: Option<&str>,
 ) -> anyhow::Result<Fetched> {
     let client = reqwest::Client::builder()
         .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
@@ -121,6 +133,9 @@ async fn download(
         .build()
         .context("making the HTTP client")?;
     let mut req = client.get(url);
+    if let Some(a) = authorization {
+        req = req.header(reqwest::header::AUTHORIZATION, a);
+    }
     if let Some(k) = known {
         if let Some(etag) = &k.etag {
             req = req.header(IF_NONE_MATCH, etag);
@@ -177,6 +192,26 @@ async fn download(
         etag,
         last_modified,
     })
+}
+
+/// The `Authorization` a download of `url` sends, from the build secrets
+/// BuildKit reads for it: `HTTP_AUTH_HEADER_<host>` (the header's whole
+/// value) or `HTTP_AUTH_TOKEN_<host>` (a bearer token).
+pub fn auth_header(url: &str, secrets: &crate::secrets::Secrets) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority.split(':').next()?,
+    };
+    let text = |id: String| {
+        secrets
+            .get(&id)
+            .map(|v| String::from_utf8_lossy(v).trim().to_string())
+    };
+    text(format!("HTTP_AUTH_HEADER_{host}"))
+        .or_else(|| text(format!("HTTP_AUTH_TOKEN_{host}")).map(|t| format!("Bearer {t}")))
 }
 
 /// An HTTP date (`Wed, 21 Oct 2015 07:28:00 GMT`, RFC 7231's preferred

@@ -176,7 +176,7 @@ pub(super) fn run_file(
     };
     // ADD of URLs: each downloaded (or revalidated) now; the key holds
     // what each gave (content, name, mtime), not the URL's validators.
-    let remote = remote_sources(ctx.store, file).map_err(where_)?;
+    let remote = remote_sources(ctx.store, file, &ctx.options.secrets).map_err(where_)?;
     let source_key = match &local {
         _ if remote.is_some() => remote.as_ref().map(Remote::key),
         Some((root, ignore)) => Some(
@@ -321,7 +321,11 @@ impl Remote {
 
 /// The URLs or the git repository an ADD reads, fetched or resolved
 /// (None: its sources are local).
-fn remote_sources(store: &Store, file: &frontend::graph::FileOp) -> anyhow::Result<Option<Remote>> {
+fn remote_sources(
+    store: &Store,
+    file: &frontend::graph::FileOp,
+    secrets: &crate::secrets::Secrets,
+) -> anyhow::Result<Option<Remote>> {
     if !file.add {
         return Ok(None);
     }
@@ -357,7 +361,10 @@ fn remote_sources(store: &Store, file: &frontend::graph::FileOp) -> anyhow::Resu
         bail!("ADD of several git repositories at once is not supported yet: use one ADD for each");
     }
     urls.into_iter()
-        .map(|u| crate::remote::http::fetch(store, u, file.checksum.as_deref()))
+        .map(|u| {
+            let auth = crate::remote::http::auth_header(u, secrets);
+            crate::remote::http::fetch(store, u, file.checksum.as_deref(), auth.as_deref())
+        })
         .collect::<anyhow::Result<Vec<_>>>()
         .map(|f| Some(Remote::Http(f)))
 }

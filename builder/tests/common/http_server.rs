@@ -15,6 +15,8 @@ pub enum Route {
     File(Vec<u8>, String, String),
     /// A redirect to another path.
     Redirect(String),
+    /// A file only for this `Authorization` (else 401).
+    Protected(Vec<u8>, String),
 }
 
 /// A running server.
@@ -73,12 +75,20 @@ impl HttpServer {
                             Some(Route::Redirect(to)) => {
                                 (302, format!("Location: {to}\r\n"), Vec::new())
                             }
+                            Some(Route::Protected(body, auth)) => {
+                                if headers.get("authorization") == Some(&auth) {
+                                    (200, String::new(), body)
+                                } else {
+                                    (401, String::new(), b"unauthorized".to_vec())
+                                }
+                            }
                             None => (404, String::new(), b"not found".to_vec()),
                         };
                         l.lock().unwrap().push((format!("{method} {path}"), status));
                         let reason = match status {
                             200 => "OK",
                             302 => "Found",
+                            401 => "Unauthorized",
                             304 => "Not Modified",
                             _ => "Not Found",
                         };
@@ -104,6 +114,14 @@ impl HttpServer {
         self.routes.lock().unwrap().insert(
             path.to_string(),
             Route::File(body.to_vec(), format!("\"{etag}\""), modified.to_string()),
+        );
+    }
+
+    /// Serves `body` at `path` only with `Authorization: authorization`.
+    pub fn protected(&self, path: &str, body: &[u8], authorization: &str) {
+        self.routes.lock().unwrap().insert(
+            path.to_string(),
+            Route::Protected(body.to_vec(), authorization.to_string()),
         );
     }
 
