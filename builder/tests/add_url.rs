@@ -304,3 +304,43 @@ fn add_url_with_a_token_secret() {
     );
     assert!(!err.contains("s3cr3t-t0ken"), "{err}");
 }
+
+#[test]
+fn add_url_through_the_proxy_build_args() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let t = tmp("add-url-proxy");
+    // The fixture answers as a forward proxy for a host that does not exist.
+    let srv = HttpServer::start();
+    srv.file("/via-proxy.txt", b"proxied\n", "p1", MODIFIED);
+    let ctx = dockerfile(
+        &t.0.join("ctx"),
+        "FROM scratch\nADD http://rbuild-test.invalid/via-proxy.txt /p\n",
+    );
+    let root = t.0.join("root");
+    let out = t.0.join("out");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["build", "-q", "-o"];
+        let dest = format!("type=local,dest={}", out.display());
+        args.push(&dest);
+        args.extend_from_slice(extra);
+        args.push(ctx.to_str().unwrap());
+        common::rbuild(&root, &args)
+    };
+    let proxy = format!("HTTP_PROXY={}", srv.base);
+    ok(&run(&["--build-arg", &proxy]));
+    assert_eq!(std::fs::read_to_string(out.join("p")).unwrap(), "proxied\n");
+    assert_eq!(srv.requests("/via-proxy.txt"), [200]);
+    // NO_PROXY sends it straight to the host, which does not resolve.
+    let o = run(&[
+        "--no-cache",
+        "--build-arg",
+        &proxy,
+        "--build-arg",
+        "NO_PROXY=rbuild-test.invalid",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(srv.requests("/via-proxy.txt").len(), 1);
+}

@@ -74,7 +74,7 @@ pub fn materialize(spec: &str, store: &Store) -> anyhow::Result<Materialized> {
     if !crate::remote::http::is_http(spec) {
         bail!("build context {spec} is neither a directory nor a URL");
     }
-    let fetched = crate::remote::http::fetch(store, spec, None, None)
+    let fetched = crate::remote::http::fetch(store, spec, None, None, &[])
         .with_context(|| format!("build context {spec}"))?;
     let downloaded = store.blobs.path(&fetched.digest.parse()?);
     let root = dir.path.join("ctx");

@@ -86,6 +86,7 @@ pub fn fetch(
     url: &str,
     checksum: Option<&str>,
     authorization: Option<&str>,
+    proxies: &[(String, String)],
 ) -> anyhow::Result<Fetched> {
     let checksum: Option<Digest> = checksum
         .map(|c| {
@@ -111,25 +112,53 @@ pub fn fetch(
         store,
         url,
         checksum.as_ref(),
-        known.as_ref(),
-        authorization,
+        (known.as_ref(), authorization),
+        proxies,
     ))?;
     write_meta(&store.root, &fetched)?;
     Ok(fetched)
+}
+
+/// The proxy build args (`HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY`, either
+/// case) as the download client's proxies, as BuildKit uses them for ADD.
+fn with_proxies(
+    mut b: reqwest::ClientBuilder,
+    proxies: &[(String, String)],
+) -> anyhow::Result<reqwest::ClientBuilder> {
+    let get = |name: &str| {
+        proxies
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
+    let no_proxy = get("NO_PROXY").and_then(reqwest::NoProxy::from_string);
+    for name in ["HTTP_PROXY", "HTTPS_PROXY"] {
+        let Some(url) = get(name) else { continue };
+        let proxy = if name == "HTTP_PROXY" {
+            reqwest::Proxy::http(url)
+        } else {
+            reqwest::Proxy::https(url)
+        }
+        .with_context(|| format!("the build arg {name}={url}"))?;
+        b = b.proxy(proxy.no_proxy(no_proxy.clone()));
+    }
+    Ok(b)
 }
 
 async fn download(
     store: &Store,
     url: &str,
     checksum: Option<&Digest>,
-    known: Option<&Fetched>,
-    authorization: Option<&str>,
+    (known, authorization): (Option<&Fetched>, Option<&str>),
+    proxies: &[(String, String)],
 ) -> anyhow::Result<Fetched> {
-    let client = reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(30))
         .read_timeout(Duration::from_secs(120))
-        .redirect(reqwest::redirect::Policy::limited(10))
+        .redirect(reqwest::redirect::Policy::limited(10));
+    let client = with_proxies(builder, proxies)?
         .build()
         .context("making the HTTP client")?;
     let mut req = client.get(url);

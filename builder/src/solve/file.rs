@@ -176,7 +176,7 @@ pub(super) fn run_file(
     };
     // ADD of URLs: each downloaded (or revalidated) now; the key holds
     // what each gave (content, name, mtime), not the URL's validators.
-    let remote = remote_sources(ctx.store, file, &ctx.options.secrets).map_err(where_)?;
+    let remote = remote_sources(ctx.store, file, ctx.options).map_err(where_)?;
     let source_key = match &local {
         _ if remote.is_some() => remote.as_ref().map(Remote::key),
         Some((root, ignore)) => Some(
@@ -324,7 +324,7 @@ impl Remote {
 fn remote_sources(
     store: &Store,
     file: &frontend::graph::FileOp,
-    secrets: &crate::secrets::Secrets,
+    options: &BuildOptions<'_>,
 ) -> anyhow::Result<Option<Remote>> {
     if !file.add {
         return Ok(None);
@@ -362,8 +362,14 @@ fn remote_sources(
     }
     urls.into_iter()
         .map(|u| {
-            let auth = crate::remote::http::auth_header(u, secrets);
-            crate::remote::http::fetch(store, u, file.checksum.as_deref(), auth.as_deref())
+            let auth = crate::remote::http::auth_header(u, &options.secrets);
+            crate::remote::http::fetch(
+                store,
+                u,
+                file.checksum.as_deref(),
+                auth.as_deref(),
+                &options.proxy_env,
+            )
         })
         .collect::<anyhow::Result<Vec<_>>>()
         .map(|f| Some(Remote::Http(f)))

@@ -59,6 +59,11 @@ impl HttpServer {
                         let mut parts = line.split_whitespace();
                         let (method, path) =
                             (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                        // As a forward proxy: an absolute URI names the path.
+                        let path = match path.strip_prefix("http://") {
+                            Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
+                            None => path,
+                        };
                         let route = r.lock().unwrap().get(path).cloned();
                         let (status, extra, body): (u16, String, Vec<u8>) = match route {
                             Some(Route::File(body, etag, modified)) => {
