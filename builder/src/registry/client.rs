@@ -478,7 +478,21 @@ fn retryable_status(s: StatusCode) -> bool {
 /// Whether a transport error is worth another try (resets, timeouts,
 /// refused connections of a registry restarting, a body cut short).
 pub fn retryable_error(e: &reqwest::Error) -> bool {
-    e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() || e.is_decode()
+    (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() || e.is_decode())
+        && !is_unknown_host(e)
+}
+
+/// A name that does not resolve: asking again in a second will not help.
+fn is_unknown_host(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        let text = err.to_string();
+        if text.contains("dns error") || text.contains("Name or service not known") {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Runs `attempt` until it answers with a status that is not worth
