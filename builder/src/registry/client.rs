@@ -370,15 +370,29 @@ impl Client {
         let mut refreshed = false;
         loop {
             let authz = self.authorization(ep, &host, scopes).await?;
+            // A token from a hostile token endpoint may not be a header.
+            let authz = authz
+                .map(|a| HeaderValue::from_str(&a))
+                .transpose()
+                .with_context(|| {
+                    format!("registry {}: the token is not a valid header", ep.authority)
+                })?;
             let resp = retry_n(attempts, || {
-                let mut req = make(&host.http, &host.base);
-                if let Some(a) = &authz {
-                    req = req.header(
-                        AUTHORIZATION,
-                        HeaderValue::from_str(a).expect("header-safe token"),
-                    );
+                let http = host.http.clone();
+                let request = make(&host.http, &host.base).build();
+                let authz = authz.clone();
+                let base = host.base.clone();
+                async move {
+                    let mut request = request?;
+                    // Credentials go to the registry's own origin only (an
+                    // upload location may point elsewhere).
+                    if let Some(a) = authz
+                        && same_origin(request.url(), &base)
+                    {
+                        request.headers_mut().insert(AUTHORIZATION, a);
+                    }
+                    http.execute(request).await
                 }
-                req.send()
             })
             .await
             .with_context(|| format!("registry {}", ep.authority))?;
@@ -454,6 +468,15 @@ impl Client {
     pub async fn base_url(&self, ep: &Endpoint) -> anyhow::Result<String> {
         Ok(self.host(ep).await?.base.clone())
     }
+}
+
+/// Whether `url` is on the origin `base` (`scheme://host[:port]`).
+fn same_origin(url: &reqwest::Url, base: &str) -> bool {
+    reqwest::Url::parse(base).is_ok_and(|b| {
+        b.scheme() == url.scheme()
+            && b.host_str() == url.host_str()
+            && b.port_or_known_default() == url.port_or_known_default()
+    })
 }
 
 /// Whether a plain-HTTP answer came from a registry (not a TLS server's
@@ -554,5 +577,39 @@ pub async fn status_error(resp: Response) -> String {
         format!("HTTP {status}")
     } else {
         format!("HTTP {status}: {}", details.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_stay_on_their_origin() {
+        let url = |u: &str| reqwest::Url::parse(u).unwrap();
+        assert!(same_origin(
+            &url("http://127.0.0.1:5000/v2/x"),
+            "http://127.0.0.1:5000"
+        ));
+        assert!(same_origin(
+            &url("https://r.example/v2/"),
+            "https://r.example"
+        ));
+        assert!(same_origin(
+            &url("https://r.example:443/v2/"),
+            "https://r.example"
+        ));
+        assert!(!same_origin(
+            &url("https://storage.example/upload"),
+            "https://r.example"
+        ));
+        assert!(!same_origin(
+            &url("http://r.example/v2/"),
+            "https://r.example"
+        ));
+        assert!(!same_origin(
+            &url("http://127.0.0.1:5001/v2/"),
+            "http://127.0.0.1:5000"
+        ));
     }
 }

@@ -88,6 +88,13 @@ fn is_commit(s: &str) -> bool {
 /// Resolves `r` to a commit (one `git ls-remote`, none for a commit id);
 /// `checksum` (`--checksum`, or the URL's own) must be a prefix of it.
 pub fn resolve(r: &GitRef, checksum: Option<&str>) -> anyhow::Result<Resolved> {
+    // The subdirectory stays inside the checkout.
+    if std::path::Path::new(&r.subdir)
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        bail!("git subdirectory {:?} leaves the repository", r.subdir);
+    }
     let commit = if is_commit(&r.ref_name) {
         r.ref_name.to_lowercase()
     } else {
@@ -226,6 +233,18 @@ fn set_mtimes(dir: &Path, t: std::time::SystemTime) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subdirectory_stays_inside() {
+        let r = GitRef {
+            remote: "git://127.0.0.1:1/r.git".into(),
+            ref_name: "a".repeat(40),
+            subdir: "../../etc".into(),
+            ..GitRef::default()
+        };
+        let err = resolve(&r, None).unwrap_err().to_string();
+        assert!(err.contains("leaves the repository"), "{err}");
+    }
 
     #[test]
     fn picks_branches_tags_and_peeled_tags() {

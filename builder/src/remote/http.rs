@@ -48,8 +48,9 @@ pub fn file_name(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let path = rest.find('/').map_or("", |i| &rest[i..]);
     let path = path.split(['?', '#']).next().unwrap_or("");
+    // BuildKit's SafeFileName: never a name that leaves the directory.
     match path.trim_end_matches('/').rsplit('/').next() {
-        Some(base) if !base.is_empty() && base != "." => base.to_string(),
+        Some(base) if !base.is_empty() && base != "." && base != ".." => base.to_string(),
         _ => "__unnamed__".into(),
     }
 }
@@ -307,6 +308,8 @@ mod tests {
         assert_eq!(file_name("https://x.org/"), "__unnamed__");
         assert_eq!(file_name("http://x.org"), "__unnamed__");
         assert_eq!(file_name("http://x.org/dir/"), "dir");
+        assert_eq!(file_name("http://x.org/a/.."), "__unnamed__");
+        assert_eq!(file_name("http://x.org/.."), "__unnamed__");
         assert_eq!(
             parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT"),
             Some(1_445_412_480)
