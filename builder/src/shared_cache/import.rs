@@ -87,7 +87,13 @@ impl Imports {
         };
         self.fetch(*source, desc, blobs, images, transfer)?;
         let blob = blobs.open_verified(&desc.digest.parse()?)?;
-        cache::layer::unpack(blob, dir, &cache::layer::UnpackOptions::default())
+        // No device nodes from a cache someone else wrote: the directory
+        // is bind-mounted into RUN steps.
+        let options = cache::layer::UnpackOptions {
+            devices: false,
+            ..cache::layer::UnpackOptions::default()
+        };
+        cache::layer::unpack(blob, dir, &options)
             .with_context(|| format!("unpacking the imported cache mount {id}"))?;
         Ok(true)
     }
