@@ -22,6 +22,7 @@ pub fn pull_image(
     registry: &Registry,
     blobs: &BlobStore,
     reference: &str,
+    with_layers: bool,
     transfer: &Arc<dyn Transfer>,
 ) -> anyhow::Result<StoredImage> {
     let given = Reference::parse(reference).with_context(|| format!("pulling {reference}"))?;
@@ -32,7 +33,7 @@ pub fn pull_image(
     };
     let parsed = given.with_default_tag();
     let pulled = registry
-        .pull(blobs, &parsed, transfer)
+        .pull(blobs, &parsed, with_layers, transfer)
         .with_context(|| format!("pulling {parsed}"))?;
     let mut desc = pulled.manifest;
     desc.annotations = Some(BTreeMap::from([(SOURCE.to_string(), pulled.source)]));
@@ -42,11 +43,54 @@ pub fn pull_image(
     Ok(image)
 }
 
+/// Where each blob of a local image was pulled from (`domain/path`), by
+/// digest.
+fn blob_sources(blobs: &BlobStore) -> HashMap<String, String> {
+    mount_sources(blobs, "")
+}
+
+/// Fetches the layers of `layers` the store lacks from the repositories
+/// their images were pulled from (a base image is pulled without its
+/// layers until a step or an output needs them).
+pub fn fetch_missing<'r>(
+    registry: impl Fn() -> anyhow::Result<&'r Registry>,
+    blobs: &BlobStore,
+    layers: &[Descriptor],
+    transfer: &Arc<dyn Transfer>,
+) -> anyhow::Result<()> {
+    let missing: Vec<&Descriptor> = layers
+        .iter()
+        .filter(|d| !d.digest.parse().is_ok_and(|g| blobs.contains(&g)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let sources = blob_sources(blobs);
+    for d in missing {
+        let Some(source) = sources.get(&d.digest) else {
+            anyhow::bail!(
+                "layer {} is not in the local store and no image it came from names a registry",
+                d.digest
+            );
+        };
+        let reference = Reference::parse(source)?;
+        registry()?
+            .fetch_blob(blobs, &reference, d, transfer)
+            .with_context(|| format!("fetching layer {} from {source}", d.digest))?;
+    }
+    Ok(())
+}
+
 /// Blobs of `domain`'s repositories that local images were pulled from, by
-/// digest: the pushes' cross-repository mount sources.
+/// digest: the pushes' cross-repository mount sources (every registry's,
+/// as `domain/path`, when `domain` is empty).
 pub fn mount_sources(blobs: &BlobStore, domain: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
-    let prefix = format!("{domain}/");
+    let prefix = if domain.is_empty() {
+        String::new()
+    } else {
+        format!("{domain}/")
+    };
     for img in images::list(blobs).unwrap_or_default() {
         let Some(repo) = img
             .manifest
@@ -75,6 +119,18 @@ pub fn mount_sources(blobs: &BlobStore, domain: &str) -> HashMap<String, String>
     out
 }
 
+/// The layers of the image `manifest` the store lacks, fetched (see
+/// [`fetch_missing`]): before anything reads them all.
+pub fn fetch_image_layers<'r>(
+    registry: impl Fn() -> anyhow::Result<&'r Registry>,
+    blobs: &BlobStore,
+    manifest: &Descriptor,
+    transfer: &Arc<dyn Transfer>,
+) -> anyhow::Result<()> {
+    let m: Manifest = serde_json::from_slice(&blobs.read(&manifest.digest.parse()?)?)?;
+    fetch_missing(registry, blobs, &m.layers, transfer)
+}
+
 /// Pushes the image `manifest` of the store as `target`, its layers
 /// compressed as `format` asks (the store keeps rbuild's own layers
 /// uncompressed) and with OCI or Docker media types; returns the manifest
@@ -91,6 +147,8 @@ pub fn push_image(
     let reference = Reference::parse(target)
         .with_context(|| format!("pushing {target}"))?
         .with_default_tag();
+    fetch_image_layers(|| Ok(registry), &store.blobs, manifest, transfer)
+        .with_context(|| format!("pushing {reference}"))?;
     let converted = crate::export::converted_manifest(store, manifest, format)
         .with_context(|| format!("pushing {reference}"))?;
     let pushed = crate::export::with_media_types(&store.blobs, &converted, oci_media_types)?;

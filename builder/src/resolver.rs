@@ -84,7 +84,14 @@ impl<'a> Resolver<'a> {
         };
         let img = match local {
             Some(img) => img,
-            None => pull_image(self.registry()?, self.blobs, reference, &self.transfer)?,
+            // Manifest and config now; layers when a step needs the files.
+            None => pull_image(
+                self.registry()?,
+                self.blobs,
+                reference,
+                false,
+                &self.transfer,
+            )?,
         };
         self.resolved
             .lock()

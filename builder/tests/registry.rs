@@ -969,3 +969,56 @@ fn an_insecure_registry_skips_verification() {
     );
     ok(&rbuild(&root, &["push", &name]));
 }
+
+#[test]
+fn base_layers_are_fetched_only_when_files_are_needed() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let (t, reg, root, base) = with_image("reg-lazy", Options::default(), "lazy/base:1");
+    ok(&rbuild(&root, &["push", &base]));
+    let layers: Vec<String> = {
+        let v: serde_json::Value = serde_json::from_str(&ok(&skopeo(&[
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{base}"),
+        ])))
+        .unwrap();
+        v["Layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_string())
+            .collect()
+    };
+    // A stage that only sets config on the base: nothing reads its files.
+    let dir = t.0.join("app");
+    let ctx = context(
+        &dir,
+        &format!("FROM {base}\nENV MODE=lazy\nLABEL built=yes\n"),
+    );
+    let layer_gets = || {
+        layers
+            .iter()
+            .map(|l| requests(&reg, &format!("GET /v2/lazy/base/blobs/{l}")))
+            .sum::<usize>()
+    };
+    let before = layer_gets();
+    let b = t.0.join("b");
+    let o = rbuild(
+        &b,
+        &["build", "-q", "-t", "lazy-app:1", ctx.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(layer_gets(), before, "no base layer was downloaded");
+    assert!(requests(&reg, "GET /v2/lazy/base/manifests/1") >= 1);
+
+    // An archive needs every layer: they come now.
+    let tar = t.0.join("app.tar");
+    ok(&rbuild(
+        &b,
+        &["save", "-o", tar.to_str().unwrap(), "lazy-app:1"],
+    ));
+    assert_eq!(layer_gets(), before + layers.len());
+}

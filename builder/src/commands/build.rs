@@ -261,6 +261,9 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         cache_imports: (!imports.is_empty()).then_some(&imports),
         cache_export,
         transfer: transfer.clone(),
+        needs_files: outputs
+            .iter()
+            .any(|o| matches!(o.kind, OutputKind::Local | OutputKind::Tar)),
         context: &context_dir,
         ignore,
         named_contexts,
@@ -419,6 +422,13 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
                 }
             }
             OutputKind::Oci | OutputKind::Docker => {
+                // Base layers a cached build never unpacked.
+                crate::publish::fetch_image_layers(
+                    || images.registry(),
+                    &store.blobs,
+                    &built.manifest,
+                    &transfer,
+                )?;
                 let format = crate::export::LayerFormat::of(o, default_compression)?;
                 crate::export::export_image(&store, &built.manifest, o, &names, format)
                     .with_context(|| format!("exporting to {dest}"))?
@@ -584,8 +594,26 @@ pub fn save(
     if references.len() > 1 {
         return Err(not_yet("saving several images in one archive"));
     }
+    let store_root = state_root(root.clone());
     let store = open_store(root)?;
     let img = find(&store, &references[0])?;
+    // A base pulled for a build may still lack layers nobody unpacked.
+    let registry = std::cell::OnceCell::new();
+    crate::publish::fetch_image_layers(
+        || match registry.get() {
+            Some(r) => Ok(r),
+            None => {
+                let r = crate::registry::Registry::new(crate::registry::hosts::Settings::load(
+                    &store_root,
+                )?)?;
+                Ok(registry.get_or_init(|| r))
+            }
+        },
+        &store.blobs,
+        &img.manifest,
+        &(std::sync::Arc::new(crate::registry::transfer::Silent)
+            as std::sync::Arc<dyn crate::registry::transfer::Transfer>),
+    )?;
     let kind: OutputKind = format.parse().map_err(anyhow::Error::msg)?;
     let out = crate::export::Output::new(kind, Some(output));
     let format = crate::export::LayerFormat {

@@ -24,7 +24,7 @@ fn open(root: Option<PathBuf>) -> anyhow::Result<(PathBuf, cache::gc::Store, Reg
 pub fn pull(root: Option<PathBuf>, reference: &str) -> anyhow::Result<()> {
     let (_, store, registry) = open(root)?;
     let transfer: Arc<dyn Transfer> = Arc::new(Lines::new("pulling"));
-    let img = crate::publish::pull_image(&registry, &store.blobs, reference, &transfer)?;
+    let img = crate::publish::pull_image(&registry, &store.blobs, reference, true, &transfer)?;
     eprintln!("Digest: {}", img.manifest.digest);
     println!("{}", crate::images::normalize(&img.reference));
     Ok(())

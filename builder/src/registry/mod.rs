@@ -64,12 +64,14 @@ impl Registry {
 
     /// Resolves `reference` (a mirror first when the settings name one) to
     /// the build platform's manifest, and stores the manifest, its config
-    /// and layers, each verified. The manifest is stored last: when it is
-    /// in the store, so is everything it names.
+    /// and (`with_layers`) its layers, each verified. The manifest is
+    /// stored last. Without layers, a build fetches them when a step needs
+    /// the files ([`crate::publish::fetch_missing`]).
     pub fn pull(
         &self,
         blobs: &BlobStore,
         reference: &Reference,
+        with_layers: bool,
         transfer: &Arc<dyn Transfer>,
     ) -> anyhow::Result<Pulled> {
         let endpoints = self.settings().pull_endpoints(&reference.domain);
@@ -78,7 +80,11 @@ impl Registry {
             let ep = &resolved.endpoint;
             let config = &resolved.parsed.config;
             pull::fetch_blob(&self.client, ep, reference, blobs, config, transfer).await?;
-            let layers = &resolved.parsed.layers;
+            let layers: &[Descriptor] = if with_layers {
+                &resolved.parsed.layers
+            } else {
+                &[]
+            };
             {
                 use futures_util::{StreamExt as _, TryStreamExt as _};
                 // The first failure ends the pull.
@@ -169,7 +175,8 @@ impl Registry {
     }
 
     /// Downloads the blob `desc` of `reference`'s repository into `blobs`
-    /// (verified; nothing stored on a mismatch).
+    /// (verified; nothing stored on a mismatch), from a mirror when one
+    /// has it.
     pub fn fetch_blob(
         &self,
         blobs: &BlobStore,
@@ -177,15 +184,22 @@ impl Registry {
         desc: &Descriptor,
         transfer: &Arc<dyn Transfer>,
     ) -> anyhow::Result<()> {
-        let ep = Endpoint::origin(&reference.domain);
-        self.runtime.block_on(pull::fetch_blob(
-            &self.client,
-            &ep,
-            reference,
-            blobs,
-            desc,
-            transfer,
-        ))
+        // Mirrors first, as for the manifest; the domain's own host last.
+        let endpoints = self.settings().pull_endpoints(&reference.domain);
+        self.runtime.block_on(async {
+            let mut failed = Vec::new();
+            for ep in &endpoints {
+                match pull::fetch_blob(&self.client, ep, reference, blobs, desc, transfer).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if ep.is_mirror_of(&reference.domain) => failed.push(format!("{e:#}")),
+                    Err(e) if failed.is_empty() => return Err(e),
+                    Err(e) => {
+                        return Err(e.context(format!("mirrors failed too: {}", failed.join("; "))));
+                    }
+                }
+            }
+            unreachable!("the domain's own host is the last endpoint")
+        })
     }
 
     /// Checks `username`/`secret` against `domain` as `docker login` does

@@ -33,7 +33,7 @@ pub(super) fn run_exec(
         ctx,
         step,
         (&key, &inputs),
-        d.snapshot.as_deref(),
+        &d.snapshot,
         (id, started),
         |m| {
             let root = m.root();
@@ -118,7 +118,8 @@ fn exec_key(
             };
             if m.mount_type == MountType::Bind {
                 let path = m.source.as_deref().unwrap_or("/");
-                let digest = snapshot_path_digest(ctx.store, source.snapshot.as_deref(), path)?;
+                let snap = source.snapshot.get(ctx)?;
+                let digest = snapshot_path_digest(ctx.store, snap.as_deref(), path)?;
                 return Ok(Some(format!("content {digest}")));
             }
             Ok(source.key.clone())

@@ -30,17 +30,24 @@ pub(super) fn run_context_base(
         content: &content,
     });
     let (key, inputs) = inputs.keyed();
-    let record = cached_step(ctx, step, (&key, &inputs), None, (id, started), |m| {
-        let root = m.root();
-        copy(&CopyRequest {
-            ignore,
-            ..CopyRequest::plain(dir, &all, "/", &root)
-        })
-        .map_err(|e| where_(e.into()))?;
-        Ok(())
-    })?;
+    let record = cached_step(
+        ctx,
+        step,
+        (&key, &inputs),
+        &Snap::default(),
+        (id, started),
+        |m| {
+            let root = m.root();
+            copy(&CopyRequest {
+                ignore,
+                ..CopyRequest::plain(dir, &all, "/", &root)
+            })
+            .map_err(|e| where_(e.into()))?;
+            Ok(())
+        },
+    )?;
     let mut d = Done {
-        snapshot: None,
+        snapshot: Snap::default(),
         image: ImageState::new(None, ctx.options.epoch.map(rfc3339)),
         layers: Vec::new(),
         key: None,
@@ -79,7 +86,7 @@ pub(super) fn run_mkdir(
         ctx,
         step,
         (&key, &inputs),
-        d.snapshot.as_deref(),
+        &d.snapshot,
         (id, started),
         |m| {
             let root = m.root();
@@ -150,7 +157,7 @@ pub(super) fn run_file(
     let mut d = match base {
         Some(b) => b,
         None => Done {
-            snapshot: None,
+            snapshot: Snap::default(),
             image: ImageState::new(None, None),
             layers: Vec::new(),
             key: None,
@@ -211,7 +218,7 @@ pub(super) fn run_file(
         ctx,
         step,
         (&key, &inputs),
-        d.snapshot.as_deref(),
+        &d.snapshot,
         (id, started),
         |m| {
             let source = source_node.and_then(|n| done.get(&n)).map(|d| &**d);
@@ -268,7 +275,7 @@ fn copy_into(
         }
         (None, _) => {
             let s = source.ok_or_else(|| anyhow!("copy source not built"))?;
-            let v = store.snapshots.prepare(s.snapshot.as_deref())?;
+            let v = store.snapshots.prepare(s.snapshot.get(ctx)?.as_deref())?;
             let r = v.root();
             view = Some(v);
             (r, None)

@@ -99,6 +99,9 @@ pub struct BuildOptions<'a> {
     pub cache_export: Option<crate::shared_cache::Mode>,
     /// Where downloads report (layers of imported caches).
     pub transfer: Arc<dyn crate::registry::transfer::Transfer>,
+    /// An output reads the result's files (`type=local`, `type=tar`):
+    /// [`Built::snapshot`] is made even when only a base image has it.
+    pub needs_files: bool,
 }
 
 /// The stored image.
@@ -110,7 +113,8 @@ pub struct Built {
     pub manifest: Descriptor,
     /// The config.
     pub config: ImageConfig,
-    /// The target's final snapshot (None: empty filesystem).
+    /// The target's final snapshot (None: empty filesystem, or not made:
+    /// see [`BuildOptions::needs_files`]).
     pub snapshot: Option<String>,
     /// With `--explain`: each step's outcome, in the order they started.
     pub explained: Vec<(usize, String, Outcome)>,
@@ -123,7 +127,7 @@ pub struct Built {
 /// One op's result: a snapshot (None: empty) and its stage's image so far.
 #[derive(Clone)]
 struct Done {
-    snapshot: Option<String>,
+    snapshot: Snap,
     image: ImageState,
     layers: Vec<Descriptor>,
     /// Cache key of the filesystem state (None: empty).
@@ -139,7 +143,7 @@ impl Done {
         self.image.set_created(Some(step.created.clone()));
         self.layers.extend(step.layer_ref(key));
         let diff = step.diff_ref(key);
-        self.snapshot = Some(step.snapshot);
+        self.snapshot = Snap::ready(Some(step.snapshot));
         self.key = Some(key.as_str().to_string());
         diff
     }
@@ -250,7 +254,13 @@ pub fn build(
         image_id: image_id.to_string(),
         manifest,
         config,
-        snapshot: target.snapshot.clone(),
+        // Made (a base image's layers unpacked) only for the outputs that
+        // read the files.
+        snapshot: if options.needs_files {
+            target.snapshot.get(&ctx)?
+        } else {
+            None
+        },
     })
 }
 
@@ -328,7 +338,7 @@ fn run_node(
     };
     let result = match &op.kind {
         OpKind::Scratch => Done {
-            snapshot: None,
+            snapshot: Snap::default(),
             // No time until a step has one: cached rebuilds stay identical.
             image: ImageState::new(None, options.epoch.map(rfc3339)),
             layers: Vec::new(),
@@ -398,7 +408,7 @@ fn run_context(ctx: &Ctx<'_>, step: &Step<'_>, name: &str) -> anyhow::Result<Don
     Ok(match options.named_contexts.get(name) {
         Some((dir, ignore)) if is_base => run_context_base(ctx, step, dir, ignore.as_ref())?,
         _ => Done {
-            snapshot: None,
+            snapshot: Snap::default(),
             image: ImageState::new(None, None),
             layers: Vec::new(),
             key: None,
@@ -427,8 +437,10 @@ fn run_merge(
     resolve_layers(ctx, &mut layers, &mut config)?;
     for desc in &layers {
         let blob = store.blobs.open_verified(&desc.digest.parse()?)?;
-        let snap = store.snapshots.import(d.snapshot.as_deref(), blob)?;
-        d.snapshot = Some(snap.id);
+        let snap = store
+            .snapshots
+            .import(d.snapshot.get(ctx)?.as_deref(), blob)?;
+        d.snapshot = Snap::ready(Some(snap.id));
         d.layers.push(desc.clone());
     }
     d.key = Some(format!("merge {:?} {:?}", d.key, l.key));

@@ -265,7 +265,7 @@ impl StepMounts {
             seed_cache_mount(
                 ctx.store,
                 &dir,
-                base.snapshot.as_deref(),
+                base.snapshot.get(ctx)?.as_deref(),
                 mount.source.as_deref().unwrap_or("/"),
             )?;
         }
@@ -313,7 +313,10 @@ impl StepMounts {
         let input = source
             .and_then(|n| done.get(&n))
             .ok_or_else(|| anyhow!("mount source not built"))?;
-        let view = ctx.store.snapshots.prepare(input.snapshot.as_deref())?;
+        let view = ctx
+            .store
+            .snapshots
+            .prepare(input.snapshot.get(ctx)?.as_deref())?;
         let src = cache::layer::resolve_in_root(
             &view.root(),
             Path::new(path.trim_start_matches('/')),

@@ -123,7 +123,7 @@ pub(super) fn cached_step(
     ctx: &Ctx<'_>,
     step: &Step<'_>,
     (key, inputs): (&cache::index::CacheKey, &str),
-    parent: Option<&str>,
+    parent: &Snap,
     (id, started): (usize, Instant),
     run: impl FnOnce(&cache::snapshot::MutableSnapshot) -> anyhow::Result<()>,
 ) -> anyhow::Result<StepRecord> {
@@ -137,7 +137,9 @@ pub(super) fn cached_step(
         return Ok(record);
     }
     note_step(ctx, step, key, inputs, (id, false))?;
-    let m = ctx.store.snapshots.prepare(parent)?;
+    // The parent's files are needed now (a base image's layers unpack).
+    let parent = parent.get(ctx)?;
+    let m = ctx.store.snapshots.prepare(parent.as_deref())?;
     run(&m)?;
     let (snap, layer, changed) = m.commit_lazy(&ctx.store.blobs, &ctx.layer_options)?;
     let step = match layer {

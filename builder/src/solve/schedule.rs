@@ -185,7 +185,7 @@ mod tests {
 
     fn empty() -> Done {
         Done {
-            snapshot: None,
+            snapshot: Snap::default(),
             image: ImageState::new(None, None),
             layers: Vec::new(),
             key: None,

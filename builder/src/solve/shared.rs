@@ -35,11 +35,13 @@ pub(super) fn saw(ctx: &Ctx<'_>, key: &cache::index::CacheKey, inputs: &str) {
 pub(super) fn imported_hit(
     ctx: &Ctx<'_>,
     key: &cache::index::CacheKey,
-    parent: Option<&str>,
+    parent: &Snap,
 ) -> Option<StepRecord> {
     let imports = ctx.options.cache_imports?;
     let record = imports.get(key.as_str())?;
     let made = (|| -> anyhow::Result<StepRecord> {
+        let parent = parent.get(ctx)?;
+        let parent = parent.as_deref();
         let snapshot = match &record.layer {
             Some((layer, _)) => {
                 imports.fetch_layer(
