@@ -103,6 +103,17 @@ fn local_cache_mode_max_and_min() {
     assert!(ran.is_empty(), "{ran:?}");
     assert_eq!(cached, 6);
     assert_eq!(image_id(&a), image_id(&b));
+    // `rbuild du` tells imported records apart; prune removes them.
+    let du = String::from_utf8_lossy(&rbuild(&b, &["du"]).stdout).into_owned();
+    assert!(
+        du.contains("imported") && du.contains("in 6 records"),
+        "{du}"
+    );
+    let du = String::from_utf8_lossy(&rbuild(&a, &["du"]).stdout).into_owned();
+    assert!(!du.contains("imported"), "{du}");
+    ok(&rbuild(&b, &["prune", "--all"]));
+    let du = String::from_utf8_lossy(&rbuild(&b, &["du"]).stdout).into_owned();
+    assert!(!du.contains("Imported:"), "{du}");
     let out = t.0.join("out");
     ok(&rbuild(
         &b,

@@ -50,21 +50,36 @@ pub fn du(root: Option<PathBuf>, args: DuArgs) -> anyhow::Result<()> {
     let store = open(root)?;
     let usage = disk_usage(&store)?;
     let now = cache::index::now();
+    // Records taken from an imported cache (`--cache-from`) are listed
+    // apart from the ones made here.
+    let imported = |r: &cache::gc::UsageRecord| {
+        serde_json::from_str::<serde_json::Value>(&r.record.result)
+            .is_ok_and(|v| v["imported"] == true)
+    };
     if args.verbose || !usage.records.is_empty() {
         println!(
-            "{:<66}{:>12}{:>12}  LAST ACCESSED",
-            "ID", "RECLAIMABLE", "SIZE"
+            "{:<66}{:>12}{:>12}  {:<9}LAST ACCESSED",
+            "ID", "RECLAIMABLE", "SIZE", "SOURCE"
         );
         for r in usage.records.iter().rev() {
             let ago = now - r.record.last_used;
             println!(
-                "{:<66}{:>12}{:>12}  {} ago",
+                "{:<66}{:>12}{:>12}  {:<9}{} ago",
                 r.record.key.as_str(),
                 human(r.reclaimable),
                 human(r.record.size),
+                if imported(r) { "imported" } else { "local" },
                 ago_text(ago)
             );
         }
+    }
+    let (count, size) = usage
+        .records
+        .iter()
+        .filter(|r| imported(r))
+        .fold((0, 0), |(n, s), r| (n + 1, s + r.record.size));
+    if count > 0 {
+        println!("Imported:\t{} in {count} records", human(size));
     }
     println!("Reclaimable:\t{}", human(usage.reclaimable));
     println!("Total:\t\t{}", human(usage.total));

@@ -20,6 +20,10 @@ pub(super) struct StepRecord {
     /// Bytes of a pending step's changes (its snapshot), for disk usage.
     #[serde(default)]
     pub(super) pending_size: u64,
+    /// Taken from an imported cache (`--cache-from`), not made here:
+    /// `rbuild du` lists these apart.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) imported: bool,
 }
 
 /// The media type of a layer placeholder; its digest is
@@ -151,6 +155,7 @@ pub(super) fn cached_step(
             created: rfc3339(ctx.options.epoch.unwrap_or_else(cache::index::now)),
             pending: changed > 0,
             pending_size: changed,
+            imported: false,
         },
     };
     record(ctx.store, key, &step)?;
@@ -174,6 +179,7 @@ pub(super) fn new_step(
         created: rfc3339(epoch.unwrap_or_else(cache::index::now)),
         pending: false,
         pending_size: 0,
+        imported: false,
     }
 }
 

@@ -65,6 +65,7 @@ pub(super) fn imported_hit(
             created: record.created.clone(),
             pending: false,
             pending_size: 0,
+            imported: true,
         };
         record::record(ctx.store, key, &step)?;
         Ok(step)
