@@ -1,4 +1,4 @@
-//! `rbuild build` (and `rbuild images`).
+//! `rbuild build`: flags to options, the context, the build, the outputs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal as _;
@@ -11,7 +11,8 @@ use frontend::graph::compile;
 use frontend::ignore::{PatternMatcher, ignore_file_for, read_ignore_file};
 
 use crate::cli::{BuildArgs, ExplainFormat, NetworkMode, ProgressMode, RuntimeKind};
-use crate::commands::store::{human, state_root};
+use crate::commands::image::check_tag;
+use crate::commands::store::state_root;
 use crate::export::OutputKind;
 use crate::sandbox::Network;
 use crate::sandbox::Runtime;
@@ -505,130 +506,6 @@ fn write_file(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("rbuild-tmp");
     std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}
-
-pub fn images(root: Option<PathBuf>) -> anyhow::Result<()> {
-    let store_root = state_root(root);
-    let store = cache::blob::BlobStore::open(&store_root.join("content"))?;
-    println!("{:<40} {:<20} {:>10}", "REPOSITORY:TAG", "IMAGE ID", "SIZE");
-    for img in crate::images::list(&store)? {
-        let (manifest, _) = crate::images::read(&store, &img)?;
-        let size: u64 = manifest.layers.iter().map(|l| l.size).sum();
-        let id = manifest
-            .config
-            .digest
-            .trim_start_matches("sha256:")
-            .chars()
-            .take(12)
-            .collect::<String>();
-        println!("{:<40} {:<20} {:>10}", img.reference, id, human(size));
-    }
-    Ok(())
-}
-
-fn open_store(root: Option<PathBuf>) -> anyhow::Result<Store> {
-    let store_root = state_root(root);
-    Store::open(&store_root)
-        .with_context(|| format!("opening the state directory {}", store_root.display()))
-}
-
-fn find(store: &Store, reference: &str) -> anyhow::Result<crate::images::StoredImage> {
-    crate::images::find(&store.blobs, reference)?.ok_or_else(|| {
-        anyhow::anyhow!("image {reference} not found in the local store (see `rbuild images`)")
-    })
-}
-
-pub fn inspect(root: Option<PathBuf>, reference: &str) -> anyhow::Result<()> {
-    let store = open_store(root)?;
-    let img = find(&store, reference)?;
-    let (manifest, config) = crate::images::read(&store.blobs, &img)?;
-    let out = serde_json::json!({
-        "Name": img.reference,
-        "Id": manifest.config.digest,
-        "Digest": img.manifest.digest,
-        "Manifest": manifest,
-        "Config": config,
-    });
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
-}
-
-/// `name` as an image's name: an error as buildx words it when it is not a
-/// reference.
-fn check_tag(name: &str) -> anyhow::Result<()> {
-    crate::registry::Reference::parse(name)
-        .map(|_| ())
-        .map_err(|e| anyhow::anyhow!("invalid tag {name:?}: {e}"))
-}
-
-pub fn tag(root: Option<PathBuf>, source: &str, target: &str) -> anyhow::Result<()> {
-    check_tag(target)?;
-    let store = open_store(root)?;
-    let img = find(&store, source)?;
-    crate::images::tag_manifest(&store.blobs, &img.manifest, target)
-}
-
-pub fn rmi(root: Option<PathBuf>, references: &[String]) -> anyhow::Result<()> {
-    let store = open_store(root)?;
-    for r in references {
-        let img = find(&store, r)?;
-        store.blobs.update_index(|idx| {
-            idx.manifests.retain(|d| {
-                d.annotations
-                    .as_ref()
-                    .and_then(|a| a.get(crate::images::REF_NAME))
-                    != Some(&img.reference)
-            });
-        })?;
-        println!("Untagged: {}", img.reference);
-    }
-    Ok(())
-}
-
-pub fn save(
-    root: Option<PathBuf>,
-    output: &str,
-    format: &str,
-    references: &[String],
-) -> anyhow::Result<()> {
-    if references.len() > 1 {
-        return Err(not_yet("saving several images in one archive"));
-    }
-    let store_root = state_root(root.clone());
-    let store = open_store(root)?;
-    let img = find(&store, &references[0])?;
-    // A base pulled for a build may still lack layers nobody unpacked.
-    let registry = std::cell::OnceCell::new();
-    crate::publish::fetch_image_layers(
-        || match registry.get() {
-            Some(r) => Ok(r),
-            None => {
-                let r = crate::registry::Registry::new(crate::registry::hosts::Settings::load(
-                    &store_root,
-                )?)?;
-                Ok(registry.get_or_init(|| r))
-            }
-        },
-        &store.blobs,
-        &img.manifest,
-        &(std::sync::Arc::new(crate::registry::transfer::Silent)
-            as std::sync::Arc<dyn crate::registry::transfer::Transfer>),
-    )?;
-    let kind: OutputKind = format.parse().map_err(anyhow::Error::msg)?;
-    let out = crate::export::Output::new(kind, Some(output));
-    let format = crate::export::LayerFormat {
-        compression: Compression::Gzip,
-        level: None,
-        force: false,
-    };
-    crate::export::export_image(
-        &store,
-        &img.manifest,
-        &out,
-        std::slice::from_ref(&img.reference),
-        format,
-    )
-    .with_context(|| format!("writing {output}"))
 }
 
 /// The stages `--no-cache-filter` names (by `AS` name, any case, as

@@ -5,6 +5,7 @@ mod build;
 mod check;
 pub(crate) mod debug;
 mod graph;
+mod image;
 mod registry;
 pub(crate) mod store;
 
@@ -21,15 +22,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             args.explain = true;
             build::run(cli.root, *args)
         }
-        Command::Images => build::images(cli.root),
-        Command::Inspect { reference } => build::inspect(cli.root, &reference),
-        Command::Tag { source, target } => build::tag(cli.root, &source, &target),
-        Command::Rmi { references } => build::rmi(cli.root, &references),
+        Command::Images => image::images(cli.root),
+        Command::Inspect { reference } => image::inspect(cli.root, &reference),
+        Command::Tag { source, target } => image::tag(cli.root, &source, &target),
+        Command::Rmi { references } => image::rmi(cli.root, &references),
         Command::Save {
             output,
             format,
             references,
-        } => build::save(cli.root, &output, &format, &references),
+        } => image::save(cli.root, &output, &format, &references),
         Command::Pull { reference } => registry::pull(cli.root, &reference),
         Command::Push { reference } => registry::push(cli.root, &reference),
         Command::Login(args) => registry::login(cli.root, args),
