@@ -55,7 +55,12 @@ fn build(root: &Path, ctx: &Path, extra: &[&str]) -> (Vec<String>, usize, String
         if rest.starts_with('[') {
             names.insert(num.to_string(), rest.to_string());
         } else if rest.starts_with("DONE") {
-            ran.push(names.get(num).cloned().unwrap_or_default());
+            // Downloads show as `[internal] pull ...` steps: not the
+            // Dockerfile's.
+            let name = names.get(num).cloned().unwrap_or_default();
+            if !name.starts_with("[internal]") {
+                ran.push(name);
+            }
         } else if rest == "CACHED" {
             cached += 1;
         }

@@ -177,10 +177,25 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     // Remote named contexts' directories, kept for the build's life.
     let mut remote_named = Vec::new();
     let quiet = args.quiet || args.progress == ProgressMode::Quiet;
+    let progress_format = match args.progress {
+        _ if quiet => ProgressFormat::Quiet,
+        ProgressMode::Rawjson => ProgressFormat::RawJson,
+        // The live view needs a terminal; elsewhere it would draw nothing.
+        ProgressMode::Tty | ProgressMode::Auto if std::io::stderr().is_terminal() => {
+            ProgressFormat::Tty
+        }
+        _ => ProgressFormat::Plain,
+    };
+    // Started now: base images resolve (and their blobs come) before the
+    // build's steps, and show as steps of their own.
+    let progress = std::sync::Arc::new(Progress::new(progress_format));
     let transfer: std::sync::Arc<dyn crate::registry::transfer::Transfer> = if quiet {
         std::sync::Arc::new(crate::registry::transfer::Silent)
     } else {
-        std::sync::Arc::new(crate::registry::transfer::Lines::new("pulling"))
+        std::sync::Arc::new(crate::registry::transfer::Steps::new(
+            progress.clone(),
+            "pull",
+        ))
     };
     let settings = crate::registry::hosts::Settings::load(&store_root)?;
     let mut images =
@@ -291,16 +306,6 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         },
         explain: args.explain,
     };
-    let format = match args.progress {
-        _ if quiet => ProgressFormat::Quiet,
-        ProgressMode::Rawjson => ProgressFormat::RawJson,
-        // The live view needs a terminal; elsewhere it would draw nothing.
-        ProgressMode::Tty | ProgressMode::Auto if std::io::stderr().is_terminal() => {
-            ProgressFormat::Tty
-        }
-        _ => ProgressFormat::Plain,
-    };
-    let progress = Progress::new(format);
     let runtime: Box<dyn Runtime> = if args.runtime == RuntimeKind::Runc {
         Box::new(Runc::find(&store_root.join("runc"))?)
     } else {
@@ -324,7 +329,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         options.no_cache = true;
         options.tags.clear();
         options.explain = false;
-        let progress = Progress::new(format);
+        let progress = Progress::new(progress_format);
         let again = build(&store, &graph, runtime.as_ref(), &options, &progress);
         progress.finish();
         let again = again.context("verify: the second build failed")?;
@@ -395,12 +400,20 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
                 }
                 if o.push {
                     let format = crate::export::LayerFormat::of(o, default_compression)?;
-                    let transfer: std::sync::Arc<dyn crate::registry::transfer::Transfer> = if quiet
-                    {
-                        std::sync::Arc::new(crate::registry::transfer::Silent)
-                    } else {
-                        std::sync::Arc::new(crate::registry::transfer::Lines::new("pushing"))
-                    };
+                    // The live view has ended: pushes print lines of their own.
+                    let transfer: std::sync::Arc<dyn crate::registry::transfer::Transfer> =
+                        match progress_format {
+                            ProgressFormat::Quiet => {
+                                std::sync::Arc::new(crate::registry::transfer::Silent)
+                            }
+                            ProgressFormat::Tty => std::sync::Arc::new(
+                                crate::registry::transfer::Lines::new("pushing"),
+                            ),
+                            _ => std::sync::Arc::new(crate::registry::transfer::Steps::new(
+                                progress.clone(),
+                                "push",
+                            )),
+                        };
                     for n in &o.names {
                         let desc = crate::publish::push_image(
                             images.registry()?,

@@ -25,6 +25,46 @@ impl Transfer for Silent {
     fn done(&self, _: &str, _: u64, _: bool) {}
 }
 
+/// Each blob moved as a step of the build's progress (`#N [internal] pull
+/// sha256:... 1.02MB`, `#N DONE 0.3s`): the plain and rawjson formats
+/// stay one event per line.
+pub struct Steps {
+    progress: std::sync::Arc<crate::progress::Progress>,
+    verb: &'static str,
+    open: Mutex<HashMap<String, (usize, Instant)>>,
+}
+
+impl Steps {
+    /// Steps of `progress` named `[internal] VERB DIGEST SIZE`.
+    pub fn new(progress: std::sync::Arc<crate::progress::Progress>, verb: &'static str) -> Steps {
+        Steps {
+            progress,
+            verb,
+            open: Mutex::default(),
+        }
+    }
+}
+
+impl Transfer for Steps {
+    fn start(&self, digest: &str, size: u64) {
+        let name = format!("[internal] {} {digest} {}", self.verb, human_bytes(size));
+        let started = self.progress.start(&name);
+        self.open
+            .lock()
+            .expect("lock")
+            .insert(digest.to_string(), started);
+    }
+
+    fn progress(&self, _: &str, _: u64) {}
+
+    fn done(&self, digest: &str, _: u64, _: bool) {
+        // A blob that was there already never started.
+        if let Some((id, started)) = self.open.lock().expect("lock").remove(digest) {
+            self.progress.done(id, started);
+        }
+    }
+}
+
 /// Lines on stderr: one when a blob starts, one every few seconds while it
 /// moves, one when it is done.
 pub struct Lines {
