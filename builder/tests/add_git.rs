@@ -257,3 +257,51 @@ fn git_urls_as_build_contexts() {
     );
     assert!(out2.join("extra").is_file());
 }
+
+#[test]
+fn a_private_repository_over_http_with_a_token_secret() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    use base64::Engine as _;
+    let t = tmp("git-private");
+    let (_daemon, _url, _work) = serve(&t.0);
+    // The same bare repository, over smart HTTP, for one token only.
+    let token = "t0ken-for-the-test";
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"));
+    let srv = common::git_http::GitHttp::start(&t.0.join("served"), &format!("basic {basic}"));
+    let url = format!("{}/repo.git", srv.base);
+    let df = format!("FROM scratch\nADD {url}#main /src\n");
+    let root = t.0.join("root");
+
+    let (o, _) = build(&root, &t.0, &df);
+    assert_eq!(o.status.code(), Some(1), "no credentials: refused");
+    assert!(srv.refused.load(std::sync::atomic::Ordering::SeqCst) > 0);
+
+    // BuildKit's secret for a host: GIT_AUTH_TOKEN.<host:port>.
+    let host = srv.base.trim_start_matches("http://").to_string();
+    let ctx = t.0.join("ctx");
+    let out = t.0.join("out");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .args([
+            "--root",
+            root.to_str().unwrap(),
+            "build",
+            "--progress=plain",
+        ])
+        .arg("--secret")
+        .arg(format!("id=GIT_AUTH_TOKEN.{host},env=THE_TOKEN"))
+        .arg("-o")
+        .arg(format!("type=local,dest={}", out.display()))
+        .arg(&ctx)
+        .env("THE_TOKEN", token)
+        .output()
+        .unwrap();
+    let err = ok(&o);
+    assert_eq!(
+        std::fs::read_to_string(out.join("src/sub/a.txt")).unwrap(),
+        "one\n"
+    );
+    assert!(!err.contains(token), "{err}");
+}

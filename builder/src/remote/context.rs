@@ -49,11 +49,11 @@ pub fn materialize(spec: &str, store: &Store) -> anyhow::Result<Materialized> {
     let dir = TempDir::new("context")?;
     match frontend::gitref::parse_git_ref(spec) {
         Ok(r) => {
-            let resolved = crate::remote::git::resolve(&r, None)
+            let resolved = crate::remote::git::resolve(&r, None, None)
                 .with_context(|| format!("build context {spec}"))?;
             let checkout = dir.path.join("repo");
             std::fs::create_dir_all(&checkout)?;
-            crate::remote::git::checkout(&resolved, &checkout)
+            crate::remote::git::checkout(&resolved, &checkout, None)
                 .with_context(|| format!("build context {spec}"))?;
             let root = checkout.join(resolved.subdir.trim_start_matches('/'));
             if !root.is_dir() {

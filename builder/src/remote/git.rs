@@ -31,11 +31,49 @@ pub struct Resolved {
     pub submodules: bool,
 }
 
+/// The `Authorization` value for `remote` from the build secrets, in
+/// BuildKit's order: `GIT_AUTH_HEADER.<host>`, `GIT_AUTH_TOKEN.<host>`,
+/// `GIT_AUTH_HEADER`, `GIT_AUTH_TOKEN` (a token is sent as Basic
+/// `x-access-token:TOKEN`). Only for http(s) remotes.
+pub fn auth_header(remote: &str, secrets: &crate::secrets::Secrets) -> Option<String> {
+    use base64::Engine as _;
+    let rest = remote
+        .strip_prefix("https://")
+        .or_else(|| remote.strip_prefix("http://"))?;
+    let host = rest.split(['/', '?', '#']).next()?;
+    let host = host.rsplit('@').next()?;
+    let value = |id: &str| {
+        secrets
+            .get(id)
+            .map(|v| String::from_utf8_lossy(v).trim().to_string())
+    };
+    let token = |t: String| {
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{t}"));
+        format!("basic {basic}")
+    };
+    value(&format!("GIT_AUTH_HEADER.{host}"))
+        .or_else(|| value(&format!("GIT_AUTH_TOKEN.{host}")).map(token))
+        .or_else(|| value("GIT_AUTH_HEADER"))
+        .or_else(|| value("GIT_AUTH_TOKEN").map(token))
+}
+
+/// `git ARGS` isolated from the user's and the system's config; `auth`
+/// is sent as the `Authorization` of http(s) requests (through the
+/// environment, never the command line).
+fn git_auth(dir: Option<&Path>, args: &[&str], auth: Option<&str>) -> anyhow::Result<Output> {
+    git_with(dir, args, auth)
+}
+
 /// `git ARGS` isolated from the user's and the system's config.
 fn git(dir: Option<&Path>, args: &[&str]) -> anyhow::Result<Output> {
+    git_with(dir, args, None)
+}
+
+fn git_with(dir: Option<&Path>, args: &[&str], auth: Option<&str>) -> anyhow::Result<Output> {
     let home = std::env::temp_dir().join("rbuild-git-home");
     let _ = std::fs::create_dir_all(&home);
     let mut cmd = Command::new("git");
+    cmd.env_clear();
     if let Some(d) = dir {
         cmd.current_dir(d);
     }
@@ -48,6 +86,11 @@ fn git(dir: Option<&Path>, args: &[&str]) -> anyhow::Result<Output> {
             Ok(())
         });
     }
+    if let Some(a) = auth {
+        cmd.env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "http.extraheader")
+            .env("GIT_CONFIG_VALUE_0", format!("Authorization: {a}"));
+    }
     let out = cmd
         .args([
             "-c",
@@ -56,7 +99,6 @@ fn git(dir: Option<&Path>, args: &[&str]) -> anyhow::Result<Output> {
             "advice.detachedHead=false",
         ])
         .args(args)
-        .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", &home)
         .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -87,7 +129,7 @@ fn is_commit(s: &str) -> bool {
 
 /// Resolves `r` to a commit (one `git ls-remote`, none for a commit id);
 /// `checksum` (`--checksum`, or the URL's own) must be a prefix of it.
-pub fn resolve(r: &GitRef, checksum: Option<&str>) -> anyhow::Result<Resolved> {
+pub fn resolve(r: &GitRef, checksum: Option<&str>, auth: Option<&str>) -> anyhow::Result<Resolved> {
     // The subdirectory stays inside the checkout.
     if std::path::Path::new(&r.subdir)
         .components()
@@ -106,7 +148,7 @@ pub fn resolve(r: &GitRef, checksum: Option<&str>) -> anyhow::Result<Resolved> {
         // Every ref: a pattern would leave out an annotated tag's peeled
         // (`^{}`) line, which names its commit.
         let listing = checked(
-            git(None, &["ls-remote", "--", &r.remote])?,
+            git_auth(None, &["ls-remote", "--", &r.remote], auth)?,
             &format!("git ls-remote {}", r.remote),
         )?;
         pick(&listing, wanted)
@@ -157,7 +199,7 @@ fn pick(listing: &str, wanted: &str) -> Option<String> {
 
 /// Checks `r` out into the empty directory `dir` (the whole repository;
 /// the caller copies `subdir`).
-pub fn checkout(r: &Resolved, dir: &Path) -> anyhow::Result<()> {
+pub fn checkout(r: &Resolved, dir: &Path, auth: Option<&str>) -> anyhow::Result<()> {
     let what = |step: &str| format!("git {step} {}#{}", r.remote, r.commit);
     checked(git(Some(dir), &["init", "-q"])?, &what("init"))?;
     checked(
@@ -170,13 +212,14 @@ pub fn checkout(r: &Resolved, dir: &Path) -> anyhow::Result<()> {
     } else {
         r.ref_name.as_str()
     };
-    let shallow = git(
+    let shallow = git_auth(
         Some(dir),
         &["fetch", "-q", "--depth=1", "--no-tags", "origin", target],
+        auth,
     )?;
     if !shallow.status.success() {
         checked(
-            git(Some(dir), &["fetch", "-q", "--tags", "origin"])?,
+            git_auth(Some(dir), &["fetch", "-q", "--tags", "origin"], auth)?,
             &what("fetch"),
         )?;
     }
@@ -186,9 +229,10 @@ pub fn checkout(r: &Resolved, dir: &Path) -> anyhow::Result<()> {
     )?;
     if r.submodules && dir.join(".gitmodules").exists() {
         checked(
-            git(
+            git_auth(
                 Some(dir),
                 &["submodule", "update", "--init", "--recursive", "--depth=1"],
+                auth,
             )?,
             &what("submodule update"),
         )?;
@@ -242,7 +286,7 @@ mod tests {
             subdir: "../../etc".into(),
             ..GitRef::default()
         };
-        let err = resolve(&r, None).unwrap_err().to_string();
+        let err = resolve(&r, None, None).unwrap_err().to_string();
         assert!(err.contains("leaves the repository"), "{err}");
     }
 

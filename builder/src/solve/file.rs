@@ -357,7 +357,8 @@ fn remote_sources(
         );
     }
     if let [r] = git.as_slice() {
-        let resolved = crate::remote::git::resolve(r, file.checksum.as_deref())?;
+        let auth = crate::remote::git::auth_header(&r.remote, &options.secrets);
+        let resolved = crate::remote::git::resolve(r, file.checksum.as_deref(), auth.as_deref())?;
         let resolved = crate::remote::git::Resolved {
             keep_git_dir: file.keep_git_dir.unwrap_or(resolved.keep_git_dir),
             ..resolved
@@ -400,7 +401,8 @@ fn copy_remote(
             file.unpack == Some(true),
         ),
         Remote::Git(r) => {
-            crate::remote::git::checkout(r, &dir.path)?;
+            let auth = crate::remote::git::auth_header(&r.remote, &ctx.options.secrets);
+            crate::remote::git::checkout(r, &dir.path, auth.as_deref())?;
             let sub = dir.path.join(r.subdir.trim_start_matches('/'));
             if !sub.is_dir() {
                 bail!("{}#{}: no directory {:?}", r.remote, r.commit, r.subdir);
