@@ -266,7 +266,7 @@ fn a_private_repository_over_http_with_a_token_secret() {
     }
     use base64::Engine as _;
     let t = tmp("git-private");
-    let (_daemon, _url, _work) = serve(&t.0);
+    let (_daemon, _url, work) = serve(&t.0);
     // The same bare repository, over smart HTTP, for one token only.
     let token = "t0ken-for-the-test";
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"));
@@ -304,4 +304,37 @@ fn a_private_repository_over_http_with_a_token_secret() {
         "one\n"
     );
     assert!(!err.contains(token), "{err}");
+
+    // The private repository as the build context, with the host-less
+    // secret name.
+    std::fs::write(
+        work.join("Dockerfile"),
+        "FROM scratch\nCOPY sub/a.txt /ctx-a\n",
+    )
+    .unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-qm", "dockerfile"]);
+    git(
+        &work,
+        &[
+            "push",
+            "-q",
+            &format!("{}", t.0.join("served/repo.git").display()),
+            "main",
+        ],
+    );
+    let out2 = t.0.join("out2");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .args(["--root", root.to_str().unwrap(), "build", "-q"])
+        .args(["--secret", "id=GIT_AUTH_TOKEN,env=THE_TOKEN", "-o"])
+        .arg(format!("type=local,dest={}", out2.display()))
+        .arg(format!("{url}#main"))
+        .env("THE_TOKEN", token)
+        .output()
+        .unwrap();
+    ok(&o);
+    assert_eq!(
+        std::fs::read_to_string(out2.join("ctx-a")).unwrap(),
+        "one\n"
+    );
 }

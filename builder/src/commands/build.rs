@@ -115,13 +115,19 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening the state directory {}", store_root.display()))?;
     crate::interrupt::set_snapshot_root(store_root.join("snapshots"));
 
+    let secrets = crate::secrets::read_specs(&args.secret)?;
+    // Their values never show in a log, an error or the metadata file.
+    crate::mask::Masker::new(secrets.values().map(Vec::as_slice)).install();
     // A context that is no directory (a git or http(s) URL, a tar archive
-    // on stdin) becomes one of this build's own.
+    // on stdin) becomes one of this build's own (a private repository
+    // with the build's GIT_AUTH_* secrets).
     let spec = args.context.to_string_lossy().into_owned();
     let remote_context = if args.context == Path::new("-") {
         crate::remote::context::from_stdin()?
     } else if crate::remote::context::is_remote(&spec) {
-        Some(crate::remote::context::materialize(&spec, &store)?)
+        Some(crate::remote::context::materialize(
+            &spec, &store, &secrets,
+        )?)
     } else {
         None
     };
@@ -158,9 +164,6 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
             (f, _) => f.clone(),
         };
     }
-    let secrets = crate::secrets::read_specs(&args.secret)?;
-    // Their values never show in a log, an error or the metadata file.
-    crate::mask::Masker::new(secrets.values().map(Vec::as_slice)).install();
     // The private agents (key files) live as long as the build.
     let (ssh, _private_agents) = crate::ssh::read_specs(&args.ssh)?;
     let loaded = crate::dockerfile::load(&context, &graph_args)?;
@@ -212,7 +215,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("--build-context {spec}"))?;
             images.alias(name, img);
         } else if crate::remote::context::is_remote(src) {
-            let m = crate::remote::context::materialize(src, &store)
+            let m = crate::remote::context::materialize(src, &store, &secrets)
                 .with_context(|| format!("--build-context {spec}"))?;
             let ignore = read_ignore(Some(m.root.join(".dockerignore")).filter(|f| f.is_file()))?;
             named_contexts.insert(name.to_string(), (m.root.clone(), ignore));

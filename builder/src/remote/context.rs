@@ -45,15 +45,20 @@ fn unpack(path: &Path, dir: &Path) -> anyhow::Result<()> {
 }
 
 /// The remote context `spec` (see [`is_remote`]) as a directory.
-pub fn materialize(spec: &str, store: &Store) -> anyhow::Result<Materialized> {
+pub fn materialize(
+    spec: &str,
+    store: &Store,
+    secrets: &crate::secrets::Secrets,
+) -> anyhow::Result<Materialized> {
     let dir = TempDir::new("context")?;
     match frontend::gitref::parse_git_ref(spec) {
         Ok(r) => {
-            let resolved = crate::remote::git::resolve(&r, None, None)
+            let auth = crate::remote::git::auth_header(&r.remote, secrets);
+            let resolved = crate::remote::git::resolve(&r, None, auth.as_deref())
                 .with_context(|| format!("build context {spec}"))?;
             let checkout = dir.path.join("repo");
             std::fs::create_dir_all(&checkout)?;
-            crate::remote::git::checkout(&resolved, &checkout, None)
+            crate::remote::git::checkout(&resolved, &checkout, auth.as_deref())
                 .with_context(|| format!("build context {spec}"))?;
             let root = checkout.join(resolved.subdir.trim_start_matches('/'));
             if !root.is_dir() {
