@@ -233,6 +233,10 @@ fn git_urls_as_build_contexts() {
         std::fs::read_to_string(out.join("in-sub")).unwrap(),
         "one\n"
     );
+    // The checks read the fetched context's Dockerfile.
+    let o = rbuild(&root, &["build", "--check", &format!("{url}#main:sub")]);
+    let err = ok(&o);
+    assert!(err.contains("Check complete, no warnings found."), "{err}");
 
     // -f inside the repository, and a named context from git too.
     let out2 = t.0.join("out2");

@@ -35,15 +35,6 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| crate::shared_cache::CacheFrom::parse(s))
         .collect::<anyhow::Result<_>>()?;
-    if args.check {
-        let context = if args.context == Path::new("-") {
-            PathBuf::from(".")
-        } else {
-            args.context.clone()
-        };
-        let checked = crate::commands::check::check_file(root, &args.graph, &context)?;
-        return crate::commands::check::print(&checked, crate::cli::CheckFormat::Text);
-    }
     let mut outputs: Vec<crate::export::Output> = args
         .outputs
         .iter()
@@ -163,6 +154,11 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
             (None, Some(df)) => Some(df.clone()),
             (f, _) => f.clone(),
         };
+    }
+    if args.check {
+        // The checks of the file in this context (a fetched one too).
+        let checked = crate::commands::check::check_file(Some(store_root), &graph_args, &context)?;
+        return crate::commands::check::print(&checked, crate::cli::CheckFormat::Text);
     }
     // The private agents (key files) live as long as the build.
     let (ssh, _private_agents) = crate::ssh::read_specs(&args.ssh)?;
