@@ -342,3 +342,43 @@ fn a_private_repository_over_http_with_a_token_secret() {
         "one\n"
     );
 }
+
+#[test]
+fn a_private_repository_over_ssh_with_the_agent() {
+    if !is_root() {
+        eprintln!("skipped: building and sshd need root");
+        return;
+    }
+    let t = tmp("git-ssh");
+    let (_daemon, _url, _work) = serve(&t.0);
+    let sshd = common::sshd::Sshd::start(&t.0.join("sshd"));
+    let url = format!(
+        "ssh://root@127.0.0.1:{}{}",
+        sshd.port,
+        t.0.join("served/repo.git").display()
+    );
+    let df = format!("FROM scratch\nADD {url}#main /src\n");
+    let root = t.0.join("root");
+    // Without an agent: refused.
+    let (o, _) = build(&root, &t.0, &df);
+    assert_eq!(o.status.code(), Some(1));
+    // `--ssh default=KEY`: a private agent of the build holds the key.
+    let out = t.0.join("out");
+    let o = rbuild(
+        &root,
+        &[
+            "build",
+            "-q",
+            "--ssh",
+            &format!("default={}", sshd.key.display()),
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            t.0.join("ctx").to_str().unwrap(),
+        ],
+    );
+    ok(&o);
+    assert_eq!(
+        std::fs::read_to_string(out.join("src/sub/a.txt")).unwrap(),
+        "one\n"
+    );
+}

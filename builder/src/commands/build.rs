@@ -109,15 +109,17 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     let secrets = crate::secrets::read_specs(&args.secret)?;
     // Their values never show in a log, an error or the metadata file.
     crate::mask::Masker::new(secrets.values().map(Vec::as_slice)).install();
+    // The private agents (key files) live as long as the build.
+    let (ssh, _private_agents) = crate::ssh::read_specs(&args.ssh)?;
     // A context that is no directory (a git or http(s) URL, a tar archive
     // on stdin) becomes one of this build's own (a private repository
-    // with the build's GIT_AUTH_* secrets).
+    // with the build's GIT_AUTH_* secrets or its --ssh default agent).
     let spec = args.context.to_string_lossy().into_owned();
     let remote_context = if args.context == Path::new("-") {
         crate::remote::context::from_stdin()?
     } else if crate::remote::context::is_remote(&spec) {
         Some(crate::remote::context::materialize(
-            &spec, &store, &secrets,
+            &spec, &store, &secrets, &ssh,
         )?)
     } else {
         None
@@ -160,8 +162,6 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         let checked = crate::commands::check::check_file(Some(store_root), &graph_args, &context)?;
         return crate::commands::check::print(&checked, crate::cli::CheckFormat::Text);
     }
-    // The private agents (key files) live as long as the build.
-    let (ssh, _private_agents) = crate::ssh::read_specs(&args.ssh)?;
     let loaded = crate::dockerfile::load(&context, &graph_args)?;
 
     let ignore = {
@@ -211,7 +211,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("--build-context {spec}"))?;
             images.alias(name, img);
         } else if crate::remote::context::is_remote(src) {
-            let m = crate::remote::context::materialize(src, &store, &secrets)
+            let m = crate::remote::context::materialize(src, &store, &secrets, &ssh)
                 .with_context(|| format!("--build-context {spec}"))?;
             let ignore = read_ignore(Some(m.root.join(".dockerignore")).filter(|f| f.is_file()))?;
             named_contexts.insert(name.to_string(), (m.root.clone(), ignore));

@@ -49,16 +49,17 @@ pub fn materialize(
     spec: &str,
     store: &Store,
     secrets: &crate::secrets::Secrets,
+    agents: &crate::ssh::Agents,
 ) -> anyhow::Result<Materialized> {
     let dir = TempDir::new("context")?;
     match frontend::gitref::parse_git_ref(spec) {
         Ok(r) => {
-            let auth = crate::remote::git::auth_header(&r.remote, secrets);
-            let resolved = crate::remote::git::resolve(&r, None, auth.as_deref())
+            let access = crate::remote::git::Access::for_remote(&r.remote, secrets, agents);
+            let resolved = crate::remote::git::resolve(&r, None, &access)
                 .with_context(|| format!("build context {spec}"))?;
             let checkout = dir.path.join("repo");
             std::fs::create_dir_all(&checkout)?;
-            crate::remote::git::checkout(&resolved, &checkout, auth.as_deref())
+            crate::remote::git::checkout(&resolved, &checkout, &access)
                 .with_context(|| format!("build context {spec}"))?;
             let root = checkout.join(resolved.subdir.trim_start_matches('/'));
             if !root.is_dir() {

@@ -31,6 +31,32 @@ pub struct Resolved {
     pub submodules: bool,
 }
 
+/// What lets git into a private repository: an `Authorization` header
+/// (http(s)) or an SSH agent (`git@host:...`, `ssh://`).
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Sent with every http(s) request.
+    pub header: Option<String>,
+    /// The agent ssh asks for keys.
+    pub ssh_agent: Option<std::path::PathBuf>,
+}
+
+impl Access {
+    /// What the build gives for `remote`: its `GIT_AUTH_*` secrets for
+    /// http(s) ([`auth_header`]), the `--ssh default` agent for ssh.
+    pub fn for_remote(
+        remote: &str,
+        secrets: &crate::secrets::Secrets,
+        agents: &crate::ssh::Agents,
+    ) -> Access {
+        let ssh = remote.starts_with("ssh://") || !remote.contains("://");
+        Access {
+            header: auth_header(remote, secrets),
+            ssh_agent: ssh.then(|| agents.get("default").cloned()).flatten(),
+        }
+    }
+}
+
 /// The `Authorization` value for `remote` from the build secrets, in
 /// BuildKit's order: `GIT_AUTH_HEADER.<host>`, `GIT_AUTH_TOKEN.<host>`,
 /// `GIT_AUTH_HEADER`, `GIT_AUTH_TOKEN` (a token is sent as Basic
@@ -57,19 +83,18 @@ pub fn auth_header(remote: &str, secrets: &crate::secrets::Secrets) -> Option<St
         .or_else(|| value("GIT_AUTH_TOKEN").map(token))
 }
 
-/// `git ARGS` isolated from the user's and the system's config; `auth`
-/// is sent as the `Authorization` of http(s) requests (through the
-/// environment, never the command line).
-fn git_auth(dir: Option<&Path>, args: &[&str], auth: Option<&str>) -> anyhow::Result<Output> {
-    git_with(dir, args, auth)
+/// `git ARGS` isolated from the user's and the system's config, with
+/// `access` (the header through the environment, never the command line).
+fn git_auth(dir: Option<&Path>, args: &[&str], access: &Access) -> anyhow::Result<Output> {
+    git_with(dir, args, access)
 }
 
 /// `git ARGS` isolated from the user's and the system's config.
 fn git(dir: Option<&Path>, args: &[&str]) -> anyhow::Result<Output> {
-    git_with(dir, args, None)
+    git_with(dir, args, &Access::default())
 }
 
-fn git_with(dir: Option<&Path>, args: &[&str], auth: Option<&str>) -> anyhow::Result<Output> {
+fn git_with(dir: Option<&Path>, args: &[&str], access: &Access) -> anyhow::Result<Output> {
     let home = std::env::temp_dir().join("rbuild-git-home");
     let _ = std::fs::create_dir_all(&home);
     let mut cmd = Command::new("git");
@@ -86,7 +111,10 @@ fn git_with(dir: Option<&Path>, args: &[&str], auth: Option<&str>) -> anyhow::Re
             Ok(())
         });
     }
-    if let Some(a) = auth {
+    if let Some(sock) = &access.ssh_agent {
+        cmd.env("SSH_AUTH_SOCK", sock);
+    }
+    if let Some(a) = &access.header {
         cmd.env("GIT_CONFIG_COUNT", "1")
             .env("GIT_CONFIG_KEY_0", "http.extraheader")
             .env("GIT_CONFIG_VALUE_0", format!("Authorization: {a}"));
@@ -104,7 +132,11 @@ fn git_with(dir: Option<&Path>, args: &[&str], auth: Option<&str>) -> anyhow::Re
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+        // BuildKit's: no ssh config, any host key (no known_hosts kept).
+        .env(
+            "GIT_SSH_COMMAND",
+            "ssh -F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes",
+        )
         .env("LC_ALL", "C")
         .output()
         .context("running git (is it installed?)")?;
@@ -129,7 +161,7 @@ fn is_commit(s: &str) -> bool {
 
 /// Resolves `r` to a commit (one `git ls-remote`, none for a commit id);
 /// `checksum` (`--checksum`, or the URL's own) must be a prefix of it.
-pub fn resolve(r: &GitRef, checksum: Option<&str>, auth: Option<&str>) -> anyhow::Result<Resolved> {
+pub fn resolve(r: &GitRef, checksum: Option<&str>, access: &Access) -> anyhow::Result<Resolved> {
     // The subdirectory stays inside the checkout.
     if std::path::Path::new(&r.subdir)
         .components()
@@ -148,7 +180,7 @@ pub fn resolve(r: &GitRef, checksum: Option<&str>, auth: Option<&str>) -> anyhow
         // Every ref: a pattern would leave out an annotated tag's peeled
         // (`^{}`) line, which names its commit.
         let listing = checked(
-            git_auth(None, &["ls-remote", "--", &r.remote], auth)?,
+            git_auth(None, &["ls-remote", "--", &r.remote], access)?,
             &format!("git ls-remote {}", r.remote),
         )?;
         pick(&listing, wanted)
@@ -199,7 +231,7 @@ fn pick(listing: &str, wanted: &str) -> Option<String> {
 
 /// Checks `r` out into the empty directory `dir` (the whole repository;
 /// the caller copies `subdir`).
-pub fn checkout(r: &Resolved, dir: &Path, auth: Option<&str>) -> anyhow::Result<()> {
+pub fn checkout(r: &Resolved, dir: &Path, access: &Access) -> anyhow::Result<()> {
     let what = |step: &str| format!("git {step} {}#{}", r.remote, r.commit);
     checked(git(Some(dir), &["init", "-q"])?, &what("init"))?;
     checked(
@@ -215,11 +247,11 @@ pub fn checkout(r: &Resolved, dir: &Path, auth: Option<&str>) -> anyhow::Result<
     let shallow = git_auth(
         Some(dir),
         &["fetch", "-q", "--depth=1", "--no-tags", "origin", target],
-        auth,
+        access,
     )?;
     if !shallow.status.success() {
         checked(
-            git_auth(Some(dir), &["fetch", "-q", "--tags", "origin"], auth)?,
+            git_auth(Some(dir), &["fetch", "-q", "--tags", "origin"], access)?,
             &what("fetch"),
         )?;
     }
@@ -232,7 +264,7 @@ pub fn checkout(r: &Resolved, dir: &Path, auth: Option<&str>) -> anyhow::Result<
             git_auth(
                 Some(dir),
                 &["submodule", "update", "--init", "--recursive", "--depth=1"],
-                auth,
+                access,
             )?,
             &what("submodule update"),
         )?;
@@ -286,7 +318,9 @@ mod tests {
             subdir: "../../etc".into(),
             ..GitRef::default()
         };
-        let err = resolve(&r, None, None).unwrap_err().to_string();
+        let err = resolve(&r, None, &Access::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("leaves the repository"), "{err}");
     }
 

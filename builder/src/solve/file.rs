@@ -357,8 +357,9 @@ fn remote_sources(
         );
     }
     if let [r] = git.as_slice() {
-        let auth = crate::remote::git::auth_header(&r.remote, &options.secrets);
-        let resolved = crate::remote::git::resolve(r, file.checksum.as_deref(), auth.as_deref())?;
+        let access =
+            crate::remote::git::Access::for_remote(&r.remote, &options.secrets, &options.ssh);
+        let resolved = crate::remote::git::resolve(r, file.checksum.as_deref(), &access)?;
         let resolved = crate::remote::git::Resolved {
             keep_git_dir: file.keep_git_dir.unwrap_or(resolved.keep_git_dir),
             ..resolved
@@ -401,8 +402,12 @@ fn copy_remote(
             file.unpack == Some(true),
         ),
         Remote::Git(r) => {
-            let auth = crate::remote::git::auth_header(&r.remote, &ctx.options.secrets);
-            crate::remote::git::checkout(r, &dir.path, auth.as_deref())?;
+            let access = crate::remote::git::Access::for_remote(
+                &r.remote,
+                &ctx.options.secrets,
+                &ctx.options.ssh,
+            );
+            crate::remote::git::checkout(r, &dir.path, &access)?;
             let sub = dir.path.join(r.subdir.trim_start_matches('/'));
             if !sub.is_dir() {
                 bail!("{}#{}: no directory {:?}", r.remote, r.commit, r.subdir);
