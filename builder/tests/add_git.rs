@@ -382,3 +382,77 @@ fn a_private_repository_over_ssh_with_the_agent() {
         "one\n"
     );
 }
+
+#[test]
+fn submodules_are_checked_out() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let t = tmp("git-submodule");
+    let (_daemon, url, work) = serve(&t.0);
+    // A second repository, served by the same daemon, as a submodule.
+    let lib = t.0.join("lib-work");
+    std::fs::create_dir_all(&lib).unwrap();
+    git(&lib, &["init", "-q"]);
+    std::fs::write(lib.join("lib.txt"), "from the submodule\n").unwrap();
+    git(&lib, &["add", "."]);
+    git(&lib, &["commit", "-qm", "lib"]);
+    git(
+        &t.0,
+        &["clone", "-q", "--bare", "lib-work", "served/lib.git"],
+    );
+    let lib_url = url.replace("repo.git", "lib.git");
+    git(&work, &["submodule", "-q", "add", &lib_url, "lib"]);
+    git(&work, &["commit", "-qm", "with a submodule"]);
+    git(
+        &work,
+        &[
+            "push",
+            "-q",
+            &format!("{}", t.0.join("served/repo.git").display()),
+            "main",
+        ],
+    );
+    let (o, out) = build(
+        &t.0.join("root"),
+        &t.0,
+        &format!("FROM scratch\nADD {url}#main /src\n"),
+    );
+    ok(&o);
+    assert_eq!(
+        std::fs::read_to_string(out.join("src/lib/lib.txt")).unwrap(),
+        "from the submodule\n"
+    );
+    assert!(!out.join("src/.git").exists());
+}
+
+#[test]
+fn a_subdir_that_is_a_symlink_is_refused() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let t = tmp("git-evil-subdir");
+    let (_daemon, url, work) = serve(&t.0);
+    std::os::unix::fs::symlink("/etc", work.join("evil")).unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-qm", "a link out"]);
+    git(
+        &work,
+        &[
+            "push",
+            "-q",
+            &format!("{}", t.0.join("served/repo.git").display()),
+            "main",
+        ],
+    );
+    let (o, out) = build(
+        &t.0.join("root"),
+        &t.0,
+        &format!("FROM scratch\nADD {url}#main:evil /x\n"),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("invalid subdir"));
+    assert!(!out.join("x/passwd").exists());
+}

@@ -189,8 +189,14 @@ fn archives_and_files_as_build_contexts() {
         flate2::Compression::default(),
     ));
     for (name, body) in [
-        ("Dockerfile", &b"FROM scratch\nCOPY x.txt /x\n"[..]),
+        (
+            "Dockerfile",
+            &b"FROM scratch\nCOPY x.txt /x\nCOPY . /all/\n"[..],
+        ),
         ("x.txt", &b"from the tarball\n"[..]),
+        // The context's own ignore file applies as in a directory.
+        (".dockerignore", &b"secret.txt\n"[..]),
+        ("secret.txt", &b"never copied\n"[..]),
     ] {
         let mut h = tar::Header::new_gnu();
         h.set_size(body.len() as u64);
@@ -222,6 +228,11 @@ fn archives_and_files_as_build_contexts() {
     assert_eq!(
         std::fs::read_to_string(out.join("x")).unwrap(),
         "from the tarball\n"
+    );
+    assert!(out.join("all/x.txt").is_file());
+    assert!(
+        !out.join("all/secret.txt").exists(),
+        ".dockerignore of the fetched context"
     );
 
     // A URL of a plain file is the Dockerfile, with an empty context.

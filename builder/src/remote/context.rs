@@ -61,13 +61,8 @@ pub fn materialize(
             std::fs::create_dir_all(&checkout)?;
             crate::remote::git::checkout(&resolved, &checkout, &access)
                 .with_context(|| format!("build context {spec}"))?;
-            let root = checkout.join(resolved.subdir.trim_start_matches('/'));
-            if !root.is_dir() {
-                bail!(
-                    "build context {spec}: no directory {:?} in the repository",
-                    resolved.subdir
-                );
-            }
+            let root = crate::remote::git::subdir_of(&checkout, &resolved.subdir)
+                .with_context(|| format!("build context {spec}"))?;
             return Ok(Materialized {
                 _dir: dir,
                 root,

@@ -287,6 +287,28 @@ pub fn checkout(r: &Resolved, dir: &Path, access: &Access) -> anyhow::Result<()>
     Ok(())
 }
 
+/// The directory `subdir` of the checkout `root`: every component a real
+/// directory (BuildKit's validateDirsOnly), so that a symlink in the
+/// repository can't point the copy at the host's files.
+pub fn subdir_of(root: &Path, subdir: &str) -> anyhow::Result<std::path::PathBuf> {
+    let mut dir = root.to_path_buf();
+    for c in Path::new(subdir.trim_start_matches('/')).components() {
+        match c {
+            std::path::Component::Normal(name) => dir.push(name),
+            std::path::Component::CurDir => continue,
+            _ => bail!("invalid subdir {subdir:?}"),
+        }
+        let is_dir = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_dir());
+        if !is_dir {
+            bail!(
+                "invalid subdir {subdir:?}: {} is not a directory",
+                dir.display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
 /// Every entry under `dir` (not following links) gets mtime `t`.
 fn set_mtimes(dir: &Path, t: std::time::SystemTime) -> anyhow::Result<()> {
     for e in std::fs::read_dir(dir)? {
@@ -309,6 +331,20 @@ fn set_mtimes(dir: &Path, t: std::time::SystemTime) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subdirectory_must_be_real_directories() {
+        let t = std::env::temp_dir().join(format!("rbuild-subdir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&t);
+        std::fs::create_dir_all(t.join("real/inner")).unwrap();
+        std::os::unix::fs::symlink("/etc", t.join("link")).unwrap();
+        assert_eq!(subdir_of(&t, "real/inner").unwrap(), t.join("real/inner"));
+        assert_eq!(subdir_of(&t, "").unwrap(), t);
+        assert!(subdir_of(&t, "link").is_err());
+        assert!(subdir_of(&t, "real/missing").is_err());
+        assert!(subdir_of(&t, "../x").is_err());
+        let _ = std::fs::remove_dir_all(&t);
+    }
 
     #[test]
     fn a_subdirectory_stays_inside() {

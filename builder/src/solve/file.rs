@@ -408,10 +408,8 @@ fn copy_remote(
                 &ctx.options.ssh,
             );
             crate::remote::git::checkout(r, &dir.path, &access)?;
-            let sub = dir.path.join(r.subdir.trim_start_matches('/'));
-            if !sub.is_dir() {
-                bail!("{}#{}: no directory {:?}", r.remote, r.commit, r.subdir);
-            }
+            let sub = crate::remote::git::subdir_of(&dir.path, &r.subdir)
+                .with_context(|| format!("{}#{}", r.remote, r.commit))?;
             (sub, vec![".".to_string()], false)
         }
     };
