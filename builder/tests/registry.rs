@@ -1022,3 +1022,51 @@ fn base_layers_are_fetched_only_when_files_are_needed() {
     ));
     assert_eq!(layer_gets(), before + layers.len());
 }
+
+#[test]
+fn add_url_downloads_trust_certs_d_as_registries_do() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let t = tmp("add-url-tls");
+    let pki = Pki::new(&t.0.join("pki"));
+    let reg = Registry::start(
+        &t.0.join("reg"),
+        Options {
+            tls: Some(pki.issue("server")),
+            ..Options::default()
+        },
+    );
+    // A real HTTPS server with a test CA: the registry's /v2/ is `{}`.
+    let ctx = context(
+        &t.0,
+        &format!("FROM scratch\nADD https://{}/v2/ /api/\n", reg.addr),
+    );
+    let root = t.0.join("root");
+    let o = rbuild(&root, &["build", "-q", ctx.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "an unknown CA is refused");
+    let certs_d = t.0.join("certs.d");
+    std::fs::create_dir_all(certs_d.join(&reg.addr)).unwrap();
+    std::fs::copy(
+        pki.dir.join("ca.crt"),
+        certs_d.join(&reg.addr).join("ca.crt"),
+    )
+    .unwrap();
+    settings(&root, &format!("certs_d = \"{}\"\n", certs_d.display()));
+    let out = t.0.join("out");
+    ok(&rbuild(
+        &root,
+        &[
+            "build",
+            "-q",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        std::fs::read_to_string(out.join("api/v2")).unwrap().trim(),
+        "{}"
+    );
+}

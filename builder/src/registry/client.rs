@@ -126,52 +126,10 @@ impl Client {
     /// An HTTP client for `authority`: system roots, certs.d, the settings'
     /// CA files; no verification for hosts marked insecure.
     fn http_client(&self, authority: &str) -> anyhow::Result<reqwest::Client> {
-        let mut b = reqwest::Client::builder()
-            .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(120))
-            .redirect(reqwest::redirect::Policy::limited(10));
-        let dir = self.settings.certs_dir(authority);
-        let mut cas = self.settings.ca_files(authority);
-        let mut certs = Vec::new();
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                let p = e.path();
-                match p.extension().and_then(|x| x.to_str()) {
-                    Some("crt") => cas.push(p),
-                    Some("cert") => certs.push(p),
-                    _ => {}
-                }
-            }
-        }
-        for ca in &cas {
-            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .with_context(|| format!("{}: not a PEM certificate", ca.display()))?
-            {
-                b = b.add_root_certificate(cert);
-            }
-        }
-        // Docker's pairing: `client.cert` goes with `client.key`.
-        certs.sort();
-        if let Some(cert) = certs.first() {
-            let key = cert.with_extension("key");
-            let mut pem =
-                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
-            pem.extend(
-                std::fs::read(&key).with_context(|| {
-                    format!("reading {} (for {})", key.display(), cert.display())
-                })?,
-            );
-            b = b.identity(
-                reqwest::Identity::from_pem(&pem)
-                    .with_context(|| format!("client certificate {}", cert.display()))?,
-            );
-        }
-        if self.settings.insecure(authority) {
-            b = b.danger_accept_invalid_certs(true);
-        }
-        b.build().context("making the HTTP client")
+        self.settings
+            .client_builder(authority)?
+            .build()
+            .context("making the HTTP client")
     }
 
     /// `GET /v2/`: which scheme answers, and the challenge.
@@ -502,15 +460,19 @@ fn retryable_status(s: StatusCode) -> bool {
 /// refused connections of a registry restarting, a body cut short).
 pub fn retryable_error(e: &reqwest::Error) -> bool {
     (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() || e.is_decode())
-        && !is_unknown_host(e)
+        && !is_permanent(e)
 }
 
-/// A name that does not resolve: asking again in a second will not help.
-fn is_unknown_host(e: &reqwest::Error) -> bool {
+/// A name that does not resolve, a certificate that is not trusted:
+/// asking again in a second will not help.
+fn is_permanent(e: &reqwest::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         let text = err.to_string();
-        if text.contains("dns error") || text.contains("Name or service not known") {
+        if text.contains("dns error")
+            || text.contains("Name or service not known")
+            || text.contains("invalid peer certificate")
+        {
             return true;
         }
         source = err.source();

@@ -126,6 +126,59 @@ impl Settings {
         self.hosts.get(authority).is_some_and(|h| h.insecure)
     }
 
+    /// An HTTP client builder for `authority` (`host[:port]`): system
+    /// roots, certs.d's `*.crt`, the settings' CA files, a client
+    /// certificate (`*.cert` with its `.key`), no verification for hosts
+    /// marked insecure. Registries and `ADD <url>` downloads share it.
+    pub fn client_builder(&self, authority: &str) -> anyhow::Result<reqwest::ClientBuilder> {
+        let mut b = reqwest::Client::builder()
+            .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .read_timeout(std::time::Duration::from_secs(120))
+            .redirect(reqwest::redirect::Policy::limited(10));
+        let dir = self.certs_dir(authority);
+        let mut cas = self.ca_files(authority);
+        let mut certs = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let p = e.path();
+                match p.extension().and_then(|x| x.to_str()) {
+                    Some("crt") => cas.push(p),
+                    Some("cert") => certs.push(p),
+                    _ => {}
+                }
+            }
+        }
+        for ca in &cas {
+            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{}: not a PEM certificate", ca.display()))?
+            {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        // Docker's pairing: `client.cert` goes with `client.key`.
+        certs.sort();
+        if let Some(cert) = certs.first() {
+            let key = cert.with_extension("key");
+            let mut pem =
+                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+            pem.extend(
+                std::fs::read(&key).with_context(|| {
+                    format!("reading {} (for {})", key.display(), cert.display())
+                })?,
+            );
+            b = b.identity(
+                reqwest::Identity::from_pem(&pem)
+                    .with_context(|| format!("client certificate {}", cert.display()))?,
+            );
+        }
+        if self.insecure(authority) {
+            b = b.danger_accept_invalid_certs(true);
+        }
+        Ok(b)
+    }
+
     /// Extra roots for `authority`, from the settings file.
     pub fn ca_files(&self, authority: &str) -> Vec<PathBuf> {
         self.hosts

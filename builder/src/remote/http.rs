@@ -89,6 +89,8 @@ pub fn fetch(
     authorization: Option<&str>,
     proxies: &[(String, String)],
 ) -> anyhow::Result<Fetched> {
+    // TLS as for registries: certs.d and ROOT/config.toml of this root.
+    let settings = crate::registry::hosts::Settings::load(&store.root)?;
     let checksum: Option<Digest> = checksum
         .map(|c| {
             c.parse()
@@ -114,7 +116,7 @@ pub fn fetch(
         url,
         checksum.as_ref(),
         (known.as_ref(), authorization),
-        proxies,
+        (proxies, &settings),
     ))?;
     write_meta(&store.root, &fetched)?;
     Ok(fetched)
@@ -152,13 +154,13 @@ async fn download(
     url: &str,
     checksum: Option<&Digest>,
     (known, authorization): (Option<&Fetched>, Option<&str>),
-    proxies: &[(String, String)],
+    (proxies, settings): (&[(String, String)], &crate::registry::hosts::Settings),
 ) -> anyhow::Result<Fetched> {
-    let builder = reqwest::Client::builder()
-        .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(30))
-        .read_timeout(Duration::from_secs(120))
-        .redirect(reqwest::redirect::Policy::limited(10));
+    let authority = url
+        .split_once("://")
+        .map_or("", |(_, r)| r.split(['/', '?', '#']).next().unwrap_or(""));
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    let builder = settings.client_builder(authority)?;
     let client = with_proxies(builder, proxies)?
         .build()
         .context("making the HTTP client")?;
