@@ -97,9 +97,19 @@ pub fn named_contexts(specs: &[String]) -> anyhow::Result<BTreeSet<String>> {
     Ok(out)
 }
 
+/// A Dockerfile's text as read for a build.
+pub struct Source {
+    /// Where it was read from (`-` for stdin).
+    pub path: PathBuf,
+    /// The name its spans and messages carry.
+    pub name: String,
+    /// The text (kept for error snippets under `name`).
+    pub text: String,
+}
+
 /// Reads `-f` (default `CONTEXT/Dockerfile`, or `CONTEXT/dockerfile` when
-/// only that exists, as BuildKit) and plans it with the flags.
-pub fn load(context: &Path, args: &BuildGraphArgs) -> anyhow::Result<Loaded> {
+/// only that exists, as BuildKit) and keeps its text for error snippets.
+pub fn read_source(context: &Path, args: &BuildGraphArgs) -> anyhow::Result<Source> {
     let path = args.file.clone().unwrap_or_else(|| {
         let default = context.join("Dockerfile");
         let lower = context.join("dockerfile");
@@ -116,13 +126,24 @@ pub fn load(context: &Path, args: &BuildGraphArgs) -> anyhow::Result<Loaded> {
         path.display().to_string()
     };
     remember_source(&name, &text);
-    let dockerfile = frontend::parse(&name, &text)?;
-    let options = PlanOptions {
+    Ok(Source { path, name, text })
+}
+
+/// The planner's options from the build flags.
+pub fn plan_options(args: &BuildGraphArgs) -> anyhow::Result<PlanOptions> {
+    Ok(PlanOptions {
         target: args.target.clone(),
         build_args: build_args(&args.build_args)?,
         named_contexts: named_contexts(&args.build_contexts)?,
         platform: args.platform.clone(),
-    };
+    })
+}
+
+/// Reads the Dockerfile ([`read_source`]) and plans it with the flags.
+pub fn load(context: &Path, args: &BuildGraphArgs) -> anyhow::Result<Loaded> {
+    let Source { path, name, text } = read_source(context, args)?;
+    let dockerfile = frontend::parse(&name, &text)?;
+    let options = plan_options(args)?;
     let plan =
         frontend::stage::plan(&dockerfile, &options).with_context(|| format!("planning {name}"))?;
     Ok(Loaded {

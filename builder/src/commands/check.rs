@@ -42,17 +42,8 @@ pub fn check_file(
     args: &BuildGraphArgs,
     context: &Path,
 ) -> anyhow::Result<Checked> {
-    let path = args
-        .file
-        .clone()
-        .unwrap_or_else(|| context.join("Dockerfile"));
-    let text = crate::dockerfile::read_dockerfile(&path)?;
-    let name = if path == Path::new("-") {
-        "Dockerfile".to_string()
-    } else {
-        path.display().to_string()
-    };
-    crate::dockerfile::remember_source(&name, &text);
+    let crate::dockerfile::Source { path, name, text } =
+        crate::dockerfile::read_source(context, args)?;
     let failed = |e: String| Checked {
         report: Report::default(),
         error: Some(e),
@@ -66,16 +57,10 @@ pub fn check_file(
         Ok(i) => i,
         Err(e) => return Ok(failed(e.to_string())),
     };
-    let build_args = crate::dockerfile::build_args(&args.build_args)?;
-    let config = match lint::config_for(&df, &build_args) {
+    let options = crate::dockerfile::plan_options(args)?;
+    let config = match lint::config_for(&df, &options.build_args) {
         Ok(c) => c,
         Err(e) => return Ok(failed(e.to_string())),
-    };
-    let options = frontend::stage::PlanOptions {
-        target: args.target.clone(),
-        build_args,
-        named_contexts: crate::dockerfile::named_contexts(&args.build_contexts)?,
-        platform: args.platform.clone(),
     };
     let plan = frontend::stage::plan(&df, &options);
     let ignore =
