@@ -24,11 +24,10 @@ pub struct Materialized {
 
 /// Whether `spec` names a context that is not a local directory.
 pub fn is_remote(spec: &str) -> bool {
-    crate::remote::http::is_http(spec)
-        || !matches!(
-            frontend::gitref::parse_git_ref(spec),
-            Err(frontend::gitref::GitRefError::NotGit(_))
-        )
+    !matches!(
+        crate::remote::classify(spec),
+        Ok(crate::remote::Kind::Local)
+    )
 }
 
 /// Unpacks the archive `path` into `dir`, as a context: owners and
@@ -52,8 +51,9 @@ pub fn materialize(
     agents: &crate::ssh::Agents,
 ) -> anyhow::Result<Materialized> {
     let dir = TempDir::new("context")?;
-    match frontend::gitref::parse_git_ref(spec) {
-        Ok(r) => {
+    let kind = crate::remote::classify(spec).with_context(|| format!("build context {spec}"))?;
+    match kind {
+        crate::remote::Kind::Git(r) => {
             let access = crate::remote::git::Access::for_remote(&r.remote, secrets, agents);
             let resolved = crate::remote::git::resolve(&r, None, &access)
                 .with_context(|| format!("build context {spec}"))?;
@@ -69,11 +69,10 @@ pub fn materialize(
                 dockerfile: None,
             });
         }
-        Err(frontend::gitref::GitRefError::NotGit(_)) => {}
-        Err(e) => return Err(e).with_context(|| format!("build context {spec}")),
-    }
-    if !crate::remote::http::is_http(spec) {
-        bail!("build context {spec} is neither a directory nor a URL");
+        crate::remote::Kind::Http => {}
+        crate::remote::Kind::Local => {
+            bail!("build context {spec} is neither a directory nor a URL")
+        }
     }
     let fetched = crate::remote::http::fetch(store, spec, None, None, &[])
         .with_context(|| format!("build context {spec}"))?;

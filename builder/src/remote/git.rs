@@ -63,16 +63,11 @@ impl Access {
 /// `x-access-token:TOKEN`). Only for http(s) remotes.
 pub fn auth_header(remote: &str, secrets: &crate::secrets::Secrets) -> Option<String> {
     use base64::Engine as _;
-    let rest = remote
-        .strip_prefix("https://")
-        .or_else(|| remote.strip_prefix("http://"))?;
-    let host = rest.split(['/', '?', '#']).next()?;
-    let host = host.rsplit('@').next()?;
-    let value = |id: &str| {
-        secrets
-            .get(id)
-            .map(|v| String::from_utf8_lossy(v).trim().to_string())
-    };
+    if !super::http::is_http(remote) {
+        return None;
+    }
+    let host = super::authority(remote)?;
+    let value = |id: &str| super::secret_text(secrets, id);
     let token = |t: String| {
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{t}"));
         format!("basic {basic}")
@@ -83,18 +78,14 @@ pub fn auth_header(remote: &str, secrets: &crate::secrets::Secrets) -> Option<St
         .or_else(|| value("GIT_AUTH_TOKEN").map(token))
 }
 
-/// `git ARGS` isolated from the user's and the system's config, with
-/// `access` (the header through the environment, never the command line).
-fn git_auth(dir: Option<&Path>, args: &[&str], access: &Access) -> anyhow::Result<Output> {
-    git_with(dir, args, access)
-}
-
 /// `git ARGS` isolated from the user's and the system's config.
 fn git(dir: Option<&Path>, args: &[&str]) -> anyhow::Result<Output> {
-    git_with(dir, args, &Access::default())
+    git_auth(dir, args, &Access::default())
 }
 
-fn git_with(dir: Option<&Path>, args: &[&str], access: &Access) -> anyhow::Result<Output> {
+/// `git ARGS` as [`git`], with `access` (the header through the
+/// environment, never the command line).
+fn git_auth(dir: Option<&Path>, args: &[&str], access: &Access) -> anyhow::Result<Output> {
     let home = std::env::temp_dir().join("rbuild-git-home");
     let _ = std::fs::create_dir_all(&home);
     let mut cmd = Command::new("git");

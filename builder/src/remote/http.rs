@@ -156,11 +156,8 @@ async fn download(
     (known, authorization): (Option<&Fetched>, Option<&str>),
     (proxies, settings): (&[(String, String)], &crate::registry::hosts::Settings),
 ) -> anyhow::Result<Fetched> {
-    let authority = url
-        .split_once("://")
-        .map_or("", |(_, r)| r.split(['/', '?', '#']).next().unwrap_or(""));
-    let authority = authority.rsplit('@').next().unwrap_or(authority);
-    let builder = settings.client_builder(authority)?;
+    let authority = super::authority(url).unwrap_or_default();
+    let builder = settings.client_builder(&authority)?;
     let client = with_proxies(builder, proxies)?
         .build()
         .context("making the HTTP client")?;
@@ -230,20 +227,11 @@ async fn download(
 /// BuildKit reads for it: `HTTP_AUTH_HEADER_<host>` (the header's whole
 /// value) or `HTTP_AUTH_TOKEN_<host>` (a bearer token).
 pub fn auth_header(url: &str, secrets: &crate::secrets::Secrets) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority.rsplit('@').next()?;
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next()?,
-        None => authority.split(':').next()?,
-    };
-    let text = |id: String| {
-        secrets
-            .get(&id)
-            .map(|v| String::from_utf8_lossy(v).trim().to_string())
-    };
-    text(format!("HTTP_AUTH_HEADER_{host}"))
-        .or_else(|| text(format!("HTTP_AUTH_TOKEN_{host}")).map(|t| format!("Bearer {t}")))
+    let host = super::host(url)?;
+    super::secret_text(secrets, &format!("HTTP_AUTH_HEADER_{host}")).or_else(|| {
+        super::secret_text(secrets, &format!("HTTP_AUTH_TOKEN_{host}"))
+            .map(|t| format!("Bearer {t}"))
+    })
 }
 
 /// An HTTP date (`Wed, 21 Oct 2015 07:28:00 GMT`, RFC 7231's preferred

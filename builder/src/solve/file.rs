@@ -336,16 +336,12 @@ fn remote_sources(
     if !file.add {
         return Ok(None);
     }
-    // BuildKit's rule: what parses as a git reference is git; other
-    // http(s) URLs are downloads.
     let (mut git, mut urls, mut local) = (Vec::new(), Vec::new(), 0);
     for s in &file.sources {
-        match frontend::gitref::parse_git_ref(s) {
-            Err(frontend::gitref::GitRefError::NotGit(_)) if crate::remote::http::is_http(s) => {
-                urls.push(s)
-            }
-            Err(frontend::gitref::GitRefError::NotGit(_)) => local += 1,
-            other => git.push(other?),
+        match crate::remote::classify(s)? {
+            crate::remote::Kind::Git(r) => git.push(r),
+            crate::remote::Kind::Http => urls.push(s),
+            crate::remote::Kind::Local => local += 1,
         }
     }
     if git.is_empty() && urls.is_empty() {
