@@ -54,6 +54,11 @@ impl<'a> Resolver<'a> {
         self.aliases.insert(name.to_string(), image);
     }
 
+    /// The registry settings (certs.d, config.toml) of this build.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// The store images are resolved into.
     pub fn blobs(&self) -> &BlobStore {
         self.blobs

@@ -109,6 +109,8 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     let secrets = crate::secrets::read_specs(&args.secret)?;
     // Their values never show in a log, an error or the metadata file.
     crate::mask::Masker::new(secrets.values().map(Vec::as_slice)).install();
+    // Registries' and downloads' settings (certs.d, config.toml).
+    let settings = crate::registry::hosts::Settings::load(&store_root)?;
     // The private agents (key files) live as long as the build.
     let (ssh, _private_agents) = crate::ssh::read_specs(&args.ssh)?;
     // A context that is no directory (a git or http(s) URL, a tar archive
@@ -119,7 +121,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         crate::remote::context::from_stdin()?
     } else if crate::remote::context::is_remote(&spec) {
         Some(crate::remote::context::materialize(
-            &spec, &store, &secrets, &ssh,
+            &spec, &store, &secrets, &ssh, &settings,
         )?)
     } else {
         None
@@ -196,7 +198,6 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
             "pull",
         ))
     };
-    let settings = crate::registry::hosts::Settings::load(&store_root)?;
     let mut images =
         crate::resolver::Resolver::new(&store.blobs, settings, args.pull, transfer.clone());
     for spec in &graph_args.build_contexts {
@@ -211,8 +212,9 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("--build-context {spec}"))?;
             images.alias(name, img);
         } else if crate::remote::context::is_remote(src) {
-            let m = crate::remote::context::materialize(src, &store, &secrets, &ssh)
-                .with_context(|| format!("--build-context {spec}"))?;
+            let m =
+                crate::remote::context::materialize(src, &store, &secrets, &ssh, images.settings())
+                    .with_context(|| format!("--build-context {spec}"))?;
             let ignore = read_ignore(Some(m.root.join(".dockerignore")).filter(|f| f.is_file()))?;
             named_contexts.insert(name.to_string(), (m.root.clone(), ignore));
             remote_named.push(m);

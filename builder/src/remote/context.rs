@@ -49,6 +49,7 @@ pub fn materialize(
     store: &Store,
     secrets: &crate::secrets::Secrets,
     agents: &crate::ssh::Agents,
+    settings: &crate::registry::hosts::Settings,
 ) -> anyhow::Result<Materialized> {
     let dir = TempDir::new("context")?;
     let kind = crate::remote::classify(spec).with_context(|| format!("build context {spec}"))?;
@@ -74,7 +75,7 @@ pub fn materialize(
             bail!("build context {spec} is neither a directory nor a URL")
         }
     }
-    let fetched = crate::remote::http::fetch(store, spec, None, None, &[])
+    let fetched = crate::remote::http::fetch(store, spec, None, None, (&[], settings))
         .with_context(|| format!("build context {spec}"))?;
     let downloaded = store.blobs.path(&fetched.digest.parse()?);
     let root = dir.path.join("ctx");

@@ -78,7 +78,8 @@ fn write_meta(root: &Path, f: &Fetched) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// The content of `url` in `store`: from the store when `checksum` names
+/// The content of `url` in `store` (TLS as for registries: `settings`,
+/// proxies from the build args): from the store when `checksum` names
 /// stored content this URL gave before, revalidated when it was fetched
 /// before, else downloaded. A `checksum` mismatch is an error naming both
 /// digests, and nothing is kept.
@@ -87,10 +88,8 @@ pub fn fetch(
     url: &str,
     checksum: Option<&str>,
     authorization: Option<&str>,
-    proxies: &[(String, String)],
+    (proxies, settings): (&[(String, String)], &crate::registry::hosts::Settings),
 ) -> anyhow::Result<Fetched> {
-    // TLS as for registries: certs.d and ROOT/config.toml of this root.
-    let settings = crate::registry::hosts::Settings::load(&store.root)?;
     let checksum: Option<Digest> = checksum
         .map(|c| {
             c.parse()
@@ -116,7 +115,7 @@ pub fn fetch(
         url,
         checksum.as_ref(),
         (known.as_ref(), authorization),
-        (proxies, &settings),
+        (proxies, settings),
     ))?;
     write_meta(&store.root, &fetched)?;
     Ok(fetched)

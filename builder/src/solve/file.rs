@@ -373,7 +373,7 @@ fn remote_sources(
                 u,
                 file.checksum.as_deref(),
                 auth.as_deref(),
-                &options.proxy_env,
+                (&options.proxy_env, options.images.settings()),
             )
         })
         .collect::<anyhow::Result<Vec<_>>>()
