@@ -287,21 +287,19 @@ fn a_private_repository_over_http_with_a_token_secret() {
     let host = srv.base.trim_start_matches("http://").to_string();
     let ctx = t.0.join("ctx");
     let out = t.0.join("out");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rbuild"))
-        .args([
-            "--root",
-            root.to_str().unwrap(),
+    let o = common::rbuild_env(
+        &root,
+        &[
             "build",
             "--progress=plain",
-        ])
-        .arg("--secret")
-        .arg(format!("id=GIT_AUTH_TOKEN.{host},env=THE_TOKEN"))
-        .arg("-o")
-        .arg(format!("type=local,dest={}", out.display()))
-        .arg(&ctx)
-        .env("THE_TOKEN", token)
-        .output()
-        .unwrap();
+            "--secret",
+            &format!("id=GIT_AUTH_TOKEN.{host},env=THE_TOKEN"),
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            ctx.to_str().unwrap(),
+        ],
+        &[("THE_TOKEN", token)],
+    );
     let err = ok(&o);
     assert_eq!(
         std::fs::read_to_string(out.join("src/sub/a.txt")).unwrap(),
@@ -328,14 +326,19 @@ fn a_private_repository_over_http_with_a_token_secret() {
         ],
     );
     let out2 = t.0.join("out2");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rbuild"))
-        .args(["--root", root.to_str().unwrap(), "build", "-q"])
-        .args(["--secret", "id=GIT_AUTH_TOKEN,env=THE_TOKEN", "-o"])
-        .arg(format!("type=local,dest={}", out2.display()))
-        .arg(format!("{url}#main"))
-        .env("THE_TOKEN", token)
-        .output()
-        .unwrap();
+    let o = common::rbuild_env(
+        &root,
+        &[
+            "build",
+            "-q",
+            "--secret",
+            "id=GIT_AUTH_TOKEN,env=THE_TOKEN",
+            "-o",
+            &format!("type=local,dest={}", out2.display()),
+            &format!("{url}#main"),
+        ],
+        &[("THE_TOKEN", token)],
+    );
     ok(&o);
     assert_eq!(
         std::fs::read_to_string(out2.join("ctx-a")).unwrap(),

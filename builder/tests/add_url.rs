@@ -289,25 +289,21 @@ fn add_url_with_a_token_secret() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("401"));
 
     // BuildKit's secret name: HTTP_AUTH_TOKEN_<host>.
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rbuild"))
-        .args([
-            "--root",
-            root.to_str().unwrap(),
+    let o = common::rbuild_env(
+        &root,
+        &[
             "build",
             "--progress=plain",
-        ])
-        .args([
             "--secret",
             "id=HTTP_AUTH_TOKEN_127.0.0.1,env=THE_TOKEN",
             "-t",
             "priv:1",
             "-o",
-        ])
-        .arg(format!("type=local,dest={}", out.display()))
-        .arg(&ctx)
-        .env("THE_TOKEN", "s3cr3t-t0ken")
-        .output()
-        .unwrap();
+            &format!("type=local,dest={}", out.display()),
+            ctx.to_str().unwrap(),
+        ],
+        &[("THE_TOKEN", "s3cr3t-t0ken")],
+    );
     let err = ok(&o);
     assert_eq!(
         std::fs::read_to_string(out.join("p")).unwrap(),

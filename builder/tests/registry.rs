@@ -715,20 +715,11 @@ fn bearer_tokens_from_a_token_endpoint() {
         "{err}"
     );
 
-    let o = Command::new(env!("CARGO_BIN_EXE_rbuild"))
-        .args([
-            "--root",
-            root.to_str().unwrap(),
-            "login",
-            "-u",
-            "bob",
-            "-p",
-            "hunter2",
-        ])
-        .arg(&reg.addr)
-        .env("DOCKER_CONFIG", &config)
-        .output()
-        .unwrap();
+    let o = rbuild_env(
+        &root,
+        &["login", "-u", "bob", "-p", "hunter2", &reg.addr],
+        &env,
+    );
     ok(&o);
     // One token serves the whole push (config, layers, manifest).
     let before = tokens.issued();
@@ -916,20 +907,11 @@ fn credentials_from_a_credential_helper() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
 
     // login stores through the helper, not in config.json.
-    let o = Command::new(env!("CARGO_BIN_EXE_rbuild"))
-        .args([
-            "--root",
-            root.to_str().unwrap(),
-            "login",
-            "-u",
-            "carol",
-            "-p",
-            "pw-from-helper",
-        ])
-        .arg(&reg.addr)
-        .envs(env)
-        .output()
-        .unwrap();
+    let o = rbuild_env(
+        &root,
+        &["login", "-u", "carol", "-p", "pw-from-helper", &reg.addr],
+        &env,
+    );
     ok(&o);
     assert!(
         stderr(&o).contains("docker-credential-rbuildtest"),
