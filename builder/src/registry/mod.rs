@@ -30,8 +30,6 @@ use transfer::Transfer;
 pub struct Pulled {
     /// The image manifest (for the build platform).
     pub manifest: Descriptor,
-    /// The index the reference named, if any.
-    pub index: Option<Descriptor>,
     /// Where it came from (`domain/path`), for cross-repository mounts.
     pub source: String,
 }
@@ -94,17 +92,11 @@ impl Registry {
                     .try_collect::<()>()
                     .await?;
             }
-            let index = match &resolved.index {
-                Some(i) => {
-                    blobs.put_bytes(&i.bytes)?;
-                    Some(i.descriptor.clone())
-                }
-                None => None,
-            };
+            // The platform's manifest is the image (an index it came
+            // through is not kept: nothing reads it).
             blobs.put_bytes(&resolved.manifest.bytes)?;
             Ok(Pulled {
                 manifest: resolved.manifest.descriptor,
-                index,
                 source: reference.name(),
             })
         })

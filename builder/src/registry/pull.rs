@@ -43,8 +43,6 @@ pub struct Fetched {
 pub struct Resolved {
     /// The host that answered (a mirror or the domain's own).
     pub endpoint: Endpoint,
-    /// The index the reference named, if it named one.
-    pub index: Option<Fetched>,
     /// The image manifest for the build platform.
     pub manifest: Fetched,
     /// The parsed image manifest.
@@ -183,14 +181,13 @@ async fn resolve_on(
         .or_else(|| reference.tag.clone())
         .unwrap_or_else(|| "latest".into());
     let first = fetch_manifest(client, ep, reference, &wanted).await?;
-    let (index, manifest) = if is_index(&first.descriptor.media_type) {
+    let manifest = if is_index(&first.descriptor.media_type) {
         let idx: Index = serde_json::from_slice(&first.bytes)
             .with_context(|| format!("{reference}: reading its index"))?;
         let chosen = choose_platform(&idx).with_context(|| format!("{reference}"))?;
-        let m = fetch_manifest(client, ep, reference, &chosen.digest).await?;
-        (Some(first), m)
+        fetch_manifest(client, ep, reference, &chosen.digest).await?
     } else {
-        (None, first)
+        first
     };
     match manifest.descriptor.media_type.as_str() {
         media::OCI_MANIFEST | media::DOCKER_MANIFEST => {}
@@ -204,7 +201,6 @@ async fn resolve_on(
         .with_context(|| format!("{reference}: reading its manifest"))?;
     Ok(Resolved {
         endpoint: ep.clone(),
-        index,
         manifest,
         parsed,
     })
