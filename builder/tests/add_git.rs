@@ -177,6 +177,20 @@ fn add_from_git() {
         ),
     );
     ok(&o);
+    // Two repositories and a local file in one ADD, each copied in turn.
+    std::fs::create_dir_all(t.0.join("ctx")).unwrap();
+    std::fs::write(t.0.join("ctx/local.txt"), "local\n").unwrap();
+    let (o, out) = build(
+        &root,
+        &t.0,
+        &format!("FROM scratch\nADD {url}#v1:sub local.txt {url}#main /many/\n"),
+    );
+    ok(&o);
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
+    assert_eq!(read("many/a.txt"), "one\n");
+    assert_eq!(read("many/local.txt"), "local\n");
+    assert_eq!(read("many/sub/a.txt"), "two\n");
+    assert!(out.join("many/run.sh").is_file() && !out.join("many/.git").exists());
     let (o, _) = build(&root, &t.0, &format!("FROM scratch\nADD {url}#nope /x\n"));
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -203,6 +217,11 @@ fn git_urls_as_build_contexts() {
     std::fs::write(
         work.join("Build.Dockerfile"),
         "FROM scratch\nCOPY sub/a.txt /named-f\nCOPY --from=extra run.sh /extra\n",
+    )
+    .unwrap();
+    std::fs::write(
+        work.join("Git.Dockerfile"),
+        "FROM scratch\nCOPY .git/HEAD /head\n",
     )
     .unwrap();
     git(&work, &["add", "."]);
@@ -260,6 +279,39 @@ fn git_urls_as_build_contexts() {
         "one\n"
     );
     assert!(out2.join("extra").is_file());
+
+    // .git is gone from a context unless BUILDKIT_CONTEXT_KEEP_GIT_DIR
+    // (Go's boolean words) or the URL's keep-git-dir keeps it.
+    let head_with = |extra: &[&str], url: &str| {
+        let out = t.0.join("out3");
+        let _ = std::fs::remove_dir_all(&out);
+        let dest = format!("type=local,dest={}", out.display());
+        let mut args = vec!["build", "-q", "-f", "Git.Dockerfile", "-o", &dest];
+        args.extend_from_slice(extra);
+        args.push(url);
+        let o = rbuild(&root, &args);
+        (o, std::fs::read_to_string(out.join("head")).ok())
+    };
+    let main = format!("{url}#main");
+    let (o, head) = head_with(&[], &main);
+    assert_eq!(o.status.code(), Some(1), "{head:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(".git/HEAD") && err.contains("not found"),
+        "{err}"
+    );
+    let commit = git(&work, &["rev-parse", "HEAD"]);
+    for extra in [
+        &["--build-arg", "BUILDKIT_CONTEXT_KEEP_GIT_DIR=1"][..],
+        &["--build-arg", "BUILDKIT_CONTEXT_KEEP_GIT_DIR=true"][..],
+    ] {
+        let (o, head) = head_with(extra, &main);
+        ok(&o);
+        assert_eq!(head.as_deref().map(str::trim), Some(commit.as_str()));
+    }
+    let (o, head) = head_with(&[], &format!("{url}?ref=main&keep-git-dir=true"));
+    ok(&o);
+    assert_eq!(head.as_deref().map(str::trim), Some(commit.as_str()));
 }
 
 #[test]
@@ -458,4 +510,69 @@ fn a_subdir_that_is_a_symlink_is_refused() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("invalid subdir"));
     assert!(!out.join("x/passwd").exists());
+}
+
+#[test]
+fn lfs_files_stay_pointers_and_user_config_is_not_read() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let t = tmp("git-lfs");
+    let (_daemon, url, work) = serve(&t.0);
+    let pointer = "version https://git-lfs.github.com/spec/v1\n\
+                   oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n\
+                   size 12345\n";
+    std::fs::write(
+        work.join(".gitattributes"),
+        "*.bin filter=lfs diff=lfs merge=lfs -text\n",
+    )
+    .unwrap();
+    std::fs::write(work.join("big.bin"), pointer).unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-qm", "lfs"]);
+    git(
+        &work,
+        &[
+            "push",
+            "-q",
+            &format!("{}", t.0.join("served/repo.git").display()),
+            "main",
+        ],
+    );
+    // The user's git config has an LFS smudge filter (as `git lfs install`
+    // writes one) that would rewrite the file, and a rule that would send
+    // the fetch elsewhere: BuildKit reads neither.
+    let home = t.0.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(
+        home.join(".gitconfig"),
+        "[filter \"lfs\"]\n\tsmudge = sed s/oid/SMUDGED/\n\trequired = true\n\
+         [url \"git://127.0.0.1:1/\"]\n\tinsteadOf = git://\n",
+    )
+    .unwrap();
+    let ctx = t.0.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM scratch\nADD {url}#main /src\n"),
+    )
+    .unwrap();
+    let out = t.0.join("out");
+    let o = common::rbuild_env(
+        &t.0.join("root"),
+        &[
+            "build",
+            "-q",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            ctx.to_str().unwrap(),
+        ],
+        &[("HOME", home.to_str().unwrap())],
+    );
+    ok(&o);
+    assert_eq!(
+        std::fs::read_to_string(out.join("src/big.bin")).unwrap(),
+        pointer
+    );
 }

@@ -351,3 +351,65 @@ fn add_url_through_the_proxy_build_args() {
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(srv.requests("/via-proxy.txt").len(), 1);
 }
+
+#[test]
+fn add_mixes_urls_and_local_files() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let t = tmp("add-url-mixed");
+    let srv = HttpServer::start();
+    srv.file("/a.txt", b"from the server\n", "a1", MODIFIED);
+    srv.file("/same.txt", b"server copy\n", "s1", MODIFIED);
+    let ctx = dockerfile(
+        &t.0.join("ctx"),
+        &format!(
+            "FROM scratch\n\
+             ADD --chmod=0640 {0}/a.txt local.txt {0}/same.txt /mixed/\n\
+             ADD same.txt {0}/same.txt /later-wins/\n\
+             COPY local.txt /dir/\n\
+             ADD {0}/a.txt local.txt /dir\n",
+            srv.base
+        ),
+    );
+    std::fs::write(ctx.join("local.txt"), "local 1\n").unwrap();
+    std::fs::write(ctx.join("same.txt"), "local copy\n").unwrap();
+    let root = t.0.join("root");
+    let out = t.0.join("out");
+    ok(&build(&root, &ctx, &out));
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
+    let mode = |p: &str| std::fs::metadata(out.join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(read("mixed/a.txt"), "from the server\n");
+    assert_eq!(read("mixed/local.txt"), "local 1\n");
+    assert_eq!(read("mixed/same.txt"), "server copy\n");
+    assert_eq!(mode("mixed/a.txt"), 0o640);
+    assert_eq!(mode("mixed/local.txt"), 0o640);
+    // Each source copied in the order written: the URL's file wins.
+    assert_eq!(read("later-wins/same.txt"), "server copy\n");
+    // An existing directory takes several sources without a trailing /.
+    assert_eq!(read("dir/a.txt"), "from the server\n");
+    assert_eq!(mode("dir/a.txt"), 0o600);
+
+    // Nothing changed: every step a hit; a local source changed: a miss.
+    let err = ok(&build(&root, &ctx, &out));
+    assert_eq!(err.matches(" CACHED").count(), 4, "{err}");
+    std::fs::write(ctx.join("local.txt"), "local 2\n").unwrap();
+    let err = ok(&build(&root, &ctx, &out));
+    assert_eq!(read("mixed/local.txt"), "local 2\n");
+    assert_eq!(err.matches(" CACHED").count(), 0, "{err}");
+
+    // Several sources into a path that is no directory: refused.
+    let bad = dockerfile(
+        &t.0.join("bad"),
+        &format!("FROM scratch\nADD {}/a.txt local.txt /file\n", srv.base),
+    );
+    std::fs::write(bad.join("local.txt"), "x\n").unwrap();
+    let o = build(&root, &bad, &out);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("destination must be a directory") && err.contains("Dockerfile:2"),
+        "{err}"
+    );
+}

@@ -104,6 +104,30 @@ fn debug_parse_onbuild_json_uses_trigger() {
     assert_eq!(nodes[1]["original"], "ONBUILD COPY --from=b x y");
 }
 
+/// BuildKit's parseSubCommand gives an ONBUILD with nothing after it no
+/// trigger node: its dump is `(onbuild)`, so the JSON value is empty; an
+/// unknown trigger is parseIgnore's empty node, `[""]`.
+#[test]
+fn debug_parse_onbuild_without_a_trigger() {
+    let text = "FROM a\nONBUILD\nONBUILD frob x\n";
+    let out = rbuild_stdin(&["debug", "parse", "-"], text);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "(from \"a\")\n(onbuild)\n(onbuild (frob \"\"))\n"
+    );
+    let out = rbuild_stdin(&["debug", "parse", "--format", "json", "-"], text);
+    let nodes: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        (&nodes[1]["sub_cmd"], &nodes[1]["value"]),
+        (&serde_json::json!(""), &serde_json::json!([]))
+    );
+    assert_eq!(
+        (&nodes[2]["sub_cmd"], &nodes[2]["value"]),
+        (&serde_json::json!("frob"), &serde_json::json!([""]))
+    );
+}
+
 #[test]
 fn debug_parse_error_names_line_and_exits_1() {
     let out = rbuild_stdin(&["debug", "parse", "-"], "FROM a\nRUN <<EOF\nnever ends\n");

@@ -144,14 +144,6 @@ fn parse_query(query: &str) -> Result<BTreeMap<String, Vec<String>>, String> {
     Ok(out)
 }
 
-fn parse_bool(s: &str) -> Option<bool> {
-    match s {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
-    }
-}
-
 /// Parses a git reference. `Err(NotGit)` means the string is something
 /// else (a path or a plain URL); `Err(Invalid)` a git URL with a bad query.
 pub fn parse_git_ref(s: &str) -> Result<GitRef, GitRefError> {
@@ -228,7 +220,9 @@ impl GitRef {
             let q = crate::quote::go_quote;
             let bool_value = |what: &str| match &value {
                 None => Ok(true),
-                Some(s) => parse_bool(s).ok_or_else(|| format!("invalid {what} value: {}", q(s))),
+                Some(s) => {
+                    crate::parse_go_bool(s).ok_or_else(|| format!("invalid {what} value: {}", q(s)))
+                }
             };
             match k.as_str() {
                 "ref" => {

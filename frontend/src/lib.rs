@@ -28,3 +28,13 @@ pub mod stage;
 
 pub use parser::{Dockerfile, Node, ParseError, parse};
 pub use span::{Location, Span};
+
+/// Go's `strconv.ParseBool`, which BuildKit uses for every boolean it
+/// reads from text (mount options, git URL queries, `check=`, build args).
+pub fn parse_go_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}

@@ -120,8 +120,17 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     let remote_context = if args.context == Path::new("-") {
         crate::remote::context::from_stdin()?
     } else if crate::remote::context::is_remote(&spec) {
+        let keep_git_dir = crate::dockerfile::build_args(&args.graph.build_args)?
+            .get(crate::remote::context::KEEP_GIT_DIR_ARG)
+            .and_then(|v| frontend::parse_go_bool(v))
+            .unwrap_or(false);
         Some(crate::remote::context::materialize(
-            &spec, &store, &secrets, &ssh, &settings,
+            &spec,
+            keep_git_dir,
+            &store,
+            &secrets,
+            &ssh,
+            &settings,
         )?)
     } else {
         None
@@ -212,9 +221,15 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("--build-context {spec}"))?;
             images.alias(name, img);
         } else if crate::remote::context::is_remote(src) {
-            let m =
-                crate::remote::context::materialize(src, &store, &secrets, &ssh, images.settings())
-                    .with_context(|| format!("--build-context {spec}"))?;
+            let m = crate::remote::context::materialize(
+                src,
+                false,
+                &store,
+                &secrets,
+                &ssh,
+                images.settings(),
+            )
+            .with_context(|| format!("--build-context {spec}"))?;
             let ignore = read_ignore(Some(m.root.join(".dockerignore")).filter(|f| f.is_file()))?;
             named_contexts.insert(name.to_string(), (m.root.clone(), ignore));
             remote_named.push(m);

@@ -43,9 +43,16 @@ fn unpack(path: &Path, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The remote context `spec` (see [`is_remote`]) as a directory.
+/// The build arg with which BuildKit keeps a git context's `.git`
+/// directory (Go's boolean words; anything else is ignored, as there).
+pub const KEEP_GIT_DIR_ARG: &str = "BUILDKIT_CONTEXT_KEEP_GIT_DIR";
+
+/// The remote context `spec` (see [`is_remote`]) as a directory; a git
+/// checkout keeps its `.git` when the URL asks (`?keep-git-dir=true`) or
+/// `keep_git_dir` (the build arg [`KEEP_GIT_DIR_ARG`]) does.
 pub fn materialize(
     spec: &str,
+    keep_git_dir: bool,
     store: &Store,
     secrets: &crate::secrets::Secrets,
     agents: &crate::ssh::Agents,
@@ -56,8 +63,9 @@ pub fn materialize(
     match kind {
         crate::remote::Kind::Git(r) => {
             let access = crate::remote::git::Access::for_remote(&r.remote, secrets, agents);
-            let resolved = crate::remote::git::resolve(&r, None, &access)
+            let mut resolved = crate::remote::git::resolve(&r, None, &access)
                 .with_context(|| format!("build context {spec}"))?;
+            resolved.keep_git_dir |= keep_git_dir;
             let checkout = dir.path.join("repo");
             std::fs::create_dir_all(&checkout)?;
             crate::remote::git::checkout(&resolved, &checkout, &access)

@@ -1,6 +1,8 @@
 //! COPY/ADD, WORKDIR's directories and a named directory context as a
-//! base: the runners that fill a snapshot with files.
+//! base: the runners that fill a snapshot with files (an ADD's URLs and
+//! repositories: [`super::add_remote`]).
 
+use super::add_remote::Remote;
 use super::*;
 
 /// Whether some COPY/ADD of `graph` reads the build context.
@@ -181,18 +183,29 @@ pub(super) fn run_file(
             .map(|(dir, ignore)| (dir.clone(), ignore.as_ref())),
         FileSource::Stage(_) | FileSource::Image(_) => None,
     };
-    // ADD of URLs: each downloaded (or revalidated) now; the key holds
-    // what each gave (content, name, mtime), not the URL's validators.
-    let remote = remote_sources(ctx.store, file, ctx.options).map_err(where_)?;
-    let source_key = match &local {
-        _ if remote.is_some() => remote.as_ref().map(Remote::key),
-        Some((root, ignore)) => Some(
-            crate::copy::content_digest(root, *ignore, &file.sources, key_excludes, Some(stat))
-                .map_err(|e| where_(e.into()))?,
-        ),
-        None => source_node
-            .and_then(|n| done.get(&n))
-            .and_then(|d| d.key.clone()),
+    // The content key of local sources (all of them, or those an ADD
+    // names beside URLs and repositories).
+    let local_key = |sources: &[String]| -> anyhow::Result<Option<String>> {
+        Ok(match &local {
+            Some((root, ignore)) => Some(crate::copy::content_digest(
+                root,
+                *ignore,
+                sources,
+                key_excludes,
+                Some(stat),
+            )?),
+            None => source_node
+                .and_then(|n| done.get(&n))
+                .and_then(|d| d.key.clone()),
+        })
+    };
+    // ADD of URLs and repositories: each downloaded (or revalidated) or
+    // resolved now; the key holds what each gave (content, name, mtime;
+    // the commit), not the URL's validators.
+    let remote = Remote::of(ctx.store, file, ctx.options).map_err(where_)?;
+    let source_key = match &remote {
+        Some(r) => Some(r.key(|s| local_key(s)).map_err(where_)?),
+        None => local_key(&file.sources).map_err(where_)?,
     };
     let link = file.link && file.chmod.is_none();
     // A --link copy does not depend on its parent.
@@ -223,7 +236,9 @@ pub(super) fn run_file(
         |m| {
             let source = source_node.and_then(|n| done.get(&n)).map(|d| &**d);
             manifest = match &remote {
-                Some(r) => copy_remote(ctx, m, file, r).map(|()| None),
+                Some(r) => r
+                    .copy(ctx, m, file, (local.as_ref(), source))
+                    .map(|()| None),
                 None => copy_into(ctx, m, file, local.as_ref(), source, identity.as_ref()),
             }
             .map_err(where_)?;
@@ -251,7 +266,7 @@ pub(super) fn run_file(
 /// ignore file) or else from `source` (a stage's or image's snapshot);
 /// unchanged files of the latest result of copy `identity` are linked.
 /// Returns the manifest of what was written, for the next run's links.
-fn copy_into(
+pub(super) fn copy_into(
     ctx: &Ctx<'_>,
     m: &cache::snapshot::MutableSnapshot,
     file: &frontend::graph::FileOp,
@@ -298,125 +313,6 @@ fn copy_into(
     })?;
     drop(view);
     Ok(reuse.map(|r| r.manifest()))
-}
-
-/// What an ADD brings from elsewhere.
-pub(super) enum Remote {
-    /// URLs, downloaded.
-    Http(Vec<crate::remote::http::Fetched>),
-    /// A git repository at a commit.
-    Git(crate::remote::git::Resolved),
-}
-
-impl Remote {
-    /// What the cache key holds: the content (digests, names, mtimes) or
-    /// the commit, never a server's validators.
-    fn key(&self) -> String {
-        let inputs = match self {
-            Remote::Http(files) => {
-                let parts: Vec<_> = files
-                    .iter()
-                    .map(|f| (&f.url, &f.digest, &f.name, f.mtime))
-                    .collect();
-                serde_json::json!({"http": parts})
-            }
-            Remote::Git(r) => serde_json::json!({"git": r}),
-        };
-        step_key(inputs).as_str().to_string()
-    }
-}
-
-/// The URLs or the git repository an ADD reads, fetched or resolved
-/// (None: its sources are local).
-fn remote_sources(
-    store: &Store,
-    file: &frontend::graph::FileOp,
-    options: &BuildOptions<'_>,
-) -> anyhow::Result<Option<Remote>> {
-    if !file.add {
-        return Ok(None);
-    }
-    let (mut git, mut urls, mut local) = (Vec::new(), Vec::new(), 0);
-    for s in &file.sources {
-        match crate::remote::classify(s)? {
-            crate::remote::Kind::Git(r) => git.push(r),
-            crate::remote::Kind::Http => urls.push(s),
-            crate::remote::Kind::Local => local += 1,
-        }
-    }
-    if git.is_empty() && urls.is_empty() {
-        return Ok(None);
-    }
-    if local > 0 || !file.contents.is_empty() || (!git.is_empty() && !urls.is_empty()) {
-        bail!(
-            "ADD of URLs or git together with other sources is not supported yet: use one ADD for each"
-        );
-    }
-    if let [r] = git.as_slice() {
-        let access =
-            crate::remote::git::Access::for_remote(&r.remote, &options.secrets, &options.ssh);
-        let resolved = crate::remote::git::resolve(r, file.checksum.as_deref(), &access)?;
-        let resolved = crate::remote::git::Resolved {
-            keep_git_dir: file.keep_git_dir.unwrap_or(resolved.keep_git_dir),
-            ..resolved
-        };
-        return Ok(Some(Remote::Git(resolved)));
-    }
-    if git.len() > 1 {
-        bail!("ADD of several git repositories at once is not supported yet: use one ADD for each");
-    }
-    urls.into_iter()
-        .map(|u| {
-            let auth = crate::remote::http::auth_header(u, &options.secrets);
-            crate::remote::http::fetch(
-                store,
-                u,
-                file.checksum.as_deref(),
-                auth.as_deref(),
-                (&options.proxy_env, options.images.settings()),
-            )
-        })
-        .collect::<anyhow::Result<Vec<_>>>()
-        .map(|f| Some(Remote::Http(f)))
-}
-
-/// Fills `m` with what `remote` brings: downloaded files written (0600,
-/// their mtimes) into a directory of their own, or a git checkout, then
-/// copied as ADD copies (downloaded archives unpacked only with
-/// `--unpack=true`; a checkout never).
-fn copy_remote(
-    ctx: &Ctx<'_>,
-    m: &cache::snapshot::MutableSnapshot,
-    file: &frontend::graph::FileOp,
-    remote: &Remote,
-) -> anyhow::Result<()> {
-    let dir = crate::tempdir::TempDir::new("add-remote")?;
-    let (root, names, add) = match remote {
-        Remote::Http(files) => (
-            dir.path.clone(),
-            crate::remote::http::stage(ctx.store, files, &dir.path)?,
-            file.unpack == Some(true),
-        ),
-        Remote::Git(r) => {
-            let access = crate::remote::git::Access::for_remote(
-                &r.remote,
-                &ctx.options.secrets,
-                &ctx.options.ssh,
-            );
-            crate::remote::git::checkout(r, &dir.path, &access)?;
-            let sub = crate::remote::git::subdir_of(&dir.path, &r.subdir)
-                .with_context(|| format!("{}#{}", r.remote, r.commit))?;
-            (sub, vec![".".to_string()], false)
-        }
-    };
-    copy(&CopyRequest {
-        chown: file.chown.as_deref(),
-        chmod: file.chmod.as_deref(),
-        add,
-        unpack: if add { file.unpack } else { Some(false) },
-        ..CopyRequest::plain(&root, &names, &file.dest, &m.root())
-    })?;
-    Ok(())
 }
 
 /// The stat-cache "context" under which mounted-content digests are kept.

@@ -28,6 +28,7 @@ use crate::sandbox::{
     Cancel, Mount, Network, RunSpec, Runtime, Stream, default_hosts, resolv_conf,
 };
 
+mod add_remote;
 mod base;
 mod cache_mount;
 mod exec;

@@ -198,14 +198,6 @@ fn ram_in_bytes(s: &str) -> Option<i64> {
     Some((n * mult) as i64)
 }
 
-fn parse_go_bool(s: &str) -> Option<bool> {
-    match s {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
-    }
-}
-
 const ALL_KEYS: [&str; 19] = [
     "type",
     "from",
@@ -314,11 +306,11 @@ pub fn parse_mount(
             "source" | "src" => m.source = Some(value),
             "target" | "dst" | "destination" => m.target = Some(value),
             "readonly" | "ro" => {
-                m.read_only = parse_go_bool(&value).ok_or_else(bad_value)?;
+                m.read_only = crate::parse_go_bool(&value).ok_or_else(bad_value)?;
                 ro_auto = false;
             }
             "readwrite" | "rw" => {
-                m.read_only = !parse_go_bool(&value).ok_or_else(bad_value)?;
+                m.read_only = !crate::parse_go_bool(&value).ok_or_else(bad_value)?;
                 ro_auto = false;
             }
             "required" => {
@@ -328,7 +320,7 @@ pub fn parse_mount(
                         m.mount_type.as_str()
                     ));
                 }
-                m.required = parse_go_bool(&value).ok_or_else(bad_value)?;
+                m.required = crate::parse_go_bool(&value).ok_or_else(bad_value)?;
             }
             "size" => {
                 if m.mount_type != MountType::Tmpfs {

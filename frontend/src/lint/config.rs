@@ -48,7 +48,7 @@ impl CheckConfig {
                 "experimental" if v == "all" => config.experimental_all = true,
                 "experimental" => config.experimental = list(v),
                 "error" => {
-                    config.error = parse_bool(v).ok_or_else(|| {
+                    config.error = crate::parse_go_bool(v).ok_or_else(|| {
                         ConfigError(format!("invalid boolean {v:?} in check option {part:?}"))
                     })?;
                 }
@@ -96,15 +96,6 @@ impl CheckConfig {
         } else {
             !self.skip_all && !self.skip.contains(rule.name)
         }
-    }
-}
-
-/// Go's `strconv.ParseBool`.
-fn parse_bool(v: &str) -> Option<bool> {
-    match v {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
     }
 }
 
