@@ -183,7 +183,10 @@ fn add_from_git() {
     let (o, out) = build(
         &root,
         &t.0,
-        &format!("FROM scratch\nADD {url}#v1:sub local.txt {url}#main /many/\n"),
+        &format!(
+            "FROM scratch\nADD {url}#v1:sub local.txt {url}#main /many/\n\
+             ADD --exclude=*.sh {url}#main /no-scripts\n"
+        ),
     );
     ok(&o);
     let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
@@ -191,6 +194,9 @@ fn add_from_git() {
     assert_eq!(read("many/local.txt"), "local\n");
     assert_eq!(read("many/sub/a.txt"), "two\n");
     assert!(out.join("many/run.sh").is_file() && !out.join("many/.git").exists());
+    // --exclude matches inside the repository.
+    assert!(out.join("no-scripts/sub/a.txt").is_file());
+    assert!(!out.join("no-scripts/run.sh").exists());
     let (o, _) = build(&root, &t.0, &format!("FROM scratch\nADD {url}#nope /x\n"));
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);

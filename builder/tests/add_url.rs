@@ -413,3 +413,42 @@ fn add_mixes_urls_and_local_files() {
         "{err}"
     );
 }
+
+/// BuildKit's frontend names a downloaded file from the URL's path (or
+/// `__unnamed__`) and passes that name on, so a `Content-Disposition` name
+/// is not used. `--link` and `--chown` work as for local files; `--exclude`
+/// matches below a source, so a downloaded file (a source itself) is kept,
+/// as BuildKit's copier keeps it.
+#[test]
+fn add_url_names_links_owners_and_excludes() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let t = tmp("add-url-names");
+    let srv = HttpServer::start();
+    srv.attachment("/download", b"attached\n", "release-1.0.tar.gz");
+    srv.attachment("/", b"root\n", "index.txt");
+    srv.file("/skip.log", b"log\n", "l1", MODIFIED);
+    let ctx = dockerfile(
+        &t.0.join("ctx"),
+        &format!(
+            "FROM scratch\n\
+             ADD {0}/download {0}/ /named/\n\
+             ADD --link --chown=7:8 {0}/download /linked/\n\
+             ADD --exclude=*.log {0}/skip.log {0}/download /excluded/\n",
+            srv.base
+        ),
+    );
+    let root = t.0.join("root");
+    let out = t.0.join("out");
+    ok(&build(&root, &ctx, &out));
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
+    assert_eq!(read("named/download"), "attached\n");
+    assert_eq!(read("named/__unnamed__"), "root\n");
+    assert!(!out.join("named/release-1.0.tar.gz").exists());
+    let m = std::fs::metadata(out.join("linked/download")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (7, 8, 0o600));
+    assert!(out.join("excluded/download").is_file());
+    assert!(out.join("excluded/skip.log").is_file());
+}

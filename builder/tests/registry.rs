@@ -1028,6 +1028,13 @@ fn add_url_downloads_trust_certs_d_as_registries_do() {
     let root = t.0.join("root");
     let o = rbuild(&root, &["build", "-q", ctx.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "an unknown CA is refused");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("https://{}/v2/", reg.addr))
+            && err.contains("Dockerfile:2")
+            && err.contains("certificate"),
+        "{err}"
+    );
     let certs_d = t.0.join("certs.d");
     std::fs::create_dir_all(certs_d.join(&reg.addr)).unwrap();
     std::fs::copy(

@@ -1,6 +1,6 @@
 //! TEST FIXTURE: a small HTTP/1.1 server on 127.0.0.1 for `ADD <url>`:
 //! files with an ETag and a Last-Modified (304 to a matching
-//! `If-None-Match`), redirects, 404s. It records every request line with
+//! `If-None-Match`), attachments, redirects, 404s. It records every request line with
 //! its status, and its files can be changed while it runs.
 
 use std::collections::BTreeMap;
@@ -17,6 +17,8 @@ pub enum Route {
     Redirect(String),
     /// A file only for this `Authorization` (else 401).
     Protected(Vec<u8>, String),
+    /// A file sent with `Content-Disposition: attachment; filename=NAME`.
+    Attachment(Vec<u8>, String),
 }
 
 /// A running server.
@@ -87,6 +89,11 @@ impl HttpServer {
                                     (401, String::new(), b"unauthorized".to_vec())
                                 }
                             }
+                            Some(Route::Attachment(body, name)) => (
+                                200,
+                                format!("Content-Disposition: attachment; filename=\"{name}\"\r\n"),
+                                body,
+                            ),
                             None => (404, String::new(), b"not found".to_vec()),
                         };
                         l.lock().unwrap().push((format!("{method} {path}"), status));
@@ -127,6 +134,14 @@ impl HttpServer {
         self.routes.lock().unwrap().insert(
             path.to_string(),
             Route::Protected(body.to_vec(), authorization.to_string()),
+        );
+    }
+
+    /// Serves `body` at `path` as an attachment named `name`.
+    pub fn attachment(&self, path: &str, body: &[u8], name: &str) {
+        self.routes.lock().unwrap().insert(
+            path.to_string(),
+            Route::Attachment(body.to_vec(), name.to_string()),
         );
     }
 
