@@ -197,6 +197,13 @@ fn add_from_git() {
     // --exclude matches inside the repository.
     assert!(out.join("no-scripts/sub/a.txt").is_file());
     assert!(!out.join("no-scripts/run.sh").exists());
+    let (o, _) = build(
+        &root,
+        &t.0,
+        &format!("FROM scratch\nADD --keep-git-dir=false {url}?ref=main&keep-git-dir=true /x\n"),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("inconsistent keep-git-dir configuration"));
     let (o, _) = build(&root, &t.0, &format!("FROM scratch\nADD {url}#nope /x\n"));
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);

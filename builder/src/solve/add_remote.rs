@@ -46,6 +46,11 @@ impl Remote {
         for s in &file.sources {
             let part = match crate::remote::classify(s)? {
                 crate::remote::Kind::Git(r) => {
+                    if let (Some(flag), Some(url)) = (file.keep_git_dir, r.keep_git_dir)
+                        && flag != url
+                    {
+                        bail!("inconsistent keep-git-dir configuration");
+                    }
                     let access = Access::for_remote(&r.remote, &options.secrets, &options.ssh);
                     let resolved =
                         crate::remote::git::resolve(&r, file.checksum.as_deref(), &access)?;
