@@ -70,13 +70,6 @@ fn skopeo(args: &[&str]) -> Output {
 }
 
 /// Requests in the registry's access log whose line contains `needle`.
-fn requests(reg: &Registry, needle: &str) -> usize {
-    reg.log()
-        .lines()
-        .filter(|l| l.contains("HTTP/1.1\"") && l.contains(needle))
-        .count()
-}
-
 #[test]
 fn push_is_read_by_skopeo_and_umoci_and_pulls_back() {
     let (t, reg, root, name) = with_image("reg-roundtrip", Options::default(), "team/app:1");
@@ -122,13 +115,13 @@ fn push_is_read_by_skopeo_and_umoci_and_pulls_back() {
 
     // Pushed again: the registry has every blob and the manifest, so the
     // push is HEAD requests (after the ping) and nothing is written.
-    let before = requests(&reg, "/v2/");
-    let heads = requests(&reg, "\"HEAD /v2/team/app/");
+    let before = reg.requests("/v2/");
+    let heads = reg.requests("\"HEAD /v2/team/app/");
     let again = rbuild(&root, &["push", &name]);
     ok(&again);
     let blobs = v["Layers"].as_array().unwrap().len() + 1;
-    assert_eq!(requests(&reg, "\"HEAD /v2/team/app/") - heads, blobs + 1);
-    assert_eq!(requests(&reg, "/v2/") - before, blobs + 2, "{}", reg.log());
+    assert_eq!(reg.requests("\"HEAD /v2/team/app/") - heads, blobs + 1);
+    assert_eq!(reg.requests("/v2/") - before, blobs + 2, "{}", reg.log());
     assert!(!stderr(&again).contains("done"), "{}", stderr(&again));
 
     // A fresh state root pulls it back, the same image.
@@ -208,8 +201,8 @@ fn build_from_an_image_skopeo_pushed() {
 
     // Once pulled, a rebuild asks the registry nothing; --pull asks for
     // the manifest once and downloads no blob again.
-    let manifests = || requests(&reg, "/v2/other/base/manifests/");
-    let blobs = || requests(&reg, "GET /v2/other/base/blobs/");
+    let manifests = || reg.requests("/v2/other/base/manifests/");
+    let blobs = || reg.requests("GET /v2/other/base/blobs/");
     let (m0, b0) = (manifests(), blobs());
     build(&[]);
     assert_eq!((manifests(), blobs()), (m0, b0));
@@ -568,7 +561,7 @@ fn a_mirror_serves_docker_hub_names() {
         &["build", "-q", "-t", "app:2", ctx.to_str().unwrap()],
     ));
     assert!(ok(&rbuild(&fresh, &["images"])).contains("busybase:1"));
-    assert!(requests(&reg, "GET /v2/library/busybase/manifests/1") >= 1);
+    assert!(reg.requests("GET /v2/library/busybase/manifests/1") >= 1);
 }
 
 #[test]
@@ -666,14 +659,11 @@ fn an_index_resolves_to_linux_amd64_and_blobs_mount_across_repositories() {
     // mounted from the one they were pulled from, not uploaded.
     let copy = format!("{}/other/copy:1", reg.addr);
     ok(&rbuild(&fresh, &["tag", &multi, &copy]));
-    let uploads = requests(&reg, "PATCH /v2/other/copy/blobs/uploads/");
+    let uploads = reg.requests("PATCH /v2/other/copy/blobs/uploads/");
     let o = rbuild(&fresh, &["push", &copy]);
     ok(&o);
-    assert_eq!(
-        requests(&reg, "PATCH /v2/other/copy/blobs/uploads/"),
-        uploads
-    );
-    assert!(requests(&reg, "mount=sha256") >= 2, "{}", reg.log());
+    assert_eq!(reg.requests("PATCH /v2/other/copy/blobs/uploads/"), uploads);
+    assert!(reg.requests("mount=sha256") >= 2, "{}", reg.log());
     ok(&skopeo(&[
         "inspect",
         "--tls-verify=false",
@@ -983,7 +973,7 @@ fn base_layers_are_fetched_only_when_files_are_needed() {
     let layer_gets = || {
         layers
             .iter()
-            .map(|l| requests(&reg, &format!("GET /v2/lazy/base/blobs/{l}")))
+            .map(|l| reg.requests(&format!("GET /v2/lazy/base/blobs/{l}")))
             .sum::<usize>()
     };
     let before = layer_gets();
@@ -994,7 +984,7 @@ fn base_layers_are_fetched_only_when_files_are_needed() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(layer_gets(), before, "no base layer was downloaded");
-    assert!(requests(&reg, "GET /v2/lazy/base/manifests/1") >= 1);
+    assert!(reg.requests("GET /v2/lazy/base/manifests/1") >= 1);
 
     // An archive needs every layer: they come now.
     let tar = t.0.join("app.tar");

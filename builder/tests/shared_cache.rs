@@ -16,7 +16,7 @@ const DOCKERFILE: &str = "FROM scratch AS base
 COPY busybox /bin/busybox
 RUN [\"/bin/busybox\",\"--install\",\"-s\",\"/bin\"]
 FROM base AS build
-RUN echo built > /artifact
+RUN echo built > /artifact && echo work > /build-only
 FROM base
 COPY data.txt /data.txt
 COPY --from=build /artifact /artifact
@@ -68,6 +68,23 @@ fn build(root: &Path, ctx: &Path, extra: &[&str]) -> (Vec<String>, usize, String
     (ran, cached, err)
 }
 
+/// The layer digests of the cache in the OCI layout `dir`.
+fn layout_layers(dir: &Path) -> Vec<String> {
+    let read = |d: &str| -> serde_json::Value {
+        let hex = d.strip_prefix("sha256:").unwrap();
+        serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let manifest = read(index["manifests"][0]["digest"].as_str().unwrap());
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn image_id(root: &Path) -> serde_json::Value {
     let o = rbuild(root, &["inspect", "app:1"]);
     serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["Id"].clone()
@@ -108,10 +125,49 @@ fn local_cache_mode_max_and_min() {
     assert!(ran.is_empty(), "{ran:?}");
     assert_eq!(cached, 6);
     assert_eq!(image_id(&a), image_id(&b));
+    // Import is lazy: of the cache's layers only the image's came (the
+    // build stage's does not), and no step's files were made.
+    let inspect =
+        serde_json::from_slice::<serde_json::Value>(&rbuild(&b, &["inspect", "app:1"]).stdout)
+            .unwrap();
+    let in_image: Vec<&str> = inspect["Manifest"]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
+    let cached = layout_layers(&dir);
+    assert_eq!(cached.len(), in_image.len() + 1, "{cached:?} {in_image:?}");
+    for l in &cached {
+        let hex = l.strip_prefix("sha256:").unwrap();
+        let here = b.join("content/blobs/sha256").join(hex).exists();
+        assert_eq!(here, in_image.contains(&l.as_str()), "{l}");
+    }
+    let du = String::from_utf8_lossy(&rbuild(&b, &["du"]).stdout).into_owned();
+    assert!(!du.contains("imported"), "{du}");
+    // An output of files makes the result's chain local: the two base
+    // steps and the final stage's three, not the build stage's.
+    let files = t.0.join("files");
+    let o = rbuild(
+        &b,
+        &[
+            "build",
+            "--cache-from",
+            &from,
+            "-o",
+            &format!("type=local,dest={}", files.display()),
+            moved.to_str().unwrap(),
+        ],
+    );
+    ok(&o);
+    assert_eq!(
+        std::fs::read_to_string(files.join("both")).unwrap(),
+        "hello\nbuilt\n"
+    );
     // `rbuild du` tells imported records apart; prune removes them.
     let du = String::from_utf8_lossy(&rbuild(&b, &["du"]).stdout).into_owned();
     assert!(
-        du.contains("imported") && du.contains("in 6 records"),
+        du.contains("imported") && du.contains("in 5 records"),
         "{du}"
     );
     let du = String::from_utf8_lossy(&rbuild(&a, &["du"]).stdout).into_owned();
@@ -148,7 +204,11 @@ fn local_cache_mode_max_and_min() {
     build(&a, &ctx, &["--cache-to", &to]);
     let from = format!("type=local,src={}", min_dir.display());
     let (ran, cached, _) = build(&t.0.join("d"), &ctx, &["--cache-from", &from]);
-    assert_eq!(ran, ["[build 1/1] RUN echo built > /artifact"], "{cached}");
+    assert_eq!(
+        ran,
+        ["[build 1/1] RUN echo built > /artifact && echo work > /build-only"],
+        "{cached}"
+    );
 }
 
 #[test]
@@ -185,6 +245,25 @@ fn registry_cache_between_two_roots() {
     assert!(ran.is_empty(), "{ran:?}");
     assert_eq!(cached, 6);
     assert_eq!(image_id(&a), image_id(&b));
+    // Lazy: the image's layers were downloaded once each, the build
+    // stage's never.
+    let in_image =
+        serde_json::from_slice::<serde_json::Value>(&rbuild(&b, &["inspect", "app:1"]).stdout)
+            .unwrap()["Manifest"]["layers"]
+            .clone();
+    let in_image: Vec<&str> = in_image
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
+    let cached_layers = m["layers"].as_array().unwrap();
+    assert_eq!(cached_layers.len(), in_image.len() + 1);
+    for l in cached_layers {
+        let digest = l["digest"].as_str().unwrap();
+        let gets = reg.requests(&format!("GET /v2/app/blobs/{digest}"));
+        assert_eq!(gets, usize::from(in_image.contains(&digest)), "{digest}");
+    }
 
     // A missing cache is a warning; the build goes on.
     let (ran, _, err) = build(
@@ -198,7 +277,8 @@ fn registry_cache_between_two_roots() {
         "{err}"
     );
 
-    // A corrupt layer in the registry: caught by its digest, the step runs.
+    // A corrupt layer in the registry: caught by its digest when the image
+    // needs it; the build runs again without that record and its step runs.
     let layers = m["layers"].as_array().unwrap();
     let biggest = layers
         .iter()
@@ -215,7 +295,9 @@ fn registry_cache_between_two_roots() {
     let d = t.0.join("d");
     let (ran, _, err) = build(&d, &ctx, &["--cache-from", &cache_ref]);
     assert!(
-        err.contains("could not be used") && err.contains(&biggest),
+        err.contains("could not be used")
+            && err.contains(&biggest)
+            && err.contains("building again without it"),
         "{err}"
     );
     assert!(!ran.is_empty(), "the step whose layer was corrupt ran");
@@ -258,7 +340,11 @@ fn inline_cache_in_a_pushed_image() {
     // An empty root with the image as its cache: the result's own steps
     // hit (the builder stage is not in the image, so it runs).
     let (ran, cached, _) = build(&t.0.join("b"), &ctx, &["--cache-from", &image]);
-    assert_eq!(ran, ["[build 1/1] RUN echo built > /artifact"], "{cached}");
+    assert_eq!(
+        ran,
+        ["[build 1/1] RUN echo built > /artifact && echo work > /build-only"],
+        "{cached}"
+    );
     assert_eq!(cached, 5);
 }
 

@@ -1,16 +1,26 @@
 //! Base images: the image found (or pulled) by the build's
 //! [`crate::resolver::Resolver`], its layers unpacked as snapshots the
-//! first time a step needs them ([`Snap`]).
+//! first time a step needs them; and [`Snap`], a filesystem state that
+//! may be made late (a base image's, an imported cache hit's).
 
 use super::*;
 
-/// A filesystem state: made, or a base image's layers not yet unpacked
-/// (fetched and unpacked the first time a step needs the files; a build
-/// whose steps all come from the cache never does).
+/// A filesystem state: made, or not yet: a base image's layers or an
+/// imported cache hit (fetched and unpacked the first time a step or an
+/// output needs the files; a build whose steps all come from the cache
+/// never does).
 #[derive(Clone, Default)]
 pub(super) struct Snap {
     ready: Option<String>,
-    lazy: Option<Arc<LazyBase>>,
+    lazy: Option<Arc<Lazy>>,
+}
+
+/// What a [`Snap`] not made yet is made from.
+pub(super) enum Lazy {
+    /// A base image's layers.
+    Base(LazyBase),
+    /// A step's layer in an imported cache, on its parent's state.
+    Imported(super::shared::LazyImported),
 }
 
 impl Snap {
@@ -22,12 +32,26 @@ impl Snap {
         }
     }
 
-    /// The snapshot, made now if it is a base image's still.
+    /// A state made from `lazy` when first needed.
+    pub(super) fn lazy(lazy: Lazy) -> Snap {
+        Snap {
+            ready: None,
+            lazy: Some(Arc::new(lazy)),
+        }
+    }
+
+    /// The snapshot, made now if it is not yet.
     pub(super) fn get(&self, ctx: &Ctx<'_>) -> anyhow::Result<Option<String>> {
-        match &self.lazy {
-            Some(base) => base.get(ctx),
+        match self.lazy.as_deref() {
+            Some(Lazy::Base(base)) => base.get(ctx),
+            Some(Lazy::Imported(hit)) => hit.get(ctx),
             None => Ok(self.ready.clone()),
         }
+    }
+
+    /// The snapshot if it is made (a step that ran made it).
+    pub(super) fn made(&self) -> Option<&str> {
+        self.ready.as_deref()
     }
 }
 
@@ -103,15 +127,12 @@ pub(super) fn import_image(
     };
     let snapshot = match top {
         Some(id) => Snap::ready(id),
-        None => Snap {
-            ready: None,
-            lazy: Some(Arc::new(LazyBase {
-                reference: reference.to_string(),
-                layers: manifest.layers.clone(),
-                diff_ids: config.rootfs.diff_ids.clone(),
-                made: std::sync::Mutex::new(None),
-            })),
-        },
+        None => Snap::lazy(Lazy::Base(LazyBase {
+            reference: reference.to_string(),
+            layers: manifest.layers.clone(),
+            diff_ids: config.rootfs.diff_ids.clone(),
+            made: std::sync::Mutex::new(None),
+        })),
     };
     // Times from here on: SOURCE_DATE_EPOCH when set (BuildKit stamps the
     // image and every new history entry with it); else the base's until a

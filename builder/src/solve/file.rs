@@ -245,12 +245,12 @@ pub(super) fn run_file(
             Ok(())
         },
     )?;
-    note_copy(ctx, id, &record.snapshot)?;
-    // A failing index costs only the links of the next run.
-    if let (Some(identity), Some(manifest)) = (&identity, manifest) {
-        let _ = store
-            .index
-            .reuse_put(identity.as_str(), &record.snapshot, &manifest);
+    if let Some(made) = record.snapshot.made() {
+        note_copy(ctx, id, made)?;
+        // A failing index costs only the links of the next run.
+        if let (Some(identity), Some(manifest)) = (&identity, manifest) {
+            let _ = store.index.reuse_put(identity.as_str(), made, &manifest);
+        }
     }
     if link {
         // The merge records history; this op keeps only its layer.

@@ -140,13 +140,12 @@ impl Done {
     /// time, layer (or placeholder), snapshot and key. Returns the diff_id
     /// (or placeholder) for the step's history entry, which the caller
     /// writes as RUN, COPY or WORKDIR.
-    fn take_step(&mut self, step: StepRecord, key: &cache::index::CacheKey) -> Option<String> {
-        self.image.set_created(Some(step.created.clone()));
-        self.layers.extend(step.layer_ref(key));
-        let diff = step.diff_ref(key);
-        self.snapshot = Snap::ready(Some(step.snapshot));
+    fn take_step(&mut self, step: Taken, key: &cache::index::CacheKey) -> Option<String> {
+        self.image.set_created(Some(step.created));
+        self.layers.extend(step.layer);
+        self.snapshot = step.snapshot;
         self.key = Some(key.as_str().to_string());
-        diff
+        step.diff
     }
 }
 
@@ -182,9 +181,17 @@ struct Ctx<'a> {
     seen: std::sync::Mutex<Vec<Seen>>,
     /// With `--cache-to`: the cache mounts used, by id.
     cache_mounts: std::sync::Mutex<BTreeMap<String, PathBuf>>,
+    /// Imported hits found unusable in an earlier try of this build.
+    rejected: &'a std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The layers of imported hits (digest to key), fetched only when
+    /// the image or an export needs them.
+    imported_layers: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
-/// Runs the graph and stores the target image.
+/// Runs the graph and stores the target image. An imported cache hit
+/// whose layer turns out unusable when needed (gone, corrupt, the
+/// registry unreachable) is a warning: the build runs again without it
+/// (the steps done so far are in the local cache by then).
 pub fn build(
     store: &Store,
     graph: &BuildGraph,
@@ -192,7 +199,40 @@ pub fn build(
     options: &BuildOptions<'_>,
     progress: &Progress,
 ) -> anyhow::Result<Built> {
+    let rejected = std::sync::Mutex::default();
+    loop {
+        let e = match build_once(store, graph, runtime, options, progress, &rejected) {
+            Ok(built) => return Ok(built),
+            Err(e) => e,
+        };
+        let Some(bad) = e
+            .chain()
+            .find_map(|c| c.downcast_ref::<shared::ImportUnusable>())
+        else {
+            return Err(e);
+        };
+        let first = rejected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(bad.key.clone());
+        if !first {
+            return Err(e);
+        }
+        progress.warn(&format!("{bad}; building again without it"));
+    }
+}
+
+fn build_once(
+    store: &Store,
+    graph: &BuildGraph,
+    runtime: &dyn Runtime,
+    options: &BuildOptions<'_>,
+    progress: &Progress,
+    rejected: &std::sync::Mutex<std::collections::BTreeSet<String>>,
+) -> anyhow::Result<Built> {
     let ctx = Ctx {
+        rejected,
+        imported_layers: Default::default(),
         store,
         graph,
         runtime,
@@ -241,6 +281,9 @@ pub fn build(
             .get_or_insert_with(Default::default)
             .extend(options.labels.clone());
     }
+    // The image's layers that imported hits stand for: no other layer of
+    // theirs is ever downloaded.
+    fetch_imported_layers(&ctx, &layers)?;
     let (image_id, manifest) = crate::images::store(&store.blobs, &config, layers, &options.tags)?;
     let explained = std::mem::take(&mut *ctx.explained.lock().unwrap_or_else(|e| e.into_inner()));
     let cache_records = export_records(&ctx, target)?;

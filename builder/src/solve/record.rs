@@ -58,6 +58,28 @@ impl StepRecord {
     }
 }
 
+/// A snapshot-making step's outcome as the build goes on from it: its
+/// files (made, or an imported hit's made when needed), layer (or a
+/// placeholder), diff_id (or placeholder) and time.
+pub(super) struct Taken {
+    pub(super) snapshot: Snap,
+    pub(super) layer: Option<Descriptor>,
+    pub(super) diff: Option<String>,
+    pub(super) created: String,
+}
+
+impl Taken {
+    /// A local record's outcome.
+    pub(super) fn of(step: StepRecord, key: &cache::index::CacheKey) -> Taken {
+        Taken {
+            layer: step.layer_ref(key),
+            diff: step.diff_ref(key),
+            snapshot: Snap::ready(Some(step.snapshot)),
+            created: step.created,
+        }
+    }
+}
+
 /// sha256 of the versioned key inputs (canonical JSON).
 pub(super) fn step_key(inputs: serde_json::Value) -> cache::index::CacheKey {
     use sha2::{Digest as _, Sha256};
@@ -120,7 +142,8 @@ pub(super) fn layer_key(options: &BuildOptions<'_>) -> String {
 }
 
 /// A snapshot-making step: its record from the cache index under `key`
-/// (unless `skip_cache`), else `run` fills a new snapshot on `parent`, which
+/// (unless `skip_cache`; or an imported cache's, made when needed), else
+/// `run` fills a new snapshot on `parent`, which
 /// is committed and recorded. The key's lock is held throughout: a step
 /// another build is making is waited for, then taken from the cache.
 pub(super) fn cached_step(
@@ -130,15 +153,17 @@ pub(super) fn cached_step(
     parent: &Snap,
     (id, started): (usize, Instant),
     run: impl FnOnce(&cache::snapshot::MutableSnapshot) -> anyhow::Result<()>,
-) -> anyhow::Result<StepRecord> {
+) -> anyhow::Result<Taken> {
     let _lock = ctx.store.index.lock_key(key)?;
     if !step.skip_cache
-        && let Some(record) = lookup(ctx.store, key)?.or_else(|| imported_hit(ctx, key, parent))
+        && let Some(taken) = lookup(ctx.store, key)?
+            .map(|r| Taken::of(r, key))
+            .or_else(|| imported_hit(ctx, key, parent))
     {
         note_step(ctx, step, key, inputs, (id, true))?;
         saw(ctx, key, inputs);
         ctx.progress.cached(id);
-        return Ok(record);
+        return Ok(taken);
     }
     note_step(ctx, step, key, inputs, (id, false))?;
     // The parent's files are needed now (a base image's layers unpack).
@@ -161,7 +186,7 @@ pub(super) fn cached_step(
     record(ctx.store, key, &step)?;
     saw(ctx, key, inputs);
     ctx.progress.done(id, started);
-    Ok(step)
+    Ok(Taken::of(step, key))
 }
 
 /// A new step's record: its snapshot, its layer (unless empty) and when it

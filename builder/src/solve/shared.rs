@@ -1,7 +1,8 @@
 //! The solver's side of a cache that travels ([`crate::shared_cache`]): a
 //! step the local index misses but an imported cache has is taken from it
-//! (its layer fetched, verified and unpacked on the parent's snapshot),
-//! and a build's records are gathered for `--cache-to`.
+//! lazily (its layer fetched, verified and unpacked on the parent's files
+//! only when a step or an output needs them), and a build's records are
+//! gathered for `--cache-to`.
 
 use super::*;
 use crate::shared_cache::{CacheRecord, Mode};
@@ -29,57 +30,169 @@ pub(super) fn saw(ctx: &Ctx<'_>, key: &cache::index::CacheKey, inputs: &str) {
         });
 }
 
-/// The record of `key` from an imported cache, made local: its layer
-/// fetched into the store and unpacked on `parent`. None when no cache
-/// has it or it can't be had (a warning; the step then runs).
+/// An imported cache's record of `key` as this step's outcome: nothing
+/// is fetched yet. Its files are made ([`LazyImported::get`]) when a step
+/// or an output needs them, and its layer fetched when the image or an
+/// export does. None when no cache has it, or this build found it unusable.
 pub(super) fn imported_hit(
     ctx: &Ctx<'_>,
     key: &cache::index::CacheKey,
     parent: &Snap,
-) -> Option<StepRecord> {
+) -> Option<Taken> {
     let imports = ctx.options.cache_imports?;
-    let record = imports.get(key.as_str())?;
-    let made = (|| -> anyhow::Result<StepRecord> {
-        let parent = parent.get(ctx)?;
-        let parent = parent.as_deref();
-        let snapshot = match &record.layer {
-            Some((layer, _)) => {
-                imports.fetch_layer(
-                    key.as_str(),
-                    &ctx.store.blobs,
-                    ctx.options.images,
-                    &ctx.options.transfer,
-                )?;
-                let blob = ctx.store.blobs.open_verified(&layer.digest.parse()?)?;
-                ctx.store.snapshots.import(parent, blob)?
-            }
-            None => {
-                let m = ctx.store.snapshots.prepare(parent)?;
-                m.commit_lazy(&ctx.store.blobs, &ctx.layer_options)?.0
-            }
-        };
-        let step = StepRecord {
-            snapshot: snapshot.id,
-            layer: record.layer.as_ref().map(|(d, _)| d.clone()),
-            diff_id: record.layer.as_ref().map(|(_, d)| d.clone()),
-            created: record.created.clone(),
-            pending: false,
-            pending_size: 0,
-            imported: true,
-        };
-        record::record(ctx.store, key, &step)?;
-        Ok(step)
-    })();
-    match made {
-        Ok(step) => Some(step),
-        Err(e) => {
-            ctx.progress.warn(&format!(
-                "the imported cache of step {} could not be used, running it: {e:#}",
-                key.as_str()
-            ));
-            None
-        }
+    if lock(ctx.rejected).contains(key.as_str()) {
+        return None;
     }
+    let record = imports.get(key.as_str())?;
+    if let Some((layer, _)) = &record.layer {
+        lock(&ctx.imported_layers).insert(layer.digest.clone(), key.as_str().to_string());
+    }
+    Some(Taken {
+        snapshot: Snap::lazy(Lazy::Imported(LazyImported {
+            key: key.clone(),
+            parent: parent.clone(),
+            made: std::sync::Mutex::new(None),
+        })),
+        layer: record.layer.as_ref().map(|(d, _)| d.clone()),
+        diff: record.layer.as_ref().map(|(_, d)| d.clone()),
+        created: record.created.clone(),
+    })
+}
+
+/// An imported cache hit's files: its layer fetched, verified and
+/// unpacked on its parent's files the first time they are needed, then
+/// recorded in the local cache.
+pub(super) struct LazyImported {
+    key: cache::index::CacheKey,
+    parent: Snap,
+    made: std::sync::Mutex<Option<String>>,
+}
+
+impl LazyImported {
+    pub(super) fn get(&self, ctx: &Ctx<'_>) -> anyhow::Result<Option<String>> {
+        let mut made = lock(&self.made);
+        if let Some(id) = &*made {
+            return Ok(Some(id.clone()));
+        }
+        // The parent's own failure names the parent's step.
+        let parent = self.parent.get(ctx)?;
+        let id =
+            make_local(ctx, &self.key, parent.as_deref()).map_err(|e| unusable(&self.key, e))?;
+        *made = Some(id.clone());
+        Ok(Some(id))
+    }
+}
+
+/// The imported record of `key` made a local one on `parent`'s files: its
+/// layer fetched into the store (verified) and unpacked. Returns the
+/// snapshot.
+fn make_local(
+    ctx: &Ctx<'_>,
+    key: &cache::index::CacheKey,
+    parent: Option<&str>,
+) -> anyhow::Result<String> {
+    let imports = ctx
+        .options
+        .cache_imports
+        .ok_or_else(|| anyhow!("no imported cache"))?;
+    let record = imports
+        .get(key.as_str())
+        .ok_or_else(|| anyhow!("no imported record"))?;
+    let _lock = ctx.store.index.lock_key(key)?;
+    // Another build may have made it meanwhile.
+    if let Some(step) = lookup(ctx.store, key)? {
+        return Ok(step.snapshot);
+    }
+    let snapshot = match &record.layer {
+        Some((layer, _)) => {
+            fetch_layer(ctx, key.as_str())?;
+            let blob = ctx.store.blobs.open_verified(&layer.digest.parse()?)?;
+            ctx.store.snapshots.import(parent, blob)?
+        }
+        None => {
+            let m = ctx.store.snapshots.prepare(parent)?;
+            m.commit_lazy(&ctx.store.blobs, &ctx.layer_options)?.0
+        }
+    };
+    let step = StepRecord {
+        snapshot: snapshot.id,
+        layer: record.layer.as_ref().map(|(d, _)| d.clone()),
+        diff_id: record.layer.as_ref().map(|(_, d)| d.clone()),
+        created: record.created.clone(),
+        pending: false,
+        pending_size: 0,
+        imported: true,
+    };
+    record::record(ctx.store, key, &step)?;
+    Ok(step.snapshot)
+}
+
+fn fetch_layer(ctx: &Ctx<'_>, key: &str) -> anyhow::Result<()> {
+    let imports = ctx
+        .options
+        .cache_imports
+        .ok_or_else(|| anyhow!("no imported cache"))?;
+    imports.fetch_layer(
+        key,
+        &ctx.store.blobs,
+        ctx.options.images,
+        &ctx.options.transfer,
+    )
+}
+
+/// An imported cache hit that turned out unusable when its layer was
+/// needed (gone from the registry, corrupt, unreachable): the build runs
+/// again without it ([`super::build`]), its step then runs.
+#[derive(Debug, thiserror::Error)]
+#[error("the imported cache of step {key} could not be used: {cause}")]
+pub(super) struct ImportUnusable {
+    pub(super) key: String,
+    cause: String,
+}
+
+fn unusable(key: &cache::index::CacheKey, e: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(ImportUnusable {
+        key: key.as_str().to_string(),
+        cause: format!("{e:#}"),
+    })
+}
+
+/// Brings into the store the layers of `layers` that imported hits stand
+/// for (the image's, for the store and its exports), a few at a time.
+pub(super) fn fetch_imported_layers(ctx: &Ctx<'_>, layers: &[Descriptor]) -> anyhow::Result<()> {
+    let imported = lock(&ctx.imported_layers).clone();
+    let wanted: Vec<&String> = layers
+        .iter()
+        .filter(|l| !l.digest.parse().is_ok_and(|d| ctx.store.blobs.contains(&d)))
+        .filter_map(|l| imported.get(&l.digest))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = wanted.len().min(4);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| -> anyhow::Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(key) = wanted.get(i) else {
+                            return Ok(());
+                        };
+                        fetch_layer(ctx, key).map_err(|e| {
+                            unusable(&cache::index::CacheKey::new(key).expect("a key"), e)
+                        })?;
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(anyhow!("a download panicked")))
+        })
+    })
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The records `--cache-to` exports: every step of the build (`max`), or
@@ -124,6 +237,12 @@ pub(super) fn export_records(ctx: &Ctx<'_>, target: &Done) -> anyhow::Result<Vec
             continue;
         }
         let Some(step) = lookup(ctx.store, &cache::index::CacheKey::new(&key)?)? else {
+            // An imported hit never made local: its layer comes now.
+            if let Some(record) = ctx.options.cache_imports.and_then(|i| i.get(&key)) {
+                fetch_layer(ctx, &key)
+                    .map_err(|e| unusable(&cache::index::CacheKey::new(&key).expect("a key"), e))?;
+                out.push(record.clone());
+            }
             continue;
         };
         let layer = if step.pending {

@@ -106,6 +106,15 @@ impl Registry {
         std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default()
     }
 
+    /// How many requests its access log has whose line contains `needle`
+    /// (e.g. `GET /v2/app/blobs/sha256:...`).
+    pub fn requests(&self, needle: &str) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("HTTP/1.1\"") && l.contains(needle))
+            .count()
+    }
+
     /// Stops it (kill -9, as a crash would).
     pub fn stop(&mut self) {
         let _ = self.child.kill();
