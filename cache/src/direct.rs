@@ -36,27 +36,50 @@ const CHUNK: usize = 4 << 20;
 /// 0-180 ms.
 const DEPTH: usize = 3;
 
-/// A chunk-sized buffer whose data starts at an [`ALIGN`]ed address.
+/// A buffer of up to a chunk whose data starts at an [`ALIGN`]ed address.
 struct AlignedBuf {
     mem: Vec<u8>,
     start: usize,
     len: usize,
 }
 
+/// What a writer's first buffer holds before it grows: most blobs
+/// (configs, manifests, small layers) fit, and a chunk-sized buffer
+/// would cost a 4 MiB allocation and clearing for each.
+const FIRST: usize = 64 << 10;
+
 impl AlignedBuf {
+    /// A chunk-sized buffer.
     fn new() -> AlignedBuf {
-        let mem = vec![0u8; CHUNK + ALIGN];
+        AlignedBuf::with_capacity(CHUNK)
+    }
+
+    fn with_capacity(capacity: usize) -> AlignedBuf {
+        let mem = vec![0u8; capacity + ALIGN];
         let start = mem.as_ptr().align_offset(ALIGN);
         AlignedBuf { mem, start, len: 0 }
+    }
+
+    /// Bytes it can hold without growing.
+    fn capacity(&self) -> usize {
+        self.mem.len() - self.start
     }
 
     fn data(&self) -> &[u8] {
         &self.mem[self.start..self.start + self.len]
     }
 
-    /// Appends as much of `src` as fits; how much that was.
+    /// Appends as much of `src` as fits in a chunk (growing towards one);
+    /// how much that was.
     fn push(&mut self, src: &[u8]) -> usize {
         let n = src.len().min(CHUNK - self.len);
+        if self.len + n > self.capacity() {
+            let wanted = (self.len + n).next_power_of_two().min(CHUNK);
+            let mut bigger = AlignedBuf::with_capacity(wanted);
+            bigger.mem[bigger.start..bigger.start + self.len].copy_from_slice(self.data());
+            bigger.len = self.len;
+            *self = bigger;
+        }
         let at = self.start + self.len;
         self.mem[at..at + n].copy_from_slice(&src[..n]);
         self.len += n;
@@ -206,7 +229,9 @@ impl DirectWriter {
 
 impl Write for DirectWriter {
     fn write(&mut self, src: &[u8]) -> io::Result<usize> {
-        let buf = self.buf.get_or_insert_with(AlignedBuf::new);
+        let buf = self
+            .buf
+            .get_or_insert_with(|| AlignedBuf::with_capacity(FIRST));
         let n = buf.push(src);
         if buf.is_full() {
             self.ship()?;
