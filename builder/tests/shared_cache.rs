@@ -240,6 +240,28 @@ fn registry_cache_between_two_roots() {
         m["config"]["mediaType"],
         "application/vnd.buildkit.cacheconfig.v0"
     );
+    // The config as BuildKit's CacheConfig: layers by blob, records whose
+    // results (`layers`) index them.
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--config", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{cache_ref}"))
+        .output()
+        .unwrap();
+    let config: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let blobs = config["layers"].as_array().unwrap();
+    assert_eq!(blobs.len(), m["layers"].as_array().unwrap().len());
+    for (b, l) in blobs.iter().zip(m["layers"].as_array().unwrap()) {
+        assert_eq!(b["blob"], l["digest"]);
+    }
+    let results: Vec<u64> = config["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["layers"].as_array().cloned().unwrap_or_default())
+        .map(|res| res["layer"].as_u64().unwrap())
+        .collect();
+    assert_eq!(results.len(), 6, "{config}");
+    assert!(results.iter().all(|&i| i < blobs.len() as u64));
 
     let (ran, cached, _) = build(&b, &ctx, &["--cache-from", &cache_ref]);
     assert!(ran.is_empty(), "{ran:?}");
@@ -335,7 +357,24 @@ fn inline_cache_in_a_pushed_image() {
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&config.stdout).unwrap();
-    assert!(v["moby.buildkit.cache.v0"].is_string(), "{v}");
+    // BuildKit's form: base64 of the JSON list of its CacheRecords, each
+    // result's `layer` an index into the image's layers.
+    use base64::Engine as _;
+    let inline = base64::engine::general_purpose::STANDARD
+        .decode(v["moby.buildkit.cache.v0"].as_str().unwrap())
+        .unwrap();
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&inline).unwrap();
+    let n_layers = v["rootfs"]["diff_ids"].as_array().unwrap().len() as u64;
+    let mut with_layer = 0;
+    for r in &records {
+        assert!(r["digest"].as_str().unwrap().starts_with("sha256:"), "{r}");
+        for res in r["layers"].as_array().into_iter().flatten() {
+            assert!(res["layer"].as_u64().unwrap() < n_layers, "{r}");
+            assert!(res["createdAt"].is_string(), "{r}");
+            with_layer += 1;
+        }
+    }
+    assert_eq!(with_layer, n_layers, "{records:?}");
 
     // An empty root with the image as its cache: the result's own steps
     // hit (the builder stage is not in the image, so it runs).

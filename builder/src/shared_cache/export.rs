@@ -58,7 +58,6 @@ fn write_manifest(
         let Some((layer, diff_id)) = &r.layer else {
             config_records.push(json!({
                 "digest": format!("sha256:{}", r.key),
-                "results": [],
                 "createdAt": r.created,
             }));
             continue;
@@ -81,7 +80,7 @@ fn write_manifest(
         });
         config_records.push(json!({
             "digest": format!("sha256:{}", r.key),
-            "results": [{"layer": i, "createdAt": r.created}],
+            "layers": [{"layer": i, "createdAt": r.created}],
         }));
     }
     let mount_list: Vec<serde_json::Value> = mounts
@@ -159,13 +158,13 @@ pub fn export(
 }
 
 /// The inline cache of an image (BuildKit's `moby.buildkit.cache.v0`
-/// config field): the records whose layers are the image's own, each
-/// naming its layer by position in the image. None when no record is.
+/// config field: base64 of the JSON list of records, as BuildKit's
+/// `json.Marshal` of a byte slice gives): the records whose layers are the
+/// image's own, each naming its top layer by position in the image (the
+/// layers below it are its parents, as BuildKit reads an inline cache).
+/// None when no record is.
 pub fn inline_cache(records: &[CacheRecord], diff_ids: &[String]) -> Option<String> {
     use base64::Engine as _;
-    let layers: Vec<serde_json::Value> = (0..diff_ids.len())
-        .map(|i| json!({"blob": diff_ids[i], "parent": i as i64 - 1}))
-        .collect();
     let mut out = Vec::new();
     for r in records {
         match &r.layer {
@@ -175,12 +174,11 @@ pub fn inline_cache(records: &[CacheRecord], diff_ids: &[String]) -> Option<Stri
                 };
                 out.push(json!({
                     "digest": format!("sha256:{}", r.key),
-                    "results": [{"layer": i, "createdAt": r.created}],
+                    "layers": [{"layer": i, "createdAt": r.created}],
                 }));
             }
             None => out.push(json!({
                 "digest": format!("sha256:{}", r.key),
-                "results": [],
                 "createdAt": r.created,
             })),
         }
@@ -188,8 +186,7 @@ pub fn inline_cache(records: &[CacheRecord], diff_ids: &[String]) -> Option<Stri
     if out.is_empty() {
         return None;
     }
-    let config = json!({"layers": layers, "records": out});
-    Some(base64::engine::general_purpose::STANDARD.encode(config.to_string()))
+    Some(base64::engine::general_purpose::STANDARD.encode(json!(out).to_string()))
 }
 
 /// Copies the manifest and what it names into the OCI layout `dir`, and

@@ -263,13 +263,23 @@ fn parse_records(
 ) -> anyhow::Result<Vec<CacheRecord>> {
     let v: serde_json::Value =
         serde_json::from_slice(config).context("reading the cache config")?;
+    // A cache config holds `records`; an inline cache is the list alone.
+    let records = match &v {
+        serde_json::Value::Array(a) => Some(a),
+        v => v["records"].as_array(),
+    };
     let mut out = Vec::new();
-    for r in v["records"].as_array().into_iter().flatten() {
+    for r in records.into_iter().flatten() {
         // Records of other builders (BuildKit's own keys) never match ours.
         let Some(key) = r["digest"].as_str().and_then(|d| d.strip_prefix("sha256:")) else {
             continue;
         };
-        let result = r["results"].as_array().and_then(|a| a.first());
+        // BuildKit's field is `layers`; caches of earlier rbuild builds
+        // named it `results`.
+        let result = r["layers"]
+            .as_array()
+            .or_else(|| r["results"].as_array())
+            .and_then(|a| a.first());
         let layer = match result.and_then(|res| res["layer"].as_u64()) {
             Some(i) => match layer_at(i as usize) {
                 Some(l) => Some(l),
@@ -289,4 +299,57 @@ fn parse_records(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(i: usize) -> Option<(Descriptor, String)> {
+        let d: Descriptor = serde_json::from_value(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": format!("sha256:{:064x}", i),
+            "size": 1,
+        }))
+        .unwrap();
+        (i < 2).then(|| (d, format!("sha256:{:064x}", i + 100)))
+    }
+
+    #[test]
+    fn records_in_buildkits_forms_and_earlier_rbuilds() {
+        let key = "a".repeat(64);
+        let other = "b".repeat(64);
+        // BuildKit's CacheConfig, its inline list, and the `results` name
+        // caches of earlier rbuild builds used.
+        let config = serde_json::json!({"records": [
+            {"digest": format!("sha256:{key}"), "layers": [{"layer": 1, "createdAt": "t1"}]},
+            {"digest": format!("sha256:{other}"), "createdAt": "t0"},
+        ]});
+        let inline = serde_json::json!([
+            {"digest": format!("sha256:{key}"), "layers": [{"layer": 1, "createdAt": "t1"}]},
+        ]);
+        let earlier = serde_json::json!({"records": [
+            {"digest": format!("sha256:{key}"), "results": [{"layer": 1, "createdAt": "t1"}]},
+        ]});
+        for v in [&config, &inline, &earlier] {
+            let r = parse_records(v.to_string().as_bytes(), &layer).unwrap();
+            assert_eq!(r[0].key, key);
+            assert_eq!(r[0].created, "t1");
+            assert_eq!(
+                r[0].layer.as_ref().unwrap().1,
+                format!("sha256:{:064x}", 101)
+            );
+        }
+        let r = parse_records(config.to_string().as_bytes(), &layer).unwrap();
+        assert_eq!((r[1].layer.is_none(), r[1].created.as_str()), (true, "t0"));
+        // A result naming a layer the image has not: the record is left out.
+        let out_of_range = serde_json::json!([
+            {"digest": format!("sha256:{key}"), "layers": [{"layer": 7, "createdAt": "t"}]},
+        ]);
+        assert!(
+            parse_records(out_of_range.to_string().as_bytes(), &layer)
+                .unwrap()
+                .is_empty()
+        );
+    }
 }
