@@ -198,10 +198,17 @@ fn local_cache_mode_max_and_min() {
     assert!(ran.iter().all(|r| r.starts_with("[stage-2")), "{ran:?}");
     std::fs::write(ctx.join("data.txt"), "hello\n").unwrap();
 
-    // mode=min: the result's chain only; the build stage runs again.
+    // mode=min: the result's chain only; the build stage runs again. One
+    // build exports both modes, each with its own records.
     let min_dir = t.0.join("cache-min");
-    let to = format!("type=local,dest={},mode=min", min_dir.display());
-    build(&a, &ctx, &["--cache-to", &to]);
+    let max_dir = t.0.join("cache-max");
+    let to_min = format!("type=local,dest={},mode=min", min_dir.display());
+    let to_max = format!("type=local,dest={},mode=max", max_dir.display());
+    build(&a, &ctx, &["--cache-to", &to_min, "--cache-to", &to_max]);
+    let from = format!("type=local,src={}", max_dir.display());
+    let (ran, cached, _) = build(&t.0.join("e"), &ctx, &["--cache-from", &from]);
+    assert!(ran.is_empty(), "{ran:?}");
+    assert_eq!(cached, 6);
     let from = format!("type=local,src={}", min_dir.display());
     let (ran, cached, _) = build(&t.0.join("d"), &ctx, &["--cache-from", &from]);
     assert_eq!(

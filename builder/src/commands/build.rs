@@ -388,9 +388,19 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         names.extend(o.names.iter().cloned());
     }
     for to in &cache_to {
+        // Each export takes its own mode's records.
+        let records: Vec<_> = match to.mode {
+            crate::shared_cache::Mode::Max => built.cache_records.clone(),
+            crate::shared_cache::Mode::Min => built
+                .cache_records
+                .iter()
+                .filter(|r| built.cache_min.contains(&r.key))
+                .cloned()
+                .collect(),
+        };
         let exported = crate::shared_cache::export::export(
             &store,
-            &built.cache_records,
+            &records,
             &built.cache_mounts,
             to,
             &images,

@@ -119,8 +119,11 @@ pub struct Built {
     pub snapshot: Option<String>,
     /// With `--explain`: each step's outcome, in the order they started.
     pub explained: Vec<(usize, String, Outcome)>,
-    /// With `--cache-to`: the records to export.
+    /// With `--cache-to`: the records to export (every step's when an
+    /// export is `mode=max`).
     pub cache_records: Vec<crate::shared_cache::CacheRecord>,
+    /// The keys of those records a `mode=min` export takes.
+    pub cache_min: std::collections::BTreeSet<String>,
     /// With `--cache-to`: the cache mounts the build used (id, directory).
     pub cache_mounts: Vec<(String, PathBuf)>,
 }
@@ -286,7 +289,7 @@ fn build_once(
     fetch_imported_layers(&ctx, &layers)?;
     let (image_id, manifest) = crate::images::store(&store.blobs, &config, layers, &options.tags)?;
     let explained = std::mem::take(&mut *ctx.explained.lock().unwrap_or_else(|e| e.into_inner()));
-    let cache_records = export_records(&ctx, target)?;
+    let (cache_records, cache_min) = export_records(&ctx, target)?;
     let cache_mounts =
         std::mem::take(&mut *ctx.cache_mounts.lock().unwrap_or_else(|e| e.into_inner()))
             .into_iter()
@@ -294,6 +297,7 @@ fn build_once(
     Ok(Built {
         explained,
         cache_records,
+        cache_min,
         cache_mounts,
         image_id: image_id.to_string(),
         manifest,

@@ -195,40 +195,48 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The records `--cache-to` exports: every step of the build (`max`), or
-/// those of the result's chain (`min`); pending layers written first.
-pub(super) fn export_records(ctx: &Ctx<'_>, target: &Done) -> anyhow::Result<Vec<CacheRecord>> {
+/// The records `--cache-to` exports: every step of the build with `max`
+/// (else none), and the keys of those `min` exports (the result's chain,
+/// also the only records gathered when no export asks for `max`); pending
+/// layers are written first.
+pub(super) fn export_records(
+    ctx: &Ctx<'_>,
+    target: &Done,
+) -> anyhow::Result<(Vec<CacheRecord>, std::collections::BTreeSet<String>)> {
     let Some(mode) = ctx.options.cache_export else {
-        return Ok(Vec::new());
+        return Ok(Default::default());
     };
     let seen = std::mem::take(&mut *ctx.seen.lock().unwrap_or_else(|e| e.into_inner()));
+    let parents: BTreeMap<&str, Option<&str>> = seen
+        .iter()
+        .map(|s| (s.key.as_str(), s.parent.as_deref()))
+        .collect();
+    // Layers not yet written name their step (a `--link` step is not its
+    // parent's child by key).
+    let in_image: std::collections::BTreeSet<&str> =
+        target.layers.iter().map(|l| l.digest.as_str()).collect();
+    let mut chain = std::collections::BTreeSet::new();
+    let mut at = target.key.as_deref();
+    while let Some(k) = at {
+        if !parents.contains_key(k) || !chain.insert(k.to_string()) {
+            break;
+        }
+        at = parents[k];
+    }
+    let min: std::collections::BTreeSet<String> = seen
+        .iter()
+        .filter(|s| {
+            chain.contains(&s.key) || in_image.contains(format!("pending:{}", s.key).as_str())
+        })
+        .map(|s| s.key.clone())
+        .collect();
     let keys: Vec<String> = match mode {
         Mode::Max => seen.iter().map(|s| s.key.clone()).collect(),
-        Mode::Min => {
-            let parents: BTreeMap<&str, Option<&str>> = seen
-                .iter()
-                .map(|s| (s.key.as_str(), s.parent.as_deref()))
-                .collect();
-            // Layers not yet written name their step (a `--link` step
-            // is not its parent's child by key).
-            let in_image: std::collections::BTreeSet<&str> =
-                target.layers.iter().map(|l| l.digest.as_str()).collect();
-            let mut chain = std::collections::BTreeSet::new();
-            let mut at = target.key.as_deref();
-            while let Some(k) = at {
-                if !parents.contains_key(k) || !chain.insert(k.to_string()) {
-                    break;
-                }
-                at = parents[k];
-            }
-            seen.iter()
-                .filter(|s| {
-                    chain.contains(&s.key)
-                        || in_image.contains(format!("pending:{}", s.key).as_str())
-                })
-                .map(|s| s.key.clone())
-                .collect()
-        }
+        Mode::Min => seen
+            .iter()
+            .filter(|s| min.contains(&s.key))
+            .map(|s| s.key.clone())
+            .collect(),
     };
     let mut out = Vec::new();
     let mut done = std::collections::BTreeSet::new();
@@ -256,5 +264,5 @@ pub(super) fn export_records(ctx: &Ctx<'_>, target: &Done) -> anyhow::Result<Vec
             created: step.created,
         });
     }
-    Ok(out)
+    Ok((out, min))
 }
