@@ -37,7 +37,31 @@ pub(crate) struct ProgressState {
     partial: BTreeMap<usize, Vec<u8>>,
     /// Vertex digest, name and start time per step.
     names: BTreeMap<usize, (String, String, String)>,
+    /// When each status was last shown, and at how many bytes.
+    statuses: std::collections::HashMap<String, (Instant, u64)>,
 }
+
+/// A transfer shown inside a step (BuildKit's vertex status): a blob's
+/// bytes as they move.
+pub(crate) struct Status<'a> {
+    /// What moves (`sha256:...`).
+    pub id: &'a str,
+    /// Bytes moved so far.
+    pub current: u64,
+    /// Bytes in all (0: unknown).
+    pub total: u64,
+    /// When it started.
+    pub started: Instant,
+    /// Whether it is done.
+    pub completed: bool,
+}
+
+/// BuildKit's plain printer shows a status again only after this much of
+/// its total moved, or [`STATUS_EVERY`] passed.
+const STATUS_DELTA: f64 = 0.05;
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// Rawjson and the live view take updates at most this often per status.
+const STATUS_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// BuildKit's cap on a step's log output.
 pub(crate) const LOG_CAP: usize = 2 << 20;
@@ -196,6 +220,100 @@ impl Progress {
             ProgressFormat::Tty => self.tty(crate::tty::Event::Error {
                 id,
                 message: message.to_string(),
+            }),
+            ProgressFormat::Quiet => {}
+        }
+    }
+
+    /// A transfer inside step `step`: plain `#N sha256:... 1.20MB / 3.40MB
+    /// 0.3s` lines (`done` at the end; again only after 5% or 5 s, as
+    /// BuildKit's printer), a rawjson `statuses` event, or a bar under the
+    /// step in the live view.
+    pub(crate) fn status(&self, step: usize, s: &Status<'_>) {
+        if self.format == ProgressFormat::Quiet {
+            return;
+        }
+        let now = Instant::now();
+        let show = {
+            let mut state = self.state();
+            let key = format!("{step} {}", s.id);
+            let show = match state.statuses.get(&key) {
+                _ if s.completed => true,
+                None => true,
+                Some(&(at, bytes)) if self.format == ProgressFormat::Plain => {
+                    let delta = if s.total > 0 {
+                        s.current.saturating_sub(bytes) as f64 / s.total as f64
+                    } else {
+                        0.0
+                    };
+                    delta >= STATUS_DELTA || now.duration_since(at) >= STATUS_EVERY
+                }
+                Some(&(at, _)) => now.duration_since(at) >= STATUS_TICK,
+            };
+            if s.completed {
+                state.statuses.remove(&key);
+            } else if show {
+                state.statuses.insert(key, (now, s.current));
+            }
+            show
+        };
+        if !show {
+            return;
+        }
+        let secs = now.duration_since(s.started).as_secs_f64();
+        match self.format {
+            ProgressFormat::Plain => {
+                let bytes = match (s.current, s.total) {
+                    (c, t) if t > 0 => format!(
+                        " {} / {}",
+                        crate::registry::transfer::human_bytes(c),
+                        crate::registry::transfer::human_bytes(t)
+                    ),
+                    (c, _) if c > 0 => format!(" {}", crate::registry::transfer::human_bytes(c)),
+                    _ => String::new(),
+                };
+                let mut tm = if secs > 0.01 {
+                    format!(" {secs:.1}s")
+                } else {
+                    String::new()
+                };
+                if s.completed {
+                    tm.push_str(" done");
+                }
+                stderr_line(format_args!("#{step} {}{bytes}{tm}", s.id));
+            }
+            ProgressFormat::RawJson => {
+                let vertex = self
+                    .state()
+                    .names
+                    .get(&step)
+                    .map(|n| n.0.clone())
+                    .unwrap_or_default();
+                let stamp = now_rfc3339_nanos();
+                let started = std::time::SystemTime::now()
+                    .checked_sub(now.duration_since(s.started))
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| {
+                        let base = rfc3339(d.as_secs() as i64);
+                        format!("{}.{:09}Z", base.trim_end_matches('Z'), d.subsec_nanos())
+                    })
+                    .unwrap_or_else(|| stamp.clone());
+                let mut v = serde_json::json!({
+                    "id": s.id, "vertex": vertex, "name": s.id,
+                    "total": s.total, "current": s.current,
+                    "timestamp": stamp, "started": started,
+                });
+                if s.completed {
+                    v["completed"] = serde_json::Value::String(stamp);
+                }
+                Self::emit(serde_json::json!({ "statuses": [v] }));
+            }
+            ProgressFormat::Tty => self.tty(crate::tty::Event::Status {
+                id: step,
+                status: s.id.to_string(),
+                current: s.current,
+                total: s.total,
+                done: s.completed,
             }),
             ProgressFormat::Quiet => {}
         }

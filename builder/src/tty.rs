@@ -1,6 +1,7 @@
 //! The live progress view on a terminal (`--progress tty`, the default on
 //! one): a spinner per running step with the last lines of its output
-//! under it; a finished step collapses to one line above the live area.
+//! and a byte bar per download under it; a finished step collapses to
+//! one line above the live area.
 //!
 //! Steps run on many threads, but only the view's own thread touches the
 //! terminal: the others send it events (indicatif loses lines when
@@ -33,6 +34,14 @@ pub enum Event {
     Error { id: usize, message: String },
     /// It was stopped because another step failed.
     Canceled { id: usize },
+    /// A transfer inside it moved: `current` of `total` bytes.
+    Status {
+        id: usize,
+        status: String,
+        current: u64,
+        total: u64,
+        done: bool,
+    },
 }
 
 /// The view: a sender to its thread.
@@ -79,6 +88,8 @@ struct Step {
     bar: ProgressBar,
     tail_bars: Vec<ProgressBar>,
     lines: VecDeque<String>,
+    /// A byte bar per transfer under way.
+    statuses: BTreeMap<String, ProgressBar>,
 }
 
 fn draw(rx: Receiver<Event>) {
@@ -87,6 +98,8 @@ fn draw(rx: Receiver<Event>) {
         .expect("a valid template")
         .tick_chars("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏ ");
     let tail = ProgressStyle::with_template("    {wide_msg:.dim}").expect("a valid template");
+    let bytes = ProgressStyle::with_template("    {msg} {bytes:>10} / {total_bytes:<10} {bar:30}")
+        .expect("a valid template");
     let mut steps: BTreeMap<usize, Step> = BTreeMap::new();
     let println = |line: String| {
         let _ = multi.println(line);
@@ -107,6 +120,7 @@ fn draw(rx: Receiver<Event>) {
                         bar,
                         tail_bars: Vec::new(),
                         lines: VecDeque::new(),
+                        statuses: BTreeMap::new(),
                     },
                 );
             }
@@ -132,6 +146,35 @@ fn draw(rx: Receiver<Event>) {
                 for (bar, line) in step.tail_bars.iter().zip(shown) {
                     bar.set_message(line.clone());
                 }
+            }
+            Event::Status {
+                id,
+                status,
+                current,
+                total,
+                done,
+            } => {
+                let Some(step) = steps.get_mut(&id) else {
+                    continue;
+                };
+                if done {
+                    if let Some(bar) = step.statuses.remove(&status) {
+                        bar.finish_and_clear();
+                        multi.remove(&bar);
+                    }
+                    continue;
+                }
+                let bar = step.statuses.entry(status.clone()).or_insert_with(|| {
+                    let short = status.strip_prefix("sha256:").unwrap_or(&status);
+                    multi.insert_after(
+                        &step.bar,
+                        ProgressBar::new(total)
+                            .with_style(bytes.clone())
+                            .with_message(format!("sha256:{}", &short[..short.len().min(12)])),
+                    )
+                });
+                bar.set_length(total);
+                bar.set_position(current);
             }
             Event::Done { id, secs } => {
                 if let Some(step) = close(&multi, &mut steps, id) {
@@ -160,7 +203,11 @@ fn draw(rx: Receiver<Event>) {
     }
     // Whatever still shows (a build that stopped early) goes.
     for (_, step) in std::mem::take(&mut steps) {
-        for b in step.tail_bars {
+        for b in step
+            .tail_bars
+            .into_iter()
+            .chain(step.statuses.into_values())
+        {
             b.finish_and_clear();
         }
         step.bar.finish_and_clear();
@@ -171,7 +218,7 @@ fn draw(rx: Receiver<Event>) {
 /// Takes a step off the live area.
 fn close(multi: &MultiProgress, steps: &mut BTreeMap<usize, Step>, id: usize) -> Option<Step> {
     let step = steps.remove(&id)?;
-    for b in &step.tail_bars {
+    for b in step.tail_bars.iter().chain(step.statuses.values()) {
         b.finish_and_clear();
         multi.remove(b);
     }

@@ -69,7 +69,6 @@ fn skopeo(args: &[&str]) -> Output {
         .expect("skopeo runs (.ci/run installs it)")
 }
 
-/// Requests in the registry's access log whose line contains `needle`.
 #[test]
 fn push_is_read_by_skopeo_and_umoci_and_pulls_back() {
     let (t, reg, root, name) = with_image("reg-roundtrip", Options::default(), "team/app:1");
@@ -993,6 +992,132 @@ fn base_layers_are_fetched_only_when_files_are_needed() {
         &["save", "-o", tar.to_str().unwrap(), "lazy-app:1"],
     ));
     assert_eq!(layer_gets(), before + layers.len());
+}
+
+/// A base image's layers, fetched when a RUN needs its files, show as
+/// statuses of that step with their bytes (BuildKit's `#N sha256:...
+/// 1.02MB / 1.02MB 0.1s done`), in plain and in rawjson; not as steps.
+#[test]
+fn downloads_show_inside_the_step_that_needs_them() {
+    let (t, _reg, root, name) = with_image("reg-status", Options::default(), "status/base:1");
+    ok(&rbuild(&root, &["push", &name]));
+    let v: serde_json::Value = serde_json::from_str(&ok(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{name}"),
+    ])))
+    .unwrap();
+    let layers: Vec<String> = v["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    let ctx = context(
+        &t.0.join("app"),
+        &format!("FROM {name}\nRUN [\"/bin/busybox\", \"true\"]\n"),
+    );
+    let o = rbuild(
+        &t.0.join("plain"),
+        &["build", "--progress=plain", ctx.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let step = err
+        .lines()
+        .find_map(|l| l.strip_suffix(" [2/2] RUN [\"/bin/busybox\", \"true\"]"))
+        .unwrap_or_else(|| panic!("{err}"));
+    for l in &layers {
+        assert!(
+            err.lines()
+                .any(|x| x.starts_with(&format!("{step} {l} ")) && x.ends_with(" done")),
+            "{err}"
+        );
+        assert!(!err.contains(&format!("pull {l}")), "{err}");
+    }
+
+    let o = rbuild(
+        &t.0.join("rawjson"),
+        &["build", "--progress=rawjson", ctx.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let events: Vec<serde_json::Value> = stderr(&o)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let vertex = events
+        .iter()
+        .flat_map(|e| e["vertexes"].as_array().cloned().unwrap_or_default())
+        .find(|v| v["name"] == "[2/2] RUN [\"/bin/busybox\", \"true\"]")
+        .unwrap()["digest"]
+        .clone();
+    for l in &layers {
+        let done = events
+            .iter()
+            .flat_map(|e| e["statuses"].as_array().cloned().unwrap_or_default())
+            .find(|s| s["id"] == l.as_str() && s["completed"].is_string())
+            .unwrap_or_else(|| panic!("no completed status for {l}"));
+        assert_eq!(done["vertex"], vertex);
+        assert_eq!(done["current"], done["total"]);
+        assert!(done["total"].as_u64().unwrap() > 0);
+    }
+}
+
+/// On a terminal, a download under way is a byte bar under the step
+/// that waits for it.
+#[test]
+fn downloads_show_as_bars_on_a_terminal() {
+    use common::fault_proxy::{Fault, FaultProxy};
+    let (t, reg, root, name) = with_image("reg-bars", Options::default(), "bars/base:1");
+    ok(&rbuild(&root, &["push", &name]));
+    // Through a slow link: the 1 MB layer takes over a second.
+    let slow = FaultProxy::start(&reg.addr, vec![Fault::Slow(20)], 0);
+    let image = name.replace(&reg.addr, &slow.addr);
+    let ctx = context(
+        &t.0.join("app"),
+        &format!("FROM {image}\nRUN [\"/bin/busybox\", \"true\"]\n"),
+    );
+    let cmd = format!(
+        "{} --root {} build {}",
+        env!("CARGO_BIN_EXE_rbuild"),
+        t.0.join("tty").display(),
+        ctx.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .expect("script (bsdutils) is installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    // The biggest layer (busybox) is the one a bar shows long enough.
+    let manifest: serde_json::Value = serde_json::from_str(&ok(&skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{name}"),
+    ])))
+    .unwrap();
+    let layer = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|l| l["size"].as_u64().unwrap())
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bar = format!("sha256:{}", &layer["sha256:".len()..][..12]);
+    // `sha256:cba602dfadb7  79.61 KiB / 998.13 KiB ███░░░` between
+    // cursor moves.
+    assert!(
+        text.split(&bar).skip(1).any(|rest| rest
+            .split('\u{1b}')
+            .next()
+            .unwrap_or("")
+            .contains("KiB / ")),
+        "{text}"
+    );
+    assert!(text.contains("RUN [\"/bin/busybox\", \"true\"]"), "{text}");
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Progress of blob transfers, and the plain-text lines `rbuild pull` and
-//! `rbuild push` print (BuildKit's `sha256:... 12.58MB / 30.10MB 0.8s`).
+//! Progress of blob transfers: as steps or statuses of a build's progress,
+//! and the plain-text lines `rbuild pull` and `rbuild push` print
+//! (BuildKit's `sha256:... 12.58MB / 30.10MB 0.8s`).
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -14,6 +15,12 @@ pub trait Transfer: Send + Sync {
     fn progress(&self, digest: &str, bytes: u64);
     /// It is there; `existed` when nothing had to move.
     fn done(&self, digest: &str, size: u64, existed: bool);
+    /// The same reports shown inside build step `step` (a blob the step
+    /// needs), when this reporter can; None: report as before.
+    fn within(&self, step: usize) -> Option<std::sync::Arc<dyn Transfer>> {
+        let _ = step;
+        None
+    }
 }
 
 /// Reports nothing.
@@ -62,6 +69,63 @@ impl Transfer for Steps {
         if let Some((id, started)) = self.open.lock().expect("lock").remove(digest) {
             self.progress.done(id, started);
         }
+    }
+
+    fn within(&self, step: usize) -> Option<std::sync::Arc<dyn Transfer>> {
+        Some(std::sync::Arc::new(InStep {
+            progress: self.progress.clone(),
+            step,
+            open: Mutex::default(),
+        }))
+    }
+}
+
+/// Each blob moved as a status of one build step, with its bytes
+/// (BuildKit's `#3 sha256:... 12.58MB / 30.10MB 0.8s`, `... done`).
+pub struct InStep {
+    progress: std::sync::Arc<crate::progress::Progress>,
+    step: usize,
+    /// Started blobs: when, and their size.
+    open: Mutex<HashMap<String, (Instant, u64)>>,
+}
+
+impl InStep {
+    fn report(&self, digest: &str, current: u64, completed: bool) {
+        let open = self.open.lock().expect("lock");
+        let Some(&(started, total)) = open.get(digest) else {
+            return;
+        };
+        drop(open);
+        self.progress.status(
+            self.step,
+            &crate::progress::Status {
+                id: digest,
+                current,
+                total,
+                started,
+                completed,
+            },
+        );
+    }
+}
+
+impl Transfer for InStep {
+    fn start(&self, digest: &str, size: u64) {
+        self.open
+            .lock()
+            .expect("lock")
+            .insert(digest.to_string(), (Instant::now(), size));
+        self.report(digest, 0, false);
+    }
+
+    fn progress(&self, digest: &str, bytes: u64) {
+        self.report(digest, bytes, false);
+    }
+
+    fn done(&self, digest: &str, size: u64, _: bool) {
+        // A blob that was there already never started: nothing to show.
+        self.report(digest, size, true);
+        self.open.lock().expect("lock").remove(digest);
     }
 }
 

@@ -75,7 +75,7 @@ impl LazyBase {
             || images.registry(),
             &store.blobs,
             &self.layers,
-            &ctx.options.transfer,
+            &transfer_here(ctx),
         )
         .with_context(|| format!("fetching the layers of {}", self.reference))?;
         let mut parent: Option<String> = None;

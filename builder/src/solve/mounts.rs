@@ -235,7 +235,7 @@ impl StepMounts {
                     new,
                     &ctx.store.blobs,
                     ctx.options.images,
-                    &ctx.options.transfer,
+                    &transfer_here(ctx),
                 );
                 if let Err(e) = seeded {
                     ctx.progress

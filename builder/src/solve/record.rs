@@ -80,6 +80,35 @@ impl Taken {
     }
 }
 
+thread_local! {
+    /// The progress number of the step this thread is running.
+    static STEP: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// While alive, the calling thread runs step `id` ([`transfer_here`]).
+pub(super) struct WithinStep(Option<usize>);
+
+impl WithinStep {
+    pub(super) fn enter(id: usize) -> WithinStep {
+        WithinStep(STEP.with(|s| s.replace(Some(id))))
+    }
+}
+
+impl Drop for WithinStep {
+    fn drop(&mut self) {
+        STEP.with(|s| s.set(self.0));
+    }
+}
+
+/// Where a download made now reports: inside the step this thread runs
+/// (byte counts under it, as BuildKit shows a pull under FROM), else as
+/// a step of its own.
+pub(super) fn transfer_here(ctx: &Ctx<'_>) -> Arc<dyn crate::registry::transfer::Transfer> {
+    STEP.with(|s| s.get())
+        .and_then(|step| ctx.options.transfer.within(step))
+        .unwrap_or_else(|| ctx.options.transfer.clone())
+}
+
 /// sha256 of the versioned key inputs (canonical JSON).
 pub(super) fn step_key(inputs: serde_json::Value) -> cache::index::CacheKey {
     use sha2::{Digest as _, Sha256};
@@ -154,6 +183,8 @@ pub(super) fn cached_step(
     (id, started): (usize, Instant),
     run: impl FnOnce(&cache::snapshot::MutableSnapshot) -> anyhow::Result<()>,
 ) -> anyhow::Result<Taken> {
+    // Downloads this step waits for show inside it.
+    let _within = WithinStep::enter(id);
     let _lock = ctx.store.index.lock_key(key)?;
     if !step.skip_cache
         && let Some(taken) = lookup(ctx.store, key)?

@@ -136,7 +136,7 @@ fn fetch_layer(ctx: &Ctx<'_>, key: &str) -> anyhow::Result<()> {
         key,
         &ctx.store.blobs,
         ctx.options.images,
-        &ctx.options.transfer,
+        &transfer_here(ctx),
     )
 }
 

@@ -1,7 +1,8 @@
 //! TEST FIXTURE: a TCP proxy in front of a registry that injects faults on
 //! a fixed schedule of connections: some answer `503 Service Unavailable`
 //! at once, some are cut after a number of bytes of the answer (a
-//! connection reset mid-blob), the rest pass through. It counts what it
+//! connection reset mid-blob), some are slowed down, the rest pass
+//! through. It counts what it
 //! did and whether a client asked for a byte range (a resumed download).
 
 use std::io::{Read as _, Write as _};
@@ -20,6 +21,9 @@ pub enum Fault {
     /// is closed, while the proxy's budget of cuts lasts (so the cut
     /// lands in whatever large download a connection carries).
     CutAfter(usize),
+    /// Forwarded, each 16 KiB of the answers after this many milliseconds
+    /// (a slow network, for progress that must show while it lasts).
+    Slow(u64),
 }
 
 /// Counters of a running proxy.
@@ -123,6 +127,10 @@ fn serve(mut client: TcpStream, target: &str, fault: Fault, counts: &Counts) {
                     let _ = client.write_all(&buf[..limit - sent]);
                     counts.cut.fetch_add(1, Ordering::SeqCst);
                     break;
+                }
+                Fault::Slow(ms) => {
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                    n
                 }
                 _ => n,
             };
