@@ -1036,6 +1036,33 @@ fn downloads_show_inside_the_step_that_needs_them() {
         assert!(!err.contains(&format!("pull {l}")), "{err}");
     }
 
+    // A push is a step of its own whose blobs are its statuses.
+    let pushed = format!("{}/status/app:1", _reg.addr);
+    let o = rbuild(
+        &t.0.join("plain"),
+        &[
+            "build",
+            "--progress=plain",
+            "--push",
+            "-t",
+            &pushed,
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let step = err
+        .lines()
+        .find_map(|l| l.strip_suffix(&format!(" pushing {pushed}")))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(err.contains(&format!("{step} DONE")), "{err}");
+    // The RUN's layer is new to the registry: its bytes show.
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&format!("{step} sha256:")) && l.ends_with(" done")),
+        "{err}"
+    );
+
     let o = rbuild(
         &t.0.join("rawjson"),
         &["build", "--progress=rawjson", ctx.to_str().unwrap()],
@@ -1118,6 +1145,28 @@ fn downloads_show_as_bars_on_a_terminal() {
         "{text}"
     );
     assert!(text.contains("RUN [\"/bin/busybox\", \"true\"]"), "{text}");
+
+    // `rbuild pull` on a terminal: a live step with the same bars.
+    let cmd = format!(
+        "{} --root {} pull {image}",
+        env!("CARGO_BIN_EXE_rbuild"),
+        t.0.join("pull").display(),
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.split(&bar).skip(1).any(|rest| rest
+            .split('\u{1b}')
+            .next()
+            .unwrap_or("")
+            .contains("KiB / ")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("=> [1] pulling {image}")), "{text}");
 }
 
 #[test]

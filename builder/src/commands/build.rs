@@ -14,6 +14,7 @@ use crate::cli::{BuildArgs, ExplainFormat, NetworkMode, ProgressMode, RuntimeKin
 use crate::commands::image::check_tag;
 use crate::commands::store::state_root;
 use crate::export::OutputKind;
+use crate::registry::transfer::StepReport;
 use crate::sandbox::Network;
 use crate::sandbox::Runtime;
 use crate::sandbox::embedded::Embedded;
@@ -426,30 +427,27 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
                 }
                 if o.push {
                     let format = crate::export::LayerFormat::of(o, default_compression)?;
-                    // The live view has ended: pushes print lines of their own.
-                    let transfer: std::sync::Arc<dyn crate::registry::transfer::Transfer> =
-                        match progress_format {
-                            ProgressFormat::Quiet => {
-                                std::sync::Arc::new(crate::registry::transfer::Silent)
-                            }
-                            ProgressFormat::Tty => std::sync::Arc::new(
-                                crate::registry::transfer::Lines::new("pushing"),
-                            ),
-                            _ => std::sync::Arc::new(crate::registry::transfer::Steps::new(
-                                progress.clone(),
-                                "push",
-                            )),
-                        };
                     for n in &o.names {
-                        let desc = crate::publish::push_image(
-                            images.registry()?,
-                            &store,
-                            &built.manifest,
-                            n,
-                            format,
-                            crate::export::oci_media_types(o, format),
-                            &transfer,
-                        )?;
+                        let (report, transfer) = StepReport::after_build(
+                            progress_format,
+                            &progress,
+                            &format!("pushing {}", crate::images::normalize(n)),
+                        );
+                        let desc = images.registry().and_then(|r| {
+                            crate::publish::push_image(
+                                r,
+                                &store,
+                                &built.manifest,
+                                n,
+                                format,
+                                crate::export::oci_media_types(o, format),
+                                &transfer,
+                            )
+                        });
+                        if let Some(r) = report {
+                            r.end(desc.as_ref().err());
+                        }
+                        let desc = desc?;
                         if !quiet {
                             eprintln!(
                                 "pushing {} with digest {} done",

@@ -8,9 +8,10 @@ use anyhow::{Context, bail};
 
 use crate::cli::LoginArgs;
 use crate::commands::store::state_root;
+use crate::progress::{Progress, ProgressFormat};
 use crate::registry::hosts::Settings;
 use crate::registry::reference::DEFAULT_DOMAIN;
-use crate::registry::transfer::{Lines, Transfer};
+use crate::registry::transfer::{Lines, StepReport, Transfer};
 use crate::registry::{Registry, auth};
 
 fn open(root: Option<PathBuf>) -> anyhow::Result<(PathBuf, cache::gc::Store, Registry)> {
@@ -21,10 +22,25 @@ fn open(root: Option<PathBuf>) -> anyhow::Result<(PathBuf, cache::gc::Store, Reg
     Ok((root, store, registry))
 }
 
+/// How `rbuild pull`/`push` show blobs moving: a live step with a byte bar
+/// per blob on a terminal, else a line per blob (and every few seconds).
+fn reporter(verb: &'static str, reference: &str) -> (Option<StepReport>, Arc<dyn Transfer>) {
+    if std::io::stderr().is_terminal() {
+        let progress = Arc::new(Progress::new(ProgressFormat::Tty));
+        let (report, transfer) = StepReport::start(progress, &format!("{verb} {reference}"), true);
+        return (Some(report), transfer);
+    }
+    (None, Arc::new(Lines::new(verb)))
+}
+
 pub fn pull(root: Option<PathBuf>, reference: &str) -> anyhow::Result<()> {
     let (_, store, registry) = open(root)?;
-    let transfer: Arc<dyn Transfer> = Arc::new(Lines::new("pulling"));
-    let img = crate::publish::pull_image(&registry, &store.blobs, reference, true, &transfer)?;
+    let (report, transfer) = reporter("pulling", reference);
+    let img = crate::publish::pull_image(&registry, &store.blobs, reference, true, &transfer);
+    if let Some(r) = report {
+        r.end(img.as_ref().err());
+    }
+    let img = img?;
     eprintln!("Digest: {}", img.manifest.digest);
     println!("{}", crate::images::normalize(&img.reference));
     Ok(())
@@ -35,7 +51,7 @@ pub fn push(root: Option<PathBuf>, reference: &str) -> anyhow::Result<()> {
     let img = crate::images::find(&store.blobs, reference)?.ok_or_else(|| {
         anyhow::anyhow!("image {reference} is not in the local store (see `rbuild images`)")
     })?;
-    let transfer: Arc<dyn Transfer> = Arc::new(Lines::new("pushing"));
+    let (report, transfer) = reporter("pushing", reference);
     let format = crate::export::LayerFormat {
         compression: cache::layer::Compression::Gzip,
         level: None,
@@ -49,7 +65,11 @@ pub fn push(root: Option<PathBuf>, reference: &str) -> anyhow::Result<()> {
         format,
         true,
         &transfer,
-    )?;
+    );
+    if let Some(r) = report {
+        r.end(pushed.as_ref().err());
+    }
+    let pushed = pushed?;
     println!(
         "{}: digest: {} size: {}",
         crate::images::normalize(reference),

@@ -80,6 +80,70 @@ impl Transfer for Steps {
     }
 }
 
+/// A step of its own (`pushing REF`) whose blobs show as its statuses,
+/// with their bytes: on a build's progress, or on a live view of its own
+/// (`own`) that ends with it.
+pub struct StepReport {
+    progress: std::sync::Arc<crate::progress::Progress>,
+    id: usize,
+    started: Instant,
+    own: bool,
+}
+
+impl StepReport {
+    /// Starts step `name` on `progress`; the reporter to move blobs with.
+    pub fn start(
+        progress: std::sync::Arc<crate::progress::Progress>,
+        name: &str,
+        own: bool,
+    ) -> (StepReport, std::sync::Arc<dyn Transfer>) {
+        let (id, started) = progress.start(name);
+        let transfer = std::sync::Arc::new(InStep {
+            progress: progress.clone(),
+            step: id,
+            open: Mutex::default(),
+        });
+        let report = StepReport {
+            progress,
+            id,
+            started,
+            own,
+        };
+        (report, transfer)
+    }
+
+    /// A step after a build in `format` (a push): on the build's
+    /// `progress`, or on a live view of its own when the build's (`Tty`)
+    /// has ended; none when quiet.
+    pub fn after_build(
+        format: crate::progress::ProgressFormat,
+        progress: &std::sync::Arc<crate::progress::Progress>,
+        name: &str,
+    ) -> (Option<StepReport>, std::sync::Arc<dyn Transfer>) {
+        use crate::progress::{Progress, ProgressFormat};
+        let (report, transfer) = match format {
+            ProgressFormat::Quiet => return (None, std::sync::Arc::new(Silent)),
+            ProgressFormat::Tty => {
+                let own = std::sync::Arc::new(Progress::new(ProgressFormat::Tty));
+                StepReport::start(own, name, true)
+            }
+            _ => StepReport::start(progress.clone(), name, false),
+        };
+        (Some(report), transfer)
+    }
+
+    /// Ends the step: done, or failed with `error`.
+    pub fn end(self, error: Option<&anyhow::Error>) {
+        match error {
+            None => self.progress.done(self.id, self.started),
+            Some(e) => self.progress.error(self.id, &format!("{e:#}")),
+        }
+        if self.own {
+            self.progress.finish();
+        }
+    }
+}
+
 /// Each blob moved as a status of one build step, with its bytes
 /// (BuildKit's `#3 sha256:... 12.58MB / 30.10MB 0.8s`, `... done`).
 pub struct InStep {
