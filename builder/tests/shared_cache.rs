@@ -143,10 +143,22 @@ fn local_cache_mode_max_and_min() {
         let here = b.join("content/blobs/sha256").join(hex).exists();
         assert_eq!(here, in_image.contains(&l.as_str()), "{l}");
     }
+    // The hits whose layers came are kept as local records whose files
+    // are made when needed (the build stage's is not: its layer never came).
     let du = String::from_utf8_lossy(&rbuild(&b, &["du"]).stdout).into_owned();
-    assert!(!du.contains("imported"), "{du}");
-    // An output of files makes the result's chain local: the two base
-    // steps and the final stage's three, not the build stage's.
+    assert!(
+        du.contains("imported") && du.contains("in 5 records"),
+        "{du}"
+    );
+    // So a build without the import finds them: only the build stage runs
+    // (the copy from it is then a hit again).
+    let (ran, _, _) = build(&b, &moved, &[]);
+    assert_eq!(
+        ran,
+        ["[build 1/1] RUN echo built > /artifact && echo work > /build-only"]
+    );
+    // An output of files makes the result's chain: the two base steps and
+    // the final stage's three, their layers unpacked.
     let files = t.0.join("files");
     let o = rbuild(
         &b,

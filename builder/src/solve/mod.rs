@@ -186,9 +186,9 @@ struct Ctx<'a> {
     cache_mounts: std::sync::Mutex<BTreeMap<String, PathBuf>>,
     /// Imported hits found unusable in an earlier try of this build.
     rejected: &'a std::sync::Mutex<std::collections::BTreeSet<String>>,
-    /// The layers of imported hits (digest to key), fetched only when
-    /// the image or an export needs them.
-    imported_layers: std::sync::Mutex<BTreeMap<String, String>>,
+    /// This build's imported hits (key to layer digest): their layers
+    /// are fetched only when the image or an export needs them.
+    imported_hits: std::sync::Mutex<BTreeMap<String, Option<String>>>,
 }
 
 /// Runs the graph and stores the target image. An imported cache hit
@@ -235,7 +235,7 @@ fn build_once(
 ) -> anyhow::Result<Built> {
     let ctx = Ctx {
         rejected,
-        imported_layers: Default::default(),
+        imported_hits: Default::default(),
         store,
         graph,
         runtime,
@@ -287,6 +287,7 @@ fn build_once(
     // The image's layers that imported hits stand for: no other layer of
     // theirs is ever downloaded.
     fetch_imported_layers(&ctx, &layers)?;
+    record_unmade_hits(&ctx)?;
     let (image_id, manifest) = crate::images::store(&store.blobs, &config, layers, &options.tags)?;
     let explained = std::mem::take(&mut *ctx.explained.lock().unwrap_or_else(|e| e.into_inner()));
     let (cache_records, cache_min) = export_records(&ctx, target)?;

@@ -24,6 +24,11 @@ pub(super) struct StepRecord {
     /// `rbuild du` lists these apart.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(super) imported: bool,
+    /// Its files are not made (`snapshot` is empty): an imported hit
+    /// whose layer is in the store, unpacked on its parent's files when a
+    /// step or an output needs them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) unmade: bool,
 }
 
 /// The media type of a layer placeholder; its digest is
@@ -69,12 +74,17 @@ pub(super) struct Taken {
 }
 
 impl Taken {
-    /// A local record's outcome.
-    pub(super) fn of(step: StepRecord, key: &cache::index::CacheKey) -> Taken {
+    /// A local record's outcome; the files of an unmade one are made on
+    /// `parent`'s when needed.
+    pub(super) fn of(step: StepRecord, key: &cache::index::CacheKey, parent: &Snap) -> Taken {
         Taken {
             layer: step.layer_ref(key),
             diff: step.diff_ref(key),
-            snapshot: Snap::ready(Some(step.snapshot)),
+            snapshot: if step.unmade {
+                Snap::lazy(Lazy::Imported(LazyImported::new(key, parent)))
+            } else {
+                Snap::ready(Some(step.snapshot))
+            },
             created: step.created,
         }
     }
@@ -131,7 +141,7 @@ pub(super) fn lookup(
     let Ok(step) = serde_json::from_str::<StepRecord>(&rec.result) else {
         return Ok(None);
     };
-    if store.snapshots.get(&step.snapshot).is_err() {
+    if !step.unmade && store.snapshots.get(&step.snapshot).is_err() {
         return Ok(None);
     }
     if let Some(l) = &step.layer
@@ -151,7 +161,7 @@ pub(super) fn record(
     store.index.put(&cache::index::Record {
         key: key.clone(),
         result: serde_json::to_string(step)?,
-        snapshot: Some(step.snapshot.clone()),
+        snapshot: (!step.unmade).then(|| step.snapshot.clone()),
         blobs: step.layer.iter().map(|l| l.digest.clone()).collect(),
         size: step.layer.as_ref().map_or(step.pending_size, |l| l.size),
         created: now,
@@ -188,7 +198,7 @@ pub(super) fn cached_step(
     let _lock = ctx.store.index.lock_key(key)?;
     if !step.skip_cache
         && let Some(taken) = lookup(ctx.store, key)?
-            .map(|r| Taken::of(r, key))
+            .map(|r| Taken::of(r, key, parent))
             .or_else(|| imported_hit(ctx, key, parent))
     {
         note_step(ctx, step, key, inputs, (id, true))?;
@@ -212,12 +222,13 @@ pub(super) fn cached_step(
             pending: changed > 0,
             pending_size: changed,
             imported: false,
+            unmade: false,
         },
     };
     record(ctx.store, key, &step)?;
     saw(ctx, key, inputs);
     ctx.progress.done(id, started);
-    Ok(Taken::of(step, key))
+    Ok(Taken::of(step, key, &Snap::default()))
 }
 
 /// A new step's record: its snapshot, its layer (unless empty) and when it
@@ -236,6 +247,7 @@ pub(super) fn new_step(
         pending: false,
         pending_size: 0,
         imported: false,
+        unmade: false,
     }
 }
 

@@ -44,24 +44,21 @@ pub(super) fn imported_hit(
         return None;
     }
     let record = imports.get(key.as_str())?;
-    if let Some((layer, _)) = &record.layer {
-        lock(&ctx.imported_layers).insert(layer.digest.clone(), key.as_str().to_string());
-    }
+    lock(&ctx.imported_hits).insert(
+        key.as_str().to_string(),
+        record.layer.as_ref().map(|(l, _)| l.digest.clone()),
+    );
     Some(Taken {
-        snapshot: Snap::lazy(Lazy::Imported(LazyImported {
-            key: key.clone(),
-            parent: parent.clone(),
-            made: std::sync::Mutex::new(None),
-        })),
+        snapshot: Snap::lazy(Lazy::Imported(LazyImported::new(key, parent))),
         layer: record.layer.as_ref().map(|(d, _)| d.clone()),
         diff: record.layer.as_ref().map(|(_, d)| d.clone()),
         created: record.created.clone(),
     })
 }
 
-/// An imported cache hit's files: its layer fetched, verified and
-/// unpacked on its parent's files the first time they are needed, then
-/// recorded in the local cache.
+/// An imported cache hit's files: its layer fetched (unless the store
+/// has it), verified and unpacked on its parent's files the first time
+/// they are needed, then recorded in the local cache.
 pub(super) struct LazyImported {
     key: cache::index::CacheKey,
     parent: Snap,
@@ -69,6 +66,14 @@ pub(super) struct LazyImported {
 }
 
 impl LazyImported {
+    pub(super) fn new(key: &cache::index::CacheKey, parent: &Snap) -> LazyImported {
+        LazyImported {
+            key: key.clone(),
+            parent: parent.clone(),
+            made: std::sync::Mutex::new(None),
+        }
+    }
+
     pub(super) fn get(&self, ctx: &Ctx<'_>) -> anyhow::Result<Option<String>> {
         let mut made = lock(&self.made);
         if let Some(id) = &*made {
@@ -83,30 +88,39 @@ impl LazyImported {
     }
 }
 
-/// The imported record of `key` made a local one on `parent`'s files: its
-/// layer fetched into the store (verified) and unpacked. Returns the
-/// snapshot.
+/// The imported record of `key` (from an imported cache, or recorded
+/// unmade by an earlier build) made a local one on `parent`'s files: its
+/// layer fetched into the store unless there (verified) and unpacked.
+/// Returns the snapshot.
 fn make_local(
     ctx: &Ctx<'_>,
     key: &cache::index::CacheKey,
     parent: Option<&str>,
 ) -> anyhow::Result<String> {
-    let imports = ctx
-        .options
-        .cache_imports
-        .ok_or_else(|| anyhow!("no imported cache"))?;
-    let record = imports
-        .get(key.as_str())
-        .ok_or_else(|| anyhow!("no imported record"))?;
     let _lock = ctx.store.index.lock_key(key)?;
-    // Another build may have made it meanwhile.
-    if let Some(step) = lookup(ctx.store, key)? {
-        return Ok(step.snapshot);
-    }
+    let local = lookup(ctx.store, key)?;
+    let record = match local {
+        // Another build may have made it meanwhile.
+        Some(step) if !step.unmade => return Ok(step.snapshot),
+        Some(step) => CacheRecord {
+            key: key.as_str().to_string(),
+            layer: step.layer.zip(step.diff_id),
+            created: step.created,
+        },
+        None => ctx
+            .options
+            .cache_imports
+            .and_then(|i| i.get(key.as_str()))
+            .cloned()
+            .ok_or_else(|| anyhow!("no imported record"))?,
+    };
     let snapshot = match &record.layer {
         Some((layer, _)) => {
-            fetch_layer(ctx, key.as_str())?;
-            let blob = ctx.store.blobs.open_verified(&layer.digest.parse()?)?;
+            let digest = layer.digest.parse()?;
+            if !ctx.store.blobs.contains(&digest) {
+                fetch_layer(ctx, key.as_str())?;
+            }
+            let blob = ctx.store.blobs.open_verified(&digest)?;
             ctx.store.snapshots.import(parent, blob)?
         }
         None => {
@@ -116,15 +130,51 @@ fn make_local(
     };
     let step = StepRecord {
         snapshot: snapshot.id,
+        ..imported_record(&record, false)
+    };
+    record::record(ctx.store, key, &step)?;
+    Ok(step.snapshot)
+}
+
+/// The local record of an imported one: made (its snapshot then set by
+/// the caller) or not.
+fn imported_record(record: &CacheRecord, unmade: bool) -> StepRecord {
+    StepRecord {
+        snapshot: String::new(),
         layer: record.layer.as_ref().map(|(d, _)| d.clone()),
         diff_id: record.layer.as_ref().map(|(_, d)| d.clone()),
         created: record.created.clone(),
         pending: false,
         pending_size: 0,
         imported: true,
+        unmade,
+    }
+}
+
+/// Imported hits of this build whose files were never made but whose
+/// layer is in the store now (or which have none) are kept in the local
+/// cache as unmade records: a later build, with or without the import,
+/// finds them and makes their files only if it needs them.
+pub(super) fn record_unmade_hits(ctx: &Ctx<'_>) -> anyhow::Result<()> {
+    let Some(imports) = ctx.options.cache_imports else {
+        return Ok(());
     };
-    record::record(ctx.store, key, &step)?;
-    Ok(step.snapshot)
+    let hits = lock(&ctx.imported_hits).clone();
+    for (key, layer) in hits {
+        let here = match &layer {
+            Some(d) => ctx.store.blobs.contains(&d.parse()?),
+            None => true,
+        };
+        let (Some(record), true) = (imports.get(&key), here) else {
+            continue;
+        };
+        let key = cache::index::CacheKey::new(&key)?;
+        let _lock = ctx.store.index.lock_key(&key)?;
+        if lookup(ctx.store, &key)?.is_none() {
+            record::record(ctx.store, &key, &imported_record(record, true))?;
+        }
+    }
+    Ok(())
 }
 
 fn fetch_layer(ctx: &Ctx<'_>, key: &str) -> anyhow::Result<()> {
@@ -160,7 +210,10 @@ fn unusable(key: &cache::index::CacheKey, e: anyhow::Error) -> anyhow::Error {
 /// Brings into the store the layers of `layers` that imported hits stand
 /// for (the image's, for the store and its exports), a few at a time.
 pub(super) fn fetch_imported_layers(ctx: &Ctx<'_>, layers: &[Descriptor]) -> anyhow::Result<()> {
-    let imported = lock(&ctx.imported_layers).clone();
+    let imported: BTreeMap<String, String> = lock(&ctx.imported_hits)
+        .iter()
+        .filter_map(|(key, layer)| Some((layer.clone()?, key.clone())))
+        .collect();
     let wanted: Vec<&String> = layers
         .iter()
         .filter(|l| !l.digest.parse().is_ok_and(|d| ctx.store.blobs.contains(&d)))
