@@ -306,6 +306,48 @@ fn registry_cache_between_two_roots() {
         assert_eq!(gets, usize::from(in_image.contains(&digest)), "{digest}");
     }
 
+    // A layer kept from the import that is corrupt in the local store by
+    // the time a later build (without the import) needs its files: a
+    // warning, and that build runs the step.
+    let biggest_in_image = in_image
+        .iter()
+        .copied()
+        .max_by_key(|d| {
+            let hex = d.strip_prefix("sha256:").unwrap();
+            std::fs::metadata(b.join("content/blobs/sha256").join(hex))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
+        .unwrap()
+        .to_string();
+    let local = b
+        .join("content/blobs/sha256")
+        .join(biggest_in_image.strip_prefix("sha256:").unwrap());
+    let mut bytes = std::fs::read(&local).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&local, bytes).unwrap();
+    let files = t.0.join("files");
+    let o = rbuild(
+        &b,
+        &[
+            "build",
+            "--progress=plain",
+            "-o",
+            &format!("type=local,dest={}", files.display()),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let err = ok(&o);
+    assert!(
+        err.contains("could not be used") && err.contains("building again without it"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(files.join("both")).unwrap(),
+        "hello\nbuilt\n"
+    );
+
     // A missing cache is a warning; the build goes on.
     let (ran, _, err) = build(
         &t.0.join("c"),

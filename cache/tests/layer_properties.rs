@@ -61,6 +61,9 @@ fn size() -> impl Strategy<Value = u64> {
         // Around the writer's chunk, once or twice.
         (1u64..=2, 0u64..8, -1i64..=1)
             .prop_map(|(c, k, d)| (c * CHUNK - k * 512).saturating_add_signed(d)),
+        // Around the sizes its first buffer grows through (64 KiB doubling).
+        (0u32..4, 0u64..4, -1i64..=1)
+            .prop_map(|(g, k, d)| (((64 << 10) << g) - k * 512).saturating_add_signed(d)),
     ]
 }
 
@@ -200,22 +203,23 @@ proptest! {
     }
 }
 
-/// A file whose data ends the stream's first or second chunk exactly: one of
+/// A file whose data ends exactly where the writer's buffer is full (each
+/// size its first buffer grows through, the first or second chunk): one of
 /// these sizes puts the end of `b`'s data on the boundary, whatever the
 /// header layout.
 #[test]
 fn data_ending_on_a_chunk_boundary() {
-    for chunks in 1..=2 {
+    // The first buffer's sizes as it grows (64 KiB to 512 KiB), then whole
+    // chunks.
+    let ends = [1u64 << 16, 1 << 17, 1 << 18, 1 << 19, CHUNK, 2 * CHUNK];
+    for (i, end) in ends.into_iter().enumerate() {
         for blocks in 1..=8 {
+            let chunks = i;
             let t = Tmp::new("layer-prop", &format!("boundary-{chunks}-{blocks}"));
             let src = t.0.join("src");
             fs::create_dir(&src).unwrap();
             fs::write(src.join("a"), b"x").unwrap();
-            fs::write(
-                src.join("b"),
-                vec![9u8; (chunks * CHUNK - blocks * 512) as usize],
-            )
-            .unwrap();
+            fs::write(src.join("b"), vec![9u8; (end - blocks * 512) as usize]).unwrap();
             fs::write(src.join("c"), b"after").unwrap();
             round_trip(&t.0, &src, Compression::Gzip);
         }
@@ -334,12 +338,14 @@ proptest! {
         ..ProptestConfig::default()
     })]
 
-    /// Three steps of random changes on real snapshots (overlay, and the
+    /// Six steps of random changes on real snapshots (overlay, and the
     /// copy backend's tree comparison): the layers they write, unpacked one
-    /// over the other, give each step's tree.
+    /// over the other, give each step's tree. From the fifth step on, the
+    /// overlay layers are diffed against a merged view of the four or more
+    /// below (before, against the layers one by one).
     #[test]
     fn overlay_layers_rebuild_each_steps_tree(
-        steps in proptest::collection::vec(proptest::collection::vec(change(), 1..8), 3),
+        steps in proptest::collection::vec(proptest::collection::vec(change(), 1..8), 6),
     ) {
         if !is_root() {
             return Ok(());

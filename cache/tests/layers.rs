@@ -261,6 +261,7 @@ fn overlay_upper_whiteouts_and_opaque_dirs() {
         &DiffSource::Overlay {
             upper: &upper,
             lowers: &lowers,
+            known: None,
         },
         &LayerOptions::default(),
     )
@@ -329,6 +330,7 @@ fn copied_up_but_unchanged_is_no_change() {
         DiffSource::Overlay {
             upper: &upper,
             lowers: &lowers,
+            known: None,
         },
         DiffSource::Compare {
             lower: &lower,
@@ -345,6 +347,7 @@ fn copied_up_but_unchanged_is_no_change() {
         &DiffSource::Overlay {
             upper: &upper,
             lowers: &lowers,
+            known: None,
         },
         &LayerOptions::default(),
     )

@@ -198,6 +198,8 @@ pub(super) fn cached_step(
     let _lock = ctx.store.index.lock_key(key)?;
     if !step.skip_cache
         && let Some(taken) = lookup(ctx.store, key)?
+            // An unmade record this build found unusable runs instead.
+            .filter(|r| !(r.unmade && rejected(ctx, key)))
             .map(|r| Taken::of(r, key, parent))
             .or_else(|| imported_hit(ctx, key, parent))
     {

@@ -40,7 +40,7 @@ pub(super) fn imported_hit(
     parent: &Snap,
 ) -> Option<Taken> {
     let imports = ctx.options.cache_imports?;
-    if lock(ctx.rejected).contains(key.as_str()) {
+    if rejected(ctx, key) {
         return None;
     }
     let record = imports.get(key.as_str())?;
@@ -54,6 +54,11 @@ pub(super) fn imported_hit(
         diff: record.layer.as_ref().map(|(_, d)| d.clone()),
         created: record.created.clone(),
     })
+}
+
+/// Whether this build found the imported record of `key` unusable.
+pub(super) fn rejected(ctx: &Ctx<'_>, key: &cache::index::CacheKey) -> bool {
+    lock(ctx.rejected).contains(key.as_str())
 }
 
 /// An imported cache hit's files: its layer fetched (unless the store

@@ -3,6 +3,7 @@
 //! directory with OCI whiteouts and hostile-archive protection ([`unpack`]).
 
 mod diff;
+pub use diff::KnownDirs;
 mod gunzip;
 mod pgzip;
 mod unpack;

@@ -104,6 +104,14 @@ pub struct Snapshot {
 pub struct Snapshotter {
     root: PathBuf,
     backend: Backend,
+    /// Each committed snapshot's parent, as read once: committed snapshots
+    /// never change and their ids are never reused, and every step reads
+    /// its whole chain (twice: to mount, to diff), which was one file read
+    /// per layer below.
+    parents: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Option<String>>>>,
+    /// What the directories of committed layers are, for the diffs of the
+    /// layers written on them.
+    known_dirs: std::sync::Arc<crate::layer::KnownDirs>,
 }
 
 /// Bytes under `dir` that it holds alone: file sizes plus 512 per entry
@@ -278,6 +286,8 @@ impl Snapshotter {
         let s = Snapshotter {
             root: root.to_path_buf(),
             backend,
+            parents: Default::default(),
+            known_dirs: Default::default(),
         };
         s.clean_stale()?;
         Ok(s)
@@ -302,6 +312,7 @@ impl Snapshotter {
                     &DiffSource::Overlay {
                         upper: &fs_dir,
                         lowers: &lowers,
+                        known: Some(&self.known_dirs),
                     },
                     options,
                 )?
@@ -428,9 +439,24 @@ impl Snapshotter {
         let mut out = Vec::new();
         let mut cur = Some(id.to_string());
         while let Some(c) = cur {
-            let s = self.get(&c)?;
+            let known = self
+                .parents
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&c)
+                .cloned();
+            cur = match known {
+                Some(parent) => parent,
+                None => {
+                    let parent = self.get(&c)?.parent;
+                    self.parents
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(c.clone(), parent.clone());
+                    parent
+                }
+            };
             out.push(c);
-            cur = s.parent;
         }
         Ok(out)
     }
