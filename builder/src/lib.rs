@@ -18,6 +18,7 @@ pub mod cli;
 pub mod commands;
 pub mod copy;
 pub mod dockerfile;
+pub mod emulation;
 pub mod export;
 pub mod image;
 pub mod images;

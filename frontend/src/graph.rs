@@ -332,6 +332,12 @@ pub struct BuildGraph {
     pub target: NodeIndex,
     /// Final scope of each compiled stage (image Env, workdir).
     pub stage_envs: BTreeMap<usize, StageEnv>,
+    /// The platform each compiled stage is for: its `FROM --platform`,
+    /// else the target platform. Its steps run for it (emulated when it
+    /// is not the host's) and its results are keyed with it.
+    pub stage_platforms: BTreeMap<usize, crate::stage::Platform>,
+    /// The target platform (`--platform`, else the host's).
+    pub platform: crate::stage::Platform,
 }
 
 struct Compiler<'a> {
@@ -369,11 +375,18 @@ pub fn compile(plan: &Plan, images: &dyn ImageConfigs) -> Result<BuildGraph, Pla
         c.compile_stage(s, single, images)?;
     }
     let target = c.stage_results[&plan.target];
+    let stage_platforms = c
+        .stage_results
+        .keys()
+        .map(|&i| (i, plan.stage_platform(i)))
+        .collect();
     Ok(BuildGraph {
         graph: c.graph,
         stage_results: c.stage_results,
         target,
         stage_envs: c.stage_envs,
+        stage_platforms,
+        platform: plan.platform.clone(),
     })
 }
 

@@ -30,6 +30,15 @@ pub struct Platform {
 }
 
 impl Plan {
+    /// The platform stage `index` is for: its `FROM --platform`, else the
+    /// target platform.
+    pub fn stage_platform(&self, index: usize) -> Platform {
+        self.stages
+            .get(index)
+            .and_then(|s| s.platform.clone())
+            .unwrap_or_else(|| self.platform.clone())
+    }
+
     /// Proxy variables given as build args: RUN sees them without an ARG,
     /// but they stay out of history and cache keys.
     pub fn proxy_env(&self) -> Vec<(String, String)> {

@@ -28,7 +28,7 @@ pub(super) fn run_exec(
             "RUN --network=host needs --allow network.host (entitlement network.host is not allowed)"
         )));
     }
-    let (key, inputs) = exec_key(ctx, &d, done, exec).map_err(where_)?;
+    let (key, inputs) = exec_key(ctx, step, &d, done, exec).map_err(where_)?;
     let record = cached_step(
         ctx,
         step,
@@ -36,6 +36,8 @@ pub(super) fn run_exec(
         &d.snapshot,
         (id, started),
         |m| {
+            // Another architecture's step runs through its emulator.
+            crate::emulation::ensure(&step.platform(ctx.graph)).map_err(where_)?;
             let root = m.root();
             let user =
                 crate::sandbox::user::resolve(&root, &exec.user).map_err(|e| where_(anyhow!(e)))?;
@@ -91,6 +93,7 @@ pub(super) fn run_exec(
 /// key.
 fn exec_key(
     ctx: &Ctx<'_>,
+    step: &Step<'_>,
     d: &Done,
     done: &BTreeMap<NodeIndex, Arc<Done>>,
     exec: &frontend::graph::ExecOp,
@@ -126,7 +129,7 @@ fn exec_key(
         })
         .collect::<anyhow::Result<_>>()?;
     let layers = layer_key(ctx.options);
-    let common = Common::new(&layers, d.key.as_deref());
+    let common = Common::new(&layers, d.key.as_deref()).on(&step.platform(ctx.graph));
     Ok(Inputs::Exec(ExecInputs::of(common, exec, sources)).keyed())
 }
 

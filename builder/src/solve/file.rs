@@ -78,7 +78,7 @@ pub(super) fn run_mkdir(
     let user = d.image.config.config.user.clone().unwrap_or_default();
     let layers = layer_key(options);
     let inputs = Inputs::Mkdir(MkdirInputs {
-        common: Common::new(&layers, d.key.as_deref()),
+        common: Common::new(&layers, d.key.as_deref()).on(&step.platform(ctx.graph)),
         path,
         user: &user,
         epoch: options.epoch,
@@ -212,7 +212,7 @@ pub(super) fn run_file(
     let parent_key = if link { None } else { d.key.clone() };
     let layers = layer_key(options);
     let inputs = Inputs::File(FileInputs::of(
-        Common::new(&layers, parent_key.as_deref()),
+        Common::new(&layers, parent_key.as_deref()).on(&step.platform(ctx.graph)),
         file,
         source_key.as_deref(),
     ));

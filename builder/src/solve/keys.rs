@@ -27,6 +27,11 @@ pub(super) struct Common<'a> {
     pub layers: &'a str,
     /// The key of the state the op runs on (none: scratch, or `--link`).
     pub parent: Option<&'a str>,
+    /// The platform the op runs for, when it is not the host's: the same
+    /// step for two platforms (`RUN uname -m` on scratch) is two results.
+    /// Left out for the host's, so keys made before it stay valid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
 }
 
 impl<'a> Common<'a> {
@@ -36,6 +41,16 @@ impl<'a> Common<'a> {
             version: KEY_VERSION,
             layers,
             parent,
+            platform: None,
+        }
+    }
+
+    /// The same, for an op of a stage built for `platform`.
+    pub fn on(self, platform: &frontend::stage::Platform) -> Self {
+        Common {
+            platform: (*platform != frontend::stage::Platform::host())
+                .then(|| platform.to_string()),
+            ..self
         }
     }
 }

@@ -322,6 +322,14 @@ struct Step<'g> {
 }
 
 impl Step<'_> {
+    /// The platform the op's stage is for (the host's for ops of no stage).
+    fn platform(&self, graph: &BuildGraph) -> frontend::stage::Platform {
+        self.op
+            .stage
+            .and_then(|s| graph.stage_platforms.get(&s).cloned())
+            .unwrap_or_else(frontend::stage::Platform::host)
+    }
+
     /// `e` with the op's Dockerfile position and name
     /// (`Dockerfile:3:1: [2/4] RUN ...`).
     fn locate(&self, e: anyhow::Error) -> anyhow::Error {
@@ -394,10 +402,18 @@ fn run_node(
             key: None,
         },
         OpKind::Context { name } => run_context(ctx, &step, name)?,
-        OpKind::Image { reference, .. } => {
+        OpKind::Image {
+            reference,
+            platform,
+        } => {
             let (id, started) = progress.start(&op.name);
             let d =
                 import_image(store, options.images, reference, options.epoch).map_err(where_)?;
+            let wanted = match platform {
+                Some(p) => frontend::stage::Platform::parse(p).map_err(|e| where_(anyhow!(e)))?,
+                None => graph.platform.clone(),
+            };
+            check_base_platform(&d, reference, &wanted).map_err(where_)?;
             progress.done(id, started);
             d
         }
@@ -415,6 +431,27 @@ fn run_node(
         }
     };
     Ok(result)
+}
+
+/// A base image for another platform than the host's must be for the
+/// platform the stage is built for: images are resolved (from the store,
+/// or a registry's index) for the host's until builds for several
+/// platforms resolve each one's.
+fn check_base_platform(
+    d: &Done,
+    reference: &str,
+    wanted: &frontend::stage::Platform,
+) -> anyhow::Result<()> {
+    let p = &d.image.config.platform;
+    let (os, arch) = (p.os.as_str(), p.architecture.as_str());
+    if *wanted == frontend::stage::Platform::host()
+        || (os, arch) == (&wanted.os, &wanted.architecture)
+    {
+        return Ok(());
+    }
+    bail!(
+        "the base image {reference} is for {os}/{arch}, not {wanted}: a base image for another platform than the host's must be in the local store for that platform (resolving one from a registry's index for it is not supported yet)"
+    )
 }
 
 /// The state an op continues from: its parent's, taken over when no one
@@ -437,6 +474,10 @@ fn take_parent(
     if graph.graph[p].stage != step.op.stage {
         let since = d.image.created().map(str::to_string);
         d.image = ImageState::new(Some(d.image.config.clone()), since);
+        // An empty image is for the stage's platform.
+        if matches!(graph.graph[p].kind, OpKind::Scratch) {
+            d.image.set_platform(&step.platform(graph));
+        }
     }
     Ok(d)
 }
