@@ -301,9 +301,18 @@ fn graph_json_prunes_to_target() {
         stderr(&out)
     );
 
-    let out = rbuild(&["graph", "--platform", "linux/arm64", dir.to_str().unwrap()]);
+    let out = rbuild(&[
+        "graph",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        dir.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("linux/arm64"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("several platforms") && stderr(&out).contains("linux/arm64"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = rbuild(&[
         "graph",
