@@ -25,7 +25,21 @@ fn not_yet(flag: &str) -> anyhow::Error {
     anyhow::anyhow!("{flag} is not supported yet")
 }
 
-pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
+/// The flags that are checked before anything is opened or built.
+struct Flags {
+    cache_to: Vec<crate::shared_cache::CacheTo>,
+    cache_from: Vec<crate::shared_cache::CacheFrom>,
+    outputs: Vec<crate::export::Output>,
+    /// `--compression`: the layer format of outputs that name none.
+    default_compression: Compression,
+    rewrite_timestamp: bool,
+    allow_insecure: bool,
+    allow_network_host: bool,
+    labels: BTreeMap<String, String>,
+}
+
+/// Reads and checks the output, cache, entitlement and label flags.
+fn flags(args: &BuildArgs) -> anyhow::Result<Flags> {
     let cache_to: Vec<crate::shared_cache::CacheTo> = args
         .cache_to
         .iter()
@@ -101,6 +115,30 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         };
         labels.insert(k.to_string(), v.to_string());
     }
+
+    Ok(Flags {
+        cache_to,
+        cache_from,
+        outputs,
+        default_compression,
+        rewrite_timestamp,
+        allow_insecure,
+        allow_network_host,
+        labels,
+    })
+}
+
+pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
+    let Flags {
+        cache_to,
+        cache_from,
+        outputs,
+        default_compression,
+        rewrite_timestamp,
+        allow_insecure,
+        allow_network_host,
+        labels,
+    } = flags(&args)?;
 
     let store_root = state_root(root);
     let store = Store::open(&store_root)
@@ -184,9 +222,6 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         };
         read_ignore(ignore_file_for(&context, &dockerfile_path))?
     };
-    let mut named_contexts = BTreeMap::new();
-    // Remote named contexts' directories, kept for the build's life.
-    let mut remote_named = Vec::new();
     let quiet = args.quiet || args.progress == ProgressMode::Quiet;
     let progress_format = match args.progress {
         _ if quiet => ProgressFormat::Quiet,
@@ -210,40 +245,13 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     };
     let mut images =
         crate::resolver::Resolver::new(&store.blobs, settings, args.pull, transfer.clone());
-    for spec in &graph_args.build_contexts {
-        let (name, src) = spec.split_once('=').expect("checked when planning");
-        if let Some(path) = src.strip_prefix("oci-layout://") {
-            let img = crate::images::import_oci_layout(&store.blobs, path)
-                .with_context(|| format!("--build-context {spec}"))?;
-            images.alias(name, img);
-        } else if let Some(reference) = src.strip_prefix("docker-image://") {
-            let img = images
-                .resolve(reference)
-                .with_context(|| format!("--build-context {spec}"))?;
-            images.alias(name, img);
-        } else if crate::remote::context::is_remote(src) {
-            let m = crate::remote::context::materialize(
-                src,
-                false,
-                &store,
-                &secrets,
-                &ssh,
-                images.settings(),
-            )
-            .with_context(|| format!("--build-context {spec}"))?;
-            let ignore = read_ignore(Some(m.root.join(".dockerignore")).filter(|f| f.is_file()))?;
-            named_contexts.insert(name.to_string(), (m.root.clone(), ignore));
-            remote_named.push(m);
-        } else if src.contains("://") {
-            return Err(not_yet(&format!("--build-context {spec}")));
-        } else {
-            // A named directory context has its own .dockerignore.
-            let dir =
-                std::path::absolute(src).with_context(|| format!("--build-context {spec}"))?;
-            let ignore = read_ignore(Some(dir.join(".dockerignore")).filter(|f| f.is_file()))?;
-            named_contexts.insert(name.to_string(), (dir, ignore));
-        }
-    }
+    // Remote named contexts' directories are kept for the build's life.
+    let (named_contexts, _remote_named) = named_contexts(
+        &graph_args.build_contexts,
+        &mut images,
+        &store,
+        (&secrets, &ssh),
+    )?;
     let graph = compile(&loaded.plan, &images);
     // A base image that could not be resolved fails the build here, with
     // the registry's answer.
@@ -339,146 +347,34 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         }
     }
     if args.verify {
-        // The same build without the cache, stored under no tag.
-        if !quiet {
-            eprintln!("verify: building again without the cache");
-        }
-        options.no_cache = true;
-        options.tags.clear();
-        options.explain = false;
-        let progress = Progress::new(progress_format);
-        let again = build(&store, &graph, runtime.as_ref(), &options, &progress);
-        progress.finish();
-        let again = again.context("verify: the second build failed")?;
-        let differ = crate::verify::differences(&store.blobs, &built.manifest, &again.manifest)?;
-        if !differ.is_empty() {
-            bail!(
-                "the image is not reproducible: a second build gave {} (first {})\n{}",
-                again.image_id,
-                built.image_id,
-                differ.join("\n")
-            );
-        }
-        if !quiet {
-            eprintln!("verify: reproducible, {}", built.image_id);
-        }
+        verify(
+            (&store, &graph, runtime.as_ref()),
+            &mut options,
+            progress_format,
+            &built,
+        )?;
     }
     // `--cache-to type=inline`: the records go into the image's config
     // (BuildKit's `moby.buildkit.cache.v0`), which makes it another image.
     if cache_to
         .iter()
         .any(|c| c.location == crate::shared_cache::spec::Location::Inline)
-        && let Some(inline) = crate::shared_cache::export::inline_cache(
-            &built.cache_records,
-            &built.config.rootfs.diff_ids,
-        )
     {
-        let manifest: cache::spec::Manifest =
-            serde_json::from_slice(&store.blobs.read(&built.manifest.digest.parse()?)?)?;
-        built.config.extra.insert(
-            crate::shared_cache::INLINE_FIELD.to_string(),
-            serde_json::Value::String(inline),
-        );
-        let (id, desc) =
-            crate::images::store(&store.blobs, &built.config, manifest.layers, &args.tags)?;
-        built.image_id = id.to_string();
-        built.manifest = desc;
+        with_inline_cache(&store, &mut built, &args.tags)?;
     }
     let mut names: Vec<String> = args.tags.clone();
     for o in &outputs {
         names.extend(o.names.iter().cloned());
     }
-    for to in &cache_to {
-        // Each export takes its own mode's records.
-        let records: Vec<_> = match to.mode {
-            crate::shared_cache::Mode::Max => built.cache_records.clone(),
-            crate::shared_cache::Mode::Min => built
-                .cache_records
-                .iter()
-                .filter(|r| built.cache_min.contains(&r.key))
-                .cloned()
-                .collect(),
-        };
-        let exported = crate::shared_cache::export::export(
-            &store,
-            &records,
-            &built.cache_mounts,
-            to,
-            &images,
-            &transfer,
-        );
-        match exported {
-            Ok(()) => {}
-            Err(e) if to.ignore_error => {
-                if !quiet {
-                    eprintln!("WARNING: exporting the cache failed (ignore-error=true): {e:#}");
-                }
-            }
-            Err(e) => return Err(e.context("exporting the build cache")),
-        }
-    }
-    let mut pushed = None;
-    for o in &outputs {
-        let dest = o.dest.as_deref().unwrap_or("");
-        match o.kind {
-            OutputKind::Image | OutputKind::Registry => {
-                for n in &o.names {
-                    crate::images::tag_manifest(&store.blobs, &built.manifest, n)?;
-                }
-                if o.push {
-                    let format = crate::export::LayerFormat::of(o, default_compression)?;
-                    for n in &o.names {
-                        let (report, transfer) = StepReport::after_build(
-                            progress_format,
-                            &progress,
-                            &format!("pushing {}", crate::images::normalize(n)),
-                        );
-                        let desc = images.registry().and_then(|r| {
-                            crate::publish::push_image(
-                                r,
-                                &store,
-                                &built.manifest,
-                                n,
-                                format,
-                                crate::export::oci_media_types(o, format),
-                                &transfer,
-                            )
-                        });
-                        if let Some(r) = report {
-                            r.end(desc.as_ref().err());
-                        }
-                        let desc = desc?;
-                        if !quiet {
-                            eprintln!(
-                                "pushing {} with digest {} done",
-                                crate::images::normalize(n),
-                                desc.digest
-                            );
-                        }
-                        pushed = Some(desc);
-                    }
-                }
-            }
-            OutputKind::Oci | OutputKind::Docker => {
-                // Base layers a cached build never unpacked.
-                crate::publish::fetch_image_layers(
-                    || images.registry(),
-                    &store.blobs,
-                    &built.manifest,
-                    &transfer,
-                )?;
-                let format = crate::export::LayerFormat::of(o, default_compression)?;
-                crate::export::export_image(&store, &built.manifest, o, &names, format)
-                    .with_context(|| format!("exporting to {dest}"))?
-            }
-            OutputKind::Local => {
-                crate::export::export_local(&store, built.snapshot.as_deref(), dest)
-                    .with_context(|| format!("exporting to {dest}"))?
-            }
-            OutputKind::Tar => crate::export::export_tar(&store, built.snapshot.as_deref(), dest)
-                .with_context(|| format!("exporting to {dest}"))?,
-        }
-    }
+    export_caches(&store, &built, &cache_to, (&images, &transfer), quiet)?;
+    let pushed = write_outputs(
+        &store,
+        &built,
+        &outputs,
+        (&names, default_compression),
+        (&images, &transfer),
+        (progress_format, &progress),
+    )?;
     if let Some(f) = &args.iidfile {
         write_file(f, built.image_id.as_bytes())?;
     }
@@ -507,6 +403,242 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Named directory contexts by name, with their ignore files.
+type NamedDirs = BTreeMap<String, (PathBuf, Option<PatternMatcher>)>;
+
+/// Directories of `--build-context NAME=...`, each with its ignore file
+/// (remote ones fetched: they are returned to keep them for the build's
+/// life); image contexts (`docker-image://`, `oci-layout://`) become
+/// aliases of `images`.
+fn named_contexts(
+    specs: &[String],
+    images: &mut crate::resolver::Resolver<'_>,
+    store: &Store,
+    (secrets, ssh): (&crate::secrets::Secrets, &crate::ssh::Agents),
+) -> anyhow::Result<(NamedDirs, Vec<crate::remote::context::Materialized>)> {
+    let mut named_contexts = BTreeMap::new();
+    let mut remote_named = Vec::new();
+    for spec in specs {
+        let (name, src) = spec.split_once('=').expect("checked when planning");
+        if let Some(path) = src.strip_prefix("oci-layout://") {
+            let img = crate::images::import_oci_layout(&store.blobs, path)
+                .with_context(|| format!("--build-context {spec}"))?;
+            images.alias(name, img);
+        } else if let Some(reference) = src.strip_prefix("docker-image://") {
+            let img = images
+                .resolve(reference)
+                .with_context(|| format!("--build-context {spec}"))?;
+            images.alias(name, img);
+        } else if crate::remote::context::is_remote(src) {
+            let m = crate::remote::context::materialize(
+                src,
+                false,
+                store,
+                secrets,
+                ssh,
+                images.settings(),
+            )
+            .with_context(|| format!("--build-context {spec}"))?;
+            let ignore = read_ignore(Some(m.root.join(".dockerignore")).filter(|f| f.is_file()))?;
+            named_contexts.insert(name.to_string(), (m.root.clone(), ignore));
+            remote_named.push(m);
+        } else if src.contains("://") {
+            return Err(not_yet(&format!("--build-context {spec}")));
+        } else {
+            // A named directory context has its own .dockerignore.
+            let dir =
+                std::path::absolute(src).with_context(|| format!("--build-context {spec}"))?;
+            let ignore = read_ignore(Some(dir.join(".dockerignore")).filter(|f| f.is_file()))?;
+            named_contexts.insert(name.to_string(), (dir, ignore));
+        }
+    }
+    Ok((named_contexts, remote_named))
+}
+
+/// `--verify`: the same build again without the cache (stored under no
+/// tag), compared with `built`; an error names what differs.
+fn verify(
+    (store, graph, runtime): (&Store, &frontend::graph::BuildGraph, &dyn Runtime),
+    options: &mut BuildOptions<'_>,
+    progress_format: ProgressFormat,
+    built: &crate::solve::Built,
+) -> anyhow::Result<()> {
+    let quiet = progress_format == ProgressFormat::Quiet;
+    // The same build without the cache, stored under no tag.
+    if !quiet {
+        eprintln!("verify: building again without the cache");
+    }
+    options.no_cache = true;
+    options.tags.clear();
+    options.explain = false;
+    let progress = Progress::new(progress_format);
+    let again = build(store, graph, runtime, options, &progress);
+    progress.finish();
+    let again = again.context("verify: the second build failed")?;
+    let differ = crate::verify::differences(&store.blobs, &built.manifest, &again.manifest)?;
+    if !differ.is_empty() {
+        bail!(
+            "the image is not reproducible: a second build gave {} (first {})\n{}",
+            again.image_id,
+            built.image_id,
+            differ.join("\n")
+        );
+    }
+    if !quiet {
+        eprintln!("verify: reproducible, {}", built.image_id);
+    }
+    Ok(())
+}
+
+/// `built` made another image whose config holds its cache records
+/// (BuildKit's `moby.buildkit.cache.v0`), stored under `tags`; unchanged
+/// when none of its records is the image's own.
+fn with_inline_cache(
+    store: &Store,
+    built: &mut crate::solve::Built,
+    tags: &[String],
+) -> anyhow::Result<()> {
+    let Some(inline) = crate::shared_cache::export::inline_cache(
+        &built.cache_records,
+        &built.config.rootfs.diff_ids,
+    ) else {
+        return Ok(());
+    };
+    let manifest: cache::spec::Manifest =
+        serde_json::from_slice(&store.blobs.read(&built.manifest.digest.parse()?)?)?;
+    built.config.extra.insert(
+        crate::shared_cache::INLINE_FIELD.to_string(),
+        serde_json::Value::String(inline),
+    );
+    let (id, desc) = crate::images::store(&store.blobs, &built.config, manifest.layers, tags)?;
+    built.image_id = id.to_string();
+    built.manifest = desc;
+    Ok(())
+}
+
+/// Each `--cache-to`, with its own mode's records; a failure fails the
+/// build unless the export says `ignore-error=true`.
+fn export_caches(
+    store: &Store,
+    built: &crate::solve::Built,
+    cache_to: &[crate::shared_cache::CacheTo],
+    (images, transfer): (
+        &crate::resolver::Resolver<'_>,
+        &std::sync::Arc<dyn crate::registry::transfer::Transfer>,
+    ),
+    quiet: bool,
+) -> anyhow::Result<()> {
+    for to in cache_to {
+        // Each export takes its own mode's records.
+        let records: Vec<_> = match to.mode {
+            crate::shared_cache::Mode::Max => built.cache_records.clone(),
+            crate::shared_cache::Mode::Min => built
+                .cache_records
+                .iter()
+                .filter(|r| built.cache_min.contains(&r.key))
+                .cloned()
+                .collect(),
+        };
+        let exported = crate::shared_cache::export::export(
+            store,
+            &records,
+            &built.cache_mounts,
+            to,
+            images,
+            transfer,
+        );
+        match exported {
+            Ok(()) => {}
+            Err(e) if to.ignore_error => {
+                if !quiet {
+                    eprintln!("WARNING: exporting the cache failed (ignore-error=true): {e:#}");
+                }
+            }
+            Err(e) => return Err(e.context("exporting the build cache")),
+        }
+    }
+    Ok(())
+}
+
+/// Writes every output of `built` (tags, pushes, archives, files);
+/// returns the manifest last pushed, as the registry has it.
+fn write_outputs(
+    store: &Store,
+    built: &crate::solve::Built,
+    outputs: &[crate::export::Output],
+    (names, default_compression): (&[String], Compression),
+    (images, transfer): (
+        &crate::resolver::Resolver<'_>,
+        &std::sync::Arc<dyn crate::registry::transfer::Transfer>,
+    ),
+    (progress_format, progress): (ProgressFormat, &std::sync::Arc<Progress>),
+) -> anyhow::Result<Option<cache::spec::Descriptor>> {
+    let quiet = progress_format == ProgressFormat::Quiet;
+    let mut pushed = None;
+    for o in outputs {
+        let dest = o.dest.as_deref().unwrap_or("");
+        match o.kind {
+            OutputKind::Image | OutputKind::Registry => {
+                for n in &o.names {
+                    crate::images::tag_manifest(&store.blobs, &built.manifest, n)?;
+                }
+                if o.push {
+                    let format = crate::export::LayerFormat::of(o, default_compression)?;
+                    for n in &o.names {
+                        let (report, transfer) = StepReport::after_build(
+                            progress_format,
+                            progress,
+                            &format!("pushing {}", crate::images::normalize(n)),
+                        );
+                        let desc = images.registry().and_then(|r| {
+                            crate::publish::push_image(
+                                r,
+                                store,
+                                &built.manifest,
+                                n,
+                                format,
+                                crate::export::oci_media_types(o, format),
+                                &transfer,
+                            )
+                        });
+                        if let Some(r) = report {
+                            r.end(desc.as_ref().err());
+                        }
+                        let desc = desc?;
+                        if !quiet {
+                            eprintln!(
+                                "pushing {} with digest {} done",
+                                crate::images::normalize(n),
+                                desc.digest
+                            );
+                        }
+                        pushed = Some(desc);
+                    }
+                }
+            }
+            OutputKind::Oci | OutputKind::Docker => {
+                // Base layers a cached build never unpacked.
+                crate::publish::fetch_image_layers(
+                    || images.registry(),
+                    &store.blobs,
+                    &built.manifest,
+                    transfer,
+                )?;
+                let format = crate::export::LayerFormat::of(o, default_compression)?;
+                crate::export::export_image(store, &built.manifest, o, names, format)
+                    .with_context(|| format!("exporting to {dest}"))?
+            }
+            OutputKind::Local => {
+                crate::export::export_local(store, built.snapshot.as_deref(), dest)
+                    .with_context(|| format!("exporting to {dest}"))?
+            }
+            OutputKind::Tar => crate::export::export_tar(store, built.snapshot.as_deref(), dest)
+                .with_context(|| format!("exporting to {dest}"))?,
+        }
+    }
+    Ok(pushed)
 }
 
 /// BuildKit's end-of-build list: `N warnings found`, one line each.
