@@ -34,6 +34,12 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
+/// Pushes `work`'s main branch to the repository `serve` serves from `dir`.
+fn publish(dir: &Path, work: &Path) {
+    let served = dir.join("served/repo.git");
+    git(work, &["push", "-q", served.to_str().unwrap(), "main"]);
+}
+
 struct Daemon(Child);
 
 impl Drop for Daemon {
@@ -138,15 +144,7 @@ fn add_from_git() {
     // A new commit on main: the branch misses, the tag and commit hit.
     std::fs::write(work.join("sub/a.txt"), "two\n").unwrap();
     git(&work, &["commit", "-qam", "two"]);
-    git(
-        &work,
-        &[
-            "push",
-            "-q",
-            &format!("{}", t.0.join("served/repo.git").display()),
-            "main",
-        ],
-    );
+    publish(&t.0, &work);
     let (o, out) = build(&root, &t.0, &df);
     let err = ok(&o);
     assert_eq!(
@@ -239,15 +237,7 @@ fn git_urls_as_build_contexts() {
     .unwrap();
     git(&work, &["add", "."]);
     git(&work, &["commit", "-qm", "dockerfiles"]);
-    git(
-        &work,
-        &[
-            "push",
-            "-q",
-            &format!("{}", t.0.join("served/repo.git").display()),
-            "main",
-        ],
-    );
+    publish(&t.0, &work);
     let root = t.0.join("root");
     let out = t.0.join("out");
     let o = rbuild(
@@ -381,15 +371,7 @@ fn a_private_repository_over_http_with_a_token_secret() {
     .unwrap();
     git(&work, &["add", "."]);
     git(&work, &["commit", "-qm", "dockerfile"]);
-    git(
-        &work,
-        &[
-            "push",
-            "-q",
-            &format!("{}", t.0.join("served/repo.git").display()),
-            "main",
-        ],
-    );
+    publish(&t.0, &work);
     let out2 = t.0.join("out2");
     let o = common::rbuild_env(
         &root,
@@ -473,15 +455,7 @@ fn submodules_are_checked_out() {
     let lib_url = url.replace("repo.git", "lib.git");
     git(&work, &["submodule", "-q", "add", &lib_url, "lib"]);
     git(&work, &["commit", "-qm", "with a submodule"]);
-    git(
-        &work,
-        &[
-            "push",
-            "-q",
-            &format!("{}", t.0.join("served/repo.git").display()),
-            "main",
-        ],
-    );
+    publish(&t.0, &work);
     let (o, out) = build(
         &t.0.join("root"),
         &t.0,
@@ -506,15 +480,7 @@ fn a_subdir_that_is_a_symlink_is_refused() {
     std::os::unix::fs::symlink("/etc", work.join("evil")).unwrap();
     git(&work, &["add", "."]);
     git(&work, &["commit", "-qm", "a link out"]);
-    git(
-        &work,
-        &[
-            "push",
-            "-q",
-            &format!("{}", t.0.join("served/repo.git").display()),
-            "main",
-        ],
-    );
+    publish(&t.0, &work);
     let (o, out) = build(
         &t.0.join("root"),
         &t.0,
@@ -544,15 +510,7 @@ fn lfs_files_stay_pointers_and_user_config_is_not_read() {
     std::fs::write(work.join("big.bin"), pointer).unwrap();
     git(&work, &["add", "."]);
     git(&work, &["commit", "-qm", "lfs"]);
-    git(
-        &work,
-        &[
-            "push",
-            "-q",
-            &format!("{}", t.0.join("served/repo.git").display()),
-            "main",
-        ],
-    );
+    publish(&t.0, &work);
     // The user's git config has an LFS smudge filter (as `git lfs install`
     // writes one) that would rewrite the file, and a rule that would send
     // the fetch elsewhere: BuildKit reads neither.

@@ -1351,21 +1351,7 @@ fn live_view_on_a_terminal() {
     let ctx = context(&t, "busybox");
     let root = t.0.join("state");
     // `script` gives the build a pseudo-terminal for stdout and stderr.
-    let run = || {
-        let cmd = format!(
-            "{} --root {} build -t tty:1 {}",
-            env!("CARGO_BIN_EXE_rbuild"),
-            root.display(),
-            ctx.display()
-        );
-        let out = Command::new("script")
-            .args(["-qec", &cmd, "/dev/null"])
-            .output()
-            .expect("script (bsdutils) is installed");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "{text}");
-        text
-    };
+    let run = || common::on_terminal(&root, &format!("build -t tty:1 {}", ctx.display()));
     let first = run();
     // Finished steps collapse to one line each; no plain-format lines.
     assert!(

@@ -146,6 +146,13 @@ fn an_arm64_image_built_on_amd64_through_its_emulator() {
     );
     assert_eq!(config(&root, "amd:1")["architecture"], "amd64");
 
+    // A build of `dir` for `platform` that must fail: its message.
+    let fails = |platform: &str, dir: &Path| {
+        let args = ["build", "-q", "--platform", platform, dir.to_str().unwrap()];
+        let o = rbuild(&root, &args);
+        assert_eq!(o.status.code(), Some(1));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
     // A base from the store for that platform is fine; one for another
     // is refused, naming both.
     let child = t.0.join("child");
@@ -166,18 +173,7 @@ fn an_arm64_image_built_on_amd64_through_its_emulator() {
         ],
     ));
     std::fs::write(child.join("Dockerfile"), "FROM amd:1\nRUN true\n").unwrap();
-    let o = rbuild(
-        &root,
-        &[
-            "build",
-            "-q",
-            "--platform",
-            "linux/arm64",
-            child.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = fails("linux/arm64", &child);
     assert!(
         err.contains("amd:1") && err.contains("linux/amd64") && err.contains("linux/arm64"),
         "{err}"
@@ -185,18 +181,7 @@ fn an_arm64_image_built_on_amd64_through_its_emulator() {
 
     // An architecture no emulator is known for: a clear error.
     std::fs::copy("/bin/busybox", ctx.join("busybox-sparc64")).unwrap();
-    let o = rbuild(
-        &root,
-        &[
-            "build",
-            "-q",
-            "--platform",
-            "linux/sparc64",
-            ctx.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = fails("linux/sparc64", &ctx);
     assert!(
         err.contains("linux/sparc64") && err.contains("emulator"),
         "{err}"

@@ -62,6 +62,16 @@ fn with_image(
     (t, reg, root, name)
 }
 
+/// What `skopeo inspect` says of the registry image `name`.
+fn remote_inspect(name: &str) -> serde_json::Value {
+    let text = ok(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{name}"),
+    ]));
+    serde_json::from_str(&text).unwrap()
+}
+
 fn skopeo(args: &[&str]) -> Output {
     Command::new("skopeo")
         .args(args)
@@ -325,12 +335,7 @@ fn basic_auth_login_and_logout() {
 fn a_corrupt_blob_is_refused_and_nothing_is_stored() {
     let (t, reg, root, name) = with_image("reg-corrupt", Options::default(), "app:1");
     ok(&rbuild(&root, &["push", &name]));
-    let inspect: serde_json::Value = serde_json::from_str(&ok(&skopeo(&[
-        "inspect",
-        "--tls-verify=false",
-        &format!("docker://{name}"),
-    ])))
-    .unwrap();
+    let inspect: serde_json::Value = remote_inspect(&name);
     let layer = inspect["Layers"][0].as_str().unwrap().to_string();
     // Same size, other bytes.
     let path = reg.blob_path(&layer);
@@ -406,12 +411,7 @@ fn build_push_with_compression_and_media_types() {
         ])))
         .unwrap()
     };
-    let inspect: serde_json::Value = serde_json::from_str(&ok(&skopeo(&[
-        "inspect",
-        "--tls-verify=false",
-        &format!("docker://{name}"),
-    ])))
-    .unwrap();
+    let inspect: serde_json::Value = remote_inspect(&name);
     assert_eq!(inspect["Digest"], meta["containerimage.digest"]);
     let m = raw(&name);
     assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
@@ -950,12 +950,7 @@ fn base_layers_are_fetched_only_when_files_are_needed() {
     let (t, reg, root, base) = with_image("reg-lazy", Options::default(), "lazy/base:1");
     ok(&rbuild(&root, &["push", &base]));
     let layers: Vec<String> = {
-        let v: serde_json::Value = serde_json::from_str(&ok(&skopeo(&[
-            "inspect",
-            "--tls-verify=false",
-            &format!("docker://{base}"),
-        ])))
-        .unwrap();
+        let v: serde_json::Value = remote_inspect(&base);
         v["Layers"]
             .as_array()
             .unwrap()
@@ -1001,12 +996,7 @@ fn base_layers_are_fetched_only_when_files_are_needed() {
 fn downloads_show_inside_the_step_that_needs_them() {
     let (t, _reg, root, name) = with_image("reg-status", Options::default(), "status/base:1");
     ok(&rbuild(&root, &["push", &name]));
-    let v: serde_json::Value = serde_json::from_str(&ok(&skopeo(&[
-        "inspect",
-        "--tls-verify=false",
-        &format!("docker://{name}"),
-    ])))
-    .unwrap();
+    let v: serde_json::Value = remote_inspect(&name);
     let layers: Vec<String> = v["Layers"]
         .as_array()
         .unwrap()
@@ -1104,18 +1094,7 @@ fn downloads_show_as_bars_on_a_terminal() {
         &t.0.join("app"),
         &format!("FROM {image}\nRUN [\"/bin/busybox\", \"true\"]\n"),
     );
-    let cmd = format!(
-        "{} --root {} build {}",
-        env!("CARGO_BIN_EXE_rbuild"),
-        t.0.join("tty").display(),
-        ctx.display()
-    );
-    let out = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .output()
-        .expect("script (bsdutils) is installed");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{text}");
+    let text = common::on_terminal(&t.0.join("tty"), &format!("build {}", ctx.display()));
     // The biggest layer (busybox) is the one a bar shows long enough.
     let manifest: serde_json::Value = serde_json::from_str(&ok(&skopeo(&[
         "inspect",
@@ -1124,48 +1103,21 @@ fn downloads_show_as_bars_on_a_terminal() {
         &format!("docker://{name}"),
     ])))
     .unwrap();
-    let layer = manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .max_by_key(|l| l["size"].as_u64().unwrap())
-        .unwrap()["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let layer = common::registry::biggest_layer(&manifest);
     let bar = format!("sha256:{}", &layer["sha256:".len()..][..12]);
     // `sha256:cba602dfadb7  79.61 KiB / 998.13 KiB ███░░░` between
     // cursor moves.
-    assert!(
-        text.split(&bar).skip(1).any(|rest| rest
-            .split('\u{1b}')
-            .next()
-            .unwrap_or("")
-            .contains("KiB / ")),
-        "{text}"
-    );
+    let has_bar = |text: &str| {
+        text.split(&bar)
+            .skip(1)
+            .any(|rest| rest.split('\u{1b}').next().unwrap_or("").contains("KiB / "))
+    };
+    assert!(has_bar(&text), "{text}");
     assert!(text.contains("RUN [\"/bin/busybox\", \"true\"]"), "{text}");
 
     // `rbuild pull` on a terminal: a live step with the same bars.
-    let cmd = format!(
-        "{} --root {} pull {image}",
-        env!("CARGO_BIN_EXE_rbuild"),
-        t.0.join("pull").display(),
-    );
-    let out = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{text}");
-    assert!(
-        text.split(&bar).skip(1).any(|rest| rest
-            .split('\u{1b}')
-            .next()
-            .unwrap_or("")
-            .contains("KiB / ")),
-        "{text}"
-    );
+    let text = common::on_terminal(&t.0.join("pull"), &format!("pull {image}"));
+    assert!(has_bar(&text), "{text}");
     assert!(text.contains(&format!("=> [1] pulling {image}")), "{text}");
 }
 

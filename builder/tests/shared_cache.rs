@@ -362,14 +362,7 @@ fn registry_cache_between_two_roots() {
 
     // A corrupt layer in the registry: caught by its digest when the image
     // needs it; the build runs again without that record and its step runs.
-    let layers = m["layers"].as_array().unwrap();
-    let biggest = layers
-        .iter()
-        .max_by_key(|l| l["size"].as_u64().unwrap())
-        .unwrap()["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let biggest = common::registry::biggest_layer(&m);
     let path = reg.blob_path(&biggest);
     let mut bytes = std::fs::read(&path).unwrap();
     let mid = bytes.len() / 2;

@@ -48,6 +48,23 @@ pub fn rbuild(root: &Path, args: &[&str]) -> std::process::Output {
     rbuild_env(root, args, &[])
 }
 
+/// `rbuild --root ROOT ARGS...` on a pseudo-terminal (`script`), as on a
+/// user's terminal; what it drew, after checking it succeeded.
+pub fn on_terminal(root: &Path, args: &str) -> String {
+    let cmd = format!(
+        "{} --root {} {args}",
+        env!("CARGO_BIN_EXE_rbuild"),
+        root.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .expect("script (bsdutils) is installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    text
+}
+
 /// `rbuild --root ROOT ARGS...` with extra environment variables.
 pub fn rbuild_env(root: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_rbuild"))

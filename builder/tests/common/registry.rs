@@ -259,3 +259,16 @@ fn openssl(dir: &Path, args: &[&str]) {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// The digest of the biggest layer an image manifest (JSON) lists.
+pub fn biggest_layer(manifest: &serde_json::Value) -> String {
+    manifest["layers"]
+        .as_array()
+        .expect("a manifest lists layers")
+        .iter()
+        .max_by_key(|l| l["size"].as_u64().unwrap_or(0))
+        .expect("a layer")["digest"]
+        .as_str()
+        .expect("a digest")
+        .to_string()
+}
