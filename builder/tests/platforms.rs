@@ -42,6 +42,10 @@ fn busybox_arm64() -> PathBuf {
     cache.to_path_buf()
 }
 
+/// The arm64 handler in binfmt_misc is the host's: the tests that remove
+/// it take turns.
+static BINFMT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn ok(o: &std::process::Output) -> String {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -58,6 +62,7 @@ fn an_arm64_image_built_on_amd64_through_its_emulator() {
         eprintln!("skipped: building (and registering an emulator) needs root");
         return;
     }
+    let _binfmt = BINFMT.lock().unwrap_or_else(|e| e.into_inner());
     // The handler goes first when a run before registered it: rbuild
     // registers it again (binfmt_misc mounted, Debian's description read).
     let handler = Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64");
@@ -184,6 +189,79 @@ fn an_arm64_image_built_on_amd64_through_its_emulator() {
     let err = fails("linux/sparc64", &ctx);
     assert!(
         err.contains("linux/sparc64") && err.contains("emulator"),
+        "{err}"
+    );
+}
+
+/// The cross-compiling pattern: a stage `FROM --platform=$BUILDPLATFORM`
+/// runs natively whatever the target (no emulator: the test removes it
+/// while it builds for arm64), sees the target in `$TARGETARCH`, and its
+/// steps that do not use the target are shared between the builds for two
+/// platforms (the second finds them in the cache).
+#[test]
+fn a_build_platform_stage_runs_natively_and_is_shared() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let _binfmt = BINFMT.lock().unwrap_or_else(|e| e.into_inner());
+    let t = tmp("platform-cross");
+    let ctx = t.0.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM --platform=$BUILDPLATFORM scratch AS build\n\
+         COPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\",\"--install\",\"-s\",\"/bin\"]\n\
+         RUN uname -m > /build-arch\n\
+         ARG TARGETARCH\n\
+         RUN echo \"for $TARGETARCH\" > /target\n\
+         FROM scratch\n\
+         COPY --from=build /build-arch /target /\n",
+    )
+    .unwrap();
+    let root = t.0.join("root");
+    let build = |platform: &str| {
+        let out = t.0.join(platform.replace('/', "_"));
+        let o = rbuild(
+            &root,
+            &[
+                "build",
+                "--progress=plain",
+                "--platform",
+                platform,
+                "-o",
+                &format!("type=local,dest={}", out.display()),
+                ctx.to_str().unwrap(),
+            ],
+        );
+        let err = ok(&o);
+        let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
+        (read("build-arch"), read("target"), err)
+    };
+    let (arch, target, _) = build("linux/amd64");
+    assert_eq!(
+        (arch.as_str(), target.as_str()),
+        ("x86_64\n", "for amd64\n")
+    );
+    // No arm64 emulator while the arm64 build runs: nothing in it needs one.
+    let handler = Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64");
+    if handler.exists() {
+        std::fs::write(handler, "-1").unwrap();
+    }
+    let (arch, target, err) = build("linux/arm64");
+    assert_eq!(
+        (arch.as_str(), target.as_str()),
+        ("x86_64\n", "for arm64\n")
+    );
+    assert!(!handler.exists(), "no emulator was registered");
+    // The build stage's steps up to the one that reads TARGETARCH came
+    // from the amd64 build: COPY, the busybox install, uname.
+    let cached = err.lines().filter(|l| l.ends_with(" CACHED")).count();
+    assert_eq!(cached, 3, "{err}");
+    assert!(
+        err.contains("RUN echo \"for $TARGETARCH\" > /target"),
         "{err}"
     );
 }
