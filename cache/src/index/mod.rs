@@ -8,8 +8,8 @@
 //! in a transaction. [`CacheIndex::lock_key`] takes an exclusive per-key
 //! file lock, so two builds computing the same step do the work once: the
 //! second waits, then finds the first's record. The stat cache is
-//! [`stat`]'s, the side tables (layer chains, conversions, step inputs,
-//! reusable files) [`side`]'s.
+//! `stat.rs`'s, the side tables (layer chains, conversions, step inputs,
+//! reusable files) `side.rs`'s.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
