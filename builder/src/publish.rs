@@ -45,8 +45,8 @@ pub fn pull_image(
 
 /// Where each blob of a local image was pulled from (`domain/path`), by
 /// digest.
-fn blob_sources(blobs: &BlobStore) -> HashMap<String, String> {
-    mount_sources(blobs, "")
+fn blob_sources(store: &Store) -> HashMap<String, String> {
+    mount_sources(store, "")
 }
 
 /// Fetches the layers of `layers` the store lacks from the repositories
@@ -54,10 +54,11 @@ fn blob_sources(blobs: &BlobStore) -> HashMap<String, String> {
 /// layers until a step or an output needs them).
 pub fn fetch_missing<'r>(
     registry: impl Fn() -> anyhow::Result<&'r Registry>,
-    blobs: &BlobStore,
+    store: &Store,
     layers: &[Descriptor],
     transfer: &Arc<dyn Transfer>,
 ) -> anyhow::Result<()> {
+    let blobs = &store.blobs;
     let missing: Vec<&Descriptor> = layers
         .iter()
         .filter(|d| !d.digest.parse().is_ok_and(|g| blobs.contains(&g)))
@@ -65,7 +66,7 @@ pub fn fetch_missing<'r>(
     if missing.is_empty() {
         return Ok(());
     }
-    let sources = blob_sources(blobs);
+    let sources = blob_sources(store);
     for d in missing {
         let Some(source) = sources.get(&d.digest) else {
             anyhow::bail!(
@@ -81,16 +82,19 @@ pub fn fetch_missing<'r>(
     Ok(())
 }
 
-/// Blobs of `domain`'s repositories that local images were pulled from, by
-/// digest: the pushes' cross-repository mount sources (every registry's,
-/// as `domain/path`, when `domain` is empty).
-pub fn mount_sources(blobs: &BlobStore, domain: &str) -> HashMap<String, String> {
+/// Blobs of `domain`'s repositories that local images were pulled from
+/// (or that were fetched from there without an image: imported cache
+/// layers), by digest: the pushes' cross-repository mount sources (every
+/// registry's, as `domain/path`, when `domain` is empty).
+pub fn mount_sources(store: &Store, domain: &str) -> HashMap<String, String> {
+    let blobs = &store.blobs;
     let mut out = HashMap::new();
     let prefix = if domain.is_empty() {
         String::new()
     } else {
         format!("{domain}/")
     };
+
     for img in images::list(blobs).unwrap_or_default() {
         let Some(repo) = img
             .manifest
@@ -116,6 +120,12 @@ pub fn mount_sources(blobs: &BlobStore, domain: &str) -> HashMap<String, String>
                 .or_insert_with(|| repo.to_string());
         }
     }
+    // Then blobs fetched without an image (imported cache layers).
+    for (digest, source) in store.index.blob_sources().unwrap_or_default() {
+        if let Some(repo) = source.strip_prefix(&prefix) {
+            out.entry(digest).or_insert_with(|| repo.to_string());
+        }
+    }
     out
 }
 
@@ -123,12 +133,12 @@ pub fn mount_sources(blobs: &BlobStore, domain: &str) -> HashMap<String, String>
 /// [`fetch_missing`]): before anything reads them all.
 pub fn fetch_image_layers<'r>(
     registry: impl Fn() -> anyhow::Result<&'r Registry>,
-    blobs: &BlobStore,
+    store: &Store,
     manifest: &Descriptor,
     transfer: &Arc<dyn Transfer>,
 ) -> anyhow::Result<()> {
-    let m: Manifest = serde_json::from_slice(&blobs.read(&manifest.digest.parse()?)?)?;
-    fetch_missing(registry, blobs, &m.layers, transfer)
+    let m: Manifest = serde_json::from_slice(&store.blobs.read(&manifest.digest.parse()?)?)?;
+    fetch_missing(registry, store, &m.layers, transfer)
 }
 
 /// Pushes the image `manifest` of the store as `target`, its layers
@@ -147,12 +157,12 @@ pub fn push_image(
     let reference = Reference::parse(target)
         .with_context(|| format!("pushing {target}"))?
         .with_default_tag();
-    fetch_image_layers(|| Ok(registry), &store.blobs, manifest, transfer)
+    fetch_image_layers(|| Ok(registry), store, manifest, transfer)
         .with_context(|| format!("pushing {reference}"))?;
     let converted = crate::export::converted_manifest(store, manifest, format)
         .with_context(|| format!("pushing {reference}"))?;
     let pushed = crate::export::with_media_types(&store.blobs, &converted, oci_media_types)?;
-    let mounts = mount_sources(&store.blobs, &reference.domain);
+    let mounts = mount_sources(store, &reference.domain);
     registry
         .push(&store.blobs, &pushed, &reference, &mounts, transfer)
         .with_context(|| format!("pushing {reference}"))?;

@@ -306,6 +306,29 @@ fn registry_cache_between_two_roots() {
         assert_eq!(gets, usize::from(in_image.contains(&digest)), "{digest}");
     }
 
+    // Pushed to the same registry, the imported layers are mounted from
+    // the cache's repository, not uploaded: only the config's bytes go up.
+    let pushed = format!("{}/pushed/app:1", reg.addr);
+    ok(&rbuild(&b, &["tag", "app:1", &pushed]));
+    ok(&rbuild(&b, &["push", &pushed]));
+    assert_eq!(
+        reg.requests("PATCH /v2/pushed/app/blobs/uploads/"),
+        1,
+        "{}",
+        reg.log()
+    );
+    assert_eq!(
+        reg.requests("POST /v2/pushed/app/blobs/uploads/?mount="),
+        in_image.len(),
+        "{}",
+        reg.log()
+    );
+    ok(&Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{pushed}"))
+        .output()
+        .unwrap());
+
     // A layer kept from the import that is corrupt in the local store by
     // the time a later build (without the import) needs its files: a
     // warning, and that build runs the step.

@@ -622,7 +622,7 @@ fn write_outputs(
                 // Base layers a cached build never unpacked.
                 crate::publish::fetch_image_layers(
                     || images.registry(),
-                    &store.blobs,
+                    store,
                     &built.manifest,
                     transfer,
                 )?;

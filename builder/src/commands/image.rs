@@ -111,7 +111,7 @@ pub fn save(
                 Ok(registry.get_or_init(|| r))
             }
         },
-        &store.blobs,
+        &store,
         &img.manifest,
         &(std::sync::Arc::new(crate::registry::transfer::Silent)
             as std::sync::Arc<dyn crate::registry::transfer::Transfer>),

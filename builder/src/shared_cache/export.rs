@@ -149,7 +149,7 @@ pub fn export(
                     &store.blobs,
                     &manifest,
                     &parsed,
-                    &crate::publish::mount_sources(&store.blobs, &parsed.domain),
+                    &crate::publish::mount_sources(store, &parsed.domain),
                     transfer,
                 )
                 .with_context(|| format!("--cache-to ref={reference}"))

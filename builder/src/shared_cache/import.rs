@@ -123,6 +123,16 @@ impl Imports {
         Ok(())
     }
 
+    /// The repository (`domain/path`) the layer of `key`'s record comes
+    /// from, when a registry holds it.
+    pub fn registry_source(&self, key: &str) -> Option<String> {
+        let (_, source) = self.records.get(key)?;
+        match &self.sources[*source] {
+            Source::Registry(r) => Some(format!("{}/{}", r.domain, r.path)),
+            Source::Layout(_) => None,
+        }
+    }
+
     /// Brings the layer of `key`'s record into `blobs` (verified).
     pub fn fetch_layer(
         &self,

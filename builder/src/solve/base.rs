@@ -73,7 +73,7 @@ impl LazyBase {
         let images = ctx.options.images;
         crate::publish::fetch_missing(
             || images.registry(),
-            &store.blobs,
+            store,
             &self.layers,
             &transfer_here(ctx),
         )

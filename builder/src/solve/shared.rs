@@ -182,6 +182,9 @@ pub(super) fn record_unmade_hits(ctx: &Ctx<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Brings the layer of imported record `key` into the store; a layer
+/// from a registry notes its repository there, so that a push to that
+/// registry mounts it rather than uploading it again.
 fn fetch_layer(ctx: &Ctx<'_>, key: &str) -> anyhow::Result<()> {
     let imports = ctx
         .options
@@ -192,7 +195,15 @@ fn fetch_layer(ctx: &Ctx<'_>, key: &str) -> anyhow::Result<()> {
         &ctx.store.blobs,
         ctx.options.images,
         &transfer_here(ctx),
-    )
+    )?;
+    if let (Some(source), Some((layer, _))) = (
+        imports.registry_source(key),
+        imports.get(key).and_then(|r| r.layer.as_ref()),
+    ) {
+        // Only a mount lost if it fails.
+        let _ = ctx.store.index.set_blob_source(&layer.digest, &source);
+    }
+    Ok(())
 }
 
 /// An imported cache hit that turned out unusable when its layer was

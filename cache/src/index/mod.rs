@@ -156,6 +156,13 @@ const MIGRATIONS: &[&str] = &[
         key TEXT NOT NULL,
         inputs TEXT NOT NULL
      );",
+    // 7: the repository (`domain/path`) a blob was fetched from when no
+    // image names it (a layer of an imported build cache): a push to the
+    // same registry mounts it from there instead of uploading it.
+    "CREATE TABLE blob_sources (
+        digest TEXT PRIMARY KEY,
+        source TEXT NOT NULL
+     );",
 ];
 
 /// Seconds a record's last-used time may lag behind its real last use:

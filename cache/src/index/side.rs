@@ -1,6 +1,7 @@
 //! The index's side tables: the snapshot of each layer chain, layer
 //! conversions (a layer compressed once per format), each step's latest
-//! key inputs (`rbuild explain`) and the files a copy can reuse.
+//! key inputs (`rbuild explain`), the files a copy can reuse, and the
+//! repositories blobs were fetched from.
 
 use rusqlite::{OptionalExtension, params};
 
@@ -184,5 +185,30 @@ impl CacheIndex {
             )
             .map(|_| ())
             .map_err(self.sql())
+    }
+
+    /// Notes that blob `digest` was fetched from repository `source`
+    /// (`domain/path`).
+    pub fn set_blob_source(&self, digest: &str, source: &str) -> Result<(), IndexError> {
+        self.conn()
+            .execute(
+                "INSERT INTO blob_sources (digest, source) VALUES (?1, ?2)
+                 ON CONFLICT(digest) DO UPDATE SET source = excluded.source",
+                params![digest, source],
+            )
+            .map(|_| ())
+            .map_err(self.sql())
+    }
+
+    /// Every blob's noted source: (digest, `domain/path`).
+    pub fn blob_sources(&self) -> Result<Vec<(String, String)>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT digest, source FROM blob_sources")
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.sql())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql())
     }
 }
