@@ -67,9 +67,12 @@ const STATUS_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 pub(crate) const LOG_CAP: usize = 2 << 20;
 
 fn now_rfc3339_nanos() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    rfc3339_nanos(std::time::SystemTime::now())
+}
+
+/// `t` in RFC 3339 with nanoseconds, as BuildKit's progress times are.
+fn rfc3339_nanos(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let base = rfc3339(d.as_secs() as i64);
     format!("{}.{:09}Z", base.trim_end_matches('Z'), d.subsec_nanos())
 }
@@ -292,12 +295,7 @@ impl Progress {
                 let stamp = now_rfc3339_nanos();
                 let started = std::time::SystemTime::now()
                     .checked_sub(now.duration_since(s.started))
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map(|d| {
-                        let base = rfc3339(d.as_secs() as i64);
-                        format!("{}.{:09}Z", base.trim_end_matches('Z'), d.subsec_nanos())
-                    })
-                    .unwrap_or_else(|| stamp.clone());
+                    .map_or_else(|| stamp.clone(), rfc3339_nanos);
                 let mut v = serde_json::json!({
                     "id": s.id, "vertex": vertex, "name": s.id,
                     "total": s.total, "current": s.current,
