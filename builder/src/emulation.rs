@@ -110,7 +110,12 @@ fn ensure_handler(platform: &Platform, name: &str, binfmt: &Path) -> anyhow::Res
     };
     let rule =
         registration(name, &text).with_context(|| format!("reading {}", description.display()))?;
-    std::fs::write(binfmt.join("register"), rule.as_bytes()).with_context(|| {
+    let registered = std::fs::write(binfmt.join("register"), rule.as_bytes());
+    // Another build may have registered it meanwhile (EEXIST).
+    if registered.is_err() && entry.exists() {
+        return Ok(());
+    }
+    registered.with_context(|| {
         format!(
             "RUN for {platform}: registering the emulator qemu-{name} (needs root): {}",
             hint(platform)
