@@ -566,7 +566,31 @@ pub fn export_local(store: &Store, snapshot: Option<&str>, dest: &str) -> anyhow
     if let Some(s) = snapshot {
         store.snapshots.materialize(s, &pending.tmp)?;
     }
+    // An ordinary user's files are the user's (root in its namespace), as
+    // BuildKit's client writes them; the image keeps the owners.
+    if crate::rootless::inside() {
+        own_all(&pending.tmp)?;
+    }
     pending.commit()
+}
+
+/// Every entry under `dir` owned by this process's root, modes kept (a
+/// change of owner clears set-id bits).
+fn own_all(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    for e in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = e?.path();
+        let meta = fs::symlink_metadata(&path)?;
+        std::os::unix::fs::lchown(&path, Some(0), Some(0))
+            .with_context(|| format!("changing the owner of {}", path.display()))?;
+        if meta.is_dir() {
+            own_all(&path)?;
+        }
+        if !meta.file_type().is_symlink() {
+            fs::set_permissions(&path, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        }
+    }
+    Ok(())
 }
 
 /// `type=tar`: the final filesystem as one tar.

@@ -29,6 +29,7 @@ pub mod publish;
 pub mod registry;
 pub mod remote;
 pub mod resolver;
+pub mod rootless;
 pub mod sandbox;
 pub mod secrets;
 pub mod shared_cache;

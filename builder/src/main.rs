@@ -3,8 +3,22 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    let args = with_build_default(std::env::args_os().collect());
+    // An ordinary user's build runs in a user namespace of its own: this
+    // process starts it and waits (before any thread starts).
+    if needs_root_inside(&args) {
+        let state = builder::commands::store::state_root(None);
+        match builder::rootless::reexec(&args, state) {
+            Ok(Some(code)) => return ExitCode::from(code.clamp(0, 255) as u8),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("error: running as an ordinary user: {e:#}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     builder::interrupt::install();
-    let cli = builder::cli::Cli::parse_from(with_build_default(std::env::args_os().collect()));
+    let cli = builder::cli::Cli::parse_from(args);
     match builder::commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -40,6 +54,29 @@ fn with_build_default(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsStri
         args.insert(i, "build".into());
     }
     args
+}
+
+/// Whether the command works on images or the state (what an ordinary
+/// user's rbuild does inside its user namespace); the frontend's commands
+/// and the credential ones run as they are.
+fn needs_root_inside(args: &[std::ffi::OsString]) -> bool {
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].to_string_lossy();
+        if a == "--root" {
+            i += 2;
+            continue;
+        }
+        if a.starts_with('-') {
+            i += 1;
+            continue;
+        }
+        return !matches!(
+            a.as_ref(),
+            "debug" | "graph" | "check" | "login" | "logout" | "help"
+        );
+    }
+    false
 }
 
 /// A subcommand name clap knows (so the list never drifts from cli.rs).

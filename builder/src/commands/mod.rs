@@ -7,7 +7,7 @@ pub(crate) mod debug;
 mod graph;
 mod image;
 mod registry;
-pub(crate) mod store;
+pub mod store;
 
 use std::fmt::Write;
 

@@ -13,6 +13,10 @@ pub fn state_root(flag: Option<PathBuf>) -> PathBuf {
     if let Some(root) = flag {
         return root;
     }
+    // Inside the namespace an ordinary user's rbuild runs in, the user's.
+    if let Some(root) = std::env::var_os(crate::rootless::STATE_ROOT_ENV) {
+        return PathBuf::from(root);
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return PathBuf::from("/var/lib/rbuild");

@@ -243,10 +243,13 @@ enum Op {
     /// sysfs read-only or, where that is refused, the host's `/sys` bound
     /// read-only.
     Sysfs(Target),
-    /// A character device `name` in `dir`, mode 0666 whatever the umask.
+    /// A character device `name` in `dir`, mode 0666 whatever the umask;
+    /// where devices can't be made (in a user namespace: rootless), the
+    /// host's device `host` bound onto an empty file, as rootless runc does.
     Device {
         dir: Target,
         name: CString,
+        host: CString,
         major: u32,
         minor: u32,
     },
@@ -285,7 +288,9 @@ struct Plan {
     workdir_what: CString,
     /// Capabilities to drop from the bounding set.
     drop_caps: Vec<c_ulong>,
-    groups: Vec<libc::gid_t>,
+    /// The supplementary groups; None where the user namespace refuses
+    /// setgroups (an ordinary user's with only its own ids).
+    groups: Option<Vec<libc::gid_t>>,
     uid: libc::uid_t,
     gid: libc::gid_t,
     /// The capability set for root (none: keep what root has).
@@ -389,6 +394,7 @@ impl Plan {
                 op: Op::Device {
                     dir: Target::new(&dev, false)?,
                     name: c_str(name)?,
+                    host: c_str(&format!("/dev/{name}"))?,
                     major,
                     minor,
                 },
@@ -400,7 +406,13 @@ impl Plan {
             Some("devpts"),
             Some("devpts"),
             libc::MS_NOSUID | libc::MS_NOEXEC,
-            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+            // The tty group, where this user namespace has it (an ordinary
+            // user's without subordinate ids has only its own gid).
+            Some(if gid_mapped(5) {
+                "newinstance,ptmxmode=0666,mode=0620,gid=5"
+            } else {
+                "newinstance,ptmxmode=0666,mode=0620"
+            }),
             false,
         )?);
         steps.push(mount(
@@ -546,7 +558,7 @@ impl Plan {
             workdir: Target::new(&inside(cwd), false)?,
             workdir_what: what(format!("entering the working directory {cwd}"))?,
             drop_caps,
-            groups: spec.additional_gids.clone(),
+            groups: setgroups_allowed().then(|| spec.additional_gids.clone()),
             uid: spec.uid,
             gid: spec.gid,
             caps,
@@ -849,6 +861,7 @@ unsafe fn apply(plan: &Plan, root: Root, step: &Step) {
             Op::Device {
                 dir,
                 name,
+                host,
                 major,
                 minor,
             } => {
@@ -858,10 +871,30 @@ unsafe fn apply(plan: &Plan, root: Root, step: &Step) {
                 }
                 let name = name.as_ptr();
                 let dev = libc::makedev(*major, *minor);
-                if libc::mknodat(dir, name, libc::S_IFCHR | 0o666, dev) < 0 {
+                if libc::mknodat(dir, name, libc::S_IFCHR | 0o666, dev) == 0 {
+                    libc::fchmodat(dir, name, 0o666, 0);
+                } else if *libc::__errno_location() == libc::EPERM {
+                    let file = libc::openat(
+                        dir,
+                        name,
+                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                        0o666,
+                    );
+                    if file < 0
+                        || mount_at(
+                            host.as_ptr(),
+                            file,
+                            std::ptr::null(),
+                            libc::MS_BIND,
+                            std::ptr::null(),
+                        ) < 0
+                    {
+                        failed(plan);
+                    }
+                    libc::close(file);
+                } else {
                     failed(plan);
                 }
-                libc::fchmodat(dir, name, 0o666, 0);
                 libc::close(dir);
             }
             Op::Symlink { dir, name, content } => {
@@ -1054,7 +1087,9 @@ unsafe fn drop_privileges(plan: &Plan) {
         for cap in &plan.drop_caps {
             libc::prctl(libc::PR_CAPBSET_DROP, *cap, 0, 0, 0);
         }
-        if libc::syscall(libc::SYS_setgroups, plan.groups.len(), plan.groups.as_ptr()) < 0 {
+        if let Some(groups) = &plan.groups
+            && libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) < 0
+        {
             fail(plan, c"setgroups", errno());
         }
         if libc::syscall(libc::SYS_setgid, plan.gid) < 0 {
@@ -1105,6 +1140,23 @@ unsafe fn set_caps(plan: &Plan, mask: u64) {
         // SAFETY: as fail.
         unsafe { fail(plan, c"capset", errno()) }
     }
+}
+
+/// Whether this process's user namespace allows setgroups (one made by
+/// an ordinary user without newgidmap has it denied).
+fn setgroups_allowed() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups").map_or(true, |s| s.trim() != "deny")
+}
+
+/// Whether group `gid` exists in this process's user namespace.
+fn gid_mapped(gid: u32) -> bool {
+    let Ok(map) = std::fs::read_to_string("/proc/self/gid_map") else {
+        return true;
+    };
+    map.lines().any(|l| {
+        let f: Vec<u64> = l.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        matches!(f.as_slice(), [inside, _, count] if (*inside..inside + count).contains(&u64::from(gid)))
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,190 @@
+//! An ordinary user's build: rbuild starts itself in a user namespace of
+//! its own (the user's subordinate ids mapped with newuidmap/newgidmap),
+//! RUN steps run there (devices bound from the host), owners other than
+//! the user's are kept in the layers, the image is the one root builds,
+//! the state is the user's and exported files belong to the user. Without
+//! subordinate ids the build works with a warning.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{is_root, rbuild, tmp};
+
+const DOCKERFILE: &str = "FROM scratch
+COPY busybox /bin/busybox
+RUN [\"/bin/busybox\",\"--install\",\"-s\",\"/bin\"]
+RUN mkdir -p /a && echo x > /a/f && echo y > /gone
+COPY --chown=1000:1000 Dockerfile /owned
+RUN rm /gone && chown 33:33 /a/f && ls -ln /a /owned > /ls
+";
+
+/// /etc/subuid and /etc/subgid are rewritten by one test at a time.
+static SUBIDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A user of the test's own, with subordinate ids unless `ranges` is false.
+fn user(name: &str, ranges: bool) -> u32 {
+    let _files = SUBIDS.lock().unwrap_or_else(|e| e.into_inner());
+    let exists = Command::new("id")
+        .arg(name)
+        .output()
+        .unwrap()
+        .status
+        .success();
+    if !exists {
+        let o = Command::new("useradd")
+            .args(["-m", "-s", "/bin/sh", name])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let mut lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{name}:")))
+            .collect();
+        let entry = format!("{name}:400000:65536");
+        if ranges {
+            lines.push(&entry);
+        }
+        std::fs::write(file, lines.join("\n") + "\n").unwrap();
+    }
+    let id = Command::new("id").args(["-u", name]).output().unwrap();
+    String::from_utf8_lossy(&id.stdout).trim().parse().unwrap()
+}
+
+/// `rbuild ARGS...` as `name`, with `home` as its home.
+fn as_user(name: &str, exe: &Path, home: &Path, args: &[&str]) -> Output {
+    Command::new("runuser")
+        .args(["-u", name, "--", "env"])
+        .arg(format!("HOME={}", home.display()))
+        .arg("XDG_DATA_HOME=")
+        .arg("SOURCE_DATE_EPOCH=1700000000")
+        .arg(exe)
+        .args(args)
+        .output()
+        .expect("runuser (util-linux) runs")
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// A directory the user owns, with the binary and a context in it.
+fn workspace(t: &Path, uid: u32) -> (std::path::PathBuf, std::path::PathBuf) {
+    let exe = t.join("rbuild");
+    std::fs::copy(env!("CARGO_BIN_EXE_rbuild"), &exe).unwrap();
+    let ctx = t.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), DOCKERFILE).unwrap();
+    std::fs::create_dir_all(t.join("home")).unwrap();
+    let o = Command::new("chown")
+        .args(["-R", &format!("{uid}:{uid}")])
+        .arg(t)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    (exe, ctx)
+}
+
+#[test]
+fn an_ordinary_user_builds_with_the_owners_kept() {
+    if !is_root() {
+        eprintln!("skipped: making the test's users needs root");
+        return;
+    }
+    let name = "rbuild-rootless";
+    let uid = user(name, true);
+    let t = tmp("rootless");
+    let (exe, ctx) = workspace(&t.0, uid);
+    let home = t.0.join("home");
+    let image = [
+        "build",
+        "-q",
+        "--output",
+        "type=image,name=rootless:1,rewrite-timestamp=true",
+        ctx.to_str().unwrap(),
+    ];
+    let id = ok(&as_user(name, &exe, &home, &image));
+    // The state is the user's own.
+    let db = home.join(".local/share/rbuild/index.db");
+    assert_eq!(std::fs::metadata(&db).unwrap().uid(), uid);
+    // Root builds the same image.
+    let o = Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .arg("--root")
+        .arg(t.0.join("root"))
+        .args(image)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert_eq!(ok(&o), id);
+
+    // The layers keep the owners (1000 from COPY --chown, 33 from chown);
+    // the exported files are the user's.
+    let out = t.0.join("out");
+    ok(&as_user(
+        name,
+        &exe,
+        &home,
+        &[
+            "build",
+            "-q",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    let ls = std::fs::read_to_string(out.join("ls")).unwrap();
+    assert!(ls.contains(" 1000     1000 "), "{ls}");
+    assert!(ls.contains(" 33       33 "), "{ls}");
+    for f in ["ls", "owned", "a/f", "bin/busybox"] {
+        assert_eq!(
+            std::fs::symlink_metadata(out.join(f)).unwrap().uid(),
+            uid,
+            "{f}"
+        );
+    }
+    assert!(!out.join("gone").exists());
+    let _ = rbuild(&t.0.join("root"), &["prune", "--all"]);
+}
+
+#[test]
+fn without_subordinate_ids_the_build_warns_and_works() {
+    if !is_root() {
+        eprintln!("skipped: making the test's users needs root");
+        return;
+    }
+    let name = "rbuild-single";
+    let uid = user(name, false);
+    let t = tmp("rootless-single");
+    let (exe, ctx) = workspace(&t.0, uid);
+    // Only the user's own ids exist in its namespace: no other owners.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\",\"--install\",\"-s\",\"/bin\"]\nRUN id -u > /uid\n",
+    )
+    .unwrap();
+    let out = t.0.join("out");
+    let o = as_user(
+        name,
+        &exe,
+        &t.0.join("home"),
+        &[
+            "build",
+            "-q",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("WARNING: no subordinate ids"), "{err}");
+    assert_eq!(std::fs::read_to_string(out.join("uid")).unwrap(), "0\n");
+    assert_eq!(std::fs::metadata(out.join("uid")).unwrap().uid(), uid);
+}
