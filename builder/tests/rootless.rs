@@ -150,6 +150,21 @@ fn an_ordinary_user_builds_with_the_owners_kept() {
         );
     }
     assert!(!out.join("gone").exists());
+    // What can't work for an ordinary user says so.
+    let o = as_user(
+        name,
+        &exe,
+        &home,
+        &[
+            "build",
+            "--allow",
+            "security.insecure",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("security.insecure needs root"), "{err}");
     let _ = rbuild(&t.0.join("root"), &["prune", "--all"]);
 }
 

@@ -108,6 +108,11 @@ fn flags(args: &BuildArgs) -> anyhow::Result<Flags> {
     {
         bail!("--allow {bad}: unknown entitlement (security.insecure, network.host)");
     }
+    if allow_insecure && crate::rootless::inside() {
+        bail!(
+            "--allow security.insecure needs root: an ordinary user's steps run in a user namespace, where they can't have the host's privileges"
+        );
+    }
     let mut labels = BTreeMap::new();
     for l in &args.labels {
         let Some((k, v)) = l.split_once('=') else {
