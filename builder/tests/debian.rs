@@ -302,3 +302,104 @@ fn buildpack_deps_curl_from_a_registry_base() {
     assert_eq!(app_layers.len(), base_layers.len() + 1);
     assert_eq!(app_layers[0], base_layers[0]);
 }
+
+/// An ordinary user builds the official recipe itself (its own store, in
+/// its user namespace) and installs a package with apt-get on it: `_apt`
+/// keeps its own files, a cache mount and a secret work, the secret is in
+/// no exported file, and skopeo reads the OCI archive the user exports.
+#[test]
+fn an_ordinary_user_installs_a_package_on_debian() {
+    if !is_root() {
+        eprintln!("skipped: making the test's user needs root");
+        return;
+    }
+    let rootfs = debootstrap();
+    let name = "rbuild-rootless";
+    let uid = common::users::user(name, true);
+    let t = tmp("debian-rootless");
+    let ctx = t.0.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(ctx.join("rootfs.tar"))
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nADD rootfs.tar /\n\
+         RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends hello >/dev/null \
+         && stat -c '%u %U' /var/cache/apt/archives/partial > /partial && hello > /hello\n\
+         RUN --mount=type=cache,target=/cache echo kept > /cache/x && cat /cache/x > /cached\n\
+         RUN --mount=type=secret,id=tok test \"$(cat /run/secrets/tok)\" = s3cret-value && echo ok > /secret\n",
+    )
+    .unwrap();
+    std::fs::write(t.0.join("tok"), "s3cret-value").unwrap();
+    let exe = common::users::hand_over(&t.0, uid);
+    let home = t.0.join("home");
+    let secret = format!("id=tok,src={}", t.0.join("tok").display());
+    let out = t.0.join("out");
+    let o = common::users::as_user(
+        name,
+        &exe,
+        &home,
+        &[
+            "build",
+            "-q",
+            "--secret",
+            &secret,
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
+    assert_eq!(read("partial"), "42 _apt\n");
+    assert_eq!(read("hello"), "Hello, world!\n");
+    assert_eq!(read("cached"), "kept\n");
+    assert_eq!(read("secret"), "ok\n");
+    let grep = Command::new("grep")
+        .args(["-r", "-l", "s3cret-value"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        grep.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&grep.stdout)
+    );
+
+    // An OCI archive of the image, read by skopeo.
+    let archive = t.0.join("image.tar");
+    let o = common::users::as_user(
+        name,
+        &exe,
+        &home,
+        &[
+            "build",
+            "-q",
+            "--secret",
+            &secret,
+            "-o",
+            &format!("type=oci,dest={}", archive.display()),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let inspect = Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci-archive:{}", archive.display()))
+        .output()
+        .unwrap();
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(v["Layers"].as_array().unwrap().len(), 4);
+}

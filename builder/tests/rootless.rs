@@ -11,6 +11,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::users::{as_user, hand_over, user};
 use common::{is_root, rbuild, tmp};
 
 const DOCKERFILE: &str = "FROM scratch
@@ -21,54 +22,6 @@ COPY --chown=1000:1000 Dockerfile /owned
 RUN rm /gone && chown 33:33 /a/f && ls -ln /a /owned > /ls
 ";
 
-/// /etc/subuid and /etc/subgid are rewritten by one test at a time.
-static SUBIDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// A user of the test's own, with subordinate ids unless `ranges` is false.
-fn user(name: &str, ranges: bool) -> u32 {
-    let _files = SUBIDS.lock().unwrap_or_else(|e| e.into_inner());
-    let exists = Command::new("id")
-        .arg(name)
-        .output()
-        .unwrap()
-        .status
-        .success();
-    if !exists {
-        let o = Command::new("useradd")
-            .args(["-m", "-s", "/bin/sh", name])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
-    for file in ["/etc/subuid", "/etc/subgid"] {
-        let text = std::fs::read_to_string(file).unwrap_or_default();
-        let mut lines: Vec<&str> = text
-            .lines()
-            .filter(|l| !l.starts_with(&format!("{name}:")))
-            .collect();
-        let entry = format!("{name}:400000:65536");
-        if ranges {
-            lines.push(&entry);
-        }
-        std::fs::write(file, lines.join("\n") + "\n").unwrap();
-    }
-    let id = Command::new("id").args(["-u", name]).output().unwrap();
-    String::from_utf8_lossy(&id.stdout).trim().parse().unwrap()
-}
-
-/// `rbuild ARGS...` as `name`, with `home` as its home.
-fn as_user(name: &str, exe: &Path, home: &Path, args: &[&str]) -> Output {
-    Command::new("runuser")
-        .args(["-u", name, "--", "env"])
-        .arg(format!("HOME={}", home.display()))
-        .arg("XDG_DATA_HOME=")
-        .arg("SOURCE_DATE_EPOCH=1700000000")
-        .arg(exe)
-        .args(args)
-        .output()
-        .expect("runuser (util-linux) runs")
-}
-
 fn ok(o: &Output) -> String {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).trim().to_string()
@@ -76,20 +29,11 @@ fn ok(o: &Output) -> String {
 
 /// A directory the user owns, with the binary and a context in it.
 fn workspace(t: &Path, uid: u32) -> (std::path::PathBuf, std::path::PathBuf) {
-    let exe = t.join("rbuild");
-    std::fs::copy(env!("CARGO_BIN_EXE_rbuild"), &exe).unwrap();
     let ctx = t.join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
     std::fs::write(ctx.join("Dockerfile"), DOCKERFILE).unwrap();
-    std::fs::create_dir_all(t.join("home")).unwrap();
-    let o = Command::new("chown")
-        .args(["-R", &format!("{uid}:{uid}")])
-        .arg(t)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    (exe, ctx)
+    (hand_over(t, uid), ctx)
 }
 
 #[test]

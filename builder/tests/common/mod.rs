@@ -112,3 +112,4 @@ pub fn build_into(root: &Path, ctx: &Path, out: &Path) -> std::process::Output {
 }
 pub mod git_http;
 pub mod sshd;
+pub mod users;

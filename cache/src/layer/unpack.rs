@@ -559,11 +559,17 @@ impl Unpacker {
                 let rc =
                     unsafe { libc::mknod(c.as_ptr(), fmt | mode, libc::makedev(major, minor)) };
                 if rc != 0 {
-                    return Err(LayerError::io(
-                        "creating",
-                        &dest,
-                        io::Error::last_os_error(),
-                    ));
+                    let err = io::Error::last_os_error();
+                    // In a user namespace no device can be made: left out,
+                    // as containerd's unpacker does there.
+                    if kind != EntryType::Fifo
+                        && err.raw_os_error() == Some(libc::EPERM)
+                        && crate::in_user_namespace()
+                    {
+                        self.stats.skipped_devices += 1;
+                        return Ok(());
+                    }
+                    return Err(LayerError::io("creating", &dest, err));
                 }
             }
             // PAX/GNU metadata records are consumed by the tar reader.

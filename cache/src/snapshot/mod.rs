@@ -245,7 +245,11 @@ impl Snapshotter {
     /// cleans what killed processes left (mounts, active snapshots). A new
     /// directory gets overlay when a test mount works here
     /// (`RBUILD_SNAPSHOTTER=copy` forces copies); the choice is kept in
-    /// `backend`, so later opens skip the test mount (~6 ms).
+    /// `backend`, so later opens skip the test mount (~6 ms). In a user
+    /// namespace (an ordinary user's rbuild) it is copies: overlayfs mounts
+    /// there, but renaming a directory of a lower layer fails with EXDEV
+    /// (`redirect_dir` is refused to unprivileged mounts), and dpkg
+    /// installing a package does just that.
     pub fn open(root: &Path) -> Result<Snapshotter, SnapshotError> {
         fs::create_dir_all(root).map_err(io_err("creating", root))?;
         let record = root.join("backend");
@@ -259,6 +263,7 @@ impl Snapshotter {
             Some(b) => b,
             None => {
                 let b = if std::env::var_os("RBUILD_SNAPSHOTTER").is_some_and(|v| v == "copy")
+                    || crate::in_user_namespace()
                     || !overlay_works(root)
                 {
                     Backend::Copy
