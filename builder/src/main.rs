@@ -31,52 +31,49 @@ fn main() -> ExitCode {
     }
 }
 
-/// `rbuild -t app:1 .` means `rbuild build -t app:1 .`: insert `build` when
-/// the first word after the global options is no subcommand.
-fn with_build_default(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+/// Where the words after rbuild's global options (`--root DIR`) start.
+fn after_global_options(args: &[std::ffi::OsString]) -> usize {
     let mut i = 1;
     while i < args.len() {
         let a = args[i].to_string_lossy();
         if a == "--root" {
             i += 2;
-            continue;
-        }
-        if a.starts_with("--root=") {
+        } else if a.starts_with("--root=") {
             i += 1;
-            continue;
+        } else {
+            break;
         }
-        if a == "-h" || a == "--help" || a == "-V" || a == "--version" || is_subcommand(&a) {
-            return args;
-        }
-        break;
     }
-    if i < args.len() {
-        args.insert(i, "build".into());
+    i
+}
+
+/// `rbuild -t app:1 .` means `rbuild build -t app:1 .`: insert `build` when
+/// the first word after the global options is no subcommand.
+fn with_build_default(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let i = after_global_options(&args);
+    let Some(a) = args.get(i).map(|a| a.to_string_lossy().into_owned()) else {
+        return args;
+    };
+    if a == "-h" || a == "--help" || a == "-V" || a == "--version" || is_subcommand(&a) {
+        return args;
     }
+    args.insert(i, "build".into());
     args
 }
 
 /// Whether the command works on images or the state (what an ordinary
-/// user's rbuild does inside its user namespace); the frontend's commands
-/// and the credential ones run as they are.
+/// user's rbuild does inside its user namespace); the frontend's commands,
+/// the credential ones and help run as they are.
 fn needs_root_inside(args: &[std::ffi::OsString]) -> bool {
-    let mut i = 1;
-    while i < args.len() {
-        let a = args[i].to_string_lossy();
-        if a == "--root" {
-            i += 2;
-            continue;
-        }
-        if a.starts_with('-') {
-            i += 1;
-            continue;
-        }
-        return !matches!(
-            a.as_ref(),
+    let Some(word) = args.get(after_global_options(args)) else {
+        return false;
+    };
+    let word = word.to_string_lossy();
+    !word.starts_with('-')
+        && !matches!(
+            word.as_ref(),
             "debug" | "graph" | "check" | "login" | "logout" | "help"
-        );
-    }
-    false
+        )
 }
 
 /// A subcommand name clap knows (so the list never drifts from cli.rs).

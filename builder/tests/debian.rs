@@ -341,22 +341,22 @@ fn an_ordinary_user_installs_a_package_on_debian() {
     let exe = common::users::hand_over(&t.0, uid);
     let home = t.0.join("home");
     let secret = format!("id=tok,src={}", t.0.join("tok").display());
-    let out = t.0.join("out");
-    let o = common::users::as_user(
-        name,
-        &exe,
-        &home,
-        &[
+    // The user's build with output `output`; it must succeed.
+    let build = |output: String| {
+        let args = [
             "build",
             "-q",
             "--secret",
             &secret,
             "-o",
-            &format!("type=local,dest={}", out.display()),
+            &output,
             ctx.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        ];
+        let o = common::users::as_user(name, &exe, &home, &args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let out = t.0.join("out");
+    build(format!("type=local,dest={}", out.display()));
     let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
     assert_eq!(read("partial"), "42 _apt\n");
     assert_eq!(read("hello"), "Hello, world!\n");
@@ -375,21 +375,7 @@ fn an_ordinary_user_installs_a_package_on_debian() {
 
     // An OCI archive of the image, read by skopeo.
     let archive = t.0.join("image.tar");
-    let o = common::users::as_user(
-        name,
-        &exe,
-        &home,
-        &[
-            "build",
-            "-q",
-            "--secret",
-            &secret,
-            "-o",
-            &format!("type=oci,dest={}", archive.display()),
-            ctx.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    build(format!("type=oci,dest={}", archive.display()));
     let inspect = Command::new("skopeo")
         .arg("inspect")
         .arg(format!("oci-archive:{}", archive.display()))
