@@ -120,20 +120,25 @@ fn debootstrap() -> PathBuf {
     dir.join("rootfs")
 }
 
+/// `rootfs` as a tar archive at `dest` (what the official recipe ADDs).
+fn tar(rootfs: &Path, dest: &Path) {
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(rootfs)
+        .arg("-cf")
+        .arg(dest)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
 /// `rootfs` as the official image's recipe builds it, tagged `name` in
 /// the state root `root`.
 fn build_debian(rootfs: &Path, dir: &Path, root: &Path, name: &str) {
     let ctx = dir.join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(rootfs)
-        .arg("-cf")
-        .arg(ctx.join("rootfs.tar"))
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    tar(rootfs, &ctx.join("rootfs.tar"));
     std::fs::write(
         ctx.join("Dockerfile"),
         "FROM scratch\nADD rootfs.tar /\nCMD [\"bash\"]\n",
@@ -319,15 +324,7 @@ fn an_ordinary_user_installs_a_package_on_debian() {
     let t = tmp("debian-rootless");
     let ctx = t.0.join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(ctx.join("rootfs.tar"))
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    tar(&rootfs, &ctx.join("rootfs.tar"));
     std::fs::write(
         ctx.join("Dockerfile"),
         "FROM scratch\nADD rootfs.tar /\n\
