@@ -373,6 +373,23 @@ fn an_ordinary_user_installs_a_package_on_debian() {
     // An OCI archive of the image, read by skopeo.
     let archive = t.0.join("image.tar");
     build(format!("type=oci,dest={}", archive.display()));
+    // And as an OCI layout directory, unpacked by umoci: _apt's directory
+    // is still _apt's in the image.
+    let layout = t.0.join("layout");
+    build(format!(
+        "type=oci,dest={},tar=false,name=deb:1",
+        layout.display()
+    ));
+    let unpacked = t.0.join("unpacked");
+    let u = Command::new("umoci")
+        .args(["raw", "unpack", "--image"])
+        .arg(format!("{}:1", layout.display()))
+        .arg(&unpacked)
+        .output()
+        .expect("umoci is installed (.ci/run)");
+    assert!(u.status.success(), "{}", String::from_utf8_lossy(&u.stderr));
+    let partial = std::fs::metadata(unpacked.join("var/cache/apt/archives/partial")).unwrap();
+    assert_eq!((partial.uid(), partial.mode() & 0o7777), (42, 0o700));
     let inspect = Command::new("skopeo")
         .arg("inspect")
         .arg(format!("oci-archive:{}", archive.display()))
