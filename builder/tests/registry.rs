@@ -921,14 +921,7 @@ fn credentials_from_a_credential_helper() {
 #[test]
 fn an_insecure_registry_skips_verification() {
     let t = tmp("reg-insecure");
-    let pki = Pki::new(&t.0.join("pki"));
-    let reg = Registry::start(
-        &t.0.join("reg"),
-        Options {
-            tls: Some(pki.issue("server")),
-            ..Options::default()
-        },
-    );
+    let (_pki, reg) = Registry::start_tls(&t.0);
     let root = t.0.join("root");
     build_base(&t.0, &root, "app:1");
     let name = format!("{}/app:1", reg.addr);
@@ -1128,14 +1121,7 @@ fn add_url_downloads_trust_certs_d_as_registries_do() {
         return;
     }
     let t = tmp("add-url-tls");
-    let pki = Pki::new(&t.0.join("pki"));
-    let reg = Registry::start(
-        &t.0.join("reg"),
-        Options {
-            tls: Some(pki.issue("server")),
-            ..Options::default()
-        },
-    );
+    let (pki, reg) = Registry::start_tls(&t.0);
     // A real HTTPS server with a test CA: the registry's /v2/ is `{}`.
     let ctx = context(
         &t.0,
@@ -1160,16 +1146,7 @@ fn add_url_downloads_trust_certs_d_as_registries_do() {
     .unwrap();
     settings(&root, &format!("certs_d = \"{}\"\n", certs_d.display()));
     let out = t.0.join("out");
-    ok(&rbuild(
-        &root,
-        &[
-            "build",
-            "-q",
-            "-o",
-            &format!("type=local,dest={}", out.display()),
-            ctx.to_str().unwrap(),
-        ],
-    ));
+    common::build_local(&root, &ctx, &out);
     assert_eq!(
         std::fs::read_to_string(out.join("api/v2")).unwrap().trim(),
         "{}"

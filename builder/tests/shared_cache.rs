@@ -188,16 +188,7 @@ fn local_cache_mode_max_and_min() {
     let du = String::from_utf8_lossy(&rbuild(&b, &["du"]).stdout).into_owned();
     assert!(!du.contains("Imported:"), "{du}");
     let out = t.0.join("out");
-    ok(&rbuild(
-        &b,
-        &[
-            "build",
-            "-q",
-            "-o",
-            &format!("type=local,dest={}", out.display()),
-            ctx.to_str().unwrap(),
-        ],
-    ));
+    common::build_local(&b, &ctx, &out);
     assert_eq!(
         std::fs::read_to_string(out.join("both")).unwrap(),
         "hello\nbuilt\n"

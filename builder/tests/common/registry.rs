@@ -40,6 +40,20 @@ pub fn free_port() -> u16 {
 }
 
 impl Registry {
+    /// Starts one serving HTTPS with a certificate of a new test CA (under
+    /// `dir/pki`), its state under `dir/reg`.
+    pub fn start_tls(dir: &Path) -> (Pki, Registry) {
+        let pki = Pki::new(&dir.join("pki"));
+        let reg = Registry::start(
+            &dir.join("reg"),
+            Options {
+                tls: Some(pki.issue("server")),
+                ..Options::default()
+            },
+        );
+        (pki, reg)
+    }
+
     /// Starts one with its state under `dir`.
     pub fn start(dir: &Path, options: Options) -> Registry {
         std::fs::create_dir_all(dir).unwrap();
