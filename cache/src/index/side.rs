@@ -81,14 +81,7 @@ impl CacheIndex {
 
     /// Every snapshot recorded for a chain id (GC roots while recorded).
     pub fn chain_snapshots(&self) -> Result<Vec<(String, String)>, IndexError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT chain_id, snapshot FROM layer_snapshots")
-            .map_err(self.sql())?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(self.sql())?;
-        rows.collect::<Result<_, _>>().map_err(self.sql())
+        self.pairs("SELECT chain_id, snapshot FROM layer_snapshots")
     }
 
     /// The key and key inputs (the caller's format) of the latest build of
@@ -202,10 +195,13 @@ impl CacheIndex {
 
     /// Every blob's noted source: (digest, `domain/path`).
     pub fn blob_sources(&self) -> Result<Vec<(String, String)>, IndexError> {
+        self.pairs("SELECT digest, source FROM blob_sources")
+    }
+
+    /// Every row of a two-column text query.
+    fn pairs(&self, sql: &str) -> Result<Vec<(String, String)>, IndexError> {
         let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached("SELECT digest, source FROM blob_sources")
-            .map_err(self.sql())?;
+        let mut stmt = conn.prepare_cached(sql).map_err(self.sql())?;
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(self.sql())?;
