@@ -65,7 +65,7 @@ pub(super) struct LazyBase {
 
 impl LazyBase {
     fn get(&self, ctx: &Ctx<'_>) -> anyhow::Result<Option<String>> {
-        let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
+        let mut made = lock(&self.made);
         if let Some(id) = &*made {
             return Ok(id.clone());
         }

@@ -65,7 +65,7 @@ pub(super) fn note_step(
         return Ok(());
     }
     // Which step made this key, for the steps that build on it.
-    let mut made = ctx.made_by.lock().unwrap_or_else(|e| e.into_inner());
+    let mut made = lock(&ctx.made_by);
     made.insert(key.as_str().to_string(), (id, hit));
     let outcome = if hit {
         Outcome::Hit
@@ -75,10 +75,7 @@ pub(super) fn note_step(
         if let Some((old_key, _)) = &earlier
             && old_key != key.as_str()
         {
-            ctx.earlier
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id, old_key.clone());
+            lock(&ctx.earlier).insert(id, old_key.clone());
         }
         let ran = |key: &str| made.get(key).filter(|(_, hit)| !hit).map(|(id, _)| *id);
         Outcome::Miss(match &earlier {
@@ -87,10 +84,7 @@ pub(super) fn note_step(
         })
     };
     drop(made);
-    ctx.explained
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((id, step.op.name.clone(), outcome));
+    lock(&ctx.explained).push((id, step.op.name.clone(), outcome));
     Ok(())
 }
 
@@ -102,13 +96,7 @@ pub(super) fn note_copy(ctx: &Ctx<'_>, id: usize, snapshot: &str) -> anyhow::Res
     if !ctx.options.explain {
         return Ok(());
     }
-    let Some(earlier) = ctx
-        .earlier
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&id)
-        .cloned()
-    else {
+    let Some(earlier) = lock(&ctx.earlier).get(&id).cloned() else {
         return Ok(());
     };
     let Some(before) = cache::index::CacheKey::new(&earlier)
@@ -129,7 +117,7 @@ pub(super) fn note_copy(ctx: &Ctx<'_>, id: usize, snapshot: &str) -> anyhow::Res
     if changed.is_empty() {
         return Ok(());
     }
-    let mut explained = ctx.explained.lock().unwrap_or_else(|e| e.into_inner());
+    let mut explained = lock(&ctx.explained);
     for (step_id, _, outcome) in explained.iter_mut() {
         if *step_id == id && *outcome == Outcome::Miss("source files changed".into()) {
             *outcome = Outcome::Miss(changed.clone());

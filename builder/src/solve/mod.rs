@@ -152,6 +152,12 @@ impl Done {
     }
 }
 
+/// `m` locked; a step that panicked while holding it leaves its data
+/// usable (counters, maps of results), so the poison is ignored.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// What every step of one build shares.
 struct Ctx<'a> {
     store: &'a Store,
@@ -214,10 +220,7 @@ pub fn build(
         else {
             return Err(e);
         };
-        let first = rejected
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(bad.key.clone());
+        let first = lock(&rejected).insert(bad.key.clone());
         if !first {
             return Err(e);
         }
@@ -289,12 +292,11 @@ fn build_once(
     fetch_imported_layers(&ctx, &layers)?;
     record_unmade_hits(&ctx)?;
     let (image_id, manifest) = crate::images::store(&store.blobs, &config, layers, &options.tags)?;
-    let explained = std::mem::take(&mut *ctx.explained.lock().unwrap_or_else(|e| e.into_inner()));
+    let explained = std::mem::take(&mut *lock(&ctx.explained));
     let (cache_records, cache_min) = export_records(&ctx, target)?;
-    let cache_mounts =
-        std::mem::take(&mut *ctx.cache_mounts.lock().unwrap_or_else(|e| e.into_inner()))
-            .into_iter()
-            .collect();
+    let cache_mounts = std::mem::take(&mut *lock(&ctx.cache_mounts))
+        .into_iter()
+        .collect();
     Ok(Built {
         explained,
         cache_records,

@@ -205,7 +205,7 @@ impl StepMounts {
                 path
             } else {
                 let path = {
-                    let mut fresh = ctx.fresh_caches.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut fresh = lock(&ctx.fresh_caches);
                     match fresh.get(&id) {
                         Some(dir) => dir.path.clone(),
                         None => {
@@ -251,10 +251,7 @@ impl StepMounts {
             )?;
             self.locks.extend(lock);
             if ctx.options.cache_export.is_some() {
-                ctx.cache_mounts
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id.clone(), dir.clone());
+                super::lock(&ctx.cache_mounts).insert(id.clone(), dir.clone());
             }
             dir
         };

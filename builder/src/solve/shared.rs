@@ -21,13 +21,10 @@ pub(super) fn saw(ctx: &Ctx<'_>, key: &cache::index::CacheKey, inputs: &str) {
     let parent = serde_json::from_str::<serde_json::Value>(inputs)
         .ok()
         .and_then(|v| v["parent"].as_str().map(str::to_string));
-    ctx.seen
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(Seen {
-            key: key.as_str().to_string(),
-            parent,
-        });
+    lock(&ctx.seen).push(Seen {
+        key: key.as_str().to_string(),
+        parent,
+    });
 }
 
 /// An imported cache's record of `key` as this step's outcome: nothing
@@ -260,10 +257,6 @@ pub(super) fn fetch_imported_layers(ctx: &Ctx<'_>, layers: &[Descriptor]) -> any
     })
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The records `--cache-to` exports: every step of the build with `max`
 /// (else none), and the keys of those `min` exports (the result's chain,
 /// also the only records gathered when no export asks for `max`); pending
@@ -275,7 +268,7 @@ pub(super) fn export_records(
     let Some(mode) = ctx.options.cache_export else {
         return Ok(Default::default());
     };
-    let seen = std::mem::take(&mut *ctx.seen.lock().unwrap_or_else(|e| e.into_inner()));
+    let seen = std::mem::take(&mut *lock(&ctx.seen));
     let parents: BTreeMap<&str, Option<&str>> = seen
         .iter()
         .map(|s| (s.key.as_str(), s.parent.as_deref()))
