@@ -68,9 +68,7 @@ pub fn materialize(
             resolved.keep_git_dir |= keep_git_dir;
             let checkout = dir.path.join("repo");
             std::fs::create_dir_all(&checkout)?;
-            crate::remote::git::checkout(&resolved, &checkout, &access)
-                .with_context(|| format!("build context {spec}"))?;
-            let root = crate::remote::git::subdir_of(&checkout, &resolved.subdir)
+            let root = crate::remote::git::checkout(&resolved, &checkout, &access)
                 .with_context(|| format!("build context {spec}"))?;
             return Ok(Materialized {
                 _dir: dir,

@@ -6,7 +6,7 @@
 //! checked out, mtimes of the checkout unless `?mtime=commit`. The `git`
 //! program runs with no user or system config and never prompts.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{Context, bail};
@@ -220,9 +220,9 @@ fn pick(listing: &str, wanted: &str) -> Option<String> {
         .or_else(|| find(wanted))
 }
 
-/// Checks `r` out into the empty directory `dir` (the whole repository;
-/// the caller copies `subdir`).
-pub fn checkout(r: &Resolved, dir: &Path, access: &Access) -> anyhow::Result<()> {
+/// Checks `r` out into the empty directory `dir` (the whole repository);
+/// returns its `subdir` (see [`subdir_of`]), what the caller copies.
+pub fn checkout(r: &Resolved, dir: &Path, access: &Access) -> anyhow::Result<PathBuf> {
     let what = |step: &str| format!("git {step} {}#{}", r.remote, r.commit);
     checked(git(Some(dir), &["init", "-q"])?, &what("init"))?;
     checked(
@@ -275,13 +275,13 @@ pub fn checkout(r: &Resolved, dir: &Path, access: &Access) -> anyhow::Result<()>
         std::fs::remove_dir_all(dir.join(".git"))
             .with_context(|| format!("removing {}", dir.join(".git").display()))?;
     }
-    Ok(())
+    subdir_of(dir, &r.subdir).with_context(|| format!("{}#{}", r.remote, r.commit))
 }
 
 /// The directory `subdir` of the checkout `root`: every component a real
 /// directory (BuildKit's validateDirsOnly), so that a symlink in the
 /// repository can't point the copy at the host's files.
-pub fn subdir_of(root: &Path, subdir: &str) -> anyhow::Result<std::path::PathBuf> {
+pub fn subdir_of(root: &Path, subdir: &str) -> anyhow::Result<PathBuf> {
     let mut dir = root.to_path_buf();
     for c in Path::new(subdir.trim_start_matches('/')).components() {
         match c {

@@ -156,9 +156,7 @@ impl Remote {
                     let dir = crate::tempdir::TempDir::new("add-git")?;
                     let access =
                         Access::for_remote(&r.remote, &ctx.options.secrets, &ctx.options.ssh);
-                    crate::remote::git::checkout(r, &dir.path, &access)?;
-                    let sub = crate::remote::git::subdir_of(&dir.path, &r.subdir)
-                        .with_context(|| format!("{}#{}", r.remote, r.commit))?;
+                    let sub = crate::remote::git::checkout(r, &dir.path, &access)?;
                     copy_tree(&sub, &[".".to_string()], false)?;
                 }
                 Part::Local(paths) => {
