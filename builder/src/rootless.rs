@@ -34,7 +34,8 @@ pub fn reexec(args: &[OsString], state_root: PathBuf) -> anyhow::Result<Option<i
     if uid == 0 || inside() {
         return Ok(None);
     }
-    let user = user_name(uid);
+    let user = crate::sandbox::user::name_of(std::path::Path::new("/"), uid)
+        .unwrap_or_else(|| uid.to_string());
     let subuid = subordinate("/etc/subuid", &user, uid);
     let subgid = subordinate("/etc/subgid", &user, uid);
     let mapped = subuid.is_some() && subgid.is_some() && which("newuidmap") && which("newgidmap");
@@ -182,19 +183,6 @@ fn subordinate(file: &str, user: &str, uid: u32) -> Option<Range> {
         }
         Some((first.trim().parse().ok()?, count.trim().parse().ok()?))
     })
-}
-
-/// The user's name from /etc/passwd (the uid as text when not there).
-fn user_name(uid: u32) -> String {
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
-            })
-        })
-        .unwrap_or_else(|| uid.to_string())
 }
 
 fn which(program: &str) -> bool {

@@ -25,6 +25,14 @@ struct PasswdEntry {
     home: String,
 }
 
+/// The name of user `uid` in `rootfs`'s `/etc/passwd`, if it has one.
+pub fn name_of(rootfs: &Path, uid: u32) -> Option<String> {
+    passwd(rootfs)
+        .into_iter()
+        .find(|e| e.uid == uid)
+        .map(|e| e.name)
+}
+
 fn passwd(rootfs: &Path) -> Vec<PasswdEntry> {
     let text = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
     text.lines()
