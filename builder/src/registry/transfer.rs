@@ -72,11 +72,7 @@ impl Transfer for Steps {
     }
 
     fn within(&self, step: usize) -> Option<std::sync::Arc<dyn Transfer>> {
-        Some(std::sync::Arc::new(InStep {
-            progress: self.progress.clone(),
-            step,
-            open: Mutex::default(),
-        }))
+        Some(InStep::shared(self.progress.clone(), step))
     }
 }
 
@@ -98,11 +94,7 @@ impl StepReport {
         own: bool,
     ) -> (StepReport, std::sync::Arc<dyn Transfer>) {
         let (id, started) = progress.start(name);
-        let transfer = std::sync::Arc::new(InStep {
-            progress: progress.clone(),
-            step: id,
-            open: Mutex::default(),
-        });
+        let transfer = InStep::shared(progress.clone(), id);
         let report = StepReport {
             progress,
             id,
@@ -154,6 +146,18 @@ pub struct InStep {
 }
 
 impl InStep {
+    /// Reports as statuses of step `step` of `progress`.
+    fn shared(
+        progress: std::sync::Arc<crate::progress::Progress>,
+        step: usize,
+    ) -> std::sync::Arc<dyn Transfer> {
+        std::sync::Arc::new(InStep {
+            progress,
+            step,
+            open: Mutex::default(),
+        })
+    }
+
     fn report(&self, digest: &str, current: u64, completed: bool) {
         let open = self.open.lock().expect("lock");
         let Some(&(started, total)) = open.get(digest) else {
