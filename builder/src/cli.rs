@@ -31,6 +31,10 @@ pub enum Command {
     Inspect {
         /// The image
         reference: String,
+        /// Show that platform's image of an index (default: the index
+        /// with its platforms)
+        #[arg(long, value_parser = parse_one_platform)]
+        platform: Option<frontend::stage::Platform>,
     },
     /// Give an image another name
     Tag {
@@ -61,6 +65,9 @@ pub enum Command {
     Pull {
         /// The image (`debian:bookworm`, `host:5000/app@sha256:...`)
         reference: String,
+        /// The platform whose image an index gives (default the host's)
+        #[arg(long, value_parser = parse_one_platform)]
+        platform: Option<frontend::stage::Platform>,
     },
     /// Push an image of the local store to its registry
     Push {
@@ -198,9 +205,10 @@ pub struct BuildGraphArgs {
     /// Named build context, repeatable
     #[arg(long = "build-context", value_name = "NAME=SRC")]
     pub build_contexts: Vec<String>,
-    /// Target platform (one; another architecture's RUN steps are emulated)
-    #[arg(long, value_parser = parse_platform)]
-    pub platform: Option<frontend::stage::Platform>,
+    /// Target platforms, comma-separated or repeated (another
+    /// architecture's RUN steps are emulated; several give an image index)
+    #[arg(long = "platform", value_parser = parse_platform, value_delimiter = ',')]
+    pub platforms: Vec<frontend::stage::Platform>,
 }
 
 /// `rbuild graph`
@@ -237,13 +245,32 @@ pub struct CheckArgs {
     pub context: PathBuf,
 }
 
-fn parse_platform(s: &str) -> Result<frontend::stage::Platform, String> {
+fn parse_one_platform(s: &str) -> Result<frontend::stage::Platform, String> {
     if s.contains(',') {
-        return Err(format!(
-            "building for several platforms at once ({s}) is not supported yet: build each with its own --platform"
-        ));
+        return Err(format!("{s}: one platform here"));
     }
     frontend::stage::Platform::parse(s)
+}
+
+fn parse_platform(s: &str) -> Result<frontend::stage::Platform, String> {
+    frontend::stage::Platform::parse(s)
+}
+
+impl BuildGraphArgs {
+    /// The platforms to build for, each once, in the order given (none:
+    /// the host's).
+    pub fn target_platforms(&self) -> Vec<frontend::stage::Platform> {
+        let mut out: Vec<frontend::stage::Platform> = Vec::new();
+        for p in &self.platforms {
+            if !out.contains(p) {
+                out.push(p.clone());
+            }
+        }
+        if out.is_empty() {
+            out.push(frontend::stage::Platform::host());
+        }
+        out
+    }
 }
 
 /// `rbuild du`

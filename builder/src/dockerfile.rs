@@ -129,14 +129,30 @@ pub fn read_source(context: &Path, args: &BuildGraphArgs) -> anyhow::Result<Sour
     Ok(Source { path, name, text })
 }
 
-/// The planner's options from the build flags.
+/// The planner's options from the build flags (for the first platform
+/// `--platform` names: [`Loaded::for_platform`] plans for the others).
 pub fn plan_options(args: &BuildGraphArgs) -> anyhow::Result<PlanOptions> {
     Ok(PlanOptions {
         target: args.target.clone(),
         build_args: build_args(&args.build_args)?,
         named_contexts: named_contexts(&args.build_contexts)?,
-        platform: args.platform.clone(),
+        platform: args.platforms.first().cloned(),
     })
+}
+
+impl Loaded {
+    /// The plan of the same file and flags for `platform`.
+    pub fn for_platform(
+        &self,
+        platform: &frontend::stage::Platform,
+    ) -> anyhow::Result<frontend::stage::Plan> {
+        let options = PlanOptions {
+            platform: Some(platform.clone()),
+            ..self.options.clone()
+        };
+        frontend::stage::plan(&self.dockerfile, &options)
+            .with_context(|| format!("planning {} for {platform}", self.path.display()))
+    }
 }
 
 /// Reads the Dockerfile ([`read_source`]) and plans it with the flags.

@@ -461,8 +461,70 @@ pub fn converted_layer(
     Ok(d)
 }
 
-/// `type=oci` and `type=docker`: the image as an archive (or layout dir),
-/// its layers in `format`.
+/// The image `top` (one image, or an index of images) with its layers in
+/// `format` and OCI or Docker media types, stored; an index keeps each
+/// entry's platform.
+pub fn converted_image(
+    store: &Store,
+    top: &Descriptor,
+    format: LayerFormat,
+    oci: bool,
+) -> anyhow::Result<Descriptor> {
+    let blobs = &store.blobs;
+    if !crate::images::is_index(&top.media_type) {
+        let converted = converted_manifest(store, top, format)?;
+        return with_media_types(blobs, &converted, oci);
+    }
+    let mut index: Index = serde_json::from_slice(&blobs.read(&top.digest.parse()?)?)?;
+    for entry in &mut index.manifests {
+        let converted = converted_manifest(store, entry, format)?;
+        let d = with_media_types(blobs, &converted, oci)?;
+        *entry = Descriptor {
+            platform: entry.platform.take(),
+            annotations: entry.annotations.take(),
+            ..d
+        };
+    }
+    let media_type = if oci {
+        media::OCI_INDEX
+    } else {
+        media::DOCKER_MANIFEST_LIST
+    };
+    index.media_type = Some(media_type.into());
+    let bytes = to_canonical_json(&index);
+    let digest = blobs.put_bytes(&bytes)?;
+    Ok(Descriptor::new(media_type, &digest, bytes.len() as u64))
+}
+
+/// The blobs of the image `top` in the order an archive lists them: the
+/// index (if it is one), then each manifest, its config and its layers,
+/// each once; with the manifests.
+fn image_blobs(
+    blobs: &BlobStore,
+    top: &Descriptor,
+) -> anyhow::Result<(Vec<String>, Vec<Manifest>)> {
+    let mut order = vec![top.digest.clone()];
+    let entries = if crate::images::is_index(&top.media_type) {
+        let index: Index = serde_json::from_slice(&blobs.read(&top.digest.parse()?)?)?;
+        order.extend(index.manifests.iter().map(|m| m.digest.clone()));
+        index.manifests
+    } else {
+        vec![top.clone()]
+    };
+    let mut manifests = Vec::new();
+    for e in &entries {
+        let m: Manifest = serde_json::from_slice(&blobs.read(&e.digest.parse()?)?)?;
+        order.push(m.config.digest.clone());
+        order.extend(m.layers.iter().map(|l| l.digest.clone()));
+        manifests.push(m);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    order.retain(|d| seen.insert(d.clone()));
+    Ok((order, manifests))
+}
+
+/// `type=oci` and `type=docker`: the image (or index) as an archive (or
+/// layout dir), its layers in `format`.
 pub fn export_image(
     store: &Store,
     manifest: &Descriptor,
@@ -472,9 +534,14 @@ pub fn export_image(
 ) -> anyhow::Result<()> {
     let blobs = &store.blobs;
     let docker = out.kind == OutputKind::Docker;
+    if docker && crate::images::is_index(&manifest.media_type) {
+        bail!(
+            "type=docker holds the image of one platform (docker load reads no index): build one --platform for it, or use type=oci"
+        );
+    }
     let oci = oci_media_types(out, format);
-    let manifest = &converted_manifest(store, manifest, format)?;
-    let (desc, m, manifest_bytes) = manifest_for(blobs, manifest, oci)?;
+    let desc = converted_image(store, manifest, format, oci)?;
+    let (order, manifests) = image_blobs(blobs, &desc)?;
     let index = index_for(&desc, names);
     let dest = out.dest.as_deref().expect("checked when parsing");
     if !out.tar {
@@ -483,14 +550,13 @@ pub fn export_image(
         }
         let pending = Pending::new(Path::new(dest));
         let layout = BlobStore::open(&pending.tmp)?;
-        for d in std::iter::once(&m.config.digest).chain(m.layers.iter().map(|l| &l.digest)) {
+        for d in &order {
             let digest = d.parse()?;
             layout.put(
                 blobs.open_verified(&digest)?,
                 Some((&digest, blobs.size(&digest)?)),
             )?;
         }
-        layout.put_bytes(&manifest_bytes)?;
         layout.update_index(|i| *i = index.clone())?;
         // The store's own bookkeeping is not part of an OCI layout.
         let _ = fs::remove_dir_all(pending.tmp.join("blobs/.tmp"));
@@ -516,20 +582,11 @@ pub fn export_image(
             &mut index_bytes.as_slice(),
             index_bytes.len() as u64,
         )?;
-        tar_entry(
-            &mut tar,
-            &format!("blobs/sha256/{}", desc.digest.trim_start_matches("sha256:")),
-            &mut manifest_bytes.as_slice(),
-            manifest_bytes.len() as u64,
-        )?;
-        blob_entry(&mut tar, blobs, &m.config.digest)?;
-        let mut seen = std::collections::BTreeSet::new();
-        for l in &m.layers {
-            if seen.insert(l.digest.clone()) {
-                blob_entry(&mut tar, blobs, &l.digest)?;
-            }
+        for d in &order {
+            blob_entry(&mut tar, blobs, d)?;
         }
         if docker {
+            let m = &manifests[0];
             // docker load's own index.
             let repo_tags: Vec<String> = names.iter().map(|n| docker_tag(n)).collect();
             let manifest_json = serde_json::json!([{
@@ -559,19 +616,38 @@ fn docker_tag(name: &str) -> String {
         .to_string()
 }
 
-/// `type=local`: the final filesystem as a directory.
-pub fn export_local(store: &Store, snapshot: Option<&str>, dest: &str) -> anyhow::Result<()> {
+/// `type=local`: the final filesystem as a directory; `files` holds each
+/// platform's snapshot and the directory it goes to (`""`: the top).
+pub fn export_local(
+    store: &Store,
+    files: &[(String, Option<String>)],
+    dest: &str,
+) -> anyhow::Result<()> {
     let pending = Pending::new(Path::new(dest));
     fs::create_dir_all(&pending.tmp)?;
-    if let Some(s) = snapshot {
-        store.snapshots.materialize(s, &pending.tmp)?;
-    }
+    materialize_all(store, files, &pending.tmp)?;
     // An ordinary user's files are the user's (root in its namespace), as
     // BuildKit's client writes them; the image keeps the owners.
     if crate::rootless::inside() {
         own_all(&pending.tmp)?;
     }
     pending.commit()
+}
+
+/// Each of `files` made under `dir` (in its subdirectory, if it names one).
+fn materialize_all(
+    store: &Store,
+    files: &[(String, Option<String>)],
+    dir: &Path,
+) -> anyhow::Result<()> {
+    for (sub, snapshot) in files {
+        let target = dir.join(sub);
+        fs::create_dir_all(&target)?;
+        if let Some(s) = snapshot {
+            store.snapshots.materialize(s, &target)?;
+        }
+    }
+    Ok(())
 }
 
 /// Every entry under `dir` owned by this process's root, modes kept (a
@@ -593,13 +669,16 @@ fn own_all(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `type=tar`: the final filesystem as one tar.
-pub fn export_tar(store: &Store, snapshot: Option<&str>, dest: &str) -> anyhow::Result<()> {
+/// `type=tar`: the final filesystem as one tar (each platform's in its
+/// directory, as [`export_local`]).
+pub fn export_tar(
+    store: &Store,
+    files: &[(String, Option<String>)],
+    dest: &str,
+) -> anyhow::Result<()> {
     // Removed when done, failed or interrupted.
     let scratch = crate::tempdir::TempDir::new("export")?;
-    if let Some(s) = snapshot {
-        store.snapshots.materialize(s, &scratch.path)?;
-    }
+    materialize_all(store, files, &scratch.path)?;
     to_file(dest, |w| {
         cache::layer::write_tree_tar(&scratch.path, w, None)?;
         Ok(())

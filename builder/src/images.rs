@@ -6,7 +6,8 @@
 use anyhow::{Context, bail};
 use cache::Digest;
 use cache::blob::BlobStore;
-use cache::spec::{Descriptor, ImageConfig, Manifest, media, to_canonical_json};
+use cache::spec::{Descriptor, ImageConfig, Index, Manifest, media, to_canonical_json};
+use frontend::stage::Platform;
 
 /// Annotation holding the tag.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -65,8 +66,112 @@ pub fn find(blobs: &BlobStore, reference: &str) -> anyhow::Result<Option<StoredI
     }))
 }
 
+/// Whether `media_type` is an index's (OCI's, or Docker's manifest list).
+pub fn is_index(media_type: &str) -> bool {
+    media_type == media::OCI_INDEX || media_type == media::DOCKER_MANIFEST_LIST
+}
+
+/// What a stored image holds for a platform.
+#[derive(Debug)]
+pub enum Selected {
+    /// The image for it: the stored one, or its index's entry.
+    Image(StoredImage),
+    /// Its index names an image for it that is not in the store.
+    NotLocal(Descriptor),
+    /// One image, for another platform.
+    Other(Platform),
+}
+
+/// The image `image` holds for `platform`: an index's entry for it, or a
+/// single image whose config is for it (or names no platform).
+pub fn select(
+    blobs: &BlobStore,
+    image: &StoredImage,
+    platform: &Platform,
+) -> anyhow::Result<Selected> {
+    if !is_index(&image.manifest.media_type) {
+        let (_, config) = read(blobs, image)?;
+        let p = &config.platform;
+        if p.os.is_empty() {
+            return Ok(Selected::Image(image.clone()));
+        }
+        let have = crate::platform::of_spec(p);
+        return Ok(match crate::platform::rank(&have, platform) {
+            Some(_) => Selected::Image(image.clone()),
+            None => Selected::Other(have),
+        });
+    }
+    let index = read_index(blobs, image)?;
+    let entry = crate::platform::choose(&index, platform)
+        .with_context(|| image.reference.clone())?
+        .clone();
+    if !blobs.contains(&entry.digest.parse()?) {
+        return Ok(Selected::NotLocal(entry));
+    }
+    Ok(Selected::Image(StoredImage {
+        reference: image.reference.clone(),
+        manifest: entry,
+    }))
+}
+
+/// The index `image` is, verified.
+pub fn read_index(blobs: &BlobStore, image: &StoredImage) -> anyhow::Result<Index> {
+    serde_json::from_slice(&blobs.read(&image.manifest.digest.parse()?)?)
+        .with_context(|| format!("reading the index of {}", image.reference))
+}
+
+/// The images `image` holds in the store, with their platforms from its
+/// index (none for a single image): itself, or its index's entries that
+/// are here.
+pub fn platform_images(
+    blobs: &BlobStore,
+    image: &StoredImage,
+) -> anyhow::Result<Vec<(Option<Platform>, StoredImage)>> {
+    if !is_index(&image.manifest.media_type) {
+        return Ok(vec![(None, image.clone())]);
+    }
+    let mut out = Vec::new();
+    for entry in read_index(blobs, image)?.manifests {
+        if is_index(&entry.media_type) || !blobs.contains(&entry.digest.parse()?) {
+            continue;
+        }
+        let platform = entry.platform.as_ref().map(crate::platform::of_spec);
+        out.push((
+            platform,
+            StoredImage {
+                reference: image.reference.clone(),
+                manifest: entry,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// The image `image` holds for `platform` in the store, or an error that
+/// says why there is none.
+pub fn for_platform(
+    blobs: &BlobStore,
+    image: &StoredImage,
+    platform: &Platform,
+) -> anyhow::Result<StoredImage> {
+    match select(blobs, image, platform)? {
+        Selected::Image(img) => Ok(img),
+        Selected::NotLocal(_) => bail!(
+            "{}: its image for {platform} is not in the local store (pull it with --platform {platform})",
+            image.reference
+        ),
+        Selected::Other(have) => bail!("{} is for {have}, not {platform}", image.reference),
+    }
+}
+
 /// Reads an image's manifest and config, verified.
 pub fn read(blobs: &BlobStore, image: &StoredImage) -> anyhow::Result<(Manifest, ImageConfig)> {
+    if is_index(&image.manifest.media_type) {
+        bail!(
+            "{} is an index of images for several platforms: choose one (--platform)",
+            image.reference
+        );
+    }
     let digest: Digest = image.manifest.digest.parse()?;
     let manifest: Manifest = serde_json::from_slice(&blobs.read(&digest)?)
         .with_context(|| format!("reading the manifest of {}", image.reference))?;
@@ -150,7 +255,8 @@ pub fn tag_manifest(blobs: &BlobStore, manifest: &Descriptor, tag: &str) -> anyh
 pub type Aliases = std::collections::BTreeMap<String, StoredImage>;
 
 /// Copies the image `PATH[:TAG|@DIGEST]` of an OCI layout into the store
-/// (digests verified) and returns it. A multi-platform index gives linux/amd64.
+/// (digests verified) and returns it: an index with the images of it the
+/// layout holds.
 pub fn import_oci_layout(blobs: &BlobStore, spec: &str) -> anyhow::Result<StoredImage> {
     let (path, selector) = if let Some((p, d)) = spec.rsplit_once('@') {
         (p, Some(("digest", d)))
@@ -166,7 +272,7 @@ pub fn import_oci_layout(blobs: &BlobStore, spec: &str) -> anyhow::Result<Stored
     let layout = BlobStore::open_existing(std::path::Path::new(path))
         .with_context(|| format!("opening the OCI layout {path}"))?;
     let index = layout.read_index()?;
-    let mut desc = match selector {
+    let desc = match selector {
         Some(("digest", d)) => index.manifests.iter().find(|m| m.digest == d).cloned(),
         Some((_, tag)) => index
             .manifests
@@ -189,24 +295,25 @@ pub fn import_oci_layout(blobs: &BlobStore, spec: &str) -> anyhow::Result<Stored
         }
         Ok(())
     };
-    if desc.media_type == media::OCI_INDEX || desc.media_type == media::DOCKER_MANIFEST_LIST {
+    // An index comes with the images of it the layout holds.
+    let manifests = if is_index(&desc.media_type) {
         copy(&desc)?;
-        let idx: cache::spec::Index = serde_json::from_slice(&blobs.read(&desc.digest.parse()?)?)?;
-        desc = idx
-            .manifests
+        let idx: Index = serde_json::from_slice(&blobs.read(&desc.digest.parse()?)?)?;
+        idx.manifests
             .into_iter()
-            .find(|m| {
-                m.platform
-                    .as_ref()
-                    .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
-            })
-            .ok_or_else(|| anyhow::anyhow!("{spec} has no linux/amd64 image"))?;
-    }
-    copy(&desc)?;
-    let manifest: Manifest = serde_json::from_slice(&blobs.read(&desc.digest.parse()?)?)?;
-    copy(&manifest.config)?;
-    for l in &manifest.layers {
-        copy(l)?;
+            .filter(|m| !is_index(&m.media_type))
+            .filter(|m| m.digest.parse().is_ok_and(|d| layout.contains(&d)))
+            .collect()
+    } else {
+        vec![desc.clone()]
+    };
+    for m in &manifests {
+        copy(m)?;
+        let manifest: Manifest = serde_json::from_slice(&blobs.read(&m.digest.parse()?)?)?;
+        copy(&manifest.config)?;
+        for l in &manifest.layers {
+            copy(l)?;
+        }
     }
     Ok(StoredImage {
         reference: spec.to_string(),

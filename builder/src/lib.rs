@@ -24,6 +24,7 @@ pub mod image;
 pub mod images;
 pub mod interrupt;
 pub mod mask;
+pub mod platform;
 pub mod progress;
 pub mod publish;
 pub mod registry;

@@ -9,19 +9,24 @@ use std::sync::Arc;
 use anyhow::Context;
 use cache::blob::BlobStore;
 use cache::gc::Store;
-use cache::spec::{Descriptor, Manifest};
+use cache::spec::{Descriptor, Index, Manifest};
+use frontend::stage::Platform;
 
 use crate::export::LayerFormat;
 use crate::images::{self, SOURCE, StoredImage};
 use crate::registry::transfer::Transfer;
 use crate::registry::{Reference, Registry};
 
-/// Pulls `reference` into `blobs` and tags it there under the name given
-/// (with `:latest` when it names no tag or digest).
+/// Pulls `reference`'s image for `platform` into `blobs` and tags it there
+/// under the name given (with `:latest` when it names no tag or digest):
+/// the index it came through when there is one (the images of other
+/// platforms join it when they are pulled), else the image. Returns what
+/// the tag names.
 pub fn pull_image(
     registry: &Registry,
     blobs: &BlobStore,
     reference: &str,
+    platform: &Platform,
     with_layers: bool,
     transfer: &Arc<dyn Transfer>,
 ) -> anyhow::Result<StoredImage> {
@@ -33,9 +38,9 @@ pub fn pull_image(
     };
     let parsed = given.with_default_tag();
     let pulled = registry
-        .pull(blobs, &parsed, with_layers, transfer)
+        .pull(blobs, &parsed, platform, with_layers, transfer)
         .with_context(|| format!("pulling {parsed}"))?;
-    let mut desc = pulled.manifest;
+    let mut desc = pulled.index.unwrap_or(pulled.manifest);
     desc.annotations = Some(BTreeMap::from([(SOURCE.to_string(), pulled.source)]));
     images::tag_manifest(blobs, &desc, &name)?;
     let mut image = images::find(blobs, &name)?.expect("just tagged");
@@ -53,7 +58,7 @@ fn blob_sources(store: &Store) -> HashMap<String, String> {
 /// their images were pulled from (a base image is pulled without its
 /// layers until a step or an output needs them).
 pub fn fetch_missing<'r>(
-    registry: impl Fn() -> anyhow::Result<&'r Registry>,
+    registry: &impl Fn() -> anyhow::Result<&'r Registry>,
     store: &Store,
     layers: &[Descriptor],
     transfer: &Arc<dyn Transfer>,
@@ -95,8 +100,8 @@ pub fn mount_sources(store: &Store, domain: &str) -> HashMap<String, String> {
         format!("{domain}/")
     };
 
-    for img in images::list(blobs).unwrap_or_default() {
-        let Some(repo) = img
+    for top in images::list(blobs).unwrap_or_default() {
+        let Some(repo) = top
             .manifest
             .annotations
             .as_ref()
@@ -105,19 +110,21 @@ pub fn mount_sources(store: &Store, domain: &str) -> HashMap<String, String> {
         else {
             continue;
         };
-        let Ok(digest) = img.manifest.digest.parse() else {
-            continue;
-        };
-        let Ok(m) = blobs
-            .read(&digest)
-            .map_err(anyhow::Error::from)
-            .and_then(|b| Ok(serde_json::from_slice::<Manifest>(&b)?))
-        else {
-            continue;
-        };
-        for l in m.layers.iter().chain([&m.config]) {
-            out.entry(l.digest.clone())
-                .or_insert_with(|| repo.to_string());
+        for (_, img) in images::platform_images(blobs, &top).unwrap_or_default() {
+            let Ok(digest) = img.manifest.digest.parse() else {
+                continue;
+            };
+            let Ok(m) = blobs
+                .read(&digest)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| Ok(serde_json::from_slice::<Manifest>(&b)?))
+            else {
+                continue;
+            };
+            for l in m.layers.iter().chain([&m.config]) {
+                out.entry(l.digest.clone())
+                    .or_insert_with(|| repo.to_string());
+            }
         }
     }
     // Then blobs fetched without an image (imported cache layers).
@@ -129,16 +136,37 @@ pub fn mount_sources(store: &Store, domain: &str) -> HashMap<String, String> {
     out
 }
 
-/// The layers of the image `manifest` the store lacks, fetched (see
-/// [`fetch_missing`]): before anything reads them all.
+/// The layers of the image `manifest` (or of each image of an index) the
+/// store lacks, fetched (see [`fetch_missing`]): before anything reads
+/// them all. An index's image that is not in the store is an error.
 pub fn fetch_image_layers<'r>(
     registry: impl Fn() -> anyhow::Result<&'r Registry>,
     store: &Store,
     manifest: &Descriptor,
     transfer: &Arc<dyn Transfer>,
 ) -> anyhow::Result<()> {
-    let m: Manifest = serde_json::from_slice(&store.blobs.read(&manifest.digest.parse()?)?)?;
-    fetch_missing(registry, store, &m.layers, transfer)
+    let read = |d: &Descriptor| -> anyhow::Result<Vec<u8>> {
+        let digest = d.digest.parse()?;
+        if !store.blobs.contains(&digest) {
+            let platform = d.platform.as_ref().map(crate::platform::of_spec);
+            anyhow::bail!(
+                "the image for {} of index {} is not in the local store (pull it with --platform)",
+                platform.map_or("an unnamed platform".to_string(), |p| p.to_string()),
+                manifest.digest
+            );
+        }
+        Ok(store.blobs.read(&digest)?)
+    };
+    let entries = if images::is_index(&manifest.media_type) {
+        serde_json::from_slice::<Index>(&read(manifest)?)?.manifests
+    } else {
+        vec![manifest.clone()]
+    };
+    for e in &entries {
+        let m: Manifest = serde_json::from_slice(&read(e)?)?;
+        fetch_missing(&registry, store, &m.layers, transfer)?;
+    }
+    Ok(())
 }
 
 /// Pushes the image `manifest` of the store as `target`, its layers
@@ -159,9 +187,8 @@ pub fn push_image(
         .with_default_tag();
     fetch_image_layers(|| Ok(registry), store, manifest, transfer)
         .with_context(|| format!("pushing {reference}"))?;
-    let converted = crate::export::converted_manifest(store, manifest, format)
+    let pushed = crate::export::converted_image(store, manifest, format, oci_media_types)
         .with_context(|| format!("pushing {reference}"))?;
-    let pushed = crate::export::with_media_types(&store.blobs, &converted, oci_media_types)?;
     let mounts = mount_sources(store, &reference.domain);
     registry
         .push(&store.blobs, &pushed, &reference, &mounts, transfer)

@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cache::blob::BlobStore;
 
-use crate::images::{self, Aliases, StoredImage};
+use anyhow::bail;
+use frontend::stage::Platform;
+
+use crate::images::{self, Aliases, Selected, StoredImage};
 use crate::publish::pull_image;
 use crate::registry::Registry;
 use crate::registry::hosts::Settings;
@@ -22,7 +25,7 @@ pub struct Resolver<'a> {
     /// Re-check every reference on its registry (`--pull`).
     always_pull: bool,
     registry: OnceLock<Registry>,
-    resolved: Mutex<HashMap<String, StoredImage>>,
+    resolved: Mutex<HashMap<(String, Platform), StoredImage>>,
     /// The first failure, for the caller of the infallible config lookup.
     failure: Mutex<Option<anyhow::Error>>,
     transfer: Arc<dyn Transfer>,
@@ -73,13 +76,22 @@ impl<'a> Resolver<'a> {
         Ok(self.registry.get_or_init(|| r))
     }
 
-    /// The image `reference` names: an alias, the local store's (unless
-    /// `--pull`), else pulled.
-    pub fn resolve(&self, reference: &str) -> anyhow::Result<StoredImage> {
+    /// The image `reference` names for `platform`: an alias's, the local
+    /// store's (unless `--pull`), else pulled. A tag of the store that
+    /// lacks the platform's image is pulled again from where it came from
+    /// (its index gains the image); a local image for another platform is
+    /// an error unless `platform` is the host's (a base image's platform is
+    /// a warning in BuildKit; as before, the image is used).
+    pub fn resolve(&self, reference: &str, platform: &Platform) -> anyhow::Result<StoredImage> {
         if let Some(img) = self.aliases.get(reference) {
-            return Ok(img.clone());
+            return match images::select(self.blobs, img, platform)? {
+                Selected::Image(img) => Ok(img),
+                Selected::Other(_) if *platform == Platform::host() => Ok(img.clone()),
+                _ => images::for_platform(self.blobs, img, platform),
+            };
         }
-        if let Some(img) = self.resolved.lock().expect("lock").get(reference) {
+        let key = (reference.to_string(), platform.clone());
+        if let Some(img) = self.resolved.lock().expect("lock").get(&key) {
             return Ok(img.clone());
         }
         let local = if self.always_pull {
@@ -87,21 +99,57 @@ impl<'a> Resolver<'a> {
         } else {
             images::find(self.blobs, reference)?
         };
-        let img = match local {
+        let from_registry = |top: Option<&StoredImage>| {
+            top.is_none_or(|t| {
+                t.manifest
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key(images::SOURCE))
+            })
+        };
+        let found = match &local {
+            Some(top) => match images::select(self.blobs, top, platform)? {
+                Selected::Image(img) => Some(img),
+                Selected::Other(have) if !from_registry(Some(top)) => {
+                    if *platform != Platform::host() {
+                        bail!(
+                            "the local image {reference} is for {have}, not {platform}: build or pull it for {platform}"
+                        );
+                    }
+                    Some(top.clone())
+                }
+                Selected::NotLocal(_) | Selected::Other(_) => None,
+            },
+            None => None,
+        };
+        let img = match found {
             Some(img) => img,
             // Manifest and config now; layers when a step needs the files.
-            None => pull_image(
-                self.registry()?,
-                self.blobs,
-                reference,
-                false,
-                &self.transfer,
-            )?,
+            None => {
+                let top = pull_image(
+                    self.registry()?,
+                    self.blobs,
+                    reference,
+                    platform,
+                    false,
+                    &self.transfer,
+                )?;
+                match images::select(self.blobs, &top, platform)? {
+                    Selected::Image(img) => img,
+                    // A registry's single image for another platform: used
+                    // for the host's, as BuildKit does (with a warning there).
+                    Selected::Other(_) if *platform == Platform::host() => top,
+                    Selected::Other(have) => {
+                        bail!("{reference} is an image for {have} only (no index with {platform})")
+                    }
+                    Selected::NotLocal(d) => bail!(
+                        "{reference}: its image for {platform} ({}) was not stored",
+                        d.digest
+                    ),
+                }
+            }
         };
-        self.resolved
-            .lock()
-            .expect("lock")
-            .insert(reference.to_string(), img.clone());
+        self.resolved.lock().expect("lock").insert(key, img.clone());
         Ok(img)
     }
 
@@ -112,9 +160,9 @@ impl<'a> Resolver<'a> {
 }
 
 impl frontend::graph::ImageConfigs for Resolver<'_> {
-    fn config(&self, reference: &str) -> Option<frontend::graph::BaseConfig> {
+    fn config(&self, reference: &str, platform: &Platform) -> Option<frontend::graph::BaseConfig> {
         let read = self
-            .resolve(reference)
+            .resolve(reference, platform)
             .and_then(|img| images::read(self.blobs, &img));
         match read {
             Ok((_, cfg)) => Some(base_config(cfg)),

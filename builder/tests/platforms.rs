@@ -265,3 +265,370 @@ fn a_build_platform_stage_runs_natively_and_is_shared() {
         "{err}"
     );
 }
+
+/// A Dockerfile whose image holds the busybox of its target platform and
+/// what `uname -m` says there (`/arch`): each platform's RUN steps run for
+/// it (arm64's through QEMU).
+fn arch_context(dir: &Path) -> PathBuf {
+    let ctx = dir.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy(busybox_arm64(), ctx.join("busybox-arm64")).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox-amd64")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nARG TARGETARCH\nCOPY busybox-$TARGETARCH /bin/busybox\n\
+         RUN [\"/bin/busybox\",\"--install\",\"-s\",\"/bin\"]\n\
+         RUN uname -m > /arch && echo $TARGETARCH > /targetarch\n",
+    )
+    .unwrap();
+    ctx
+}
+
+fn skopeo(args: &[&str]) -> String {
+    let o = Command::new("skopeo").args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "skopeo {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The architectures of an index's entries, in order.
+fn index_arches(index: &serde_json::Value) -> Vec<String> {
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `--platform linux/amd64,linux/arm64`: one build gives an image index
+/// (in the store, an OCI archive and layout read by skopeo and umoci, one
+/// directory per platform in a files output); `FROM` it resolves each
+/// platform's image; docker's archive is refused; pushed to a registry,
+/// the index is pulled back per platform, and a build for both platforms
+/// on an empty root takes each platform's image from the registry's index.
+#[test]
+fn two_platforms_in_one_build_give_an_index() {
+    if !is_root() {
+        eprintln!("skipped: building (and registering an emulator) needs root");
+        return;
+    }
+    let _binfmt = BINFMT.lock().unwrap_or_else(|e| e.into_inner());
+    let t = tmp("platform-multi");
+    let ctx = arch_context(&t.0);
+    let root = t.0.join("root");
+    let (files, archive, layout) = (t.0.join("files"), t.0.join("multi.tar"), t.0.join("layout"));
+    let meta = t.0.join("meta.json");
+    let err = ok(&rbuild(
+        &root,
+        &[
+            "build",
+            "--progress=plain",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            "multi:1",
+            "--metadata-file",
+            meta.to_str().unwrap(),
+            "-o",
+            &format!("type=local,dest={}", files.display()),
+            "-o",
+            &format!("type=oci,dest={}", archive.display()),
+            "-o",
+            &format!("type=oci,tar=false,dest={}", layout.display()),
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    // Steps are named with their platform, as BuildKit names them.
+    assert!(
+        err.contains("[linux/amd64 2/3] RUN [\"/bin/busybox\"")
+            && err.contains("[linux/arm64 3/3] RUN uname -m"),
+        "{err}"
+    );
+    let read = |p: &str| std::fs::read_to_string(files.join(p)).unwrap();
+    assert_eq!(read("linux_amd64/arch"), "x86_64\n");
+    assert_eq!(read("linux_arm64/arch"), "aarch64\n");
+    assert_eq!(read("linux_arm64/targetarch"), "arm64\n");
+
+    // The store: one tag, an index of both.
+    let images = String::from_utf8_lossy(&rbuild(&root, &["images"]).stdout).into_owned();
+    let line = images.lines().find(|l| l.starts_with("multi:1")).unwrap();
+    assert!(line.ends_with("linux/amd64,linux/arm64"), "{images}");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+    let whole: serde_json::Value =
+        serde_json::from_slice(&rbuild(&root, &["inspect", "multi:1"]).stdout).unwrap();
+    assert_eq!(meta["containerimage.digest"], whole["Digest"]);
+    assert_eq!(
+        meta["containerimage.descriptor"]["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    let arm: serde_json::Value = serde_json::from_slice(
+        &rbuild(&root, &["inspect", "--platform", "linux/arm64", "multi:1"]).stdout,
+    )
+    .unwrap();
+    assert_eq!(arm["Config"]["architecture"], "arm64");
+
+    // Real readers: skopeo reads the archive's index and each platform's
+    // image; umoci unpacks the layout's arm64 image.
+    let arc = format!("oci-archive:{}", archive.display());
+    let raw: serde_json::Value =
+        serde_json::from_str(&skopeo(&["inspect", "--raw", &arc])).unwrap();
+    assert_eq!(index_arches(&raw), ["amd64", "arm64"]);
+    let arm: serde_json::Value =
+        serde_json::from_str(&skopeo(&["--override-arch", "arm64", "inspect", &arc])).unwrap();
+    assert_eq!(arm["Architecture"], "arm64");
+    let amd: serde_json::Value = serde_json::from_str(&skopeo(&["inspect", &arc])).unwrap();
+    assert_eq!(amd["Architecture"], "amd64");
+    let dir_layout = t.0.join("arm-layout");
+    skopeo(&[
+        "--override-arch",
+        "arm64",
+        "copy",
+        &format!("oci:{}:1", layout.display()),
+        &format!("oci:{}:arm", dir_layout.display()),
+    ]);
+    let bundle = t.0.join("bundle");
+    let o = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:arm", dir_layout.display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("rootfs/arch")).unwrap(),
+        "aarch64\n"
+    );
+
+    // FROM the index: each platform's build starts from its own image.
+    let child = t.0.join("child");
+    std::fs::create_dir_all(&child).unwrap();
+    std::fs::write(
+        child.join("Dockerfile"),
+        "FROM multi:1\nRUN cat /arch > /again\n",
+    )
+    .unwrap();
+    let out = t.0.join("child-files");
+    ok(&rbuild(
+        &root,
+        &[
+            "build",
+            "-q",
+            "--platform",
+            "linux/arm64,linux/amd64",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            child.to_str().unwrap(),
+        ],
+    ));
+    let again = |p: &str| std::fs::read_to_string(out.join(p).join("again")).unwrap();
+    assert_eq!(
+        (again("linux_arm64"), again("linux_amd64")),
+        ("aarch64\n".into(), "x86_64\n".into())
+    );
+
+    // docker's archive holds one platform's image.
+    let o = rbuild(
+        &root,
+        &[
+            "build",
+            "-q",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-o",
+            &format!("type=docker,dest={}", t.0.join("d.tar").display()),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("type=docker") && err.contains("one platform"),
+        "{err}"
+    );
+    assert!(!t.0.join("d.tar").exists());
+    // With Docker's media types: a manifest list of Docker manifests.
+    let listed = t.0.join("list.tar");
+    ok(&rbuild(
+        &root,
+        &[
+            "build",
+            "-q",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-o",
+            &format!("type=oci,dest={},oci-mediatypes=false", listed.display()),
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    let raw: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--raw",
+        &format!("oci-archive:{}", listed.display()),
+    ]))
+    .unwrap();
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+    assert_eq!(index_arches(&raw), ["amd64", "arm64"]);
+    assert_eq!(
+        raw["manifests"][1]["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+
+    // Pushed: the registry has the index; pulled back one platform at a
+    // time; a build for both on an empty root resolves each from it.
+    let reg = common::registry::Registry::start(&t.0.join("reg"), Default::default());
+    let name = format!("{}/multi/app:1", reg.addr);
+    ok(&rbuild(
+        &root,
+        &[
+            "build",
+            "-q",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            &name,
+            "--push",
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    let raw: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{name}"),
+    ]))
+    .unwrap();
+    assert_eq!(index_arches(&raw), ["amd64", "arm64"]);
+    let fresh = t.0.join("fresh");
+    ok(&rbuild(
+        &fresh,
+        &["pull", "--platform", "linux/arm64", &name],
+    ));
+    let whole: serde_json::Value =
+        serde_json::from_slice(&rbuild(&fresh, &["inspect", &name]).stdout).unwrap();
+    let local: Vec<(String, bool)> = whole["Platforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["Platform"].as_str().unwrap().to_string(),
+                p["Local"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        local,
+        [
+            ("linux/amd64".to_string(), false),
+            ("linux/arm64".to_string(), true)
+        ]
+    );
+    ok(&rbuild(&fresh, &["pull", &name]));
+    let amd: serde_json::Value = serde_json::from_slice(
+        &rbuild(&fresh, &["inspect", "--platform", "linux/amd64", &name]).stdout,
+    )
+    .unwrap();
+    assert_eq!(amd["Config"]["architecture"], "amd64");
+
+    let empty = t.0.join("empty");
+    std::fs::write(
+        child.join("Dockerfile"),
+        format!("FROM {name}\nRUN cat /arch > /again\n"),
+    )
+    .unwrap();
+    let out = t.0.join("from-registry");
+    ok(&rbuild(
+        &empty,
+        &[
+            "build",
+            "-q",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            child.to_str().unwrap(),
+        ],
+    ));
+    let again = |p: &str| std::fs::read_to_string(out.join(p).join("again")).unwrap();
+    assert_eq!(
+        (again("linux_arm64"), again("linux_amd64")),
+        ("aarch64\n".into(), "x86_64\n".into())
+    );
+}
+
+/// The cross-compiling pattern in one build for two platforms: the
+/// `FROM --platform=$BUILDPLATFORM` stage's steps that do not read the
+/// target run once (the arm64 build finds them in the cache), the step
+/// that reads it runs for each, and nothing needs an emulator.
+#[test]
+fn a_build_platform_stage_runs_once_for_two_platforms() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let _binfmt = BINFMT.lock().unwrap_or_else(|e| e.into_inner());
+    let t = tmp("platform-cross-multi");
+    let ctx = t.0.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM --platform=$BUILDPLATFORM scratch AS build\n\
+         COPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\",\"--install\",\"-s\",\"/bin\"]\n\
+         RUN uname -m > /build-arch\n\
+         ARG TARGETARCH\n\
+         RUN echo \"for $TARGETARCH\" > /target\n\
+         FROM scratch\n\
+         COPY --from=build /build-arch /target /\n",
+    )
+    .unwrap();
+    let handler = Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64");
+    if handler.exists() {
+        std::fs::write(handler, "-1").unwrap();
+    }
+    let out = t.0.join("out");
+    let err = ok(&rbuild(
+        &t.0.join("root"),
+        &[
+            "build",
+            "--progress=plain",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    assert!(!handler.exists(), "no emulator was registered");
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
+    assert_eq!(read("linux_amd64/target"), "for amd64\n");
+    assert_eq!(read("linux_arm64/target"), "for arm64\n");
+    assert_eq!(read("linux_arm64/build-arch"), "x86_64\n");
+    // The build stage is named for the platform it runs on and the one it
+    // builds for; its three target-free steps ran once.
+    assert!(
+        err.contains("[linux/amd64->arm64 build 4/4] RUN echo"),
+        "{err}"
+    );
+    let cached: Vec<&str> = err.lines().filter(|l| l.ends_with(" CACHED")).collect();
+    assert_eq!(cached.len(), 3, "{err}");
+    let runs = err
+        .lines()
+        .filter(|l| l.contains("RUN echo \"for $TARGETARCH\"") && !l.contains("CACHED"))
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|w| w.starts_with('['))
+        })
+        .count();
+    assert_eq!(runs, 2, "{err}");
+}

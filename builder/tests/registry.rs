@@ -564,7 +564,7 @@ fn a_mirror_serves_docker_hub_names() {
 }
 
 #[test]
-fn an_index_resolves_to_linux_amd64_and_blobs_mount_across_repositories() {
+fn an_index_is_kept_resolves_to_linux_amd64_and_blobs_mount_across_repositories() {
     let t = tmp("reg-index");
     let reg = Registry::start(&t.0.join("reg"), Options::default());
     let root = t.0.join("root");
@@ -647,9 +647,22 @@ fn an_index_resolves_to_linux_amd64_and_blobs_mount_across_repositories() {
     ]));
     let fresh = t.0.join("fresh");
     ok(&rbuild(&fresh, &["pull", &multi]));
-    let inspect: serde_json::Value =
-        serde_json::from_str(&ok(&rbuild(&fresh, &["inspect", &multi]))).unwrap();
-    assert_eq!(inspect["Digest"], amd64_digest.as_str());
+    // The tag keeps the index; its linux/amd64 image is the one pulled.
+    let inspect = |args: &[&str]| -> serde_json::Value {
+        serde_json::from_str(&ok(&rbuild(&fresh, args))).unwrap()
+    };
+    let whole = inspect(&["inspect", &multi]);
+    assert_eq!(whole["Digest"], index_digest.as_str());
+    let platforms: Vec<&str> = whole["Platforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["Platform"].as_str().unwrap())
+        .collect();
+    assert_eq!(platforms, ["linux/arm64", "linux/amd64"]);
+    let one = inspect(&["inspect", "--platform", "linux/amd64", &multi]);
+    assert_eq!(one["Digest"], amd64_digest.as_str());
+    assert!(ok(&rbuild(&fresh, &["images"])).contains("linux/amd64"));
     // By digest too.
     let by_digest = format!("{}/multi/app@{index_digest}", reg.addr);
     ok(&rbuild(&fresh, &["pull", &by_digest]));

@@ -46,15 +46,15 @@ pub struct BaseConfig {
 /// Looks up image configs for FROM lines; the builder backs it with its
 /// image store. Without one, images are assumed to bring nothing.
 pub trait ImageConfigs {
-    /// The config of `reference`, if known.
-    fn config(&self, reference: &str) -> Option<BaseConfig>;
+    /// The config of `reference`'s image for `platform`, if known.
+    fn config(&self, reference: &str, platform: &crate::stage::Platform) -> Option<BaseConfig>;
 }
 
 /// No image store: every image is empty.
 pub struct NoImages;
 
 impl ImageConfigs for NoImages {
-    fn config(&self, _: &str) -> Option<BaseConfig> {
+    fn config(&self, _: &str, _: &crate::stage::Platform) -> Option<BaseConfig> {
         None
     }
 }
@@ -521,7 +521,9 @@ impl Compiler<'_> {
             Base::Image(reference) => {
                 let platform = stage.platform.as_ref().map(|p| p.to_string());
                 let n = self.image_node(reference, platform);
-                let cfg = images.config(reference).unwrap_or_default();
+                let cfg = images
+                    .config(reference, &self.plan.stage_platform(index))
+                    .unwrap_or_default();
                 (
                     n,
                     StageEnv::new(&cfg.env, &cfg.workdir),
@@ -922,6 +924,44 @@ impl EnvList {
 }
 
 impl BuildGraph {
+    /// Names each step as BuildKit does in a build for several platforms:
+    /// with the platform its stage is for, and the target's after `->`
+    /// when they differ (`[linux/arm64 build 2/4] RUN make`, `[linux/amd64->arm64
+    /// tools 1/2] COPY`, `[linux/arm64 internal] load metadata for ...`).
+    pub fn name_platform(&mut self) {
+        let target = self.platform.clone();
+        for op in self.graph.node_weights_mut() {
+            let platform = match (&op.kind, op.stage) {
+                (
+                    OpKind::Image {
+                        platform: Some(p), ..
+                    },
+                    _,
+                ) => crate::stage::Platform::parse(p).unwrap_or_else(|_| target.clone()),
+                (OpKind::Image { .. }, _) => target.clone(),
+                (_, Some(s)) => self
+                    .stage_platforms
+                    .get(&s)
+                    .cloned()
+                    .unwrap_or_else(|| target.clone()),
+                (_, None) => continue,
+            };
+            let Some(rest) = op.name.strip_prefix('[') else {
+                continue;
+            };
+            let shown = if platform == target {
+                platform.to_string()
+            } else if platform.os == target.os {
+                let arch = target.to_string();
+                let arch = arch.split_once('/').map_or(arch.as_str(), |(_, a)| a);
+                format!("{platform}->{arch}")
+            } else {
+                format!("{platform}->{target}")
+            };
+            op.name = format!("[{shown} {rest}");
+        }
+    }
+
     /// Nodes in an order where every op comes after its inputs.
     pub fn topological(&self) -> Vec<NodeIndex> {
         petgraph::algo::toposort(&self.graph, None).expect("the build graph has no cycles")

@@ -172,7 +172,11 @@ fn a_build_lints_only_the_stages_it_builds() {
 struct Arm64Images;
 
 impl frontend::graph::ImageConfigs for Arm64Images {
-    fn config(&self, reference: &str) -> Option<frontend::graph::BaseConfig> {
+    fn config(
+        &self,
+        reference: &str,
+        _: &frontend::stage::Platform,
+    ) -> Option<frontend::graph::BaseConfig> {
         (reference == "arm-only").then(|| frontend::graph::BaseConfig {
             platform: Some(frontend::stage::Platform::parse("linux/arm64/v8").unwrap()),
             ..Default::default()

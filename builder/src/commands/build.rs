@@ -14,12 +14,14 @@ use crate::cli::{BuildArgs, ExplainFormat, NetworkMode, ProgressMode, RuntimeKin
 use crate::commands::image::check_tag;
 use crate::commands::store::state_root;
 use crate::export::OutputKind;
-use crate::registry::transfer::StepReport;
 use crate::sandbox::Network;
 use crate::sandbox::Runtime;
 use crate::sandbox::embedded::Embedded;
 use crate::sandbox::runc::Runc;
 use crate::solve::{BuildOptions, Progress, ProgressFormat, build};
+use frontend::stage::Platform;
+
+use super::outputs;
 
 fn not_yet(flag: &str) -> anyhow::Error {
     anyhow::anyhow!("{flag} is not supported yet")
@@ -251,21 +253,24 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     let mut images =
         crate::resolver::Resolver::new(&store.blobs, settings, args.pull, transfer.clone());
     // Remote named contexts' directories are kept for the build's life.
+    let platforms = graph_args.target_platforms();
     let (named_contexts, _remote_named) = named_contexts(
         &graph_args.build_contexts,
+        &platforms,
         &mut images,
         &store,
         (&secrets, &ssh),
     )?;
-    let graph = compile(&loaded.plan, &images);
+    // The build checks of what this build builds (for the first
+    // platform); with `error=true` a finding fails the build before any
+    // step runs.
+    let first_graph = compile(&loaded.plan, &images);
     // A base image that could not be resolved fails the build here, with
     // the registry's answer.
     if let Some(e) = images.take_failure() {
         return Err(e);
     }
-    let graph = graph?;
-    // The build checks of what this build builds; with `error=true` a
-    // finding fails the build before any step runs.
+    let mut first_graph = Some(first_graph?);
     let lint = {
         let instructions = frontend::instructions::parse(&loaded.dockerfile)?;
         let config = frontend::lint::config_for(&loaded.dockerfile, &loaded.plan.build_args)?;
@@ -303,6 +308,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         // max gathers everything min would.
         matches!(m, crate::shared_cache::Mode::Max)
     });
+    let multi = platforms.len() > 1;
     let mut options = BuildOptions {
         cache_imports: (!imports.is_empty()).then_some(&imports),
         cache_export,
@@ -314,7 +320,8 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         ignore,
         named_contexts,
         images: &images,
-        tags: args.tags.clone(),
+        // Several platforms' images are tagged as one index.
+        tags: if multi { Vec::new() } else { args.tags.clone() },
         network,
         allow_insecure,
         allow_network_host,
@@ -341,66 +348,107 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     } else {
         Box::new(Embedded::default())
     };
-    let built = build(&store, &graph, runtime.as_ref(), &options, &progress);
-    progress.finish();
-    let mut built = built?;
-    if args.explain {
-        if args.explain_format == ExplainFormat::Json {
-            print!("{}", crate::solve::explain::report_json(&built.explained));
-        } else {
-            eprint!("{}", crate::solve::explain::report(&built.explained));
+    // One build of the graph per platform, one after the other: steps that
+    // do not depend on the platform (a `FROM --platform=$BUILDPLATFORM`
+    // stage) are cache hits after the first.
+    let mut builds = Vec::new();
+    for platform in &platforms {
+        let graph = match first_graph.take() {
+            Some(g) => g,
+            None => {
+                let plan = loaded.for_platform(platform)?;
+                let graph = compile(&plan, &images);
+                if let Some(e) = images.take_failure() {
+                    return Err(e);
+                }
+                graph?
+            }
+        };
+        let mut graph = graph;
+        if multi {
+            graph.name_platform();
         }
+        let built = build(&store, &graph, runtime.as_ref(), &options, &progress);
+        if built.is_err() {
+            progress.finish();
+        }
+        builds.push((platform.clone(), graph, built?));
     }
-    if args.verify {
-        verify(
-            (&store, &graph, runtime.as_ref()),
-            &mut options,
-            progress_format,
-            &built,
-        )?;
-    }
-    // `--cache-to type=inline`: the records go into the image's config
-    // (BuildKit's `moby.buildkit.cache.v0`), which makes it another image.
-    if cache_to
-        .iter()
-        .any(|c| c.location == crate::shared_cache::spec::Location::Inline)
-    {
-        with_inline_cache(&store, &mut built, &args.tags)?;
+    progress.finish();
+    for (_, graph, built) in &mut builds {
+        if args.explain {
+            if args.explain_format == ExplainFormat::Json {
+                print!("{}", crate::solve::explain::report_json(&built.explained));
+            } else {
+                eprint!("{}", crate::solve::explain::report(&built.explained));
+            }
+        }
+        if args.verify {
+            let tags = std::mem::take(&mut options.tags);
+            verify(
+                (&store, graph, runtime.as_ref()),
+                &mut options,
+                progress_format,
+                built,
+            )?;
+            options.tags = tags;
+        }
+        // `--cache-to type=inline`: the records go into the image's config
+        // (BuildKit's `moby.buildkit.cache.v0`), which makes it another image.
+        if cache_to
+            .iter()
+            .any(|c| c.location == crate::shared_cache::spec::Location::Inline)
+        {
+            with_inline_cache(&store, built, &options.tags)?;
+        }
     }
     let mut names: Vec<String> = args.tags.clone();
     for o in &outputs {
         names.extend(o.names.iter().cloned());
     }
-    export_caches(&store, &built, &cache_to, (&images, &transfer), quiet)?;
-    let pushed = write_outputs(
+    let built: Vec<(Platform, crate::solve::Built)> =
+        builds.into_iter().map(|(p, _, b)| (p, b)).collect();
+    let result = outputs::Result::of(&store, built, &args.tags)?;
+    outputs::export_caches(
         &store,
-        &built,
+        &result.builds,
+        &cache_to,
+        (&images, &transfer),
+        quiet,
+    )?;
+    let pushed = outputs::write(
+        &store,
+        &result,
         &outputs,
         (&names, default_compression),
         (&images, &transfer),
         (progress_format, &progress),
     )?;
     if let Some(f) = &args.iidfile {
-        write_file(f, built.image_id.as_bytes())?;
+        write_file(f, result.image_id.as_bytes())?;
     }
     if let Some(f) = &args.metadata_file {
         // What was pushed, when something was: its manifest has the
         // layers compressed for the registry.
-        let manifest = pushed.as_ref().unwrap_or(&built.manifest);
-        let meta = serde_json::json!({
+        let manifest = pushed.as_ref().unwrap_or(&result.manifest);
+        let mut meta = serde_json::json!({
             "containerimage.digest": manifest.digest,
-            "containerimage.config.digest": built.image_id,
             "containerimage.descriptor": manifest,
             "image.name": args.tags.join(","),
         });
+        // An index has no config of its own.
+        if !multi {
+            meta["containerimage.config.digest"] = result.image_id.clone().into();
+        }
         let text = crate::mask::Masker::global().mask_str(&serde_json::to_string_pretty(&meta)?);
         write_file(f, text.as_bytes())?;
     }
     if quiet {
-        println!("{}", built.image_id);
+        println!("{}", result.image_id);
     } else {
         print_lint_summary(&lint);
-        eprintln!("writing image {} done", built.image_id);
+        let what = if multi { "image index" } else { "image" };
+        eprintln!("writing {what} {} done", result.image_id);
         let masker = crate::mask::Masker::global();
         for t in &args.tags {
             let name = masker.mask_str(&crate::images::normalize(t));
@@ -419,6 +467,7 @@ type NamedDirs = BTreeMap<String, (PathBuf, Option<PatternMatcher>)>;
 /// aliases of `images`.
 fn named_contexts(
     specs: &[String],
+    platforms: &[frontend::stage::Platform],
     images: &mut crate::resolver::Resolver<'_>,
     store: &Store,
     (secrets, ssh): (&crate::secrets::Secrets, &crate::ssh::Agents),
@@ -432,10 +481,21 @@ fn named_contexts(
                 .with_context(|| format!("--build-context {spec}"))?;
             images.alias(name, img);
         } else if let Some(reference) = src.strip_prefix("docker-image://") {
-            let img = images
-                .resolve(reference)
-                .with_context(|| format!("--build-context {spec}"))?;
-            images.alias(name, img);
+            // The image of each platform built; the alias names what the
+            // store's tag holds (an index with them, or the one image).
+            let mut img = None;
+            for p in platforms {
+                img = Some(
+                    images
+                        .resolve(reference, p)
+                        .with_context(|| format!("--build-context {spec}"))?,
+                );
+            }
+            let img = img.expect("at least one platform");
+            let top = crate::images::find(&store.blobs, reference)?
+                .filter(|t| crate::images::is_index(&t.manifest.media_type))
+                .unwrap_or(img);
+            images.alias(name, top);
         } else if crate::remote::context::is_remote(src) {
             let m = crate::remote::context::materialize(
                 src,
@@ -521,129 +581,6 @@ fn with_inline_cache(
     built.image_id = id.to_string();
     built.manifest = desc;
     Ok(())
-}
-
-/// Each `--cache-to`, with its own mode's records; a failure fails the
-/// build unless the export says `ignore-error=true`.
-fn export_caches(
-    store: &Store,
-    built: &crate::solve::Built,
-    cache_to: &[crate::shared_cache::CacheTo],
-    (images, transfer): (
-        &crate::resolver::Resolver<'_>,
-        &std::sync::Arc<dyn crate::registry::transfer::Transfer>,
-    ),
-    quiet: bool,
-) -> anyhow::Result<()> {
-    for to in cache_to {
-        // Each export takes its own mode's records.
-        let records: Vec<_> = match to.mode {
-            crate::shared_cache::Mode::Max => built.cache_records.clone(),
-            crate::shared_cache::Mode::Min => built
-                .cache_records
-                .iter()
-                .filter(|r| built.cache_min.contains(&r.key))
-                .cloned()
-                .collect(),
-        };
-        let exported = crate::shared_cache::export::export(
-            store,
-            &records,
-            &built.cache_mounts,
-            to,
-            images,
-            transfer,
-        );
-        match exported {
-            Ok(()) => {}
-            Err(e) if to.ignore_error => {
-                if !quiet {
-                    eprintln!("WARNING: exporting the cache failed (ignore-error=true): {e:#}");
-                }
-            }
-            Err(e) => return Err(e.context("exporting the build cache")),
-        }
-    }
-    Ok(())
-}
-
-/// Writes every output of `built` (tags, pushes, archives, files);
-/// returns the manifest last pushed, as the registry has it.
-fn write_outputs(
-    store: &Store,
-    built: &crate::solve::Built,
-    outputs: &[crate::export::Output],
-    (names, default_compression): (&[String], Compression),
-    (images, transfer): (
-        &crate::resolver::Resolver<'_>,
-        &std::sync::Arc<dyn crate::registry::transfer::Transfer>,
-    ),
-    (progress_format, progress): (ProgressFormat, &std::sync::Arc<Progress>),
-) -> anyhow::Result<Option<cache::spec::Descriptor>> {
-    let quiet = progress_format == ProgressFormat::Quiet;
-    let mut pushed = None;
-    for o in outputs {
-        let dest = o.dest.as_deref().unwrap_or("");
-        match o.kind {
-            OutputKind::Image | OutputKind::Registry => {
-                for n in &o.names {
-                    crate::images::tag_manifest(&store.blobs, &built.manifest, n)?;
-                }
-                if o.push {
-                    let format = crate::export::LayerFormat::of(o, default_compression)?;
-                    for n in &o.names {
-                        let (report, transfer) = StepReport::after_build(
-                            progress_format,
-                            progress,
-                            &format!("pushing {}", crate::images::normalize(n)),
-                        );
-                        let desc = images.registry().and_then(|r| {
-                            crate::publish::push_image(
-                                r,
-                                store,
-                                &built.manifest,
-                                n,
-                                format,
-                                crate::export::oci_media_types(o, format),
-                                &transfer,
-                            )
-                        });
-                        if let Some(r) = report {
-                            r.end(desc.as_ref().err());
-                        }
-                        let desc = desc?;
-                        if !quiet {
-                            eprintln!(
-                                "pushing {} with digest {} done",
-                                crate::images::normalize(n),
-                                desc.digest
-                            );
-                        }
-                        pushed = Some(desc);
-                    }
-                }
-            }
-            OutputKind::Oci | OutputKind::Docker => {
-                // Base layers a cached build never unpacked.
-                crate::publish::fetch_image_layers(
-                    || images.registry(),
-                    store,
-                    &built.manifest,
-                    transfer,
-                )?;
-                let format = crate::export::LayerFormat::of(o, default_compression)?;
-                crate::export::export_image(store, &built.manifest, o, names, format)
-                    .with_context(|| format!("exporting to {dest}"))?
-            }
-            OutputKind::Local => {
-                crate::export::export_local(store, built.snapshot.as_deref(), dest)
-                    .with_context(|| format!("exporting to {dest}"))?
-            }
-            OutputKind::Tar => crate::export::export_tar(store, built.snapshot.as_deref(), dest)
-                .with_context(|| format!("exporting to {dest}"))?,
-        }
-    }
-    Ok(pushed)
 }
 
 /// BuildKit's end-of-build list: `N warnings found`, one line each.

@@ -16,9 +16,15 @@ use crate::commands::store::state_root;
 struct LocalConfigs(Option<BlobStore>);
 
 impl ImageConfigs for LocalConfigs {
-    fn config(&self, reference: &str) -> Option<BaseConfig> {
+    fn config(&self, reference: &str, platform: &frontend::stage::Platform) -> Option<BaseConfig> {
         let blobs = self.0.as_ref()?;
-        let img = crate::images::find(blobs, reference).ok()??;
+        let top = crate::images::find(blobs, reference).ok()??;
+        // An image for another platform is read: the check says so.
+        let img = match crate::images::select(blobs, &top, platform).ok()? {
+            crate::images::Selected::Image(img) => img,
+            crate::images::Selected::Other(_) => top,
+            crate::images::Selected::NotLocal(_) => return None,
+        };
         let (_, cfg) = crate::images::read(blobs, &img).ok()?;
         Some(crate::resolver::base_config(cfg))
     }

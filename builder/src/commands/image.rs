@@ -12,18 +12,36 @@ use crate::export::OutputKind;
 pub fn images(root: Option<PathBuf>) -> anyhow::Result<()> {
     let store_root = state_root(root);
     let store = cache::blob::BlobStore::open(&store_root.join("content"))?;
-    println!("{:<40} {:<20} {:>10}", "REPOSITORY:TAG", "IMAGE ID", "SIZE");
-    for img in crate::images::list(&store)? {
-        let (manifest, _) = crate::images::read(&store, &img)?;
-        let size: u64 = manifest.layers.iter().map(|l| l.size).sum();
-        let id = manifest
-            .config
-            .digest
-            .trim_start_matches("sha256:")
-            .chars()
-            .take(12)
-            .collect::<String>();
-        println!("{:<40} {:<20} {:>10}", img.reference, id, human(size));
+    println!(
+        "{:<40} {:<20} {:>10}  PLATFORMS",
+        "REPOSITORY:TAG", "IMAGE ID", "SIZE"
+    );
+    for top in crate::images::list(&store)? {
+        // An index is shown by its own digest, with the platforms the
+        // store holds images of and their layers' size.
+        let index = crate::images::is_index(&top.manifest.media_type);
+        let mut size = 0;
+        let mut platforms = Vec::new();
+        let mut id = top.manifest.digest.clone();
+        for (platform, img) in crate::images::platform_images(&store, &top)? {
+            let (manifest, config) = crate::images::read(&store, &img)?;
+            size += manifest.layers.iter().map(|l| l.size).sum::<u64>();
+            if !index {
+                id = manifest.config.digest.clone();
+            }
+            let p = platform.or_else(|| {
+                (!config.platform.os.is_empty()).then(|| crate::platform::of_spec(&config.platform))
+            });
+            platforms.extend(p.map(|p| p.to_string()));
+        }
+        let id: String = id.trim_start_matches("sha256:").chars().take(12).collect();
+        println!(
+            "{:<40} {:<20} {:>10}  {}",
+            top.reference,
+            id,
+            human(size),
+            platforms.join(",")
+        );
     }
     Ok(())
 }
@@ -40,9 +58,41 @@ fn find(store: &Store, reference: &str) -> anyhow::Result<crate::images::StoredI
     })
 }
 
-pub fn inspect(root: Option<PathBuf>, reference: &str) -> anyhow::Result<()> {
+pub fn inspect(
+    root: Option<PathBuf>,
+    reference: &str,
+    platform: Option<&frontend::stage::Platform>,
+) -> anyhow::Result<()> {
     let store = open_store(root)?;
-    let img = find(&store, reference)?;
+    let top = find(&store, reference)?;
+    let img = match platform {
+        Some(p) => crate::images::for_platform(&store.blobs, &top, p)?,
+        None if crate::images::is_index(&top.manifest.media_type) => {
+            // The index, and which of its images the store holds.
+            let index = crate::images::read_index(&store.blobs, &top)?;
+            let platforms: Vec<serde_json::Value> = index
+                .manifests
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "Platform": m.platform.as_ref().map(|p| crate::platform::of_spec(p).to_string()),
+                        "Digest": m.digest,
+                        "Local": m.digest.parse().is_ok_and(|d| store.blobs.contains(&d)),
+                    })
+                })
+                .collect();
+            let out = serde_json::json!({
+                "Name": top.reference,
+                "Id": top.manifest.digest,
+                "Digest": top.manifest.digest,
+                "Index": index,
+                "Platforms": platforms,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            return Ok(());
+        }
+        None => top,
+    };
     let (manifest, config) = crate::images::read(&store.blobs, &img)?;
     let out = serde_json::json!({
         "Name": img.reference,

@@ -6,6 +6,7 @@ mod check;
 pub(crate) mod debug;
 mod graph;
 mod image;
+mod outputs;
 mod registry;
 pub mod store;
 
@@ -23,7 +24,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             build::run(cli.root, *args)
         }
         Command::Images => image::images(cli.root),
-        Command::Inspect { reference } => image::inspect(cli.root, &reference),
+        Command::Inspect {
+            reference,
+            platform,
+        } => image::inspect(cli.root, &reference, platform.as_ref()),
         Command::Tag { source, target } => image::tag(cli.root, &source, &target),
         Command::Rmi { references } => image::rmi(cli.root, &references),
         Command::Save {
@@ -31,7 +35,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             format,
             references,
         } => image::save(cli.root, &output, &format, &references),
-        Command::Pull { reference } => registry::pull(cli.root, &reference),
+        Command::Pull {
+            reference,
+            platform,
+        } => registry::pull(cli.root, &reference, platform.as_ref()),
         Command::Push { reference } => registry::push(cli.root, &reference),
         Command::Login(args) => registry::login(cli.root, args),
         Command::Logout { server } => registry::logout(server.as_deref()),

@@ -33,10 +33,24 @@ fn reporter(verb: &'static str, reference: &str) -> (Option<StepReport>, Arc<dyn
     (None, Arc::new(Lines::new(verb)))
 }
 
-pub fn pull(root: Option<PathBuf>, reference: &str) -> anyhow::Result<()> {
+pub fn pull(
+    root: Option<PathBuf>,
+    reference: &str,
+    platform: Option<&frontend::stage::Platform>,
+) -> anyhow::Result<()> {
     let (_, store, registry) = open(root)?;
     let (report, transfer) = reporter("pulling", reference);
-    let img = crate::publish::pull_image(&registry, &store.blobs, reference, true, &transfer);
+    let platform = platform
+        .cloned()
+        .unwrap_or_else(frontend::stage::Platform::host);
+    let img = crate::publish::pull_image(
+        &registry,
+        &store.blobs,
+        reference,
+        &platform,
+        true,
+        &transfer,
+    );
     if let Some(r) = report {
         r.end(img.as_ref().err());
     }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use cache::Digest;
 use cache::blob::BlobStore;
-use cache::spec::{Descriptor, Manifest};
+use cache::spec::{Descriptor, Index, Manifest};
 
 /// References live in the frontend (FROM names are checked there too).
 pub use frontend::reference;
@@ -28,8 +28,11 @@ use transfer::Transfer;
 
 /// An image pulled into the content store.
 pub struct Pulled {
-    /// The image manifest (for the build platform).
+    /// The image manifest (for the platform asked for).
     pub manifest: Descriptor,
+    /// The index it was chosen from, when the reference names one (kept:
+    /// the same tag holds the images of other platforms pulled later).
+    pub index: Option<Descriptor>,
     /// Where it came from (`domain/path`), for cross-repository mounts.
     pub source: String,
 }
@@ -61,20 +64,21 @@ impl Registry {
     }
 
     /// Resolves `reference` (a mirror first when the settings name one) to
-    /// the build platform's manifest, and stores the manifest, its config
-    /// and (`with_layers`) its layers, each verified. The manifest is
-    /// stored last. Without layers, a build fetches them when a step needs
+    /// `platform`'s manifest, and stores the manifest, its config and
+    /// (`with_layers`) its layers, each verified. The manifest is stored
+    /// after them, and the index it came through (if any) last. Without layers, a build fetches them when a step needs
     /// the files ([`crate::publish::fetch_missing`]).
     pub fn pull(
         &self,
         blobs: &BlobStore,
         reference: &Reference,
+        platform: &frontend::stage::Platform,
         with_layers: bool,
         transfer: &Arc<dyn Transfer>,
     ) -> anyhow::Result<Pulled> {
         let endpoints = self.settings().pull_endpoints(&reference.domain);
         self.runtime.block_on(async {
-            let resolved = pull::resolve(&self.client, &endpoints, reference).await?;
+            let resolved = pull::resolve(&self.client, &endpoints, reference, platform).await?;
             let ep = &resolved.endpoint;
             let config = &resolved.parsed.config;
             pull::fetch_blob(&self.client, ep, reference, blobs, config, transfer).await?;
@@ -92,11 +96,13 @@ impl Registry {
                     .try_collect::<()>()
                     .await?;
             }
-            // The platform's manifest is the image (an index it came
-            // through is not kept: nothing reads it).
             blobs.put_bytes(&resolved.manifest.bytes)?;
+            if let Some(index) = &resolved.index {
+                blobs.put_bytes(&index.bytes)?;
+            }
             Ok(Pulled {
                 manifest: resolved.manifest.descriptor,
+                index: resolved.index.map(|i| i.descriptor),
                 source: reference.name(),
             })
         })
@@ -105,6 +111,7 @@ impl Registry {
     /// Pushes the image `manifest` (from `blobs`) as `reference`: blobs the
     /// registry lacks (mounted from `mount_from`'s repositories when they
     /// hold them), then the manifest under the reference's tag or digest.
+    /// An index goes after its images, each pushed by digest.
     pub fn push(
         &self,
         blobs: &BlobStore,
@@ -113,27 +120,54 @@ impl Registry {
         mount_from: &HashMap<String, String>,
         transfer: &Arc<dyn Transfer>,
     ) -> anyhow::Result<()> {
-        let digest: Digest = manifest.digest.parse()?;
-        let bytes = blobs
-            .read(&digest)
-            .with_context(|| format!("reading the manifest {digest}"))?;
-        let parsed: Manifest = serde_json::from_slice(&bytes)
-            .with_context(|| format!("reading the manifest {digest}"))?;
+        let read = |d: &Descriptor| -> anyhow::Result<Vec<u8>> {
+            let digest: Digest = d.digest.parse()?;
+            blobs
+                .read(&digest)
+                .with_context(|| format!("reading the manifest {digest}"))
+        };
+        let bytes = read(manifest)?;
+        let images: Vec<(Descriptor, Vec<u8>)> = if crate::images::is_index(&manifest.media_type) {
+            let index: Index = serde_json::from_slice(&bytes)
+                .with_context(|| format!("reading the index {}", manifest.digest))?;
+            let mut images = Vec::new();
+            for m in index.manifests {
+                let b = read(&m)?;
+                images.push((m, b));
+            }
+            images
+        } else {
+            vec![(manifest.clone(), bytes.clone())]
+        };
         let ep = Endpoint::origin(&reference.domain);
         let target = push::Target {
             endpoint: &ep,
             reference,
             mount_from,
         };
-        let mut descs = vec![parsed.config.clone()];
-        descs.extend(parsed.layers.iter().cloned());
         let tag = reference
             .digest
             .clone()
             .or_else(|| reference.tag.clone())
             .unwrap_or_else(|| "latest".into());
         self.runtime.block_on(async {
-            push::push_blobs(&self.client, &target, blobs, &descs, transfer).await?;
+            for (desc, image_bytes) in &images {
+                let parsed: Manifest = serde_json::from_slice(image_bytes)
+                    .with_context(|| format!("reading the manifest {}", desc.digest))?;
+                let mut descs = vec![parsed.config.clone()];
+                descs.extend(parsed.layers.iter().cloned());
+                push::push_blobs(&self.client, &target, blobs, &descs, transfer).await?;
+                if desc.digest != manifest.digest {
+                    push::push_manifest(
+                        &self.client,
+                        &target,
+                        desc,
+                        image_bytes.clone(),
+                        &desc.digest,
+                    )
+                    .await?;
+                }
+            }
             push::push_manifest(&self.client, &target, manifest, bytes, &tag).await
         })
     }
@@ -143,7 +177,8 @@ impl Registry {
     pub fn fetch_manifest(&self, reference: &Reference) -> anyhow::Result<Manifest> {
         let endpoints = self.settings().pull_endpoints(&reference.domain);
         self.runtime.block_on(async {
-            let resolved = pull::resolve(&self.client, &endpoints, reference).await?;
+            let host = frontend::stage::Platform::host();
+            let resolved = pull::resolve(&self.client, &endpoints, reference, &host).await?;
             Ok(resolved.parsed)
         })
     }

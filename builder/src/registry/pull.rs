@@ -19,17 +19,13 @@ use super::client::{Access, Client, Scope, retryable_error, status_error};
 use super::hosts::Endpoint;
 use super::reference::Reference;
 use super::transfer::Transfer;
+use frontend::stage::Platform;
 
 /// Every manifest type we read, as the Accept header lists them.
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// Times a download may resume after its connection drops.
 const RESUMES: u32 = 5;
-
-/// The platform images resolve to (the build host's).
-pub const PLATFORM_OS: &str = "linux";
-/// The build host's architecture, as OCI names it.
-pub const PLATFORM_ARCH: &str = "amd64";
 
 /// A manifest as fetched: bytes verified against their digest.
 pub struct Fetched {
@@ -43,8 +39,10 @@ pub struct Fetched {
 pub struct Resolved {
     /// The host that answered (a mirror or the domain's own).
     pub endpoint: Endpoint,
-    /// The image manifest for the build platform.
+    /// The image manifest for the platform asked for.
     pub manifest: Fetched,
+    /// The index it was chosen from, when the reference names one.
+    pub index: Option<Fetched>,
     /// The parsed image manifest.
     pub parsed: Manifest,
 }
@@ -142,20 +140,17 @@ async fn fetch_manifest(
     })
 }
 
-fn is_index(media_type: &str) -> bool {
-    media_type == media::OCI_INDEX || media_type == media::DOCKER_MANIFEST_LIST
-}
-
 /// Resolves `reference` on the first of `endpoints` that has it: its
-/// manifest, through its index to linux/amd64 when it names one.
+/// manifest, through its index to `platform`'s when it names one.
 pub async fn resolve(
     client: &Client,
     endpoints: &[Endpoint],
     reference: &Reference,
+    platform: &Platform,
 ) -> anyhow::Result<Resolved> {
     let mut errors = Vec::new();
     for ep in endpoints {
-        match resolve_on(client, ep, reference).await {
+        match resolve_on(client, ep, reference, platform).await {
             Ok(r) => return Ok(r),
             // A mirror that fails is passed over, as BuildKit does.
             Err(e) if ep.is_mirror_of(&reference.domain) => errors.push(format!("{e:#}")),
@@ -174,6 +169,7 @@ async fn resolve_on(
     client: &Client,
     ep: &Endpoint,
     reference: &Reference,
+    platform: &Platform,
 ) -> anyhow::Result<Resolved> {
     let wanted = reference
         .digest
@@ -181,13 +177,15 @@ async fn resolve_on(
         .or_else(|| reference.tag.clone())
         .unwrap_or_else(|| "latest".into());
     let first = fetch_manifest(client, ep, reference, &wanted).await?;
-    let manifest = if is_index(&first.descriptor.media_type) {
+    let (manifest, index) = if crate::images::is_index(&first.descriptor.media_type) {
         let idx: Index = serde_json::from_slice(&first.bytes)
             .with_context(|| format!("{reference}: reading its index"))?;
-        let chosen = choose_platform(&idx).with_context(|| format!("{reference}"))?;
-        fetch_manifest(client, ep, reference, &chosen.digest).await?
+        let chosen =
+            crate::platform::choose(&idx, platform).with_context(|| format!("{reference}"))?;
+        let manifest = fetch_manifest(client, ep, reference, &chosen.digest).await?;
+        (manifest, Some(first))
     } else {
-        first
+        (first, None)
     };
     match manifest.descriptor.media_type.as_str() {
         media::OCI_MANIFEST | media::DOCKER_MANIFEST => {}
@@ -202,42 +200,9 @@ async fn resolve_on(
     Ok(Resolved {
         endpoint: ep.clone(),
         manifest,
+        index,
         parsed,
     })
-}
-
-/// The build platform's entry of an index (linux/amd64; an entry without a
-/// variant or with `v1` first, as containerd's matcher orders amd64).
-fn choose_platform(idx: &Index) -> anyhow::Result<&Descriptor> {
-    let candidates = idx.manifests.iter().filter(|d| {
-        d.platform
-            .as_ref()
-            .is_some_and(|p| p.os == PLATFORM_OS && p.architecture == PLATFORM_ARCH)
-    });
-    let rank = |d: &Descriptor| match d.platform.as_ref().and_then(|p| p.variant.as_deref()) {
-        None | Some("") | Some("v1") => 0,
-        Some(_) => 1,
-    };
-    if let Some(d) = candidates.min_by_key(|d| rank(d)) {
-        return Ok(d);
-    }
-    let have: Vec<String> = idx
-        .manifests
-        .iter()
-        .filter_map(|d| d.platform.as_ref())
-        .map(|p| match &p.variant {
-            Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
-            None => format!("{}/{}", p.os, p.architecture),
-        })
-        .collect();
-    bail!(
-        "no image for {PLATFORM_OS}/{PLATFORM_ARCH} in its index (it has {})",
-        if have.is_empty() {
-            "no platforms".to_string()
-        } else {
-            have.join(", ")
-        }
-    )
 }
 
 /// Downloads `desc` into `blobs` unless it is there: streamed, resumed
@@ -328,46 +293,4 @@ pub async fn fetch_blob(
     })?;
     transfer.done(&desc.digest, desc.size, false);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use cache::spec::Platform;
-
-    fn entry(arch: &str, variant: Option<&str>, digest: &str) -> Descriptor {
-        let mut d = Descriptor::new(media::OCI_MANIFEST, &digest.parse().unwrap(), 1);
-        d.platform = Some(Platform {
-            architecture: arch.into(),
-            os: "linux".into(),
-            os_version: None,
-            os_features: None,
-            variant: variant.map(str::to_string),
-        });
-        d
-    }
-
-    #[test]
-    fn index_resolves_to_amd64() {
-        let a = format!("sha256:{}", "a".repeat(64));
-        let b = format!("sha256:{}", "b".repeat(64));
-        let c = format!("sha256:{}", "c".repeat(64));
-        let idx = Index {
-            schema_version: 2,
-            media_type: Some(media::OCI_INDEX.into()),
-            manifests: vec![
-                entry("arm64", Some("v8"), &a),
-                entry("amd64", Some("v3"), &b),
-                entry("amd64", None, &c),
-            ],
-            annotations: None,
-        };
-        assert_eq!(choose_platform(&idx).unwrap().digest, c);
-        let only_arm = Index {
-            manifests: vec![entry("arm64", Some("v8"), &a)],
-            ..idx
-        };
-        let err = choose_platform(&only_arm).unwrap_err().to_string();
-        assert!(err.contains("linux/arm64/v8"), "{err}");
-    }
 }

@@ -72,7 +72,7 @@ impl LazyBase {
         let store = ctx.store;
         let images = ctx.options.images;
         crate::publish::fetch_missing(
-            || images.registry(),
+            &|| images.registry(),
             store,
             &self.layers,
             &transfer_here(ctx),
@@ -112,10 +112,10 @@ fn existing(store: &Store, chain: &str) -> anyhow::Result<Option<String>> {
 pub(super) fn import_image(
     store: &Store,
     images: &crate::resolver::Resolver<'_>,
-    reference: &str,
+    (reference, platform): (&str, &frontend::stage::Platform),
     epoch: Option<i64>,
 ) -> anyhow::Result<Done> {
-    let img = images.resolve(reference)?;
+    let img = images.resolve(reference, platform)?;
     let (manifest, config) = crate::images::read(&store.blobs, &img)?;
     let mut digests: Vec<cache::Digest> = Vec::new();
     for d in &config.rootfs.diff_ids {

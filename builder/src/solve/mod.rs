@@ -409,13 +409,12 @@ fn run_node(
             platform,
         } => {
             let (id, started) = progress.start(&op.name);
-            let d =
-                import_image(store, options.images, reference, options.epoch).map_err(where_)?;
             let wanted = match platform {
                 Some(p) => frontend::stage::Platform::parse(p).map_err(|e| where_(anyhow!(e)))?,
                 None => graph.platform.clone(),
             };
-            check_base_platform(&d, reference, &wanted).map_err(where_)?;
+            let d = import_image(store, options.images, (reference, &wanted), options.epoch)
+                .map_err(where_)?;
             progress.done(id, started);
             d
         }
@@ -433,27 +432,6 @@ fn run_node(
         }
     };
     Ok(result)
-}
-
-/// A base image for another platform than the host's must be for the
-/// platform the stage is built for: images are resolved (from the store,
-/// or a registry's index) for the host's until builds for several
-/// platforms resolve each one's.
-fn check_base_platform(
-    d: &Done,
-    reference: &str,
-    wanted: &frontend::stage::Platform,
-) -> anyhow::Result<()> {
-    let p = &d.image.config.platform;
-    let (os, arch) = (p.os.as_str(), p.architecture.as_str());
-    if *wanted == frontend::stage::Platform::host()
-        || (os, arch) == (&wanted.os, &wanted.architecture)
-    {
-        return Ok(());
-    }
-    bail!(
-        "the base image {reference} is for {os}/{arch}, not {wanted}: a base image for another platform than the host's must be in the local store for that platform (resolving one from a registry's index for it is not supported yet)"
-    )
 }
 
 /// The state an op continues from: its parent's, taken over when no one

@@ -78,21 +78,21 @@ pub(super) fn check(
                 None => continue,
             },
             Base::Image(r) => {
-                let cfg = options.images.config(r).unwrap_or_default();
-                if let (Some(actual), Some(from)) = (&cfg.platform, froms.get(index)) {
-                    let want = &plan.platform;
-                    if actual.os != want.os || actual.architecture != want.architecture {
-                        linter.report(
-                            &rules::INVALID_BASE_IMAGE_PLATFORM,
-                            &from.span,
-                            &from.comments,
-                            format!(
-                                "Base image {r} was pulled with platform {}, expected {} for current build",
-                                crate::quote::go_quote(&actual.to_string()),
-                                crate::quote::go_quote(&want.to_string())
-                            ),
-                        );
-                    }
+                let want = &plan.stage_platform(index);
+                let cfg = options.images.config(r, want).unwrap_or_default();
+                if let (Some(actual), Some(from)) = (&cfg.platform, froms.get(index))
+                    && (actual.os != want.os || actual.architecture != want.architecture)
+                {
+                    linter.report(
+                        &rules::INVALID_BASE_IMAGE_PLATFORM,
+                        &from.span,
+                        &from.comments,
+                        format!(
+                            "Base image {r} was pulled with platform {}, expected {} for current build",
+                            crate::quote::go_quote(&actual.to_string()),
+                            crate::quote::go_quote(&want.to_string())
+                        ),
+                    );
                 }
                 StageState {
                     env: StageEnv::new(&cfg.env, &cfg.workdir),
