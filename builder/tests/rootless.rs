@@ -20,6 +20,8 @@ RUN [\"/bin/busybox\",\"--install\",\"-s\",\"/bin\"]
 RUN mkdir -p /a && echo x > /a/f && echo y > /gone
 COPY --chown=1000:1000 Dockerfile /owned
 RUN rm /gone && chown 33:33 /a/f && ls -ln /a /owned > /ls
+RUN mkdir -p /d/sub /e && echo old > /d/sub/old && echo e > /e/f
+RUN rm -rf /d/sub && mkdir /d/sub && echo new > /d/sub/new && mv /e /e2
 ";
 
 fn ok(o: &Output) -> String {
@@ -94,6 +96,25 @@ fn an_ordinary_user_builds_with_the_owners_kept() {
         );
     }
     assert!(!out.join("gone").exists());
+    // A directory made again hides what was below (an opaque directory),
+    // a directory of a lower layer moves (copied up where overlayfs in a
+    // user namespace refuses the rename).
+    let names = |d: &str| -> Vec<String> {
+        std::fs::read_dir(out.join(d))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(names("d/sub"), ["new"]);
+    assert_eq!(names("e2"), ["f"]);
+    assert!(!out.join("e").exists());
+    // Overlay snapshots as root's are (userxattr in the user namespace),
+    // not copies.
+    let backend = |root: &Path| std::fs::read_to_string(root.join("snapshots/backend")).unwrap();
+    assert_eq!(
+        backend(&home.join(".local/share/rbuild")),
+        backend(&t.0.join("root"))
+    );
     // What can't work for an ordinary user says so.
     let o = as_user(
         name,

@@ -31,6 +31,26 @@ pub use path_error::PathError;
 /// (whose uid map is the whole identity map): an ordinary user's rbuild,
 /// where device nodes can't be made and overlayfs can't rename lower
 /// directories.
+/// The xattr that marks an overlay directory opaque here:
+/// `trusted.overlay.opaque` as the host's root, `user.overlay.opaque` in a
+/// user namespace (whose overlay mounts say `userxattr`: `trusted.*` needs
+/// the host's CAP_SYS_ADMIN).
+pub fn overlay_opaque_xattr() -> &'static str {
+    static IN_NAMESPACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *IN_NAMESPACE.get_or_init(in_user_namespace) {
+        "user.overlay.opaque"
+    } else {
+        "trusted.overlay.opaque"
+    }
+}
+
+/// Whether `path` is a directory marked opaque in either form.
+pub fn is_overlay_opaque(path: &std::path::Path) -> bool {
+    ["trusted.overlay.opaque", "user.overlay.opaque"]
+        .iter()
+        .any(|n| matches!(xattr::get(path, n), Ok(Some(v)) if v == b"y"))
+}
+
 pub fn in_user_namespace() -> bool {
     std::fs::read_to_string("/proc/self/uid_map")
         .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])

@@ -198,8 +198,7 @@ fn is_whiteout_device(meta: &Metadata) -> bool {
 }
 
 fn is_opaque(path: &Path) -> bool {
-    matches!(xattr::get(path, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y")
-        || matches!(xattr::get(path, "user.overlay.opaque"), Ok(Some(v)) if v == b"y")
+    crate::is_overlay_opaque(path)
 }
 
 impl<W: TarSink> TarWriter<W> {

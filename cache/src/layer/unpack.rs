@@ -48,8 +48,8 @@ pub struct UnpackOptions {
     /// Create device nodes (needs root).
     pub devices: bool,
     /// Keep whiteouts in overlayfs form instead of applying them: a char
-    /// 0/0 device for a deleted name, `trusted.overlay.opaque=y` on an
-    /// opaque directory (for a layer kept as an overlay lower directory).
+    /// 0/0 device for a deleted name, `trusted.overlay.opaque=y` (in a user
+    /// namespace `user.overlay.opaque=y`) on an opaque directory (for a layer kept as an overlay lower directory).
     pub overlay_whiteouts: bool,
     /// Give every entry this uid and gid instead of the archive's (needs
     /// root; `ADD --chown` of an archive).
@@ -410,7 +410,7 @@ impl Unpacker {
         }
         if name == b".wh..wh..opq" && self.options.overlay_whiteouts {
             self.stats.whiteouts += 1;
-            xattr::set(&parent, "trusted.overlay.opaque", b"y")
+            xattr::set(&parent, crate::overlay_opaque_xattr(), b"y")
                 .map_err(|e| LayerError::io("marking opaque", &parent, e))?;
             return Ok(());
         }

@@ -246,10 +246,8 @@ impl Snapshotter {
     /// directory gets overlay when a test mount works here
     /// (`RBUILD_SNAPSHOTTER=copy` forces copies); the choice is kept in
     /// `backend`, so later opens skip the test mount (~6 ms). In a user
-    /// namespace (an ordinary user's rbuild) it is copies: overlayfs mounts
-    /// there, but renaming a directory of a lower layer fails with EXDEV
-    /// (`redirect_dir` is refused to unprivileged mounts), and dpkg
-    /// installing a package does just that.
+    /// namespace (an ordinary user's rbuild) overlay mounts say `userxattr`
+    /// and opaque directories are marked with `user.overlay.opaque`.
     pub fn open(root: &Path) -> Result<Snapshotter, SnapshotError> {
         fs::create_dir_all(root).map_err(io_err("creating", root))?;
         let record = root.join("backend");
@@ -263,7 +261,6 @@ impl Snapshotter {
             Some(b) => b,
             None => {
                 let b = if std::env::var_os("RBUILD_SNAPSHOTTER").is_some_and(|v| v == "copy")
-                    || crate::in_user_namespace()
                     || !overlay_works(root)
                 {
                     Backend::Copy
@@ -651,10 +648,17 @@ fn upper_and_work(dir: &Path) -> Result<(PathBuf, PathBuf), SnapshotError> {
 }
 
 /// The options of an overlay mount, each path escaped.
+/// In a user namespace, `userxattr`: overlayfs keeps its marks in
+/// `user.overlay.*` there.
 fn overlay_options(lowers: &[PathBuf], upper: &Path, work: &Path) -> String {
     let lower: Vec<String> = lowers.iter().map(|p| escape(p)).collect();
+    let userxattr = if crate::overlay_opaque_xattr().starts_with("user.") {
+        ",userxattr"
+    } else {
+        ""
+    };
     format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={}{userxattr}",
         lower.join(":"),
         escape(upper),
         escape(work)
@@ -729,8 +733,7 @@ fn apply_overlay_dir(
         let meta = fs::symlink_metadata(&src).map_err(io_err("reading", &src))?;
         let existing = fs::symlink_metadata(&target).ok();
         let whiteout = meta.file_type().is_char_device() && meta.rdev() == 0;
-        let opaque = meta.is_dir()
-            && matches!(xattr::get(&src, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y");
+        let opaque = meta.is_dir() && crate::is_overlay_opaque(&src);
         if let Some(m) = &existing
             && (whiteout || opaque || !(m.is_dir() && meta.is_dir()))
         {
@@ -805,7 +808,8 @@ fn copy_metadata(src: &Path, dest: &Path, meta: &fs::Metadata) -> Result<(), Sna
         .map_err(io_err("changing mode of", dest))?;
     if let Ok(names) = xattr::list(src) {
         for n in names {
-            if n.to_string_lossy().starts_with("trusted.overlay.") {
+            let n_text = n.to_string_lossy();
+            if n_text.starts_with("trusted.overlay.") || n_text.starts_with("user.overlay.") {
                 continue;
             }
             if let Ok(Some(v)) = xattr::get(src, &n) {
