@@ -2,6 +2,7 @@
 //! read back with umoci and skopeo; a failing RUN names its line.
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -85,7 +86,7 @@ fn busybox_image_from_scratch() {
     // runtime's mount points are there, empty, as runc leaves them in
     // BuildKit's layers.
     assert!(!rootfs.join("etc/hosts").exists() && !rootfs.join("etc/resolv.conf").exists());
-    assert_runtime_dirs(&rootfs);
+    assert_runtime_dirs(&rootfs, 0);
 
     // skopeo agrees on the config; history is BuildKit's.
     let insp = Command::new("skopeo")
@@ -292,9 +293,7 @@ fn two_builds_on_one_root_at_once() {
     let ctx = context(&t, "busybox");
     let root = t.0.join("state");
     let spawn = |tag: &str| {
-        Command::new(env!("CARGO_BIN_EXE_rbuild"))
-            .arg("--root")
-            .arg(&root)
+        common::rbuild_command(&root)
             .args(["build", "-q", "-t", tag])
             .arg(&ctx)
             .spawn()
@@ -407,10 +406,16 @@ fn exporters_are_read_by_real_tools() {
         "{}",
         String::from_utf8_lossy(&st.stderr)
     );
-    assert_eq!(
-        listing(Path::new(&o("rootfs"))),
-        listing(&bundle.join("rootfs"))
-    );
+    // Run as an ordinary user, the files a local export writes are the
+    // user's (the image keeps its owners: umoci's unpack shows them).
+    let mut unpacked = listing(&bundle.join("rootfs"));
+    if let Some(uid) = common::export_owner() {
+        for l in &mut unpacked {
+            let (rest, _) = l.rsplit_once(' ').unwrap();
+            *l = format!("{rest} {uid}:{uid}");
+        }
+    }
+    assert_eq!(listing(Path::new(&o("rootfs"))), unpacked);
     let tar_list = Command::new("tar")
         .arg("tf")
         .arg(o("rootfs.tar"))
@@ -459,13 +464,13 @@ fn interrupt_during_run(runtime: &str) {
     let sleep = format!("sleep {nap}");
     let ctx = context(&t, "interrupt");
     let root = t.0.join("state");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rbuild"))
-        .arg("--root")
-        .arg(&root)
+    let mut child = common::rbuild_command(&root)
         .args(["build", "--progress", "plain", "--runtime", runtime])
         .args(["--build-arg", &format!("NAP={nap}")])
         .arg(&ctx)
         .stderr(std::process::Stdio::piped())
+        // A group of its own: Ctrl-C on a terminal signals the group.
+        .process_group(0)
         .spawn()
         .unwrap();
     let pid = child.id();
@@ -489,9 +494,9 @@ fn interrupt_during_run(runtime: &str) {
         assert!(std::time::Instant::now() < deadline, "the step never slept");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    // SAFETY: signalling our own child.
+    // SAFETY: signalling our own child's process group.
     unsafe {
-        libc::kill(pid as i32, libc::SIGINT);
+        libc::kill(-(pid as i32), libc::SIGINT);
     }
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
@@ -594,19 +599,20 @@ fn runc_runtime_gives_the_embedded_runtimes_image() {
     for stub in ["scratch", "ctx", "etc/hosts", "etc/resolv.conf"] {
         assert!(!out.join(stub).exists(), "mount point {stub} in the image");
     }
-    assert_runtime_dirs(&out);
+    // Root's, or the test user's in a local export of the user's.
+    assert_runtime_dirs(&out, common::export_owner().unwrap_or(0));
 }
 
 /// `/dev`, `/proc` and `/sys` of a tree built `FROM scratch` with a RUN:
 /// empty directories, 0755, root's (what runc makes and BuildKit keeps).
-fn assert_runtime_dirs(rootfs: &Path) {
+fn assert_runtime_dirs(rootfs: &Path, owner: u32) {
     use std::os::unix::fs::MetadataExt;
     for dir in ["dev", "proc", "sys"] {
         let meta = std::fs::symlink_metadata(rootfs.join(dir))
             .unwrap_or_else(|e| panic!("/{dir} in {}: {e}", rootfs.display()));
         assert!(meta.is_dir(), "/{dir}");
         assert_eq!(meta.mode() & 0o7777, 0o755, "/{dir}");
-        assert_eq!((meta.uid(), meta.gid()), (0, 0), "/{dir}");
+        assert_eq!((meta.uid(), meta.gid()), (owner, owner), "/{dir}");
         assert_eq!(
             std::fs::read_dir(rootfs.join(dir)).unwrap().count(),
             0,
@@ -1418,7 +1424,8 @@ fn ssh_agent_forwarding() {
         .status()
         .expect("openssh-client is installed (.ci/run)");
     assert!(st.success());
-    let mut agent = Command::new("ssh-agent")
+    let mut agent = common::as_test_user("ssh-agent")
+        .process_group(0)
         .arg("-D")
         .arg("-a")
         .arg(&sock)
@@ -1496,6 +1503,11 @@ fn ssh_agent_forwarding() {
             ctx.to_str().unwrap(),
         ],
     );
+    // As the test user, runuser's child: the group goes.
+    // SAFETY: signalling our own child's process group.
+    unsafe {
+        libc::kill(-(agent.id() as i32), libc::SIGTERM);
+    }
     let _ = agent.kill();
     let _ = agent.wait();
     assert!(o.status.success(), "{log}");

@@ -1149,7 +1149,7 @@ fn setgroups_allowed() -> bool {
 }
 
 /// Whether group `gid` exists in this process's user namespace.
-fn gid_mapped(gid: u32) -> bool {
+pub(super) fn gid_mapped(gid: u32) -> bool {
     let Ok(map) = std::fs::read_to_string("/proc/self/gid_map") else {
         return true;
     };

@@ -231,19 +231,24 @@ pub fn config(spec: &RunSpec, mounts: &[Mount]) -> Result<Spec, String> {
         );
     }
     let strings = |paths: &[&str]| paths.iter().map(|p| p.to_string()).collect::<Vec<_>>();
-    let mut linux = LinuxBuilder::default().namespaces(namespaces).resources(
-        LinuxResourcesBuilder::default()
-            // Deny every device; runc allows its default set on top.
-            .devices(vec![
-                LinuxDeviceCgroupBuilder::default()
-                    .allow(false)
-                    .access("rwm")
-                    .build()
-                    .map_err(err)?,
-            ])
-            .build()
-            .map_err(err)?,
-    );
+    let mut linux = LinuxBuilder::default().namespaces(namespaces);
+    // Rootless runc has no cgroup to set (device nodes can't be made in a
+    // user namespace anyway).
+    if !crate::rootless::inside() {
+        linux = linux.resources(
+            LinuxResourcesBuilder::default()
+                // Deny every device; runc allows its default set on top.
+                .devices(vec![
+                    LinuxDeviceCgroupBuilder::default()
+                        .allow(false)
+                        .access("rwm")
+                        .build()
+                        .map_err(err)?,
+                ])
+                .build()
+                .map_err(err)?,
+        );
+    }
     if !spec.insecure {
         linux = linux
             .masked_paths(strings(&MASKED_PATHS))
@@ -299,6 +304,29 @@ fn default_mounts() -> Result<Vec<OciMount>, oci_spec::OciSpecError> {
             .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
             .build()
     };
+    // In a user namespace (an ordinary user's rbuild) runc is rootless:
+    // devpts takes the tty group only where it is mapped, and sysfs can't
+    // be mounted anew (the network namespace is not the user namespace's
+    // own): the host's is bound read-only, as `runc spec --rootless` does.
+    let rootless = crate::rootless::inside();
+    let devpts: &[&str] = if super::embedded::gid_mapped(5) {
+        &[
+            "nosuid",
+            "noexec",
+            "newinstance",
+            "ptmxmode=0666",
+            "mode=0620",
+            "gid=5",
+        ]
+    } else {
+        &[
+            "nosuid",
+            "noexec",
+            "newinstance",
+            "ptmxmode=0666",
+            "mode=0620",
+        ]
+    };
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount(
@@ -307,19 +335,7 @@ fn default_mounts() -> Result<Vec<OciMount>, oci_spec::OciSpecError> {
             "tmpfs",
             &["nosuid", "strictatime", "mode=755", "size=65536k"],
         )?,
-        mount(
-            "/dev/pts",
-            "devpts",
-            "devpts",
-            &[
-                "nosuid",
-                "noexec",
-                "newinstance",
-                "ptmxmode=0666",
-                "mode=0620",
-                "gid=5",
-            ],
-        )?,
+        mount("/dev/pts", "devpts", "devpts", devpts)?,
         mount(
             "/dev/shm",
             "tmpfs",
@@ -333,6 +349,15 @@ fn default_mounts() -> Result<Vec<OciMount>, oci_spec::OciSpecError> {
             &["nosuid", "noexec", "nodev"],
         )?,
     ];
+    if rootless {
+        mounts.push(mount(
+            "/sys",
+            "none",
+            "/sys",
+            &["rbind", "nosuid", "noexec", "nodev", "ro"],
+        )?);
+        return Ok(mounts);
+    }
     // A new sysfs instance, read-only, as in runc's default spec (a bind of
     // the host's would bring the host's cgroup mounts along, writable).
     mounts.push(mount(

@@ -19,7 +19,26 @@ pub fn tmp(name: &str) -> Tmp {
     let p = std::env::temp_dir().join(format!("rbuild-build-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir_all(&p).unwrap();
+    // Run as an ordinary user, rbuild writes its state and outputs here.
+    if let Some(user) = test_user() {
+        hand_to_user(&p, &user);
+    }
     Tmp(p)
+}
+
+/// `RBUILD_TEST_USER`: the ordinary user the tests run rbuild as (the
+/// rootless run of a test file: `.ci/run` runs build.rs so a second time;
+/// the user is made with subordinate ids when missing).
+pub fn test_user() -> Option<String> {
+    static USER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    USER.get_or_init(|| {
+        let name = std::env::var("RBUILD_TEST_USER")
+            .ok()
+            .filter(|u| !u.is_empty())?;
+        users::user(&name, true);
+        Some(name)
+    })
+    .clone()
 }
 
 pub fn is_root() -> bool {
@@ -67,13 +86,91 @@ pub fn on_terminal(root: &Path, args: &str) -> String {
 
 /// `rbuild --root ROOT ARGS...` with extra environment variables.
 pub fn rbuild_env(root: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_rbuild"))
-        .arg("--root")
-        .arg(root)
+    rbuild_command(root)
         .args(args)
         .envs(env.iter().copied())
         .output()
         .unwrap()
+}
+
+/// `rbuild --root ROOT`, to add arguments to: as `RBUILD_TEST_USER` when
+/// set (through runuser, with the user's home, and the test's directory
+/// handed to the user first: what it made there is the user's to read).
+pub fn rbuild_command(root: &Path) -> Command {
+    let mut cmd = match test_user() {
+        Some(user) => {
+            hand_to_user(root, &user);
+            let mut c = Command::new("runuser");
+            c.args(["-u", &user, "--", "env", &format!("HOME=/home/{user}")])
+                .arg(env!("CARGO_BIN_EXE_rbuild"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_rbuild")),
+    };
+    cmd.arg("--root").arg(root);
+    cmd
+}
+
+/// `program`, run as `RBUILD_TEST_USER` when set (a helper rbuild must
+/// be able to talk to, as an ssh-agent that only answers its own user).
+pub fn as_test_user(program: &str) -> Command {
+    match test_user() {
+        Some(user) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", &user, "--", program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// The test directory `path` is in (from [`tmp`]) and its directories
+/// and unreadable files owned by `user` (modes kept: a chown clears
+/// set-id bits).
+fn hand_to_user(path: &Path, user: &str) {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    fn walk(p: &Path, (uid, gid): (u32, u32)) {
+        let Ok(meta) = std::fs::symlink_metadata(p) else {
+            return;
+        };
+        // A state root's files keep their owners (subordinate ids).
+        if p.join("index.db").exists() {
+            return;
+        }
+        // Directories (rbuild writes in them) and what others can't read
+        // are the user's; other files stay as they are (a chown is a
+        // change of ctime, which the stat cache sees).
+        let hidden = !meta.is_dir() && !meta.file_type().is_symlink() && meta.mode() & 0o004 == 0;
+        if (meta.is_dir() || hidden) && (meta.uid(), meta.gid()) != (uid, gid) {
+            std::os::unix::fs::lchown(p, Some(uid), Some(gid)).unwrap();
+            if !meta.file_type().is_symlink() && meta.mode() & 0o7000 != 0 {
+                let mode = std::fs::Permissions::from_mode(meta.mode() & 0o7777);
+                std::fs::set_permissions(p, mode).unwrap();
+            }
+        }
+        if meta.is_dir() {
+            for e in std::fs::read_dir(p).unwrap().flatten() {
+                walk(&e.path(), (uid, gid));
+            }
+        }
+    }
+    let base = std::env::temp_dir();
+    let Some(first) = path.strip_prefix(&base).ok().and_then(|r| r.iter().next()) else {
+        return;
+    };
+    let id = |flag: &str| -> u32 {
+        let o = Command::new("id").args([flag, user]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+    };
+    walk(&base.join(first), (id("-u"), id("-g")));
+}
+
+/// The uid exported files get: the test user's when the tests run rbuild
+/// as one (a local export is the user's), else `None` (the image's).
+pub fn export_owner() -> Option<u32> {
+    let user = test_user()?;
+    let o = Command::new("id").args(["-u", &user]).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().parse().ok()
 }
 
 /// `rbuild build -q -o type=local,dest=OUT CONTEXT` on state root `root`;
