@@ -6,9 +6,7 @@
 # by ../shared/bench/bases.sh), given as a named context. Phases: cold (an
 # empty store) and, where the scenario has mutate.sh, incr (one change,
 # then the rebuild). Prints the median of RUNS per scenario and phase for
-# each, and the ratio. (Run by hand, outside this script, the many-steps
-# rebuild measured 1.1-1.2x; in this loop it measures higher: not found
-# why.)
+# each, and the ratio.
 #
 #   RBUILD=target/release/rbuild builder/benches/rootless.sh [RUNS] [SCENARIO...]
 set -euo pipefail

@@ -568,7 +568,18 @@ impl Snapshotter {
                 let (upper, work) = upper_and_work(&active)?;
                 let mut lowers = self.lower_dirs(parent)?;
                 let mut options = overlay_options(&lowers, &upper, &work);
+                // A long chain is named by open directories (`/proc/self/fd/N`,
+                // 17 bytes a layer, whatever the state root's path), held
+                // until the mount is made.
+                let _held: Vec<File>;
                 if options.len() > MAX_MOUNT_OPTIONS {
+                    let (held, by_fd) = lowers_by_fd(&lowers)?;
+                    _held = held;
+                    lowers = by_fd;
+                    options = overlay_options(&lowers, &upper, &work);
+                }
+                if options.len() > MAX_MOUNT_OPTIONS {
+                    lowers = self.lower_dirs(parent)?;
                     // Too many layers for one mount: flatten the chain.
                     let flat = active.join("flat");
                     for dir in lowers.iter().rev() {
@@ -645,6 +656,25 @@ fn upper_and_work(dir: &Path) -> Result<(PathBuf, PathBuf), SnapshotError> {
         fs::create_dir_all(d).map_err(io_err("creating", d))?;
     }
     Ok((upper, work))
+}
+
+/// `lowers` opened (`O_PATH`), and the paths that name them through
+/// /proc/self/fd while the files are open.
+fn lowers_by_fd(lowers: &[PathBuf]) -> Result<(Vec<File>, Vec<PathBuf>), SnapshotError> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut held = Vec::with_capacity(lowers.len());
+    let mut paths = Vec::with_capacity(lowers.len());
+    for l in lowers {
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(l)
+            .map_err(io_err("opening", l))?;
+        paths.push(PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())));
+        held.push(f);
+    }
+    Ok((held, paths))
 }
 
 /// The options of an overlay mount, each path escaped.
