@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::users::{as_user, hand_over, user};
+use common::users::{as_user, as_user_env, hand_over, user};
 use common::{is_root, rbuild, tmp};
 
 const DOCKERFILE: &str = "FROM scratch
@@ -167,4 +167,70 @@ fn without_subordinate_ids_the_build_warns_and_works() {
     assert!(err.contains("WARNING: no subordinate ids"), "{err}");
     assert_eq!(std::fs::read_to_string(out.join("uid")).unwrap(), "0\n");
     assert_eq!(std::fs::metadata(out.join("uid")).unwrap().uid(), uid);
+}
+
+/// Where the kernel's overlayfs can't be mounted in a user namespace
+/// (before Linux 5.11), fuse-overlayfs mounts the same snapshots: forced
+/// here, the user's build gives root's image (whiteouts, an opaque
+/// directory, a moved directory, owners) and its files.
+#[test]
+fn fuse_overlayfs_snapshots_give_roots_image() {
+    if !is_root() {
+        eprintln!("skipped: making the test's users needs root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    // Debian's udev rule makes /dev/fuse 0666; this machine's may be 0600.
+    let fuse = Path::new("/dev/fuse");
+    let mode = std::fs::metadata(fuse).unwrap().permissions().mode();
+    if mode & 0o006 != 0o006 {
+        std::fs::set_permissions(fuse, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    let name = "rbuild-rootless";
+    let uid = user(name, true);
+    let t = tmp("rootless-fuse");
+    let (exe, ctx) = workspace(&t.0, uid);
+    let home = t.0.join("home");
+    let out = t.0.join("out");
+    let image = [
+        "build",
+        "-q",
+        "--output",
+        "type=image,name=fuse:1,rewrite-timestamp=true",
+        "-o",
+        &format!("type=local,dest={}", out.display()),
+        ctx.to_str().unwrap(),
+    ];
+    let env = [("RBUILD_SNAPSHOTTER", "fuse-overlayfs")];
+    let id = ok(&as_user_env(name, &exe, &home, &image, &env));
+    let store = home.join(".local/share/rbuild");
+    assert_eq!(
+        std::fs::read_to_string(store.join("snapshots/backend")).unwrap(),
+        "fuse-overlayfs"
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .arg("--root")
+        .arg(t.0.join("root"))
+        .args(&image[..4])
+        .arg(ctx.to_str().unwrap())
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert_eq!(ok(&o), id);
+    let ls = std::fs::read_to_string(out.join("ls")).unwrap();
+    assert!(
+        ls.contains(" 1000     1000 ") && ls.contains(" 33       33 "),
+        "{ls}"
+    );
+    let names = |d: &str| -> Vec<String> {
+        std::fs::read_dir(out.join(d))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(names("d/sub"), ["new"]);
+    assert_eq!(names("e2"), ["f"]);
+    assert!(!out.join("gone").exists() && !out.join("e").exists());
+    // A rebuild on the same store gives the same image.
+    assert_eq!(ok(&as_user_env(name, &exe, &home, &image, &env)), id);
 }

@@ -44,11 +44,29 @@ pub fn overlay_opaque_xattr() -> &'static str {
     }
 }
 
-/// Whether `path` is a directory marked opaque in either form.
+/// Whether `path` is a directory marked opaque in any form: the kernel's
+/// (`trusted.` or, in a user namespace, `user.overlay.opaque`) or
+/// fuse-overlayfs's (`user.fuseoverlayfs.opaque`, with a marker file).
 pub fn is_overlay_opaque(path: &std::path::Path) -> bool {
-    ["trusted.overlay.opaque", "user.overlay.opaque"]
-        .iter()
-        .any(|n| matches!(xattr::get(path, n), Ok(Some(v)) if v == b"y"))
+    [
+        "trusted.overlay.opaque",
+        "user.overlay.opaque",
+        "user.fuseoverlayfs.opaque",
+    ]
+    .iter()
+    .any(|n| matches!(xattr::get(path, n), Ok(Some(v)) if v == b"y"))
+}
+
+/// The file fuse-overlayfs leaves in an opaque directory beside its xattr
+/// (the OCI name of an opaque marker: never a file of a layer).
+pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+/// Whether xattr `name` is overlayfs's own bookkeeping (kernel or
+/// fuse-overlayfs): never copied, never in a layer.
+pub fn is_overlay_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"trusted.overlay.")
+        || name.starts_with(b"user.overlay.")
+        || name.starts_with(b"user.fuseoverlayfs.")
 }
 
 pub fn in_user_namespace() -> bool {

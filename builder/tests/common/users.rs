@@ -59,11 +59,23 @@ pub fn hand_over(dir: &Path, uid: u32) -> PathBuf {
 /// `exe ARGS...` as user `name` with home `home` (its state under it),
 /// SOURCE_DATE_EPOCH set.
 pub fn as_user(name: &str, exe: &Path, home: &Path, args: &[&str]) -> Output {
+    as_user_env(name, exe, home, args, &[])
+}
+
+/// [`as_user`] with more environment variables.
+pub fn as_user_env(
+    name: &str,
+    exe: &Path,
+    home: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
     Command::new("runuser")
         .args(["-u", name, "--", "env"])
         .arg(format!("HOME={}", home.display()))
         .arg("XDG_DATA_HOME=")
         .arg("SOURCE_DATE_EPOCH=1700000000")
+        .args(env.iter().map(|(k, v)| format!("{k}={v}")))
         .arg(exe)
         .args(args)
         .output()

@@ -183,10 +183,13 @@ pub(super) fn os_join(dir: &Path, name: &OsStr) -> PathBuf {
 }
 
 /// Directory entries sorted by name bytes.
+/// The names in `dir`, sorted; fuse-overlayfs's opaque marker file
+/// (`.wh..wh..opq`, beside its xattr) is no entry.
 fn sorted_entries(dir: &Path) -> Result<Vec<OsString>, LayerError> {
     let mut names: Vec<OsString> = fs::read_dir(dir)
         .map_err(|e| LayerError::io("reading", dir, e))?
         .map(|e| e.map(|e| e.file_name()))
+        .filter(|n| !n.as_ref().is_ok_and(|n| n == crate::OPAQUE_MARKER))
         .collect::<Result<_, _>>()
         .map_err(|e| LayerError::io("reading", dir, e))?;
     names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
@@ -356,7 +359,7 @@ fn xattrs(p: &Path) -> Vec<(OsString, Option<Vec<u8>>)> {
             let mut v: Vec<_> = names
                 .filter(|n| {
                     let n = n.as_bytes();
-                    !n.starts_with(b"trusted.overlay.") && !n.starts_with(b"user.overlay.")
+                    !crate::is_overlay_xattr(n)
                 })
                 .map(|n| (n.clone(), xattr::get(p, &n).ok().flatten()))
                 .collect();

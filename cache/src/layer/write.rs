@@ -624,7 +624,7 @@ impl<W: TarSink> TarWriter<W> {
         let mut records: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         for name in names {
             let Some(n) = name.to_str() else { continue };
-            if n.starts_with("trusted.overlay.") || n.starts_with("user.overlay.") {
+            if crate::is_overlay_xattr(n.as_bytes()) {
                 continue;
             }
             if let Ok(Some(value)) = xattr::get(full, &name) {

@@ -31,6 +31,7 @@ use crate::layer::{
     DiffSource, Layer, LayerError, LayerOptions, UnpackOptions, unpack, write_layer,
 };
 
+mod fuse;
 mod view;
 
 /// Snapshot failures; each names the snapshot or path.
@@ -63,6 +64,9 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Snapsh
     move |source| at(source).into()
 }
 
+/// The `backend` record of an overlay store mounted with fuse-overlayfs.
+const FUSE: &str = "fuse-overlayfs";
+
 /// How snapshots are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -83,7 +87,7 @@ impl Backend {
 
     fn from_name(name: &str) -> Option<Backend> {
         match name {
-            "overlay" => Some(Backend::Overlay),
+            "overlay" | FUSE => Some(Backend::Overlay),
             "copy" => Some(Backend::Copy),
             _ => None,
         }
@@ -104,6 +108,9 @@ pub struct Snapshot {
 pub struct Snapshotter {
     root: PathBuf,
     backend: Backend,
+    /// Overlay mounts made by fuse-overlayfs (recorded as `fuse-overlayfs`:
+    /// the layout is the overlay backend's).
+    fuse: bool,
     /// Each committed snapshot's parent, as read once: committed snapshots
     /// never change and their ids are never reused, and every step reads
     /// its whole chain (twice: to mount, to diff), which was one file read
@@ -253,28 +260,34 @@ impl Snapshotter {
         let record = root.join("backend");
         // A record lost or torn by a crash (empty, unknown) is made again.
         let recorded = match fs::read_to_string(&record) {
-            Ok(s) => Backend::from_name(s.trim()),
+            Ok(s) => Backend::from_name(s.trim()).map(|b| (b, s.trim() == FUSE)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(io_err("reading", &record)(e)),
         };
-        let backend = match recorded {
+        let (backend, fuse) = match recorded {
             Some(b) => b,
             None => {
-                let b = if std::env::var_os("RBUILD_SNAPSHOTTER").is_some_and(|v| v == "copy")
-                    || !overlay_works(root)
-                {
-                    Backend::Copy
+                let wanted = std::env::var("RBUILD_SNAPSHOTTER").unwrap_or_default();
+                let b = if wanted == "copy" {
+                    (Backend::Copy, false)
+                } else if wanted != FUSE && overlay_works(root) {
+                    (Backend::Overlay, false)
+                } else if (wanted == FUSE || crate::in_user_namespace()) && fuse::works(root) {
+                    (Backend::Overlay, true)
                 } else {
-                    Backend::Overlay
+                    (Backend::Copy, false)
                 };
+                let name = if b.1 { FUSE } else { b.0.name() };
                 let tmp = root.join(format!(".backend.{}.tmp", std::process::id()));
-                fs::write(&tmp, b.name())
+                fs::write(&tmp, name)
                     .and_then(|()| fs::rename(&tmp, &record))
                     .map_err(io_err("writing", &record))?;
                 b
             }
         };
-        Snapshotter::open_with_backend(root, backend)
+        let mut s = Snapshotter::open_with_backend(root, backend)?;
+        s.fuse = fuse;
+        Ok(s)
     }
 
     /// Opens with a given backend. A store must keep one backend: the two
@@ -288,11 +301,17 @@ impl Snapshotter {
         let s = Snapshotter {
             root: root.to_path_buf(),
             backend,
+            fuse: false,
             parents: Default::default(),
             known_dirs: Default::default(),
         };
         s.clean_stale()?;
         Ok(s)
+    }
+
+    /// Whether overlay mounts are fuse-overlayfs's.
+    pub fn is_fuse(&self) -> bool {
+        self.fuse
     }
 
     /// The layer of committed snapshot `id` (what its step changed),
@@ -564,6 +583,23 @@ impl Snapshotter {
                     copy_tree(&self.committed_dir(p).join("fs"), &merged)?;
                 }
             }
+            Backend::Overlay if self.fuse => {
+                let (upper, work) = upper_and_work(&active)?;
+                let mut lowers = self.lower_dirs(parent)?;
+                if lowers.is_empty() {
+                    let empty = active.join("empty");
+                    fs::create_dir_all(&empty).map_err(io_err("creating", &empty))?;
+                    lowers.push(empty);
+                }
+                fuse::mount(&merged, &lowers, &upper, &work).map_err(|source| {
+                    SnapshotError::Mount {
+                        path: merged.clone(),
+                        options: "fuse-overlayfs".into(),
+                        source,
+                    }
+                })?;
+                snap.mounted = true;
+            }
             Backend::Overlay => {
                 let (upper, work) = upper_and_work(&active)?;
                 let mut lowers = self.lower_dirs(parent)?;
@@ -758,6 +794,10 @@ fn apply_overlay_dir(
         .map_err(io_err("reading", layer))?
         .flatten()
     {
+        if e.file_name() == crate::OPAQUE_MARKER {
+            // fuse-overlayfs's opaque marker: the directory's xattr says it.
+            continue;
+        }
         let src = e.path();
         let target = dest.join(e.file_name());
         let meta = fs::symlink_metadata(&src).map_err(io_err("reading", &src))?;
@@ -838,8 +878,7 @@ fn copy_metadata(src: &Path, dest: &Path, meta: &fs::Metadata) -> Result<(), Sna
         .map_err(io_err("changing mode of", dest))?;
     if let Ok(names) = xattr::list(src) {
         for n in names {
-            let n_text = n.to_string_lossy();
-            if n_text.starts_with("trusted.overlay.") || n_text.starts_with("user.overlay.") {
+            if crate::is_overlay_xattr(n.as_bytes()) {
                 continue;
             }
             if let Ok(Some(v)) = xattr::get(src, &n) {
@@ -871,8 +910,11 @@ impl MutableSnapshot {
     /// With overlay, the directory that receives the changes (beside the
     /// mount, for entries written there directly: hard links to files of
     /// committed snapshots, which cannot be made through the mount).
+    /// Not with fuse-overlayfs, which would not see them: it caches what
+    /// it has looked up.
     pub fn upper(&self) -> Option<PathBuf> {
-        (self.snapshotter.backend == Backend::Overlay).then(|| self.dir.join("upper"))
+        (self.snapshotter.backend == Backend::Overlay && !self.snapshotter.fuse)
+            .then(|| self.dir.join("upper"))
     }
 
     /// The parent snapshot.

@@ -25,7 +25,8 @@ impl Snapshotter {
     pub fn view(&self, dir: &Path, hidden: &[PathBuf]) -> Result<MutableSnapshot, SnapshotError> {
         let mut snap = self.new_active(None)?;
         let merged = snap.root();
-        if self.backend == Backend::Overlay {
+        // fuse-overlayfs stores: the kernel can't mount overlays here.
+        if self.backend == Backend::Overlay && !self.is_fuse() {
             let (upper, work) = upper_and_work(&snap.dir)?;
             hide(dir, &upper, hidden)?;
             let options = overlay_options(&[dir.to_path_buf()], &upper, &work);
