@@ -193,20 +193,11 @@ fn an_arm64_image_built_on_amd64_through_its_emulator() {
     );
 }
 
-/// The cross-compiling pattern: a stage `FROM --platform=$BUILDPLATFORM`
-/// runs natively whatever the target (no emulator: the test removes it
-/// while it builds for arm64), sees the target in `$TARGETARCH`, and its
-/// steps that do not use the target are shared between the builds for two
-/// platforms (the second finds them in the cache).
-#[test]
-fn a_build_platform_stage_runs_natively_and_is_shared() {
-    if !is_root() {
-        eprintln!("skipped: building needs root");
-        return;
-    }
-    let _binfmt = BINFMT.lock().unwrap_or_else(|e| e.into_inner());
-    let t = tmp("platform-cross");
-    let ctx = t.0.join("ctx");
+/// The cross-compiling pattern: a `FROM --platform=$BUILDPLATFORM` stage
+/// (host busybox) that writes `uname -m` and then the target's
+/// `$TARGETARCH`, copied into the target's image.
+fn cross_context(dir: &Path) -> PathBuf {
+    let ctx = dir.join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
     std::fs::write(
@@ -221,6 +212,23 @@ fn a_build_platform_stage_runs_natively_and_is_shared() {
          COPY --from=build /build-arch /target /\n",
     )
     .unwrap();
+    ctx
+}
+
+/// The cross-compiling pattern: a stage `FROM --platform=$BUILDPLATFORM`
+/// runs natively whatever the target (no emulator: the test removes it
+/// while it builds for arm64), sees the target in `$TARGETARCH`, and its
+/// steps that do not use the target are shared between the builds for two
+/// platforms (the second finds them in the cache).
+#[test]
+fn a_build_platform_stage_runs_natively_and_is_shared() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let _binfmt = BINFMT.lock().unwrap_or_else(|e| e.into_inner());
+    let t = tmp("platform-cross");
+    let ctx = cross_context(&t.0);
     let root = t.0.join("root");
     let build = |platform: &str| {
         let out = t.0.join(platform.replace('/', "_"));
@@ -576,21 +584,7 @@ fn a_build_platform_stage_runs_once_for_two_platforms() {
     }
     let _binfmt = BINFMT.lock().unwrap_or_else(|e| e.into_inner());
     let t = tmp("platform-cross-multi");
-    let ctx = t.0.join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        "FROM --platform=$BUILDPLATFORM scratch AS build\n\
-         COPY busybox /bin/busybox\n\
-         RUN [\"/bin/busybox\",\"--install\",\"-s\",\"/bin\"]\n\
-         RUN uname -m > /build-arch\n\
-         ARG TARGETARCH\n\
-         RUN echo \"for $TARGETARCH\" > /target\n\
-         FROM scratch\n\
-         COPY --from=build /build-arch /target /\n",
-    )
-    .unwrap();
+    let ctx = cross_context(&t.0);
     let handler = Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64");
     if handler.exists() {
         std::fs::write(handler, "-1").unwrap();

@@ -29,6 +29,14 @@ fn ok(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
+/// The names in `dir`.
+fn names_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 /// A directory the user owns, with the binary and a context in it.
 fn workspace(t: &Path, uid: u32) -> (std::path::PathBuf, std::path::PathBuf) {
     let ctx = t.join("ctx");
@@ -99,12 +107,7 @@ fn an_ordinary_user_builds_with_the_owners_kept() {
     // A directory made again hides what was below (an opaque directory),
     // a directory of a lower layer moves (copied up where overlayfs in a
     // user namespace refuses the rename).
-    let names = |d: &str| -> Vec<String> {
-        std::fs::read_dir(out.join(d))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect()
-    };
+    let names = |d: &str| names_in(&out.join(d));
     assert_eq!(names("d/sub"), ["new"]);
     assert_eq!(names("e2"), ["f"]);
     assert!(!out.join("e").exists());
@@ -222,12 +225,7 @@ fn fuse_overlayfs_snapshots_give_roots_image() {
         ls.contains(" 1000     1000 ") && ls.contains(" 33       33 "),
         "{ls}"
     );
-    let names = |d: &str| -> Vec<String> {
-        std::fs::read_dir(out.join(d))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect()
-    };
+    let names = |d: &str| names_in(&out.join(d));
     assert_eq!(names("d/sub"), ["new"]);
     assert_eq!(names("e2"), ["f"]);
     assert!(!out.join("gone").exists() && !out.join("e").exists());

@@ -353,7 +353,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     // stage) are cache hits after the first.
     let mut builds = Vec::new();
     for platform in &platforms {
-        let graph = match first_graph.take() {
+        let mut graph = match first_graph.take() {
             Some(g) => g,
             None => {
                 let plan = loaded.for_platform(platform)?;
@@ -364,7 +364,6 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
                 graph?
             }
         };
-        let mut graph = graph;
         if multi {
             graph.name_platform();
         }
