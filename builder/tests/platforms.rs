@@ -312,6 +312,28 @@ fn index_arches(index: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// Builds `ctx` (its RUN writes `uname -m` to `/again`) on `root` for
+/// amd64 and arm64 into `out`: each platform's directory says its own.
+fn assert_each_platform_ran(root: &Path, ctx: &Path, out: &Path) {
+    ok(&rbuild(
+        root,
+        &[
+            "build",
+            "-q",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    let again = |p: &str| std::fs::read_to_string(out.join(p).join("again")).unwrap();
+    assert_eq!(
+        (again("linux_arm64"), again("linux_amd64")),
+        ("aarch64\n".into(), "x86_64\n".into())
+    );
+}
+
 /// `--platform linux/amd64,linux/arm64`: one build gives an image index
 /// (in the store, an OCI archive and layout read by skopeo and umoci, one
 /// directory per platform in a files output); `FROM` it resolves each
@@ -420,24 +442,7 @@ fn two_platforms_in_one_build_give_an_index() {
         "FROM multi:1\nRUN cat /arch > /again\n",
     )
     .unwrap();
-    let out = t.0.join("child-files");
-    ok(&rbuild(
-        &root,
-        &[
-            "build",
-            "-q",
-            "--platform",
-            "linux/arm64,linux/amd64",
-            "-o",
-            &format!("type=local,dest={}", out.display()),
-            child.to_str().unwrap(),
-        ],
-    ));
-    let again = |p: &str| std::fs::read_to_string(out.join(p).join("again")).unwrap();
-    assert_eq!(
-        (again("linux_arm64"), again("linux_amd64")),
-        ("aarch64\n".into(), "x86_64\n".into())
-    );
+    assert_each_platform_ran(&root, &child, &t.0.join("child-files"));
 
     // docker's archive holds one platform's image.
     let o = rbuild(
@@ -552,24 +557,7 @@ fn two_platforms_in_one_build_give_an_index() {
         format!("FROM {name}\nRUN cat /arch > /again\n"),
     )
     .unwrap();
-    let out = t.0.join("from-registry");
-    ok(&rbuild(
-        &empty,
-        &[
-            "build",
-            "-q",
-            "--platform",
-            "linux/amd64,linux/arm64",
-            "-o",
-            &format!("type=local,dest={}", out.display()),
-            child.to_str().unwrap(),
-        ],
-    ));
-    let again = |p: &str| std::fs::read_to_string(out.join(p).join("again")).unwrap();
-    assert_eq!(
-        (again("linux_arm64"), again("linux_amd64")),
-        ("aarch64\n".into(), "x86_64\n".into())
-    );
+    assert_each_platform_ran(&empty, &child, &t.0.join("from-registry"));
 }
 
 /// The cross-compiling pattern in one build for two platforms: the
