@@ -164,6 +164,60 @@ pub fn for_platform(
     }
 }
 
+/// What of `image` the store holds, to save or push: the image, or the
+/// index when all its images are here; else the one image of it that is
+/// (a tag pulled for one platform), or a new index of those that are.
+/// Returns it and the platforms left out.
+pub fn local_part(
+    blobs: &BlobStore,
+    image: &StoredImage,
+) -> anyhow::Result<(Descriptor, Vec<String>)> {
+    if !is_index(&image.manifest.media_type) {
+        return Ok((image.manifest.clone(), Vec::new()));
+    }
+    let index = read_index(blobs, image)?;
+    let (here, missing): (Vec<Descriptor>, Vec<Descriptor>) = index
+        .manifests
+        .iter()
+        .cloned()
+        .partition(|m| m.digest.parse().is_ok_and(|d| blobs.contains(&d)));
+    let left_out: Vec<String> = missing
+        .iter()
+        .map(|m| {
+            m.platform
+                .as_ref()
+                .map_or("(no platform)".to_string(), |p| {
+                    crate::platform::of_spec(p).to_string()
+                })
+        })
+        .collect();
+    match here.as_slice() {
+        _ if missing.is_empty() => Ok((image.manifest.clone(), left_out)),
+        [] => bail!(
+            "{}: none of its index's images is in the local store",
+            image.reference
+        ),
+        [one] => {
+            let mut one = one.clone();
+            one.platform = None;
+            Ok((one, left_out))
+        }
+        _ => {
+            let part = Index {
+                manifests: here,
+                ..index
+            };
+            let bytes = to_canonical_json(&part);
+            let digest = blobs.put_bytes(&bytes)?;
+            let media_type = part.media_type.as_deref().unwrap_or(media::OCI_INDEX);
+            Ok((
+                Descriptor::new(media_type, &digest, bytes.len() as u64),
+                left_out,
+            ))
+        }
+    }
+}
+
 /// Reads an image's manifest and config, verified.
 pub fn read(blobs: &BlobStore, image: &StoredImage) -> anyhow::Result<(Manifest, ImageConfig)> {
     if is_index(&image.manifest.media_type) {

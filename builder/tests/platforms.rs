@@ -544,6 +544,44 @@ fn two_platforms_in_one_build_give_an_index() {
             ("linux/arm64".to_string(), true)
         ]
     );
+    // Saved or pushed now, the tag gives the image the store holds (the
+    // index's other platform is left out, with a warning).
+    let saved = t.0.join("arm.tar");
+    let o = rbuild(
+        &fresh,
+        &[
+            "save",
+            "--format",
+            "oci",
+            "-o",
+            saved.to_str().unwrap(),
+            &name,
+        ],
+    );
+    let err = ok(&o);
+    assert!(
+        err.contains("WARNING") && err.contains("linux/amd64"),
+        "{err}"
+    );
+    let arc = format!("oci-archive:{}", saved.display());
+    let raw: serde_json::Value =
+        serde_json::from_str(&skopeo(&["inspect", "--raw", &arc])).unwrap();
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    let arm: serde_json::Value = serde_json::from_str(&skopeo(&["inspect", &arc])).unwrap();
+    assert_eq!(arm["Architecture"], "arm64");
+    let copy = format!("{}/multi/arm-only:1", reg.addr);
+    ok(&rbuild(&fresh, &["tag", &name, &copy]));
+    ok(&rbuild(&fresh, &["push", &copy]));
+    let arm: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{copy}"),
+    ]))
+    .unwrap();
+    assert_eq!(arm["Architecture"], "arm64");
     ok(&rbuild(&fresh, &["pull", &name]));
     let amd: serde_json::Value = serde_json::from_slice(
         &rbuild(&fresh, &["inspect", "--platform", "linux/amd64", &name]).stdout,

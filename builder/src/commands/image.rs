@@ -137,6 +137,23 @@ pub fn rmi(root: Option<PathBuf>, references: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What of `img` the store holds ([`crate::images::local_part`]), with a
+/// warning naming the platforms of its index left out.
+pub(crate) fn local_image(
+    store: &Store,
+    img: &crate::images::StoredImage,
+) -> anyhow::Result<cache::spec::Descriptor> {
+    let (manifest, left_out) = crate::images::local_part(&store.blobs, img)?;
+    if !left_out.is_empty() {
+        eprintln!(
+            "WARNING: {}: the images for {} are not in the local store; left out (pull them with --platform to keep them)",
+            img.reference,
+            left_out.join(", ")
+        );
+    }
+    Ok(manifest)
+}
+
 pub fn save(
     root: Option<PathBuf>,
     output: &str,
@@ -149,6 +166,7 @@ pub fn save(
     let store_root = state_root(root.clone());
     let store = open_store(root)?;
     let img = find(&store, &references[0])?;
+    let manifest = local_image(&store, &img)?;
     // A base pulled for a build may still lack layers nobody unpacked.
     let registry = std::cell::OnceCell::new();
     crate::publish::fetch_image_layers(
@@ -162,7 +180,7 @@ pub fn save(
             }
         },
         &store,
-        &img.manifest,
+        &manifest,
         &(std::sync::Arc::new(crate::registry::transfer::Silent)
             as std::sync::Arc<dyn crate::registry::transfer::Transfer>),
     )?;
@@ -175,7 +193,7 @@ pub fn save(
     };
     crate::export::export_image(
         &store,
-        &img.manifest,
+        &manifest,
         &out,
         std::slice::from_ref(&img.reference),
         format,

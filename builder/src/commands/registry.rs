@@ -65,6 +65,7 @@ pub fn push(root: Option<PathBuf>, reference: &str) -> anyhow::Result<()> {
     let img = crate::images::find(&store.blobs, reference)?.ok_or_else(|| {
         anyhow::anyhow!("image {reference} is not in the local store (see `rbuild images`)")
     })?;
+    let manifest = crate::commands::image::local_image(&store, &img)?;
     let (report, transfer) = reporter("pushing", reference);
     let format = crate::export::LayerFormat {
         compression: cache::layer::Compression::Gzip,
@@ -72,13 +73,7 @@ pub fn push(root: Option<PathBuf>, reference: &str) -> anyhow::Result<()> {
         force: false,
     };
     let pushed = crate::publish::push_image(
-        &registry,
-        &store,
-        &img.manifest,
-        reference,
-        format,
-        true,
-        &transfer,
+        &registry, &store, &manifest, reference, format, true, &transfer,
     );
     if let Some(r) = report {
         r.end(pushed.as_ref().err());
