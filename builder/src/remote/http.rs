@@ -72,7 +72,11 @@ fn write_meta(root: &Path, f: &Fetched) -> anyhow::Result<()> {
     let path = meta_path(root, &f.url);
     let dir = path.parent().expect("under http-cache");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    // Steps of one build may write the same URL's record at once: each
+    // write its own temporary file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
     std::fs::write(&tmp, serde_json::to_vec(f)?)
         .and_then(|()| std::fs::rename(&tmp, &path))
         .with_context(|| format!("writing {}", path.display()))
@@ -287,6 +291,33 @@ pub fn stage(store: &Store, files: &[Fetched], dir: &Path) -> anyhow::Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_urls_record_written_by_many_steps_at_once() {
+        let root = std::env::temp_dir().join(format!("rbuild-http-meta-{}", std::process::id()));
+        let f = Fetched {
+            url: "http://127.0.0.1:1/download".into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            size: 1,
+            name: "download".into(),
+            mtime: 0,
+            etag: Some("\"e\"".into()),
+            last_modified: None,
+        };
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| (0..50).try_for_each(|_| write_meta(&root, &f))))
+                .collect();
+            for h in handles {
+                h.join().unwrap().unwrap();
+            }
+        });
+        assert_eq!(
+            read_meta(&root, &f.url).unwrap().etag.as_deref(),
+            Some("\"e\"")
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     #[test]
     fn names_and_dates() {
