@@ -127,7 +127,7 @@ impl Settings {
     }
 
     /// An HTTP client builder for `authority` (`host[:port]`): system
-    /// roots, certs.d's `*.crt`, the settings' CA files, a client
+    /// roots (not for a loopback authority), certs.d's `*.crt`, the settings' CA files, a client
     /// certificate (`*.cert` with its `.key`), no verification for hosts
     /// marked insecure. Registries and `ADD <url>` downloads share it.
     pub fn client_builder(&self, authority: &str) -> anyhow::Result<reqwest::ClientBuilder> {
@@ -175,6 +175,12 @@ impl Settings {
         }
         if self.insecure(authority) {
             b = b.danger_accept_invalid_certs(true);
+        }
+        // No public CA certifies a loopback name: the system's roots (read
+        // and parsed for every client, 10-40 ms) can't verify one; its CA
+        // comes from certs.d or the settings.
+        if is_loopback(authority) {
+            b = b.tls_built_in_root_certs(false);
         }
         Ok(b)
     }
