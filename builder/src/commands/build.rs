@@ -613,7 +613,8 @@ pub(crate) fn read_ignore(file: Option<PathBuf>) -> anyhow::Result<Option<Patter
 
 /// Writes through a temp file and rename: never half-written.
 fn write_file(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("rbuild-tmp");
+    // Its own name: builds started together may write the same file.
+    let tmp = path.with_extension(format!("rbuild-tmp-{}", std::process::id()));
     std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
