@@ -3,7 +3,9 @@
 # them on a busybox base, `--no-cache`, arm64 through QEMU), and a
 # cross-compiled build for two platforms in one run against one platform
 # (the `FROM --platform=$BUILDPLATFORM` stage's target-free steps run once:
-# the steps run and found in the cache are counted). Needs root,
+# the steps run and found in the cache are counted); and a CPU-bound RUN
+# for amd64, for arm64, and for both in one build (the platforms build side
+# by side). Needs root,
 # busybox-static, qemu-user-static and Debian's busybox-static:arm64 (as
 # .ci/run fetches it to /var/cache/rbuild-tests/busybox-arm64).
 #
@@ -65,4 +67,17 @@ for platforms in linux/amd64 linux/amd64,linux/arm64; do
   ran=$(grep -c ' DONE ' <<<"$log" || true)
   cached=$(grep -c ' CACHED$' <<<"$log" || true)
   echo "cross build, $platforms, cold: ${t}s; steps run $ran, from the cache $cached"
+done
+
+{
+  printf 'FROM scratch\nARG TARGETARCH\nCOPY busybox-$TARGETARCH /bin/busybox\n'
+  printf 'RUN ["/bin/busybox","--install","-s","/bin"]\n'
+  printf 'RUN i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; echo $i > /n\n'
+} >"$work/Dockerfile.cpu"
+for platforms in linux/amd64 linux/arm64 linux/amd64,linux/arm64; do
+  t=$(for _ in $(seq "$runs"); do
+    rm -rf "$work/root"
+    seconds -q --platform "$platforms" -f "$work/Dockerfile.cpu" "$work"
+  done | median)
+  echo "CPU-bound RUN, $platforms, cold: ${t}s"
 done

@@ -348,10 +348,10 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     } else {
         Box::new(Embedded::default())
     };
-    // One build of the graph per platform, one after the other: steps that
-    // do not depend on the platform (a `FROM --platform=$BUILDPLATFORM`
-    // stage) are cache hits after the first.
-    let mut builds = Vec::new();
+    // One build of the graph per platform, side by side: a step two of them
+    // share (a `FROM --platform=$BUILDPLATFORM` stage's) is made once, the
+    // other waiting on its key's lock and then finding it in the cache.
+    let mut graphs = Vec::new();
     for platform in &platforms {
         let mut graph = match first_graph.take() {
             Some(g) => g,
@@ -367,11 +367,31 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         if multi {
             graph.name_platform();
         }
-        let built = build(&store, &graph, runtime.as_ref(), &options, &progress);
-        if built.is_err() {
-            progress.finish();
+        graphs.push((platform.clone(), graph));
+    }
+    let results: Vec<anyhow::Result<crate::solve::Built>> = std::thread::scope(|s| {
+        let (store, options, progress, runtime) = (&store, &options, &progress, runtime.as_ref());
+        let handles: Vec<_> = graphs
+            .iter()
+            .map(|(_, graph)| s.spawn(move || build(store, graph, runtime, options, progress)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a build panicked")))
+            })
+            .collect()
+    });
+    let mut builds = Vec::new();
+    for ((platform, graph), built) in graphs.into_iter().zip(results) {
+        match built {
+            Ok(b) => builds.push((platform, graph, b)),
+            Err(e) => {
+                progress.finish();
+                return Err(e);
+            }
         }
-        builds.push((platform.clone(), graph, built?));
     }
     progress.finish();
     for (_, graph, built) in &mut builds {
