@@ -652,3 +652,47 @@ fn a_build_platform_stage_runs_once_for_two_platforms() {
         .count();
     assert_eq!(runs, 2, "{err}");
 }
+
+/// A step that fails in one platform's build stops the others' running
+/// steps: the build ends at once with that step's error (not another
+/// platform's "canceled").
+#[test]
+fn a_failure_in_one_platform_stops_the_others() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let _binfmt = BINFMT.lock().unwrap_or_else(|e| e.into_inner());
+    let t = tmp("platform-fail");
+    let ctx = arch_context(&t.0);
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nARG TARGETARCH\nCOPY busybox-$TARGETARCH /bin/busybox\n\
+         RUN [\"/bin/busybox\",\"--install\",\"-s\",\"/bin\"]\n\
+         RUN if [ \"$TARGETARCH\" = arm64 ]; then exit 3; else sleep 30; fi\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let o = rbuild(
+        &t.0.join("root"),
+        &[
+            "build",
+            "--progress=plain",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "the amd64 sleep was not stopped"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    let last = err.lines().rfind(|l| l.starts_with("error:")).unwrap_or("");
+    assert!(
+        last.contains("Dockerfile:5") && !last.contains("canceled"),
+        "{err}"
+    );
+    assert!(err.contains("exit code: 3"), "{err}");
+}

@@ -310,6 +310,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     });
     let multi = platforms.len() > 1;
     let mut options = BuildOptions {
+        cancel: Default::default(),
         cache_imports: (!imports.is_empty()).then_some(&imports),
         cache_export,
         transfer: transfer.clone(),
@@ -369,6 +370,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         }
         graphs.push((platform.clone(), graph));
     }
+    // A failure in one stops the others (they share `options.cancel`).
     let results: Vec<anyhow::Result<crate::solve::Built>> = std::thread::scope(|s| {
         let (store, options, progress, runtime) = (&store, &options, &progress, runtime.as_ref());
         let handles: Vec<_> = graphs
@@ -383,16 +385,20 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
             })
             .collect()
     });
-    let mut builds = Vec::new();
-    for ((platform, graph), built) in graphs.into_iter().zip(results) {
-        match built {
-            Ok(b) => builds.push((platform, graph, b)),
-            Err(e) => {
-                progress.finish();
-                return Err(e);
-            }
-        }
+    // The failure to tell is the one that stopped the others (theirs
+    // say they were canceled).
+    if results.iter().any(Result::is_err) {
+        progress.finish();
+        let canceled = |e: &anyhow::Error| e.chain().any(|c| c.is::<crate::solve::Canceled>());
+        let mut errors: Vec<anyhow::Error> = results.into_iter().filter_map(Result::err).collect();
+        let first = errors.iter().position(|e| !canceled(e)).unwrap_or(0);
+        return Err(errors.swap_remove(first));
     }
+    let mut builds: Vec<_> = graphs
+        .into_iter()
+        .zip(results)
+        .map(|((platform, graph), built)| (platform, graph, built.expect("no failure")))
+        .collect();
     progress.finish();
     for (_, graph, built) in &mut builds {
         if args.explain {

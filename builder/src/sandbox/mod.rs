@@ -142,19 +142,36 @@ pub enum SandboxError {
 }
 
 /// Asks running commands to stop: set once (when a sibling step fails),
-/// seen by every run that shares it. Cloning shares the flag.
+/// seen by every run that shares it. Cloning shares the flag; a child
+/// ([`Cancel::child`]) also sees its parent's.
 #[derive(Debug, Clone, Default)]
-pub struct Cancel(std::sync::Arc<std::sync::atomic::AtomicBool>);
+pub struct Cancel {
+    own: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    parent: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
 
 impl Cancel {
-    /// Stops every run that watches this flag.
-    pub fn cancel(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    /// A flag of its own that is also set when `parent` is (one try of a
+    /// build under the whole run's flag).
+    pub fn child(parent: &Cancel) -> Cancel {
+        Cancel {
+            own: Default::default(),
+            parent: Some(parent.own.clone()),
+        }
     }
 
-    /// Whether [`Cancel::cancel`] was called.
+    /// Stops every run that watches this flag (not its parent's).
+    pub fn cancel(&self) {
+        self.own.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether [`Cancel::cancel`] was called on it or its parent.
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::SeqCst)
+        self.own.load(std::sync::atomic::Ordering::SeqCst)
+            || self
+                .parent
+                .as_ref()
+                .is_some_and(|p| p.load(std::sync::atomic::Ordering::SeqCst))
     }
 }
 

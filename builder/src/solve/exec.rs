@@ -72,7 +72,7 @@ pub(super) fn run_exec(
             let (code, log) = ran.map_err(where_)?;
             if ctx.cancel.is_cancelled() {
                 ctx.progress.canceled(id);
-                bail!("canceled: another step failed");
+                return Err(anyhow::Error::new(Canceled));
             }
             if code != 0 {
                 return Err(where_(failed(ctx, id, exec, code, &log)));
@@ -216,3 +216,16 @@ pub(super) fn local_bind_source<'c>(
         _ => None,
     }
 }
+
+/// A step stopped because another failed (in this build, or in another
+/// platform's build of the same run).
+#[derive(Debug)]
+pub struct Canceled;
+
+impl std::fmt::Display for Canceled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("canceled: another step failed")
+    }
+}
+
+impl std::error::Error for Canceled {}

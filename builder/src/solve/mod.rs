@@ -52,9 +52,15 @@ use self::schedule::*;
 use self::shared::*;
 use crate::progress::{LOG_CAP, rfc3339};
 pub use crate::progress::{Progress, ProgressFormat};
+pub use exec::Canceled;
 
 /// What a build needs besides the graph.
 pub struct BuildOptions<'a> {
+    /// The run's flag: set when the build fails (after any retry), it
+    /// stops the steps of the other builds that share it (several
+    /// platforms at once); each try of the build has a flag of its own
+    /// under it.
+    pub cancel: crate::sandbox::Cancel,
     /// The build context directory.
     pub context: &'a Path,
     /// `.dockerignore` of the context.
@@ -218,10 +224,12 @@ pub fn build(
             .chain()
             .find_map(|c| c.downcast_ref::<shared::ImportUnusable>())
         else {
+            options.cancel.cancel();
             return Err(e);
         };
         let first = lock(&rejected).insert(bad.key.clone());
         if !first {
+            options.cancel.cancel();
             return Err(e);
         }
         progress.warn(&format!("{bad}; building again without it"));
@@ -254,7 +262,7 @@ fn build_once(
         },
         host_resolv: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         created: rfc3339(options.epoch.unwrap_or_else(cache::index::now)),
-        cancel: Cancel::default(),
+        cancel: Cancel::child(&options.cancel),
         stat: crate::copy::StatCache::new(&store.index, "local"),
         identities: identities(graph, &options.dockerfile),
         explained: Default::default(),
