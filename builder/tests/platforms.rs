@@ -70,17 +70,7 @@ fn an_arm64_image_built_on_amd64_through_its_emulator() {
         std::fs::write(handler, "-1").unwrap();
     }
     let t = tmp("platform-arm64");
-    let ctx = t.0.join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::copy(busybox_arm64(), ctx.join("busybox-arm64")).unwrap();
-    std::fs::copy("/bin/busybox", ctx.join("busybox-amd64")).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        "FROM scratch\nARG TARGETARCH\nCOPY busybox-$TARGETARCH /bin/busybox\n\
-         RUN [\"/bin/busybox\",\"--install\",\"-s\",\"/bin\"]\n\
-         RUN uname -m > /arch && echo $TARGETARCH > /targetarch\n",
-    )
-    .unwrap();
+    let ctx = arch_context(&t.0);
     let root = t.0.join("root");
     let build = |platform: &str, tag: &str| {
         let out = t.0.join(tag);
