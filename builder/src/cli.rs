@@ -60,6 +60,10 @@ pub enum Command {
         /// The images (one for now)
         #[arg(required = true)]
         references: Vec<String>,
+        /// Save that platform's image of an index (default: what the store
+        /// holds of it)
+        #[arg(long, value_parser = parse_one_platform)]
+        platform: Option<frontend::stage::Platform>,
     },
     /// Pull an image from a registry into the local store
     Pull {
@@ -73,6 +77,10 @@ pub enum Command {
     Push {
         /// The image, named with its registry (`host:5000/app:1`)
         reference: String,
+        /// Push that platform's image of an index (default: what the store
+        /// holds of it)
+        #[arg(long, value_parser = parse_one_platform)]
+        platform: Option<frontend::stage::Platform>,
     },
     /// Log in to a registry (credentials go where docker keeps them)
     Login(LoginArgs),

@@ -454,6 +454,27 @@ fn two_platforms_in_one_build_give_an_index() {
         "{err}"
     );
     assert!(!t.0.join("d.tar").exists());
+    // One platform of the index, saved for docker load.
+    let one = t.0.join("arm-docker.tar");
+    ok(&rbuild(
+        &root,
+        &[
+            "save",
+            "--platform",
+            "linux/arm64",
+            "--format",
+            "docker",
+            "-o",
+            one.to_str().unwrap(),
+            "multi:1",
+        ],
+    ));
+    let arm: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        &format!("docker-archive:{}", one.display()),
+    ]))
+    .unwrap();
+    assert_eq!(arm["Architecture"], "arm64");
     // With Docker's media types: a manifest list of Docker manifests.
     let listed = t.0.join("list.tar");
     ok(&rbuild(
@@ -562,6 +583,24 @@ fn two_platforms_in_one_build_give_an_index() {
     );
     let arm: serde_json::Value = serde_json::from_str(&skopeo(&["inspect", &arc])).unwrap();
     assert_eq!(arm["Architecture"], "arm64");
+    // One platform of a whole index, pushed alone.
+    let amd_only = format!("{}/multi/amd-only:1", reg.addr);
+    ok(&rbuild(&root, &["tag", "multi:1", &amd_only]));
+    ok(&rbuild(
+        &root,
+        &["push", "--platform", "linux/amd64", &amd_only],
+    ));
+    let raw: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{amd_only}"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
     let copy = format!("{}/multi/arm-only:1", reg.addr);
     ok(&rbuild(&fresh, &["tag", &name, &copy]));
     ok(&rbuild(&fresh, &["push", &copy]));

@@ -137,12 +137,19 @@ pub fn rmi(root: Option<PathBuf>, references: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What of `img` the store holds ([`crate::images::local_part`]), with a
-/// warning naming the platforms of its index left out.
+/// `platform`'s image of `img`, or what of `img` the store holds
+/// ([`crate::images::local_part`]) with a warning naming the platforms of
+/// its index left out.
 pub(crate) fn local_image(
     store: &Store,
     img: &crate::images::StoredImage,
+    platform: Option<&frontend::stage::Platform>,
 ) -> anyhow::Result<cache::spec::Descriptor> {
+    if let Some(p) = platform {
+        let mut one = crate::images::for_platform(&store.blobs, img, p)?.manifest;
+        one.platform = None;
+        return Ok(one);
+    }
     let (manifest, left_out) = crate::images::local_part(&store.blobs, img)?;
     if !left_out.is_empty() {
         eprintln!(
@@ -159,6 +166,7 @@ pub fn save(
     output: &str,
     format: &str,
     references: &[String],
+    platform: Option<&frontend::stage::Platform>,
 ) -> anyhow::Result<()> {
     if references.len() > 1 {
         anyhow::bail!("saving several images in one archive is not supported yet");
@@ -166,7 +174,7 @@ pub fn save(
     let store_root = state_root(root.clone());
     let store = open_store(root)?;
     let img = find(&store, &references[0])?;
-    let manifest = local_image(&store, &img)?;
+    let manifest = local_image(&store, &img, platform)?;
     // A base pulled for a build may still lack layers nobody unpacked.
     let registry = std::cell::OnceCell::new();
     crate::publish::fetch_image_layers(

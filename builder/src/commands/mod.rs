@@ -34,12 +34,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             output,
             format,
             references,
-        } => image::save(cli.root, &output, &format, &references),
+            platform,
+        } => image::save(cli.root, &output, &format, &references, platform.as_ref()),
         Command::Pull {
             reference,
             platform,
         } => registry::pull(cli.root, &reference, platform.as_ref()),
-        Command::Push { reference } => registry::push(cli.root, &reference),
+        Command::Push {
+            reference,
+            platform,
+        } => registry::push(cli.root, &reference, platform.as_ref()),
         Command::Login(args) => registry::login(cli.root, args),
         Command::Logout { server } => registry::logout(server.as_deref()),
         Command::Check(args) => check::run(cli.root, args),

@@ -60,12 +60,16 @@ pub fn pull(
     Ok(())
 }
 
-pub fn push(root: Option<PathBuf>, reference: &str) -> anyhow::Result<()> {
+pub fn push(
+    root: Option<PathBuf>,
+    reference: &str,
+    platform: Option<&frontend::stage::Platform>,
+) -> anyhow::Result<()> {
     let (_, store, registry) = open(root)?;
     let img = crate::images::find(&store.blobs, reference)?.ok_or_else(|| {
         anyhow::anyhow!("image {reference} is not in the local store (see `rbuild images`)")
     })?;
-    let manifest = crate::commands::image::local_image(&store, &img)?;
+    let manifest = crate::commands::image::local_image(&store, &img, platform)?;
     let (report, transfer) = reporter("pushing", reference);
     let format = crate::export::LayerFormat {
         compression: cache::layer::Compression::Gzip,
