@@ -141,7 +141,6 @@ impl ImageState {
         }
     }
 
-    /// The time the next history entries get (a step's, from its cache record).
     /// The platform the image is for (os, architecture, variant).
     pub fn set_platform(&mut self, platform: &frontend::stage::Platform) {
         let p = &mut self.config.platform;
@@ -150,6 +149,7 @@ impl ImageState {
         p.variant = (!platform.variant.is_empty()).then(|| platform.variant.clone());
     }
 
+    /// The time the next history entries get (a step's, from its cache record).
     pub fn set_created(&mut self, created: Option<String>) {
         if created.is_some() {
             self.created = created;

@@ -27,10 +27,6 @@ pub mod spec;
 pub use digest::{Digest, DigestError};
 pub use path_error::PathError;
 
-/// Whether this process is in a user namespace other than the host's
-/// (whose uid map is the whole identity map): an ordinary user's rbuild,
-/// where device nodes can't be made and overlayfs can't rename lower
-/// directories.
 /// The xattr that marks an overlay directory opaque here:
 /// `trusted.overlay.opaque` as the host's root, `user.overlay.opaque` in a
 /// user namespace (whose overlay mounts say `userxattr`: `trusted.*` needs
@@ -69,6 +65,10 @@ pub fn is_overlay_xattr(name: &[u8]) -> bool {
         || name.starts_with(b"user.fuseoverlayfs.")
 }
 
+/// Whether this process is in a user namespace other than the host's
+/// (whose uid map is the whole identity map): an ordinary user's rbuild,
+/// where device nodes can't be made and overlayfs can't rename lower
+/// directories.
 pub fn in_user_namespace() -> bool {
     std::fs::read_to_string("/proc/self/uid_map")
         .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
