@@ -32,8 +32,7 @@ pub use path_error::PathError;
 /// user namespace (whose overlay mounts say `userxattr`: `trusted.*` needs
 /// the host's CAP_SYS_ADMIN).
 pub fn overlay_opaque_xattr() -> &'static str {
-    static IN_NAMESPACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *IN_NAMESPACE.get_or_init(in_user_namespace) {
+    if in_user_namespace() {
         "user.overlay.opaque"
     } else {
         "trusted.overlay.opaque"
@@ -69,7 +68,11 @@ pub fn is_overlay_xattr(name: &[u8]) -> bool {
 /// (whose uid map is the whole identity map): an ordinary user's rbuild,
 /// where device nodes can't be made and overlayfs can't rename lower
 /// directories.
+/// Read once: a process does not change its user namespace.
 pub fn in_user_namespace() -> bool {
-    std::fs::read_to_string("/proc/self/uid_map")
-        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
+    static IN_NAMESPACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IN_NAMESPACE.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/uid_map")
+            .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
+    })
 }

@@ -253,11 +253,6 @@ impl Snapshotter {
         Ok(s)
     }
 
-    /// Whether overlay mounts are fuse-overlayfs's.
-    pub fn is_fuse(&self) -> bool {
-        self.fuse
-    }
-
     /// The layer of committed snapshot `id` (what its step changed),
     /// written into `store`: from an overlay snapshot's own directory,
     /// which holds exactly the changes in overlay form; for the copy
@@ -527,58 +522,26 @@ impl Snapshotter {
                     copy_tree(&self.committed_dir(p).join("fs"), &merged)?;
                 }
             }
-            Backend::Overlay if self.fuse => {
-                let (upper, work) = upper_and_work(&active)?;
-                let mut lowers = self.lower_dirs(parent)?;
-                if lowers.is_empty() {
-                    let empty = active.join("empty");
-                    fs::create_dir_all(&empty).map_err(io_err("creating", &empty))?;
-                    lowers.push(empty);
-                }
-                fuse::mount(&merged, &lowers, &upper, &work).map_err(|source| {
-                    SnapshotError::Mount {
-                        path: merged.clone(),
-                        options: "fuse-overlayfs".into(),
-                        source,
-                    }
-                })?;
-                snap.mounted = true;
-            }
             Backend::Overlay => {
                 let (upper, work) = upper_and_work(&active)?;
                 let mut lowers = self.lower_dirs(parent)?;
-                let mut options = overlay_options(&lowers, &upper, &work);
-                // A long chain is named by open directories (`/proc/self/fd/N`,
-                // 17 bytes a layer, whatever the state root's path), held
-                // until the mount is made.
-                let _held: Vec<File>;
-                if options.len() > MAX_MOUNT_OPTIONS {
-                    let (held, by_fd) = lowers_by_fd(&lowers)?;
-                    _held = held;
-                    lowers = by_fd;
-                    options = overlay_options(&lowers, &upper, &work);
-                }
-                if options.len() > MAX_MOUNT_OPTIONS {
-                    lowers = self.lower_dirs(parent)?;
-                    // Too many layers for one mount: flatten the chain.
-                    let flat = active.join("flat");
-                    for dir in lowers.iter().rev() {
-                        apply_overlay_dir(dir, &flat, &mut HardLinks::new())?;
-                    }
-                    lowers = vec![flat];
-                    options = overlay_options(&lowers, &upper, &work);
-                }
                 if lowers.is_empty() {
                     // overlayfs needs a lower directory.
                     let empty = active.join("empty");
                     fs::create_dir_all(&empty).map_err(io_err("creating", &empty))?;
-                    options = overlay_options(&[empty], &upper, &work);
+                    lowers.push(empty);
                 }
-                mount_overlay(&merged, &options).map_err(|source| SnapshotError::Mount {
-                    path: merged.clone(),
-                    options: options.clone(),
-                    source,
-                })?;
+                if self.fuse {
+                    fuse::mount(&merged, &lowers, &upper, &work).map_err(|source| {
+                        SnapshotError::Mount {
+                            path: merged.clone(),
+                            options: "fuse-overlayfs".into(),
+                            source,
+                        }
+                    })?;
+                } else {
+                    mount_layers(&merged, &lowers, (&upper, &work), &active)?;
+                }
                 snap.mounted = true;
             }
         }
@@ -627,6 +590,40 @@ impl Snapshotter {
             }
         }
     }
+}
+
+/// The kernel's overlay of `lowers` (top first) under `upper` at
+/// `merged`: a chain too long for the page-sized option string is named
+/// by open directories (`/proc/self/fd/N`, 17 bytes a layer, whatever the
+/// state root's path) while the mount is made, and one longer still is
+/// flattened into `active`'s `flat` first.
+fn mount_layers(
+    merged: &Path,
+    lowers: &[PathBuf],
+    (upper, work): (&Path, &Path),
+    active: &Path,
+) -> Result<(), SnapshotError> {
+    let mut options = overlay_options(lowers, upper, work);
+    let _held: Vec<File>;
+    if options.len() > MAX_MOUNT_OPTIONS {
+        let (held, by_fd) = lowers_by_fd(lowers)?;
+        let by_fd = overlay_options(&by_fd, upper, work);
+        if by_fd.len() <= MAX_MOUNT_OPTIONS {
+            _held = held;
+            options = by_fd;
+        } else {
+            let flat = active.join("flat");
+            for dir in lowers.iter().rev() {
+                apply_overlay_dir(dir, &flat, &mut HardLinks::new())?;
+            }
+            options = overlay_options(&[flat], upper, work);
+        }
+    }
+    mount_overlay(merged, &options).map_err(|source| SnapshotError::Mount {
+        path: merged.to_path_buf(),
+        options,
+        source,
+    })
 }
 
 /// `cp -a` of a tree, hard links kept as copies (layers record them anyway).

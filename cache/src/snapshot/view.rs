@@ -26,7 +26,7 @@ impl Snapshotter {
         let mut snap = self.new_active(None)?;
         let merged = snap.root();
         // fuse-overlayfs stores: the kernel can't mount overlays here.
-        if self.backend == Backend::Overlay && !self.is_fuse() {
+        if self.backend == Backend::Overlay && !self.fuse {
             let (upper, work) = upper_and_work(&snap.dir)?;
             hide(dir, &upper, hidden)?;
             let options = overlay_options(&[dir.to_path_buf()], &upper, &work);
