@@ -38,7 +38,9 @@ pub fn reexec(args: &[OsString], state_root: PathBuf) -> anyhow::Result<Option<i
         .unwrap_or_else(|| uid.to_string());
     let subuid = subordinate("/etc/subuid", &user, uid);
     let subgid = subordinate("/etc/subgid", &user, uid);
-    let mapped = subuid.is_some() && subgid.is_some() && which("newuidmap") && which("newgidmap");
+    let on_path = |p: &str| crate::sandbox::find_program(p).is_some();
+    let mapped =
+        subuid.is_some() && subgid.is_some() && on_path("newuidmap") && on_path("newgidmap");
     if !mapped {
         eprintln!(
             "WARNING: no subordinate ids for {user} in /etc/subuid and /etc/subgid (or no newuidmap): \
@@ -183,11 +185,6 @@ fn subordinate(file: &str, user: &str, uid: u32) -> Option<Range> {
         }
         Some((first.trim().parse().ok()?, count.trim().parse().ok()?))
     })
-}
-
-fn which(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
 fn pipe() -> anyhow::Result<(i32, i32)> {

@@ -408,7 +408,7 @@ impl Plan {
             libc::MS_NOSUID | libc::MS_NOEXEC,
             // The tty group, where this user namespace has it (an ordinary
             // user's without subordinate ids has only its own gid).
-            Some(if gid_mapped(5) {
+            Some(if super::tty_group_mapped() {
                 "newinstance,ptmxmode=0666,mode=0620,gid=5"
             } else {
                 "newinstance,ptmxmode=0666,mode=0620"
@@ -558,7 +558,7 @@ impl Plan {
             workdir: Target::new(&inside(cwd), false)?,
             workdir_what: what(format!("entering the working directory {cwd}"))?,
             drop_caps,
-            groups: setgroups_allowed().then(|| spec.additional_gids.clone()),
+            groups: super::setgroups_allowed().then(|| spec.additional_gids.clone()),
             uid: spec.uid,
             gid: spec.gid,
             caps,
@@ -1140,23 +1140,6 @@ unsafe fn set_caps(plan: &Plan, mask: u64) {
         // SAFETY: as fail.
         unsafe { fail(plan, c"capset", errno()) }
     }
-}
-
-/// Whether this process's user namespace allows setgroups (one made by
-/// an ordinary user without newgidmap has it denied).
-fn setgroups_allowed() -> bool {
-    std::fs::read_to_string("/proc/self/setgroups").map_or(true, |s| s.trim() != "deny")
-}
-
-/// Whether group `gid` exists in this process's user namespace.
-pub(super) fn gid_mapped(gid: u32) -> bool {
-    let Ok(map) = std::fs::read_to_string("/proc/self/gid_map") else {
-        return true;
-    };
-    map.lines().any(|l| {
-        let f: Vec<u64> = l.split_whitespace().filter_map(|w| w.parse().ok()).collect();
-        matches!(f.as_slice(), [inside, _, count] if (*inside..inside + count).contains(&u64::from(gid)))
-    })
 }
 
 #[cfg(test)]

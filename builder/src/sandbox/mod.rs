@@ -175,6 +175,43 @@ impl Cancel {
     }
 }
 
+/// Whether the tty group (gid 5, devpts' `gid=`) exists in this process's
+/// user namespace (an ordinary user's without subordinate ids has only
+/// its own gid). Read once: a process keeps its namespace.
+pub(crate) fn tty_group_mapped() -> bool {
+    static MAPPED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MAPPED.get_or_init(|| {
+        let Ok(map) = std::fs::read_to_string("/proc/self/gid_map") else {
+            return true;
+        };
+        map.lines().any(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            matches!(f.as_slice(), [inside, _, count] if (*inside..inside + count).contains(&5))
+        })
+    })
+}
+
+/// Whether this process's user namespace allows setgroups (one made by
+/// an ordinary user without newgidmap has it denied). Read once.
+pub(crate) fn setgroups_allowed() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/setgroups").map_or(true, |s| s.trim() != "deny")
+    })
+}
+
+/// `program` in `PATH`, if it is there.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
 /// Runs commands in a root filesystem.
 pub trait Runtime: Send + Sync {
     /// Runs `spec`, handing output chunks to `output` as they come, and

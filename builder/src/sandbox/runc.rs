@@ -85,18 +85,13 @@ pub struct Runc {
 impl Runc {
     /// Finds `runc` in `PATH`; its state goes under `state`.
     pub fn find(state: &Path) -> Result<Runc, SandboxError> {
-        let binary = std::env::var_os("PATH")
-            .iter()
-            .flat_map(std::env::split_paths)
-            .map(|d| d.join("runc"))
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                SandboxError::Setup(
-                    "--runtime runc: no `runc` in PATH (install it, e.g. apt-get install runc, \
+        let binary = super::find_program("runc").ok_or_else(|| {
+            SandboxError::Setup(
+                "--runtime runc: no `runc` in PATH (install it, e.g. apt-get install runc, \
                      or use the default embedded runtime)"
-                        .into(),
-                )
-            })?;
+                    .into(),
+            )
+        })?;
         Ok(Runc {
             binary,
             state: state.to_path_buf(),
@@ -309,7 +304,7 @@ fn default_mounts() -> Result<Vec<OciMount>, oci_spec::OciSpecError> {
     // be mounted anew (the network namespace is not the user namespace's
     // own): the host's is bound read-only, as `runc spec --rootless` does.
     let rootless = crate::rootless::inside();
-    let devpts: &[&str] = if super::embedded::gid_mapped(5) {
+    let devpts: &[&str] = if super::tty_group_mapped() {
         &[
             "nosuid",
             "noexec",
