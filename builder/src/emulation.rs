@@ -7,7 +7,7 @@
 //! registered and rbuild runs as root, Debian's `qemu-user-static` handler
 //! is registered from its `update-binfmts` description.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -20,7 +20,7 @@ const BINFMT: &str = "/proc/sys/fs/binfmt_misc";
 const DEBIAN_BINFMTS: &str = "/usr/share/binfmts";
 
 /// Architectures found runnable in this process (each is checked once).
-static READY: Mutex<BTreeMap<String, ()>> = Mutex::new(BTreeMap::new());
+static READY: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
 
 /// Makes sure a RUN for `platform` can run here: natively, or through a
 /// registered emulator (registering Debian's when missing and allowed).
@@ -37,30 +37,28 @@ pub fn ensure(platform: &Platform) -> anyhow::Result<()> {
         bail!("RUN for {platform} can't run here: no emulator is known for that architecture");
     };
     let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
-    if ready.contains_key(name) {
+    if ready.contains(name) {
         return Ok(());
     }
     ensure_handler(platform, name, Path::new(BINFMT))?;
-    ready.insert(name.to_string(), ());
+    ready.insert(name);
     Ok(())
 }
 
 /// QEMU's name for the architecture of `platform` (`qemu-NAME`).
 fn qemu_name(platform: &Platform) -> Option<&'static str> {
-    Some(
-        match (platform.architecture.as_str(), platform.variant.as_str()) {
-            ("arm64", _) => "aarch64",
-            ("arm", _) => "arm",
-            ("386", _) => "i386",
-            ("ppc64le", _) => "ppc64le",
-            ("s390x", _) => "s390x",
-            ("riscv64", _) => "riscv64",
-            ("mips64le", _) => "mips64el",
-            ("mips64", _) => "mips64",
-            ("loong64", _) => "loongarch64",
-            _ => return None,
-        },
-    )
+    Some(match platform.architecture.as_str() {
+        "arm64" => "aarch64",
+        "arm" => "arm",
+        "386" => "i386",
+        "ppc64le" => "ppc64le",
+        "s390x" => "s390x",
+        "riscv64" => "riscv64",
+        "mips64le" => "mips64el",
+        "mips64" => "mips64",
+        "loong64" => "loongarch64",
+        _ => return None,
+    })
 }
 
 /// How to get an emulator for `platform`, for errors.
