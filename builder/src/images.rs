@@ -154,13 +154,21 @@ pub fn for_platform(
     image: &StoredImage,
     platform: &Platform,
 ) -> anyhow::Result<StoredImage> {
-    match select(blobs, image, platform)? {
-        Selected::Image(img) => Ok(img),
-        Selected::NotLocal(_) => bail!(
-            "{}: its image for {platform} is not in the local store (pull it with --platform {platform})",
-            image.reference
-        ),
-        Selected::Other(have) => bail!("{} is for {have}, not {platform}", image.reference),
+    select(blobs, image, platform)?.image(image, platform)
+}
+
+impl Selected {
+    /// The image selected from `top` for `platform`, or an error that says
+    /// why there is none.
+    pub fn image(self, top: &StoredImage, platform: &Platform) -> anyhow::Result<StoredImage> {
+        match self {
+            Selected::Image(img) => Ok(img),
+            Selected::NotLocal(_) => bail!(
+                "{}: its image for {platform} is not in the local store (pull it with --platform {platform})",
+                top.reference
+            ),
+            Selected::Other(have) => bail!("{} is for {have}, not {platform}", top.reference),
+        }
     }
 }
 

@@ -85,9 +85,8 @@ impl<'a> Resolver<'a> {
     pub fn resolve(&self, reference: &str, platform: &Platform) -> anyhow::Result<StoredImage> {
         if let Some(img) = self.aliases.get(reference) {
             return match images::select(self.blobs, img, platform)? {
-                Selected::Image(img) => Ok(img),
                 Selected::Other(_) if *platform == Platform::host() => Ok(img.clone()),
-                _ => images::for_platform(self.blobs, img, platform),
+                selected => selected.image(img, platform),
             };
         }
         let key = (reference.to_string(), platform.clone());
@@ -99,18 +98,17 @@ impl<'a> Resolver<'a> {
         } else {
             images::find(self.blobs, reference)?
         };
-        let from_registry = |top: Option<&StoredImage>| {
-            top.is_none_or(|t| {
-                t.manifest
-                    .annotations
-                    .as_ref()
-                    .is_some_and(|a| a.contains_key(images::SOURCE))
-            })
+        // A tag pulled from a registry can be pulled again for `platform`.
+        let pulled = |top: &StoredImage| {
+            top.manifest
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(images::SOURCE))
         };
         let found = match &local {
             Some(top) => match images::select(self.blobs, top, platform)? {
                 Selected::Image(img) => Some(img),
-                Selected::Other(have) if !from_registry(Some(top)) => {
+                Selected::Other(have) if !pulled(top) => {
                     if *platform != Platform::host() {
                         bail!(
                             "the local image {reference} is for {have}, not {platform}: build or pull it for {platform}"
