@@ -5,7 +5,6 @@
 //! it makes with `user.fuseoverlayfs.opaque` (and a `.wh..wh..opq` file),
 //! which the layer writer reads too.
 
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -59,13 +58,7 @@ pub(super) fn mount(
 
 /// Whether a fuse-overlayfs mount works here (a test mount under `root`).
 pub(super) fn works(root: &Path) -> bool {
-    let probe = root.join(format!("fuse-probe-{}", std::process::id()));
-    let dirs = ["lower", "upper", "work", "merged"].map(|d| probe.join(d));
-    let ok = dirs.iter().all(|d| fs::create_dir_all(d).is_ok())
-        && mount(&dirs[3], &[dirs[0].clone()], &dirs[1], &dirs[2]).is_ok();
-    if ok {
-        let _ = super::unmount(&dirs[3]);
-    }
-    let _ = fs::remove_dir_all(&probe);
-    ok
+    super::mount::probe(root, "fuse-probe", |merged, lower, upper, work| {
+        mount(merged, &[lower], upper, work)
+    })
 }

@@ -133,16 +133,26 @@ fn escape(path: &Path) -> String {
 }
 
 pub(super) fn overlay_works(root: &Path) -> bool {
-    let probe = root.join(format!("probe-{}", std::process::id()));
-    let dirs = ["lower", "upper", "work", "merged"].map(|d| probe.join(d));
-    let ok = dirs.iter().all(|d| fs::create_dir_all(d).is_ok())
-        && mount_overlay(
-            &dirs[3],
-            &overlay_options(&[dirs[0].clone()], &dirs[1], &dirs[2]),
-        )
-        .is_ok();
+    probe(root, "probe", |merged, lower, upper, work| {
+        mount_overlay(merged, &overlay_options(&[lower], upper, work))
+    })
+}
+
+/// Whether `mount(merged, lower, upper, work)` works on directories made
+/// under `root` (in `NAME-PID`, removed after, the mount undone).
+pub(super) fn probe(
+    root: &Path,
+    name: &str,
+    mount: impl FnOnce(&Path, PathBuf, &Path, &Path) -> io::Result<()>,
+) -> bool {
+    let probe = root.join(format!("{name}-{}", std::process::id()));
+    let [lower, upper, work, merged] = ["lower", "upper", "work", "merged"].map(|d| probe.join(d));
+    let ok = [&lower, &upper, &work, &merged]
+        .iter()
+        .all(|d| fs::create_dir_all(d).is_ok())
+        && mount(&merged, lower, &upper, &work).is_ok();
     if ok {
-        let _ = unmount(&dirs[3]);
+        let _ = unmount(&merged);
     }
     let _ = fs::remove_dir_all(&probe);
     ok
