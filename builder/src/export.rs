@@ -503,20 +503,16 @@ fn image_blobs(
     blobs: &BlobStore,
     top: &Descriptor,
 ) -> anyhow::Result<(Vec<String>, Vec<Manifest>)> {
+    let images = crate::images::image_manifests(blobs, top)?;
     let mut order = vec![top.digest.clone()];
-    let entries = if crate::images::is_index(&top.media_type) {
-        let index: Index = serde_json::from_slice(&blobs.read(&top.digest.parse()?)?)?;
-        order.extend(index.manifests.iter().map(|m| m.digest.clone()));
-        index.manifests
-    } else {
-        vec![top.clone()]
-    };
+    if crate::images::is_index(&top.media_type) {
+        order.extend(images.iter().map(|i| i.descriptor.digest.clone()));
+    }
     let mut manifests = Vec::new();
-    for e in &entries {
-        let m: Manifest = serde_json::from_slice(&blobs.read(&e.digest.parse()?)?)?;
-        order.push(m.config.digest.clone());
-        order.extend(m.layers.iter().map(|l| l.digest.clone()));
-        manifests.push(m);
+    for i in images {
+        order.push(i.manifest.config.digest.clone());
+        order.extend(i.manifest.layers.iter().map(|l| l.digest.clone()));
+        manifests.push(i.manifest);
     }
     let mut seen = std::collections::BTreeSet::new();
     order.retain(|d| seen.insert(d.clone()));

@@ -226,6 +226,55 @@ pub fn local_part(
     }
 }
 
+/// One image of a stored image or index: its descriptor, its manifest's
+/// bytes as stored, and the manifest.
+pub struct ImageManifest {
+    /// The descriptor (an index's entry, with its platform).
+    pub descriptor: Descriptor,
+    /// The manifest's bytes (what a push sends).
+    pub bytes: Vec<u8>,
+    /// The manifest.
+    pub manifest: Manifest,
+}
+
+/// The images `top` is, read from the store: itself, or each entry of the
+/// index it is; an entry that is not in the store is an error naming its
+/// platform.
+pub fn image_manifests(blobs: &BlobStore, top: &Descriptor) -> anyhow::Result<Vec<ImageManifest>> {
+    let read = |d: &Descriptor| -> anyhow::Result<Vec<u8>> {
+        let digest: Digest = d.digest.parse()?;
+        if !blobs.contains(&digest) {
+            let platform = d.platform.as_ref().map(crate::platform::of_spec);
+            bail!(
+                "the image for {} of index {} is not in the local store (pull it with --platform)",
+                platform.map_or("an unnamed platform".to_string(), |p| p.to_string()),
+                top.digest
+            );
+        }
+        Ok(blobs.read(&digest)?)
+    };
+    let entries = if is_index(&top.media_type) {
+        serde_json::from_slice::<Index>(&read(top)?)
+            .with_context(|| format!("reading the index {}", top.digest))?
+            .manifests
+    } else {
+        vec![top.clone()]
+    };
+    entries
+        .into_iter()
+        .map(|descriptor| {
+            let bytes = read(&descriptor)?;
+            let manifest = serde_json::from_slice(&bytes)
+                .with_context(|| format!("reading the manifest {}", descriptor.digest))?;
+            Ok(ImageManifest {
+                descriptor,
+                bytes,
+                manifest,
+            })
+        })
+        .collect()
+}
+
 /// Reads an image's manifest and config, verified.
 pub fn read(blobs: &BlobStore, image: &StoredImage) -> anyhow::Result<(Manifest, ImageConfig)> {
     if is_index(&image.manifest.media_type) {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use cache::blob::BlobStore;
 use cache::gc::Store;
-use cache::spec::{Descriptor, Index, Manifest};
+use cache::spec::{Descriptor, Manifest};
 use frontend::stage::Platform;
 
 use crate::export::LayerFormat;
@@ -145,26 +145,8 @@ pub fn fetch_image_layers<'r>(
     manifest: &Descriptor,
     transfer: &Arc<dyn Transfer>,
 ) -> anyhow::Result<()> {
-    let read = |d: &Descriptor| -> anyhow::Result<Vec<u8>> {
-        let digest = d.digest.parse()?;
-        if !store.blobs.contains(&digest) {
-            let platform = d.platform.as_ref().map(crate::platform::of_spec);
-            anyhow::bail!(
-                "the image for {} of index {} is not in the local store (pull it with --platform)",
-                platform.map_or("an unnamed platform".to_string(), |p| p.to_string()),
-                manifest.digest
-            );
-        }
-        Ok(store.blobs.read(&digest)?)
-    };
-    let entries = if images::is_index(&manifest.media_type) {
-        serde_json::from_slice::<Index>(&read(manifest)?)?.manifests
-    } else {
-        vec![manifest.clone()]
-    };
-    for e in &entries {
-        let m: Manifest = serde_json::from_slice(&read(e)?)?;
-        fetch_missing(&registry, store, &m.layers, transfer)?;
+    for image in images::image_manifests(&store.blobs, manifest)? {
+        fetch_missing(&registry, store, &image.manifest.layers, transfer)?;
     }
     Ok(())
 }

@@ -14,9 +14,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context;
-use cache::Digest;
 use cache::blob::BlobStore;
-use cache::spec::{Descriptor, Index, Manifest};
+use cache::spec::{Descriptor, Manifest};
 
 /// References live in the frontend (FROM names are checked there too).
 pub use frontend::reference;
@@ -120,25 +119,10 @@ impl Registry {
         mount_from: &HashMap<String, String>,
         transfer: &Arc<dyn Transfer>,
     ) -> anyhow::Result<()> {
-        let read = |d: &Descriptor| -> anyhow::Result<Vec<u8>> {
-            let digest: Digest = d.digest.parse()?;
-            blobs
-                .read(&digest)
-                .with_context(|| format!("reading the manifest {digest}"))
-        };
-        let bytes = read(manifest)?;
-        let images: Vec<(Descriptor, Vec<u8>)> = if crate::images::is_index(&manifest.media_type) {
-            let index: Index = serde_json::from_slice(&bytes)
-                .with_context(|| format!("reading the index {}", manifest.digest))?;
-            let mut images = Vec::new();
-            for m in index.manifests {
-                let b = read(&m)?;
-                images.push((m, b));
-            }
-            images
-        } else {
-            vec![(manifest.clone(), bytes.clone())]
-        };
+        let images = crate::images::image_manifests(blobs, manifest)?;
+        let bytes = blobs
+            .read(&manifest.digest.parse()?)
+            .with_context(|| format!("reading the manifest {}", manifest.digest))?;
         let ep = Endpoint::origin(&reference.domain);
         let target = push::Target {
             endpoint: &ep,
@@ -151,18 +135,18 @@ impl Registry {
             .or_else(|| reference.tag.clone())
             .unwrap_or_else(|| "latest".into());
         self.runtime.block_on(async {
-            for (desc, image_bytes) in &images {
-                let parsed: Manifest = serde_json::from_slice(image_bytes)
-                    .with_context(|| format!("reading the manifest {}", desc.digest))?;
-                let mut descs = vec![parsed.config.clone()];
-                descs.extend(parsed.layers.iter().cloned());
+            for image in &images {
+                let m = &image.manifest;
+                let mut descs = vec![m.config.clone()];
+                descs.extend(m.layers.iter().cloned());
                 push::push_blobs(&self.client, &target, blobs, &descs, transfer).await?;
+                let desc = &image.descriptor;
                 if desc.digest != manifest.digest {
                     push::push_manifest(
                         &self.client,
                         &target,
                         desc,
-                        image_bytes.clone(),
+                        image.bytes.clone(),
                         &desc.digest,
                     )
                     .await?;
