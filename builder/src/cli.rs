@@ -217,6 +217,10 @@ pub struct BuildGraphArgs {
     /// architecture's RUN steps are emulated; several give an image index)
     #[arg(long = "platform", value_parser = parse_platform, value_delimiter = ',')]
     pub platforms: Vec<frontend::stage::Platform>,
+    /// A host-to-IP mapping for RUN's /etc/hosts (HOST:IP or HOST=IP),
+    /// repeatable
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    pub add_hosts: Vec<frontend::hosts::ExtraHost>,
 }
 
 /// `rbuild graph`

@@ -137,6 +137,7 @@ pub fn plan_options(args: &BuildGraphArgs) -> anyhow::Result<PlanOptions> {
         build_args: build_args(&args.build_args)?,
         named_contexts: named_contexts(&args.build_contexts)?,
         platform: args.platforms.first().cloned(),
+        extra_hosts: args.add_hosts.clone(),
     })
 }
 

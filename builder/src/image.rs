@@ -442,6 +442,8 @@ mod tests {
             network: Network::Default,
             security: Security::Sandbox,
             inline_files: vec![],
+            hostname: None,
+            extra_hosts: vec![],
             mount_sources: vec![],
             build_args: vec![("V".into(), "1".into())],
         };

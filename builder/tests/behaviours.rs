@@ -468,6 +468,31 @@ fn cases() -> Vec<Case> {
             "FROM bb\nRUN --security=sandbox grep CapBnd /proc/self/status > /caps\n",
         )
         .checks(vec![File("caps", "CapBnd:\t00000000a80425fb\n")]),
+        case(
+            "testDockerfileCheckHostname",
+            "FROM bb\nRUN grep localhost /etc/hosts > /hosts && echo \"$HOSTNAME $(hostname)\" > /name\n",
+        )
+        .flags(&["--build-arg", "BUILDKIT_SANDBOX_HOSTNAME=foo"])
+        .checks(vec![
+            File("hosts", "127.0.0.1\tlocalhost foo\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
+            File("name", "foo foo\n"),
+        ])
+        // The hostname is part of the step: with it unset (empty) the step
+        // runs again.
+        .rebuild(&["--build-arg", "BUILDKIT_SANDBOX_HOSTNAME="], vec![NoLog("#2 CACHED"), File("name", "buildkitsandbox buildkitsandbox\n")]),
+        case(
+            "testExtraHosts",
+            "FROM bb\nRUN tail -n +3 /etc/hosts > /hosts\n",
+        )
+        .flags(&["--add-host", "Some.Host:1.2.3.4", "--add-host", "v6=[fe80::1]"])
+        .checks(vec![File("hosts", "1.2.3.4\tsome.host\nfe80::1\tv6\n")])
+        .rebuild(
+            &["--add-host", "some.host=1.2.3.5"],
+            vec![
+                NoLog("#2 CACHED"),
+                File("hosts", "1.2.3.4\tsome.host\nfe80::1\tv6\n1.2.3.5\tsome.host\n"),
+            ],
+        ),
         // 9. COPY
         case(
             "testDockerfileCopyFromArgs",

@@ -82,6 +82,13 @@ pub struct ExecOp {
     /// Files the command needs mounted read-only: a heredoc with a
     /// shebang becomes an executable `/dev/pipes/<name>`.
     pub inline_files: Vec<InlineFile>,
+    /// The sandbox's hostname when the build sets one (else BuildKit's
+    /// `buildkitsandbox`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// `--add-host` entries for `/etc/hosts`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<crate::hosts::ExtraHost>,
     /// Per mount, the node it reads from (`from=`, or the context for a
     /// bind without one); the same nodes are the op's `Mount` inputs.
     #[serde(skip)]
@@ -629,6 +636,8 @@ impl Compiler<'_> {
                         network: run.network,
                         security: run.security,
                         inline_files,
+                        hostname: self.plan.hostname.clone(),
+                        extra_hosts: self.plan.extra_hosts.clone(),
                         mount_sources: Vec::new(),
                         build_args: env
                             .args

@@ -15,6 +15,7 @@
 pub mod gitref;
 pub mod glob;
 pub mod graph;
+pub mod hosts;
 pub mod ignore;
 pub mod instructions;
 pub mod lint;

@@ -150,6 +150,8 @@ pub struct PlanOptions {
     pub named_contexts: BTreeSet<String>,
     /// Target platform; default the host's.
     pub platform: Option<Platform>,
+    /// `--add-host` entries for every RUN's `/etc/hosts`.
+    pub extra_hosts: Vec<crate::hosts::ExtraHost>,
 }
 
 /// Where a stage starts.
@@ -243,6 +245,11 @@ pub struct Plan {
     pub named_contexts: BTreeSet<String>,
     /// `SOURCE_DATE_EPOCH` (a `--build-arg` or a global ARG), seconds.
     pub source_date_epoch: Option<i64>,
+    /// RUN's hostname when a build arg sets one (BuildKit's default is
+    /// `buildkitsandbox`).
+    pub hostname: Option<String>,
+    /// `--add-host` entries for every RUN's `/etc/hosts`.
+    pub extra_hosts: Vec<crate::hosts::ExtraHost>,
 }
 
 /// Why a Dockerfile cannot be planned; names the span at fault.
@@ -852,6 +859,12 @@ fn plan_instructions(
         platform,
         named_contexts: options.named_contexts.clone(),
         source_date_epoch,
+        hostname: options
+            .build_args
+            .get(crate::hosts::HOSTNAME_ARG)
+            .filter(|h| !h.is_empty())
+            .cloned(),
+        extra_hosts: options.extra_hosts.clone(),
     })
 }
 

@@ -61,6 +61,9 @@ pub enum Mount {
     },
 }
 
+/// BuildKit's hostname for RUN.
+pub const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
+
 /// Everything needed to run one command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSpec {
@@ -105,11 +108,11 @@ impl RunSpec {
             uid: 0,
             gid: 0,
             additional_gids: Vec::new(),
-            hostname: "buildkitsandbox".into(),
+            hostname: DEFAULT_HOSTNAME.into(),
             network: Network::Host,
             insecure: false,
             mounts: Vec::new(),
-            hosts: default_hosts("buildkitsandbox"),
+            hosts: default_hosts(DEFAULT_HOSTNAME),
             resolv_conf: String::new(),
         }
     }
@@ -228,6 +231,16 @@ pub trait Runtime: Send + Sync {
 /// The `/etc/hosts` BuildKit gives a build container.
 pub fn default_hosts(hostname: &str) -> String {
     format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+}
+
+/// `/etc/hosts` with `extra` entries after BuildKit's two lines, one
+/// `IP<TAB>HOST` line each, in the order given (BuildKit's makeHostsFile).
+pub fn hosts_file(hostname: &str, extra: &[frontend::hosts::ExtraHost]) -> String {
+    let mut hosts = default_hosts(hostname);
+    for entry in extra {
+        hosts.push_str(&format!("{entry}\n"));
+    }
+    hosts
 }
 
 /// `/etc/resolv.conf` for the sandbox: the host's, without loopback

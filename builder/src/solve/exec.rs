@@ -52,6 +52,7 @@ pub(super) fn run_exec(
                 frontend::instructions::Network::None => Network::None,
                 _ => options.network,
             };
+            let hostname = exec.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME);
             let spec = RunSpec {
                 rootfs: root.clone(),
                 args: exec.args.clone(),
@@ -60,11 +61,11 @@ pub(super) fn run_exec(
                 uid: user.uid,
                 gid: user.gid,
                 additional_gids: user.additional_gids,
-                hostname: "buildkitsandbox".into(),
+                hostname: hostname.into(),
                 network,
                 insecure: exec.security == Security::Insecure,
                 mounts: std::mem::take(&mut mounts.mounts),
-                hosts: default_hosts("buildkitsandbox"),
+                hosts: hosts_file(hostname, &exec.extra_hosts),
                 resolv_conf: resolv_conf(&ctx.host_resolv, network),
             };
             let ran = run_masked(ctx, &spec, id, started);

@@ -11,6 +11,7 @@
 use serde::Serialize;
 
 use frontend::graph::{ExecOp, FileOp, FileSource, InlineFile};
+use frontend::hosts::ExtraHost;
 use frontend::instructions::{Mount, Network, Security};
 
 /// The format of the key inputs: a change to what a key is made of bumps
@@ -78,6 +79,11 @@ pub(super) struct ExecInputs<'a> {
     pub network: Network,
     pub security: Security,
     pub inline_files: &'a [InlineFile],
+    /// Left out when unset, so keys made before the field stay valid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub extra_hosts: &'a [ExtraHost],
     pub mounts: Vec<MountInputs<'a>>,
 }
 
@@ -106,6 +112,8 @@ impl<'a> ExecInputs<'a> {
             // History only: their values are in `env`.
             build_args: _,
             inline_files,
+            hostname,
+            extra_hosts,
             // Counted as each mount's source content, not as graph nodes.
             mount_sources: _,
         } = exec;
@@ -118,6 +126,8 @@ impl<'a> ExecInputs<'a> {
             network: *network,
             security: *security,
             inline_files,
+            hostname: hostname.as_deref(),
+            extra_hosts,
             mounts: mounts
                 .iter()
                 .zip(sources)
@@ -256,6 +266,8 @@ mod tests {
             security: Security::Sandbox,
             build_args: vec![("V".into(), "1".into())],
             inline_files: Vec::new(),
+            hostname: None,
+            extra_hosts: Vec::new(),
             mount_sources: Vec::new(),
         }
     }
@@ -288,6 +300,11 @@ mod tests {
             ("user", Box::new(|e| e.user = "app".into())),
             ("network", Box::new(|e| e.network = Network::None)),
             ("security", Box::new(|e| e.security = Security::Insecure)),
+            ("hostname", Box::new(|e| e.hostname = Some("box".into()))),
+            (
+                "extra_hosts",
+                Box::new(|e| e.extra_hosts.push("db:10.0.0.2".parse().unwrap())),
+            ),
             (
                 "inline_files",
                 Box::new(|e| {

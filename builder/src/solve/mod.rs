@@ -25,7 +25,7 @@ use petgraph::stable_graph::NodeIndex;
 use crate::copy::{CopyRequest, copy};
 use crate::image::ImageState;
 use crate::sandbox::{
-    Cancel, Mount, Network, RunSpec, Runtime, Stream, default_hosts, resolv_conf,
+    Cancel, DEFAULT_HOSTNAME, Mount, Network, RunSpec, Runtime, Stream, hosts_file, resolv_conf,
 };
 
 mod add_remote;
