@@ -97,6 +97,48 @@ pub fn named_contexts(specs: &[String]) -> anyhow::Result<BTreeSet<String>> {
     Ok(out)
 }
 
+/// BuildKit's switches that come as build args: `BUILDKIT_INLINE_CACHE`
+/// (buildx adds an inline cache export) and `BUILDKIT_MULTI_PLATFORM` (the
+/// Dockerfile frontend makes an index, and names steps by platform, even
+/// for one platform).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArgSwitches {
+    /// Export the cache inline, as `--cache-to type=inline`.
+    pub inline_cache: bool,
+    /// The result is an index.
+    pub multi_platform: bool,
+}
+
+impl ArgSwitches {
+    /// The switches of `build_args` for a build of `platforms` platforms.
+    /// As buildx, an inline-cache value that is no boolean is off; as the
+    /// frontend, a multi-platform one is an error, and so is turning it
+    /// off for several platforms.
+    pub fn of(build_args: &BTreeMap<String, String>, platforms: usize) -> anyhow::Result<Self> {
+        let inline_cache = build_args
+            .get("BUILDKIT_INLINE_CACHE")
+            .and_then(|v| frontend::parse_go_bool(v))
+            .unwrap_or(false);
+        let multi_platform = match build_args.get("BUILDKIT_MULTI_PLATFORM") {
+            None => platforms > 1,
+            Some(v) if v.is_empty() => platforms > 1,
+            Some(v) => match frontend::parse_go_bool(v) {
+                None => bail!(
+                    "--build-arg BUILDKIT_MULTI_PLATFORM={v}: invalid boolean value for multi-platform"
+                ),
+                Some(false) if platforms > 1 => bail!(
+                    "--build-arg BUILDKIT_MULTI_PLATFORM={v}: conflicting config: returning multiple target platforms is not allowed"
+                ),
+                Some(b) => b,
+            },
+        };
+        Ok(ArgSwitches {
+            inline_cache,
+            multi_platform,
+        })
+    }
+}
+
 /// A Dockerfile's text as read for a build.
 pub struct Source {
     /// Where it was read from (`-` for stdin).

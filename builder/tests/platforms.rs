@@ -725,3 +725,75 @@ fn a_failure_in_one_platform_stops_the_others() {
     );
     assert!(err.contains("exit code: 3"), "{err}");
 }
+
+/// `--build-arg BUILDKIT_MULTI_PLATFORM=1` with one platform: an index of
+/// one image (skopeo reads it as an index), steps named by platform, a
+/// files output in the platform's directory, as BuildKit's frontend does;
+/// a value that is no boolean, or turning it off for two platforms, fails.
+#[test]
+fn the_multi_platform_build_arg_gives_an_index_of_one() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let t = tmp("multi-platform-arg");
+    let ctx = t.0.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"uname\", \"-m\"]\n",
+    )
+    .unwrap();
+    let root = t.0.join("root");
+    let layout = t.0.join("layout");
+    let files = t.0.join("files");
+    let arg = ["--build-arg", "BUILDKIT_MULTI_PLATFORM=1"];
+    let mut args = vec!["build", "--progress", "plain", "-t", "one:1"];
+    args.extend(arg);
+    let oci = format!("type=oci,dest={},tar=false", layout.display());
+    let local = format!("type=local,dest={}", files.display());
+    args.extend(["-o", &oci, "-o", &local, ctx.to_str().unwrap()]);
+    let log = ok(&rbuild(&root, &args));
+    assert!(log.contains("[linux/amd64 2/2] RUN"), "{log}");
+    assert!(log.contains("writing image index sha256:"), "{log}");
+    let raw = skopeo(&["inspect", "--raw", &format!("oci:{}", layout.display())]);
+    let index: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(index_arches(&index), ["amd64"], "{raw}");
+    assert!(files.join("linux_amd64/bin/busybox").is_file());
+    let inspect = rbuild(&root, &["inspect", "one:1"]);
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert!(v.to_string().contains("\"linux/amd64\""), "{v}");
+
+    for (value, platforms, want) in [
+        (
+            "yes",
+            "linux/amd64",
+            "invalid boolean value for multi-platform",
+        ),
+        (
+            "0",
+            "linux/amd64,linux/arm64",
+            "returning multiple target platforms is not allowed",
+        ),
+    ] {
+        let set = format!("BUILDKIT_MULTI_PLATFORM={value}");
+        let o = rbuild(
+            &root,
+            &[
+                "build",
+                "--build-arg",
+                &set,
+                "--platform",
+                platforms,
+                ctx.to_str().unwrap(),
+            ],
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("error: --build-arg {set}: ")) && err.contains(want),
+            "{err}"
+        );
+    }
+}

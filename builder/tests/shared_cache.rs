@@ -404,55 +404,57 @@ fn inline_cache_in_a_pushed_image() {
     let t = tmp("cache-inline");
     let reg = Registry::start(&t.0.join("reg"), Options::default());
     let ctx = context(&t.0);
-    let image = format!("{}/app:inline", reg.addr);
-    let a = t.0.join("a");
-    ok(&rbuild(
-        &a,
-        &[
-            "build",
-            "-q",
-            "--push",
-            "-t",
-            &image,
-            "--cache-to",
-            "type=inline",
-            ctx.to_str().unwrap(),
-        ],
-    ));
-    let config = Command::new("skopeo")
-        .args(["inspect", "--config", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{image}"))
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&config.stdout).unwrap();
-    // BuildKit's form: base64 of the JSON list of its CacheRecords, each
-    // result's `layer` an index into the image's layers.
-    use base64::Engine as _;
-    let inline = base64::engine::general_purpose::STANDARD
-        .decode(v["moby.buildkit.cache.v0"].as_str().unwrap())
-        .unwrap();
-    let records: Vec<serde_json::Value> = serde_json::from_slice(&inline).unwrap();
-    let n_layers = v["rootfs"]["diff_ids"].as_array().unwrap().len() as u64;
-    let mut with_layer = 0;
-    for r in &records {
-        assert!(r["digest"].as_str().unwrap().starts_with("sha256:"), "{r}");
-        for res in r["layers"].as_array().into_iter().flatten() {
-            assert!(res["layer"].as_u64().unwrap() < n_layers, "{r}");
-            assert!(res["createdAt"].is_string(), "{r}");
-            with_layer += 1;
+    // The flag, and the build arg Docker's documentation gives for it
+    // (buildx turns it into the same export).
+    for (name, flags) in [
+        ("flag", ["--cache-to", "type=inline"]),
+        ("arg", ["--build-arg", "BUILDKIT_INLINE_CACHE=1"]),
+    ] {
+        let image = format!("{}/app:inline-{name}", reg.addr);
+        let a = t.0.join(format!("a-{name}"));
+        let mut args = vec!["build", "-q", "--push", "-t", &image];
+        args.extend(flags);
+        args.push(ctx.to_str().unwrap());
+        ok(&rbuild(&a, &args));
+        let config = Command::new("skopeo")
+            .args(["inspect", "--config", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{image}"))
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&config.stdout).unwrap();
+        // BuildKit's form: base64 of the JSON list of its CacheRecords, each
+        // result's `layer` an index into the image's layers.
+        use base64::Engine as _;
+        let inline = base64::engine::general_purpose::STANDARD
+            .decode(v["moby.buildkit.cache.v0"].as_str().unwrap())
+            .unwrap();
+        let records: Vec<serde_json::Value> = serde_json::from_slice(&inline).unwrap();
+        let n_layers = v["rootfs"]["diff_ids"].as_array().unwrap().len() as u64;
+        let mut with_layer = 0;
+        for r in &records {
+            assert!(r["digest"].as_str().unwrap().starts_with("sha256:"), "{r}");
+            for res in r["layers"].as_array().into_iter().flatten() {
+                assert!(res["layer"].as_u64().unwrap() < n_layers, "{r}");
+                assert!(res["createdAt"].is_string(), "{r}");
+                with_layer += 1;
+            }
         }
-    }
-    assert_eq!(with_layer, n_layers, "{records:?}");
+        assert_eq!(with_layer, n_layers, "{name}: {records:?}");
 
-    // An empty root with the image as its cache: the result's own steps
-    // hit (the builder stage is not in the image, so it runs).
-    let (ran, cached, _) = build(&t.0.join("b"), &ctx, &["--cache-from", &image]);
-    assert_eq!(
-        ran,
-        ["[build 1/1] RUN echo built > /artifact && echo work > /build-only"],
-        "{cached}"
-    );
-    assert_eq!(cached, 5);
+        // An empty root with the image as its cache: the result's own steps
+        // hit (the builder stage is not in the image, so it runs).
+        let (ran, cached, _) = build(
+            &t.0.join(format!("b-{name}")),
+            &ctx,
+            &["--cache-from", &image],
+        );
+        assert_eq!(
+            ran,
+            ["[build 1/1] RUN echo built > /artifact && echo work > /build-only"],
+            "{name}: {cached}"
+        );
+        assert_eq!(cached, 5, "{name}");
+    }
 }
 
 #[test]

@@ -18,6 +18,7 @@ use crate::sandbox::Network;
 use crate::sandbox::Runtime;
 use crate::sandbox::embedded::Embedded;
 use crate::sandbox::runc::Runc;
+use crate::shared_cache::spec::Location;
 use crate::solve::{BuildOptions, Progress, ProgressFormat, build};
 use frontend::stage::Platform;
 
@@ -137,7 +138,7 @@ fn flags(args: &BuildArgs) -> anyhow::Result<Flags> {
 
 pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     let Flags {
-        cache_to,
+        mut cache_to,
         cache_from,
         outputs,
         default_compression,
@@ -254,6 +255,10 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         crate::resolver::Resolver::new(&store.blobs, settings, args.pull, transfer.clone());
     // Remote named contexts' directories are kept for the build's life.
     let platforms = graph_args.target_platforms();
+    let switches = crate::dockerfile::ArgSwitches::of(&loaded.options.build_args, platforms.len())?;
+    if switches.inline_cache && !cache_to.iter().any(|c| c.location == Location::Inline) {
+        cache_to.push(crate::shared_cache::CacheTo::parse("type=inline")?);
+    }
     let (named_contexts, _remote_named) = named_contexts(
         &graph_args.build_contexts,
         &platforms,
@@ -308,7 +313,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         // max gathers everything min would.
         matches!(m, crate::shared_cache::Mode::Max)
     });
-    let multi = platforms.len() > 1;
+    let multi = switches.multi_platform;
     let mut options = BuildOptions {
         cancel: Default::default(),
         cache_imports: (!imports.is_empty()).then_some(&imports),
@@ -420,10 +425,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         }
         // `--cache-to type=inline`: the records go into the image's config
         // (BuildKit's `moby.buildkit.cache.v0`), which makes it another image.
-        if cache_to
-            .iter()
-            .any(|c| c.location == crate::shared_cache::spec::Location::Inline)
-        {
+        if cache_to.iter().any(|c| c.location == Location::Inline) {
             with_inline_cache(&store, built, &options.tags)?;
         }
     }
@@ -433,7 +435,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     }
     let built: Vec<(Platform, crate::solve::Built)> =
         builds.into_iter().map(|(p, _, b)| (p, b)).collect();
-    let result = outputs::Result::of(&store, built, &args.tags)?;
+    let result = outputs::Result::of(&store, built, multi, &args.tags)?;
     outputs::export_caches(
         &store,
         &result.builds,

@@ -27,14 +27,16 @@ pub struct Result {
 }
 
 impl Result {
-    /// The result of `built`: the one image, or an index of the
-    /// platforms' images (tagged `tags`; the images alone are not).
+    /// The result of `built`: the one image, or (`index`, always for
+    /// several) an index of the platforms' images (tagged `tags`; the
+    /// images alone are not).
     pub fn of(
         store: &Store,
         built: Vec<(Platform, Built)>,
+        index: bool,
         tags: &[String],
     ) -> anyhow::Result<Result> {
-        if built.len() == 1 {
+        if built.len() == 1 && !index {
             let (_, b) = built.into_iter().next().expect("one");
             return Ok(Result {
                 manifest: b.manifest.clone(),
