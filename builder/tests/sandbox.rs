@@ -189,7 +189,7 @@ fn capabilities_and_privileges_are_dropped() {
             rt.as_ref(),
             &spec(
                 &t.0,
-                "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; mount -t tmpfs x /mnt 2>&1 || echo mount-denied; \
+                "grep -E '^(CapInh|CapEff|CapBnd|CapAmb|NoNewPrivs)' /proc/self/status; mount -t tmpfs x /mnt 2>&1 || echo mount-denied; \
                  v=$(cat /proc/sys/vm/swappiness); echo $v 2>/dev/null > /proc/sys/vm/swappiness || echo sysctl-denied; \
                  grep -E ' /proc/(sys|fs|irq) ' /proc/mounts | cut -d' ' -f2,4; \
                  cat /proc/kcore | head -c1 | wc -c",
@@ -199,7 +199,11 @@ fn capabilities_and_privileges_are_dropped() {
         // Docker's default set: 0x00000000a80425fb.
         assert!(out.contains("CapEff:\t00000000a80425fb"), "{out}");
         assert!(out.contains("CapBnd:\t00000000a80425fb"), "{out}");
-        assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+        // As BuildKit: nothing inheritable or ambient, and no
+        // `no_new_privs` (setuid programs work: see the test below).
+        assert!(out.contains("CapInh:\t0000000000000000"), "{out}");
+        assert!(out.contains("CapAmb:\t0000000000000000"), "{out}");
+        assert!(out.contains("NoNewPrivs:\t0"), "{out}");
         assert!(out.contains("mount-denied"), "{out}");
         // Root in the step is root on the host: the kernel's settings are
         // read-only to it.
@@ -221,6 +225,46 @@ fn capabilities_and_privileges_are_dropped() {
             !out.contains("a80425fb"),
             "insecure keeps all capabilities: {out}"
         );
+    }
+}
+
+/// As in BuildKit, a setuid-root program run by another user gains root's
+/// effective id (`USER app` then `RUN sudo ...`), still inside the step's
+/// capability bounds and seccomp profile.
+#[test]
+fn setuid_programs_gain_their_owners_id() {
+    if !is_root() {
+        eprintln!("skipped: the sandbox needs root");
+        return;
+    }
+    let t = busybox_root("setuid");
+    let src = t.0.join("euid.c");
+    fs::write(
+        &src,
+        "#include <stdio.h>\n#include <unistd.h>\nint main(void) { printf(\"euid=%d\\n\", (int)geteuid()); return 0; }\n",
+    )
+    .unwrap();
+    let bin = t.0.join("bin/euid");
+    let cc = std::process::Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .expect("a C compiler (build-essential, .ci/run)");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o4755)).unwrap();
+    for (name, rt) in runtimes(&t) {
+        eprintln!("runtime: {name}");
+        let mut s = spec(&t.0, "/bin/euid; id -u");
+        s.uid = 1000;
+        s.gid = 1000;
+        let (code, out, err) = run(rt.as_ref(), &s);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, "euid=0\n1000\n", "{name}");
     }
 }
 

@@ -1077,13 +1077,24 @@ unsafe fn loopback_up(plan: &Plan) {
     }
 }
 
-/// Docker's capability set (all of them for `--security=insecure`), the
-/// step's user, `no_new_privs` and Docker's seccomp profile (none for
-/// `--security=insecure`). The id changes are raw system calls: glibc's
-/// wrappers would signal every thread of rbuild to change theirs too.
+/// Docker's seccomp profile (none for `--security=insecure`), Docker's
+/// capability set (all of them for `--security=insecure`) and the step's
+/// user. No `no_new_privs`: as in BuildKit (`oci.WithNewPrivileges`), a
+/// setuid program of the image gains its owner's ids (`sudo`, `su`), within
+/// the step's capability bounds. Without `no_new_privs` the kernel takes a
+/// filter only from a process with CAP_SYS_ADMIN, so the profile goes
+/// first (runc's order); it allows the calls that follow. The id changes
+/// are raw system calls: glibc's wrappers would signal every thread of
+/// rbuild to change theirs too.
 unsafe fn drop_privileges(plan: &Plan) {
-    // SAFETY: prctl/setgroups/setgid/setuid/capset with valid arguments.
+    // SAFETY: seccomp/prctl/setgroups/setgid/setuid/capset with valid
+    // arguments.
     unsafe {
+        if plan.seccomp
+            && let Err(e) = super::seccomp::install()
+        {
+            fail(plan, c"installing seccomp", e);
+        }
         for cap in &plan.drop_caps {
             libc::prctl(libc::PR_CAPBSET_DROP, *cap, 0, 0, 0);
         }
@@ -1101,17 +1112,12 @@ unsafe fn drop_privileges(plan: &Plan) {
         if let Some(mask) = plan.caps {
             set_caps(plan, mask);
         }
-        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-        // Last: from here on only what the profile allows (stat, exec).
-        if plan.seccomp
-            && let Err(e) = super::seccomp::install()
-        {
-            fail(plan, c"installing seccomp", e);
-        }
     }
 }
 
-/// capset(2) with the same set as effective, permitted and inheritable.
+/// capset(2) with the same set as effective and permitted, none
+/// inheritable (as runc since 1.1: an inheritable set would pass the
+/// capabilities on through programs with inheritable file capabilities).
 unsafe fn set_caps(plan: &Plan, mask: u64) {
     #[repr(C)]
     struct Header {
@@ -1132,7 +1138,7 @@ unsafe fn set_caps(plan: &Plan, mask: u64) {
     let half = |bits: u32| Data {
         effective: bits,
         permitted: bits,
-        inheritable: bits,
+        inheritable: 0,
     };
     let data = [half(mask as u32), half((mask >> 32) as u32)];
     // SAFETY: header and data are valid for capset's v3 layout.

@@ -7,9 +7,10 @@
 //! in new mount, PID, UTS and IPC namespaces (and a network namespace
 //! with only loopback for `--network=none`), builds `/proc`, `/dev`, `/sys`
 //! and `/etc/hosts`/`/etc/resolv.conf` the way runc and BuildKit do,
-//! `pivot_root`s into the snapshot, drops to Docker's default capability set
-//! with `no_new_privs`, switches user, installs Docker's default seccomp
-//! profile ([`seccomp`]) and runs the command. Every process
+//! `pivot_root`s into the snapshot, installs Docker's default seccomp
+//! profile ([`seccomp`]), drops to Docker's default capability set,
+//! switches user and runs the command (without `no_new_privs`, as BuildKit:
+//! setuid programs work). Every process
 //! of the step dies with it: they live in the step's PID namespace.
 
 #[cfg(target_os = "linux")]

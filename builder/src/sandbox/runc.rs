@@ -5,9 +5,10 @@
 //! runtime types) with what BuildKit's runc executor gives a step: the
 //! default mounts, PID/IPC/UTS/mount namespaces (and a network namespace,
 //! which runc gives a loopback, for `Network::None`), Docker's capability
-//! set and seccomp profile, runc's masked and read-only paths,
-//! `no_new_privs`; `--security=insecure` gets every capability and neither
-//! masks nor filter. [`Runc::run`] writes the bundle, runs `runc run` with a
+//! set and seccomp profile, runc's masked and read-only paths, no
+//! `no_new_privs` and no resource limits of its own (BuildKit's
+//! `WithNewPrivileges`, rlimits reset); `--security=insecure` gets every
+//! capability and neither masks nor filter. [`Runc::run`] writes the bundle, runs `runc run` with a
 //! private state directory, streams the output and, on cancel, kills and
 //! deletes the container.
 
@@ -164,10 +165,18 @@ pub fn config(spec: &RunSpec, mounts: &[Mount]) -> Result<Spec, String> {
                 .bounding(caps.clone())
                 .effective(caps.clone())
                 .permitted(caps)
+                // oci-spec's default would give these two a set of their
+                // own (AUDIT_WRITE, KILL, NET_BIND_SERVICE); BuildKit's are
+                // empty.
+                .inheritable(Capabilities::new())
+                .ambient(Capabilities::new())
                 .build()
                 .map_err(err)?,
         )
-        .no_new_privileges(true)
+        .no_new_privileges(false)
+        // oci-spec's default is RLIMIT_NOFILE 1024; BuildKit resets the
+        // list, so a step has rbuild's limits, as with the embedded runtime.
+        .rlimits(Vec::new())
         .build()
         .map_err(err)?;
 

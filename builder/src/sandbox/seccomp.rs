@@ -301,8 +301,8 @@ pub fn prepare() {
     program();
 }
 
-/// Applies the profile to the calling thread; the caller has set
-/// `no_new_privs` and called [`prepare`]. Everything the thread runs after
+/// Applies the profile to the calling thread; the caller has
+/// CAP_SYS_ADMIN (or has set `no_new_privs`) and called [`prepare`]. Everything the thread runs after
 /// this (the exec included) must be allowed by the profile. Makes one
 /// system call and allocates nothing (safe in a child of a threaded process).
 #[cfg(target_arch = "x86_64")]
