@@ -191,7 +191,7 @@ fn capabilities_and_privileges_are_dropped() {
                 &t.0,
                 "grep -E '^(CapInh|CapEff|CapBnd|CapAmb|NoNewPrivs)' /proc/self/status; mount -t tmpfs x /mnt 2>&1 || echo mount-denied; \
                  v=$(cat /proc/sys/vm/swappiness); echo $v 2>/dev/null > /proc/sys/vm/swappiness || echo sysctl-denied; \
-                 grep -E ' /proc/(sys|fs|irq) ' /proc/mounts | cut -d' ' -f2,4; \
+                 grep -E ' /proc/(sys|fs|irq) | /dev/mqueue ' /proc/mounts | cut -d' ' -f2,4; \
                  cat /proc/kcore | head -c1 | wc -c",
             ),
         );
@@ -208,12 +208,15 @@ fn capabilities_and_privileges_are_dropped() {
         // Root in the step is root on the host: the kernel's settings are
         // read-only to it.
         assert!(out.contains("sysctl-denied"), "{out}");
+        // Read-only, keeping the flags /proc has (runc's remount).
         for path in ["/proc/sys", "/proc/fs", "/proc/irq"] {
             assert!(
-                out.contains(&format!("{path} ro,")),
-                "{path} writable: {out}"
+                out.contains(&format!("{path} ro,nosuid,nodev,noexec")),
+                "{path} writable or flags lost: {out}"
             );
         }
+        // The step's own message queues, as in runc's default spec.
+        assert!(out.contains("/dev/mqueue rw,nosuid,nodev,noexec"), "{out}");
         assert!(
             out.trim_end().ends_with('0'),
             "/proc/kcore is masked: {out}"

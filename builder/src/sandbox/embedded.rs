@@ -424,6 +424,17 @@ impl Plan {
             Some("mode=1777,size=65536k"),
             false,
         )?);
+        // POSIX message queues of the step's IPC namespace, as in runc's
+        // default spec.
+        steps.push(mount(
+            &dev.join("mqueue"),
+            false,
+            Some("mqueue"),
+            Some("mqueue"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            None,
+            false,
+        )?);
         for (link, content) in [
             ("ptmx", "pts/ptmx"),
             ("fd", "/proc/self/fd"),
@@ -783,19 +794,35 @@ fn ptr(s: &Option<CString>) -> *const c_char {
 }
 
 /// Bind-remounts the mount now at `target` read-only (opened anew: an fd
-/// from before the mount refers to what is under it).
+/// from before the mount refers to what is under it), keeping its
+/// nosuid/nodev/noexec and atime flags as runc does (a remount without
+/// them would drop them, or fail where they are locked).
 unsafe fn remount_readonly(root: Root, target: &Target) -> c_int {
-    // SAFETY: as open_target and mount_at.
+    // SAFETY: as open_target and mount_at; fstatvfs fills a zeroed struct
+    // (glibc takes the flags from the kernel's statfs: no allocation).
     unsafe {
         let fd = open_target(root, target, false);
         if fd < 0 {
             return -1;
         }
+        let mut st: libc::statvfs = std::mem::zeroed();
+        let kept = if libc::fstatvfs(fd, &mut st) == 0 {
+            // ST_* and MS_* agree for these bits.
+            st.f_flag as c_ulong
+                & (libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | libc::MS_NOEXEC
+                    | libc::MS_NOATIME
+                    | libc::MS_NODIRATIME
+                    | libc::MS_RELATIME)
+        } else {
+            0
+        };
         let rc = mount_at(
             std::ptr::null(),
             fd,
             std::ptr::null(),
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC,
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC | kept,
             std::ptr::null(),
         );
         let e = errno();
