@@ -532,7 +532,12 @@ fn cases() -> Vec<Case> {
             "FROM bb\nARG group=extra\nENV owner=user\nCOPY --chown=${owner}:${group} foo /new/dir/foo\n",
         )
         .files(&[("foo", "x")])
-        .checks(vec![Owner("new/dir/foo", 1000, 2000)]),
+        // The directories the copy makes are the owner's too.
+        .checks(vec![
+            Owner("new/dir/foo", 1000, 2000),
+            Owner("new/dir", 1000, 2000),
+            Owner("new", 1000, 2000),
+        ]),
         case(
             "testCopyChown",
             "FROM bb\nCOPY --chown=daemon foo /daemon\nCOPY --chown=1000:nogroup foo /mixed\nCOPY --chown=user dir /d/\n",
@@ -543,6 +548,27 @@ fn cases() -> Vec<Case> {
             Owner("mixed", 1000, 65534),
             Owner("d/a/b", 1000, 1000),
             Owner("d/a", 1000, 1000),
+        ]),
+        // BuildKit's ChownOpt rules (Docker's BuildKit gave the same): an
+        // id is its own group whatever passwd says; an unknown user is 0,
+        // an unknown group leaves the user's; WORKDIR's new directories
+        // follow them for the USER.
+        case(
+            "testCopyChown/ids",
+            "FROM bb\nRUN echo 'odd:x:1500:2000::/:/bin/sh' >> /etc/passwd\n\
+             COPY --chown=1500 foo /byid\nCOPY --chown=odd foo /byname\n\
+             COPY --chown=nosuch foo /nouser\nCOPY --chown=user:nosuchgroup foo /nogroup\n\
+             USER 1500\nWORKDIR /w/x\nUSER nosuch\nWORKDIR /v\n",
+        )
+        .files(&[("foo", "x")])
+        .checks(vec![
+            Owner("byid", 1500, 1500),
+            Owner("byname", 1500, 2000),
+            Owner("nouser", 0, 0),
+            Owner("nogroup", 1000, 1000),
+            Owner("w", 1500, 1500),
+            Owner("w/x", 1500, 1500),
+            Owner("v", 0, 0),
         ]),
         case(
             "testCopyChmod",

@@ -231,12 +231,8 @@ fn copy_sources(
     let owner = match req.chown {
         None => Owner { uid: 0, gid: 0 },
         Some(spec) => {
-            let u =
-                crate::sandbox::user::resolve(req.dest_root, spec).map_err(CopyError::Invalid)?;
-            Owner {
-                uid: u.uid,
-                gid: u.gid,
-            }
+            let (uid, gid) = crate::sandbox::user::file_owner(req.dest_root, spec);
+            Owner { uid, gid }
         }
     };
     let chmod = req
@@ -282,7 +278,7 @@ fn copy_sources(
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default()
         };
-        make_dirs(req.dest_root, &dir, Owner { uid: 0, gid: 0 }, 0o755)?;
+        make_dirs(req.dest_root, &dir, owner, 0o755)?;
         return Ok(0);
     }
     if total == 0 {
@@ -307,7 +303,7 @@ fn copy_sources(
 
     let mut n = 0;
     for (name, data) in req.contents {
-        let target = dest_path(req, name)?;
+        let target = dest_path(req, name, owner)?;
         write_file_from(
             Data::Bytes(data.as_bytes()),
             &target,
@@ -365,7 +361,7 @@ fn copy_sources(
             .file_name()
             .map(|b| b.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let target = dest_path(req, &base)?;
+        let target = dest_path(req, &base, owner)?;
         links.copy_or_link(&meta, &target, || {
             let file = File::open(&src).map_err(io_err("opening", &src))?;
             write_file_from(
@@ -464,8 +460,9 @@ fn copy_parents(req: &CopyRequest<'_>, links: &HardLinks) -> Result<u64, CopyErr
     Ok(n)
 }
 
-/// Where a single file named `base` goes.
-fn dest_path(req: &CopyRequest<'_>, base: &str) -> Result<PathBuf, CopyError> {
+/// Where a single file named `base` goes; the directories made on the
+/// way are `owner`'s (BuildKit chowns every directory a copy creates).
+fn dest_path(req: &CopyRequest<'_>, base: &str, owner: Owner) -> Result<PathBuf, CopyError> {
     let dest_rel = req.dest.trim_start_matches('/');
     let existing = resolve_in_root(req.dest_root, Path::new(dest_rel), true);
     let into_dir = req.dest.ends_with('/') || existing.is_dir() || dest_rel.is_empty();
@@ -482,7 +479,7 @@ fn dest_path(req: &CopyRequest<'_>, base: &str) -> Result<PathBuf, CopyError> {
     make_dirs(
         req.dest_root,
         &format!("/{parent}"),
-        Owner { uid: 0, gid: 0 },
+        owner,
         new_dir_mode(req),
     )?;
     let parent_path = resolve_in_root(req.dest_root, Path::new(&parent), true);

@@ -2,6 +2,9 @@
 //! `/etc/group`: `name`, `uid`, `name:group`, `uid:gid`. Without a group,
 //! the user's primary group and the groups that list the user apply. The
 //! primary group always leads the supplementary groups (CVE-2023-25173).
+//! File operations resolve an owner by other rules ([`file_owner`]).
+//! The files are read inside the root: a symlinked `/etc/passwd` resolves
+//! there, never on the host.
 
 use std::path::Path;
 
@@ -33,8 +36,15 @@ pub fn name_of(rootfs: &Path, uid: u32) -> Option<String> {
         .map(|e| e.name)
 }
 
+/// `rel` (`etc/passwd`) of `rootfs`, read with its symlinks resolved
+/// inside the root; empty when it is not there.
+fn read_in_root(rootfs: &Path, rel: &str) -> String {
+    let path = cache::layer::resolve_in_root(rootfs, Path::new(rel), true);
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
 fn passwd(rootfs: &Path) -> Vec<PasswdEntry> {
-    let text = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+    let text = read_in_root(rootfs, "etc/passwd");
     text.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
@@ -52,7 +62,7 @@ fn passwd(rootfs: &Path) -> Vec<PasswdEntry> {
 }
 
 fn groups(rootfs: &Path) -> Vec<(String, u32, Vec<String>)> {
-    let text = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+    let text = read_in_root(rootfs, "etc/group");
     text.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
@@ -67,6 +77,46 @@ fn groups(rootfs: &Path) -> Vec<(String, u32, Vec<String>)> {
             Some((f[0].to_string(), f[2].parse().ok()?, members))
         })
         .collect()
+}
+
+/// The owner a file operation gives (`COPY`/`ADD --chown=spec`, the
+/// directories `WORKDIR` makes under `USER spec`), resolved in `rootfs` as
+/// BuildKit's ChownOpt is, which is not as RUN's user: an id stands for
+/// its group too (`1000` is 1000:1000 whatever passwd says), `root` is 0;
+/// a user name gives its passwd entry's uid and primary group, a group
+/// name its gid. A name that is not there (or no file) is 0 for a user
+/// and leaves the user's group for a group, without an error.
+pub fn file_owner(rootfs: &Path, spec: &str) -> (u32, u32) {
+    // Go's ParseInt(s, 10, 32), and "root"; a negative id wraps as it
+    // does when BuildKit passes it to chown.
+    let id = |s: &str| -> Option<u32> {
+        if s == "root" {
+            return Some(0);
+        }
+        s.parse::<i32>().ok().map(|n| n as u32)
+    };
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let (uid, mut gid) = match id(user) {
+        Some(n) => (n, n),
+        None => passwd(rootfs)
+            .into_iter()
+            .find(|e| e.name == user)
+            .map_or((0, 0), |e| (e.uid, e.gid)),
+    };
+    if let Some(g) = group {
+        match id(g) {
+            Some(n) => gid = n,
+            None => {
+                if let Some((_, n, _)) = groups(rootfs).into_iter().find(|(name, ..)| name == g) {
+                    gid = n;
+                }
+            }
+        }
+    }
+    (uid, gid)
 }
 
 /// Resolves `spec` (empty means root) in `rootfs`.
@@ -141,6 +191,39 @@ pub fn resolve(rootfs: &Path, spec: &str) -> Result<User, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// BuildKit's ChownOpt rules, as Docker's BuildKit gave them for the
+    /// same passwd and group (app is 1000 with primary group 1001).
+    #[test]
+    fn file_owners_as_buildkit_resolves_them() {
+        let root = std::env::temp_dir().join(format!("rbuild-owner-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("etc/group"),
+            "root:x:0:\napp:x:1001:\ngrp:x:2000:\n",
+        )
+        .unwrap();
+        for (spec, want) in [
+            ("1000", (1000, 1000)),
+            ("app", (1000, 1001)),
+            ("app:grp", (1000, 2000)),
+            ("1000:grp", (1000, 2000)),
+            ("app:nosuchgrp", (1000, 1001)),
+            ("root:1", (0, 1)),
+            ("nosuch", (0, 0)),
+            (":grp", (0, 2000)),
+            ("nosuch:grp", (0, 2000)),
+            ("5:6", (5, 6)),
+        ] {
+            assert_eq!(file_owner(&root, spec), want, "{spec}");
+        }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn resolves_names_ids_and_groups() {

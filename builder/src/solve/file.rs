@@ -107,10 +107,10 @@ pub(super) fn run_mkdir(
                 .with_context(|| format!("creating {path}"))
                 .map_err(where_)?;
             if !user.is_empty() && !missing.is_empty() {
-                let owner =
-                    crate::sandbox::user::resolve(&root, &user).map_err(|e| where_(anyhow!(e)))?;
+                // BuildKit's mkdir with the USER as its ChownOpt.
+                let (uid, gid) = crate::sandbox::user::file_owner(&root, &user);
                 for dir in &missing {
-                    std::os::unix::fs::lchown(dir, Some(owner.uid), Some(owner.gid))
+                    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
                         .with_context(|| format!("changing the owner of {path}"))
                         .map_err(where_)?;
                 }
