@@ -478,6 +478,21 @@ pub struct BuildArgs {
     /// Push the image to its registry (same as -o type=image,push=true)
     #[arg(long)]
     pub push: bool,
+    /// Keep the image in the local image store, as buildx loads it into
+    /// Docker's: rbuild's store always has it (`rbuild save IMAGE |
+    /// docker load` moves it to Docker)
+    #[arg(long)]
+    pub load: bool,
+    /// Attestation: type=provenance|sbom[,disabled=true][,KEY=VALUE]
+    /// (repeatable); rbuild makes none yet, so only disabled ones are taken
+    #[arg(long, value_name = "SPEC")]
+    pub attest: Vec<String>,
+    /// Shorthand for --attest type=provenance: true, false or its options
+    #[arg(long, value_name = "VALUE")]
+    pub provenance: Option<String>,
+    /// Shorthand for --attest type=sbom: true, false or its options
+    #[arg(long, value_name = "VALUE")]
+    pub sbom: Option<String>,
     /// Ask the registry again for every base image
     #[arg(long)]
     pub pull: bool,

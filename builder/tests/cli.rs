@@ -569,3 +569,59 @@ fn bad_image_names_are_refused() {
     assert!(!root.exists(), "nothing made for a refused name");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// buildx's flags a CI script carries over: `--load` (the image is in
+/// rbuild's store anyway), `--provenance=false`, `--sbom=false` and a
+/// disabled `--attest` build as without them; an attestation asked for is
+/// refused, naming the flag to turn it off, and nothing is built.
+#[test]
+fn buildx_attestation_and_load_flags() {
+    let dir = std::env::temp_dir().join(format!("rbuild-attest-flags-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let root = dir.join("root");
+    let root_arg = root.to_str().unwrap();
+    let df = "FROM scratch\nENV A=1\n";
+    let plain = rbuild_stdin(&["--root", root_arg, "build", "-q", "-"], df);
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    let off = rbuild_stdin(
+        &[
+            "--root",
+            root_arg,
+            "build",
+            "-q",
+            "--load",
+            "--provenance=false",
+            "--sbom",
+            "0",
+            "--attest",
+            "type=provenance,disabled=true",
+            "-",
+        ],
+        df,
+    );
+    assert!(off.status.success(), "{}", stderr(&off));
+    assert_eq!(stdout(&off), stdout(&plain), "the same image");
+    for (flags, want) in [
+        (
+            vec!["--provenance=mode=max"],
+            "error: --attest type=provenance: rbuild makes no provenance attestations yet (build without: --provenance=false)",
+        ),
+        (
+            vec!["--sbom=true"],
+            "error: --attest type=sbom: rbuild makes no sbom attestations yet (build without: --sbom=false)",
+        ),
+        (
+            vec!["--attest", "mode=max"],
+            "error: --attest mode=max: attestation type not specified",
+        ),
+    ] {
+        let mut args = vec!["--root", root_arg, "build", "-q"];
+        args.extend(flags);
+        args.push("-");
+        let o = rbuild_stdin(&args, df);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{}", stderr(&o));
+        assert!(stdout(&o).is_empty());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -101,6 +101,18 @@ fn flags(args: &BuildArgs) -> anyhow::Result<Flags> {
             );
         }
     }
+    // buildx's attestation flags: turning them off is what rbuild does.
+    let attests = crate::attest::requests(
+        &args.attest,
+        args.provenance.as_deref(),
+        args.sbom.as_deref(),
+    )?;
+    if let Some(a) = attests.iter().find(|a| !a.disabled) {
+        bail!(
+            "--attest type={0}: rbuild makes no {0} attestations yet (build without: --{0}=false)",
+            a.kind
+        );
+    }
     let rewrite_timestamp = outputs.iter().any(|o| o.rewrite_timestamp);
     let allow_insecure = args.allow.iter().any(|a| a == "security.insecure");
     let allow_network_host = args.allow.iter().any(|a| a == "network.host");
