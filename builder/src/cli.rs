@@ -221,6 +221,13 @@ pub struct BuildGraphArgs {
     /// repeatable
     #[arg(long = "add-host", value_name = "HOST:IP")]
     pub add_hosts: Vec<frontend::hosts::ExtraHost>,
+    /// A resource limit for RUN: NAME=SOFT[:HARD] (nofile, nproc, ...),
+    /// repeatable
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    pub ulimits: Vec<frontend::limits::Ulimit>,
+    /// The size of RUN's /dev/shm (65536, 64m, 1g)
+    #[arg(long = "shm-size", value_name = "SIZE")]
+    pub shm_size: Option<frontend::limits::ShmSize>,
 }
 
 /// `rbuild graph`

@@ -171,6 +171,19 @@ pub fn read_source(context: &Path, args: &BuildGraphArgs) -> anyhow::Result<Sour
     Ok(Source { path, name, text })
 }
 
+/// `--ulimit`s with one per name, the last given (Docker's UlimitOpt keeps
+/// them by name).
+fn last_of_each(ulimits: &[frontend::limits::Ulimit]) -> Vec<frontend::limits::Ulimit> {
+    let mut out: Vec<frontend::limits::Ulimit> = Vec::new();
+    for u in ulimits {
+        match out.iter_mut().find(|o| o.name == u.name) {
+            Some(o) => *o = u.clone(),
+            None => out.push(u.clone()),
+        }
+    }
+    out
+}
+
 /// The planner's options from the build flags (for the first platform
 /// `--platform` names: [`Loaded::for_platform`] plans for the others).
 pub fn plan_options(args: &BuildGraphArgs) -> anyhow::Result<PlanOptions> {
@@ -180,6 +193,8 @@ pub fn plan_options(args: &BuildGraphArgs) -> anyhow::Result<PlanOptions> {
         named_contexts: named_contexts(&args.build_contexts)?,
         platform: args.platforms.first().cloned(),
         extra_hosts: args.add_hosts.clone(),
+        ulimits: last_of_each(&args.ulimits),
+        shm_size: args.shm_size,
     })
 }
 

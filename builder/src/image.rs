@@ -444,6 +444,8 @@ mod tests {
             inline_files: vec![],
             hostname: None,
             extra_hosts: vec![],
+            ulimits: vec![],
+            shm_size: None,
             mount_sources: vec![],
             build_args: vec![("V".into(), "1".into())],
         };

@@ -493,6 +493,23 @@ fn cases() -> Vec<Case> {
                 File("hosts", "1.2.3.4\tsome.host\nfe80::1\tv6\n1.2.3.5\tsome.host\n"),
             ],
         ),
+        case(
+            "testShmSize",
+            "FROM bb\nRUN mount | grep /dev/shm | tail -n 1 | grep -o 'size=[0-9]*k' > /shmsize\n",
+        )
+        .flags(&["--shm-size", "128m"])
+        .checks(vec![File("shmsize", "size=131072k\n")]),
+        case(
+            "testUlimit",
+            "FROM bb\nRUN ulimit -n > /first && ulimit -Hn >> /first\n",
+        )
+        .flags(&["--ulimit", "nofile=1062:1062"])
+        .checks(vec![File("first", "1062\n1062\n")])
+        // A limit is part of the step: another one runs it again.
+        .rebuild(
+            &["--ulimit", "nofile=1063:1064"],
+            vec![NoLog("#2 CACHED"), File("first", "1063\n1064\n")],
+        ),
         // 9. COPY
         case(
             "testDockerfileCopyFromArgs",

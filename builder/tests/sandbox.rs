@@ -271,6 +271,34 @@ fn setuid_programs_gain_their_owners_id() {
     }
 }
 
+/// `--ulimit`s reach the command in both runtimes; without any, the step
+/// keeps rbuild's own limits (BuildKit resets runc's default list).
+#[test]
+fn ulimits_apply_in_both_runtimes() {
+    if !is_root() {
+        eprintln!("skipped: the sandbox needs root");
+        return;
+    }
+    let t = busybox_root("ulimit");
+    let own = std::process::Command::new("sh")
+        .args(["-c", "ulimit -n"])
+        .output()
+        .unwrap();
+    for (name, rt) in runtimes(&t) {
+        eprintln!("runtime: {name}");
+        let mut s = spec(&t.0, "ulimit -n; ulimit -Hn; ulimit -s");
+        s.rlimits = vec![
+            "nofile=1062:1063".parse().unwrap(),
+            "stack=-1".parse().unwrap(),
+        ];
+        let (code, out, err) = run(rt.as_ref(), &s);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, "1062\n1063\nunlimited\n", "{name}");
+        let (_, out, _) = run(rt.as_ref(), &spec(&t.0, "ulimit -n"));
+        assert_eq!(out.as_bytes(), own.stdout, "{name}: rbuild's own limit");
+    }
+}
+
 #[test]
 fn network_none_has_only_loopback() {
     if !is_root() {

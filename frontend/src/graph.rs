@@ -89,6 +89,12 @@ pub struct ExecOp {
     /// `--add-host` entries for `/etc/hosts`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub extra_hosts: Vec<crate::hosts::ExtraHost>,
+    /// `--ulimit`s.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<crate::limits::Ulimit>,
+    /// `--shm-size`: a `/dev/shm` of this size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<crate::limits::ShmSize>,
     /// Per mount, the node it reads from (`from=`, or the context for a
     /// bind without one); the same nodes are the op's `Mount` inputs.
     #[serde(skip)]
@@ -638,6 +644,8 @@ impl Compiler<'_> {
                         inline_files,
                         hostname: self.plan.hostname.clone(),
                         extra_hosts: self.plan.extra_hosts.clone(),
+                        ulimits: self.plan.ulimits.clone(),
+                        shm_size: self.plan.shm_size,
                         mount_sources: Vec::new(),
                         build_args: env
                             .args

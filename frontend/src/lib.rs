@@ -18,6 +18,7 @@ pub mod graph;
 pub mod hosts;
 pub mod ignore;
 pub mod instructions;
+pub mod limits;
 pub mod lint;
 pub mod parser;
 pub mod print;

@@ -152,6 +152,10 @@ pub struct PlanOptions {
     pub platform: Option<Platform>,
     /// `--add-host` entries for every RUN's `/etc/hosts`.
     pub extra_hosts: Vec<crate::hosts::ExtraHost>,
+    /// `--ulimit`s of every RUN.
+    pub ulimits: Vec<crate::limits::Ulimit>,
+    /// `--shm-size`: the size of every RUN's `/dev/shm`.
+    pub shm_size: Option<crate::limits::ShmSize>,
 }
 
 /// Where a stage starts.
@@ -250,6 +254,10 @@ pub struct Plan {
     pub hostname: Option<String>,
     /// `--add-host` entries for every RUN's `/etc/hosts`.
     pub extra_hosts: Vec<crate::hosts::ExtraHost>,
+    /// `--ulimit`s of every RUN.
+    pub ulimits: Vec<crate::limits::Ulimit>,
+    /// `--shm-size`: the size of every RUN's `/dev/shm`.
+    pub shm_size: Option<crate::limits::ShmSize>,
 }
 
 /// Why a Dockerfile cannot be planned; names the span at fault.
@@ -865,6 +873,8 @@ fn plan_instructions(
             .filter(|h| !h.is_empty())
             .cloned(),
         extra_hosts: options.extra_hosts.clone(),
+        ulimits: options.ulimits.clone(),
+        shm_size: options.shm_size,
     })
 }
 

@@ -295,6 +295,10 @@ struct Plan {
     gid: libc::gid_t,
     /// The capability set for root (none: keep what root has).
     caps: Option<u64>,
+    /// `--ulimit`s, set before the privileges go (raising a hard limit
+    /// needs CAP_SYS_RESOURCE).
+    rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
+    rlimits_what: CString,
     seccomp: bool,
     /// Where the command may be, in order; only executable regular files
     /// count when `search`.
@@ -573,6 +577,27 @@ impl Plan {
             uid: spec.uid,
             gid: spec.gid,
             caps,
+            rlimits: spec
+                .rlimits
+                .iter()
+                .map(|u| {
+                    let resource = super::rlimit_resource(&u.name)
+                        .ok_or_else(|| format!("unknown ulimit {}", u.name))?;
+                    let limit = libc::rlimit {
+                        rlim_cur: super::rlimit_value(u.soft),
+                        rlim_max: super::rlimit_value(u.hard),
+                    };
+                    Ok((resource, limit))
+                })
+                .collect::<Result<_, String>>()?,
+            rlimits_what: what(format!(
+                "setting the resource limits {}",
+                spec.rlimits
+                    .iter()
+                    .map(|u| u.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ))?,
             seccomp: !spec.insecure,
             programs,
             search,
@@ -1049,6 +1074,11 @@ unsafe fn child(plan: &Plan) -> ! {
         libc::close(cwd);
         libc::close(new_root.fd);
 
+        for (resource, limit) in &plan.rlimits {
+            if libc::setrlimit(*resource, limit) < 0 {
+                fail(plan, &plan.rlimits_what, errno());
+            }
+        }
         drop_privileges(plan);
 
         // The command starts with default signal handling and nothing

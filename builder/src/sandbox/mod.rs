@@ -62,6 +62,36 @@ pub enum Mount {
     },
 }
 
+/// The `RLIMIT_*` resource a `--ulimit` name stands for (the names
+/// [`frontend::limits::ULIMIT_NAMES`] lists).
+#[cfg(target_os = "linux")]
+pub fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
+    Some(match name {
+        "core" => libc::RLIMIT_CORE,
+        "cpu" => libc::RLIMIT_CPU,
+        "data" => libc::RLIMIT_DATA,
+        "fsize" => libc::RLIMIT_FSIZE,
+        "locks" => libc::RLIMIT_LOCKS,
+        "memlock" => libc::RLIMIT_MEMLOCK,
+        "msgqueue" => libc::RLIMIT_MSGQUEUE,
+        "nice" => libc::RLIMIT_NICE,
+        "nofile" => libc::RLIMIT_NOFILE,
+        "nproc" => libc::RLIMIT_NPROC,
+        "rss" => libc::RLIMIT_RSS,
+        "rtprio" => libc::RLIMIT_RTPRIO,
+        "rttime" => libc::RLIMIT_RTTIME,
+        "sigpending" => libc::RLIMIT_SIGPENDING,
+        "stack" => libc::RLIMIT_STACK,
+        _ => return None,
+    })
+}
+
+/// A limit's value for setrlimit: -1 (and any negative) is unlimited, as
+/// BuildKit's uint64 conversion makes it.
+pub fn rlimit_value(v: i64) -> u64 {
+    if v < 0 { u64::MAX } else { v as u64 }
+}
+
 /// BuildKit's hostname for RUN.
 pub const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
 
@@ -94,6 +124,9 @@ pub struct RunSpec {
     pub hosts: String,
     /// Content of `/etc/resolv.conf`.
     pub resolv_conf: String,
+    /// Resource limits (`--ulimit`); none keeps rbuild's own, as BuildKit
+    /// keeps its daemon's.
+    pub rlimits: Vec<frontend::limits::Ulimit>,
 }
 
 impl RunSpec {
@@ -115,6 +148,7 @@ impl RunSpec {
             mounts: Vec::new(),
             hosts: default_hosts(DEFAULT_HOSTNAME),
             resolv_conf: String::new(),
+            rlimits: Vec::new(),
         }
     }
 }

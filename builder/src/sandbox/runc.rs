@@ -20,7 +20,8 @@ use std::process::{Command, Stdio};
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
     LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, LinuxSeccomp,
-    Mount as OciMount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Mount as OciMount, MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use super::{
@@ -175,8 +176,9 @@ pub fn config(spec: &RunSpec, mounts: &[Mount]) -> Result<Spec, String> {
         )
         .no_new_privileges(false)
         // oci-spec's default is RLIMIT_NOFILE 1024; BuildKit resets the
-        // list, so a step has rbuild's limits, as with the embedded runtime.
-        .rlimits(Vec::new())
+        // list, so a step has rbuild's limits, as with the embedded runtime,
+        // unless `--ulimit` sets some.
+        .rlimits(rlimits(&spec.rlimits)?)
         .build()
         .map_err(err)?;
 
@@ -296,6 +298,24 @@ fn own_bounding_set() -> u64 {
 fn capability(name: &str) -> Result<Capability, String> {
     serde_json::from_value(serde_json::Value::String(format!("CAP_{name}")))
         .map_err(|e| format!("capability {name}: {e}"))
+}
+
+/// runc's `process.rlimits` for `--ulimit`s (`RLIMIT_NOFILE`, ...).
+fn rlimits(ulimits: &[frontend::limits::Ulimit]) -> Result<Vec<PosixRlimit>, String> {
+    ulimits
+        .iter()
+        .map(|u| {
+            let typ: PosixRlimitType = format!("RLIMIT_{}", u.name.to_ascii_uppercase())
+                .parse()
+                .map_err(|_| format!("unknown ulimit {}", u.name))?;
+            PosixRlimitBuilder::default()
+                .typ(typ)
+                .soft(super::rlimit_value(u.soft))
+                .hard(super::rlimit_value(u.hard))
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 /// The mounts every step gets, as in runc's and containerd's default spec.

@@ -42,6 +42,14 @@ pub(super) fn run_exec(
             let user =
                 crate::sandbox::user::resolve(&root, &exec.user).map_err(|e| where_(anyhow!(e)))?;
             let mut mounts = StepMounts::prepare(ctx, step, exec, done).map_err(where_)?;
+            // `--shm-size`: a /dev/shm of that size over the runtime's
+            // (BuildKit adds it as a tmpfs mount of the step).
+            if let Some(size) = exec.shm_size {
+                mounts.mounts.push(Mount::Tmpfs {
+                    target: "/dev/shm".into(),
+                    size: size.0,
+                });
+            }
             let env = crate::sandbox::env::process_env(
                 &exec.env,
                 &options.proxy_env,
@@ -67,6 +75,7 @@ pub(super) fn run_exec(
                 mounts: std::mem::take(&mut mounts.mounts),
                 hosts: hosts_file(hostname, &exec.extra_hosts),
                 resolv_conf: resolv_conf(&ctx.host_resolv, network),
+                rlimits: exec.ulimits.clone(),
             };
             let ran = run_masked(ctx, &spec, id, started);
             drop(mounts);

@@ -13,6 +13,7 @@ use serde::Serialize;
 use frontend::graph::{ExecOp, FileOp, FileSource, InlineFile};
 use frontend::hosts::ExtraHost;
 use frontend::instructions::{Mount, Network, Security};
+use frontend::limits::{ShmSize, Ulimit};
 
 /// The format of the key inputs: a change to what a key is made of bumps
 /// it, so that old records are not taken for new ones. 2: typed inputs
@@ -84,6 +85,10 @@ pub(super) struct ExecInputs<'a> {
     pub hostname: Option<&'a str>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pub extra_hosts: &'a [ExtraHost],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub ulimits: &'a [Ulimit],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<ShmSize>,
     pub mounts: Vec<MountInputs<'a>>,
 }
 
@@ -114,6 +119,8 @@ impl<'a> ExecInputs<'a> {
             inline_files,
             hostname,
             extra_hosts,
+            ulimits,
+            shm_size,
             // Counted as each mount's source content, not as graph nodes.
             mount_sources: _,
         } = exec;
@@ -128,6 +135,8 @@ impl<'a> ExecInputs<'a> {
             inline_files,
             hostname: hostname.as_deref(),
             extra_hosts,
+            ulimits,
+            shm_size: *shm_size,
             mounts: mounts
                 .iter()
                 .zip(sources)
@@ -268,6 +277,8 @@ mod tests {
             inline_files: Vec::new(),
             hostname: None,
             extra_hosts: Vec::new(),
+            ulimits: Vec::new(),
+            shm_size: None,
             mount_sources: Vec::new(),
         }
     }
@@ -304,6 +315,14 @@ mod tests {
             (
                 "extra_hosts",
                 Box::new(|e| e.extra_hosts.push("db:10.0.0.2".parse().unwrap())),
+            ),
+            (
+                "ulimits",
+                Box::new(|e| e.ulimits.push("nofile=10:20".parse().unwrap())),
+            ),
+            (
+                "shm_size",
+                Box::new(|e| e.shm_size = Some(ShmSize(1 << 20))),
             ),
             (
                 "inline_files",
