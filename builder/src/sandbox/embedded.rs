@@ -478,12 +478,13 @@ impl Plan {
                     None,
                     *readonly,
                 )?,
+                // BuildKit's tmpfs mount options: nosuid (and a size).
                 Mount::Tmpfs { size, target: _ } => mount(
                     &target,
                     false,
                     Some("tmpfs"),
                     Some("tmpfs"),
-                    libc::MS_NOSUID | libc::MS_NODEV,
+                    libc::MS_NOSUID,
                     (*size > 0).then(|| format!("size={size}")).as_deref(),
                     false,
                 )?,

@@ -203,7 +203,8 @@ pub fn config(spec: &RunSpec, mounts: &[Mount]) -> Result<Spec, String> {
                     .map_err(err)?
             }
             Mount::Tmpfs { target, size } => {
-                let mut options = vec!["nosuid".to_string(), "nodev".into()];
+                // BuildKit's tmpfs mount options: nosuid (and a size).
+                let mut options = vec!["nosuid".to_string()];
                 if *size > 0 {
                     options.push(format!("size={size}"));
                 }
