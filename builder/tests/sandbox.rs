@@ -332,7 +332,7 @@ fn mounts_and_no_process_outlives_the_step() {
         let mut s = spec(
             &t.0,
             &format!(
-                "cat /in/input; echo cached > /cache/out; echo x > /in/ro 2>/dev/null || echo read-only; df /scratch | tail -1 | grep -c tmpfs; (exec -a {marker} sleep 300 &) ; echo started"
+                "cat /in/input; echo cached > /cache/out; echo x > /in/ro 2>/dev/null || echo read-only; grep ' /scratch ' /proc/mounts | cut -d' ' -f3,4; (exec -a {marker} sleep 300 &) ; echo started"
             ),
         );
         s.mounts = vec![
@@ -354,7 +354,11 @@ fn mounts_and_no_process_outlives_the_step() {
         fs::create_dir_all(shared.join("cache")).unwrap();
         let (code, out, err) = run(rt.as_ref(), &s);
         assert_eq!(code, 0, "{err}");
-        assert_eq!(out, "from the host\nread-only\n1\nstarted\n");
+        // A tmpfs as BuildKit mounts one: nosuid and the size only.
+        assert_eq!(
+            out,
+            "from the host\nread-only\ntmpfs rw,nosuid,relatime,size=1024k\nstarted\n"
+        );
         assert_eq!(
             fs::read_to_string(shared.join("cache/out")).unwrap(),
             "cached\n"
