@@ -311,7 +311,9 @@ fn buildpack_deps_curl_from_a_registry_base() {
 /// An ordinary user builds the official recipe itself (its own store, in
 /// its user namespace) and installs a package with apt-get on it: `_apt`
 /// keeps its own files, a cache mount and a secret work, the secret is in
-/// no exported file, and skopeo reads the OCI archive the user exports.
+/// no exported file, `USER app` then `RUN sudo` works (setuid programs gain
+/// their owner, as in BuildKit), and skopeo reads the OCI archive the user
+/// exports.
 #[test]
 fn an_ordinary_user_installs_a_package_on_debian() {
     if !is_root() {
@@ -328,10 +330,12 @@ fn an_ordinary_user_installs_a_package_on_debian() {
     std::fs::write(
         ctx.join("Dockerfile"),
         "FROM scratch\nADD rootfs.tar /\n\
-         RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends hello >/dev/null \
-         && stat -c '%u %U' /var/cache/apt/archives/partial > /partial && hello > /hello\n\
+         RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends hello sudo >/dev/null \
+         && stat -c '%u %U' /var/cache/apt/archives/partial > /partial && hello > /hello \
+         && useradd -m app && echo 'app ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/app\n\
          RUN --mount=type=cache,target=/cache echo kept > /cache/x && cat /cache/x > /cached\n\
-         RUN --mount=type=secret,id=tok test \"$(cat /run/secrets/tok)\" = s3cret-value && echo ok > /secret\n",
+         RUN --mount=type=secret,id=tok test \"$(cat /run/secrets/tok)\" = s3cret-value && echo ok > /secret\n\
+         USER app\nRUN sudo sh -c 'id -u > /sudo'\n",
     )
     .unwrap();
     std::fs::write(t.0.join("tok"), "s3cret-value").unwrap();
@@ -359,6 +363,7 @@ fn an_ordinary_user_installs_a_package_on_debian() {
     assert_eq!(read("hello"), "Hello, world!\n");
     assert_eq!(read("cached"), "kept\n");
     assert_eq!(read("secret"), "ok\n");
+    assert_eq!(read("sudo"), "0\n");
     let grep = Command::new("grep")
         .args(["-r", "-l", "s3cret-value"])
         .arg(&out)
@@ -401,5 +406,5 @@ fn an_ordinary_user_installs_a_package_on_debian() {
         String::from_utf8_lossy(&inspect.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
-    assert_eq!(v["Layers"].as_array().unwrap().len(), 4);
+    assert_eq!(v["Layers"].as_array().unwrap().len(), 5);
 }
