@@ -531,6 +531,19 @@ fn cases() -> Vec<Case> {
         )
         .files(&[("testfile", "t")])
         .checks(vec![File("var/www/testfile", "t")]),
+        // A destination that is a symlink is followed inside the root, the
+        // last component too (Docker's BuildKit wrote through the link).
+        case(
+            "testSymlinkDestination/file",
+            "FROM bb\nRUN echo old > /file && ln -s /file /flink && ln -s file /rlink\n\
+             COPY g /flink\nRUN cat /file > /first\nCOPY h /rlink\nRUN readlink /flink > /links && readlink /rlink >> /links\n",
+        )
+        .files(&[("g", "new\n"), ("h", "h\n")])
+        .checks(vec![
+            File("first", "new\n"),
+            File("file", "h\n"),
+            File("links", "/file\nfile\n"),
+        ]),
         case(
             "testCopyChownExistingDir",
             "FROM bb\nRUN mkdir /existing && chown daemon:daemon /existing\nCOPY dir/ /existing/\nCOPY dir/ /created/\n",

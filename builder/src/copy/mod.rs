@@ -486,6 +486,13 @@ fn dest_path(req: &CopyRequest<'_>, base: &str, owner: Owner) -> Result<PathBuf,
     let name = Path::new(&target_rel)
         .file_name()
         .ok_or_else(|| CopyError::Invalid(format!("invalid destination {:?}", req.dest)))?;
+    if !into_dir {
+        // The destination as named is resolved whole, its last symlink
+        // too (fsutil's RootPath of the copy's dst): `COPY f /link` with
+        // /link -> /file writes /file and keeps the link. Entries below a
+        // copied directory replace what is in their way instead.
+        return Ok(resolve_in_root(req.dest_root, Path::new(&target_rel), true));
+    }
     Ok(parent_path.join(name))
 }
 
