@@ -26,8 +26,9 @@ pub struct Resolver<'a> {
     always_pull: bool,
     registry: OnceLock<Registry>,
     resolved: Mutex<HashMap<(String, Platform), StoredImage>>,
-    /// The first failure, for the caller of the infallible config lookup.
-    failure: Mutex<Option<anyhow::Error>>,
+    /// The first failure, for the caller of the infallible config lookup:
+    /// the reference, and why.
+    failure: Mutex<Option<(String, anyhow::Error)>>,
     transfer: Arc<dyn Transfer>,
 }
 
@@ -151,9 +152,22 @@ impl<'a> Resolver<'a> {
         Ok(img)
     }
 
-    /// The first resolution that failed during config lookups.
-    pub fn take_failure(&self) -> Option<anyhow::Error> {
-        self.failure.lock().expect("lock").take()
+    /// The first resolution that failed during the config lookups of
+    /// `plan`'s compilation, at the FROM that names the image.
+    pub fn take_failure(&self, plan: &frontend::stage::Plan) -> Option<anyhow::Error> {
+        let (reference, e) = self.failure.lock().expect("lock").take()?;
+        let from = plan
+            .needed
+            .iter()
+            .map(|&i| &plan.stages[i])
+            .find(|s| matches!(&s.base, frontend::stage::Base::Image(r) if *r == reference));
+        Some(match from {
+            Some(stage) => e.context(crate::solve::StepLocation {
+                span: stage.span.clone(),
+                name: format!("FROM {reference}"),
+            }),
+            None => e,
+        })
     }
 }
 
@@ -165,10 +179,10 @@ impl frontend::graph::ImageConfigs for Resolver<'_> {
         match read {
             Ok((_, cfg)) => Some(base_config(cfg)),
             Err(e) => {
-                self.failure
-                    .lock()
-                    .expect("lock")
-                    .get_or_insert(e.context(format!("resolving the base image {reference}")));
+                self.failure.lock().expect("lock").get_or_insert((
+                    reference.to_string(),
+                    e.context(format!("resolving the base image {reference}")),
+                ));
                 None
             }
         }

@@ -370,15 +370,40 @@ fn missing_images_and_bad_names_are_clear_errors() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("must be lowercase"), "{}", stderr(&o));
 
+    // A build names the instruction that wants the image: the FROM, or
+    // the COPY --from that names an image, with its lines.
     let dir = t.0.join("app");
-    let ctx = context(&dir, &format!("FROM {}/nothing:1\nRUN true\n", reg.addr));
-    let o = rbuild(&root, &["build", ctx.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = stderr(&o);
-    assert!(
-        err.contains("nothing:1") && err.contains("not found"),
-        "{err}"
-    );
+    let missing = format!("{}/nothing:1", reg.addr);
+    for (dockerfile, line, instruction) in [
+        (
+            format!("FROM scratch AS ok\nFROM {missing}\nRUN true\n"),
+            2,
+            format!("FROM {missing}"),
+        ),
+        (
+            format!("FROM scratch\nENV A=1\nCOPY --from={missing} /x /x\n"),
+            3,
+            format!("COPY --from={missing} /x /x"),
+        ),
+    ] {
+        let ctx = context(&dir, &dockerfile);
+        let o = rbuild(&root, &["build", ctx.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1));
+        let err = stderr(&o);
+        let first = err
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_default();
+        assert!(
+            first.contains(&format!("Dockerfile:{line}:1: ")) && first.contains(&instruction),
+            "{err}"
+        );
+        assert!(
+            err.contains("nothing:1") && err.contains("not found"),
+            "{err}"
+        );
+        assert!(err.contains(&format!(">>> {instruction}")), "{err}");
+    }
 }
 
 #[test]

@@ -284,7 +284,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     let first_graph = compile(&loaded.plan, &images);
     // A base image that could not be resolved fails the build here, with
     // the registry's answer.
-    if let Some(e) = images.take_failure() {
+    if let Some(e) = images.take_failure(&loaded.plan) {
         return Err(e);
     }
     let mut first_graph = Some(first_graph?);
@@ -376,7 +376,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
             None => {
                 let plan = loaded.for_platform(platform)?;
                 let graph = compile(&plan, &images);
-                if let Some(e) = images.take_failure() {
+                if let Some(e) = images.take_failure(&plan) {
                     return Err(e);
                 }
                 graph?

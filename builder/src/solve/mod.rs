@@ -353,6 +353,27 @@ impl Step<'_> {
     }
 }
 
+/// `e`, an image source's failure, at the instruction that uses the image
+/// (`COPY --from=IMAGE`, `RUN --mount=from=IMAGE`): sources have no line of
+/// their own, and BuildKit gives such an image the user's location too.
+fn used_at(graph: &BuildGraph, source: NodeIndex, e: anyhow::Error) -> anyhow::Error {
+    let user = graph
+        .graph
+        .neighbors_directed(source, petgraph::Direction::Outgoing)
+        .filter_map(|n| {
+            let op = &graph.graph[n];
+            op.span.as_ref().map(|span| (span, &op.name))
+        })
+        .min_by_key(|(span, _)| (span.start_line, span.start_column));
+    match user {
+        Some((span, name)) => e.context(StepLocation {
+            span: span.clone(),
+            name: name.clone(),
+        }),
+        None => e,
+    }
+}
+
 /// Where a failed step is in the Dockerfile: the context of its error,
 /// which the error's report shows the line of.
 #[derive(Debug, Clone)]
@@ -422,7 +443,7 @@ fn run_node(
                 None => graph.platform.clone(),
             };
             let d = import_image(store, options.images, (reference, &wanted), options.epoch)
-                .map_err(where_)?;
+                .map_err(|e| used_at(graph, node, where_(e)))?;
             progress.done(id, started);
             d
         }
