@@ -727,6 +727,29 @@ fn cases() -> Vec<Case> {
         )
         .checks(vec![File("copied", "from-src\n")]),
         // 12. .dockerignore
+        // A `!` pattern re-includes a file inside an ignored directory: the
+        // context sends it and its directory, as Docker's BuildKit did; the
+        // rest of the directory stays out, of the copy and of its key.
+        case(
+            "testDockerignore/reinclude-below-an-ignored-dir",
+            "FROM bb\nCOPY . /all/\nCOPY src/a /one/\nRUN --mount=type=bind,target=/ctx ls -R /ctx/src > /bound\n",
+        )
+        .files(&[
+            ("src/a/f", "f1"),
+            ("src/a/g", "g"),
+            ("src/b", "b"),
+            (".dockerignore", "src/a\n!src/a/f\n"),
+        ])
+        .checks(vec![
+            File("all/src/a/f", "f1"),
+            Missing("all/src/a/g"),
+            File("all/src/b", "b"),
+            File("one/f", "f1"),
+            Missing("one/g"),
+            Contains("bound", "/ctx/src/a:\nf\n"),
+        ])
+        .before_rebuild(|ctx| std::fs::write(ctx.join("src/a/g"), "changed").unwrap())
+        .rebuild(&[], vec![Log("#2 CACHED"), Log("#3 CACHED")]),
         case("testDockerignore", "FROM scratch\nCOPY . .\n")
             .files(&[
                 ("foo", "foo"),

@@ -22,7 +22,7 @@ pub fn content_digest(
     // As in the copy: .dockerignore by path from the root, --exclude by
     // path below each source.
     let skip = |at: TreeWalk<'_>| {
-        ignore.is_some_and(|m| m.matches_or_parent_matches(at.rel).unwrap_or(false))
+        !super::sent::sent(ignore, root, at.rel)
             || (!at.exclude_rel.is_empty()
                 && excludes
                     .matches_or_parent_matches(at.exclude_rel)

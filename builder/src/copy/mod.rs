@@ -30,6 +30,7 @@ use frontend::instructions::chmod::Chmod;
 mod archive;
 mod hash;
 mod reuse;
+mod sent;
 mod stat;
 mod write;
 
@@ -254,18 +255,14 @@ fn copy_sources(
             selected.extend(expand_glob(req.source_root, &rel)?);
         } else {
             let path = resolve_in_root(req.source_root, Path::new(&rel), true);
-            let ignored = req.ignore.is_some_and(|m| {
-                !rel.is_empty() && m.matches_or_parent_matches(&rel).unwrap_or(false)
-            });
+            let ignored = !sent::sent(req.ignore, req.source_root, &rel);
             if ignored || fs::symlink_metadata(&path).is_err() {
                 return Err(CopyError::NotFound(format!("/{rel}")));
             }
             selected.push(rel);
         }
     }
-    if let Some(m) = req.ignore {
-        selected.retain(|p| !m.matches_or_parent_matches(p).unwrap_or(false));
-    }
+    selected.retain(|p| sent::sent(req.ignore, req.source_root, p));
     let total = selected.len() + req.contents.len();
     if total == 0 && wildcard {
         // A wildcard may match nothing (BuildKit allows empty wildcards);
@@ -386,10 +383,7 @@ fn copy_sources(
 fn copy_parents(req: &CopyRequest<'_>, links: &HardLinks) -> Result<u64, CopyError> {
     let excludes =
         PatternMatcher::new(req.excludes).map_err(|e| CopyError::Invalid(e.to_string()))?;
-    let ignored = |rel: &str| {
-        req.ignore
-            .is_some_and(|m| m.matches_or_parent_matches(rel).unwrap_or(false))
-    };
+    let ignored = |rel: &str| !sent::sent(req.ignore, req.source_root, rel);
     // BuildKit walks from the pivot here: `--exclude` matches paths
     // relative to it, the kept paths.
     let excluded = |kept: &str| excludes.matches_or_parent_matches(kept).unwrap_or(false);
@@ -577,9 +571,7 @@ fn copy_entry(
     } = tree;
     let child_rel = join_rel(walk.rel, &name.to_string_lossy());
     let child_exclude_rel = join_rel(walk.exclude_rel, &name.to_string_lossy());
-    if req
-        .ignore
-        .is_some_and(|m| m.matches_or_parent_matches(&child_rel).unwrap_or(false))
+    if !sent::sent(req.ignore, req.source_root, &child_rel)
         || excludes
             .matches_or_parent_matches(&child_exclude_rel)
             .unwrap_or(false)
