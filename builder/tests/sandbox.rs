@@ -286,14 +286,14 @@ fn ulimits_apply_in_both_runtimes() {
         .unwrap();
     for (name, rt) in runtimes(&t) {
         eprintln!("runtime: {name}");
-        let mut s = spec(&t.0, "ulimit -n; ulimit -Hn; ulimit -s");
+        let mut s = spec(&t.0, "ulimit -n; ulimit -Hn; ulimit -c");
         s.rlimits = vec![
-            "nofile=1062:1063".parse().unwrap(),
-            "stack=-1".parse().unwrap(),
+            "nofile=1000:1001".parse().unwrap(),
+            "core=0".parse().unwrap(),
         ];
         let (code, out, err) = run(rt.as_ref(), &s);
         assert_eq!(code, 0, "{err}");
-        assert_eq!(out, "1062\n1063\nunlimited\n", "{name}");
+        assert_eq!(out, "1000\n1001\n0\n", "{name}");
         let (_, out, _) = run(rt.as_ref(), &spec(&t.0, "ulimit -n"));
         assert_eq!(out.as_bytes(), own.stdout, "{name}: rbuild's own limit");
     }
