@@ -425,6 +425,11 @@ pub struct BuildArgs {
     /// Add a label to the image, repeatable
     #[arg(long = "label", value_name = "K=V")]
     pub labels: Vec<String>,
+    /// Add an OCI annotation: [TYPE[PLATFORM][,TYPE...]:]KEY=VALUE, TYPE
+    /// manifest (default), manifest-descriptor, index or index-descriptor;
+    /// repeatable
+    #[arg(long = "annotation", value_name = "[TYPE:]KEY=VALUE")]
+    pub annotations: Vec<String>,
     /// Progress output
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressMode,

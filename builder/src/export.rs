@@ -101,6 +101,8 @@ pub struct Output {
     pub rewrite_timestamp: bool,
     /// `force-compression=true`: base-image layers are re-encoded too.
     pub force_compression: bool,
+    /// `annotation[-TYPE][PLATFORM].KEY=VALUE` options.
+    pub annotations: crate::annotations::Annotations,
 }
 
 impl Output {
@@ -117,6 +119,7 @@ impl Output {
             compression_level: None,
             rewrite_timestamp: false,
             force_compression: false,
+            annotations: Default::default(),
         }
     }
 }
@@ -168,6 +171,7 @@ pub fn parse_output(spec: &str) -> anyhow::Result<Output> {
             ),
             "rewrite-timestamp" => out.rewrite_timestamp = bool_value(v)?,
             "force-compression" => out.force_compression = bool_value(v)?,
+            other if out.annotations.add_output_option(other, v)? => {}
             other => bail!("--output {spec}: unknown option {other:?}"),
         }
     }
@@ -331,7 +335,9 @@ pub fn with_media_types(
 fn index_for(desc: &Descriptor, names: &[String]) -> Index {
     let mut d = desc.clone();
     if let Some(name) = names.first() {
-        let mut ann = std::collections::BTreeMap::new();
+        // The descriptor's own annotations (`--annotation
+        // manifest-descriptor:` or `index-descriptor:`) stay beside the names.
+        let mut ann = d.annotations.take().unwrap_or_default();
         ann.insert(
             crate::images::FULL_NAME.to_string(),
             crate::images::normalize(name),
@@ -536,7 +542,10 @@ pub fn export_image(
         );
     }
     let oci = oci_media_types(out, format);
-    let desc = converted_image(store, manifest, format, oci)?;
+    let desc = Descriptor {
+        annotations: manifest.annotations.clone(),
+        ..converted_image(store, manifest, format, oci)?
+    };
     let (order, manifests) = image_blobs(blobs, &desc)?;
     let index = index_for(&desc, names);
     let dest = out.dest.as_deref().expect("checked when parsing");

@@ -298,6 +298,7 @@ pub fn store(
     blobs: &BlobStore,
     config: &ImageConfig,
     layers: Vec<Descriptor>,
+    annotations: Option<std::collections::BTreeMap<String, String>>,
     tags: &[String],
 ) -> anyhow::Result<(Digest, Descriptor)> {
     let config_bytes = to_canonical_json(config);
@@ -309,7 +310,7 @@ pub fn store(
         config: Descriptor::new(media::OCI_CONFIG, &config_digest, config_bytes.len() as u64),
         layers,
         subject: None,
-        annotations: None,
+        annotations,
     };
     let manifest_bytes = to_canonical_json(&manifest);
     let manifest_digest = blobs.put_bytes(&manifest_bytes)?;

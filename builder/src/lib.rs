@@ -12,6 +12,7 @@
 //! [`cli`] defines the command line of `../shared/CLI.md`; [`commands`] runs
 //! each command.
 
+pub mod annotations;
 pub mod attest;
 pub mod bind;
 pub mod changes;

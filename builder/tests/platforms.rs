@@ -797,3 +797,120 @@ fn the_multi_platform_build_arg_gives_an_index_of_one() {
         );
     }
 }
+
+/// `--annotation` as buildx passes it and BuildKit's image writer places
+/// it: on the manifest (no type; a `[platform]` one only on that
+/// platform's), on its descriptor, on the index and on the index's
+/// descriptor; skopeo reads them from the OCI layout. BuildKit's refusals:
+/// index annotations without an index, a platform not built, descriptor
+/// annotations with Docker media types.
+#[test]
+fn annotations_go_where_buildkit_puts_them() {
+    let t = tmp("annotations");
+    let ctx = t.0.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("f"), "f").unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY f /f\n").unwrap();
+    let root = t.0.join("root");
+    let build = |extra: &[&str], layout: &Path| {
+        let oci = format!("type=oci,dest={},tar=false,name=ann:1", layout.display());
+        let mut args = vec!["build", "-q", "-o", &oci];
+        args.extend(extra);
+        args.push(ctx.to_str().unwrap());
+        rbuild(&root, &args)
+    };
+    let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+
+    let one = t.0.join("one");
+    ok(&build(
+        &[
+            "--annotation",
+            "org.opencontainers.image.title=app",
+            "--annotation",
+            "manifest-descriptor:d=1",
+        ],
+        &one,
+    ));
+    let m = json(&skopeo(&[
+        "inspect",
+        "--raw",
+        &format!("oci:{}:1", one.display()),
+    ]));
+    assert_eq!(m["annotations"]["org.opencontainers.image.title"], "app");
+    let top = json(&std::fs::read_to_string(one.join("index.json")).unwrap());
+    assert_eq!(top["manifests"][0]["annotations"]["d"], "1", "{top}");
+
+    let two = t.0.join("two");
+    ok(&build(
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--annotation",
+            "index,manifest:desc=both",
+            "--annotation",
+            "manifest[linux/arm64]:only=arm",
+            "--annotation",
+            "manifest-descriptor[linux/amd64]:md=amd",
+            "--annotation",
+            "index-descriptor:top=1",
+        ],
+        &two,
+    ));
+    let top = json(&std::fs::read_to_string(two.join("index.json")).unwrap());
+    assert_eq!(top["manifests"][0]["annotations"]["top"], "1", "{top}");
+    let index = json(&skopeo(&[
+        "inspect",
+        "--raw",
+        &format!("oci:{}:1", two.display()),
+    ]));
+    assert_eq!(index["annotations"]["desc"], "both", "{index}");
+    assert_eq!(index_arches(&index), ["amd64", "arm64"]);
+    assert_eq!(index["manifests"][0]["annotations"]["md"], "amd", "{index}");
+    assert!(index["manifests"][1]["annotations"].is_null(), "{index}");
+    for (arch, only) in [("amd64", None), ("arm64", Some("arm"))] {
+        let m = json(&skopeo(&[
+            "--override-arch",
+            arch,
+            "inspect",
+            "--raw",
+            &format!("oci:{}:1", two.display()),
+        ]));
+        let m = if m["manifests"].is_array() {
+            // skopeo --raw gives the index; read the entry's blob.
+            let i = if arch == "amd64" { 0 } else { 1 };
+            let digest = m["manifests"][i]["digest"].as_str().unwrap().to_string();
+            json(
+                &std::fs::read_to_string(
+                    two.join("blobs/sha256")
+                        .join(digest.trim_start_matches("sha256:")),
+                )
+                .unwrap(),
+            )
+        } else {
+            m
+        };
+        assert_eq!(m["annotations"]["desc"], "both", "{arch}: {m}");
+        assert_eq!(m["annotations"]["only"].as_str(), only, "{arch}: {m}");
+    }
+
+    for (extra, want) in [
+        (
+            vec!["--annotation", "index:k=v"],
+            "index annotations not supported for single platform export",
+        ),
+        (
+            vec!["--annotation", "manifest[linux/arm64]:k=v"],
+            "no platform linux/arm64 found in source",
+        ),
+        (
+            vec!["--annotation", "blob:k=v"],
+            "unknown annotation type \"blob\"",
+        ),
+    ] {
+        let o = build(&extra, &t.0.join("refused"));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains(want), "{err}");
+        assert!(!t.0.join("refused").exists());
+    }
+}

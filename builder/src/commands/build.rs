@@ -39,6 +39,11 @@ struct Flags {
     allow_insecure: bool,
     allow_network_host: bool,
     labels: BTreeMap<String, String>,
+    /// `--annotation`s and the outputs' `annotation.*` options.
+    annotations: crate::annotations::Annotations,
+    /// Whether every output keeps OCI media types (annotations other than
+    /// the manifest's need them).
+    oci_media_types: bool,
 }
 
 /// Reads and checks the output, cache, entitlement and label flags.
@@ -135,6 +140,17 @@ fn flags(args: &BuildArgs) -> anyhow::Result<Flags> {
         };
         labels.insert(k.to_string(), v.to_string());
     }
+    let mut annotations = crate::annotations::Annotations::default();
+    for a in &args.annotations {
+        annotations.add_flag(a)?;
+    }
+    for o in &outputs {
+        annotations.0.extend(o.annotations.0.iter().cloned());
+    }
+    let oci_media_types = outputs.iter().all(|o| {
+        crate::export::LayerFormat::of(o, default_compression)
+            .is_ok_and(|f| crate::export::oci_media_types(o, f))
+    });
 
     Ok(Flags {
         cache_to,
@@ -145,6 +161,8 @@ fn flags(args: &BuildArgs) -> anyhow::Result<Flags> {
         allow_insecure,
         allow_network_host,
         labels,
+        annotations,
+        oci_media_types,
     })
 }
 
@@ -158,6 +176,8 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         allow_insecure,
         allow_network_host,
         labels,
+        annotations,
+        oci_media_types,
     } = flags(&args)?;
 
     let store_root = state_root(root);
@@ -326,6 +346,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         matches!(m, crate::shared_cache::Mode::Max)
     });
     let multi = switches.multi_platform;
+    annotations.check(&platforms, multi, oci_media_types)?;
     let mut options = BuildOptions {
         cancel: Default::default(),
         cache_imports: (!imports.is_empty()).then_some(&imports),
@@ -351,6 +372,8 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         ssh,
         rewrite_timestamp,
         labels,
+        annotations: &annotations,
+        index: multi,
         dockerfile: if loaded.path == Path::new("-") {
             format!("{}\n-", context_dir.display())
         } else {
@@ -447,7 +470,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     }
     let built: Vec<(Platform, crate::solve::Built)> =
         builds.into_iter().map(|(p, _, b)| (p, b)).collect();
-    let result = outputs::Result::of(&store, built, multi, &args.tags)?;
+    let result = outputs::Result::of(&store, built, (multi, &annotations), &args.tags)?;
     outputs::export_caches(
         &store,
         &result.builds,
@@ -616,7 +639,13 @@ fn with_inline_cache(
         crate::shared_cache::INLINE_FIELD.to_string(),
         serde_json::Value::String(inline),
     );
-    let (id, desc) = crate::images::store(&store.blobs, &built.config, manifest.layers, tags)?;
+    let (id, desc) = crate::images::store(
+        &store.blobs,
+        &built.config,
+        manifest.layers,
+        manifest.annotations,
+        tags,
+    )?;
     built.image_id = id.to_string();
     built.manifest = desc;
     Ok(())

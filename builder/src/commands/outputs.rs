@@ -29,17 +29,21 @@ pub struct Result {
 impl Result {
     /// The result of `built`: the one image, or (`index`, always for
     /// several) an index of the platforms' images (tagged `tags`; the
-    /// images alone are not).
+    /// images alone are not), with the descriptor and index `annotations`.
     pub fn of(
         store: &Store,
         built: Vec<(Platform, Built)>,
-        index: bool,
+        (index, annotations): (bool, &crate::annotations::Annotations),
         tags: &[String],
     ) -> anyhow::Result<Result> {
+        use crate::annotations::Target;
         if built.len() == 1 && !index {
             let (_, b) = built.into_iter().next().expect("one");
             return Ok(Result {
-                manifest: b.manifest.clone(),
+                manifest: Descriptor {
+                    annotations: annotations.of(Target::ManifestDescriptor, None),
+                    ..b.manifest.clone()
+                },
                 image_id: b.image_id.clone(),
                 builds: vec![b],
                 platforms: vec![None],
@@ -50,14 +54,19 @@ impl Result {
                 .iter()
                 .map(|(p, b)| Descriptor {
                     platform: Some(crate::platform::to_spec(p)),
+                    annotations: annotations.of(Target::ManifestDescriptor, Some(p)),
                     ..b.manifest.clone()
                 })
                 .collect(),
+            annotations: annotations.of(Target::Index, None),
             ..Index::default()
         };
         let bytes = to_canonical_json(&index);
         let digest = store.blobs.put_bytes(&bytes)?;
-        let manifest = Descriptor::new(media::OCI_INDEX, &digest, bytes.len() as u64);
+        let manifest = Descriptor {
+            annotations: annotations.of(Target::IndexDescriptor, None),
+            ..Descriptor::new(media::OCI_INDEX, &digest, bytes.len() as u64)
+        };
         for tag in tags {
             crate::images::tag_manifest(&store.blobs, &manifest, tag)?;
         }

@@ -79,6 +79,11 @@ pub struct BuildOptions<'a> {
     pub allow_network_host: bool,
     /// `--label K=V`: added to the image's labels.
     pub labels: BTreeMap<String, String>,
+    /// OCI annotations for the manifest ([`crate::annotations`]).
+    pub annotations: &'a crate::annotations::Annotations,
+    /// The result goes into an index (several platforms, or asked for):
+    /// platform-specific annotations apply.
+    pub index: bool,
     /// SOURCE_DATE_EPOCH, for config and history times.
     pub epoch: Option<i64>,
     /// Proxy variables for RUN (not recorded anywhere).
@@ -299,7 +304,16 @@ fn build_once(
     // theirs is ever downloaded.
     fetch_imported_layers(&ctx, &layers)?;
     record_unmade_hits(&ctx)?;
-    let (image_id, manifest) = crate::images::store(&store.blobs, &config, layers, &options.tags)?;
+    let annotated = options.index.then_some(&graph.platform);
+    let (image_id, manifest) = crate::images::store(
+        &store.blobs,
+        &config,
+        layers,
+        options
+            .annotations
+            .of(crate::annotations::Target::Manifest, annotated),
+        &options.tags,
+    )?;
     let explained = std::mem::take(&mut *lock(&ctx.explained));
     let (cache_records, cache_min) = export_records(&ctx, target)?;
     let cache_mounts = std::mem::take(&mut *lock(&ctx.cache_mounts))
