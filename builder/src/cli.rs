@@ -411,6 +411,7 @@ pub enum ProgressMode {
     /// JSON events, the shape of BuildKit's SolveStatus
     Rawjson,
     /// Nothing
+    #[value(alias = "none")]
     Quiet,
 }
 
@@ -430,8 +431,8 @@ pub struct BuildArgs {
     /// repeatable
     #[arg(long = "annotation", value_name = "[TYPE:]KEY=VALUE")]
     pub annotations: Vec<String>,
-    /// Progress output
-    #[arg(long, value_enum, default_value = "auto")]
+    /// Progress output (default: $BUILDKIT_PROGRESS, else auto)
+    #[arg(long, value_enum, env = "BUILDKIT_PROGRESS", default_value = "auto")]
     pub progress: ProgressMode,
     /// Print only the image id
     #[arg(short, long)]

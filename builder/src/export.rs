@@ -30,6 +30,9 @@ pub enum OutputKind {
     Local,
     /// The final filesystem as a tar.
     Tar,
+    /// Nothing but the caches `--cache-to` names (the image stays in the
+    /// local store, as every build's does).
+    CacheOnly,
 }
 
 impl OutputKind {
@@ -42,12 +45,16 @@ impl OutputKind {
             OutputKind::Docker => "docker",
             OutputKind::Local => "local",
             OutputKind::Tar => "tar",
+            OutputKind::CacheOnly => "cacheonly",
         }
     }
 
     /// Whether it writes to `dest=`.
     fn needs_dest(self) -> bool {
-        !matches!(self, OutputKind::Image | OutputKind::Registry)
+        !matches!(
+            self,
+            OutputKind::Image | OutputKind::Registry | OutputKind::CacheOnly
+        )
     }
 }
 
@@ -68,9 +75,10 @@ impl std::str::FromStr for OutputKind {
             "docker" => OutputKind::Docker,
             "local" => OutputKind::Local,
             "tar" => OutputKind::Tar,
+            "cacheonly" => OutputKind::CacheOnly,
             other => {
                 return Err(format!(
-                    "unknown type {other:?} (image, oci, docker, local, tar)"
+                    "unknown type {other:?} (image, registry, oci, docker, local, tar, cacheonly)"
                 ));
             }
         })

@@ -601,6 +601,35 @@ fn buildx_attestation_and_load_flags() {
     );
     assert!(off.status.success(), "{}", stderr(&off));
     assert_eq!(stdout(&off), stdout(&plain), "the same image");
+    // `--progress none`, BUILDKIT_PROGRESS for the default, and an output
+    // of nothing but caches.
+    let none = rbuild_stdin(
+        &["--root", root_arg, "build", "--progress", "none", "-"],
+        df,
+    );
+    assert!(
+        none.status.success() && stderr(&none).is_empty(),
+        "{}",
+        stderr(&none)
+    );
+    let mut env_plain = Command::new(env!("CARGO_BIN_EXE_rbuild"));
+    env_plain
+        .args(["--root", root_arg, "build", "-o", "type=cacheonly", "-"])
+        .env("BUILDKIT_PROGRESS", "quiet")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = env_plain.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(df.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).is_empty(), "quiet progress: {}", stderr(&o));
+    assert_eq!(stdout(&o), stdout(&plain), "quiet prints the image id");
     for (flags, want) in [
         (
             vec!["--provenance=mode=max"],

@@ -215,6 +215,7 @@ pub fn write(
                 .with_context(|| format!("exporting to {dest}"))?,
             OutputKind::Tar => crate::export::export_tar(store, &built.files(), dest)
                 .with_context(|| format!("exporting to {dest}"))?,
+            OutputKind::CacheOnly => {}
         }
     }
     Ok(pushed)
