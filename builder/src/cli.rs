@@ -512,6 +512,11 @@ pub struct BuildArgs {
     /// Run the build checks only and build nothing (as `rbuild check`)
     #[arg(long)]
     pub check: bool,
+    /// What to do instead of building, as buildx: check, outline (the
+    /// build args, secrets and ssh ids the target takes), targets (the
+    /// stages), build (the default); `,format=json` for JSON
+    #[arg(long, value_name = "NAME[,format=json]")]
+    pub call: Option<String>,
     /// The build context directory, or - for a Dockerfile on stdin
     pub context: PathBuf,
 }

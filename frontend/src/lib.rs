@@ -20,6 +20,7 @@ pub mod ignore;
 pub mod instructions;
 pub mod limits;
 pub mod lint;
+pub mod outline;
 pub mod parser;
 pub mod print;
 pub mod quote;

@@ -280,7 +280,7 @@ pub enum PlanError {
 }
 
 impl PlanError {
-    fn at(span: &Span, message: impl Into<String>) -> PlanError {
+    pub(crate) fn at(span: &Span, message: impl Into<String>) -> PlanError {
         PlanError::At {
             message: message.into(),
             span: span.clone(),

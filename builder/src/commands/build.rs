@@ -247,10 +247,34 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
             (f, _) => f.clone(),
         };
     }
-    if args.check {
+    let call = args
+        .call
+        .as_deref()
+        .map(super::call::Call::parse)
+        .transpose()?;
+    if args.check || call.as_ref().is_some_and(|c| c.name == "check") {
         // The checks of the file in this context (a fetched one too).
         let checked = crate::commands::check::check_file(Some(store_root), &graph_args, &context)?;
-        return crate::commands::check::print(&checked, crate::cli::CheckFormat::Text);
+        let format = if call.as_ref().is_some_and(|c| c.json) {
+            crate::cli::CheckFormat::Json
+        } else {
+            crate::cli::CheckFormat::Text
+        };
+        return crate::commands::check::print(&checked, format);
+    }
+    if let Some(call) = call.filter(|c| c.name == "outline" || c.name == "targets") {
+        let source = crate::dockerfile::read_source(&context, &graph_args)?;
+        let df = frontend::parse(&source.name, &source.text)?;
+        let out = if call.name == "targets" {
+            super::call::targets(&frontend::outline::targets(&df)?, &source.text, call.json)
+        } else {
+            let options = crate::dockerfile::plan_options(&graph_args)?;
+            let outline = frontend::outline::outline(&df, &options)
+                .with_context(|| format!("planning {}", source.name))?;
+            super::call::outline(&outline, &source.text, call.json)
+        };
+        print!("{out}");
+        return Ok(());
     }
     let loaded = crate::dockerfile::load(&context, &graph_args)?;
 

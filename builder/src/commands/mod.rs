@@ -2,6 +2,7 @@
 //! context naming the file, flag or reference at fault.
 
 mod build;
+mod call;
 mod check;
 pub(crate) mod debug;
 mod graph;
