@@ -119,6 +119,31 @@ struct ArgInfo {
     deps: BTreeSet<String>,
 }
 
+impl ArgInfo {
+    /// `key` as the ARG `ins` defines it, with its value for this build.
+    fn new(ins: &Instruction, key: &str, value: Option<String>, deps: BTreeSet<String>) -> Self {
+        ArgInfo {
+            arg: OutlineArg {
+                name: key.to_string(),
+                description: doc_comment(&ins.comments, key),
+                value: value.unwrap_or_default(),
+                span: ins.span.clone(),
+            },
+            deps,
+        }
+    }
+}
+
+/// The global scope of `plan` (declared and predefined args) as an
+/// environment to expand in.
+fn global_env(plan: &Plan) -> EnvList {
+    let mut env = EnvList::default();
+    for (k, v) in &plan.global_args {
+        env.set(k, v);
+    }
+    env
+}
+
 /// A stage's capture: every arg it knows of, those it uses, what it mounts.
 #[derive(Debug, Clone, Default)]
 struct Capture {
@@ -150,13 +175,7 @@ pub fn outline(df: &Dockerfile, options: &PlanOptions) -> Result<Outline, PlanEr
     let plan = crate::stage::plan(df, options)?;
     let all = instructions::parse(df)?;
     let lex = Lex::new(df.escape);
-    let global_env: EnvList = plan
-        .global_args
-        .iter()
-        .fold(EnvList::default(), |mut e, (k, v)| {
-            e.set(k, v);
-            e
-        });
+    let global_env = global_env(&plan);
 
     // The global args: their values and the args their defaults use.
     let mut globals: BTreeMap<String, ArgInfo> = BTreeMap::new();
@@ -190,18 +209,7 @@ pub fn outline(df: &Dockerfile, options: &PlanOptions) -> Result<Outline, PlanEr
             if let Some(v) = &value {
                 env.set(&def.key, v);
             }
-            globals.insert(
-                def.key.clone(),
-                ArgInfo {
-                    arg: OutlineArg {
-                        name: def.key.clone(),
-                        description: doc_comment(&ins.comments, &def.key),
-                        value: value.unwrap_or_default(),
-                        span: ins.span.clone(),
-                    },
-                    deps,
-                },
-            );
+            globals.insert(def.key.clone(), ArgInfo::new(ins, &def.key, value, deps));
         }
     }
 
@@ -302,13 +310,7 @@ fn stage_env(plan: &Plan, lex: &Lex, options: &PlanOptions, index: usize) -> Env
         Base::Stage(b) => stage_env(plan, lex, options, b),
         _ => EnvList::default(),
     };
-    let global: EnvList = plan
-        .global_args
-        .iter()
-        .fold(EnvList::default(), |mut e, (k, v)| {
-            e.set(k, v);
-            e
-        });
+    let global = global_env(plan);
     let mut scratch = Capture::default();
     let _ = capture_stage(&mut scratch, &mut env, stage, lex, options, &global);
     env
@@ -347,15 +349,7 @@ fn capture_stage(
                             }
                             c.all.insert(
                                 def.key.clone(),
-                                ArgInfo {
-                                    arg: OutlineArg {
-                                        name: def.key.clone(),
-                                        description: doc_comment(&ins.comments, &def.key),
-                                        value: value.unwrap_or_default(),
-                                        span: ins.span.clone(),
-                                    },
-                                    deps: BTreeSet::new(),
-                                },
+                                ArgInfo::new(ins, &def.key, value, BTreeSet::new()),
                             );
                         }
                     }

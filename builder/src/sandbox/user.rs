@@ -192,22 +192,25 @@ pub fn resolve(rootfs: &Path, spec: &str) -> Result<User, String> {
 mod tests {
     use super::*;
 
-    /// BuildKit's ChownOpt rules, as Docker's BuildKit gave them for the
-    /// same passwd and group (app is 1000 with primary group 1001).
-    #[test]
-    fn file_owners_as_buildkit_resolves_them() {
-        let root = std::env::temp_dir().join(format!("rbuild-owner-{}", std::process::id()));
+    /// A root with root and app (1000, primary group 1001) in passwd and
+    /// `group` as its group file.
+    fn fake_root(name: &str, group: &str) -> std::path::PathBuf {
+        let root = std::env::temp_dir().join(format!("rbuild-{name}-{}", std::process::id()));
         std::fs::create_dir_all(root.join("etc")).unwrap();
         std::fs::write(
             root.join("etc/passwd"),
             "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
         )
         .unwrap();
-        std::fs::write(
-            root.join("etc/group"),
-            "root:x:0:\napp:x:1001:\ngrp:x:2000:\n",
-        )
-        .unwrap();
+        std::fs::write(root.join("etc/group"), group).unwrap();
+        root
+    }
+
+    /// BuildKit's ChownOpt rules, as Docker's BuildKit gave them for the
+    /// same passwd and group (app is 1000 with primary group 1001).
+    #[test]
+    fn file_owners_as_buildkit_resolves_them() {
+        let root = fake_root("owner", "root:x:0:\napp:x:1001:\ngrp:x:2000:\n");
         for (spec, want) in [
             ("1000", (1000, 1000)),
             ("app", (1000, 1001)),
@@ -227,18 +230,10 @@ mod tests {
 
     #[test]
     fn resolves_names_ids_and_groups() {
-        let root = std::env::temp_dir().join(format!("rbuild-user-{}", std::process::id()));
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        std::fs::write(
-            root.join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
-        )
-        .unwrap();
-        std::fs::write(
-            root.join("etc/group"),
+        let root = fake_root(
+            "user",
             "root:x:0:\napp:x:1001:\nwheel:x:10:app\ndocker:x:999:app,other\n",
-        )
-        .unwrap();
+        );
         assert_eq!(
             resolve(&root, "").unwrap(),
             User {
