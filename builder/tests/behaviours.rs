@@ -546,6 +546,12 @@ fn cases() -> Vec<Case> {
             File("links", "/file\nfile\n"),
         ]),
         case(
+            "testSymlinkDestination/loop",
+            "FROM bb\nRUN ln -s loop1 /loop2 && ln -s loop2 /loop1\nCOPY g /loop1\n",
+        )
+        .files(&[("g", "new\n")])
+        .fails("cannot copy to /loop1: too many levels of symbolic links"),
+        case(
             "testCopyChownExistingDir",
             "FROM bb\nRUN mkdir /existing && chown daemon:daemon /existing\nCOPY dir/ /existing/\nCOPY dir/ /created/\n",
         )

@@ -485,7 +485,15 @@ fn dest_path(req: &CopyRequest<'_>, base: &str, owner: Owner) -> Result<PathBuf,
         // too (fsutil's RootPath of the copy's dst): `COPY f /link` with
         // /link -> /file writes /file and keeps the link. Entries below a
         // copied directory replace what is in their way instead.
-        return Ok(resolve_in_root(req.dest_root, Path::new(&target_rel), true));
+        let resolved = resolve_in_root(req.dest_root, Path::new(&target_rel), true);
+        // Still a link: the chain loops (RootPath's "too many links").
+        if fs::symlink_metadata(&resolved).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(CopyError::Invalid(format!(
+                "cannot copy to {}: too many levels of symbolic links",
+                req.dest
+            )));
+        }
+        return Ok(resolved);
     }
     Ok(parent_path.join(name))
 }
