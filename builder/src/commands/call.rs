@@ -38,6 +38,28 @@ impl Call {
     }
 }
 
+/// Prints what `call` (outline or targets) asks of the Dockerfile of
+/// `context` and the build flags.
+pub fn run(
+    call: &Call,
+    context: &std::path::Path,
+    args: &crate::cli::BuildGraphArgs,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let source = crate::dockerfile::read_source(context, args)?;
+    let df = frontend::parse(&source.name, &source.text)?;
+    let out = if call.name == "targets" {
+        targets(&frontend::outline::targets(&df)?, &source.text, call.json)
+    } else {
+        let options = crate::dockerfile::plan_options(args)?;
+        let o = frontend::outline::outline(&df, &options)
+            .with_context(|| format!("planning {}", source.name))?;
+        outline(&o, &source.text, call.json)
+    };
+    print!("{out}");
+    Ok(())
+}
+
 /// A span as BuildKit's pb.Location: line ranges, no columns.
 fn location(span: &frontend::Span) -> Value {
     json!({"ranges": [{"start": {"line": span.start_line}, "end": {"line": span.end_line}}]})

@@ -5,6 +5,7 @@ mod build;
 mod call;
 mod check;
 pub(crate) mod debug;
+mod flags;
 mod graph;
 mod image;
 mod outputs;
