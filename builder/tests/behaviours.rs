@@ -551,6 +551,27 @@ fn cases() -> Vec<Case> {
         )
         .files(&[("g", "new\n")])
         .fails("cannot copy to /loop1: too many levels of symbolic links"),
+        // From another stage a copy keeps the files' owners (a context's
+        // are root's) and makes devices and fifos again (fsutil's copy),
+        // as Docker's BuildKit gave the owners.
+        case(
+            "testCopyChown/from-a-stage",
+            "FROM bb AS s\nRUN mkdir -p /x/d && echo h > /x/h && chown 7:8 /x/h && chown 9:10 /x/d \
+             && mkfifo /x/fifo && mknod /x/null c 1 3\n\
+             FROM bb\nCOPY --from=s /x /y\nCOPY --from=s /x/h /one\nCOPY --from=s --chown=1:1 /x /two\n\
+             COPY g /ctx\nRUN stat -c '%F %t,%T %u' /y/fifo /y/null /two/null > /types\n",
+        )
+        .files(&[("g", "g")])
+        .checks(vec![
+            Owner("y", 0, 0),
+            Owner("y/h", 7, 8),
+            Owner("y/d", 9, 10),
+            Owner("one", 7, 8),
+            Owner("two/h", 1, 1),
+            Owner("two/d", 1, 1),
+            Owner("ctx", 0, 0),
+            File("types", "fifo 0,0 0\ncharacter special file 1,3 0\ncharacter special file 1,3 1\n"),
+        ]),
         case(
             "testCopyChownExistingDir",
             "FROM bb\nRUN mkdir /existing && chown daemon:daemon /existing\nCOPY dir/ /existing/\nCOPY dir/ /created/\n",

@@ -74,6 +74,10 @@ pub struct CopyRequest<'a> {
     /// An earlier result of the same copy whose unchanged files are
     /// hard-linked instead of copied (see [`Reuse`]).
     pub reuse: Option<&'a Reuse>,
+    /// Without `--chown`, entries keep their owners: another stage's or an
+    /// image's files. A local context's are root's (buildx sends them with
+    /// their ids reset), so this is false for those.
+    pub keep_owners: bool,
 }
 
 impl<'a> CopyRequest<'a> {
@@ -99,6 +103,7 @@ impl<'a> CopyRequest<'a> {
             unpack: None,
             parents: false,
             reuse: None,
+            keep_owners: false,
         }
     }
 }
@@ -178,6 +183,23 @@ struct Owner {
     gid: u32,
 }
 
+impl Owner {
+    const ROOT: Owner = Owner { uid: 0, gid: 0 };
+
+    /// An entry's owner: `fixed` (`--chown`), else its own when `keep`
+    /// (BuildKit's copy keeps a stage's owners), else root.
+    fn of(fixed: Option<Owner>, keep: bool, meta: &fs::Metadata) -> Owner {
+        fixed.unwrap_or(if keep {
+            Owner {
+                uid: meta.uid(),
+                gid: meta.gid(),
+            }
+        } else {
+            Owner::ROOT
+        })
+    }
+}
+
 /// Copies what `req` asks for. Returns the number of entries written.
 pub fn copy(req: &CopyRequest<'_>) -> Result<u64, CopyError> {
     let links = HardLinks::default();
@@ -229,13 +251,12 @@ fn copy_sources(
     exclude_base: &str,
     links: &HardLinks,
 ) -> Result<u64, CopyError> {
-    let owner = match req.chown {
-        None => Owner { uid: 0, gid: 0 },
-        Some(spec) => {
-            let (uid, gid) = crate::sandbox::user::file_owner(req.dest_root, spec);
-            Owner { uid, gid }
-        }
-    };
+    let fixed = req.chown.map(|spec| {
+        let (uid, gid) = crate::sandbox::user::file_owner(req.dest_root, spec);
+        Owner { uid, gid }
+    });
+    // Directories the copy makes are the --chown owner's, else root's.
+    let owner = fixed.unwrap_or(Owner::ROOT);
     let chmod = req
         .chmod
         .map(Chmod::parse)
@@ -330,7 +351,7 @@ fn copy_sources(
             let tree = TreeCopy {
                 req,
                 excludes: &excludes,
-                owner,
+                owner: fixed,
                 chmod: chmod.as_ref(),
                 links,
             };
@@ -365,7 +386,7 @@ fn copy_sources(
                 Data::File(&file, meta.len()),
                 &target,
                 meta.mode() & 0o7777,
-                owner,
+                Owner::of(fixed, req.keep_owners, &meta),
                 chmod.as_ref(),
                 meta.modified().ok(),
                 false,
@@ -527,12 +548,13 @@ fn join_rel(parent: &str, name: &str) -> String {
 }
 
 /// What stays the same over a directory copy: the request, its
-/// `--exclude` patterns, the owner and the `--chmod` of every entry.
+/// `--exclude` patterns, the `--chown` owner and the `--chmod` of every
+/// entry.
 #[derive(Clone, Copy)]
 struct TreeCopy<'a> {
     req: &'a CopyRequest<'a>,
     excludes: &'a PatternMatcher,
-    owner: Owner,
+    owner: Option<Owner>,
     chmod: Option<&'a Chmod>,
     links: &'a HardLinks,
 }
@@ -593,6 +615,7 @@ fn copy_entry(
     let src = src_dir.join(name);
     let dest = dest_dir.join(name);
     let meta = listed.metadata().map_err(io_err("reading", &src))?;
+    let owner = Owner::of(owner, req.keep_owners, &meta);
     let ft = meta.file_type();
     if ft.is_dir() {
         match fs::symlink_metadata(&dest) {
@@ -641,10 +664,47 @@ fn copy_entry(
             Ok(())
         })?;
     } else {
-        // Devices, fifos and sockets in a context are not copied.
-        return Ok(0);
+        special(&dest, &meta, owner)?;
     }
     Ok(1)
+}
+
+/// A device, fifo or socket, as fsutil's copyDevice makes it (and the
+/// context transfer sends it): the node again, a socket as an empty file.
+/// A device where the kernel refuses one (an ordinary user's namespace) is
+/// left out.
+fn special(dest: &Path, meta: &fs::Metadata, owner: Owner) -> Result<(), CopyError> {
+    use std::os::unix::fs::FileTypeExt;
+    if fs::symlink_metadata(dest).is_ok() {
+        remove_any(dest)?;
+    }
+    let ft = meta.file_type();
+    let perm = meta.mode() & 0o7777;
+    let (kind, rdev) = if ft.is_char_device() {
+        (libc::S_IFCHR, meta.rdev())
+    } else if ft.is_block_device() {
+        (libc::S_IFBLK, meta.rdev())
+    } else if ft.is_fifo() {
+        (libc::S_IFIFO, 0)
+    } else {
+        (libc::S_IFREG, 0)
+    };
+    let c = std::ffi::CString::new(dest.as_os_str().as_encoded_bytes())
+        .map_err(|_| CopyError::Invalid(format!("a NUL byte in {}", dest.display())))?;
+    // SAFETY: mknod on a NUL-terminated path.
+    if unsafe { libc::mknod(c.as_ptr(), kind | perm, rdev as libc::dev_t) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EPERM) && kind != libc::S_IFIFO && kind != libc::S_IFREG {
+            return Ok(());
+        }
+        return Err(io_err("creating", dest)(e));
+    }
+    std::os::unix::fs::lchown(dest, Some(owner.uid), Some(owner.gid))
+        .map_err(io_err("changing owner of", dest))?;
+    fs::set_permissions(dest, fs::Permissions::from_mode(perm))
+        .map_err(io_err("changing mode of", dest))?;
+    cache::layer::set_times_nofollow(dest, meta.mtime(), meta.mtime_nsec());
+    Ok(())
 }
 
 fn remove_any(path: &Path) -> Result<(), CopyError> {

@@ -310,6 +310,7 @@ pub(super) fn copy_into(
         unpack: file.unpack,
         parents: file.parents,
         reuse: reuse.as_ref(),
+        keep_owners: local.is_none(),
     })?;
     drop(view);
     Ok(reuse.map(|r| r.manifest()))

@@ -13,8 +13,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use unpack::{
-    MAX_ENTRY_SIZE, UnpackOptions, UnpackStats, XZ_MAGIC, decompress, resolve_in_root, unpack,
-    xz_decoder,
+    MAX_ENTRY_SIZE, UnpackOptions, UnpackStats, XZ_MAGIC, decompress, resolve_in_root,
+    set_times_nofollow, unpack, xz_decoder,
 };
 pub use write::{DiffSource, LayerOptions, convert_layer, write_layer, write_tree_tar};
 

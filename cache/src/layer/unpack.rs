@@ -323,9 +323,16 @@ pub fn resolve_in_root(root: &Path, rel: &Path, follow_last: bool) -> PathBuf {
 }
 
 fn set_mtime(path: &Path, mtime: u64) {
+    set_times_nofollow(path, mtime as i64, 0);
+}
+
+/// Sets `path`'s access and modification times by path, not following a
+/// last symlink and without opening it (opening a fifo would wait for a
+/// writer, opening a device would touch it). Best effort.
+pub fn set_times_nofollow(path: &Path, secs: i64, nanos: i64) {
     let t = libc::timespec {
-        tv_sec: mtime as libc::time_t,
-        tv_nsec: 0,
+        tv_sec: secs as libc::time_t,
+        tv_nsec: nanos as libc::c_long,
     };
     let times = [t, t];
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {

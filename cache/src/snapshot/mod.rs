@@ -753,9 +753,7 @@ fn copy_metadata(src: &Path, dest: &Path, meta: &fs::Metadata) -> Result<(), Sna
             }
         }
     }
-    if let Ok(m) = meta.modified() {
-        let _ = File::open(dest).and_then(|f| f.set_modified(m));
-    }
+    crate::layer::set_times_nofollow(dest, meta.mtime(), meta.mtime_nsec());
     Ok(())
 }
 
