@@ -15,10 +15,13 @@ use frontend::hosts::ExtraHost;
 use frontend::instructions::{Mount, Network, Security};
 use frontend::limits::{ShmSize, Ulimit};
 
-/// The format of the key inputs: a change to what a key is made of bumps
-/// it, so that old records are not taken for new ones. 2: typed inputs
-/// (1 was whole ops serialised with `json!`).
-const KEY_VERSION: u32 = 2;
+/// The format of the key inputs: a change to what a key is made of, or to
+/// what a step makes of the same inputs, bumps it, so that old records are
+/// not taken for new ones. 2: typed inputs (1 was whole ops serialised
+/// with `json!`). 3: copies keep a stage's owners and special files,
+/// resolve --chown as BuildKit, write through destination symlinks and
+/// see re-included context files; RUN gains setuid (no no_new_privs).
+const KEY_VERSION: u32 = 3;
 
 /// What every key has: the format, the layer format and the state the op
 /// starts from.
