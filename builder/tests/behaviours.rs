@@ -1135,6 +1135,22 @@ fn cases() -> Vec<Case> {
         .files(&[("tok", "s3cret")])
         .flags(&["--secret", "id=tok,src={ctx}/tok"])
         .checks(vec![File("r", "secret-won\n")]),
+        // Secret files, /etc/hosts and /etc/resolv.conf are bound
+        // nosuid,nodev,noexec as BuildKit binds them: a secret can't be run.
+        case(
+            "mounts/secretAndEtcFilesNoexec",
+            "FROM bb\nRUN --mount=type=secret,id=tool,mode=0755 (/run/secrets/tool 2>/dev/null || echo refused) > /r; \
+             grep -E ' /(etc/hosts|etc/resolv.conf|run/secrets/tool) ' /proc/mounts | cut -d' ' -f2,4 | cut -d, -f1-4 | sort > /m\n",
+        )
+        .files(&[("tool", "#!/bin/sh\necho ran\n")])
+        .flags(&["--secret", "id=tool,src={ctx}/tool"])
+        .checks(vec![
+            File("r", "refused\n"),
+            File(
+                "m",
+                "/etc/hosts ro,nosuid,nodev,noexec\n/etc/resolv.conf ro,nosuid,nodev,noexec\n/run/secrets/tool ro,nosuid,nodev,noexec\n",
+            ),
+        ]),
         // A bind of the context shows what the ignore file keeps, and
         // what the step writes stays in the step.
         case(

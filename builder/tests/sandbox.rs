@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use builder::sandbox::embedded::Embedded;
 use builder::sandbox::runc::Runc;
-use builder::sandbox::{Cancel, Mount, Network, RunSpec, Runtime, SandboxError, Stream};
+use builder::sandbox::{Access, Cancel, Mount, Network, RunSpec, Runtime, SandboxError, Stream};
 
 struct Tmp(PathBuf);
 
@@ -332,32 +332,39 @@ fn mounts_and_no_process_outlives_the_step() {
         let mut s = spec(
             &t.0,
             &format!(
-                "cat /in/input; echo cached > /cache/out; echo x > /in/ro 2>/dev/null || echo read-only; grep ' /scratch ' /proc/mounts | cut -d' ' -f3,4; (exec -a {marker} sleep 300 &) ; echo started"
+                "cat /in/input; echo cached > /cache/out; echo x > /in/ro 2>/dev/null || echo read-only; grep ' /scratch ' /proc/mounts | cut -d' ' -f3,4; /tool 2>/dev/null || echo noexec; (exec -a {marker} sleep 300 &) ; echo started"
             ),
         );
         s.mounts = vec![
             Mount::Bind {
                 source: shared.clone(),
                 target: "/in".into(),
-                readonly: true,
+                access: Access::ReadOnly,
             },
             Mount::Bind {
                 source: shared.join("cache"),
                 target: "/cache".into(),
-                readonly: false,
+                access: Access::ReadWrite,
             },
             Mount::Tmpfs {
                 target: "/scratch".into(),
                 size: 1 << 20,
             },
+            Mount::Bind {
+                source: shared.join("tool"),
+                target: "/tool".into(),
+                access: Access::Sealed,
+            },
         ];
         fs::create_dir_all(shared.join("cache")).unwrap();
+        fs::write(shared.join("tool"), "#!/bin/sh\necho ran\n").unwrap();
+        fs::set_permissions(shared.join("tool"), fs::Permissions::from_mode(0o755)).unwrap();
         let (code, out, err) = run(rt.as_ref(), &s);
         assert_eq!(code, 0, "{err}");
         // A tmpfs as BuildKit mounts one: nosuid and the size only.
         assert_eq!(
             out,
-            "from the host\nread-only\ntmpfs rw,nosuid,relatime,size=1024k\nstarted\n"
+            "from the host\nread-only\ntmpfs rw,nosuid,relatime,size=1024k\nnoexec\nstarted\n"
         );
         assert_eq!(
             fs::read_to_string(shared.join("cache/out")).unwrap(),
@@ -374,7 +381,7 @@ fn mounts_and_no_process_outlives_the_step() {
             "a step process survived"
         );
         // Stubs for the mount points are gone again.
-        for p in ["in", "cache", "scratch"] {
+        for p in ["in", "cache", "scratch", "tool"] {
             assert!(!t.0.join(p).exists(), "/{p} left in the root");
         }
         let _ = fs::remove_dir_all(&shared);

@@ -36,7 +36,7 @@ use std::sync::OnceLock;
 use libc::{c_char, c_int, c_ulong, c_void};
 
 use super::{
-    Cancel, DEFAULT_CAPS, EtcFiles, MASKED_PATHS, Mount, Network, Prepared, READONLY_PATHS,
+    Access, Cancel, DEFAULT_CAPS, EtcFiles, MASKED_PATHS, Mount, Network, Prepared, READONLY_PATHS,
     RunSpec, Runtime, SandboxError, Stream, exit_code, stream_output, wait,
 };
 
@@ -230,15 +230,16 @@ impl Target {
 
 /// One thing the child does before `pivot_root`.
 enum Op {
-    /// `mount(2)` onto the target (created when missing), then a read-only
-    /// remount of the new mount when `readonly`.
+    /// `mount(2)` onto the target (created when missing), then, when
+    /// `remount` isn't 0, a bind remount of the new mount adding those flags
+    /// (a bind mount takes `MS_RDONLY`, `MS_NOSUID`... only so).
     Mount {
         target: Target,
         source: Option<CString>,
         fstype: Option<CString>,
         flags: c_ulong,
         data: Option<CString>,
-        readonly: bool,
+        remount: c_ulong,
     },
     /// sysfs read-only or, where that is refused, the host's `/sys` bound
     /// read-only.
@@ -344,7 +345,7 @@ impl Plan {
                      fstype: Option<&str>,
                      flags: c_ulong,
                      data: Option<&str>,
-                     readonly: bool|
+                     remount: c_ulong|
          -> Result<Step, String> {
             Ok(Step {
                 what: what(format!(
@@ -358,7 +359,7 @@ impl Plan {
                     fstype: fstype.map(c_str).transpose()?,
                     flags,
                     data: data.map(c_str).transpose()?,
-                    readonly,
+                    remount,
                 },
             })
         };
@@ -371,7 +372,7 @@ impl Plan {
             Some("proc"),
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             None,
-            false,
+            0,
         )?);
 
         // /dev as runc makes it: a tmpfs with the standard nodes, devpts, shm.
@@ -383,7 +384,7 @@ impl Plan {
             Some("tmpfs"),
             libc::MS_NOSUID | libc::MS_STRICTATIME,
             Some("mode=755,size=65536k"),
-            false,
+            0,
         )?);
         for (name, major, minor) in [
             ("null", 1, 3),
@@ -417,7 +418,7 @@ impl Plan {
             } else {
                 "newinstance,ptmxmode=0666,mode=0620"
             }),
-            false,
+            0,
         )?);
         steps.push(mount(
             &dev.join("shm"),
@@ -426,7 +427,7 @@ impl Plan {
             Some("tmpfs"),
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             Some("mode=1777,size=65536k"),
-            false,
+            0,
         )?);
         // POSIX message queues of the step's IPC namespace, as in runc's
         // default spec.
@@ -437,7 +438,7 @@ impl Plan {
             Some("mqueue"),
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             None,
-            false,
+            0,
         )?);
         for (link, content) in [
             ("ptmx", "pts/ptmx"),
@@ -467,7 +468,7 @@ impl Plan {
             steps.push(match m {
                 Mount::Bind {
                     source,
-                    readonly,
+                    access,
                     target: _,
                 } => mount(
                     &target,
@@ -476,7 +477,11 @@ impl Plan {
                     None,
                     libc::MS_BIND | libc::MS_REC,
                     None,
-                    *readonly,
+                    match access {
+                        Access::ReadWrite => 0,
+                        Access::ReadOnly => libc::MS_RDONLY,
+                        Access::Sealed => libc::MS_RDONLY | SEALED,
+                    },
                 )?,
                 // BuildKit's tmpfs mount options: nosuid (and a size).
                 Mount::Tmpfs { size, target: _ } => mount(
@@ -486,7 +491,7 @@ impl Plan {
                     Some("tmpfs"),
                     libc::MS_NOSUID,
                     (*size > 0).then(|| format!("size={size}")).as_deref(),
-                    false,
+                    0,
                 )?,
             });
         }
@@ -819,11 +824,14 @@ fn ptr(s: &Option<CString>) -> *const c_char {
     s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr())
 }
 
-/// Bind-remounts the mount now at `target` read-only (opened anew: an fd
-/// from before the mount refers to what is under it), keeping its
-/// nosuid/nodev/noexec and atime flags as runc does (a remount without
+/// `nosuid,nodev,noexec`.
+const SEALED: c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+
+/// Bind-remounts the mount now at `target` (opened anew: an fd from before
+/// the mount refers to what is under it) adding the flags `add`, keeping
+/// its nosuid/nodev/noexec and atime flags as runc does (a remount without
 /// them would drop them, or fail where they are locked).
-unsafe fn remount_readonly(root: Root, target: &Target) -> c_int {
+unsafe fn remount(root: Root, target: &Target, add: c_ulong) -> c_int {
     // SAFETY: as open_target and mount_at; fstatvfs fills a zeroed struct
     // (glibc takes the flags from the kernel's statfs: no allocation).
     unsafe {
@@ -848,7 +856,7 @@ unsafe fn remount_readonly(root: Root, target: &Target) -> c_int {
             std::ptr::null(),
             fd,
             std::ptr::null(),
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC | kept,
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_REC | kept | add,
             std::ptr::null(),
         );
         let e = errno();
@@ -870,7 +878,7 @@ unsafe fn apply(plan: &Plan, root: Root, step: &Step) {
                 fstype,
                 flags,
                 data,
-                readonly,
+                remount: add,
             } => {
                 let fd = open_target(root, target, true);
                 if fd < 0 {
@@ -878,7 +886,7 @@ unsafe fn apply(plan: &Plan, root: Root, step: &Step) {
                 }
                 let rc = mount_at(ptr(source), fd, ptr(fstype), *flags, ptr(data));
                 libc::close(fd);
-                if rc < 0 || (*readonly && remount_readonly(root, target) < 0) {
+                if rc < 0 || (*add != 0 && remount(root, target, *add) < 0) {
                     failed(plan);
                 }
             }
@@ -887,7 +895,7 @@ unsafe fn apply(plan: &Plan, root: Root, step: &Step) {
                 if fd < 0 {
                     failed(plan);
                 }
-                let ro = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+                let ro = libc::MS_RDONLY | SEALED;
                 let sysfs = c"sysfs".as_ptr();
                 let rc = mount_at(sysfs, fd, sysfs, ro, std::ptr::null());
                 let rc = if rc < 0 {
@@ -901,7 +909,7 @@ unsafe fn apply(plan: &Plan, root: Root, step: &Step) {
                     if bound < 0 {
                         bound
                     } else {
-                        remount_readonly(root, target)
+                        remount(root, target, ro)
                     }
                 } else {
                     rc
@@ -987,7 +995,7 @@ unsafe fn apply(plan: &Plan, root: Root, step: &Step) {
                 let flags = libc::MS_BIND | libc::MS_REC;
                 let rc = mount_at(path, fd, std::ptr::null(), flags, std::ptr::null());
                 libc::close(fd);
-                if rc < 0 || remount_readonly(root, target) < 0 {
+                if rc < 0 || remount(root, target, libc::MS_RDONLY) < 0 {
                     failed(plan);
                 }
             }

@@ -50,8 +50,8 @@ pub enum Mount {
         source: PathBuf,
         /// Absolute path inside.
         target: String,
-        /// Read-only.
-        readonly: bool,
+        /// What the step may do with it.
+        access: Access,
     },
     /// An empty tmpfs.
     Tmpfs {
@@ -60,6 +60,29 @@ pub enum Mount {
         /// Size limit in bytes (0: the kernel's default).
         size: u64,
     },
+}
+
+/// What a step may do with a bind mount: BuildKit's mount options for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Access {
+    /// `rbind`: cache mounts, `rw` binds, the ssh agent's socket.
+    ReadWrite,
+    /// `rbind,ro`.
+    ReadOnly,
+    /// `rbind,ro,nosuid,nodev,noexec`: BuildKit's options for `/etc/hosts`,
+    /// `/etc/resolv.conf` and secret files (a secret can't be run).
+    Sealed,
+}
+
+impl Access {
+    /// [`Access::ReadOnly`] or [`Access::ReadWrite`].
+    pub fn read_only(read_only: bool) -> Access {
+        if read_only {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        }
+    }
 }
 
 /// The `RLIMIT_*` resource a `--ulimit` name stands for (the names
@@ -396,12 +419,12 @@ impl Prepared {
             Mount::Bind {
                 source: etc.path.join("hosts"),
                 target: "/etc/hosts".into(),
-                readonly: true,
+                access: Access::Sealed,
             },
             Mount::Bind {
                 source: etc.path.join("resolv.conf"),
                 target: "/etc/resolv.conf".into(),
-                readonly: true,
+                access: Access::Sealed,
             },
         ];
         mounts.extend(spec.mounts.iter().cloned());

@@ -25,7 +25,7 @@ use oci_spec::runtime::{
 };
 
 use super::{
-    Cancel, DEFAULT_CAPS, EtcFiles, MASKED_PATHS, Mount, Network, Prepared, READONLY_PATHS,
+    Access, Cancel, DEFAULT_CAPS, EtcFiles, MASKED_PATHS, Mount, Network, Prepared, READONLY_PATHS,
     RunSpec, Runtime, SandboxError, Stream, exit_code, stream_output, wait,
 };
 
@@ -188,12 +188,14 @@ pub fn config(spec: &RunSpec, mounts: &[Mount]) -> Result<Spec, String> {
             Mount::Bind {
                 source,
                 target,
-                readonly,
+                access,
             } => {
-                let mut options = vec!["rbind".to_string()];
-                if *readonly {
-                    options.push("ro".into());
-                }
+                let options: &[&str] = match access {
+                    Access::ReadWrite => &["rbind"],
+                    Access::ReadOnly => &["rbind", "ro"],
+                    Access::Sealed => &["nosuid", "noexec", "nodev", "rbind", "ro"],
+                };
+                let options: Vec<String> = options.iter().map(|o| o.to_string()).collect();
                 MountBuilder::default()
                     .destination(target)
                     .typ("bind")

@@ -25,7 +25,8 @@ use petgraph::stable_graph::NodeIndex;
 use crate::copy::{CopyRequest, copy};
 use crate::image::ImageState;
 use crate::sandbox::{
-    Cancel, DEFAULT_HOSTNAME, Mount, Network, RunSpec, Runtime, Stream, hosts_file, resolv_conf,
+    Access, Cancel, DEFAULT_HOSTNAME, Mount, Network, RunSpec, Runtime, Stream, hosts_file,
+    resolv_conf,
 };
 
 mod add_remote;

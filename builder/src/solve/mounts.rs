@@ -83,7 +83,7 @@ impl StepMounts {
             self.mounts.push(Mount::Bind {
                 source: host,
                 target: file.path.clone(),
-                readonly: true,
+                access: Access::ReadOnly,
             });
         }
         self.inline_dir = Some(dir);
@@ -121,7 +121,7 @@ impl StepMounts {
         self.mounts.push(Mount::Bind {
             source: proxy.path().to_path_buf(),
             target,
-            readonly: false,
+            access: Access::ReadWrite,
         });
         self.agents.push(proxy);
         Ok(())
@@ -158,7 +158,7 @@ impl StepMounts {
             self.mounts.push(Mount::Bind {
                 source: file.path().to_path_buf(),
                 target: target.clone(),
-                readonly: true,
+                access: Access::Sealed,
             });
             self.secret_files.push(file);
         }
@@ -274,7 +274,7 @@ impl StepMounts {
         self.mounts.push(Mount::Bind {
             source: dir,
             target,
-            readonly: mount.read_only,
+            access: Access::read_only(mount.read_only),
         });
         Ok(())
     }
@@ -302,7 +302,7 @@ impl StepMounts {
             self.mounts.push(Mount::Bind {
                 source: bind.source.clone(),
                 target,
-                readonly: mount.read_only,
+                access: Access::read_only(mount.read_only),
             });
             self.local_binds.push(bind);
             return Ok(());
@@ -323,7 +323,7 @@ impl StepMounts {
         self.mounts.push(Mount::Bind {
             source: src,
             target,
-            readonly: mount.read_only,
+            access: Access::read_only(mount.read_only),
         });
         Ok(())
     }
