@@ -228,6 +228,10 @@ pub struct BuildGraphArgs {
     /// The size of RUN's /dev/shm (65536, 64m, 1g)
     #[arg(long = "shm-size", value_name = "SIZE")]
     pub shm_size: Option<frontend::limits::ShmSize>,
+    /// How messages name the Dockerfile when `file` is a copy of ours (in
+    /// a fetched context): its name inside that context, as BuildKit's.
+    #[arg(skip)]
+    pub file_name: Option<String>,
 }
 
 /// `rbuild graph`

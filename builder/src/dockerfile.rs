@@ -149,20 +149,27 @@ pub struct Source {
     pub text: String,
 }
 
+/// The Dockerfile's name in `context` when `-f` names none: `Dockerfile`,
+/// or `dockerfile` where only that exists.
+pub fn default_name(context: &Path) -> &'static str {
+    if !context.join("Dockerfile").exists() && context.join("dockerfile").exists() {
+        "dockerfile"
+    } else {
+        "Dockerfile"
+    }
+}
+
 /// Reads `-f` (default `CONTEXT/Dockerfile`, or `CONTEXT/dockerfile` when
 /// only that exists, as BuildKit) and keeps its text for error snippets.
 pub fn read_source(context: &Path, args: &BuildGraphArgs) -> anyhow::Result<Source> {
-    let path = args.file.clone().unwrap_or_else(|| {
-        let default = context.join("Dockerfile");
-        let lower = context.join("dockerfile");
-        if !default.exists() && lower.exists() {
-            lower
-        } else {
-            default
-        }
-    });
+    let path = args
+        .file
+        .clone()
+        .unwrap_or_else(|| context.join(default_name(context)));
     let text = read_dockerfile(&path)?;
-    let name = if path == Path::new("-") {
+    let name = if let Some(name) = &args.file_name {
+        name.clone()
+    } else if path == Path::new("-") {
         "Dockerfile".to_string()
     } else {
         path.display().to_string()

@@ -267,6 +267,58 @@ fn archives_and_files_as_build_contexts() {
         std::fs::read_to_string(out2.join("x")).unwrap(),
         "from the tarball\n"
     );
+
+    // A failing step of a fetched Dockerfile is named as it is named in
+    // its context (BuildKit's `Dockerfile:2`, `-f`'s path), never by the
+    // temporary copy rbuild builds from.
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, body) in [
+        ("Dockerfile", &b"FROM scratch\nCOPY nope /x\n"[..]),
+        ("sub/Other", &b"FROM scratch\nLABEL a=b\nCOPY gone /x\n"[..]),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, name, body).unwrap();
+    }
+    let bad = tar.into_inner().unwrap();
+    srv.file("/bad.tar", &bad, "b1", MODIFIED);
+    srv.file(
+        "/BadDockerfile",
+        b"FROM scratch\nCOPY nope /x\n",
+        "b2",
+        MODIFIED,
+    );
+    let named = |args: &[&str], stdin: Option<&[u8]>, want: &str| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rbuild"));
+        cmd.args(["--root", root.to_str().unwrap(), "build"])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut input, stdin.unwrap_or_default()).unwrap();
+        drop(input);
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(&format!("error: {want}:")), "{args:?}: {err}");
+        assert!(
+            !err.contains("rbuild-"),
+            "{args:?} names a temporary path: {err}"
+        );
+    };
+    let url = format!("{}/bad.tar", srv.base);
+    named(&[&url], None, "Dockerfile:2:1");
+    named(&["-f", "sub/Other", &url], None, "sub/Other:3:1");
+    named(
+        &[&format!("{}/BadDockerfile", srv.base)],
+        None,
+        "Dockerfile:2:1",
+    );
+    named(&["-"], Some(&bad), "Dockerfile:2:1");
 }
 
 #[test]

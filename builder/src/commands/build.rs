@@ -100,12 +100,21 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     }
     if let Some(m) = &remote_context {
         // `-f` names a file inside such a context; a URL of a plain file
-        // is the Dockerfile itself.
-        graph_args.file = match (&graph_args.file, &m.dockerfile) {
-            (Some(f), _) if f.is_relative() => Some(m.root.join(f)),
-            (None, Some(df)) => Some(df.clone()),
-            (f, _) => f.clone(),
+        // is the Dockerfile itself. Messages name it as it is named there,
+        // not by our temporary copy.
+        let (file, name) = match (&graph_args.file, &m.dockerfile) {
+            (Some(f), _) if f.is_relative() => {
+                (Some(m.root.join(f)), Some(f.display().to_string()))
+            }
+            (None, Some(df)) => (Some(df.clone()), Some("Dockerfile".to_string())),
+            (None, None) => {
+                let name = crate::dockerfile::default_name(&m.root);
+                (Some(m.root.join(name)), Some(name.to_string()))
+            }
+            (f, _) => (f.clone(), None),
         };
+        graph_args.file = file;
+        graph_args.file_name = name;
     }
     let call = args
         .call
