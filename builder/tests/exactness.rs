@@ -426,3 +426,55 @@ fn big_dockerfiles_cost_linear() {
         Some(n)
     );
 }
+
+/// A fifo or device named as a COPY/ADD source is made again, as the
+/// context transfer and fsutil's copy make it in BuildKit, never read: a
+/// fifo opened waits for a writer for good (the build hung), a device such
+/// as /dev/zero streams without end.
+#[test]
+fn special_files_as_sources_are_made_not_read() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let t = tmp("special-sources");
+    let ctx = context(
+        &t.0,
+        "FROM scratch AS a\nCOPY fifo /x\nADD fifo /y\nADD zero /z\nFROM a\nCOPY --from=a /x /again\n",
+    );
+    for (name, kind) in [("fifo", "p"), ("zero", "c")] {
+        let mut mknod = Command::new("mknod");
+        mknod.arg(ctx.join(name)).arg(kind);
+        if kind == "c" {
+            mknod.args(["1", "5"]);
+        }
+        assert!(mknod.status().unwrap().success());
+    }
+    let out = t.0.join("out");
+    let mut child = common::rbuild_command(&t.0.join("root"))
+        .args(["build", "-q", "-o"])
+        .arg(format!("type=local,dest={}", out.display()))
+        .arg(&ctx)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the build hung on a special file");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    for name in ["x", "y", "again"] {
+        let m = std::fs::symlink_metadata(out.join(name)).unwrap();
+        assert!(m.file_type().is_fifo(), "/{name} is no fifo");
+    }
+    let z = std::fs::symlink_metadata(out.join("z")).unwrap();
+    assert!(z.file_type().is_char_device(), "/z is no device");
+    assert_eq!(z.rdev(), libc::makedev(1, 5));
+}

@@ -358,7 +358,7 @@ fn copy_sources(
             n += copy_tree(&src, &dest_dir, walk, tree)?;
             continue;
         }
-        if req.add && req.unpack != Some(false) && is_archive(&src)? {
+        if req.add && req.unpack != Some(false) && meta.is_file() && is_archive(&src)? {
             let dest_dir = resolve_in_root(
                 req.dest_root,
                 Path::new(req.dest.trim_start_matches('/')),
@@ -380,6 +380,14 @@ fn copy_sources(
             .map(|b| b.to_string_lossy().into_owned())
             .unwrap_or_default();
         let target = dest_path(req, &base, owner)?;
+        if !meta.is_file() {
+            // A fifo, device or socket named as a source is made again,
+            // never read (a fifo would wait for a writer for good, a
+            // device could stream without end).
+            special(&target, &meta, Owner::of(fixed, req.keep_owners, &meta))?;
+            n += 1;
+            continue;
+        }
         links.copy_or_link(&meta, &target, || {
             let file = File::open(&src).map_err(io_err("opening", &src))?;
             write_file_from(
