@@ -166,7 +166,9 @@ pub fn read_source(context: &Path, args: &BuildGraphArgs) -> anyhow::Result<Sour
         .file
         .clone()
         .unwrap_or_else(|| context.join(default_name(context)));
-    let text = read_dockerfile(&path)?;
+    // The context's own Dockerfile (the default, or any in a fetched
+    // context) is only read when it is a regular file.
+    let text = read_dockerfile(&path, args.file.is_none() || args.file_name.is_some())?;
     let name = if let Some(name) = &args.file_name {
         name.clone()
     } else if path == Path::new("-") {
@@ -244,8 +246,29 @@ pub fn set_stdin(bytes: Vec<u8>) {
     let _ = STDIN.set(bytes);
 }
 
-/// Reads a Dockerfile from a path or `-` (stdin); invalid UTF-8 is replaced.
-pub fn read_dockerfile(path: &Path) -> anyhow::Result<String> {
+/// Opens a file that a build context holds (its Dockerfile, an ignore
+/// file) for reading, when it is a regular file: a fifo there would wait
+/// for a writer for good and a device could stream without end, so it is
+/// opened without blocking and refused. (A `-f` the user names may be a
+/// pipe: `-f <(...)`.)
+pub fn open_context_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+/// Reads a Dockerfile from a path or `-` (stdin); invalid UTF-8 is
+/// replaced. One the context holds (`in_context`) must be a regular file.
+pub fn read_dockerfile(path: &Path, in_context: bool) -> anyhow::Result<String> {
     if path == Path::new("-")
         && let Some(bytes) = STDIN.get()
     {
@@ -264,8 +287,12 @@ pub fn read_dockerfile(path: &Path) -> anyhow::Result<String> {
             .read_to_end(&mut bytes)
             .context("reading the Dockerfile from stdin")?
     } else {
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_DOCKERFILE + 1).read_to_end(&mut bytes))
+        let open = if in_context {
+            open_context_file(path)
+        } else {
+            std::fs::File::open(path)
+        };
+        open.and_then(|f| f.take(MAX_DOCKERFILE + 1).read_to_end(&mut bytes))
             .with_context(|| format!("reading {}", path.display()))?
     };
     if read as u64 > MAX_DOCKERFILE {

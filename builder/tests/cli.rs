@@ -537,6 +537,59 @@ fn too_large_dockerfiles_are_refused() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A context's own Dockerfile that is a fifo is refused, not waited on
+/// for good; a Dockerfile the user pipes in with `-f` is read.
+#[test]
+fn fifo_dockerfiles_in_a_context_are_refused() {
+    let dir = std::env::temp_dir().join(format!("rbuild-fifo-df-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("Dockerfile");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .args(["graph", dir.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("rbuild waited on a fifo Dockerfile");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("Dockerfile") && err.contains("not a regular file"),
+        "{err}"
+    );
+
+    let out = rbuild_stdin(
+        &[
+            "graph",
+            "--format",
+            "json",
+            "-f",
+            "/dev/stdin",
+            dir.to_str().unwrap(),
+        ],
+        "FROM scratch\nLABEL piped=yes\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("piped"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// An image's name is a reference as Docker reads it: a bad `-t`, `-o
 /// name=` or `rbuild tag` target is an error naming it, before anything
 /// is built.

@@ -1,7 +1,7 @@
 //! `rbuild build`: flags to options, the context, the build, the outputs.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Read as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -553,10 +553,24 @@ fn print_lint_summary(lint: &frontend::lint::Report) {
     }
 }
 
+/// The largest ignore file read: its patterns are compiled and tried on
+/// every path of the context.
+const MAX_IGNORE_FILE: u64 = 16 << 20;
+
 /// The patterns of an ignore file, if there is one.
 pub(crate) fn read_ignore(file: Option<PathBuf>) -> anyhow::Result<Option<PatternMatcher>> {
     let Some(f) = file else { return Ok(None) };
-    let text = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+    let mut text = Vec::new();
+    crate::dockerfile::open_context_file(&f)
+        .and_then(|file| file.take(MAX_IGNORE_FILE + 1).read_to_end(&mut text))
+        .with_context(|| format!("reading {}", f.display()))?;
+    if text.len() as u64 > MAX_IGNORE_FILE {
+        bail!(
+            "reading {}: larger than {} MiB",
+            f.display(),
+            MAX_IGNORE_FILE >> 20
+        );
+    }
     let matcher = PatternMatcher::new(&read_ignore_file(&String::from_utf8_lossy(&text)))
         .with_context(|| format!("reading {}", f.display()))?;
     Ok(Some(matcher))

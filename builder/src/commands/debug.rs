@@ -21,7 +21,7 @@ pub fn run(cmd: DebugCommand) -> anyhow::Result<()> {
 }
 
 fn parse(args: ParseArgs) -> anyhow::Result<()> {
-    let text = crate::dockerfile::read_dockerfile(&args.file)?;
+    let text = crate::dockerfile::read_dockerfile(&args.file, false)?;
     let name = if args.file == Path::new("-") {
         "Dockerfile".to_string()
     } else {
