@@ -2,7 +2,19 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// The stack of the thread a command runs on and of every thread it
+/// starts (rayon's workers and the solver's among them). Walks of a tree
+/// recurse once per directory level: a context or a step's result nested
+/// a thousand directories deep overflowed the default 2 MiB and aborted
+/// rbuild. Only what a thread touches is ever backed by memory.
+const THREAD_STACK: usize = 256 << 20;
+
 fn main() -> ExitCode {
+    if std::env::var_os("RUST_MIN_STACK").is_none() {
+        // SAFETY: no other thread runs yet (this is the first statement of
+        // main), so nothing reads the environment concurrently.
+        unsafe { std::env::set_var("RUST_MIN_STACK", THREAD_STACK.to_string()) };
+    }
     let args = with_build_default(std::env::args_os().collect());
     // An ordinary user's build runs in a user namespace of its own: this
     // process starts it and waits (before any thread starts).
@@ -19,7 +31,25 @@ fn main() -> ExitCode {
     }
     builder::interrupt::install();
     let cli = builder::cli::Cli::parse_from(args);
-    match builder::commands::run(cli) {
+    // The main thread's stack is the 8 MiB the shell's limit gives it; the
+    // command runs on one of THREAD_STACK (the solver runs a step on the
+    // thread that drives it when nothing else is ready).
+    let outcome = std::thread::Builder::new()
+        .name("rbuild".into())
+        .stack_size(THREAD_STACK)
+        .spawn(move || builder::commands::run(cli))
+        .map(|t| {
+            t.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            eprintln!("error: starting rbuild's main thread: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // A step ended by the interrupt's cleanup fails the build: the

@@ -478,3 +478,72 @@ fn special_files_as_sources_are_made_not_read() {
     assert!(z.file_type().is_char_device(), "/z is no device");
     assert_eq!(z.rdev(), libc::makedev(1, 5));
 }
+
+/// Trees nested deeper than any default thread stack holds when walked
+/// one frame a level: a context 1,500 directories deep is copied (it
+/// aborted rbuild with a stack overflow from about 700 levels), and a
+/// step that nests deeper than paths reach fails naming the step, never
+/// aborting.
+#[test]
+fn deeply_nested_trees_are_walked_or_refused() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let t = tmp("deep-trees");
+    let ctx = context(
+        &t.0,
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY deep /c/\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox find /c | /bin/busybox wc -l\"]\n",
+    );
+    let mut dir = ctx.join("deep");
+    for _ in 0..1500 {
+        dir.push("d");
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("f"), "x").unwrap();
+    let root = t.0.join("root");
+    let o = rbuild_env(
+        &root,
+        &["build", "--progress=plain", ctx.to_str().unwrap()],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains(" 1502\n"), "{}", text(&o));
+
+    // A step's own tree 3,000 levels deep (made with relative chdirs, as
+    // no path reaches its bottom): its layer can't be read by path, as in
+    // BuildKit; the failure names the step.
+    std::fs::remove_dir_all(ctx.join("deep")).unwrap();
+    let src = t.0.join("deepmk.c");
+    std::fs::write(
+        &src,
+        "#include <stdlib.h>\n#include <sys/stat.h>\n#include <unistd.h>\n\
+         int main(int c, char **v) { int n = atoi(v[1]);\n\
+         for (int i = 0; i < n; i++) { if (mkdir(\"d\", 0755) || chdir(\"d\")) return 1; }\n\
+         return 0; }\n",
+    )
+    .unwrap();
+    let cc = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(ctx.join("deepmk"))
+        .arg(&src)
+        .status()
+        .expect("cc (build-essential, .ci/run)");
+    assert!(cc.success());
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY deepmk /deepmk\nRUN [\"/deepmk\", \"3000\"]\n",
+    )
+    .unwrap();
+    let o = rbuild_env(
+        &root,
+        &["build", "--progress=plain", ctx.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("error: writing the layer of RUN /deepmk 3000\n"),
+        "{}",
+        text(&o)
+    );
+}

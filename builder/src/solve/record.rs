@@ -280,6 +280,19 @@ pub(super) fn write_pending_layer(
     Ok(written.layer.zip(written.diff_id))
 }
 
+/// A history entry's `created_by` as the instruction a user wrote: BuildKit
+/// writes RUN as `RUN /bin/sh -c CMD # buildkit`.
+fn step_words(created_by: &str) -> String {
+    if created_by.is_empty() {
+        return "a step".into();
+    }
+    let words = created_by.trim_end_matches(" # buildkit");
+    match words.strip_prefix("RUN /bin/sh -c ") {
+        Some(cmd) => format!("RUN {cmd}"),
+        None => words.to_string(),
+    }
+}
+
 /// Writes the pending layers of an image (the target's) and puts the real
 /// descriptors and diff_ids in place of the placeholders.
 pub(super) fn resolve_layers(
@@ -288,11 +301,21 @@ pub(super) fn resolve_layers(
     config: &mut cache::spec::ImageConfig,
 ) -> anyhow::Result<()> {
     let mut resolved: BTreeMap<String, Option<(Descriptor, String)>> = BTreeMap::new();
+    // The step each layer is from, for messages: history entries with a
+    // layer pair with the layers in order.
+    let mut made_by = config
+        .history
+        .iter()
+        .filter(|h| !h.empty_layer)
+        .map(|h| h.created_by.as_deref().unwrap_or_default());
     for l in layers.iter() {
+        let step = made_by.next().unwrap_or_default();
         if let Some(key) = l.digest.strip_prefix("pending:")
             && !resolved.contains_key(&l.digest)
         {
-            resolved.insert(l.digest.clone(), write_pending_layer(ctx, key)?);
+            let layer = write_pending_layer(ctx, key)
+                .with_context(|| format!("writing the layer of {}", step_words(step)))?;
+            resolved.insert(l.digest.clone(), layer);
         }
     }
     if resolved.is_empty() {
