@@ -17,10 +17,8 @@
 //! next [`Snapshotter::open`], which unmounts and removes every active
 //! snapshot whose lock nobody holds.
 
-use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -31,9 +29,14 @@ use crate::layer::{
     DiffSource, Layer, LayerError, LayerOptions, UnpackOptions, unpack, write_layer,
 };
 
+mod active;
+mod copy;
 mod fuse;
 mod mount;
 mod view;
+
+pub use active::MutableSnapshot;
+use copy::{HardLinks, apply_overlay_dir, copy_entry, copy_metadata, copy_tree};
 
 pub use mount::abandon_own;
 use mount::{
@@ -624,261 +627,4 @@ fn mount_layers(
         options,
         source,
     })
-}
-
-/// `cp -a` of a tree, hard links kept as copies (layers record them anyway).
-fn copy_tree(src: &Path, dest: &Path) -> Result<(), SnapshotError> {
-    let status = std::process::Command::new("cp")
-        .arg("-a")
-        .arg("--")
-        .arg(format!("{}/.", src.display()))
-        .arg(dest)
-        .status()
-        .map_err(io_err("running cp for", src))?;
-    if !status.success() {
-        return Err(io_err("copying", src)(io::Error::other(format!(
-            "cp exited with {status}"
-        ))));
-    }
-    Ok(())
-}
-
-/// Files of one layer directory with more than one link, by (device,
-/// inode), and where their first name was copied to.
-type HardLinks = std::collections::HashMap<(u64, u64), PathBuf>;
-
-/// Applies one overlay-form layer directory onto a flat tree (char 0/0 =
-/// delete, opaque directory = replace the contents). Names of one file in
-/// the layer stay hard links of one file in the tree.
-fn apply_overlay_dir(
-    layer: &Path,
-    dest: &Path,
-    links: &mut HardLinks,
-) -> Result<(), SnapshotError> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    fs::create_dir_all(dest).map_err(io_err("creating", dest))?;
-    for e in fs::read_dir(layer)
-        .map_err(io_err("reading", layer))?
-        .flatten()
-    {
-        if e.file_name() == crate::OPAQUE_MARKER {
-            // fuse-overlayfs's opaque marker: the directory's xattr says it.
-            continue;
-        }
-        let src = e.path();
-        let target = dest.join(e.file_name());
-        let meta = fs::symlink_metadata(&src).map_err(io_err("reading", &src))?;
-        let existing = fs::symlink_metadata(&target).ok();
-        let whiteout = meta.file_type().is_char_device() && meta.rdev() == 0;
-        let opaque = meta.is_dir() && crate::is_overlay_opaque(&src);
-        if let Some(m) = &existing
-            && (whiteout || opaque || !(m.is_dir() && meta.is_dir()))
-        {
-            let r = if m.is_dir() {
-                fs::remove_dir_all(&target)
-            } else {
-                fs::remove_file(&target)
-            };
-            r.map_err(io_err("removing", &target))?;
-        }
-        if whiteout {
-            continue;
-        }
-        if meta.is_dir() {
-            if !target.exists() {
-                fs::create_dir(&target).map_err(io_err("creating", &target))?;
-            }
-            apply_overlay_dir(&src, &target, links)?;
-        } else if meta.is_file() && meta.nlink() > 1 {
-            match links.get(&(meta.dev(), meta.ino())) {
-                Some(first) => {
-                    fs::hard_link(first, &target).map_err(io_err("linking", &target))?;
-                    continue;
-                }
-                None => {
-                    copy_entry(&src, &target, &meta)?;
-                    links.insert((meta.dev(), meta.ino()), target.clone());
-                }
-            }
-        } else {
-            copy_entry(&src, &target, &meta)?;
-        }
-        copy_metadata(&src, &target, &meta)?;
-    }
-    Ok(())
-}
-
-/// Copies one non-directory entry (content, link target or device node).
-fn copy_entry(src: &Path, dest: &Path, meta: &fs::Metadata) -> Result<(), SnapshotError> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let ft = meta.file_type();
-    if ft.is_symlink() {
-        let target = fs::read_link(src).map_err(io_err("reading", src))?;
-        std::os::unix::fs::symlink(target, dest).map_err(io_err("creating", dest))
-    } else if ft.is_file() {
-        fs::copy(src, dest)
-            .map(|_| ())
-            .map_err(io_err("copying", src))
-    } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
-        let c = CString::new(dest.as_os_str().as_bytes())
-            .map_err(|e| io_err("creating", dest)(io::Error::other(e)))?;
-        // SAFETY: valid path.
-        let rc = unsafe { libc::mknod(c.as_ptr(), meta.mode(), meta.rdev()) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io_err("creating", dest)(io::Error::last_os_error()))
-        }
-    } else {
-        Ok(())
-    }
-}
-
-/// Owner, mode, xattrs and mtime of `src` onto `dest` (not following links).
-fn copy_metadata(src: &Path, dest: &Path, meta: &fs::Metadata) -> Result<(), SnapshotError> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let _ = std::os::unix::fs::lchown(dest, Some(meta.uid()), Some(meta.gid()));
-    if meta.file_type().is_symlink() {
-        return Ok(());
-    }
-    fs::set_permissions(dest, fs::Permissions::from_mode(meta.mode() & 0o7777))
-        .map_err(io_err("changing mode of", dest))?;
-    if let Ok(names) = xattr::list(src) {
-        for n in names {
-            if crate::is_overlay_xattr(n.as_bytes()) {
-                continue;
-            }
-            if let Ok(Some(v)) = xattr::get(src, &n) {
-                let _ = xattr::set(dest, &n, &v);
-            }
-        }
-    }
-    crate::layer::set_times_nofollow(dest, meta.mtime(), meta.mtime_nsec());
-    Ok(())
-}
-
-/// A snapshot being written. Dropped without commit, it is discarded.
-pub struct MutableSnapshot {
-    snapshotter: Snapshotter,
-    dir: PathBuf,
-    parent: Option<String>,
-    mounted: bool,
-    _lock: File,
-}
-
-impl MutableSnapshot {
-    /// The directory to write into (the container's root).
-    pub fn root(&self) -> PathBuf {
-        self.dir.join("merged")
-    }
-
-    /// With overlay, the directory that receives the changes (beside the
-    /// mount, for entries written there directly: hard links to files of
-    /// committed snapshots, which cannot be made through the mount).
-    /// Not with fuse-overlayfs, which would not see them: it caches what
-    /// it has looked up.
-    pub fn upper(&self) -> Option<PathBuf> {
-        (self.snapshotter.backend == Backend::Overlay && !self.snapshotter.fuse)
-            .then(|| self.dir.join("upper"))
-    }
-
-    /// The parent snapshot.
-    pub fn parent(&self) -> Option<&str> {
-        self.parent.as_deref()
-    }
-
-    fn unmount(&mut self) -> Result<(), SnapshotError> {
-        if self.mounted {
-            unmount(&self.root()).map_err(io_err("unmounting", &self.root()))?;
-            self.mounted = false;
-        }
-        Ok(())
-    }
-
-    /// Moves the step's changes (overlay: the upper directory; copy: the
-    /// whole tree) into a new committed snapshot.
-    fn finish(mut self) -> Result<Snapshot, SnapshotError> {
-        self.unmount()?;
-        let s = self.snapshotter.clone();
-        let changes = match s.backend {
-            Backend::Overlay => self.dir.join("upper"),
-            Backend::Copy => self.root(),
-        };
-        let tmp = s.tmp_committed()?;
-        let result = (|| {
-            let dest = tmp.join("fs");
-            fs::remove_dir(&dest).map_err(io_err("replacing", &dest))?;
-            fs::rename(&changes, &dest).map_err(io_err("moving", &changes))?;
-            s.finish_commit(&tmp, self.parent.as_deref())
-        })();
-        if result.is_err() {
-            let _ = fs::remove_dir_all(&tmp);
-        }
-        result
-    }
-
-    /// Commits and writes the layer of the changes into `store`
-    /// ([`Snapshotter::layer`]); when the layer fails, nothing is committed.
-    pub fn commit(
-        self,
-        store: &BlobStore,
-        options: &LayerOptions,
-    ) -> Result<(Snapshot, Layer), SnapshotError> {
-        let s = self.snapshotter.clone();
-        let snap = self.finish()?;
-        match s.layer(&snap.id, store, options) {
-            Ok(layer) => Ok((snap, layer)),
-            Err(e) => {
-                let _ = fs::remove_dir_all(s.committed_dir(&snap.id));
-                Err(e)
-            }
-        }
-    }
-
-    /// Commits without writing the layer tar where it can be made later
-    /// from the committed snapshot ([`Snapshotter::layer`]): with overlay
-    /// the upper directory is kept as it is. Returns the snapshot, the
-    /// layer when it was written (copy backend), and the bytes of the
-    /// step's changes (0: it changed nothing).
-    pub fn commit_lazy(
-        self,
-        store: &BlobStore,
-        options: &LayerOptions,
-    ) -> Result<(Snapshot, Option<Layer>, u64), SnapshotError> {
-        match self.snapshotter.backend {
-            Backend::Overlay => {
-                let upper = self.dir.join("upper");
-                let changed = fs::read_dir(&upper)
-                    .map_err(io_err("reading", &upper))?
-                    .next()
-                    .is_some();
-                // Entries count a block each, so a change of names only
-                // (a whiteout, an empty file) is not 0.
-                let size = if changed { tree_bytes(&upper) } else { 0 };
-                Ok((self.finish()?, None, size))
-            }
-            Backend::Copy => {
-                let (snap, layer) = self.commit(store, options)?;
-                let size = if layer.uncompressed_size > 1024 {
-                    layer.uncompressed_size
-                } else {
-                    0
-                };
-                Ok((snap, Some(layer), size))
-            }
-        }
-    }
-
-    /// Throws the changes away.
-    pub fn discard(mut self) -> Result<(), SnapshotError> {
-        self.unmount()?;
-        fs::remove_dir_all(&self.dir).map_err(io_err("removing", &self.dir))
-    }
-}
-
-impl Drop for MutableSnapshot {
-    fn drop(&mut self) {
-        let _ = self.unmount();
-        let _ = fs::remove_dir_all(&self.dir);
-    }
 }
