@@ -4,7 +4,9 @@
 
 mod diff;
 pub use diff::KnownDirs;
+mod decode;
 mod gunzip;
+mod paths;
 mod pgzip;
 mod unpack;
 mod write;
@@ -12,10 +14,9 @@ mod write;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use unpack::{
-    MAX_ENTRY_SIZE, UnpackOptions, UnpackStats, XZ_MAGIC, decompress, resolve_in_root,
-    set_times_nofollow, unpack, xz_decoder,
-};
+pub use decode::{XZ_MAGIC, decompress, xz_decoder};
+pub use paths::{resolve_in_root, set_times_nofollow};
+pub use unpack::{MAX_ENTRY_SIZE, UnpackOptions, UnpackStats, unpack};
 pub use write::{DiffSource, LayerOptions, convert_layer, write_layer, write_tree_tar};
 
 use crate::blob::BlobError;

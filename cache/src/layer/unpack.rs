@@ -10,19 +10,20 @@
 //! created without following a symlink at their own name.
 
 use std::collections::HashSet;
-use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use xattr::FileExt as _;
 
 use tar::EntryType;
 
 use super::LayerError;
+use super::decode::{ChannelReader, decompress};
+use super::paths::{c_string, clean_name, lchown, remove_any, resolve_in_root, set_mtime};
 
 /// Entries larger than this are refused (1 TiB).
 pub const MAX_ENTRY_SIZE: u64 = 1 << 40;
@@ -116,88 +117,6 @@ pub fn unpack(
     })
 }
 
-/// A reader of `reader`'s content, decompressed by its first bytes: gzip,
-/// zstd, bzip2, or as it is (layers are gzip, zstd or plain; ADD also
-/// takes bzip2 archives).
-pub fn decompress<'a>(reader: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
-    let mut buffered = BufReader::with_capacity(1 << 20, reader);
-    let head = buffered.fill_buf()?.to_vec();
-    Ok(if head.starts_with(&[0x1f, 0x8b]) {
-        Box::new(super::gunzip::GzipReader::new(buffered))
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?)
-    } else if head.starts_with(b"BZh") {
-        Box::new(bzip2::bufread::MultiBzDecoder::new(buffered))
-    } else {
-        Box::new(buffered)
-    })
-}
-
-/// The first bytes of an xz stream.
-pub const XZ_MAGIC: [u8; 6] = [0xfd, b'7', b'z', b'X', b'Z', 0x00];
-
-/// xz-decompressed `reader`. lzma-rs (pure Rust, no C build) decodes only
-/// into a `Write`, so a thread decodes and hands chunks over; nothing is
-/// held whole. Not in [`decompress`]: the thread needs an owned reader,
-/// and layers are never xz.
-pub fn xz_decoder(reader: impl Read + Send + 'static) -> Box<dyn Read + Send> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
-    std::thread::spawn(move || {
-        struct Sink(std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>);
-        impl io::Write for Sink {
-            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-                self.0
-                    .send(Ok(buf.to_vec()))
-                    .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "reader gone"))?;
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        let mut input = BufReader::with_capacity(1 << 20, reader);
-        let mut sink = io::BufWriter::with_capacity(1 << 20, Sink(tx.clone()));
-        let done = lzma_rs::xz_decompress(&mut input, &mut sink)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("xz: {e}")))
-            .and_then(|()| io::Write::flush(&mut sink));
-        drop(sink);
-        if let Err(e) = done {
-            let _ = tx.send(Err(e));
-        }
-    });
-    Box::new(ChannelReader {
-        rx,
-        chunk: Vec::new(),
-        pos: 0,
-    })
-}
-
-/// Reads the chunks the decompression thread sends.
-struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
-    chunk: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.chunk.len() {
-            match self.rx.recv() {
-                Ok(Ok(chunk)) => {
-                    self.chunk = chunk;
-                    self.pos = 0;
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0), // the sender finished
-            }
-        }
-        let n = buf.len().min(self.chunk.len() - self.pos);
-        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 fn unpack_decoded(
     decoded: impl Read,
     root: &Path,
@@ -252,123 +171,6 @@ struct Parent {
     rel: PathBuf,
     path: PathBuf,
     dir: fs::File,
-}
-
-/// Cleans an archive name into a relative path inside the root.
-fn clean_name(raw: &[u8]) -> Result<PathBuf, LayerError> {
-    let path = Path::new(std::ffi::OsStr::from_bytes(raw));
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    return Err(LayerError::Hostile {
-                        entry: String::from_utf8_lossy(raw).into_owned(),
-                        reason: "it climbs out of the root with ..",
-                    });
-                }
-            }
-            Component::Normal(n) => out.push(n),
-        }
-    }
-    Ok(out)
-}
-
-/// `rel` resolved inside `root`: symlinks met on the way are followed as if
-/// `root` were `/`, and `..` stops at the root. The last component is not
-/// resolved when `follow_last` is false.
-pub fn resolve_in_root(root: &Path, rel: &Path, follow_last: bool) -> PathBuf {
-    let mut resolved = PathBuf::new();
-    let mut pending: Vec<OsString> = rel
-        .components()
-        .rev()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some(OsString::from("..")),
-            _ => None,
-        })
-        .collect();
-    let mut hops = 0;
-    while let Some(part) = pending.pop() {
-        if part == ".." {
-            resolved.pop();
-            continue;
-        }
-        let candidate = resolved.join(&part);
-        let is_last = pending.is_empty();
-        if is_last && !follow_last {
-            resolved = candidate;
-            break;
-        }
-        match fs::symlink_metadata(root.join(&candidate)) {
-            Ok(m) if m.file_type().is_symlink() && hops < 255 => {
-                hops += 1;
-                let target = fs::read_link(root.join(&candidate)).unwrap_or_default();
-                if target.is_absolute() {
-                    resolved = PathBuf::new();
-                }
-                for c in target.components().rev() {
-                    match c {
-                        Component::Normal(n) => pending.push(n.to_os_string()),
-                        Component::ParentDir => pending.push(OsString::from("..")),
-                        _ => {}
-                    }
-                }
-            }
-            _ => resolved = candidate,
-        }
-    }
-    root.join(resolved)
-}
-
-fn set_mtime(path: &Path, mtime: u64) {
-    set_times_nofollow(path, mtime as i64, 0);
-}
-
-/// Sets `path`'s access and modification times by path, not following a
-/// last symlink and without opening it (opening a fifo would wait for a
-/// writer, opening a device would touch it). Best effort.
-pub fn set_times_nofollow(path: &Path, secs: i64, nanos: i64) {
-    let t = libc::timespec {
-        tv_sec: secs as libc::time_t,
-        tv_nsec: nanos as libc::c_long,
-    };
-    let times = [t, t];
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return;
-    };
-    // SAFETY: c is a valid NUL-terminated path and times has two entries.
-    unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        );
-    }
-}
-
-fn lchown(path: &Path, uid: u64, gid: u64) -> io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid as u32), Some(gid as u32))
-}
-
-/// `bytes` (a name from the archive) for a system call; a NUL in it makes
-/// the entry `entry` hostile.
-fn c_string(bytes: &[u8], entry: &Path) -> Result<std::ffi::CString, LayerError> {
-    std::ffi::CString::new(bytes).map_err(|_| LayerError::Hostile {
-        entry: entry.display().to_string(),
-        reason: "its name has a NUL byte",
-    })
-}
-
-fn remove_any(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 impl Unpacker {
