@@ -1,6 +1,8 @@
 //! Drives the real `rbuild` binary: the debug commands of ../shared/CLI.md,
 //! their output formats and exit codes.
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -552,21 +554,13 @@ fn fifo_dockerfiles_in_a_context_are_refused() {
             .unwrap()
             .success()
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rbuild"))
+    let child = Command::new(env!("CARGO_BIN_EXE_rbuild"))
         .args(["graph", dir.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("rbuild waited on a fifo Dockerfile");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = common::output_within(child, 30, "rbuild waited on a fifo Dockerfile");
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(

@@ -451,7 +451,7 @@ fn special_files_as_sources_are_made_not_read() {
         assert!(mknod.status().unwrap().success());
     }
     let out = t.0.join("out");
-    let mut child = common::rbuild_command(&t.0.join("root"))
+    let child = common::rbuild_command(&t.0.join("root"))
         .args(["build", "-q", "-o"])
         .arg(format!("type=local,dest={}", out.display()))
         .arg(&ctx)
@@ -459,15 +459,7 @@ fn special_files_as_sources_are_made_not_read() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the build hung on a special file");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let o = child.wait_with_output().unwrap();
+    let o = common::output_within(child, 60, "the build hung on a special file");
     assert!(o.status.success(), "{}", text(&o));
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     for name in ["x", "y", "again"] {

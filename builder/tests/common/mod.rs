@@ -210,3 +210,22 @@ pub fn build_into(root: &Path, ctx: &Path, out: &Path) -> std::process::Output {
 pub mod git_http;
 pub mod sshd;
 pub mod users;
+
+/// The output of `child`, or a panic saying `hang` once `secs` seconds
+/// pass (the child is killed): for builds that must end whatever their
+/// input, so a regression fails the test instead of hanging the suite.
+pub fn output_within(
+    mut child: std::process::Child,
+    secs: u64,
+    hang: &str,
+) -> std::process::Output {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{hang}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
