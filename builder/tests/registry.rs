@@ -1190,3 +1190,29 @@ fn add_url_downloads_trust_certs_d_as_registries_do() {
         "{}"
     );
 }
+
+/// A registry that answers a manifest larger than containerd's limit (a
+/// real registry refuses to store one: this one is hostile) is refused
+/// with a clear error, the answer never read whole into memory.
+#[test]
+fn oversized_registry_answers_are_refused() {
+    let t = tmp("hostile-registry");
+    let srv = common::http_server::HttpServer::start();
+    srv.file("/v2/", b"{}", "p", "Mon, 01 Jan 2024 00:00:00 GMT");
+    let huge = vec![b' '; 5 << 20];
+    srv.file(
+        "/v2/big/test/manifests/v1",
+        &huge,
+        "m",
+        "Mon, 01 Jan 2024 00:00:00 GMT",
+    );
+    let host = srv.base.trim_start_matches("http://");
+    let o = rbuild(&t.0.join("root"), &["pull", &format!("{host}/big/test:v1")]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("rejecting manifest v1")
+            && stderr(&o).contains("larger than 4393216 bytes"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -272,10 +272,12 @@ impl Client {
                 scopes.join(" "),
             );
         }
-        let body = resp
-            .bytes()
+        let body = body_within(resp, SMALL_ANSWER)
             .await
-            .with_context(|| format!("token endpoint {realm}: reading the answer"))?;
+            .with_context(|| format!("token endpoint {realm}: reading the answer"))?
+            .ok_or_else(|| {
+                anyhow::anyhow!("token endpoint {realm}: an answer larger than 1 MiB")
+            })?;
         let body: serde_json::Value = serde_json::from_slice(&body)
             .with_context(|| format!("token endpoint {realm}: the answer is not JSON"))?;
         let token = body
@@ -517,11 +519,35 @@ where
     unreachable!("the last attempt returns")
 }
 
+/// What a body of at most `limit` bytes holds; `Ok(None)` when it is
+/// longer (said by its Content-Length or found reading it), so a registry
+/// can't make rbuild hold an answer of any size in memory.
+pub async fn body_within(mut resp: Response, limit: usize) -> reqwest::Result<Option<Vec<u8>>> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+/// The most of an error answer or a token answer read (they are small).
+const SMALL_ANSWER: usize = 1 << 20;
+
 /// A registry's error answer as text: `HTTP 404 Not Found: MANIFEST_UNKNOWN
 /// manifest unknown`, from the distribution spec's `errors` list.
 pub async fn status_error(resp: Response) -> String {
     let status = resp.status();
-    let body = resp.bytes().await.unwrap_or_default();
+    let body = body_within(resp, SMALL_ANSWER)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let details: Vec<String> = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("errors").and_then(|e| e.as_array()).cloned())

@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, RANGE};
 use sha2::{Digest as _, Sha256};
 
-use super::client::{Access, Client, Scope, retryable_error, status_error};
+use super::client::{Access, Client, Scope, body_within, retryable_error, status_error};
 use super::hosts::Endpoint;
 use super::reference::Reference;
 use super::transfer::Transfer;
@@ -26,6 +26,11 @@ const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, applicati
 
 /// Times a download may resume after its connection drops.
 const RESUMES: u32 = 5;
+
+/// The largest manifest or index taken from a registry: containerd's
+/// resolver limit (`MaxManifestSize`, 4 × 1048 × 1048 bytes), which
+/// BuildKit pulls through. A larger answer is refused, never read whole.
+pub const MAX_MANIFEST_SIZE: usize = 4 * 1048 * 1048;
 
 /// A manifest as fetched: bytes verified against their digest.
 pub struct Fetched {
@@ -92,8 +97,12 @@ async fn fetch_manifest(
         let header_type = header(CONTENT_TYPE.as_str())
             .map(|s| s.split(';').next().unwrap_or(&s).trim().to_string());
         let claimed = header("docker-content-digest");
-        match resp.bytes().await {
-            Ok(b) => break (header_type, claimed, b),
+        match body_within(resp, MAX_MANIFEST_SIZE).await {
+            Ok(Some(b)) => break (header_type, claimed, b),
+            Ok(None) => bail!(
+                "{reference}: rejecting manifest {tag_or_digest} from {}: larger than {MAX_MANIFEST_SIZE} bytes",
+                ep.authority
+            ),
             // Cut short: ask again.
             Err(e) if retryable_error(&e) && resumes < RESUMES => resumes += 1,
             Err(e) => {
