@@ -4,10 +4,12 @@ use clap::Parser;
 
 /// The stack of the thread a command runs on and of every thread it
 /// starts (rayon's workers and the solver's among them). Walks of a tree
-/// recurse once per directory level: a context or a step's result nested
-/// a thousand directories deep overflowed the default 2 MiB and aborted
-/// rbuild. Only what a thread touches is ever backed by memory.
-const THREAD_STACK: usize = 256 << 20;
+/// recurse once per directory level, about 3 KiB a level: a context or a
+/// step's result nested a thousand directories deep overflowed the default
+/// 2 MiB and aborted rbuild. Walks go by path, so they end at PATH_MAX
+/// (~2,000 levels, ~6 MiB of stack); this is ten times that. Only what a
+/// thread touches is ever backed by memory.
+const THREAD_STACK: usize = 64 << 20;
 
 fn main() -> ExitCode {
     if std::env::var_os("RUST_MIN_STACK").is_none() {
@@ -34,20 +36,25 @@ fn main() -> ExitCode {
     // The main thread's stack is the 8 MiB the shell's limit gives it; the
     // command runs on one of THREAD_STACK (the solver runs a step on the
     // thread that drives it when nothing else is ready).
-    let outcome = std::thread::Builder::new()
+    // Where no such thread can be had (an address-space limit), the
+    // command runs here.
+    let cli = std::sync::Arc::new(std::sync::Mutex::new(Some(cli)));
+    let take = |slot: &std::sync::Mutex<Option<builder::cli::Cli>>| {
+        slot.lock()
+            .ok()
+            .and_then(|mut c| c.take())
+            .expect("the command line, taken once")
+    };
+    let shared = cli.clone();
+    let outcome = match std::thread::Builder::new()
         .name("rbuild".into())
         .stack_size(THREAD_STACK)
-        .spawn(move || builder::commands::run(cli))
-        .map(|t| {
-            t.join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        });
-    let outcome = match outcome {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            eprintln!("error: starting rbuild's main thread: {e}");
-            return ExitCode::from(1);
-        }
+        .spawn(move || builder::commands::run(take(&shared)))
+    {
+        Ok(thread) => thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+        Err(_) => builder::commands::run(take(&cli)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
