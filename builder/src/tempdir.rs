@@ -21,7 +21,7 @@ impl TempDir {
         fs::create_dir_all(&p)?;
         let path = p.clone();
         let hook = crate::interrupt::on_interrupt(move || {
-            let _ = fs::remove_dir_all(path);
+            let _ = cache::tree::remove_tree(path);
         });
         Ok(TempDir {
             path: p,
@@ -32,6 +32,6 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
+        let _ = cache::tree::remove_tree(&self.path);
     }
 }

@@ -502,9 +502,10 @@ fn deeply_nested_trees_are_walked_or_refused() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains(" 1502\n"), "{}", text(&o));
 
-    // A step's own tree 3,000 levels deep (made with relative chdirs, as
-    // no path reaches its bottom): its layer can't be read by path, as in
-    // BuildKit; the failure names the step.
+    // A step's own tree 30,000 levels deep (made with relative chdirs, as
+    // no path reaches its bottom; deeper than the open-file limit): its
+    // layer can't be read by path, as in BuildKit, and the failure names
+    // the step; the snapshot holding it can still be removed.
     std::fs::remove_dir_all(ctx.join("deep")).unwrap();
     let src = t.0.join("deepmk.c");
     std::fs::write(
@@ -524,7 +525,7 @@ fn deeply_nested_trees_are_walked_or_refused() {
     assert!(cc.success());
     std::fs::write(
         ctx.join("Dockerfile"),
-        "FROM scratch\nCOPY deepmk /deepmk\nRUN [\"/deepmk\", \"3000\"]\n",
+        "FROM scratch\nCOPY deepmk /deepmk\nRUN [\"/deepmk\", \"30000\"]\n",
     )
     .unwrap();
     let o = rbuild_env(
@@ -534,8 +535,14 @@ fn deeply_nested_trees_are_walked_or_refused() {
     );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
-        text(&o).contains("error: writing the layer of RUN /deepmk 3000\n"),
+        text(&o).contains("error: writing the layer of RUN /deepmk 30000\n"),
         "{}",
         text(&o)
     );
+    let o = rbuild_env(&root, &["prune", "--all"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    for snapshot in std::fs::read_dir(root.join("snapshots/committed")).unwrap() {
+        let deep = snapshot.unwrap().path().join("fs/d");
+        assert!(!deep.exists(), "{} left after prune --all", deep.display());
+    }
 }

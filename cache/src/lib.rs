@@ -11,7 +11,7 @@
 //!   index; [`gc`]: disk usage and prune; [`lock`]: file locks.
 //! - [`direct::DirectWriter`]: large writes around the page cache (blobs,
 //!   export archives); [`PathError`]: the filesystem failure every module's
-//!   error carries.
+//!   error carries; [`tree::remove_tree`]: removal of a tree however deep.
 
 pub mod blob;
 mod digest;
@@ -23,6 +23,7 @@ pub mod lock;
 mod path_error;
 pub mod snapshot;
 pub mod spec;
+pub mod tree;
 
 pub use digest::{Digest, DigestError};
 pub use path_error::PathError;

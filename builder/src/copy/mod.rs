@@ -551,7 +551,7 @@ fn join_rel(parent: &str, name: &str) -> String {
 /// Removes whatever is at `path`, a directory with its contents.
 fn remove_any(path: &Path) -> Result<(), CopyError> {
     let r = if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
-        fs::remove_dir_all(path)
+        cache::tree::remove_tree(path)
     } else {
         fs::remove_file(path)
     };

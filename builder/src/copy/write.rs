@@ -51,7 +51,7 @@ pub(super) fn write_file_from(
                         target.display()
                     )));
                 }
-                fs::remove_dir_all(target).map_err(io_err("replacing", target))?;
+                cache::tree::remove_tree(target).map_err(io_err("replacing", target))?;
             } else {
                 fs::remove_file(target).map_err(io_err("replacing", target))?;
             }

@@ -73,7 +73,7 @@ impl Pending {
                 .with_context(|| format!("replacing {}", self.dest.display()))?;
             fs::rename(&self.tmp, &self.dest)
                 .with_context(|| format!("writing {}", self.dest.display()))?;
-            let _ = fs::remove_dir_all(&old);
+            let _ = cache::tree::remove_tree(&old);
             return Ok(());
         }
         fs::rename(&self.tmp, &self.dest)
@@ -84,7 +84,7 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if self.tmp.is_dir() {
-            let _ = fs::remove_dir_all(&self.tmp);
+            let _ = cache::tree::remove_tree(&self.tmp);
         } else {
             let _ = fs::remove_file(&self.tmp);
         }
@@ -237,7 +237,7 @@ pub fn export_image(
         }
         layout.update_index(|i| *i = index.clone())?;
         // The store's own bookkeeping is not part of an OCI layout.
-        let _ = fs::remove_dir_all(pending.tmp.join("blobs/.tmp"));
+        let _ = cache::tree::remove_tree(pending.tmp.join("blobs/.tmp"));
         let _ = fs::remove_file(pending.tmp.join("index.json.lock"));
         return pending.commit();
     }

@@ -56,7 +56,7 @@ pub(super) fn cache_mount_dir(
         seed(&tmp);
         // Another build may have made it meanwhile: theirs stays.
         if std::fs::rename(&tmp, &dir).is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
+            let _ = cache::tree::remove_tree(&tmp);
         }
     }
     Ok((dir, lock))

@@ -120,7 +120,7 @@ pub(super) fn c_string(bytes: &[u8], entry: &Path) -> Result<std::ffi::CString, 
 
 pub(super) fn remove_any(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(m) if m.is_dir() => crate::tree::remove_tree(path),
         Ok(_) => fs::remove_file(path),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),

@@ -61,7 +61,7 @@ impl MutableSnapshot {
             s.finish_commit(&tmp, self.parent.as_deref())
         })();
         if result.is_err() {
-            let _ = fs::remove_dir_all(&tmp);
+            let _ = crate::tree::remove_tree(&tmp);
         }
         result
     }
@@ -78,7 +78,7 @@ impl MutableSnapshot {
         match s.layer(&snap.id, store, options) {
             Ok(layer) => Ok((snap, layer)),
             Err(e) => {
-                let _ = fs::remove_dir_all(s.committed_dir(&snap.id));
+                let _ = crate::tree::remove_tree(s.committed_dir(&snap.id));
                 Err(e)
             }
         }
@@ -121,13 +121,13 @@ impl MutableSnapshot {
     /// Throws the changes away.
     pub fn discard(mut self) -> Result<(), SnapshotError> {
         self.unmount()?;
-        fs::remove_dir_all(&self.dir).map_err(io_err("removing", &self.dir))
+        crate::tree::remove_tree(&self.dir).map_err(io_err("removing", &self.dir))
     }
 }
 
 impl Drop for MutableSnapshot {
     fn drop(&mut self) {
         let _ = self.unmount();
-        let _ = fs::remove_dir_all(&self.dir);
+        let _ = crate::tree::remove_tree(&self.dir);
     }
 }

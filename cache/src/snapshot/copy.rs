@@ -59,7 +59,7 @@ pub(super) fn apply_overlay_dir(
             && (whiteout || opaque || !(m.is_dir() && meta.is_dir()))
         {
             let r = if m.is_dir() {
-                fs::remove_dir_all(&target)
+                crate::tree::remove_tree(&target)
             } else {
                 fs::remove_file(&target)
             };

@@ -333,12 +333,12 @@ impl Snapshotter {
                     .and_then(|t| t.elapsed().ok())
                     .is_some_and(|age| age.as_secs() > 3600);
                 if old {
-                    let _ = fs::remove_dir_all(&dir);
+                    let _ = crate::tree::remove_tree(&dir);
                 }
                 continue;
             }
             let Ok(lock) = File::open(dir.join("lock")) else {
-                let _ = fs::remove_dir_all(&dir);
+                let _ = crate::tree::remove_tree(&dir);
                 continue;
             };
             if lock.try_lock().is_err() {
@@ -347,7 +347,7 @@ impl Snapshotter {
             for m in mounts_under(&dir) {
                 let _ = unmount(&m);
             }
-            let _ = fs::remove_dir_all(&dir);
+            let _ = crate::tree::remove_tree(&dir);
         }
         // Committed snapshots half-written by a killed commit have no meta.
         let committed = self.root.join("committed");
@@ -363,7 +363,7 @@ impl Snapshotter {
                 .is_some_and(|pid| Path::new("/proc").join(pid).exists());
             if name.starts_with("tmp-") && !owner_alive && !entry.path().join("meta.json").exists()
             {
-                let _ = fs::remove_dir_all(entry.path());
+                let _ = crate::tree::remove_tree(entry.path());
             }
         }
         Ok(())
@@ -472,7 +472,7 @@ impl Snapshotter {
             self.finish_commit(&tmp, parent)
         })();
         if result.is_err() {
-            let _ = fs::remove_dir_all(&tmp);
+            let _ = crate::tree::remove_tree(&tmp);
         }
         result
     }
@@ -570,7 +570,7 @@ impl Snapshotter {
     /// Removes a committed snapshot (the caller checks nothing uses it).
     pub fn remove(&self, id: &str) -> Result<(), SnapshotError> {
         let dir = self.committed_dir(id);
-        match fs::remove_dir_all(&dir) {
+        match crate::tree::remove_tree(&dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", &dir)(e)),
             _ => Ok(()),
         }
