@@ -388,6 +388,55 @@ fn mounts_and_no_process_outlives_the_step() {
     }
 }
 
+/// As BuildKit's dedupMounts: a step's mount at a place the runtime mounts
+/// something (`--shm-size`'s /dev/shm) replaces it, and of two step mounts
+/// at one place the last one is mounted, once.
+#[test]
+fn step_mounts_replace_mounts_at_the_same_place() {
+    if !is_root() {
+        eprintln!("skipped: the sandbox needs root");
+        return;
+    }
+    let t = busybox_root("replace");
+    for (name, rt) in runtimes(&t) {
+        eprintln!("runtime: {name}");
+        let (a, b) = (t.0.with_extension("a"), t.0.with_extension("b"));
+        for (dir, which) in [(&a, "a"), (&b, "b")] {
+            fs::create_dir_all(dir).unwrap();
+            fs::write(dir.join("which"), which).unwrap();
+        }
+        let mut s = spec(
+            &t.0,
+            "grep ' /dev/shm ' /proc/mounts | cut -d' ' -f3,4; cat /data/which; echo; \
+             grep -c ' /data ' /proc/mounts; echo x > /data/w && echo writable; ls /dev/null",
+        );
+        s.mounts = vec![
+            Mount::Tmpfs {
+                target: "/dev/shm".into(),
+                size: 1 << 20,
+            },
+            Mount::Bind {
+                source: a.clone(),
+                target: "/data".into(),
+                access: Access::ReadOnly,
+            },
+            Mount::Bind {
+                source: b.clone(),
+                target: "/data/".into(),
+                access: Access::ReadWrite,
+            },
+        ];
+        let (code, out, err) = run(rt.as_ref(), &s);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(
+            out,
+            "tmpfs rw,nosuid,relatime,size=1024k\nb\n1\nwritable\n/dev/null\n"
+        );
+        let _ = fs::remove_dir_all(&a);
+        let _ = fs::remove_dir_all(&b);
+    }
+}
+
 #[test]
 fn mount_targets_through_symlinks_stay_in_the_root() {
     if !is_root() {

@@ -477,6 +477,34 @@ impl Mount {
     }
 }
 
+/// Where the runtimes mount their own filesystems (runc's default spec, as
+/// BuildKit keeps it): a step's mount at one of these takes its place.
+pub(crate) const RUNTIME_MOUNTS: [&str; 6] = [
+    "/proc",
+    "/dev",
+    "/dev/pts",
+    "/dev/shm",
+    "/dev/mqueue",
+    "/sys",
+];
+
+/// A mount's target as the place it takes: `/dev/shm/` and `/dev/./shm`
+/// are `/dev/shm`.
+pub(crate) fn mount_place(m: &Mount) -> PathBuf {
+    Path::new(m.target()).components().collect()
+}
+
+/// For each place, the index of the last of `mounts` there: BuildKit's
+/// dedupMounts keeps one mount a place, the last one asked for, where the
+/// first one stood.
+pub(crate) fn last_mount_at(mounts: &[Mount]) -> std::collections::HashMap<PathBuf, usize> {
+    mounts
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (mount_place(m), i))
+        .collect()
+}
+
 /// `target` (absolute in the sandbox) as a path relative to `rootfs`, with
 /// the image's symlinks followed inside it (the runtimes open it there
 /// again, inside the root).

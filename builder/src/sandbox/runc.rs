@@ -220,6 +220,21 @@ pub fn config(spec: &RunSpec, mounts: &[Mount]) -> Result<Spec, String> {
             }
         });
     }
+    // BuildKit's dedupMounts: one mount a destination, the last one asked
+    // for, where the first one stood (a step's /dev/shm replaces runc's).
+    let mut at: std::collections::HashMap<PathBuf, usize> = std::collections::HashMap::new();
+    let mut deduped: Vec<OciMount> = Vec::with_capacity(all_mounts.len());
+    for m in all_mounts {
+        let place: PathBuf = m.destination().components().collect();
+        match at.get(&place) {
+            Some(&i) => deduped[i] = m,
+            None => {
+                at.insert(place, deduped.len());
+                deduped.push(m);
+            }
+        }
+    }
+    let all_mounts = deduped;
 
     let mut namespaces = Vec::new();
     let mut types = vec![

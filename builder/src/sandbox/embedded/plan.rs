@@ -199,108 +199,13 @@ impl Plan {
             })
         };
 
-        let proc_dir = inside("/proc");
-        steps.push(mount(
-            &proc_dir,
-            false,
-            Some("proc"),
-            Some("proc"),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            None,
-            0,
-        )?);
-
-        // /dev as runc makes it: a tmpfs with the standard nodes, devpts, shm.
-        let dev = inside("/dev");
-        steps.push(mount(
-            &dev,
-            false,
-            Some("tmpfs"),
-            Some("tmpfs"),
-            libc::MS_NOSUID | libc::MS_STRICTATIME,
-            Some("mode=755,size=65536k"),
-            0,
-        )?);
-        for (name, major, minor) in [
-            ("null", 1, 3),
-            ("zero", 1, 5),
-            ("full", 1, 7),
-            ("random", 1, 8),
-            ("urandom", 1, 9),
-            ("tty", 5, 0),
-        ] {
-            steps.push(Step {
-                what: what(format!("creating /{}", dev.join(name).display()))?,
-                op: Op::Device {
-                    dir: Target::new(&dev, false)?,
-                    name: c_str(name)?,
-                    host: c_str(&format!("/dev/{name}"))?,
-                    major,
-                    minor,
-                },
-            });
-        }
-        steps.push(mount(
-            &dev.join("pts"),
-            false,
-            Some("devpts"),
-            Some("devpts"),
-            libc::MS_NOSUID | libc::MS_NOEXEC,
-            // The tty group, where this user namespace has it (an ordinary
-            // user's without subordinate ids has only its own gid).
-            Some(if crate::sandbox::tty_group_mapped() {
-                "newinstance,ptmxmode=0666,mode=0620,gid=5"
-            } else {
-                "newinstance,ptmxmode=0666,mode=0620"
-            }),
-            0,
-        )?);
-        steps.push(mount(
-            &dev.join("shm"),
-            false,
-            Some("shm"),
-            Some("tmpfs"),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            Some("mode=1777,size=65536k"),
-            0,
-        )?);
-        // POSIX message queues of the step's IPC namespace, as in runc's
-        // default spec.
-        steps.push(mount(
-            &dev.join("mqueue"),
-            false,
-            Some("mqueue"),
-            Some("mqueue"),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            None,
-            0,
-        )?);
-        for (link, content) in [
-            ("ptmx", "pts/ptmx"),
-            ("fd", "/proc/self/fd"),
-            ("stdin", "/proc/self/fd/0"),
-            ("stdout", "/proc/self/fd/1"),
-            ("stderr", "/proc/self/fd/2"),
-        ] {
-            steps.push(Step {
-                what: what(format!("creating /{}", dev.join(link).display()))?,
-                op: Op::Symlink {
-                    dir: Target::new(&dev, false)?,
-                    name: c_str(link)?,
-                    content: c_str(content)?,
-                },
-            });
-        }
-
-        let sys = inside("/sys");
-        steps.push(Step {
-            what: what(format!("mounting sysfs on /{}", sys.display()))?,
-            op: Op::Sysfs(Target::new(&sys, false)?),
-        });
-
-        for m in &prepared.mounts {
+        // The step's own mounts. As BuildKit's dedupMounts, one at a place
+        // the runtime mounts something (or an earlier mount of the step)
+        // takes that one's place, and the last asked for a place wins.
+        let last = crate::sandbox::last_mount_at(&prepared.mounts);
+        let user_mount = |m: &Mount| -> Result<Step, String> {
             let target = inside(m.target());
-            steps.push(match m {
+            match m {
                 Mount::Bind {
                     source,
                     access,
@@ -317,7 +222,7 @@ impl Plan {
                         Access::ReadOnly => libc::MS_RDONLY,
                         Access::Sealed => libc::MS_RDONLY | SEALED,
                     },
-                )?,
+                ),
                 // BuildKit's tmpfs mount options: nosuid (and a size).
                 Mount::Tmpfs { size, target: _ } => mount(
                     &target,
@@ -327,8 +232,147 @@ impl Plan {
                     libc::MS_NOSUID,
                     (*size > 0).then(|| format!("size={size}")).as_deref(),
                     0,
-                )?,
+                ),
+            }
+        };
+        let replaced = |place: &str| last.get(Path::new(place)).map(|&i| &prepared.mounts[i]);
+
+        let proc_dir = inside("/proc");
+        steps.push(match replaced("/proc") {
+            Some(m) => user_mount(m)?,
+            None => mount(
+                &proc_dir,
+                false,
+                Some("proc"),
+                Some("proc"),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                None,
+                0,
+            )?,
+        });
+
+        // /dev as runc makes it: a tmpfs with the standard nodes, devpts,
+        // shm; runc makes no nodes in a /dev bound from elsewhere.
+        let dev = inside("/dev");
+        let dev_replaced = replaced("/dev");
+        steps.push(match dev_replaced {
+            Some(m) => user_mount(m)?,
+            None => mount(
+                &dev,
+                false,
+                Some("tmpfs"),
+                Some("tmpfs"),
+                libc::MS_NOSUID | libc::MS_STRICTATIME,
+                Some("mode=755,size=65536k"),
+                0,
+            )?,
+        });
+        let dev_nodes = !matches!(dev_replaced, Some(Mount::Bind { .. }));
+        for (name, major, minor) in [
+            ("null", 1, 3),
+            ("zero", 1, 5),
+            ("full", 1, 7),
+            ("random", 1, 8),
+            ("urandom", 1, 9),
+            ("tty", 5, 0),
+        ]
+        .into_iter()
+        .filter(|_| dev_nodes)
+        {
+            steps.push(Step {
+                what: what(format!("creating /{}", dev.join(name).display()))?,
+                op: Op::Device {
+                    dir: Target::new(&dev, false)?,
+                    name: c_str(name)?,
+                    host: c_str(&format!("/dev/{name}"))?,
+                    major,
+                    minor,
+                },
             });
+        }
+        steps.push(match replaced("/dev/pts") {
+            Some(m) => user_mount(m)?,
+            None => mount(
+                &dev.join("pts"),
+                false,
+                Some("devpts"),
+                Some("devpts"),
+                libc::MS_NOSUID | libc::MS_NOEXEC,
+                // The tty group, where this user namespace has it (an
+                // ordinary user's without subordinate ids has only its own).
+                Some(if crate::sandbox::tty_group_mapped() {
+                    "newinstance,ptmxmode=0666,mode=0620,gid=5"
+                } else {
+                    "newinstance,ptmxmode=0666,mode=0620"
+                }),
+                0,
+            )?,
+        });
+        steps.push(match replaced("/dev/shm") {
+            Some(m) => user_mount(m)?,
+            None => mount(
+                &dev.join("shm"),
+                false,
+                Some("shm"),
+                Some("tmpfs"),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                Some("mode=1777,size=65536k"),
+                0,
+            )?,
+        });
+        // POSIX message queues of the step's IPC namespace, as in runc's
+        // default spec.
+        steps.push(match replaced("/dev/mqueue") {
+            Some(m) => user_mount(m)?,
+            None => mount(
+                &dev.join("mqueue"),
+                false,
+                Some("mqueue"),
+                Some("mqueue"),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                None,
+                0,
+            )?,
+        });
+        for (link, content) in [
+            ("ptmx", "pts/ptmx"),
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ]
+        .into_iter()
+        .filter(|_| dev_nodes)
+        {
+            steps.push(Step {
+                what: what(format!("creating /{}", dev.join(link).display()))?,
+                op: Op::Symlink {
+                    dir: Target::new(&dev, false)?,
+                    name: c_str(link)?,
+                    content: c_str(content)?,
+                },
+            });
+        }
+
+        let sys = inside("/sys");
+        steps.push(match replaced("/sys") {
+            Some(m) => user_mount(m)?,
+            None => Step {
+                what: what(format!("mounting sysfs on /{}", sys.display()))?,
+                op: Op::Sysfs(Target::new(&sys, false)?),
+            },
+        });
+
+        // The rest at the place each was first asked for.
+        let mut placed: std::collections::HashSet<PathBuf> = crate::sandbox::RUNTIME_MOUNTS
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        for m in &prepared.mounts {
+            let place = crate::sandbox::mount_place(m);
+            if placed.insert(place.clone()) {
+                steps.push(user_mount(&prepared.mounts[last[&place]])?);
+            }
         }
 
         if !spec.insecure {
