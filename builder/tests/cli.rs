@@ -540,7 +540,8 @@ fn too_large_dockerfiles_are_refused() {
 }
 
 /// A context's own Dockerfile that is a fifo is refused, not waited on
-/// for good; a Dockerfile the user pipes in with `-f` is read.
+/// for good; a Dockerfile the user pipes in with `-f` is read; an ignore
+/// file past 16 MiB is refused, not read whole.
 #[test]
 fn fifo_dockerfiles_in_a_context_are_refused() {
     let dir = std::env::temp_dir().join(format!("rbuild-fifo-df-{}", std::process::id()));
@@ -581,6 +582,17 @@ fn fifo_dockerfiles_in_a_context_are_refused() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("piped"));
+
+    std::fs::remove_file(&fifo).unwrap();
+    std::fs::write(&fifo, "FROM scratch\n").unwrap();
+    std::fs::write(dir.join(".dockerignore"), "a".repeat(17 << 20)).unwrap();
+    let out = rbuild(&["check", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(".dockerignore: larger than 16 MiB"),
+        "{}",
+        stderr(&out)
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
