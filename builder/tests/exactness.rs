@@ -546,3 +546,52 @@ fn deeply_nested_trees_are_walked_or_refused() {
         assert!(!deep.exists(), "{} left after prune --all", deep.display());
     }
 }
+
+/// `rbuild prune --all` while a build runs keeps what that build found
+/// and made: the build finished with "the record of a pending layer is
+/// gone" (and the snapshots under its running step could go) before each
+/// build kept its records and new snapshots in a lease.
+#[test]
+fn prune_during_a_build_keeps_what_it_uses() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    use std::io::BufRead as _;
+    let t = tmp("prune-during-build");
+    let ctx = context(
+        &t.0,
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo one > /one\"]\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox sleep 2; /bin/busybox cat /one\"]\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox cat /one > /two\"]\n",
+    );
+    let root = t.0.join("root");
+    let out = t.0.join("out");
+    let mut build = common::rbuild_command(&root)
+        .args(["build", "--progress=plain", "-o"])
+        .arg(format!("type=local,dest={}", out.display()))
+        .arg(&ctx)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = String::new();
+    let mut lines = std::io::BufReader::new(build.stderr.take().unwrap()).lines();
+    // Prune once the sleeping step runs: the steps before it are recorded.
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("sleep 2") {
+            break;
+        }
+    }
+    let pruned = rbuild_env(&root, &["prune", "--all"], &[]);
+    assert!(pruned.status.success(), "{}", text(&pruned));
+    for line in lines {
+        log.push_str(&line.unwrap());
+        log.push('\n');
+    }
+    assert!(build.wait().unwrap().success(), "{log}");
+    assert_eq!(std::fs::read_to_string(out.join("two")).unwrap(), "one\n");
+}

@@ -49,6 +49,8 @@ pub struct Store {
     pub index: CacheIndex,
     /// Snapshots.
     pub snapshots: Snapshotter,
+    /// This process's lease, made when it first keeps something.
+    lease: std::sync::Mutex<Option<Lease>>,
 }
 
 impl Store {
@@ -61,7 +63,49 @@ impl Store {
             blobs: BlobStore::open(&root.join("content"))?,
             index: CacheIndex::open(&root.join("index.db"))?,
             snapshots: Snapshotter::open(&root.join("snapshots"))?,
+            lease: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Runs `f` (a lookup or a write of the cache record `key`) with no
+    /// prune under way, `key` first put in this process's lease: a prune
+    /// keeps the record, and with it its snapshot chain and blobs, while
+    /// this process lives, and never drops one between a build's finding it
+    /// and its using it.
+    pub fn using_record<T>(&self, key: &str, f: impl FnOnce() -> T) -> Result<T, GcError> {
+        let _no_prune = self.no_prune()?;
+        self.keep(&format!("record {key}\n"))?;
+        Ok(f())
+    }
+
+    /// Runs `f`, which makes a snapshot (a commit), with no prune under
+    /// way, and keeps the snapshot it names in this process's lease.
+    pub fn making_snapshot<T, E>(
+        &self,
+        f: impl FnOnce() -> Result<(T, String), E>,
+    ) -> Result<Result<T, E>, GcError> {
+        let _no_prune = self.no_prune()?;
+        match f() {
+            Ok((made, id)) => {
+                self.keep(&format!("snapshot {id}\n"))?;
+                Ok(Ok(made))
+            }
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// A shared hold of the GC lock: [`prune`] takes it exclusively.
+    fn no_prune(&self) -> Result<File, GcError> {
+        let path = self.root.join("gc.lock");
+        Ok(crate::lock::lock_shared(&path).map_err(PathError::at("locking", &path))?)
+    }
+
+    fn keep(&self, line: &str) -> Result<(), GcError> {
+        let mut lease = self.lease.lock().unwrap_or_else(|e| e.into_inner());
+        if lease.is_none() {
+            *lease = Some(self.lease()?);
+        }
+        lease.as_mut().expect("made above").add(line)
     }
 
     /// A lease for a running build: what it adds is kept by any prune
@@ -190,11 +234,19 @@ fn image_roots(blobs: &BlobStore) -> Result<BTreeSet<String>, GcError> {
     Ok(marked)
 }
 
+/// What live leases keep: blobs, snapshots and cache records.
+#[derive(Default)]
+struct Leased {
+    blobs: BTreeSet<String>,
+    snapshots: BTreeSet<String>,
+    records: BTreeSet<String>,
+}
+
 /// Lease contents; stale lease files (no live holder) are removed.
-fn lease_roots(root: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
-    let (mut blobs, mut snaps) = (BTreeSet::new(), BTreeSet::new());
+fn lease_roots(root: &Path) -> Leased {
+    let mut leased = Leased::default();
     let Ok(entries) = fs::read_dir(root.join("leases")) else {
-        return (blobs, snaps);
+        return leased;
     };
     for e in entries.flatten() {
         let path = e.path();
@@ -204,18 +256,17 @@ fn lease_roots(root: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
             continue;
         }
         for line in fs::read_to_string(&path).unwrap_or_default().lines() {
-            match line.split_once(' ') {
-                Some(("blob", d)) => {
-                    blobs.insert(d.to_string());
-                }
-                Some(("snapshot", s)) => {
-                    snaps.insert(s.to_string());
-                }
-                _ => {}
-            }
+            let (kind, value) = line.split_once(' ').unwrap_or_default();
+            let set = match kind {
+                "blob" => &mut leased.blobs,
+                "snapshot" => &mut leased.snapshots,
+                "record" => &mut leased.records,
+                _ => continue,
+            };
+            set.insert(value.to_string());
         }
     }
-    (blobs, snaps)
+    leased
 }
 
 /// Disk usage of the cache.
@@ -271,10 +322,15 @@ pub fn prune(store: &Store, options: &PruneOptions) -> Result<PruneReport, GcErr
         .map_err(PathError::at("locking", &gc_lock_path))?;
 
     let mut report = PruneReport::default();
+    let leased = lease_roots(&store.root);
     let records = store.index.records()?;
     let now = now();
     let mut keep_size: u64 = records.iter().map(|r| r.size).sum();
-    for r in &records {
+    // A record a running build found or made stays (and so what it needs).
+    for r in records
+        .iter()
+        .filter(|r| !leased.records.contains(r.key.as_str()))
+    {
         let old = options
             .older_than
             .is_some_and(|d| r.last_used < now - d.as_secs() as i64);
@@ -291,15 +347,14 @@ pub fn prune(store: &Store, options: &PruneOptions) -> Result<PruneReport, GcErr
     // Mark.
     let mut marked = image_roots(&store.blobs)?;
     marked.extend(store.index.referenced_blobs()?);
-    let (lease_blobs, lease_snaps) = lease_roots(&store.root);
-    marked.extend(lease_blobs);
+    marked.extend(leased.blobs);
     let mut snap_roots: BTreeSet<String> = store
         .index
         .records()?
         .into_iter()
         .filter_map(|r| r.snapshot)
         .collect();
-    snap_roots.extend(lease_snaps);
+    snap_roots.extend(leased.snapshots);
     snap_roots.extend(store.index.chain_snapshots()?.into_iter().map(|(_, s)| s));
     let mut snaps_marked = BTreeSet::new();
     for id in snap_roots {

@@ -17,6 +17,18 @@ pub fn lock_exclusive(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+/// Opens (creating) `path` and waits for a shared lock on it (held with
+/// others', never with an exclusive one).
+pub fn lock_shared(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    file.lock_shared()?;
+    Ok(file)
+}
+
 /// Opens (creating) `path` and takes an exclusive lock on it if no one
 /// holds one; `None` when it is held.
 pub fn try_lock_exclusive(path: &Path) -> io::Result<Option<File>> {

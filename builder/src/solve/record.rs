@@ -196,13 +196,18 @@ pub(super) fn cached_step(
     // Downloads this step waits for show inside it.
     let _within = WithinStep::enter(id);
     let _lock = ctx.store.index.lock_key(key)?;
-    if !step.skip_cache
-        && let Some(taken) = lookup(ctx.store, key)?
+    let found = if step.skip_cache {
+        None
+    } else {
+        // Kept from any prune while this build lives.
+        ctx.store
+            .using_record(key.as_str(), || lookup(ctx.store, key))??
             // An unmade record this build found unusable runs instead.
             .filter(|r| !(r.unmade && rejected(ctx, key)))
             .map(|r| Taken::of(r, key, parent))
             .or_else(|| imported_hit(ctx, key, parent))
-    {
+    };
+    if let Some(taken) = found {
         note_step(ctx, step, key, inputs, (id, true))?;
         saw(ctx, key, inputs);
         ctx.progress.cached(id);
@@ -213,7 +218,13 @@ pub(super) fn cached_step(
     let parent = parent.get(ctx)?;
     let m = ctx.store.snapshots.prepare(parent.as_deref())?;
     run(&m)?;
-    let (snap, layer, changed) = m.commit_lazy(&ctx.store.blobs, &ctx.layer_options)?;
+    let (snap, layer, changed) = ctx.store.making_snapshot(|| {
+        m.commit_lazy(&ctx.store.blobs, &ctx.layer_options)
+            .map(|made| {
+                let id = made.0.id.clone();
+                (made, id)
+            })
+    })??;
     let step = match layer {
         Some(layer) => new_step(snap.id, &layer, ctx.options.epoch),
         None => StepRecord {
@@ -227,7 +238,8 @@ pub(super) fn cached_step(
             unmade: false,
         },
     };
-    record(ctx.store, key, &step)?;
+    ctx.store
+        .using_record(key.as_str(), || record(ctx.store, key, &step))??;
     saw(ctx, key, inputs);
     ctx.progress.done(id, started);
     Ok(Taken::of(step, key, &Snap::default()))

@@ -100,7 +100,9 @@ fn make_local(
     parent: Option<&str>,
 ) -> anyhow::Result<String> {
     let _lock = ctx.store.index.lock_key(key)?;
-    let local = lookup(ctx.store, key)?;
+    let local = ctx
+        .store
+        .using_record(key.as_str(), || lookup(ctx.store, key))??;
     let record = match local {
         // Another build may have made it meanwhile.
         Some(step) if !step.unmade => return Ok(step.snapshot),
@@ -116,25 +118,34 @@ fn make_local(
             .cloned()
             .ok_or_else(|| anyhow!("no imported record"))?,
     };
-    let snapshot = match &record.layer {
+    let blob = match &record.layer {
         Some((layer, _)) => {
             let digest = layer.digest.parse()?;
             if !ctx.store.blobs.contains(&digest) {
                 fetch_layer(ctx, key.as_str())?;
             }
-            let blob = ctx.store.blobs.open_verified(&digest)?;
-            ctx.store.snapshots.import(parent, blob)?
+            Some(ctx.store.blobs.open_verified(&digest)?)
         }
-        None => {
-            let m = ctx.store.snapshots.prepare(parent)?;
-            m.commit_lazy(&ctx.store.blobs, &ctx.layer_options)?.0
-        }
+        None => None,
     };
+    // Kept from any prune while this build lives.
+    let snapshot = ctx.store.making_snapshot(|| {
+        let made = match blob {
+            Some(blob) => ctx.store.snapshots.import(parent, blob)?,
+            None => {
+                let m = ctx.store.snapshots.prepare(parent)?;
+                m.commit_lazy(&ctx.store.blobs, &ctx.layer_options)?.0
+            }
+        };
+        let id = made.id.clone();
+        Ok::<_, cache::snapshot::SnapshotError>((made, id))
+    })??;
     let step = StepRecord {
         snapshot: snapshot.id,
         ..imported_record(&record, false)
     };
-    record::record(ctx.store, key, &step)?;
+    ctx.store
+        .using_record(key.as_str(), || record::record(ctx.store, key, &step))??;
     Ok(step.snapshot)
 }
 
