@@ -90,7 +90,12 @@ impl LazyBase {
                 continue;
             }
             let blob = store.blobs.open_verified(&layer.digest.parse()?)?;
-            let snap = store.snapshots.import(parent.as_deref(), blob)?;
+            // Kept by this build's lease until the chain's entry keeps it.
+            let snap = store.making_snapshot(|| {
+                let snap = store.snapshots.import(parent.as_deref(), blob)?;
+                let id = snap.id.clone();
+                Ok::<_, cache::snapshot::SnapshotError>((snap, id))
+            })??;
             store.index.set_snapshot_for_chain(&chain, &snap.id)?;
             parent = Some(snap.id);
         }

@@ -551,9 +551,13 @@ fn run_merge(
     resolve_layers(ctx, &mut layers, &mut config)?;
     for desc in &layers {
         let blob = store.blobs.open_verified(&desc.digest.parse()?)?;
-        let snap = store
-            .snapshots
-            .import(d.snapshot.get(ctx)?.as_deref(), blob)?;
+        let parent = d.snapshot.get(ctx)?;
+        // No record keeps a merge's snapshot: this build's lease does.
+        let snap = store.making_snapshot(|| {
+            let snap = store.snapshots.import(parent.as_deref(), blob)?;
+            let id = snap.id.clone();
+            Ok::<_, cache::snapshot::SnapshotError>((snap, id))
+        })??;
         d.snapshot = Snap::ready(Some(snap.id));
         d.layers.push(desc.clone());
     }
