@@ -598,3 +598,58 @@ fn prune_during_a_build_keeps_what_it_uses() {
     let two = std::fs::read_to_string(out.join("two")).unwrap();
     assert!(two.starts_with("one\nFROM scratch"), "{two}");
 }
+
+/// A cache index SQLite can't read (a disk fault, a torn copy) is moved
+/// aside with a warning and an empty one started: every command on the
+/// state directory failed with "database disk image is malformed".
+#[test]
+fn an_unreadable_cache_index_is_started_anew() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let t = tmp("corrupt-index");
+    let ctx = context(
+        &t.0,
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"touch\", \"/x\"]\n",
+    );
+    let root = t.0.join("root");
+    let build = || {
+        rbuild_env(
+            &root,
+            &["build", "--progress=plain", ctx.to_str().unwrap()],
+            &[],
+        )
+    };
+    let o = build();
+    assert!(o.status.success(), "{}", text(&o));
+    let index = root.join("index.db");
+    let cut = std::fs::read(&index).unwrap()[..100].to_vec();
+    std::fs::write(&index, &cut).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", index.display()));
+    }
+    let o = build();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("WARNING: the cache index of") && text(&o).contains("was unreadable"),
+        "{}",
+        text(&o)
+    );
+    let aside: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("index.db.corrupt-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(std::fs::read(aside[0].path()).unwrap(), cut);
+    // The new index works: the next build finds its steps, no warning.
+    let o = build();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("WARNING"), "{}", text(&o));
+    assert!(text(&o).contains("CACHED"), "{}", text(&o));
+}

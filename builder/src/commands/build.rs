@@ -41,8 +41,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
     } = super::flags::flags(&args)?;
 
     let store_root = state_root(root);
-    let store = Store::open(&store_root)
-        .with_context(|| format!("opening the state directory {}", store_root.display()))?;
+    let store = super::store::open_state(&store_root)?;
     crate::interrupt::set_snapshot_root(store_root.join("snapshots"));
 
     let secrets = crate::secrets::read_specs(&args.secret)?;

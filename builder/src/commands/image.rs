@@ -47,9 +47,7 @@ pub fn images(root: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 fn open_store(root: Option<PathBuf>) -> anyhow::Result<Store> {
-    let store_root = state_root(root);
-    Store::open(&store_root)
-        .with_context(|| format!("opening the state directory {}", store_root.display()))
+    super::store::open_state(&state_root(root))
 }
 
 fn find(store: &Store, reference: &str) -> anyhow::Result<crate::images::StoredImage> {

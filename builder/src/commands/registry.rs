@@ -16,8 +16,7 @@ use crate::registry::{Registry, auth};
 
 fn open(root: Option<PathBuf>) -> anyhow::Result<(PathBuf, cache::gc::Store, Registry)> {
     let root = state_root(root);
-    let store = cache::gc::Store::open(&root)
-        .with_context(|| format!("opening the state directory {}", root.display()))?;
+    let store = super::store::open_state(&root)?;
     let registry = Registry::new(Settings::load(&root)?)?;
     Ok((root, store, registry))
 }

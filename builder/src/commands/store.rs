@@ -30,8 +30,22 @@ pub fn state_root(flag: Option<PathBuf>) -> PathBuf {
 }
 
 fn open(root: Option<PathBuf>) -> anyhow::Result<Store> {
-    let root = state_root(root);
-    Store::open(&root).with_context(|| format!("opening the state directory {}", root.display()))
+    open_state(&state_root(root))
+}
+
+/// Opens the state directory `root`, saying so when its cache index was
+/// unreadable and an empty one was started in its place.
+pub(crate) fn open_state(root: &std::path::Path) -> anyhow::Result<Store> {
+    let store = Store::open(root)
+        .with_context(|| format!("opening the state directory {}", root.display()))?;
+    if let Some(aside) = store.index.recovered() {
+        eprintln!(
+            "WARNING: the cache index of {} was unreadable: it was moved to {} and an empty one started (cached steps run again)",
+            root.display(),
+            aside.display()
+        );
+    }
+    Ok(store)
 }
 
 /// Human size with decimal units, as docker prints them.

@@ -55,6 +55,15 @@ pub enum IndexError {
     /// A key that is not 64 hex digits.
     #[error("invalid cache key `{0}`")]
     BadKey(String),
+    /// An unreadable index could not be moved aside.
+    #[error("moving the unreadable cache index {path} aside")]
+    Recover {
+        /// The database.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A content cache key: 64 lower-case hex digits (a sha256).
@@ -187,6 +196,8 @@ pub struct CacheIndex {
     conn: Mutex<Connection>,
     path: PathBuf,
     lock_dir: PathBuf,
+    /// Where an unreadable index was moved when this one was opened.
+    recovered: Option<PathBuf>,
 }
 
 /// An exclusive lock on one cache key, released on drop.
@@ -226,13 +237,22 @@ impl FileStamp {
     }
 }
 
+/// Whether SQLite says the file is damaged or no database at all.
+fn is_corrupt(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
 impl CacheIndex {
-    /// Opens (creating and migrating) the index at `path`.
+    /// Opens (creating and migrating) the index at `path`. An index SQLite
+    /// finds malformed or not a database (a disk fault, a torn copy) is
+    /// moved aside and an empty one started: it holds only what can be
+    /// made again (cached steps run again), and without this every command
+    /// on the state directory failed. [`CacheIndex::recovered`] says where
+    /// it went.
     pub fn open(path: &Path) -> Result<CacheIndex, IndexError> {
-        let sql = |source| IndexError::Sql {
-            path: path.to_path_buf(),
-            source,
-        };
         if let Some(dir) = path.parent() {
             let _ = fs::create_dir_all(dir);
         }
@@ -245,6 +265,34 @@ impl CacheIndex {
                 path: open_lock_path.clone(),
                 source,
             })?;
+        match Self::open_locked(path) {
+            Err(IndexError::Sql { source, .. }) if is_corrupt(&source) => {
+                let aside = PathBuf::from(format!("{}.corrupt-{}", path.display(), now()));
+                fs::rename(path, &aside).map_err(|source| IndexError::Recover {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                for suffix in ["-wal", "-shm"] {
+                    let _ = fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+                let mut fresh = Self::open_locked(path)?;
+                fresh.recovered = Some(aside);
+                Ok(fresh)
+            }
+            other => other,
+        }
+    }
+
+    /// Where an unreadable index found at open was moved, if one was.
+    pub fn recovered(&self) -> Option<&Path> {
+        self.recovered.as_deref()
+    }
+
+    fn open_locked(path: &Path) -> Result<CacheIndex, IndexError> {
+        let sql = |source| IndexError::Sql {
+            path: path.to_path_buf(),
+            source,
+        };
         let mut conn = Connection::open(path).map_err(sql)?;
         conn.busy_timeout(Duration::from_secs(60)).map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -285,6 +333,7 @@ impl CacheIndex {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
             lock_dir,
+            recovered: None,
         })
     }
 
@@ -310,6 +359,7 @@ impl CacheIndex {
             conn: Mutex::new(conn),
             path: self.path.clone(),
             lock_dir: self.lock_dir.clone(),
+            recovered: None,
         })
     }
 
@@ -468,6 +518,40 @@ fn blobs_of(conn: &Connection, key: &CacheKey) -> rusqlite::Result<Vec<String>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unreadable_indexes_are_moved_aside() {
+        let dir = temp("corrupt");
+        let path = dir.join("index.db");
+        // A real index cut short (SQLite: malformed), and no database.
+        let idx = CacheIndex::open(&path).unwrap();
+        let rec = |n| Record {
+            key: key(n),
+            result: "{}".into(),
+            snapshot: None,
+            blobs: Vec::new(),
+            size: 1,
+            created: 1,
+            last_used: 1,
+        };
+        idx.put(&rec(1)).unwrap();
+        drop(idx);
+        let whole = fs::read(&path).unwrap();
+        for (case, bytes) in [("cut", whole[..100].to_vec()), ("garbage", vec![7u8; 8192])] {
+            fs::write(&path, &bytes).unwrap();
+            let _ = fs::remove_file(dir.join("index.db-wal"));
+            let idx = CacheIndex::open(&path).unwrap_or_else(|e| panic!("{case}: {e}"));
+            let aside = idx.recovered().expect("moved aside").to_path_buf();
+            assert_eq!(fs::read(&aside).unwrap(), bytes, "{case}");
+            assert!(idx.records().unwrap().is_empty(), "{case}");
+            idx.put(&rec(2)).unwrap();
+            assert_eq!(idx.records().unwrap().len(), 1, "{case}");
+            drop(idx);
+            assert!(CacheIndex::open(&path).unwrap().recovered().is_none());
+            fs::remove_file(&aside).unwrap();
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn key(n: u8) -> CacheKey {
         CacheKey::new(&format!("{n:02x}").repeat(32)).unwrap()
