@@ -391,6 +391,10 @@ pub fn prune(store: &Store, options: &PruneOptions) -> Result<PruneReport, GcErr
             report.snapshots += 1;
         }
     }
+    for id in store.snapshots.unreadable()? {
+        store.snapshots.remove(&id)?;
+        report.snapshots += 1;
+    }
     store.index.reuse_prune(|s| snaps_marked.contains(s))?;
     Ok(report)
 }

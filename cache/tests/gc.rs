@@ -198,3 +198,60 @@ fn auto_prune_only_above_the_limit() {
     assert!(!store.blobs.contains(&digests[0]) && store.blobs.contains(&digests[4]));
     assert!(cache::gc::default_limit(&t.0) >= 2 << 30);
 }
+
+/// A record a live process has leased survives `prune --all` (with its
+/// snapshot); a committed snapshot whose metadata can't be read is swept,
+/// while a commit under way (a `tmp-` directory) is left alone.
+#[test]
+fn prune_keeps_leased_records_and_sweeps_unreadable_snapshots() {
+    if !is_root() {
+        eprintln!("skipped: snapshots need root (overlay)");
+        return;
+    }
+    let t = tmp("leased-records");
+    let store = Store::open(&t.0).unwrap();
+    let options = cache::layer::LayerOptions::default();
+    let commit = || {
+        let m = store.snapshots.prepare(None).unwrap();
+        fs::write(m.root().join("f"), "x").unwrap();
+        m.commit_lazy(&store.blobs, &options).unwrap().0.id
+    };
+    let (kept, broken) = (commit(), commit());
+    let record = |n, snapshot: &str| Record {
+        key: key(n),
+        result: "{}".into(),
+        snapshot: Some(snapshot.into()),
+        blobs: Vec::new(),
+        size: 1,
+        created: 1,
+        last_used: 1,
+    };
+    store.index.put(&record(1, &kept)).unwrap();
+    store.using_record(key(1).as_str(), || ()).unwrap();
+    let meta =
+        t.0.join("snapshots/committed")
+            .join(&broken)
+            .join("meta.json");
+    fs::write(&meta, "not json").unwrap();
+    let under_way = t.0.join("snapshots/committed/tmp-999999-77");
+    fs::create_dir_all(under_way.join("fs")).unwrap();
+
+    let all = PruneOptions {
+        all: true,
+        ..Default::default()
+    };
+    let report = prune(&store, &all).unwrap();
+    assert_eq!(report.records, 0, "the leased record stays");
+    assert!(store.index.get(&key(1)).unwrap().is_some());
+    assert!(store.snapshots.get(&kept).is_ok());
+    assert!(
+        !meta.parent().unwrap().exists(),
+        "unreadable snapshot swept"
+    );
+    assert!(under_way.exists(), "a commit under way is left alone");
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

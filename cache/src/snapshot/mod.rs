@@ -567,6 +567,25 @@ impl Snapshotter {
         Ok(out)
     }
 
+    /// Committed snapshots whose metadata can't be read (a disk fault):
+    /// nothing can use one, and [`Snapshotter::list`] leaves it out. Only
+    /// numbered ones: a commit under way is a `tmp-` directory until its
+    /// metadata is written.
+    pub fn unreadable(&self) -> Result<Vec<String>, SnapshotError> {
+        let dir = self.root.join("committed");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir)
+            .map_err(io_err("reading", &dir))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.parse::<u64>().is_ok() && self.get(&name).is_err() {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes a committed snapshot (the caller checks nothing uses it).
     pub fn remove(&self, id: &str) -> Result<(), SnapshotError> {
         let dir = self.committed_dir(id);
