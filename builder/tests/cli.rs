@@ -640,7 +640,13 @@ fn buildx_attestation_and_load_flags() {
     let root = dir.join("root");
     let root_arg = root.to_str().unwrap();
     let df = "FROM scratch\nENV A=1\n";
-    let plain = rbuild_stdin(&["--root", root_arg, "build", "-q", "-"], df);
+    // A fixed time: the image of a file with no step that runs takes the
+    // build's, and two builds may fall in two seconds.
+    let epoch = "SOURCE_DATE_EPOCH=1700000000";
+    let plain = rbuild_stdin(
+        &["--root", root_arg, "build", "-q", "--build-arg", epoch, "-"],
+        df,
+    );
     assert!(plain.status.success(), "{}", stderr(&plain));
     let off = rbuild_stdin(
         &[
@@ -648,6 +654,8 @@ fn buildx_attestation_and_load_flags() {
             root_arg,
             "build",
             "-q",
+            "--build-arg",
+            epoch,
             "--load",
             "--provenance=false",
             "--sbom",
@@ -675,6 +683,7 @@ fn buildx_attestation_and_load_flags() {
     env_plain
         .args(["--root", root_arg, "build", "-o", "type=cacheonly", "-"])
         .env("BUILDKIT_PROGRESS", "quiet")
+        .env("SOURCE_DATE_EPOCH", "1700000000")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
