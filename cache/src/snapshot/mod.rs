@@ -553,18 +553,23 @@ impl Snapshotter {
 
     /// Every committed snapshot.
     pub fn list(&self) -> Result<Vec<Snapshot>, SnapshotError> {
-        let dir = self.root.join("committed");
-        let mut out = Vec::new();
-        for e in fs::read_dir(&dir)
-            .map_err(io_err("reading", &dir))?
-            .flatten()
-        {
-            if let Ok(s) = self.get(&e.file_name().to_string_lossy()) {
-                out.push(s);
-            }
-        }
+        let mut out: Vec<Snapshot> = self
+            .committed_names()?
+            .iter()
+            .filter_map(|name| self.get(name).ok())
+            .collect();
         out.sort_by_key(|s| s.id.parse::<u64>().unwrap_or(u64::MAX));
         Ok(out)
+    }
+
+    /// The names in `committed/`: snapshots, and commits under way.
+    fn committed_names(&self) -> Result<Vec<String>, SnapshotError> {
+        let dir = self.root.join("committed");
+        Ok(fs::read_dir(&dir)
+            .map_err(io_err("reading", &dir))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect())
     }
 
     /// Committed snapshots whose metadata can't be read (a disk fault):
@@ -572,18 +577,11 @@ impl Snapshotter {
     /// numbered ones: a commit under way is a `tmp-` directory until its
     /// metadata is written.
     pub fn unreadable(&self) -> Result<Vec<String>, SnapshotError> {
-        let dir = self.root.join("committed");
-        let mut out = Vec::new();
-        for e in fs::read_dir(&dir)
-            .map_err(io_err("reading", &dir))?
-            .flatten()
-        {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.parse::<u64>().is_ok() && self.get(&name).is_err() {
-                out.push(name);
-            }
-        }
-        Ok(out)
+        Ok(self
+            .committed_names()?
+            .into_iter()
+            .filter(|name| name.parse::<u64>().is_ok() && self.get(name).is_err())
+            .collect())
     }
 
     /// Removes a committed snapshot (the caller checks nothing uses it).
