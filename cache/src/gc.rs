@@ -78,20 +78,28 @@ impl Store {
         Ok(f())
     }
 
-    /// Runs `f`, which makes a snapshot (a commit), with no prune under
-    /// way, and keeps the snapshot it names in this process's lease.
-    pub fn making_snapshot<T, E>(
+    /// Runs `make`, which makes a snapshot (a commit, an import), with no
+    /// prune under way, and keeps the snapshot `id_of` names in what it
+    /// made in this process's lease.
+    pub fn making_snapshot<T, E: Into<GcError>>(
         &self,
-        f: impl FnOnce() -> Result<(T, String), E>,
-    ) -> Result<Result<T, E>, GcError> {
+        make: impl FnOnce() -> Result<T, E>,
+        id_of: impl FnOnce(&T) -> &str,
+    ) -> Result<T, GcError> {
         let _no_prune = self.no_prune()?;
-        match f() {
-            Ok((made, id)) => {
-                self.keep(&format!("snapshot {id}\n"))?;
-                Ok(Ok(made))
-            }
-            Err(e) => Ok(Err(e)),
-        }
+        let made = make().map_err(Into::into)?;
+        self.keep(&format!("snapshot {}\n", id_of(&made)))?;
+        Ok(made)
+    }
+
+    /// A layer unpacked on `parent` as a new snapshot, kept in this
+    /// process's lease (see [`Store::making_snapshot`]).
+    pub fn import_snapshot(
+        &self,
+        parent: Option<&str>,
+        layer: impl std::io::Read + Send,
+    ) -> Result<crate::snapshot::Snapshot, GcError> {
+        self.making_snapshot(|| self.snapshots.import(parent, layer), |s| &s.id)
     }
 
     /// A shared hold of the GC lock: [`prune`] takes it exclusively.

@@ -488,10 +488,15 @@ pub(crate) const RUNTIME_MOUNTS: [&str; 6] = [
     "/sys",
 ];
 
-/// A mount's target as the place it takes: `/dev/shm/` and `/dev/./shm`
+/// A mount target as the place it takes: `/dev/shm/` and `/dev/./shm`
 /// are `/dev/shm`.
+pub(crate) fn place(target: &Path) -> PathBuf {
+    target.components().collect()
+}
+
+/// A mount's [`place`].
 pub(crate) fn mount_place(m: &Mount) -> PathBuf {
-    Path::new(m.target()).components().collect()
+    place(Path::new(m.target()))
 }
 
 /// For each place, the index of the last of `mounts` there: BuildKit's

@@ -225,7 +225,7 @@ pub fn config(spec: &RunSpec, mounts: &[Mount]) -> Result<Spec, String> {
     let mut at: std::collections::HashMap<PathBuf, usize> = std::collections::HashMap::new();
     let mut deduped: Vec<OciMount> = Vec::with_capacity(all_mounts.len());
     for m in all_mounts {
-        let place: PathBuf = m.destination().components().collect();
+        let place = super::place(m.destination());
         match at.get(&place) {
             Some(&i) => deduped[i] = m,
             None => {

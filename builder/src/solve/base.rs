@@ -91,11 +91,7 @@ impl LazyBase {
             }
             let blob = store.blobs.open_verified(&layer.digest.parse()?)?;
             // Kept by this build's lease until the chain's entry keeps it.
-            let snap = store.making_snapshot(|| {
-                let snap = store.snapshots.import(parent.as_deref(), blob)?;
-                let id = snap.id.clone();
-                Ok::<_, cache::snapshot::SnapshotError>((snap, id))
-            })??;
+            let snap = store.import_snapshot(parent.as_deref(), blob)?;
             store.index.set_snapshot_for_chain(&chain, &snap.id)?;
             parent = Some(snap.id);
         }

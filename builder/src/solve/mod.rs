@@ -553,11 +553,7 @@ fn run_merge(
         let blob = store.blobs.open_verified(&desc.digest.parse()?)?;
         let parent = d.snapshot.get(ctx)?;
         // No record keeps a merge's snapshot: this build's lease does.
-        let snap = store.making_snapshot(|| {
-            let snap = store.snapshots.import(parent.as_deref(), blob)?;
-            let id = snap.id.clone();
-            Ok::<_, cache::snapshot::SnapshotError>((snap, id))
-        })??;
+        let snap = store.import_snapshot(parent.as_deref(), blob)?;
         d.snapshot = Snap::ready(Some(snap.id));
         d.layers.push(desc.clone());
     }

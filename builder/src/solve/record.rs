@@ -218,13 +218,10 @@ pub(super) fn cached_step(
     let parent = parent.get(ctx)?;
     let m = ctx.store.snapshots.prepare(parent.as_deref())?;
     run(&m)?;
-    let (snap, layer, changed) = ctx.store.making_snapshot(|| {
-        m.commit_lazy(&ctx.store.blobs, &ctx.layer_options)
-            .map(|made| {
-                let id = made.0.id.clone();
-                (made, id)
-            })
-    })??;
+    let (snap, layer, changed) = ctx.store.making_snapshot(
+        || m.commit_lazy(&ctx.store.blobs, &ctx.layer_options),
+        |(snap, _, _)| &snap.id,
+    )?;
     let step = match layer {
         Some(layer) => new_step(snap.id, &layer, ctx.options.epoch),
         None => StepRecord {

@@ -118,28 +118,26 @@ fn make_local(
             .cloned()
             .ok_or_else(|| anyhow!("no imported record"))?,
     };
-    let blob = match &record.layer {
+    // Kept from any prune while this build lives.
+    let snapshot = match &record.layer {
         Some((layer, _)) => {
             let digest = layer.digest.parse()?;
             if !ctx.store.blobs.contains(&digest) {
                 fetch_layer(ctx, key.as_str())?;
             }
-            Some(ctx.store.blobs.open_verified(&digest)?)
+            let blob = ctx.store.blobs.open_verified(&digest)?;
+            ctx.store.import_snapshot(parent, blob)?
         }
-        None => None,
+        None => {
+            let m = ctx.store.snapshots.prepare(parent)?;
+            ctx.store
+                .making_snapshot(
+                    || m.commit_lazy(&ctx.store.blobs, &ctx.layer_options),
+                    |(snap, _, _)| &snap.id,
+                )?
+                .0
+        }
     };
-    // Kept from any prune while this build lives.
-    let snapshot = ctx.store.making_snapshot(|| {
-        let made = match blob {
-            Some(blob) => ctx.store.snapshots.import(parent, blob)?,
-            None => {
-                let m = ctx.store.snapshots.prepare(parent)?;
-                m.commit_lazy(&ctx.store.blobs, &ctx.layer_options)?.0
-            }
-        };
-        let id = made.id.clone();
-        Ok::<_, cache::snapshot::SnapshotError>((made, id))
-    })??;
     let step = StepRecord {
         snapshot: snapshot.id,
         ..imported_record(&record, false)
