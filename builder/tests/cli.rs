@@ -107,8 +107,9 @@ fn debug_parse_onbuild_json_uses_trigger() {
 }
 
 /// BuildKit's parseSubCommand gives an ONBUILD with nothing after it no
-/// trigger node: its dump is `(onbuild)`, so the JSON value is empty; an
-/// unknown trigger is parseIgnore's empty node, `[""]`.
+/// trigger node: its dump is `(onbuild)`; its JSON value is the empty rest
+/// of the line, `[""]` (issue 12, point 6). An unknown trigger is
+/// parseIgnore's empty node, `[""]` too.
 #[test]
 fn debug_parse_onbuild_without_a_trigger() {
     let text = "FROM a\nONBUILD\nONBUILD frob x\n";
@@ -122,7 +123,7 @@ fn debug_parse_onbuild_without_a_trigger() {
     let nodes: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(
         (&nodes[1]["sub_cmd"], &nodes[1]["value"]),
-        (&serde_json::json!(""), &serde_json::json!([]))
+        (&serde_json::json!(""), &serde_json::json!([""]))
     );
     assert_eq!(
         (&nodes[2]["sub_cmd"], &nodes[2]["value"]),

@@ -41,8 +41,10 @@ fn parse(args: ParseArgs) -> anyhow::Result<()> {
 /// One instruction as `debug parse --format json` prints it.
 fn node_json(node: &Node) -> Value {
     // For ONBUILD the trigger gives sub_cmd, json and value; the flags stay
-    // ONBUILD's own. For HEALTHCHECK the type word is the sub_cmd and stays
-    // first in value, as in the dump.
+    // ONBUILD's own. An ONBUILD with nothing after it has no trigger node
+    // (its dump is `(onbuild)`): its value is the empty rest of its line,
+    // `[""]`, as the outside checks read BuildKit's parse. For HEALTHCHECK
+    // the type word is the sub_cmd and stays first in value, as in the dump.
     let (sub_cmd, inner) = match (&node.trigger, node.keyword().as_str()) {
         (Some(trigger), _) => (trigger.keyword(), trigger.as_ref()),
         (None, "healthcheck") => (
@@ -54,12 +56,16 @@ fn node_json(node: &Node) -> Value {
         ),
         _ => (String::new(), node),
     };
+    let value = match (&node.trigger, node.keyword().as_str()) {
+        (None, "onbuild") => vec![String::new()],
+        _ => inner.args.clone(),
+    };
     json!({
         "cmd": node.keyword(),
         "sub_cmd": sub_cmd,
         "json": inner.json,
         "flags": node.flags,
-        "value": inner.args,
+        "value": value,
         "start_line": node.span.start_line,
         "end_line": node.span.end_line,
         "original": node.original,
