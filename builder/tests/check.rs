@@ -263,3 +263,35 @@ fn instruction_error_cases_fail_the_check() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// What fails the target's build fails its check, after the warnings, as
+/// BuildKit reports its conversion's error as the check's: a word that
+/// does not expand; with the ARG given as a build arg (its default is then
+/// not expanded), the check passes.
+#[test]
+fn what_fails_the_build_fails_the_check() {
+    let t = tmp("check-build-error");
+    let root = t.0.join("root");
+    let ctx = write(
+        &t.0.join("ctx"),
+        "FROM scratch\nARG X=${Y:?unset}\nENV A=$X\nLABEL l=$Z\n",
+    );
+    let ctx = ctx.to_str().unwrap();
+    let o = rbuild(&root, &["check", "--format", "json", ctx]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(
+        v["error"].as_str().unwrap(),
+        format!("{ctx}/Dockerfile:2:1: failed to process \"${{Y:?unset}}\": Y: unset")
+    );
+    assert_eq!(v["warnings"][0]["rule"], "UndefinedVar");
+    let o = rbuild(&root, &["build", "--call=check", ctx]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("\nerror: "), "{}", stderr(&o));
+    let o = rbuild(
+        &root,
+        &["check", "--format", "json", "--build-arg", "X=x", ctx],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(json(&o)["error"].is_null());
+}

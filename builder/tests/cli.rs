@@ -498,9 +498,11 @@ fn stdin_errors_show_the_parsed_text() {
 }
 
 /// A Dockerfile too large to build is refused with an error that says so:
-/// over 16 MiB, over 100,000 instructions, or RUN steps that would carry
-/// too much environment (ENV and RUN lines interleaved: each RUN has all
-/// the variables before it) -- never an out-of-memory kill.
+/// over 16 MiB, over 100,000 instructions, a word that expands past 1 MiB
+/// (each `ARG An=$B$B` doubles), or steps that would hold too much of
+/// variables and labels (ENV and RUN lines interleaved: each RUN has all
+/// the variables before it; many ENV or LABEL lines of one long value;
+/// stages each built on the last) -- never an out-of-memory kill.
 #[test]
 fn too_large_dockerfiles_are_refused() {
     let dir = std::env::temp_dir().join(format!("rbuild-too-large-{}", std::process::id()));
@@ -525,17 +527,60 @@ fn too_large_dockerfiles_are_refused() {
                     .map(|i| format!("ENV V{i}={i}\nRUN true\n"))
                     .collect::<String>()
             ),
-            "MiB of environment",
+            "hold over 128 MiB of variables and labels",
+        ),
+        (
+            "doubling",
+            format!(
+                "FROM scratch\nARG A0=xxxxxxxxxxxxxxxx\n{}",
+                (1..=40)
+                    .map(|i| format!("ARG A{i}=${{A{}}}${{A{}}}\n", i - 1, i - 1))
+                    .collect::<String>()
+            ),
+            ":19:1: failed to process \"${A16}${A16}\": expands to more than 1 MiB",
+        ),
+        (
+            "wide",
+            format!(
+                "FROM scratch\nARG X={}\nARG A=$X$X$X$X$X$X$X$X\n{}",
+                "x".repeat(60_000),
+                (0..3_000)
+                    .map(|i| format!("LABEL l{i}=$A\nENV E{i}=$A\n"))
+                    .collect::<String>()
+            ),
+            "hold over 128 MiB of variables and labels",
+        ),
+        (
+            "stages",
+            format!(
+                "FROM scratch AS s0\nARG X={}\nENV A=$X$X$X$X$X$X$X$X\n{}",
+                "x".repeat(60_000),
+                (1..3_000)
+                    .map(|i| format!("FROM s{} AS s{i}\n", i - 1))
+                    .collect::<String>()
+            ),
+            "hold over 128 MiB of variables and labels",
         ),
     ];
-    for (name, text, message) in cases {
+    for (i, (name, text, message)) in cases.into_iter().enumerate() {
         let file = dir.join(name);
         std::fs::write(&file, text).unwrap();
-        let out = rbuild(&["graph", "-f", file.to_str().unwrap(), dir.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(1), "{name}");
-        let err = stderr(&out);
-        assert!(err.starts_with("error: "), "{name}: {err}");
-        assert!(err.contains(message), "{name}: {err}");
+        let (file, dir) = (file.to_str().unwrap(), dir.to_str().unwrap());
+        // The checks and the outline follow the stages too (they carry no
+        // RUN environment: the first three cases are the graph's alone).
+        let mut commands = vec![vec!["graph", "-f", file, dir]];
+        if i >= 3 {
+            commands.push(vec!["check", "-f", file, dir]);
+            commands.push(vec!["build", "--call=outline", "-f", file, dir]);
+        }
+        for args in commands {
+            let out = rbuild(&args);
+            assert_eq!(out.status.code(), Some(1), "{name} {args:?}");
+            let err = stderr(&out);
+            // The checks' warnings come first.
+            let error = err.find("error: ").map(|at| &err[at..]).unwrap_or("");
+            assert!(error.contains(message), "{name} {args:?}: {err}");
+        }
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

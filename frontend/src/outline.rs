@@ -12,7 +12,7 @@ use crate::instructions::{self, Instruction, Kind, MountType};
 use crate::parser::Dockerfile;
 use crate::shell::Lex;
 use crate::span::Span;
-use crate::stage::{Base, EnvList, Plan, PlanError, PlanOptions};
+use crate::stage::{Base, Budget, ENTRY_OVERHEAD, EnvList, Plan, PlanError, PlanOptions};
 
 /// A build arg the target uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,25 +144,31 @@ fn global_env(plan: &Plan) -> EnvList {
     env
 }
 
-/// A stage's capture: every arg it knows of, those it uses, what it mounts.
+/// A stage's capture: the args it declares (over the global ones), those
+/// it uses, what it mounts.
 #[derive(Debug, Clone, Default)]
 struct Capture {
-    all: BTreeMap<String, ArgInfo>,
+    own: BTreeMap<String, ArgInfo>,
     used: BTreeSet<String>,
     secrets: Vec<Needed>,
     ssh: Vec<Needed>,
 }
 
 impl Capture {
+    /// What the stage knows of arg `k`: its own ARG, else the global one.
+    fn info<'a>(&'a self, k: &str, globals: &'a BTreeMap<String, ArgInfo>) -> Option<&'a ArgInfo> {
+        self.own.get(k).or_else(|| globals.get(k))
+    }
+
     /// The used args, with those their defaults refer to.
-    fn used_args(&self) -> BTreeSet<String> {
+    fn used_args(&self, globals: &BTreeMap<String, ArgInfo>) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
         let mut pending: Vec<String> = self.used.iter().cloned().collect();
         while let Some(k) = pending.pop() {
             if !out.insert(k.clone()) {
                 continue;
             }
-            if let Some(info) = self.all.get(&k) {
+            if let Some(info) = self.info(&k, globals) {
                 pending.extend(info.deps.iter().cloned());
             }
         }
@@ -213,13 +219,13 @@ pub fn outline(df: &Dockerfile, options: &PlanOptions) -> Result<Outline, PlanEr
         }
     }
 
+    // Stages in order, each built on an earlier one's final variables.
     let mut captures: BTreeMap<usize, Capture> = BTreeMap::new();
+    let mut envs: BTreeMap<usize, EnvList> = BTreeMap::new();
+    let mut held = Budget::default();
     for &index in &plan.needed {
         let stage = &plan.stages[index];
-        let mut c = Capture {
-            all: globals.clone(),
-            ..Capture::default()
-        };
+        let mut c = Capture::default();
         // The global args FROM refers to (name and platform).
         let from = all
             .iter()
@@ -236,11 +242,23 @@ pub fn outline(df: &Dockerfile, options: &PlanOptions) -> Result<Outline, PlanEr
             }
         }
         let mut env = EnvList::default();
-        if let Base::Stage(b) = stage.base {
-            env = stage_env(&plan, &lex, options, b);
+        if let Base::Stage(b) = stage.base
+            && let Some(base) = envs.get(&b)
+        {
+            held.hold(held_bytes(base), &stage.span)?;
+            env = base.clone();
         }
-        capture_stage(&mut c, &mut env, stage, &lex, options, &global_env)?;
+        capture_stage(
+            &mut c,
+            &mut env,
+            &mut held,
+            stage,
+            &lex,
+            options,
+            &global_env,
+        )?;
         captures.insert(index, c);
+        envs.insert(index, env);
     }
 
     // The target first, then the stages it builds on, then the others it
@@ -263,8 +281,8 @@ pub fn outline(df: &Dockerfile, options: &PlanOptions) -> Result<Outline, PlanEr
     let (mut seen_secrets, mut seen_ssh) = (BTreeSet::new(), BTreeSet::new());
     for n in order {
         let c = &captures[&n];
-        for k in c.used_args() {
-            if let Some(info) = c.all.get(&k)
+        for k in c.used_args(&globals) {
+            if let Some(info) = c.info(&k, &globals)
                 && visited.insert(k.clone())
             {
                 args.push(info.arg.clone());
@@ -302,18 +320,11 @@ fn declares(ins: &Instruction, key: &str) -> bool {
     matches!(&ins.kind, Kind::Arg(defs) if defs.iter().any(|d| d.key == key))
 }
 
-/// The environment at the end of stage `index` (its ENV and ARG values
-/// over its base stage's), for a stage built on it.
-fn stage_env(plan: &Plan, lex: &Lex, options: &PlanOptions, index: usize) -> EnvList {
-    let stage = &plan.stages[index];
-    let mut env = match stage.base {
-        Base::Stage(b) => stage_env(plan, lex, options, b),
-        _ => EnvList::default(),
-    };
-    let global = global_env(plan);
-    let mut scratch = Capture::default();
-    let _ = capture_stage(&mut scratch, &mut env, stage, lex, options, &global);
-    env
+/// About what `env` holds (see [`Budget`]).
+fn held_bytes(env: &EnvList) -> usize {
+    env.iter()
+        .map(|(k, v)| k.len() + v.len() + ENTRY_OVERHEAD)
+        .sum()
 }
 
 /// Walks `stage`'s instructions: its ARGs (recorded unless they only take
@@ -321,6 +332,7 @@ fn stage_env(plan: &Plan, lex: &Lex, options: &PlanOptions, index: usize) -> Env
 fn capture_stage(
     c: &mut Capture,
     env: &mut EnvList,
+    held: &mut Budget,
     stage: &crate::stage::Stage,
     lex: &Lex,
     options: &PlanOptions,
@@ -342,12 +354,16 @@ fn capture_stage(
                     let inherited = value.is_none().then(|| global.get(&def.key)).flatten();
                     match inherited {
                         // Only the global's value: the global is what counts.
-                        Some(v) => env.set(&def.key, v),
+                        Some(v) => {
+                            held.hold(def.key.len() + v.len() + ENTRY_OVERHEAD, &ins.span)?;
+                            env.set(&def.key, v)
+                        }
                         None => {
                             if let Some(v) = &value {
+                                held.hold(def.key.len() + v.len() + ENTRY_OVERHEAD, &ins.span)?;
                                 env.set(&def.key, v);
                             }
-                            c.all.insert(
+                            c.own.insert(
                                 def.key.clone(),
                                 ArgInfo::new(ins, &def.key, value, BTreeSet::new()),
                             );
@@ -359,6 +375,7 @@ fn capture_stage(
             Kind::Env(pairs) => {
                 for kv in pairs {
                     if let Ok(v) = lex.process_word(&kv.value, &*env) {
+                        held.hold(kv.key.len() + v.len() + ENTRY_OVERHEAD, &ins.span)?;
                         env.set(&kv.key, &v);
                     }
                 }

@@ -205,6 +205,9 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
             },
         )
     };
+    if let Some(e) = lint.too_large.clone() {
+        return Err(e.into());
+    }
     if let Some(violation) = lint.violation() {
         let first = &lint.sorted()[0];
         return Err(anyhow::Error::new(frontend::stage::PlanError::At {

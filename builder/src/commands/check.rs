@@ -85,9 +85,15 @@ pub fn check_file(
             build: &options,
         },
     );
-    let error = match &plan {
-        Err(e) => Some(e.to_string()),
-        Ok(_) => report.violation(),
+    // What fails the build of the target fails its check too (BuildKit
+    // reports its conversion's error as the check's): a word that does not
+    // expand, a stage that would hold too much.
+    let error = match (&plan, &report.too_large) {
+        (Err(e), _) | (Ok(_), Some(e)) => Some(e.to_string()),
+        (Ok(plan), None) => match frontend::graph::compile(plan, &images) {
+            Err(e) => Some(e.to_string()),
+            Ok(_) => report.violation(),
+        },
     };
     Ok(Checked {
         report,

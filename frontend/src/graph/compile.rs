@@ -11,7 +11,9 @@ use crate::instructions::expose::{ExposeFindings, parse_ports};
 use crate::instructions::{self, HealthConfig, Healthcheck, Kind, SourceContent};
 use crate::shell::Lex;
 use crate::span::Span;
-use crate::stage::{Base, EnvList, Plan, PlanError, Source, StageEnv, parse_trigger};
+use crate::stage::{
+    Base, Budget, ENTRY_OVERHEAD, EnvList, Plan, PlanError, Source, StageEnv, parse_trigger,
+};
 
 /// RUN's argv and inline files, as BuildKit's `dispatchRun` makes them from
 /// heredocs: one heredoc alone runs its body with the shell, or (with a
@@ -85,15 +87,9 @@ struct Compiler<'a> {
     stage_results: BTreeMap<usize, NodeIndex>,
     stage_envs: BTreeMap<usize, StageEnv>,
     stage_meta: BTreeMap<usize, (String, Vec<String>)>,
-    /// Bytes of environment the RUN steps carry so far (each has all of
-    /// its stage's variables): bounded by [`MAX_RUN_ENV`].
-    run_env_bytes: usize,
+    /// What the steps hold of variables and labels.
+    held: Budget,
 }
-
-/// The most environment all RUN steps of a build may carry together. A
-/// file of many ENV lines each followed by a RUN makes it grow with the
-/// square of its length; past this it is refused, not run out of memory.
-pub const MAX_RUN_ENV: usize = 128 << 20;
 
 /// Compiles the stages the plan's target needs.
 pub fn compile(plan: &Plan, images: &dyn ImageConfigs) -> Result<BuildGraph, PlanError> {
@@ -105,7 +101,7 @@ pub fn compile(plan: &Plan, images: &dyn ImageConfigs) -> Result<BuildGraph, Pla
         stage_results: BTreeMap::new(),
         stage_envs: BTreeMap::new(),
         stage_meta: BTreeMap::new(),
-        run_env_bytes: 0,
+        held: Budget::default(),
     };
     let single = plan.stages.len() == 1;
     for &s in &plan.needed {
@@ -239,6 +235,8 @@ impl Compiler<'_> {
                 )
             }
             Base::Stage(b) => {
+                self.held
+                    .hold(self.stage_envs[b].held_bytes(), &stage.span)?;
                 let (user, shell) = self.stage_meta[b].clone();
                 (
                     self.stage_results[b],
@@ -348,15 +346,10 @@ impl Compiler<'_> {
                     let (args, inline_files, suffix) =
                         run_command(&run.command, &shell).map_err(&bad)?;
                     let run_env = env.scope.to_strings();
-                    self.run_env_bytes += run_env.iter().map(|e| e.len() + 24).sum::<usize>();
-                    if self.run_env_bytes > MAX_RUN_ENV {
-                        return Err(bad(format!(
-                            "the RUN steps up to here carry over {} MiB of environment \
-                             ({} variables in this one): the Dockerfile is too large to build",
-                            MAX_RUN_ENV >> 20,
-                            run_env.len()
-                        )));
-                    }
+                    self.held.hold(
+                        run_env.iter().map(|e| e.len() + ENTRY_OVERHEAD).sum(),
+                        &span,
+                    )?;
                     let exec = ExecOp {
                         args,
                         env: run_env,
@@ -607,6 +600,7 @@ impl Compiler<'_> {
                             unreachable!("handled above")
                         }
                     };
+                    self.held.hold(change.held_bytes(), &span)?;
                     let n = self
                         .graph
                         .add_node(op(OpKind::Config(change), text.clone()));

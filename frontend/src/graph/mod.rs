@@ -23,7 +23,7 @@ use crate::span::Span;
 use crate::stage::StageEnv;
 
 mod compile;
-pub use compile::{MAX_RUN_ENV, compile};
+pub use compile::compile;
 
 /// What the base image of a stage brings (from its config).
 #[derive(Debug, Clone, Default)]
@@ -188,6 +188,33 @@ pub enum ConfigChange {
     Onbuild(String),
     /// `MAINTAINER`.
     Maintainer(String),
+}
+
+impl ConfigChange {
+    /// About how many bytes the change holds in the image: its words twice
+    /// (the config and the history's `created_by`).
+    pub fn held_bytes(&self) -> usize {
+        let pairs = |p: &[(String, String)]| p.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        let words = |w: &[String]| w.iter().map(|w| w.len() + 1).sum();
+        let one: usize = match self {
+            ConfigChange::Env(p) | ConfigChange::Label(p) => pairs(p),
+            ConfigChange::Arg(a) => a
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, String::len) + 2)
+                .sum(),
+            ConfigChange::Cmd(w)
+            | ConfigChange::Entrypoint(w)
+            | ConfigChange::Expose(w)
+            | ConfigChange::Volume(w)
+            | ConfigChange::Shell(w) => words(w),
+            ConfigChange::Healthcheck(h) => h.as_ref().map_or(0, |h| words(&h.test)),
+            ConfigChange::User(s)
+            | ConfigChange::Stopsignal(s)
+            | ConfigChange::Onbuild(s)
+            | ConfigChange::Maintainer(s) => s.len(),
+        };
+        2 * one
+    }
 }
 
 /// `HEALTHCHECK CMD ...` in the config.

@@ -13,7 +13,7 @@ use crate::ignore::PatternMatcher;
 use crate::instructions::{Instruction, Kind};
 use crate::parser::Dockerfile;
 use crate::span::Span;
-use crate::stage::Plan;
+use crate::stage::{Plan, PlanError};
 
 pub use config::{CheckConfig, ConfigError};
 pub use rules::Rule;
@@ -49,6 +49,8 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// `error=true`: findings fail the build.
     pub error_on_findings: bool,
+    /// The stages would hold too much to follow (the checks stopped there).
+    pub too_large: Option<PlanError>,
 }
 
 impl Report {
@@ -151,10 +153,11 @@ pub fn lint(
     let error_on_findings = config.error;
     let mut linter = Linter::new(config);
     file_checks(df, instructions, &mut linter);
-    stages::check(df.escape, instructions, plan, options, &mut linter);
+    let too_large = stages::check(df.escape, instructions, plan, options, &mut linter).err();
     Report {
         findings: linter.findings,
         error_on_findings,
+        too_large,
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{LintOptions, Linter, rules};
 use crate::instructions::{self, Instruction, Kind};
 use crate::shell::Lex;
-use crate::stage::{Base, EnvList, Plan, StageEnv};
+use crate::stage::{Base, Budget, ENTRY_OVERHEAD, EnvList, Plan, PlanError, StageEnv};
 
 /// The args BuildKit defines before any ARG (its `defaultArgs`).
 const PREDEFINED: [&str; 11] = [
@@ -30,13 +30,15 @@ const PREDEFINED: [&str; 11] = [
 /// ARGs that never join a stage's environment (BuildKit's `nonEnvArgs`).
 const NON_ENV_ARGS: [&str; 2] = ["BUILDKIT_SBOM_SCAN_CONTEXT", "BUILDKIT_SBOM_SCAN_STAGE"];
 
+/// Follows the stages; an error when they would hold too much of
+/// variables (see [`Budget`]).
 pub(super) fn check(
     escape: char,
     all: &[Instruction],
     plan: Option<&Plan>,
     options: &LintOptions,
     linter: &mut Linter,
-) {
+) -> Result<(), PlanError> {
     let lex = Lex::new(escape);
     let froms: Vec<&Instruction> = all
         .iter()
@@ -55,12 +57,13 @@ pub(super) fn check(
         Some(p) => EnvList::from_entries(&p.global_args),
         None => match crate::stage::global_args(all, escape, options.build) {
             Ok(g) => g,
-            Err(_) => return,
+            Err(_) => return Ok(()),
         },
     };
     from_checks(&froms, &meta_args, &global, &lex, linter);
     default_arg_checks(&froms, &meta_args, &global, &lex, linter);
-    let Some(plan) = plan else { return };
+    let Some(plan) = plan else { return Ok(()) };
+    let mut held = Budget::default();
 
     let wanted: BTreeSet<usize> = if options.all_stages {
         (0..plan.stages.len()).collect()
@@ -74,7 +77,10 @@ pub(super) fn check(
         }
         let start = match &stage.base {
             Base::Stage(b) => match finished.get(b) {
-                Some(s) => s.for_child(),
+                Some(s) => {
+                    held.hold(s.env.held_bytes(), &stage.span)?;
+                    s.for_child()
+                }
                 None => continue,
             },
             Base::Image(r) => {
@@ -115,12 +121,14 @@ pub(super) fn check(
             options,
             linter,
             state: start,
+            held: &mut held,
         };
         for ins in &stage.instructions {
-            walk.instruction(ins);
+            walk.instruction(ins)?;
         }
         finished.insert(index, walk.state);
     }
+    Ok(())
 }
 
 /// FROM's image and `--platform` against the global ARGs, every stage.
@@ -276,6 +284,7 @@ struct Walk<'a, 'l> {
     options: &'a LintOptions<'a>,
     linter: &'l mut Linter,
     state: StageState,
+    held: &'l mut Budget,
 }
 
 impl Walk<'_, '_> {
@@ -317,7 +326,7 @@ impl Walk<'_, '_> {
         self.linter.report(rule, &ins.span, &ins.comments, message);
     }
 
-    fn instruction(&mut self, ins: &Instruction) {
+    fn instruction(&mut self, ins: &Instruction) -> Result<(), PlanError> {
         let mut unmatched = BTreeSet::new();
         match &ins.kind {
             Kind::Env(pairs) | Kind::Label(pairs) => {
@@ -340,6 +349,11 @@ impl Walk<'_, '_> {
                     );
                 }
                 if is_env {
+                    let bytes = expanded
+                        .iter()
+                        .map(|(k, v)| 2 * (k.len() + v.len() + ENTRY_OVERHEAD))
+                        .sum();
+                    self.held.hold(bytes, &ins.span)?;
                     for (k, v) in &expanded {
                         self.secret_key(ins, "ENV", k);
                         self.state.env.scope.set(k, v);
@@ -356,10 +370,19 @@ impl Walk<'_, '_> {
                         self.undefined(ins, u);
                     }
                 }
-                let _ =
+                if let Ok(args) =
                     self.state
                         .env
-                        .apply_arg(self.lex, defs, &self.plan.build_args, self.global);
+                        .apply_arg(self.lex, defs, &self.plan.build_args, self.global)
+                {
+                    let bytes = args
+                        .iter()
+                        .map(|(k, v)| {
+                            2 * (k.len() + v.as_ref().map_or(0, String::len) + ENTRY_OVERHEAD)
+                        })
+                        .sum();
+                    self.held.hold(bytes, &ins.span)?;
+                }
             }
             Kind::Copy(c) => {
                 for w in [&c.chown, &c.chmod].into_iter().flatten() {
@@ -447,6 +470,7 @@ impl Walk<'_, '_> {
             Kind::Shell(_) => self.state.shell_set = true,
             Kind::From(_) | Kind::OnBuild(_) | Kind::Maintainer(_) => {}
         }
+        Ok(())
     }
 
     /// MultipleInstructionsDisallowed, at the earlier one (the one that

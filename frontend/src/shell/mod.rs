@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use regex::Regex;
 
-use pattern::{shell_pattern_regex, trim_prefix, trim_suffix};
+use pattern::{replace, shell_pattern_regex, trim_prefix, trim_suffix};
 
 /// Where expansion looks variables up.
 pub trait Env {
@@ -151,6 +151,7 @@ impl Lex {
             capture,
             env,
             raw_escapes: self.raw_escapes,
+            grown: 0,
             words_buf: String::new(),
             matched: BTreeSet::new(),
             unmatched: BTreeSet::new(),
@@ -173,6 +174,13 @@ impl Lex {
 /// How deep `${...}` may nest.
 const MAX_NESTING: usize = 256;
 
+/// How many bytes one expansion may take from variables (their values and
+/// what `${v/p/r}` makes of them). Each `ARG B=$A$A` doubles a value, so
+/// forty such lines asked for a terabyte; Linux passes no environment
+/// string over 128 KiB to a program (`MAX_ARG_STRLEN`), so this is far
+/// above any value a build can use.
+pub const MAX_EXPANSION: usize = 1 << 20;
+
 struct ShellWord<'a, E: ?Sized> {
     lex: &'a Lex,
     /// Current `${...}` nesting.
@@ -184,6 +192,8 @@ struct ShellWord<'a, E: ?Sized> {
     capture: bool,
     env: &'a E,
     raw_escapes: bool,
+    /// Bytes taken from variables so far, within [`MAX_EXPANSION`].
+    grown: usize,
     /// Shared by nested `process_stop_on` calls, as in BuildKit.
     words_buf: String,
     matched: BTreeSet<String>,
@@ -414,7 +424,7 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
             if name.is_empty() {
                 return Ok("$".into());
             }
-            return Ok(match self.get_env(&name) {
+            return Ok(match self.get_env(&name)? {
                 Some(v) => v,
                 None if self.lex.skip_unset_env => format!("${name}"),
                 None => String::new(),
@@ -432,7 +442,7 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
         let mut modifier = String::new();
         modifier.extend(first);
         match first {
-            Some('}') => match self.get_env(&name) {
+            Some('}') => match self.get_env(&name)? {
                 Some(v) => Ok(v),
                 None if self.lex.skip_unset_env => Ok(format!("${{{name}}}")),
                 None => Ok(String::new()),
@@ -459,7 +469,7 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
                         return Err(e);
                     }
                 };
-                let value = self.get_env(&name);
+                let value = self.get_env(&name)?;
                 if self.lex.skip_unset_env && value.is_none() {
                     return Ok(format!("${{{name}{modifier}{word}}}"));
                 }
@@ -529,19 +539,18 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
                         return Err(e);
                     }
                 };
-                let value = self.get_env(&name);
+                let value = self.get_env(&name)?;
                 if self.lex.skip_unset_env && value.is_none() {
                     return Ok(format!("${{{name}/{pattern}/{replacement}}}"));
                 }
                 let value = value.unwrap_or_default();
                 let re = shell_pattern_regex(&pattern, true, false)
                     .map_err(|e| format!("invalid pattern ({pattern}) in substitution: {e}"))?;
-                // Go's `$1`/`${name}` templates read the same in the regex crate.
-                Ok(if replace_all {
-                    re.replace_all(&value, replacement.as_str()).into_owned()
-                } else {
-                    re.replace(&value, replacement.as_str()).into_owned()
-                })
+                let limit = MAX_EXPANSION - self.grown.min(MAX_EXPANSION);
+                let replaced =
+                    replace(&re, &value, &replacement, replace_all, limit).ok_or_else(too_large)?;
+                self.grow(replaced.len())?;
+                Ok(replaced)
             }
             _ => Err(format!("unsupported modifier ({modifier}) in substitution")),
         }
@@ -584,7 +593,19 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
         result
     }
 
-    fn get_env(&mut self, name: &str) -> Option<String> {
+    /// Counts `bytes` more taken from variables.
+    fn grow(&mut self, bytes: usize) -> LexResult<()> {
+        self.grown = self.grown.saturating_add(bytes);
+        if self.grown > MAX_EXPANSION {
+            return Err(too_large());
+        }
+        Ok(())
+    }
+
+    fn get_env(&mut self, name: &str) -> LexResult<Option<String>> {
+        if let Some(v) = self.env.lookup(name) {
+            self.grow(v.len())?;
+        }
         let value = self.env.lookup(name).map(str::to_string);
         if self.capture {
             let set = if value.is_some() {
@@ -596,8 +617,15 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
                 set.insert(name.to_string());
             }
         }
-        value
+        Ok(value)
     }
+}
+
+fn too_large() -> String {
+    format!(
+        "expands to more than {} MiB of variable values",
+        MAX_EXPANSION >> 20
+    )
 }
 
 /// Go's `unicode.IsDigit`: Unicode decimal digits (category Nd), which is
@@ -642,6 +670,31 @@ mod tests {
         assert!(err.message.contains("nested deeper"), "{err}");
         let ok = "${a:-".repeat(50) + "x" + &"}".repeat(50);
         assert_eq!(Lex::new('\\').process_word(&ok, &env(&[])).unwrap(), "x");
+    }
+
+    #[test]
+    fn expansions_past_the_limit_are_errors() {
+        let lex = Lex::new('\\');
+        let half = "x".repeat(MAX_EXPANSION / 2);
+        let vars = env(&[("A", &half), ("S", "ab")]);
+        assert_eq!(
+            lex.process_word("$A$A", &vars).unwrap().len(),
+            MAX_EXPANSION
+        );
+        for word in [
+            "$A$A$S",
+            "${A}\"$A$A\"",
+            "${A:-x}${A:+$A}$A",
+            "${S//?/$A}",
+            "${A//x/xxx}",
+        ] {
+            let err = lex.process_word(word, &vars).unwrap_err();
+            assert!(err.message.contains("more than 1 MiB"), "{word}: {err}");
+        }
+        // A template of many `$0`s over a long value is refused unmade.
+        let many = format!("${{A/x/{}}}", "\\$0".repeat(10_000));
+        assert!(lex.process_word(&many, &vars).is_err());
+        assert_eq!(lex.process_word("${S//?/$S}", &vars).unwrap(), "abab");
     }
 
     #[test]

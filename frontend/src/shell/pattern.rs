@@ -104,3 +104,41 @@ fn reverse_pattern(pattern: &str) -> String {
     }
     out.into_iter().collect()
 }
+
+/// `value` with the first or every match of `re` replaced by `template`
+/// (Go's `$1`/`${name}` templates read the same in the regex crate), as
+/// Go's `ReplaceAllString`; `None` once the result would pass `limit` bytes.
+/// A match's text is bounded before it is made (the template's length and
+/// the whole value for each `$` in it), so a template of many `$0`s over a
+/// long value fails without being built.
+pub(super) fn replace(
+    re: &Regex,
+    value: &str,
+    template: &str,
+    all: bool,
+    limit: usize,
+) -> Option<String> {
+    let references = template.matches('$').count();
+    let per_match = references
+        .checked_mul(value.len())?
+        .checked_add(template.len())?;
+    if per_match > limit {
+        return None;
+    }
+    let mut out = String::new();
+    let mut last = 0;
+    for caps in re
+        .captures_iter(value)
+        .take(if all { usize::MAX } else { 1 })
+    {
+        let m = caps.get(0).expect("group 0 is the match");
+        out.push_str(&value[last..m.start()]);
+        caps.expand(template, &mut out);
+        last = m.end();
+        if out.len() > limit {
+            return None;
+        }
+    }
+    out.push_str(&value[last..]);
+    (out.len() <= limit).then_some(out)
+}

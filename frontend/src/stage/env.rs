@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::ENTRY_OVERHEAD;
 use crate::instructions;
 use crate::shell::{Expansion, Lex};
 
@@ -131,6 +132,23 @@ impl StageEnv {
                 workdir.into()
             },
         }
+    }
+
+    /// About how many bytes the scope holds (what a stage built on this
+    /// one copies).
+    pub fn held_bytes(&self) -> usize {
+        let list = |l: &EnvList| {
+            l.iter()
+                .map(|(k, v)| k.len() + v.len() + ENTRY_OVERHEAD)
+                .sum::<usize>()
+        };
+        list(&self.scope)
+            + list(&self.image_env)
+            + self
+                .args
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, String::len) + ENTRY_OVERHEAD)
+                .sum::<usize>()
     }
 
     /// Expands one word in this scope.

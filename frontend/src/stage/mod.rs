@@ -15,10 +15,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::instructions::{Instruction, InstructionError};
 use crate::span::Span;
 
+mod budget;
 mod env;
 mod planner;
 mod platform;
 
+pub use budget::{Budget, ENTRY_OVERHEAD, MAX_HELD};
 pub use env::{DEFAULT_PATH, EnvList, Ordered, StageEnv, resolve_path};
 pub(crate) use planner::resolve_source;
 pub use planner::{global_args, parse_trigger, plan};
