@@ -1192,8 +1192,9 @@ fn add_url_downloads_trust_certs_d_as_registries_do() {
 }
 
 /// A registry that answers a manifest larger than containerd's limit (a
-/// real registry refuses to store one: this one is hostile) is refused
-/// with a clear error, the answer never read whole into memory.
+/// real registry refuses to store one: this one is hostile), or one whose
+/// config is said to be huge, is refused with a clear error, the answer
+/// never read whole into memory.
 #[test]
 fn oversized_registry_answers_are_refused() {
     let t = tmp("hostile-registry");
@@ -1212,6 +1213,30 @@ fn oversized_registry_answers_are_refused() {
     assert!(
         stderr(&o).contains("rejecting manifest v1")
             && stderr(&o).contains("larger than 4393216 bytes"),
+        "{}",
+        stderr(&o)
+    );
+    // A manifest whose config is said to be a GiB: refused before fetching
+    // it (it could only be read whole).
+    let config = "sha256:".to_string() + &"a".repeat(64);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 1u64 << 30},
+        "layers": [],
+    });
+    srv.file(
+        "/v2/big/test/manifests/v2",
+        manifest.to_string().as_bytes(),
+        "m2",
+        "Mon, 01 Jan 2024 00:00:00 GMT",
+    );
+    let o = rbuild(&t.0.join("root"), &["pull", &format!("{host}/big/test:v2")]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "rejecting config {config}: 1073741824 bytes, larger than 256 MiB"
+        )),
         "{}",
         stderr(&o)
     );

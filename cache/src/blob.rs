@@ -21,6 +21,12 @@ use crate::direct::DirectWriter;
 use crate::spec::{Index, media, to_canonical_json};
 use crate::{Digest, PathError};
 
+/// The most a blob read whole into memory may be: far above any manifest
+/// (containerd refuses those past 4 MiB) or config a build makes (its
+/// variables and labels are bounded at 128 MiB), far below what would
+/// exhaust memory.
+pub const MAX_SMALL_BLOB: u64 = 256 << 20;
+
 /// Blob store failures; each names the blob or path.
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -48,6 +54,15 @@ pub enum BlobError {
     /// No such blob.
     #[error("blob {0} not found")]
     NotFound(String),
+    /// A blob read whole (a manifest, an index, a config) is larger than
+    /// [`MAX_SMALL_BLOB`].
+    #[error("blob {digest} is {size} bytes, larger than the {} MiB a manifest or config may be", MAX_SMALL_BLOB >> 20)]
+    TooLarge {
+        /// The blob.
+        digest: String,
+        /// Its size.
+        size: u64,
+    },
     /// `index.json` does not parse.
     #[error("{path} is not a valid OCI index")]
     BadIndex {
@@ -245,10 +260,22 @@ impl BlobStore {
         })
     }
 
-    /// Reads a whole (small) blob and checks it.
+    /// Reads a whole small blob (a manifest, an index, a config) and checks
+    /// it; one over [`MAX_SMALL_BLOB`] is refused, not read into memory.
     pub fn read(&self, digest: &Digest) -> Result<Vec<u8>, BlobError> {
         let mut r = self.open_verified(digest)?;
-        let mut out = Vec::new();
+        let size = r
+            .inner
+            .metadata()
+            .map_err(io_err("reading", &self.path(digest)))?
+            .len();
+        if size > MAX_SMALL_BLOB {
+            return Err(BlobError::TooLarge {
+                digest: digest.to_string(),
+                size,
+            });
+        }
+        let mut out = Vec::with_capacity(size as usize);
         match r.read_to_end(&mut out) {
             Ok(_) => Ok(out),
             Err(e) => Err(unwrap_verify_error(e, &self.path(digest))),
@@ -505,6 +532,22 @@ mod tests {
         let p = std::env::temp_dir().join(format!("rbuild-blob-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&p);
         p
+    }
+
+    /// A blob past the limit (here a sparse file where one should be) is
+    /// refused by its size, never read into memory.
+    #[test]
+    fn oversized_small_blobs_are_refused_unread() {
+        let root = temp_root("oversized");
+        let store = BlobStore::open(&root).unwrap();
+        let d: Digest = format!("sha256:{}", "b".repeat(64)).parse().unwrap();
+        let f = File::create(store.path(&d)).unwrap();
+        f.set_len(MAX_SMALL_BLOB + 1).unwrap();
+        match store.read(&d) {
+            Err(BlobError::TooLarge { size, .. }) => assert_eq!(size, MAX_SMALL_BLOB + 1),
+            other => panic!("{other:?}"),
+        }
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -80,6 +80,7 @@ impl Registry {
             let resolved = pull::resolve(&self.client, &endpoints, reference, platform).await?;
             let ep = &resolved.endpoint;
             let config = &resolved.parsed.config;
+            pull::small_enough(reference, config)?;
             pull::fetch_blob(&self.client, ep, reference, blobs, config, transfer).await?;
             let layers: &[Descriptor] = if with_layers {
                 &resolved.parsed.layers
@@ -174,6 +175,7 @@ impl Registry {
         reference: &Reference,
         desc: &Descriptor,
     ) -> anyhow::Result<Vec<u8>> {
+        pull::small_enough(reference, desc)?;
         let tmp = crate::tempdir::TempDir::new("small-blob")?;
         let blobs = BlobStore::open(&tmp.path)?;
         self.fetch_blob(

@@ -32,6 +32,21 @@ const RESUMES: u32 = 5;
 /// BuildKit pulls through. A larger answer is refused, never read whole.
 pub const MAX_MANIFEST_SIZE: usize = 4 * 1048 * 1048;
 
+/// Refuses, before fetching it, a blob to be read whole (a config) that
+/// its manifest says is over [`cache::blob::MAX_SMALL_BLOB`]: it could not
+/// be read once stored.
+pub fn small_enough(reference: &Reference, desc: &Descriptor) -> anyhow::Result<()> {
+    if desc.size > cache::blob::MAX_SMALL_BLOB {
+        anyhow::bail!(
+            "{reference}: rejecting config {}: {} bytes, larger than {} MiB",
+            desc.digest,
+            desc.size,
+            cache::blob::MAX_SMALL_BLOB >> 20
+        );
+    }
+    Ok(())
+}
+
 /// A manifest as fetched: bytes verified against their digest.
 pub struct Fetched {
     /// Its descriptor (media type, digest, size).
