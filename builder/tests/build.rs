@@ -1315,18 +1315,8 @@ fn a_rerun_links_unchanged_files_and_copies_changed_ones() {
 /// and their contents.
 fn layer_files(root: &Path, layer: &serde_json::Value) -> BTreeMap<String, String> {
     use std::io::Read;
-    let digest = layer["digest"].as_str().unwrap();
-    let blob = root
-        .join("content/blobs/sha256")
-        .join(digest.trim_start_matches("sha256:"));
-    let file = std::fs::File::open(blob).unwrap();
-    let reader: Box<dyn Read> = if layer["mediaType"].as_str().unwrap().ends_with("gzip") {
-        Box::new(flate2::read::MultiGzDecoder::new(file))
-    } else {
-        Box::new(file)
-    };
     let mut out = BTreeMap::new();
-    for e in tar::Archive::new(reader).entries().unwrap() {
+    for e in layer_tar(root, layer).entries().unwrap() {
         let mut e = e.unwrap();
         if e.header().entry_type() == tar::EntryType::Regular {
             let path = e.path().unwrap().to_string_lossy().into_owned();
@@ -1336,6 +1326,20 @@ fn layer_files(root: &Path, layer: &serde_json::Value) -> BTreeMap<String, Strin
         }
     }
     out
+}
+
+/// A layer blob of the store (uncompressed or gzip) as a tar.
+fn layer_tar(root: &Path, layer: &serde_json::Value) -> tar::Archive<Box<dyn std::io::Read>> {
+    let digest = layer["digest"].as_str().unwrap();
+    let blob = root
+        .join("content/blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    let file = std::fs::File::open(blob).unwrap();
+    tar::Archive::new(if layer["mediaType"].as_str().unwrap().ends_with("gzip") {
+        Box::new(flate2::read::MultiGzDecoder::new(file))
+    } else {
+        Box::new(file)
+    })
 }
 
 fn walk_files(dir: &Path) -> Vec<PathBuf> {
@@ -1843,4 +1847,74 @@ fn only_the_built_images_layers_are_written() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A RUN's layer keeps file capabilities (`setcap`, as Debian's ping
+/// has) and no other extended attribute, as BuildKit's (containerd's layer
+/// writer keeps just that one): a `user.*` attribute the step sets is left
+/// out.
+#[test]
+fn layers_keep_file_capabilities_only() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("xattrs");
+    let ctx = t.0.join("context");
+    let rootfs = ctx.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for tool in ["/usr/sbin/setcap", "/usr/bin/setfattr"] {
+        assert!(
+            Path::new(tool).exists(),
+            "{tool}: libcap2-bin and attr are installed (.ci/run)"
+        );
+        copy_with_libraries(tool, &rootfs);
+    }
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY rootfs /\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         RUN cp /bin/busybox /ping && /usr/sbin/setcap cap_net_raw+ep /ping \
+         && echo x > /noted && /usr/bin/setfattr -n user.note -v hello /noted\n",
+    )
+    .unwrap();
+    let root = t.0.join("state");
+    let o = rbuild(
+        &root,
+        &["build", "-q", "-t", "caps:1", ctx.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = rbuild(&root, &["inspect", "caps:1"]);
+    let inspect: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let layer = inspect["Manifest"]["layers"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    let mut records = Vec::new();
+    for e in layer_tar(&root, &layer).entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().to_string_lossy().into_owned();
+        for ext in e.pax_extensions().unwrap().into_iter().flatten() {
+            let ext = ext.unwrap();
+            records.push((
+                path.clone(),
+                ext.key().unwrap().to_string(),
+                ext.value_bytes().to_vec(),
+            ));
+        }
+    }
+    // cap_net_raw (bit 13), effective: VFS_CAP_REVISION_2.
+    let cap = vec![
+        1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    assert_eq!(
+        records,
+        vec![(
+            "ping".to_string(),
+            "SCHILY.xattr.security.capability".to_string(),
+            cap
+        )]
+    );
 }

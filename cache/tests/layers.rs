@@ -19,7 +19,8 @@ use cache::layer::{
 };
 
 /// A tree with regular files, dirs, symlinks, hard links, a fifo, modes with
-/// setuid/sticky, owners, xattrs, a long name and a non-UTF-8 name.
+/// setuid/sticky, owners, file capabilities, a long name and a non-UTF-8
+/// name.
 fn make_tree(root: &Path) {
     fs::create_dir_all(root.join("usr/bin")).unwrap();
     fs::create_dir_all(root.join("tmp")).unwrap();
@@ -41,7 +42,6 @@ fn make_tree(root: &Path) {
     let fifo = std::ffi::CString::new(root.join("pipe").as_os_str().as_bytes()).unwrap();
     // SAFETY: valid path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-    xattr::set(root.join("data.bin"), "user.note", b"hello").unwrap();
     if is_root() {
         std::os::unix::fs::chown(root.join("data.bin"), Some(1000), Some(1001)).unwrap();
         mknod(&root.join("null"), libc::S_IFCHR, 1, 3);
@@ -131,6 +131,62 @@ fn clamped_mtimes() {
     )
     .unwrap();
     assert_eq!(fs::metadata(dest.join("f")).unwrap().mtime(), 1_000_000);
+}
+
+/// A layer keeps a file's capabilities and no other extended attribute
+/// (containerd's and Docker's writers keep just that one, so BuildKit's
+/// layers do): `user.*` attributes of the tree are left out.
+#[test]
+fn only_file_capabilities_are_kept_as_xattrs() {
+    let t = Tmp::new("layers", "xattrs");
+    let src = t.0.join("src");
+    fs::create_dir_all(src.join("dir")).unwrap();
+    fs::write(src.join("ping"), b"x").unwrap();
+    fs::write(src.join("noted"), b"y").unwrap();
+    xattr::set(src.join("noted"), "user.note", b"hello").unwrap();
+    xattr::set(src.join("dir"), "user.note", b"hello").unwrap();
+    let cap = [
+        1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    if is_root() {
+        xattr::set(src.join("ping"), "security.capability", &cap).unwrap();
+    }
+    let store = BlobStore::open(&t.0.join("store")).unwrap();
+    let layer = write_layer(
+        &store,
+        &DiffSource::Full { root: &src },
+        &LayerOptions::default(),
+    )
+    .unwrap();
+    let r = store
+        .open_verified(&layer.descriptor.digest.parse().unwrap())
+        .unwrap();
+    let mut a = tar::Archive::new(flate2::read::GzDecoder::new(r));
+    let mut records = Vec::new();
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().display().to_string();
+        if let Some(pax) = e.pax_extensions().unwrap() {
+            for ext in pax {
+                let ext = ext.unwrap();
+                records.push((
+                    name.clone(),
+                    ext.key().unwrap().to_string(),
+                    ext.value_bytes().to_vec(),
+                ));
+            }
+        }
+    }
+    let want: Vec<(String, String, Vec<u8>)> = if is_root() {
+        vec![(
+            "ping".into(),
+            "SCHILY.xattr.security.capability".into(),
+            cap.to_vec(),
+        )]
+    } else {
+        Vec::new()
+    };
+    assert_eq!(records, want);
 }
 
 fn tar_names(store: &BlobStore, digest: &str) -> Vec<String> {

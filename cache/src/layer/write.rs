@@ -7,7 +7,7 @@
 //! clamped to SOURCE_DATE_EPOCH), so the same tree always gives the same
 //! diff_id and, for a compression and level, the same blob digest.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, Metadata};
 use std::io::{self, Write};
@@ -319,6 +319,9 @@ pub fn convert_layer(
     Ok(Descriptor::new(media_type, &digest, size))
 }
 
+/// The one extended attribute layers keep (see `write_xattrs`).
+const CAPABILITY: &str = "security.capability";
+
 /// Size of the chunks handed to the compression thread.
 const CHUNK: usize = 1 << 20;
 /// A layer's first buffer, grown towards [`CHUNK`] as the tar does: most
@@ -613,30 +616,25 @@ impl<W: TarSink> TarWriter<W> {
         self.builder.append_data(h, rel, io::empty())
     }
 
-    /// PAX `SCHILY.xattr.*` records (overlay's own attributes excluded).
+    /// The PAX `SCHILY.xattr.security.capability` record of a file that
+    /// has file capabilities (`setcap`; Debian's ping has one). That is the
+    /// one attribute containerd's and Docker's layer writers keep, so the
+    /// one BuildKit's layers hold: a host's SELinux labels, ACLs and
+    /// `user.*` attributes stay out of images.
     fn write_xattrs(&mut self, full: &Path, meta: &Metadata) -> Result<(), LayerError> {
         if meta.file_type().is_symlink() {
             return Ok(());
         }
-        let Ok(names) = xattr::list(full) else {
+        let Ok(Some(value)) = xattr::get(full, CAPABILITY) else {
             return Ok(());
         };
-        let mut records: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        for name in names {
-            let Some(n) = name.to_str() else { continue };
-            if crate::is_overlay_xattr(n.as_bytes()) {
-                continue;
-            }
-            if let Ok(Some(value)) = xattr::get(full, &name) {
-                records.insert(format!("SCHILY.xattr.{n}"), value);
-            }
+        if value.is_empty() {
+            return Ok(());
         }
-        if !records.is_empty() {
-            self.builder
-                .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-                .map_err(|e| LayerError::io("writing", full, e))?;
-        }
-        Ok(())
+        let key = format!("SCHILY.xattr.{CAPABILITY}");
+        self.builder
+            .append_pax_extensions([(key.as_str(), value.as_slice())])
+            .map_err(|e| LayerError::io("writing", full, e))
     }
 
     fn write_whiteout(
