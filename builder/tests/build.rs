@@ -1849,10 +1849,11 @@ fn only_the_built_images_layers_are_written() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
-/// A RUN's layer keeps file capabilities (`setcap`, as Debian's ping
-/// has) and no other extended attribute, as BuildKit's (containerd's layer
-/// writer keeps just that one): a `user.*` attribute the step sets is left
-/// out.
+/// Layers keep file capabilities (`setcap`, as Debian's ping has) and no
+/// other extended attribute, as BuildKit's (containerd's layer writer
+/// keeps just that one): a RUN's `user.*` attribute is left out, a RUN's
+/// capabilities and a context file's (COPY keeps them) are in; a change of
+/// a context file's capabilities alone misses the cache.
 #[test]
 fn layers_keep_file_capabilities_only() {
     if !is_root() {
@@ -1871,50 +1872,78 @@ fn layers_keep_file_capabilities_only() {
         );
         copy_with_libraries(tool, &rootfs);
     }
+    let setcap = |cap: &str, file: &Path| {
+        let st = Command::new("/usr/sbin/setcap")
+            .arg(cap)
+            .arg(file)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    std::fs::write(ctx.join("capped"), "c\n").unwrap();
+    setcap("cap_net_raw+ep", &ctx.join("capped"));
     std::fs::write(
         ctx.join("Dockerfile"),
         "FROM scratch\nCOPY rootfs /\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         COPY capped /capped\n\
          RUN cp /bin/busybox /ping && /usr/sbin/setcap cap_net_raw+ep /ping \
          && echo x > /noted && /usr/bin/setfattr -n user.note -v hello /noted\n",
     )
     .unwrap();
     let root = t.0.join("state");
-    let o = rbuild(
-        &root,
-        &["build", "-q", "-t", "caps:1", ctx.to_str().unwrap()],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = rbuild(&root, &["inspect", "caps:1"]);
-    let inspect: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let layer = inspect["Manifest"]["layers"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
-    let mut records = Vec::new();
-    for e in layer_tar(&root, &layer).entries().unwrap() {
-        let mut e = e.unwrap();
-        let path = e.path().unwrap().to_string_lossy().into_owned();
-        for ext in e.pax_extensions().unwrap().into_iter().flatten() {
-            let ext = ext.unwrap();
-            records.push((
-                path.clone(),
-                ext.key().unwrap().to_string(),
-                ext.value_bytes().to_vec(),
-            ));
+    // The PAX records of the image's last two layers (the COPY's, the RUN's).
+    let records = || {
+        let o = rbuild(
+            &root,
+            &["build", "-q", "-t", "caps:1", ctx.to_str().unwrap()],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = rbuild(&root, &["inspect", "caps:1"]);
+        let inspect: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let layers = inspect["Manifest"]["layers"].as_array().unwrap().clone();
+        let mut out = Vec::new();
+        for layer in &layers[layers.len() - 2..] {
+            let mut records = Vec::new();
+            for e in layer_tar(&root, layer).entries().unwrap() {
+                let mut e = e.unwrap();
+                let path = e.path().unwrap().to_string_lossy().into_owned();
+                for ext in e.pax_extensions().unwrap().into_iter().flatten() {
+                    let ext = ext.unwrap();
+                    records.push((
+                        path.clone(),
+                        ext.key().unwrap().to_string(),
+                        ext.value_bytes().to_vec(),
+                    ));
+                }
+            }
+            out.push(records);
         }
-    }
-    // cap_net_raw (bit 13), effective: VFS_CAP_REVISION_2.
-    let cap = vec![
-        1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    ];
-    assert_eq!(
-        records,
+        out
+    };
+    // VFS_CAP_REVISION_2, effective, permitted: cap_net_raw (bit 13),
+    // cap_chown (bit 0).
+    let caps = |low: u8, high: u8| {
+        vec![
+            1, 0, 0, 2, low, high, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ]
+    };
+    let record = |path: &str, cap: Vec<u8>| {
         vec![(
-            "ping".to_string(),
+            path.to_string(),
             "SCHILY.xattr.security.capability".to_string(),
-            cap
+            cap,
         )]
+    };
+    assert_eq!(
+        records(),
+        vec![
+            record("capped", caps(0, 0x20)),
+            record("ping", caps(0, 0x20))
+        ]
+    );
+    setcap("cap_chown+ep", &ctx.join("capped"));
+    assert_eq!(
+        records(),
+        vec![record("capped", caps(1, 0)), record("ping", caps(0, 0x20))]
     );
 }

@@ -5,7 +5,7 @@ use super::*;
 
 /// A checksum of exactly what [`copy`] would read from `root` for these
 /// sources: each selected entry's path, type, mode, owner, size, link
-/// target and content (not its mtime). It is the COPY/ADD cache key's view
+/// target, content and file capabilities (not its mtime). It is the COPY/ADD cache key's view
 /// of the context; any change to a selected file changes it, a change to
 /// an ignored or unselected file does not.
 pub fn content_digest(
@@ -94,6 +94,13 @@ pub fn content_digest(
                     let mut f = File::open(&path).map_err(io_err("opening", &path))?;
                     let mut fh = Sha256::new();
                     io::copy(&mut f, &mut fh).map_err(io_err("reading", &path))?;
+                    // Capabilities go with the file into the layer (a
+                    // change to them changes its ctime: the stat cache
+                    // rehashes). A file without keeps its plain digest.
+                    if let Some(caps) = cache::layer::capabilities(&f) {
+                        fh.update(b"\0security.capability\0");
+                        fh.update(&caps);
+                    }
                     let d: String = fh.finalize().iter().map(|b| format!("{b:02x}")).collect();
                     h.update(d.as_bytes());
                     if w.stat.is_some_and(|c| c.settled(stamp)) {

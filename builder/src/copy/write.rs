@@ -59,6 +59,10 @@ pub(super) fn write_file_from(
         }
         Err(e) => return Err(io_err("creating", target)(e)),
     };
+    let source = match data {
+        Data::File(src, _) => Some(src),
+        Data::Bytes(_) => None,
+    };
     match data {
         Data::File(src, len) => send_file(src, &out, len),
         Data::Bytes(bytes) => (&out).write_all(bytes),
@@ -67,6 +71,13 @@ pub(super) fn write_file_from(
     // Owner, mode and time through the open file: no more path lookups.
     std::os::unix::fs::fchown(&out, Some(owner.uid), Some(owner.gid))
         .map_err(io_err("changing owner of", target))?;
+    // A file's capabilities go with it (after the chown, which clears
+    // them), as BuildKit's copy keeps its attributes: the one attribute a
+    // layer holds. Where the kernel refuses them (an ordinary user's
+    // namespace) the file goes without, as BuildKit ignores such errors.
+    if let Some(caps) = source.and_then(cache::layer::capabilities) {
+        let _ = cache::layer::set_capabilities(&out, &caps);
+    }
     if !exact {
         out.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(io_err("changing mode of", target))?;

@@ -17,7 +17,10 @@ use std::path::{Path, PathBuf};
 pub use decode::{XZ_MAGIC, decompress, xz_decoder};
 pub use paths::{resolve_in_root, set_times_nofollow};
 pub use unpack::{MAX_ENTRY_SIZE, UnpackOptions, UnpackStats, unpack};
-pub use write::{DiffSource, LayerOptions, convert_layer, write_layer, write_tree_tar};
+pub use write::{
+    CAPABILITY, DiffSource, LayerOptions, capabilities, convert_layer, set_capabilities,
+    write_layer, write_tree_tar,
+};
 
 use crate::blob::BlobError;
 use crate::spec::{Descriptor, media};

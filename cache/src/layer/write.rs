@@ -319,8 +319,24 @@ pub fn convert_layer(
     Ok(Descriptor::new(media_type, &digest, size))
 }
 
-/// The one extended attribute layers keep (see `write_xattrs`).
-const CAPABILITY: &str = "security.capability";
+/// The one extended attribute layers keep (see `write_xattrs`): a file's
+/// capabilities.
+pub const CAPABILITY: &str = "security.capability";
+
+/// The capabilities of an open file (`setcap`), if it has any.
+pub fn capabilities(file: &File) -> Option<Vec<u8>> {
+    use xattr::FileExt as _;
+    file.get_xattr(CAPABILITY)
+        .ok()
+        .flatten()
+        .filter(|c| !c.is_empty())
+}
+
+/// Gives an open file `caps` (after any chown: a chown clears them).
+pub fn set_capabilities(file: &File, caps: &[u8]) -> io::Result<()> {
+    use xattr::FileExt as _;
+    file.set_xattr(CAPABILITY, caps)
+}
 
 /// Size of the chunks handed to the compression thread.
 const CHUNK: usize = 1 << 20;
