@@ -5,7 +5,39 @@ use std::fs;
 
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
-use super::{CacheIndex, FileStamp, IndexError};
+use super::{CacheIndex, IndexError};
+
+/// A file's identity for the stat cache. Any difference means "rehash".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    /// Inode.
+    pub ino: u64,
+    /// Size.
+    pub size: u64,
+    /// mtime, nanoseconds.
+    pub mtime_ns: i64,
+    /// ctime, nanoseconds (changes on any write, even with mtime reset).
+    pub ctime_ns: i64,
+}
+
+impl FileStamp {
+    /// The stamp of a file with metadata `meta`.
+    pub fn of(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
+
+    /// Whether the file last changed (content or inode) before `t_ns`
+    /// (Unix nanoseconds).
+    pub fn changed_before(&self, t_ns: i64) -> bool {
+        self.ctime_ns.max(self.mtime_ns) < t_ns
+    }
+}
 
 impl CacheIndex {
     /// A stat-cache hit: the digest recorded for `path` in `context`, if the
@@ -154,5 +186,120 @@ impl CacheIndex {
             }
         }
         tx.commit().map_err(self.sql())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::tests::temp;
+    use super::*;
+
+    #[test]
+    fn stat_cache_rehashes_on_any_doubt() {
+        let dir = temp("stat");
+        let idx = CacheIndex::open(&dir.join("index.db")).unwrap();
+        let s = FileStamp {
+            ino: 7,
+            size: 10,
+            mtime_ns: 1,
+            ctime_ns: 2,
+        };
+        idx.stat_store("ctx", &[(b"a/b".to_vec(), s, "sha256:x".into())])
+            .unwrap();
+        assert_eq!(
+            idx.stat_lookup("ctx", b"a/b", s).unwrap().as_deref(),
+            Some("sha256:x")
+        );
+        // Same size and mtime but a new ctime (moby/buildkit#2592): a miss.
+        assert!(
+            idx.stat_lookup("ctx", b"a/b", FileStamp { ctime_ns: 3, ..s })
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            idx.stat_lookup("ctx", b"a/b", FileStamp { ino: 8, ..s })
+                .unwrap()
+                .is_none()
+        );
+        assert!(idx.stat_lookup("other", b"a/b", s).unwrap().is_none());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stat_prune_forgets_files_that_are_gone() {
+        let dir = temp("stat-prune");
+        let idx = CacheIndex::open(&dir.join("index.db")).unwrap();
+        let kept = dir.join("kept");
+        fs::write(&kept, b"x").unwrap();
+        let gone = dir.join("gone");
+        let s = FileStamp {
+            ino: 1,
+            size: 1,
+            mtime_ns: 1,
+            ctime_ns: 1,
+        };
+        let row = |p: &Path| {
+            (
+                p.as_os_str().as_encoded_bytes().to_vec(),
+                s,
+                "d".to_string(),
+            )
+        };
+        idx.stat_store("local", &[row(&kept), row(&gone)]).unwrap();
+        // A memo under a key that is no path stays.
+        idx.stat_store("memo", &[(b"12:/app".to_vec(), s, "d".into())])
+            .unwrap();
+        assert_eq!(idx.stat_prune(false).unwrap(), 1);
+        assert!(idx.stat_lookup("memo", b"12:/app", s).unwrap().is_some());
+        let left = idx
+            .stat_under("local", dir.as_os_str().as_encoded_bytes())
+            .unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].0, kept.as_os_str().as_encoded_bytes());
+        assert_eq!(idx.stat_prune(true).unwrap(), 2);
+        assert!(
+            idx.stat_under("local", dir.as_os_str().as_encoded_bytes())
+                .unwrap()
+                .is_empty()
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stat_cache_reads_one_directory() {
+        let dir = temp("stat-under");
+        let idx = CacheIndex::open(&dir.join("index.db")).unwrap();
+        let s = FileStamp {
+            ino: 1,
+            size: 1,
+            mtime_ns: 1,
+            ctime_ns: 1,
+        };
+        let paths: [&[u8]; 6] = [
+            b"/p/app/a",
+            b"/p/app/sub/b",
+            b"/p/app",
+            b"/p/app0/c",
+            b"/p/app-old/d",
+            b"/p/ap/e",
+        ];
+        let rows: Vec<_> = paths.iter().map(|p| (p.to_vec(), s, "d".into())).collect();
+        idx.stat_store("local", &rows).unwrap();
+        idx.stat_store("other", &[(b"/p/app/x".to_vec(), s, "d".into())])
+            .unwrap();
+        for dir_name in [&b"/p/app"[..], b"/p/app/", b"/p/app//"] {
+            let mut under: Vec<_> = idx
+                .stat_under("local", dir_name)
+                .unwrap()
+                .into_iter()
+                .map(|(p, _, _)| p)
+                .collect();
+            under.sort();
+            assert_eq!(under, [b"/p/app/a".to_vec(), b"/p/app/sub/b".to_vec()]);
+        }
+        assert_eq!(idx.stat_under("local", b"/").unwrap().len(), 6);
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
