@@ -16,6 +16,8 @@
 #[cfg(target_os = "linux")]
 pub mod embedded;
 pub mod env;
+mod etc;
+mod process;
 pub mod runc;
 #[cfg(target_os = "linux")]
 pub mod seccomp;
@@ -23,12 +25,14 @@ pub mod user;
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
 
 use serde::{Deserialize, Serialize};
+
+pub(crate) use etc::EtcFiles;
+pub use etc::{default_hosts, hosts_file, resolv_conf};
+pub use process::Cancel;
+pub(crate) use process::{exit_code, stream_output, wait};
 
 use crate::tempdir::TempDir;
 
@@ -202,40 +206,6 @@ pub enum SandboxError {
     Setup(String),
 }
 
-/// Asks running commands to stop: set once (when a sibling step fails),
-/// seen by every run that shares it. Cloning shares the flag; a child
-/// ([`Cancel::child`]) also sees its parent's.
-#[derive(Debug, Clone, Default)]
-pub struct Cancel {
-    own: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    parent: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
-}
-
-impl Cancel {
-    /// A flag of its own that is also set when `parent` is (one try of a
-    /// build under the whole run's flag).
-    pub fn child(parent: &Cancel) -> Cancel {
-        Cancel {
-            own: Default::default(),
-            parent: Some(parent.own.clone()),
-        }
-    }
-
-    /// Stops every run that watches this flag (not its parent's).
-    pub fn cancel(&self) {
-        self.own.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Whether [`Cancel::cancel`] was called on it or its parent.
-    pub fn is_cancelled(&self) -> bool {
-        self.own.load(std::sync::atomic::Ordering::SeqCst)
-            || self
-                .parent
-                .as_ref()
-                .is_some_and(|p| p.load(std::sync::atomic::Ordering::SeqCst))
-    }
-}
-
 /// Whether the tty group (gid 5, devpts' `gid=`) exists in this process's
 /// user namespace (an ordinary user's without subordinate ids has only
 /// its own gid). Read once: a process keeps its namespace.
@@ -286,47 +256,6 @@ pub trait Runtime: Send + Sync {
     ) -> Result<i32, SandboxError>;
 }
 
-/// The `/etc/hosts` BuildKit gives a build container.
-pub fn default_hosts(hostname: &str) -> String {
-    format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
-}
-
-/// `/etc/hosts` with `extra` entries after BuildKit's two lines, one
-/// `IP<TAB>HOST` line each, in the order given (BuildKit's makeHostsFile).
-pub fn hosts_file(hostname: &str, extra: &[frontend::hosts::ExtraHost]) -> String {
-    let mut hosts = default_hosts(hostname);
-    for entry in extra {
-        hosts.push_str(&format!("{entry}\n"));
-    }
-    hosts
-}
-
-/// `/etc/resolv.conf` for the sandbox: the host's, without loopback
-/// nameservers (which would not answer inside a network namespace), or
-/// public resolvers when nothing is left, as BuildKit does.
-pub fn resolv_conf(host: &str, network: Network) -> String {
-    let mut out = String::new();
-    let mut servers = 0;
-    for line in host.lines() {
-        let t = line.trim();
-        if let Some(ns) = t.strip_prefix("nameserver") {
-            let ns = ns.trim();
-            let loopback = ns.starts_with("127.") || ns == "::1";
-            // Only the host network shares the host's loopback.
-            if loopback && network == Network::None {
-                continue;
-            }
-            servers += 1;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    if servers == 0 {
-        out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
-    }
-    out
-}
-
 /// Docker's default capabilities (runc's default spec), by number
 /// (linux/capability.h): CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID,
 /// SETUID, SETPCAP, NET_BIND_SERVICE, NET_RAW, SYS_CHROOT, MKNOD,
@@ -373,35 +302,6 @@ pub(crate) struct Prepared {
     resolved: Vec<(String, PathBuf)>,
     stubs: Vec<PathBuf>,
     _etc: std::sync::Arc<TempDir>,
-}
-
-/// The `/etc/hosts` and `/etc/resolv.conf` files runs bind in (read-only),
-/// a directory per distinct pair of contents, kept as long as the runtime
-/// that owns this (one build): writing and removing them around every RUN
-/// cost a directory, two files and their removal each time.
-#[derive(Default)]
-pub(crate) struct EtcFiles(std::sync::Mutex<Vec<(String, String, std::sync::Arc<TempDir>)>>);
-
-impl std::fmt::Debug for EtcFiles {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("EtcFiles")
-    }
-}
-
-impl EtcFiles {
-    /// The directory holding `hosts` and `resolv.conf` with these contents.
-    fn get(&self, hosts: &str, resolv_conf: &str) -> io::Result<std::sync::Arc<TempDir>> {
-        let mut dirs = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((.., dir)) = dirs.iter().find(|(h, r, _)| h == hosts && r == resolv_conf) {
-            return Ok(dir.clone());
-        }
-        let dir = TempDir::new("etc")?;
-        fs::write(dir.path.join("hosts"), hosts)?;
-        fs::write(dir.path.join("resolv.conf"), resolv_conf)?;
-        let dir = std::sync::Arc::new(dir);
-        dirs.push((hosts.to_string(), resolv_conf.to_string(), dir.clone()));
-        Ok(dir)
-    }
 }
 
 /// How a runtime reports an I/O failure around starting `spec`.
@@ -550,137 +450,5 @@ fn remove_empty_stub(path: &Path) {
         let _ = fs::remove_dir(path);
     } else if meta.is_file() && meta.len() == 0 {
         let _ = fs::remove_file(path);
-    }
-}
-
-/// Streams a child's stdout and stderr (read ends of pipes) to `output`
-/// as chunks arrive until both close, and calls `kill` once if `cancel` is
-/// set meanwhile. Runs on the calling thread (poll(2), no reader threads).
-pub(crate) fn stream_output(
-    pipes: [Option<OwnedFd>; 2],
-    cancel: &Cancel,
-    output: &mut dyn FnMut(Stream, &[u8]),
-    mut kill: impl FnMut(),
-) -> io::Result<()> {
-    let streams = [Stream::Stdout, Stream::Stderr];
-    let mut pipes = pipes;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut killed = false;
-    while pipes.iter().any(Option::is_some) {
-        // A closed stream is a negative fd, which poll skips.
-        let mut fds = pipes.each_ref().map(|p| libc::pollfd {
-            fd: p.as_ref().map_or(-1, |p| p.as_raw_fd()),
-            events: libc::POLLIN,
-            revents: 0,
-        });
-        // SAFETY: poll on our own array of two pollfds.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, 50) };
-        if ready < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        for (i, fd) in fds.iter().enumerate() {
-            if fd.revents == 0 {
-                continue;
-            }
-            // SAFETY: read into our buffer from our own open fd.
-            let n = unsafe { libc::read(fd.fd, buf.as_mut_ptr().cast(), buf.len()) };
-            if n > 0 {
-                output(streams[i], &buf[..n as usize]);
-            } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                pipes[i] = None;
-            }
-        }
-        if !killed && cancel.is_cancelled() {
-            kill();
-            killed = true;
-        }
-    }
-    Ok(())
-}
-
-/// Waits for `pid` to end, calling `kill` if `cancel` is set meanwhile.
-pub(crate) fn wait(
-    pid: libc::pid_t,
-    cancel: &Cancel,
-    mut kill: impl FnMut(),
-) -> io::Result<ExitStatus> {
-    // A pidfd turns readable when the child ends: poll it, looking at
-    // `cancel` between polls. Without one (Linux < 5.3), wait blocking.
-    // SAFETY: pidfd_open on our own child; the fd is closed below.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
-    if pidfd >= 0 {
-        let mut killed = false;
-        loop {
-            let mut fd = libc::pollfd {
-                fd: pidfd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: poll on one pollfd of ours.
-            let ready = unsafe { libc::poll(&mut fd, 1, 50) };
-            if ready > 0
-                || (ready < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted)
-            {
-                break;
-            }
-            if !killed && cancel.is_cancelled() {
-                kill();
-                killed = true;
-            }
-        }
-        // SAFETY: our own fd.
-        unsafe {
-            libc::close(pidfd);
-        }
-    }
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid on our own child with a valid status pointer.
-        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
-            return Ok(ExitStatus::from_raw(status));
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-}
-
-/// A command's exit code, 128+signal when a signal ended it.
-pub(crate) fn exit_code(status: ExitStatus) -> i32 {
-    status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn etc_files_are_shared_by_content_and_removed_with_their_owner() {
-        let etc = EtcFiles::default();
-        let a = etc.get("hosts a\n", "nameserver 192.0.2.1\n").unwrap();
-        let again = etc.get("hosts a\n", "nameserver 192.0.2.1\n").unwrap();
-        let b = etc.get("hosts a\n", "nameserver 192.0.2.2\n").unwrap();
-        assert_eq!(a.path, again.path);
-        assert_ne!(a.path, b.path);
-        assert_eq!(
-            fs::read_to_string(b.path.join("resolv.conf")).unwrap(),
-            "nameserver 192.0.2.2\n"
-        );
-        assert_eq!(
-            fs::read_to_string(a.path.join("hosts")).unwrap(),
-            "hosts a\n"
-        );
-        let paths = [a.path.clone(), b.path.clone()];
-        drop((a, again, b, etc));
-        for p in paths {
-            assert!(!p.exists(), "{} left behind", p.display());
-        }
     }
 }
