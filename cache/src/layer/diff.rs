@@ -26,7 +26,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::LayerError;
-use super::write::{TarSink, TarWriter};
+use super::tar_writer::TarWriter;
+use super::write::TarSink;
 
 /// A directory of the tree below a layer, as the layers that show at its
 /// path: top first. One directory for a full tree (the copy backend);

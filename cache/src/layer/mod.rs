@@ -8,6 +8,7 @@ mod decode;
 mod gunzip;
 mod paths;
 mod pgzip;
+mod tar_writer;
 mod unpack;
 mod write;
 
@@ -16,11 +17,9 @@ use std::path::{Path, PathBuf};
 
 pub use decode::{XZ_MAGIC, decompress, xz_decoder};
 pub use paths::{resolve_in_root, set_times_nofollow};
+pub use tar_writer::{CAPABILITY, capabilities, set_capabilities};
 pub use unpack::{MAX_ENTRY_SIZE, UnpackOptions, UnpackStats, unpack};
-pub use write::{
-    CAPABILITY, DiffSource, LayerOptions, capabilities, convert_layer, set_capabilities,
-    write_layer, write_tree_tar,
-};
+pub use write::{DiffSource, LayerOptions, convert_layer, write_layer, write_tree_tar};
 
 use crate::blob::BlobError;
 use crate::spec::{Descriptor, media};
