@@ -344,6 +344,16 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
         Ok((result, words))
     }
 
+    /// The word up to `stop` (consumed); past the end of the text, the
+    /// error is `missing` (BuildKit's message for that place).
+    fn process_until(&mut self, stop: char, raw_escapes: bool, missing: &str) -> LexResult<String> {
+        match self.process_stop_on(Some(stop), raw_escapes) {
+            Ok((word, _)) => Ok(word),
+            Err(_) if self.peek().is_none() => Err(missing.into()),
+            Err(e) => Err(e),
+        }
+    }
+
     fn process_single_quote(&mut self) -> LexResult<String> {
         let mut result = String::new();
         let open = self.next();
@@ -460,15 +470,7 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
                 if null_is_unset && raw_escapes {
                     return Err(format!("unsupported modifier ({modifier}) in substitution"));
                 }
-                let word = match self.process_stop_on(Some('}'), raw_escapes) {
-                    Ok((w, _)) => w,
-                    Err(e) => {
-                        if self.peek().is_none() {
-                            return Err("syntax error: missing '}'".into());
-                        }
-                        return Err(e);
-                    }
-                };
+                let word = self.process_until('}', raw_escapes, "syntax error: missing '}'")?;
                 let value = self.get_env(&name)?;
                 if self.lex.skip_unset_env && value.is_none() {
                     return Ok(format!("${{{name}{modifier}{word}}}"));
@@ -521,24 +523,8 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
                 if replace_all {
                     self.next();
                 }
-                let pattern = match self.process_stop_on(Some('/'), true) {
-                    Ok((p, _)) => p,
-                    Err(e) => {
-                        if self.peek().is_none() {
-                            return Err("syntax error: missing '/' in ${}".into());
-                        }
-                        return Err(e);
-                    }
-                };
-                let replacement = match self.process_stop_on(Some('}'), true) {
-                    Ok((r, _)) => r,
-                    Err(e) => {
-                        if self.peek().is_none() {
-                            return Err("syntax error: missing '}'".into());
-                        }
-                        return Err(e);
-                    }
-                };
+                let pattern = self.process_until('/', true, "syntax error: missing '/' in ${}")?;
+                let replacement = self.process_until('}', true, "syntax error: missing '}'")?;
                 let value = self.get_env(&name)?;
                 if self.lex.skip_unset_env && value.is_none() {
                     return Ok(format!("${{{name}/{pattern}/{replacement}}}"));
