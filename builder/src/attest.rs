@@ -25,15 +25,17 @@ impl Attest {
         let mut kind = None;
         let mut disabled = false;
         let mut attrs = BTreeMap::new();
-        for field in spec.split(',') {
-            let Some((key, value)) = field.split_once('=') else {
-                bail!("--attest {spec}: invalid value {field}");
+        let pairs =
+            frontend::csv::pairs(spec).map_err(|e| anyhow::anyhow!("--attest {spec}: {e}"))?;
+        for (key, value) in &pairs {
+            let Some(value) = value else {
+                bail!("--attest {spec}: invalid value {key}");
             };
             match key.trim().to_ascii_lowercase().as_str() {
                 "type" => kind = Some(value.to_string()),
                 "disabled" => {
                     disabled = frontend::parse_go_bool(value)
-                        .with_context(|| format!("--attest {spec}: invalid value {field}"))?;
+                        .with_context(|| format!("--attest {spec}: invalid value {key}={value}"))?;
                 }
                 _ => {
                     attrs.insert(key.to_string(), value.to_string());

@@ -24,10 +24,12 @@ pub fn read_specs(specs: &[String]) -> anyhow::Result<Secrets> {
     let mut out = Secrets::new();
     for spec in specs {
         let (mut id, mut file, mut env, mut typ) = (None, None, None, None);
-        for field in spec.split(',') {
-            let (k, v) = field
-                .split_once('=')
-                .with_context(|| format!("--secret {spec}: {field:?} is not KEY=VALUE"))?;
+        let pairs =
+            frontend::csv::pairs(spec).map_err(|e| anyhow::anyhow!("--secret {spec}: {e}"))?;
+        for (k, v) in &pairs {
+            let Some(v) = v else {
+                bail!("--secret {spec}: {k:?} is not KEY=VALUE");
+            };
             match k.to_ascii_lowercase().as_str() {
                 "id" => id = Some(v.to_string()),
                 "src" | "source" => file = Some(v.to_string()),

@@ -1947,3 +1947,57 @@ fn layers_keep_file_capabilities_only() {
         vec![record("capped", caps(1, 0)), record("ping", caps(0, 0x20))]
     );
 }
+
+/// The specs of `--secret` and `-o` are CSV records, as buildx reads
+/// them: a path with a comma goes in a quoted field.
+#[test]
+fn spec_fields_with_commas_are_quoted() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("csv-specs");
+    let ctx = t.0.join("context");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN --mount=type=secret,id=s [\"/bin/busybox\", \"cp\", \"/run/secrets/s\", \"/got\"]\n",
+    )
+    .unwrap();
+    let secret = t.0.join("a,b.txt");
+    std::fs::write(&secret, "comma\n").unwrap();
+    let out = t.0.join("out,dir");
+    let o = rbuild(
+        &t.0.join("state"),
+        &[
+            "build",
+            "-q",
+            "--secret",
+            &format!("id=s,\"src={}\"", secret.display()),
+            "-o",
+            &format!("type=local,\"dest={}\"", out.display()),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(out.join("got")).unwrap(), "comma\n");
+    // A quote inside an unquoted field is Go's CSV error, named.
+    let o = rbuild(
+        &t.0.join("state"),
+        &[
+            "build",
+            "-q",
+            "--secret",
+            "id=s,src=\"x\"",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("error: --secret id=s,src=\"x\": parse error on line 1, column 10: bare \" in non-quoted-field"),
+        "{err}"
+    );
+}

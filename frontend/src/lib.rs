@@ -12,6 +12,7 @@
 //! of git URLs for `ADD` and git contexts. The crate depends on no other
 //! rbuild crate and never touches a container or a cache.
 
+pub mod csv;
 pub mod gitref;
 pub mod glob;
 pub mod graph;

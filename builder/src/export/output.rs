@@ -129,8 +129,9 @@ pub fn parse_output(spec: &str) -> anyhow::Result<Output> {
     }
     let mut kind = None;
     let mut out = Output::new(OutputKind::Image, None);
-    for field in spec.split(',') {
-        let (k, v) = field.split_once('=').unwrap_or((field, ""));
+    let pairs = frontend::csv::pairs(spec).map_err(|e| anyhow::anyhow!("--output {spec}: {e}"))?;
+    for (k, v) in &pairs {
+        let (k, v) = (k.as_str(), v.as_deref().unwrap_or(""));
         let bool_value = |v: &str| match v {
             "true" | "" => Ok(true),
             "false" => Ok(false),
@@ -200,5 +201,9 @@ mod tests {
         assert_eq!(o.compression, Some(Compression::Zstd));
         let e = parse_output("type=oci,dest=x,compression=lz4").unwrap_err();
         assert!(e.to_string().contains("compression"), "{e}");
+        // Fields as CSV: a comma inside a quoted field.
+        let o = parse_output("type=local,\"dest=a,b\"").unwrap();
+        assert_eq!(o.dest.as_deref(), Some("a,b"));
+        assert!(parse_output("type=local,dest=\"a").is_err());
     }
 }

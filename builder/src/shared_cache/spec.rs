@@ -60,10 +60,12 @@ fn fields(flag: &str, spec: &str) -> anyhow::Result<Vec<(String, String)>> {
             ("ref".into(), spec.into()),
         ]);
     }
-    spec.split(',')
-        .map(|f| match f.split_once('=') {
-            Some((k, v)) => Ok((k.trim().to_string(), v.trim().to_string())),
-            None => bail!("{flag} {spec}: {f:?} is not KEY=VALUE"),
+    frontend::csv::pairs(spec)
+        .map_err(|e| anyhow::anyhow!("{flag} {spec}: {e}"))?
+        .into_iter()
+        .map(|(k, v)| match v {
+            Some(v) => Ok((k.trim().to_string(), v.trim().to_string())),
+            None => bail!("{flag} {spec}: {k:?} is not KEY=VALUE"),
         })
         .collect()
 }
@@ -178,5 +180,14 @@ mod tests {
             assert!(CacheTo::parse(bad).is_err(), "{bad}");
         }
         assert!(CacheFrom::parse("type=local,src=d,bogus=1").is_err());
+        assert_eq!(
+            CacheFrom::parse("type=local,\"src=/c,d\"")
+                .unwrap()
+                .location,
+            Location::Local {
+                dir: "/c,d".into(),
+                tag: "latest".into()
+            }
+        );
     }
 }

@@ -110,70 +110,6 @@ impl Mount {
     }
 }
 
-/// Splits one CSV record as Go's encoding/csv does (quotes, `""`).
-pub(crate) fn csv_fields(s: &str) -> Result<Vec<String>, String> {
-    let mut fields = Vec::new();
-    let chars: Vec<char> = s.chars().collect();
-    let mut i = 0;
-    loop {
-        let mut field = String::new();
-        if chars.get(i) == Some(&'"') {
-            i += 1;
-            loop {
-                match chars.get(i) {
-                    None => {
-                        return Err(format!(
-                            "parse error on line 1, column {}: extraneous or missing \" in quoted-field",
-                            i + 1
-                        ));
-                    }
-                    Some('"') if chars.get(i + 1) == Some(&'"') => {
-                        field.push('"');
-                        i += 2;
-                    }
-                    Some('"') => {
-                        i += 1;
-                        break;
-                    }
-                    Some(&c) => {
-                        field.push(c);
-                        i += 1;
-                    }
-                }
-            }
-            match chars.get(i) {
-                None | Some(',') => {}
-                Some(_) => {
-                    return Err(format!(
-                        "parse error on line 1, column {}: extraneous or missing \" in quoted-field",
-                        i + 1
-                    ));
-                }
-            }
-        } else {
-            while let Some(&c) = chars.get(i) {
-                if c == ',' {
-                    break;
-                }
-                if c == '"' {
-                    return Err(format!(
-                        "parse error on line 1, column {}: bare \" in non-quoted-field",
-                        i + 1
-                    ));
-                }
-                field.push(c);
-                i += 1;
-            }
-        }
-        fields.push(field);
-        if chars.get(i) == Some(&',') {
-            i += 1;
-            continue;
-        }
-        return Ok(fields);
-    }
-}
-
 /// docker/go-units `RAMInBytes`: `64m`, `1.5g`, `100` (binary multiples).
 fn ram_in_bytes(s: &str) -> Option<i64> {
     static RE: OnceLock<Regex> = OnceLock::new();
@@ -223,7 +159,8 @@ const ALL_KEYS: [&str; 19] = [
 /// The check BuildKit runs when the instruction is parsed, before any
 /// expansion: the CSV reads, and `from` uses no variables.
 pub(crate) fn precheck(value: &str) -> Result<(), String> {
-    let fields = csv_fields(value).map_err(|e| format!("failed to parse csv mounts: {e}"))?;
+    let fields =
+        crate::csv::fields(value).map_err(|e| format!("failed to parse csv mounts: {e}"))?;
     for field in fields {
         if let Some((key, value)) = field.split_once('=')
             && key.eq_ignore_ascii_case("from")
@@ -244,7 +181,8 @@ pub fn parse_mount(
     value: &str,
     expand: &mut dyn FnMut(&str) -> Result<String, String>,
 ) -> Result<Mount, String> {
-    let fields = csv_fields(value).map_err(|e| format!("failed to parse csv mounts: {e}"))?;
+    let fields =
+        crate::csv::fields(value).map_err(|e| format!("failed to parse csv mounts: {e}"))?;
     let mut m = Mount {
         mount_type: MountType::Bind,
         from: None,
@@ -489,12 +427,5 @@ mod tests {
             "'from' doesn't support variable expansion, define alias stage instead"
         );
         assert!(precheck("from=a$,target=/a").is_ok());
-    }
-
-    #[test]
-    fn csv_quotes() {
-        assert!(csv_fields("a=\"x,y\",b").is_err());
-        assert_eq!(csv_fields("\"a=x,y\",b").unwrap(), vec!["a=x,y", "b"]);
-        assert!(csv_fields("\"a").is_err());
     }
 }

@@ -337,7 +337,7 @@ fn plan_instructions(
                         let (from, target) = run
                             .mounts
                             .iter()
-                            .filter_map(|m| instructions::mount::csv_fields(m).ok())
+                            .filter_map(|m| crate::csv::fields(m).ok())
                             .map(|fields| {
                                 let get = |keys: &[&str]| {
                                     fields.iter().find_map(|f| {
@@ -411,7 +411,7 @@ fn sources_of(ins: &Instruction) -> Vec<String> {
             .mounts
             .iter()
             .filter_map(|m| {
-                let fields = instructions::mount::csv_fields(m).ok()?;
+                let fields = crate::csv::fields(m).ok()?;
                 fields.into_iter().find_map(|f| {
                     let (k, v) = f.split_once('=')?;
                     k.eq_ignore_ascii_case("from").then(|| v.to_string())
