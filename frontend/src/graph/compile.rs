@@ -6,79 +6,17 @@ use std::collections::BTreeMap;
 
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 
+use super::commands::{expand_heredoc, health, run_command, with_shell};
 use super::*;
 use crate::instructions::expose::{ExposeFindings, parse_ports};
-use crate::instructions::{self, HealthConfig, Healthcheck, Kind, SourceContent};
+use crate::instructions::{self, Healthcheck, Kind};
 use crate::shell::Lex;
 use crate::span::Span;
 use crate::stage::{
     Base, Budget, ENTRY_OVERHEAD, EnvList, Plan, PlanError, Source, StageEnv, parse_trigger,
 };
 
-/// RUN's argv and inline files, as BuildKit's `dispatchRun` makes them from
-/// heredocs: one heredoc alone runs its body with the shell, or (with a
-/// shebang) as an executable file; anything else is passed to the shell
-/// with the bodies put back in place. Returns the progress-name suffix.
-fn run_command(
-    command: &instructions::CommandLine,
-    shell: &[String],
-) -> Result<(Vec<String>, Vec<InlineFile>, String), String> {
-    let mut args = command.args.clone();
-    let mut inline = Vec::new();
-    let mut suffix = String::new();
-    if !command.files.is_empty() {
-        if args.len() != 1 || !command.prepend_shell {
-            return Err(format!("parsing produced an invalid run command: {args:?}"));
-        }
-        if matches!(crate::parser::parse_heredoc(&args[0]), Ok(Some(_))) {
-            let file = &command.files[0];
-            let data = if file.chomp {
-                crate::parser::chomp(&file.data)
-            } else {
-                file.data.clone()
-            };
-            if data.starts_with("#!") {
-                let path = format!("/dev/pipes/{}", file.name);
-                inline.push(InlineFile {
-                    path: path.clone(),
-                    data,
-                    mode: 0o755,
-                });
-                args = vec![path];
-            } else {
-                args = vec![data];
-            }
-            suffix = format!(" ({})", summarize_heredoc(&file.data));
-        } else {
-            let mut full = args[0].clone();
-            for f in &command.files {
-                full.push('\n');
-                full.push_str(&f.data);
-                full.push_str(&f.name);
-            }
-            args = vec![full];
-        }
-    }
-    if command.prepend_shell {
-        let mut full = shell.to_vec();
-        full.extend(args);
-        args = full;
-    }
-    Ok((args, inline, suffix))
-}
-
-/// The first line of a heredoc, with `...` when there are more.
-fn summarize_heredoc(doc: &str) -> String {
-    let doc = doc.trim().replace("\r\n", "\n");
-    let mut lines = doc.split('\n');
-    let first = lines.next().unwrap_or_default().to_string();
-    if lines.next().is_some() {
-        format!("{first}...")
-    } else {
-        first
-    }
-}
-
+/// The graph being built, with what each compiled stage left.
 struct Compiler<'a> {
     plan: &'a Plan,
     lex: Lex,
@@ -613,47 +551,5 @@ impl Compiler<'_> {
         self.stage_envs.insert(index, env);
         self.stage_meta.insert(index, (user, shell));
         Ok(())
-    }
-}
-
-/// Heredoc sources of COPY/ADD: expanded (quotes kept) unless the delimiter was quoted.
-fn expand_heredoc(c: &SourceContent, env: &StageEnv) -> Result<(String, String), String> {
-    if !c.expand {
-        return Ok((c.path.clone(), c.data.clone()));
-    }
-    let mut lex = Lex::new('\\');
-    lex.skip_process_quotes = true;
-    Ok((c.path.clone(), env.expand(&lex, &c.data)?))
-}
-
-fn with_shell(shell: &[String], c: &instructions::CommandLine) -> Vec<String> {
-    if c.prepend_shell && !c.args.is_empty() {
-        let mut out = shell.to_vec();
-        out.extend(c.args.iter().cloned());
-        out
-    } else {
-        c.args.clone()
-    }
-}
-
-fn health(h: &HealthConfig) -> HealthcheckValue {
-    HealthcheckValue {
-        test: h.test.clone(),
-        interval: h.interval,
-        timeout: h.timeout,
-        start_period: h.start_period,
-        start_interval: h.start_interval,
-        retries: h.retries,
-    }
-}
-
-impl EnvList {
-    /// An environment from ordered pairs.
-    pub fn from_entries(entries: &[(String, String)]) -> EnvList {
-        let mut env = EnvList::default();
-        for (k, v) in entries {
-            env.set(k, v);
-        }
-        env
     }
 }

@@ -22,6 +22,7 @@ use crate::instructions::{Mount, Network, Security};
 use crate::span::Span;
 use crate::stage::StageEnv;
 
+mod commands;
 mod compile;
 pub use compile::compile;
 

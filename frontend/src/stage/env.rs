@@ -88,6 +88,17 @@ impl EnvList {
     }
 }
 
+impl EnvList {
+    /// An environment from ordered pairs.
+    pub fn from_entries(entries: &[(String, String)]) -> EnvList {
+        let mut env = EnvList::default();
+        for (k, v) in entries {
+            env.set(k, v);
+        }
+        env
+    }
+}
+
 impl crate::shell::Env for EnvList {
     fn lookup(&self, name: &str) -> Option<&str> {
         self.get(name)
