@@ -587,7 +587,8 @@ fn too_large_dockerfiles_are_refused() {
 
 /// A context's own Dockerfile that is a fifo is refused, not waited on
 /// for good; a Dockerfile the user pipes in with `-f` is read; an ignore
-/// file past 16 MiB is refused, not read whole.
+/// file past 16 MiB is refused, not read whole, and one of more wildcard
+/// patterns than are read, not compiled whole.
 #[test]
 fn fifo_dockerfiles_in_a_context_are_refused() {
     let dir = std::env::temp_dir().join(format!("rbuild-fifo-df-{}", std::process::id()));
@@ -639,6 +640,27 @@ fn fifo_dockerfiles_in_a_context_are_refused() {
         "{}",
         stderr(&out)
     );
+    // Within the size, more wildcard patterns than are read (each a
+    // regex tried on every path): refused at the first past the limit;
+    // as many plain names are read.
+    let many = |f: &dyn Fn(usize) -> String| (0..10_001).map(f).collect::<Vec<_>>().join("\n");
+    std::fs::write(
+        dir.join(".dockerignore"),
+        many(&|i| format!("**/d{i}/*.t{i}")),
+    )
+    .unwrap();
+    let out = rbuild(&["check", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(
+            ".dockerignore\n  Caused by: more than 10000 patterns with wildcards (the one past it: `**/d10000/*.t10000`)"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(dir.join(".dockerignore"), many(&|i| format!("d{i}/f{i}"))).unwrap();
+    let out = rbuild(&["check", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -28,7 +28,22 @@ pub enum IgnoreError {
         /// The pattern as cleaned.
         pattern: String,
     },
+    /// More wildcard patterns than [`MAX_WILDCARD_PATTERNS`].
+    #[error(
+        "more than {MAX_WILDCARD_PATTERNS} patterns with wildcards (the one past it: `{pattern}`)"
+    )]
+    TooManyPatterns {
+        /// The first pattern past the limit, as cleaned.
+        pattern: String,
+    },
 }
+
+/// The most patterns that need a regex (wildcards in the middle) one
+/// matcher takes: each costs some 10 KB and is tried on every path of
+/// the context, so a hostile ignore file of a million of them (16 MiB)
+/// would take gigabytes. Plain names, `dir/**` and `**/name` patterns are
+/// not counted; real files have tens of lines.
+pub const MAX_WILDCARD_PATTERNS: usize = 10_000;
 
 /// Reads `.dockerignore` text into patterns, as `ignorefile.ReadAll`.
 pub fn read_ignore_file(text: &str) -> Vec<String> {
@@ -283,6 +298,7 @@ impl PatternMatcher {
     /// Cleans and checks `patterns` (`!` re-includes).
     pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<PatternMatcher, IgnoreError> {
         let mut pm = PatternMatcher::default();
+        let mut wildcards = 0;
         for p in patterns {
             let p = p.as_ref().trim();
             if p.is_empty() {
@@ -300,9 +316,16 @@ impl PatternMatcher {
             }
             glob::glob_match(&p, ".")
                 .map_err(|_| IgnoreError::BadPattern { pattern: p.clone() })?;
+            let kind = compile(&p);
+            if matches!(kind, Ok(Kind::Regex(_))) {
+                wildcards += 1;
+                if wildcards > MAX_WILDCARD_PATTERNS {
+                    return Err(IgnoreError::TooManyPatterns { pattern: p });
+                }
+            }
             pm.patterns.push(Pattern {
                 dirs: p.split('/').map(str::to_string).collect(),
-                kind: compile(&p),
+                kind,
                 cleaned: p,
                 exclusion,
             });
