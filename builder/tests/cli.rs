@@ -585,6 +585,33 @@ fn too_large_dockerfiles_are_refused() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// EXPOSE keeps each port once, as BuildKit's port set: the whole range
+/// written thousands of times on a line is 65,535 ports (327 million were
+/// made and kept before, gigabytes).
+#[test]
+fn repeated_expose_ranges_are_one_set() {
+    let dir = std::env::temp_dir().join(format!("rbuild-expose-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ranges = vec!["1-65535"; 5000].join(" ");
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!("FROM scratch\nEXPOSE {ranges}\n"),
+    )
+    .unwrap();
+    for command in ["graph", "check"] {
+        let child = Command::new(env!("CARGO_BIN_EXE_rbuild"))
+            .args([command, dir.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = common::output_within(child, 120, command);
+        assert!(out.status.success(), "{command}: {}", stderr(&out));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A context's own Dockerfile that is a fifo is refused, not waited on
 /// for good; a Dockerfile the user pipes in with `-f` is read; an ignore
 /// file past 16 MiB is refused, not read whole, and one of more wildcard

@@ -15,6 +15,18 @@ pub struct ExposeFindings {
 
 /// Expands one spec into `"<port>/<proto>"` keys.
 pub fn parse_port(raw: &str, findings: &mut ExposeFindings) -> Result<Vec<String>, String> {
+    let (start, end, proto) = port_range(raw, findings)?;
+    Ok((start..=end).map(|p| format!("{p}/{proto}")).collect())
+}
+
+/// Checks one spec (what it finds goes in `findings`) without expanding
+/// its range.
+pub fn check_port(raw: &str, findings: &mut ExposeFindings) -> Result<(), String> {
+    port_range(raw, findings).map(|_| ())
+}
+
+/// One spec's container ports and protocol (lower case).
+fn port_range(raw: &str, findings: &mut ExposeFindings) -> Result<(u32, u32, String), String> {
     let (ip, host_port, container_port) = split_parts(raw);
     let (proto, container_port) = split_proto_port(container_port)
         .map_err(|e| format!("invalid port: {}: {e}", crate::quote::go_quote(raw)))?;
@@ -49,15 +61,30 @@ pub fn parse_port(raw: &str, findings: &mut ExposeFindings) -> Result<Vec<String
             ));
         }
     }
-    let proto = proto.to_lowercase();
-    Ok((start..=end).map(|p| format!("{p}/{proto}")).collect())
+    Ok((start, end, proto.to_lowercase()))
 }
 
-/// Expands a list of specs, in order.
+/// Expands a list of specs, in order, each port once (BuildKit's
+/// `nat.ParsePortSpecs` gives a set): `EXPOSE 1-65535` written five
+/// thousand times on a line is 65,535 ports, not 327 million.
 pub fn parse_ports(specs: &[String], findings: &mut ExposeFindings) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
+    let mut seen: Vec<(String, Vec<bool>)> = Vec::new();
     for spec in specs {
-        out.extend(parse_port(spec, findings)?);
+        let (start, end, proto) = port_range(spec, findings)?;
+        let at = match seen.iter().position(|(p, _)| *p == proto) {
+            Some(at) => at,
+            None => {
+                seen.push((proto.clone(), vec![false; 65536]));
+                seen.len() - 1
+            }
+        };
+        let ports = &mut seen[at].1;
+        for port in start..=end {
+            if !std::mem::replace(&mut ports[port as usize], true) {
+                out.push(format!("{port}/{proto}"));
+            }
+        }
     }
     Ok(out)
 }
@@ -112,4 +139,25 @@ fn parse_port_number(raw: &str) -> Result<u32, String> {
         return Err("value out of range (0–65535)".into());
     }
     Ok(n as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_port_once_in_first_order() {
+        let specs: Vec<String> = ["80", "1-3", "2/udp", "80/TCP", "3", "2/udp"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut f = ExposeFindings::default();
+        assert_eq!(
+            parse_ports(&specs, &mut f).unwrap(),
+            ["80/tcp", "1/tcp", "2/tcp", "3/tcp", "2/udp"]
+        );
+        assert!(f.proto_casing);
+        let whole = vec!["1-65535".to_string(); 1000];
+        assert_eq!(parse_ports(&whole, &mut f).unwrap().len(), 65535);
+    }
 }

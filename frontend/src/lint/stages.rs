@@ -544,7 +544,7 @@ impl Walk<'_, '_> {
     /// ExposeProtoCasing and ExposeInvalidFormat, per port as written.
     fn expose(&mut self, ins: &Instruction, port: &str) {
         let mut found = instructions::expose::ExposeFindings::default();
-        if instructions::expose::parse_port(port, &mut found).is_err() {
+        if instructions::expose::check_port(port, &mut found).is_err() {
             return;
         }
         if found.proto_casing {
