@@ -502,7 +502,8 @@ fn stdin_errors_show_the_parsed_text() {
 /// (each `ARG An=$B$B` doubles), or steps that would hold too much of
 /// variables and labels (ENV and RUN lines interleaved: each RUN has all
 /// the variables before it; many ENV or LABEL lines of one long value;
-/// stages each built on the last) -- never an out-of-memory kill.
+/// stages each built on the last; global ARGs each a longer copy of the
+/// last) -- never an out-of-memory kill.
 #[test]
 fn too_large_dockerfiles_are_refused() {
     let dir = std::env::temp_dir().join(format!("rbuild-too-large-{}", std::process::id()));
@@ -557,6 +558,16 @@ fn too_large_dockerfiles_are_refused() {
                 "x".repeat(60_000),
                 (1..3_000)
                     .map(|i| format!("FROM s{} AS s{i}\n", i - 1))
+                    .collect::<String>()
+            ),
+            "hold over 128 MiB of variables and labels",
+        ),
+        (
+            "globals",
+            format!(
+                "ARG A0=x\n{}FROM scratch\n",
+                (1..20_000)
+                    .map(|i| format!("ARG A{i}=${{A{}}}x\n", i - 1))
                     .collect::<String>()
             ),
             "hold over 128 MiB of variables and labels",

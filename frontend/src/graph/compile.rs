@@ -27,6 +27,8 @@ struct Compiler<'a> {
     stage_meta: BTreeMap<usize, (String, Vec<String>)>,
     /// What the steps hold of variables and labels.
     held: Budget,
+    /// The global ARGs, which a stage's `ARG name` takes a value from.
+    global: EnvList,
 }
 
 /// Compiles the stages the plan's target needs.
@@ -40,6 +42,7 @@ pub fn compile(plan: &Plan, images: &dyn ImageConfigs) -> Result<BuildGraph, Pla
         stage_envs: BTreeMap::new(),
         stage_meta: BTreeMap::new(),
         held: Budget::default(),
+        global: EnvList::from_entries(&plan.global_args),
     };
     let single = plan.stages.len() == 1;
     for &s in &plan.needed {
@@ -248,7 +251,6 @@ impl Compiler<'_> {
             self.graph[parent].name = n;
         }
 
-        let global = EnvList::from_entries(&self.plan.global_args);
         for ins in &body {
             let span = ins.span.clone();
             let text = ins.original.trim().to_string();
@@ -490,7 +492,7 @@ impl Compiler<'_> {
                                 .map_err(&bad)?,
                         ),
                         Kind::Arg(defs) => ConfigChange::Arg(
-                            env.apply_arg(lex, defs, &self.plan.build_args, &global)
+                            env.apply_arg(lex, defs, &self.plan.build_args, &self.global)
                                 .map_err(&bad)?,
                         ),
                         Kind::Cmd(c) => ConfigChange::Cmd(with_shell(&shell, c)),

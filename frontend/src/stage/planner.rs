@@ -71,6 +71,9 @@ fn global_scope(
     };
     let target_name = options.target.clone().unwrap_or(last_name);
     let mut global = predefined_args(&platform, &options.build_args, &target_name);
+    // Each default may build on the one before (`ARG A2=${A1}x`): what
+    // they hold together is bounded as a stage's variables are.
+    let mut held = Budget::default();
     for ins in meta_args {
         let Kind::Arg(defs) = &ins.kind else { continue };
         for def in defs {
@@ -85,6 +88,7 @@ fn global_scope(
                 },
             };
             if let Some(v) = value {
+                held.hold(def.key.len() + v.len() + ENTRY_OVERHEAD, &ins.span)?;
                 global.set(&def.key, &v);
             }
         }
