@@ -653,3 +653,103 @@ fn an_unreadable_cache_index_is_started_anew() {
     assert!(!text(&o).contains("WARNING"), "{}", text(&o));
     assert!(text(&o).contains("CACHED"), "{}", text(&o));
 }
+
+/// /sys/fs/cgroup as BuildKit's spec has it (cgroups mounted read-only,
+/// laid out by runc, and a cgroup namespace where v2 is unified). The
+/// embedded runtime with the unified view (this host's own where it runs
+/// cgroup v2 alone; asked for with `RBUILD_CGROUP_VIEW=unified` on a
+/// hybrid one): each step in a cgroup of its own, the root of its
+/// namespace, cgroup2 read-only, the cgroup gone after the build. runc:
+/// a read-only mount there. A step's own mount at /sys/fs/cgroup replaces
+/// the runtime's, in both runtimes.
+#[test]
+fn cgroups_are_shown_as_buildkit_shows_them() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let t = tmp("cgroups");
+    let ctx = context(
+        &t.0,
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         RUN --mount=type=tmpfs,target=/mnt grep ' /sys/fs/cgroup' /proc/mounts | cut -d' ' -f2-4 > /mnt/m; \
+         cat /mnt/m; tail -1 /proc/self/cgroup; \
+         echo procs $(cat /sys/fs/cgroup/cgroup.procs 2>/dev/null | grep -cx 0); \
+         mkdir /sys/fs/cgroup/memory/x /sys/fs/cgroup/x 2>/dev/null || echo read-only\n\
+         RUN --mount=type=tmpfs,target=/sys/fs/cgroup grep -c ' /sys/fs/cgroup' /proc/mounts\n",
+    );
+    let unified_host = Path::new("/sys/fs/cgroup/cgroup.subtree_control").exists();
+    let unified_mount = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .find(|m| Path::new(m).join("cgroup.controllers").exists())
+        .expect("a cgroup2 hierarchy");
+    let build = |runtime: &str, view: &str| {
+        let child = common::rbuild_command(&t.0.join(format!("root-{runtime}")))
+            .args([
+                "build",
+                "--no-cache",
+                "--progress",
+                "plain",
+                "--runtime",
+                runtime,
+            ])
+            .arg(&ctx)
+            .env("RBUILD_CGROUP_VIEW", view)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let o = common::output_within(child, 120, "a build with cgroups hung");
+        assert!(o.status.success(), "{}", text(&o));
+        // What the two RUN steps printed.
+        let log: Vec<String> = String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .filter_map(|l| {
+                let (step, rest) = l.strip_prefix('#')?.split_once(' ')?;
+                let (time, line) = rest.split_once(' ')?;
+                (step.parse::<u32>().ok()? >= 3 && time.parse::<f64>().is_ok())
+                    .then(|| line.to_string())
+            })
+            .collect();
+        // The step's cgroups are gone.
+        let left: Vec<_> = std::fs::read_dir(unified_mount)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("rbuild-{pid}-"))
+            })
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        log
+    };
+    assert_eq!(
+        build("embedded", "unified"),
+        [
+            "/sys/fs/cgroup cgroup2 ro,nosuid,nodev,noexec,relatime",
+            "0::/",
+            "procs 0",
+            "read-only",
+            "1"
+        ]
+    );
+    if !unified_host {
+        // cgroup v1 here: the embedded runtime makes no cgroup of a step's
+        // own and shows none of the host's.
+        assert_eq!(build("embedded", ""), ["0::/", "procs 0", "read-only", "1"]);
+    }
+    let runc = build("runc", "");
+    assert!(
+        runc[0].starts_with(if unified_host {
+            "/sys/fs/cgroup cgroup2 ro,"
+        } else {
+            "/sys/fs/cgroup tmpfs rw,nosuid,nodev,noexec"
+        }),
+        "{runc:?}"
+    );
+    assert!(runc.iter().any(|l| l == "read-only"), "{runc:?}");
+    assert_eq!(runc.last().map(String::as_str), Some("1"), "{runc:?}");
+}

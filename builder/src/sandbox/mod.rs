@@ -5,14 +5,17 @@
 //! tests that run without root). [`embedded::Embedded`] is the default: no
 //! other program needed; it starts the step's first process with clone(2)
 //! in new mount, PID, UTS and IPC namespaces (and a network namespace
-//! with only loopback for `--network=none`), builds `/proc`, `/dev`, `/sys`
-//! and `/etc/hosts`/`/etc/resolv.conf` the way runc and BuildKit do,
+//! with only loopback for `--network=none`; where cgroup v2 is unified, a
+//! cgroup of its own and a cgroup namespace, [`cgroup`]), builds `/proc`,
+//! `/dev`, `/sys` and `/etc/hosts`/`/etc/resolv.conf` the way runc and
+//! BuildKit do,
 //! `pivot_root`s into the snapshot, installs Docker's default seccomp
 //! profile ([`seccomp`]), drops to Docker's default capability set,
 //! switches user and runs the command (without `no_new_privs`, as BuildKit:
 //! setuid programs work). Every process
 //! of the step dies with it: they live in the step's PID namespace.
 
+mod cgroup;
 #[cfg(target_os = "linux")]
 pub mod embedded;
 pub mod env;
@@ -379,13 +382,14 @@ impl Mount {
 
 /// Where the runtimes mount their own filesystems (runc's default spec, as
 /// BuildKit keeps it): a step's mount at one of these takes its place.
-pub(crate) const RUNTIME_MOUNTS: [&str; 6] = [
+pub(crate) const RUNTIME_MOUNTS: [&str; 7] = [
     "/proc",
     "/dev",
     "/dev/pts",
     "/dev/shm",
     "/dev/mqueue",
     "/sys",
+    "/sys/fs/cgroup",
 ];
 
 /// A mount target as the place it takes: `/dev/shm/` and `/dev/./shm`

@@ -246,6 +246,10 @@ pub fn config(spec: &RunSpec, mounts: &[Mount]) -> Result<Spec, String> {
     if spec.network == Network::None {
         types.push(LinuxNamespaceType::Network);
     }
+    // BuildKit's: a cgroup namespace where cgroup v2 is unified.
+    if super::cgroup::host_unified() && !crate::rootless::inside() {
+        types.push(LinuxNamespaceType::Cgroup);
+    }
     for typ in types {
         namespaces.push(
             LinuxNamespaceBuilder::default()
@@ -407,6 +411,13 @@ fn default_mounts() -> Result<Vec<OciMount>, oci_spec::OciSpecError> {
         "sysfs",
         "sysfs",
         &["nosuid", "noexec", "nodev", "ro"],
+    )?);
+    // BuildKit's withCGroup: runc shows the container's own cgroups there.
+    mounts.push(mount(
+        "/sys/fs/cgroup",
+        "cgroup",
+        "cgroup",
+        &["ro", "nosuid", "noexec", "nodev"],
     )?);
     Ok(mounts)
 }

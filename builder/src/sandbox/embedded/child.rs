@@ -101,13 +101,20 @@ pub(super) unsafe fn apply(plan: &Plan, root: Root, step: &Step) {
                 flags,
                 data,
                 remount: add,
+                optional,
             } => {
                 let fd = open_target(root, target, true);
                 if fd < 0 {
+                    if *optional {
+                        return;
+                    }
                     failed(plan);
                 }
                 let rc = mount_at(ptr(source), fd, ptr(fstype), *flags, ptr(data));
                 libc::close(fd);
+                if rc < 0 && *optional {
+                    return;
+                }
                 if rc < 0 || (*add != 0 && remount(root, target, *add) < 0) {
                     failed(plan);
                 }
@@ -238,6 +245,17 @@ pub(super) unsafe fn child(plan: &Plan) -> ! {
         for (i, fd) in plan.stdio.iter().enumerate() {
             if libc::dup2(*fd, i as c_int) < 0 {
                 fail(plan, c"setting up stdio", errno());
+            }
+        }
+        // Into the step's own cgroup, and a cgroup namespace rooted there.
+        if let Some(procs) = &plan.cgroup_procs {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, c"0".as_ptr().cast(), 1) < 0 {
+                fail(plan, c"joining the step's cgroup", errno());
+            }
+            libc::close(fd);
+            if libc::unshare(libc::CLONE_NEWCGROUP) < 0 {
+                fail(plan, c"making the step's cgroup namespace", errno());
             }
         }
         // The command sees 0-2 only (the report pipe is close-on-exec: its

@@ -33,6 +33,7 @@ mod child;
 mod plan;
 mod walk;
 
+use super::cgroup::StepCgroup;
 use super::{
     Cancel, EtcFiles, Network, Prepared, RunSpec, Runtime, SandboxError, Stream, exit_code,
     stream_output, wait,
@@ -67,9 +68,11 @@ impl Runtime for Embedded {
         let (err_read, err_write) = pipe().map_err(spawn_err)?;
         let (report_read, report_write) = pipe().map_err(spawn_err)?;
         let null = fs::File::open("/dev/null").map_err(spawn_err)?;
+        let cgroup = StepCgroup::new();
         let plan = Plan::new(
             spec,
             &prepared,
+            cgroup.as_ref(),
             [
                 null.as_raw_fd(),
                 out_write.as_raw_fd(),
@@ -101,7 +104,7 @@ impl Runtime for Embedded {
         // still stoppable). When it ends, the namespace and everything in
         // it go with it.
         let status = wait(pid, cancel, kill).map_err(spawn_err)?;
-        drop(prepared);
+        drop((prepared, cgroup));
         read.map_err(spawn_err)?;
         if !report.is_empty() {
             return Err(SandboxError::Setup(render_report(&report)));

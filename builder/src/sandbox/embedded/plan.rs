@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 use libc::{c_char, c_ulong};
 
 use super::walk::Walk;
+use crate::sandbox::cgroup::StepCgroup;
 use crate::sandbox::{
     Access, DEFAULT_CAPS, MASKED_PATHS, Mount, Network, Prepared, READONLY_PATHS, RunSpec,
 };
@@ -67,7 +68,9 @@ impl Target {
 pub(super) enum Op {
     /// `mount(2)` onto the target (created when missing), then, when
     /// `remount` isn't 0, a bind remount of the new mount adding those flags
-    /// (a bind mount takes `MS_RDONLY`, `MS_NOSUID`... only so).
+    /// (a bind mount takes `MS_RDONLY`, `MS_NOSUID`... only so). An
+    /// `optional` one that can't be mounted is left out (the step runs
+    /// without it); its flags must not need the remount.
     Mount {
         target: Target,
         source: Option<CString>,
@@ -75,6 +78,7 @@ pub(super) enum Op {
         flags: c_ulong,
         data: Option<CString>,
         remount: c_ulong,
+        optional: bool,
     },
     /// sysfs read-only or, where that is refused, the host's `/sys` bound
     /// read-only.
@@ -120,6 +124,9 @@ pub(super) struct Plan {
     pub(super) steps: Vec<Step>,
     pub(super) hostname: CString,
     pub(super) loopback: bool,
+    /// The step's cgroup to join (its `cgroup.procs`), and then a cgroup
+    /// namespace of its own (see [`crate::sandbox::cgroup`]).
+    pub(super) cgroup_procs: Option<CString>,
     pub(super) workdir: Target,
     pub(super) workdir_what: CString,
     /// Capabilities to drop from the bounding set.
@@ -167,6 +174,7 @@ impl Plan {
     pub(super) fn new(
         spec: &RunSpec,
         prepared: &Prepared,
+        cgroup: Option<&StepCgroup>,
         stdio: [RawFd; 3],
         report: RawFd,
     ) -> Result<Plan, String> {
@@ -195,6 +203,7 @@ impl Plan {
                     flags,
                     data: data.map(c_str).transpose()?,
                     remount,
+                    optional: false,
                 },
             })
         };
@@ -363,6 +372,33 @@ impl Plan {
             },
         });
 
+        // With a cgroup of its own (cgroup v2), the step's cgroup namespace
+        // and cgroup2 at /sys/fs/cgroup, read-only (see
+        // [`crate::sandbox::cgroup`]); optional: a kernel that refuses it
+        // leaves the directory as sysfs has it. A step's own mount there
+        // takes its place; one on /sys brings its own.
+        let cgroup = cgroup.filter(|_| replaced("/sys").is_none());
+        let cgroups = sys.join("fs/cgroup");
+        match (replaced("/sys/fs/cgroup"), cgroup) {
+            (Some(m), _) => steps.push(user_mount(m)?),
+            (None, Some(_)) => {
+                let mut step = mount(
+                    &cgroups,
+                    false,
+                    Some("cgroup"),
+                    Some("cgroup2"),
+                    libc::MS_RDONLY | SEALED,
+                    None,
+                    0,
+                )?;
+                if let Op::Mount { optional, .. } = &mut step.op {
+                    *optional = true;
+                }
+                steps.push(step);
+            }
+            (None, None) => {}
+        }
+
         // The rest at the place each was first asked for.
         let mut placed: std::collections::HashSet<PathBuf> = crate::sandbox::RUNTIME_MOUNTS
             .iter()
@@ -455,6 +491,7 @@ impl Plan {
             steps,
             hostname: c_str(&spec.hostname)?,
             loopback: spec.network == Network::None,
+            cgroup_procs: cgroup.map(|c| c.procs().to_owned()),
             workdir: Target::new(&inside(cwd), false)?,
             workdir_what: what(format!("entering the working directory {cwd}"))?,
             drop_caps,
