@@ -753,3 +753,45 @@ fn cgroups_are_shown_as_buildkit_shows_them() {
     assert!(runc.iter().any(|l| l == "read-only"), "{runc:?}");
     assert_eq!(runc.last().map(String::as_str), Some("1"), "{runc:?}");
 }
+
+/// A base image's ONBUILD triggers count with the file's instructions
+/// (an image config may hold millions): a build past 100,000 of them is
+/// refused at the FROM that passes it, never run out of memory.
+#[test]
+fn onbuild_triggers_count_as_instructions() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let t = tmp("many-triggers");
+    let root = t.0.join("root");
+    let triggers: String = (0..60_000)
+        .map(|i| format!("ONBUILD LABEL l{i}=v\n"))
+        .collect();
+    let base = context(&t.0.join("base"), &format!("FROM scratch\n{triggers}"));
+    let o = rbuild_env(
+        &root,
+        &["build", "-q", "-t", "triggers:1", base.to_str().unwrap()],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // One stage on it: 60,000 triggers run.
+    let one = context(&t.0.join("one"), "FROM triggers:1\nLABEL done=1\n");
+    let o = rbuild_env(&root, &["build", "-q", one.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Two: 120,000.
+    let two = context(
+        &t.0.join("two"),
+        "FROM triggers:1 AS one\nFROM triggers:1 AS two\nCOPY --from=one / /x\n",
+    );
+    let o = rbuild_env(&root, &["build", "-q", two.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains(
+            "Dockerfile:2:1: more than 100000 instructions with the base images' ONBUILD triggers: \
+             the Dockerfile is too large to build"
+        ),
+        "{}",
+        text(&o)
+    );
+}

@@ -29,7 +29,14 @@ struct Compiler<'a> {
     held: Budget,
     /// The global ARGs, which a stage's `ARG name` takes a value from.
     global: EnvList,
+    /// Instructions compiled so far, base images' triggers among them.
+    steps: usize,
 }
+
+/// The most instructions a build compiles: as many as a Dockerfile may
+/// have ([`crate::parser::MAX_INSTRUCTIONS`]), ONBUILD triggers of its base
+/// images included.
+pub const MAX_STEPS: usize = crate::parser::MAX_INSTRUCTIONS;
 
 /// Compiles the stages the plan's target needs.
 pub fn compile(plan: &Plan, images: &dyn ImageConfigs) -> Result<BuildGraph, PlanError> {
@@ -43,6 +50,7 @@ pub fn compile(plan: &Plan, images: &dyn ImageConfigs) -> Result<BuildGraph, Pla
         stage_meta: BTreeMap::new(),
         held: Budget::default(),
         global: EnvList::from_entries(&plan.global_args),
+        steps: 0,
     };
     let single = plan.stages.len() == 1;
     for &s in &plan.needed {
@@ -212,7 +220,18 @@ impl Compiler<'_> {
         if shell.is_empty() {
             shell = vec!["/bin/sh".into(), "-c".into()];
         }
-        // The base image's own ONBUILD triggers run first.
+        // The base image's own ONBUILD triggers run first. They count with
+        // the file's instructions: an image's config may hold millions.
+        self.steps += image_triggers.len() + stage.instructions.len();
+        if self.steps > MAX_STEPS {
+            return Err(err(
+                &stage.span,
+                format!(
+                    "more than {MAX_STEPS} instructions with the base images' ONBUILD \
+                     triggers: the Dockerfile is too large to build"
+                ),
+            ));
+        }
         let mut body = Vec::new();
         for t in &image_triggers {
             body.push(parse_trigger(t, &stage.span)?);
