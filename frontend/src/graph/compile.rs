@@ -208,9 +208,12 @@ impl Compiler<'_> {
                 let cfg = images
                     .config(reference, &self.plan.stage_platform(index))
                     .unwrap_or_default();
+                // The image's variables are this stage's to hold.
+                let env = StageEnv::new(&cfg.env, &cfg.workdir);
+                self.held.hold(env.held_bytes(), &stage.span)?;
                 (
                     n,
-                    StageEnv::new(&cfg.env, &cfg.workdir),
+                    env,
                     cfg.user,
                     cfg.shell,
                     cfg.onbuild,
