@@ -468,6 +468,10 @@ pub struct BuildArgs {
     /// Network for RUN: default (the host's), none or host
     #[arg(long, value_enum, default_value_t = NetworkMode::Default)]
     pub network: NetworkMode,
+    /// The cgroup RUN steps' cgroups go below (a path in the cgroup
+    /// hierarchy); its limits apply to them
+    #[arg(long = "cgroup-parent", value_name = "PATH")]
+    pub cgroup_parent: Option<String>,
     /// Extra privileges: security.insecure
     #[arg(long, value_name = "ENTITLEMENT")]
     pub allow: Vec<String>,

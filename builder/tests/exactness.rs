@@ -795,3 +795,99 @@ fn onbuild_triggers_count_as_instructions() {
         text(&o)
     );
 }
+
+/// `--cgroup-parent P` (BuildKit's testCgroupParent): RUN steps run in a
+/// cgroup below P (`P/buildkit/ID`), so P's limits hold them: with
+/// `pids.max` 10 a step can't start a dozen processes. runc does it on
+/// cgroup v1 and v2; the embedded runtime where v2 is unified (on a v1
+/// host it says to use runc; asked for the unified view on a hybrid host
+/// it places the step below P in the v2 hierarchy).
+#[test]
+fn cgroup_parent_limits_hold_run_steps() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    let t = tmp("cgroup-parent");
+    let ctx = context(
+        &t.0,
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         RUN (for i in $(seq 1 12); do sleep 1 & done) 2>&1 | head -1; tail -1 /proc/self/cgroup\n",
+    );
+    let parent = format!("rbuild-test-{}", std::process::id());
+    let unified_host = Path::new("/sys/fs/cgroup/cgroup.subtree_control").exists();
+    // Where pids.max goes: the v1 pids hierarchy, or v2 with the pids
+    // controller enabled for the root's children.
+    let pids = if unified_host {
+        let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+pids");
+        PathBuf::from("/sys/fs/cgroup")
+    } else {
+        PathBuf::from("/sys/fs/cgroup/pids")
+    };
+    let limited = pids.join(&parent);
+    std::fs::create_dir_all(&limited).unwrap();
+    std::fs::write(limited.join("pids.max"), "10").unwrap();
+    let build = |runtime: &str, view: &str| {
+        common::rbuild_command(&t.0.join(format!("root-{runtime}")))
+            .args([
+                "build",
+                "--no-cache",
+                "--progress",
+                "plain",
+                "--runtime",
+                runtime,
+            ])
+            .args(["--cgroup-parent", &parent])
+            .arg(&ctx)
+            .env("RBUILD_CGROUP_VIEW", view)
+            .output()
+            .unwrap()
+    };
+    let o = build("runc", "");
+    let log = text(&o);
+    assert!(o.status.success(), "{log}");
+    assert!(
+        log.contains("can't fork: Resource temporarily unavailable"),
+        "{log}"
+    );
+    if unified_host {
+        let o = build("embedded", "");
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(
+            text(&o).contains("can't fork: Resource temporarily unavailable"),
+            "{}",
+            text(&o)
+        );
+        // cgroupns: the step doesn't see the parent's name.
+        assert!(text(&o).contains(" 0::/\n"), "{}", text(&o));
+    } else {
+        let o = build("embedded", "");
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(
+            text(&o).contains(&format!(
+                "error: --cgroup-parent {parent}: the embedded runtime places steps in cgroups \
+                 only where cgroup v2 is unified, and this host runs cgroup v1; use --runtime runc"
+            )),
+            "{}",
+            text(&o)
+        );
+        // The v2 hierarchy beside v1: the step's cgroup below the parent,
+        // gone after the step.
+        let o = build("embedded", "unified");
+        assert!(o.status.success(), "{}", text(&o));
+        let v2 = Path::new("/sys/fs/cgroup/unified")
+            .join(&parent)
+            .join("buildkit");
+        let steps: Vec<_> = std::fs::read_dir(&v2)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().unwrap().is_dir())
+            .collect();
+        assert!(steps.is_empty(), "{steps:?}");
+        let _ = std::fs::remove_dir(&v2);
+        let _ = std::fs::remove_dir(v2.parent().unwrap());
+    }
+    let _ = std::fs::remove_dir(limited.join("buildkit"));
+    std::fs::remove_dir(&limited).unwrap();
+}

@@ -219,6 +219,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         NetworkMode::None => Network::None,
         NetworkMode::Default | NetworkMode::Host => Network::Host,
     };
+    let cgroup_parent = cgroup_parent(args.cgroup_parent.as_deref(), args.runtime)?;
     // A cache that can't be read is a warning: the build goes on.
     let imports = crate::shared_cache::Imports::load(&cache_from, &images, &|w| {
         if !quiet {
@@ -246,6 +247,7 @@ pub fn run(root: Option<PathBuf>, args: BuildArgs) -> anyhow::Result<()> {
         // Several platforms' images are tagged as one index.
         tags: if multi { Vec::new() } else { args.tags.clone() },
         network,
+        cgroup_parent,
         allow_insecure,
         allow_network_host,
         epoch: loaded.plan.source_date_epoch,
@@ -576,6 +578,38 @@ pub(crate) fn read_ignore(file: Option<PathBuf>) -> anyhow::Result<Option<Patter
     let matcher = PatternMatcher::new(&read_ignore_file(&String::from_utf8_lossy(&text)))
         .with_context(|| format!("reading {}", f.display()))?;
     Ok(Some(matcher))
+}
+
+/// `--cgroup-parent`, checked against what the runtime can do with it: a
+/// path in the cgroup hierarchy (BuildKit's systemd `SLICE:PREFIX:` form
+/// needs systemd's cgroup driver, which rbuild does not drive), as root;
+/// the embedded runtime places steps in cgroups only where cgroup v2 is
+/// unified.
+fn cgroup_parent(parent: Option<&str>, runtime: RuntimeKind) -> anyhow::Result<Option<String>> {
+    let Some(given) = parent else {
+        return Ok(None);
+    };
+    let path = given.trim_matches('/');
+    if path.is_empty()
+        || path
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        bail!("--cgroup-parent {given}: not a cgroup path (like `builds` or `ci/limited`)");
+    }
+    if path.ends_with(':') {
+        bail!("--cgroup-parent {given}: systemd slices are not supported; give a cgroup path");
+    }
+    if crate::rootless::inside() {
+        bail!("--cgroup-parent {given}: an ordinary user's rbuild can't place steps in cgroups");
+    }
+    if runtime == RuntimeKind::Embedded && !crate::sandbox::cgroup::unified() {
+        bail!(
+            "--cgroup-parent {given}: the embedded runtime places steps in cgroups only where \
+             cgroup v2 is unified, and this host runs cgroup v1; use --runtime runc"
+        );
+    }
+    Ok(Some(path.to_string()))
 }
 
 /// Writes through a temp file and rename: never half-written.

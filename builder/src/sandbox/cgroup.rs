@@ -39,18 +39,23 @@ pub(crate) fn host_unified() -> bool {
     Path::new("/sys/fs/cgroup/cgroup.subtree_control").exists()
 }
 
+/// Where the unified hierarchy is mounted: /sys/fs/cgroup or, beside v1,
+/// its `unified`.
+fn unified_mount() -> Option<&'static Path> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(Path::new)
+        .find(|m| m.join("cgroup.controllers").exists())
+}
+
 /// This process's directory in the unified hierarchy (`0::/path` in
-/// /proc/self/cgroup, below /sys/fs/cgroup or, beside v1, its `unified`).
+/// /proc/self/cgroup).
 fn own_dir() -> Option<&'static Path> {
     static OWN: OnceLock<Option<PathBuf>> = OnceLock::new();
     OWN.get_or_init(|| {
         let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
         let path = cgroups.lines().find_map(|l| l.strip_prefix("0::"))?;
-        let mount = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-            .into_iter()
-            .map(Path::new)
-            .find(|m| m.join("cgroup.controllers").exists())?;
-        Some(mount.join(path.trim_start_matches('/')))
+        Some(unified_mount()?.join(path.trim_start_matches('/')))
     })
     .as_deref()
 }
@@ -68,17 +73,43 @@ pub(crate) struct StepCgroup {
 impl StepCgroup {
     /// A new one, where steps get the unified view and the directory can
     /// be made (not in an ordinary user's rbuild, nor where the cgroup
-    /// file system is read-only, as in most containers).
-    pub(crate) fn new() -> Option<StepCgroup> {
+    /// file system is read-only, as in most containers): below rbuild's
+    /// own cgroup, or below `parent` (`--cgroup-parent`, as BuildKit's
+    /// `PARENT/buildkit/ID`). Without a parent, a cgroup that can't be made
+    /// leaves the step without one; the parent asked for must be usable.
+    pub(crate) fn new(parent: Option<&str>) -> Result<Option<StepCgroup>, String> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         if !unified() || crate::rootless::inside() {
-            return None;
+            return match parent {
+                None => Ok(None),
+                Some(p) => Err(format!(
+                    "--cgroup-parent {p}: no cgroup v2 to place the step in"
+                )),
+            };
         }
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = own_dir()?.join(format!("rbuild-{}-{n}", std::process::id()));
-        std::fs::create_dir(&dir).ok()?;
-        let procs = CString::new(dir.join("cgroup.procs").into_os_string().into_vec()).ok()?;
-        Some(StepCgroup { dir, procs })
+        let name = format!("rbuild-{}-{n}", std::process::id());
+        let dir = match (parent, own_dir()) {
+            (None, Some(own)) => own.join(name),
+            (None, None) => return Ok(None),
+            (Some(p), _) => {
+                let Some(mount) = unified_mount() else {
+                    return Err(format!("--cgroup-parent {p}: no cgroup v2 mount"));
+                };
+                let base = mount.join(p).join("buildkit");
+                std::fs::create_dir_all(&base)
+                    .map_err(|e| format!("--cgroup-parent {p}: making {}: {e}", base.display()))?;
+                base.join(name)
+            }
+        };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(_) if parent.is_none() => return Ok(None),
+            Err(e) => return Err(format!("making the step's cgroup {}: {e}", dir.display())),
+        }
+        let procs = CString::new(dir.join("cgroup.procs").into_os_string().into_vec())
+            .map_err(|e| e.to_string())?;
+        Ok(Some(StepCgroup { dir, procs }))
     }
 
     /// Its `cgroup.procs`, which a process joins by writing `0` to.

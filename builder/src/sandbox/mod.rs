@@ -15,7 +15,7 @@
 //! setuid programs work). Every process
 //! of the step dies with it: they live in the step's PID namespace.
 
-mod cgroup;
+pub(crate) mod cgroup;
 #[cfg(target_os = "linux")]
 pub mod embedded;
 pub mod env;
@@ -157,6 +157,9 @@ pub struct RunSpec {
     /// Resource limits (`--ulimit`); none keeps rbuild's own, as BuildKit
     /// keeps its daemon's.
     pub rlimits: Vec<frontend::limits::Ulimit>,
+    /// `--cgroup-parent`: the step's cgroup goes below this one (as
+    /// BuildKit's, `PARENT/buildkit/ID`), whose limits then apply to it.
+    pub cgroup_parent: Option<String>,
 }
 
 impl RunSpec {
@@ -179,6 +182,7 @@ impl RunSpec {
             hosts: default_hosts(DEFAULT_HOSTNAME),
             resolv_conf: String::new(),
             rlimits: Vec::new(),
+            cgroup_parent: None,
         }
     }
 }

@@ -432,12 +432,17 @@ impl Runtime for Runc {
         let spawn_err = super::spawn_error(spec);
         let prepared = Prepared::new(spec, &self.etc).map_err(spawn_err)?;
         let bundle = crate::tempdir::TempDir::new("runc").map_err(spawn_err)?;
-        let config = config(spec, &prepared.mounts).map_err(SandboxError::Setup)?;
+        let id = container_id();
+        let mut config = config(spec, &prepared.mounts).map_err(SandboxError::Setup)?;
+        // `--cgroup-parent`: runc makes the container's cgroups there, as
+        // BuildKit asks it to (`PARENT/buildkit/ID`).
+        if let (Some(parent), Some(linux)) = (&spec.cgroup_parent, config.linux_mut()) {
+            linux.set_cgroups_path(Some(PathBuf::from(format!("/{parent}/buildkit/{id}"))));
+        }
         config
             .save(bundle.path.join("config.json"))
             .map_err(|e| SandboxError::Setup(format!("writing runc's config.json: {e}")))?;
         fs::create_dir_all(&self.state).map_err(spawn_err)?;
-        let id = container_id();
         let log = bundle.path.join("runc.log");
         let mut child = self
             .command()

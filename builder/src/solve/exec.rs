@@ -76,6 +76,7 @@ pub(super) fn run_exec(
                 hosts: hosts_file(hostname, &exec.extra_hosts),
                 resolv_conf: resolv_conf(&ctx.host_resolv, network),
                 rlimits: exec.ulimits.clone(),
+                cgroup_parent: options.cgroup_parent.clone(),
             };
             let ran = run_masked(ctx, &spec, id, started);
             drop(mounts);

@@ -74,6 +74,9 @@ pub struct BuildOptions<'a> {
     pub tags: Vec<String>,
     /// RUN network.
     pub network: Network,
+    /// `--cgroup-parent`: the cgroup RUN steps' cgroups go below (checked
+    /// to be usable by the runtime when the options are made).
+    pub cgroup_parent: Option<String>,
     /// `--allow security.insecure`.
     pub allow_insecure: bool,
     /// `--allow network.host`.

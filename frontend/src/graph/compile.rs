@@ -211,13 +211,7 @@ impl Compiler<'_> {
                 // The image's variables are this stage's to hold.
                 let env = StageEnv::new(&cfg.env, &cfg.workdir);
                 self.held.hold(env.held_bytes(), &stage.span)?;
-                (
-                    n,
-                    env,
-                    cfg.user,
-                    cfg.shell,
-                    cfg.onbuild,
-                )
+                (n, env, cfg.user, cfg.shell, cfg.onbuild)
             }
         };
         if shell.is_empty() {

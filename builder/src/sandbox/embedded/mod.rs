@@ -68,7 +68,7 @@ impl Runtime for Embedded {
         let (err_read, err_write) = pipe().map_err(spawn_err)?;
         let (report_read, report_write) = pipe().map_err(spawn_err)?;
         let null = fs::File::open("/dev/null").map_err(spawn_err)?;
-        let cgroup = StepCgroup::new();
+        let cgroup = StepCgroup::new(spec.cgroup_parent.as_deref()).map_err(SandboxError::Setup)?;
         let plan = Plan::new(
             spec,
             &prepared,
