@@ -410,6 +410,44 @@ fn cases() -> Vec<Case> {
             File("c", "hi shell\n"),
         ]),
         case(
+            "testCopyRelativeParents",
+            "FROM bb AS base\nWORKDIR /test\n\
+             RUN mkdir -p a/b/c/d/e a/b2/c/d/e a/b/c2/d/e a/b/c2/d/e2 && \
+             touch a/b/c/d/foo a/b/c/d/e/bay a/b2/c/d/e/bar a/b/c2/d/e/baz a/b/c2/d/e2/baz\n\
+             FROM scratch\n\
+             COPY --from=base --parents /test/a/b/./c/d /middle/\n\
+             COPY --from=base --parents /test/a/b/c/d/. /end/\n\
+             COPY --from=base --parents ./test/a/b/c/d /start/\n\
+             COPY --from=base --parents /test/a/./b/./c /double/\n\
+             COPY --from=base --parents /test/a/./*/c /wildcard/\n\
+             COPY --from=base --parents /test/a/b*/./c/**/e /doublewildcard/\n\
+             COPY --from=base --parents /test/a/b/c*/./d/**/baz /test/a/b*/./c/**/bar /doubleinputs/\n\
+             COPY --from=base --parents /test/nope*/./x /test/./nope* /empty/\n",
+        )
+        .checks(vec![
+            File("middle/c/d/foo", ""),
+            File("middle/c/d/e/bay", ""),
+            Missing("middle/a"),
+            Missing("middle/e"),
+            File("end/test/a/b/c/d/foo", ""),
+            File("start/test/a/b/c/d/e/bay", ""),
+            File("double/b/c/d/foo", ""),
+            File("wildcard/b/c/d/e/bay", ""),
+            File("wildcard/b2/c/d/e/bar", ""),
+            File("doublewildcard/c/d/e/bay", ""),
+            File("doublewildcard/c/d/e/bar", ""),
+            File("doubleinputs/d/e/baz", ""),
+            File("doubleinputs/d/e2/baz", ""),
+            File("doubleinputs/c/d/e/bar", ""),
+            Missing("doubleinputs/d/e/bay"),
+        ]),
+        case(
+            "testCopyParentsMissingDirectory",
+            "FROM bb AS base\nRUN mkdir -p /test/a\nFROM scratch\n\
+             COPY --from=base --parents /test/nope/./x /out/\n",
+        )
+        .fails("\"/test/nope/x\": not found"),
+        case(
             "testOnBuildHeredoc",
             "FROM bb AS parent\nONBUILD RUN <<EOF\necho from-onbuild > /dest\nEOF\nFROM parent\n",
         )

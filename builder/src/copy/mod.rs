@@ -429,30 +429,51 @@ fn copy_parents(req: &CopyRequest<'_>, links: &HardLinks) -> Result<u64, CopyErr
         })?;
     }
     for src in req.sources {
-        let (pivot, whole) = match src.split_once("/./") {
-            Some((before, after)) => {
-                let before = frontend::glob::clean(&format!("/{before}"));
-                let before = before.trim_start_matches('/').to_string();
-                (before.clone(), format!("{before}/{after}"))
-            }
-            None => (String::new(), src.clone()),
+        // As BuildKit's convert_copy: the part before the first `/./` (the
+        // whole root without one) is the directory copied from, itself
+        // perhaps a wildcard; the part after is an include pattern below
+        // it (`**` spans directories), and the path it keeps.
+        let (pivot, pattern) = src.split_once("/./").unwrap_or(("", src));
+        let clean = |p: &str| {
+            frontend::glob::clean(&format!("/{p}"))
+                .trim_start_matches('/')
+                .to_string()
         };
-        let clean = frontend::glob::clean(&format!("/{whole}"));
-        let rel = clean.trim_start_matches('/').to_string();
-        let matches = if has_glob(&rel) {
-            expand_glob(req.source_root, &rel)?
+        let (pivot, pattern) = (clean(pivot), clean(pattern));
+        let wildcards = has_glob(&pivot) || has_glob(&pattern);
+        let pivots = if has_glob(&pivot) {
+            expand_glob(req.source_root, &pivot)?
         } else {
-            vec![rel]
+            vec![pivot]
         };
-        for m in matches {
-            let kept = if pivot.is_empty() {
-                m.as_str()
-            } else {
-                m.strip_prefix(&pivot)
-                    .map(|k| k.trim_start_matches('/'))
-                    .unwrap_or(&m)
-            };
-            if (ignored(&m) && has_glob(&clean)) || excluded(kept) {
+        let mut found = Vec::new();
+        for p in &pivots {
+            for kept in matches_below(req.source_root, p, &pattern)? {
+                let whole = if p.is_empty() {
+                    kept.clone()
+                } else if kept.is_empty() {
+                    p.clone()
+                } else {
+                    format!("{p}/{kept}")
+                };
+                found.push((whole, kept));
+            }
+        }
+        // A plain path must be there (BuildKit's RequiredPaths); a pattern
+        // may match nothing.
+        if found.is_empty() && !wildcards {
+            found.push((
+                if pivots[0].is_empty() {
+                    pattern.clone()
+                } else {
+                    format!("{}/{pattern}", pivots[0])
+                },
+                pattern.clone(),
+            ));
+        }
+        for (m, kept) in &found {
+            let (m, kept) = (m.clone(), kept.as_str());
+            if (ignored(&m) && wildcards) || excluded(kept) {
                 continue;
             }
             let path = resolve_in_root(req.source_root, Path::new(&m), true);
@@ -483,6 +504,55 @@ fn copy_parents(req: &CopyRequest<'_>, links: &HardLinks) -> Result<u64, CopyErr
         }
     }
     Ok(n)
+}
+
+/// The paths below `dir` (relative to the root) that `pattern` matches
+/// with `.dockerignore` semantics (`*` within a name, `**` across
+/// directories), relative to `dir`: the first match on each path, whose
+/// copy takes what is under it. The walk starts at the pattern's leading
+/// plain names. A pattern without wildcards is the one path, if present.
+fn matches_below(root: &Path, dir: &str, pattern: &str) -> Result<Vec<String>, CopyError> {
+    let join = |a: &str, b: &str| match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_string(),
+        (_, true) => a.to_string(),
+        _ => format!("{a}/{b}"),
+    };
+    if !has_glob(pattern) {
+        let whole = join(dir, pattern);
+        let present = fs::symlink_metadata(resolve_in_root(root, Path::new(&whole), true)).is_ok();
+        return Ok(if present {
+            vec![pattern.to_string()]
+        } else {
+            Vec::new()
+        });
+    }
+    let matcher = PatternMatcher::new(&[pattern])
+        .map_err(|e| CopyError::Invalid(format!("invalid pattern {pattern:?}: {e}")))?;
+    let plain: Vec<&str> = pattern.split('/').take_while(|c| !has_glob(c)).collect();
+    let start = plain.join("/");
+    let mut found = Vec::new();
+    let mut todo = vec![start];
+    while let Some(rel) = todo.pop() {
+        let path = resolve_in_root(root, Path::new(&join(dir, &rel)), false);
+        let Ok(entries) = fs::read_dir(&path) else {
+            continue;
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for name in names.into_iter().rev() {
+            let child = join(&rel, &name);
+            if matcher.matches(&child).unwrap_or(false) {
+                found.push(child);
+            } else if fs::symlink_metadata(path.join(&name)).is_ok_and(|m| m.is_dir()) {
+                todo.push(child);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 /// Where a single file named `base` goes; the directories made on the

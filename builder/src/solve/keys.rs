@@ -21,7 +21,8 @@ use frontend::limits::{ShmSize, Ulimit};
 /// with `json!`). 3: copies keep a stage's owners and special files,
 /// resolve --chown as BuildKit, write through destination symlinks and
 /// see re-included context files; RUN gains setuid (no no_new_privs).
-/// 4: layers keep no extended attribute but file capabilities.
+/// 4: layers keep no extended attribute but file capabilities, COPY keeps
+/// capabilities, `COPY --parents` reads its sources as BuildKit's.
 const KEY_VERSION: u32 = 4;
 
 /// What every key has: the format, the layer format and the state the op
