@@ -97,6 +97,22 @@ pub fn named_contexts(specs: &[String]) -> anyhow::Result<BTreeSet<String>> {
     Ok(out)
 }
 
+/// `--build-context NAME=SRC`: the names of image contexts
+/// (`docker-image://`, `oci-layout://`), or (`scratch`) of those that are
+/// `docker-image://scratch`, BuildKit's empty filesystem.
+pub fn image_contexts(specs: &[String], scratch: bool) -> BTreeSet<String> {
+    specs
+        .iter()
+        .filter_map(|spec| spec.split_once('='))
+        .filter(|(_, src)| {
+            let empty = *src == "docker-image://scratch";
+            let image = src.starts_with("docker-image://") || src.starts_with("oci-layout://");
+            if scratch { empty } else { image && !empty }
+        })
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
 /// BuildKit's switches that come as build args: `BUILDKIT_INLINE_CACHE`
 /// (buildx adds an inline cache export) and `BUILDKIT_MULTI_PLATFORM` (the
 /// Dockerfile frontend makes an index, and names steps by platform, even
@@ -200,6 +216,8 @@ pub fn plan_options(args: &BuildGraphArgs) -> anyhow::Result<PlanOptions> {
         target: args.target.clone(),
         build_args: build_args(&args.build_args)?,
         named_contexts: named_contexts(&args.build_contexts)?,
+        image_contexts: image_contexts(&args.build_contexts, false),
+        scratch_contexts: image_contexts(&args.build_contexts, true),
         platform: args.platforms.first().cloned(),
         extra_hosts: args.add_hosts.clone(),
         ulimits: last_of_each(&args.ulimits),

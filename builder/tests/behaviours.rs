@@ -409,6 +409,33 @@ fn cases() -> Vec<Case> {
             File("b", "hello ${name}\n"),
             File("c", "hi shell\n"),
         ]),
+        // A named context takes the place of the stage of its name: the
+        // stage's own instructions don't run (they would fail here).
+        case(
+            "testNamedImageContext",
+            "FROM scratch AS parent\nFROM parent AS base\nRUN echo base > /out\n\
+             FROM base\nRUN [ -f /bin/busybox ] && [ ! -f /out ] && echo replaced > /r\n",
+        )
+        .flags(&["--build-context", "base=docker-image://bb"])
+        .checks(vec![File("r", "replaced\n"), Missing("out")]),
+        case(
+            "testNamedLocalContext",
+            "FROM bb AS base\nRUN false\nFROM scratch\nCOPY --from=base /f /copied\n",
+        )
+        .files(&[("dirctx/f", "from the directory\n")])
+        .flags(&["--build-context", "base={ctx}/dirctx"])
+        .checks(vec![File("copied", "from the directory\n")]),
+        case("testNamedLocalContext", "FROM dirctx\n")
+            .files(&[("dirctx/f", "alone\n")])
+            .flags(&["--build-context", "dirctx={ctx}/dirctx"])
+            .checks(vec![File("f", "alone\n")]),
+        case(
+            "testNamedImageContextScratch",
+            "FROM busybox AS build\nCOPY <<EOF /out\nhello world!\nEOF\n\
+             FROM scratch\nCOPY --from=scratch / /empty/\nCOPY --from=build /out /out\n",
+        )
+        .flags(&["--build-context", "busybox=docker-image://scratch"])
+        .checks(vec![File("out", "hello world!\n"), Missing("bin")]),
         case(
             "testCopyRelativeParents",
             "FROM bb AS base\nWORKDIR /test\n\

@@ -517,11 +517,14 @@ fn run_context(ctx: &Ctx<'_>, step: &Step<'_>, name: &str) -> anyhow::Result<Don
     if name == "context" && copies_from_context(ctx.graph) {
         ctx.stat.preload(options.context);
     }
+    // A filesystem where a stage starts from it, or is it (`FROM ctx`
+    // and nothing more; a stage a context of its name replaces).
     let is_base = ctx
         .graph
         .graph
         .edges_directed(step.node, petgraph::Direction::Outgoing)
-        .any(|e| *e.weight() == Edge::Parent);
+        .any(|e| *e.weight() == Edge::Parent)
+        || ctx.graph.stage_results.values().any(|&n| n == step.node);
     Ok(match options.named_contexts.get(name) {
         Some((dir, ignore)) if is_base => run_context_base(ctx, step, dir, ignore.as_ref())?,
         _ => Done {

@@ -124,6 +124,11 @@ impl Compiler<'_> {
         match source {
             Source::Stage(s) => (FileSource::Stage(*s), self.stage_results[s]),
             Source::Context(n) => (FileSource::Named(n.clone()), self.context_node(n)),
+            // `scratch` (and a context that is it) is the empty filesystem.
+            Source::Image(r) if r == "scratch" || self.plan.scratch_contexts.contains(r) => (
+                FileSource::Image(r.clone()),
+                self.source_node("scratch".into(), OpKind::Scratch, "scratch".into()),
+            ),
             Source::Image(r) => (FileSource::Image(r.clone()), self.image_node(r, None)),
         }
     }

@@ -69,6 +69,13 @@ pub struct PlanOptions {
     pub build_args: BTreeMap<String, String>,
     /// Names given with `--build-context`.
     pub named_contexts: BTreeSet<String>,
+    /// `--build-context` names of images (`docker-image://`,
+    /// `oci-layout://`): they resolve as images, and replace a stage of
+    /// their name.
+    pub image_contexts: BTreeSet<String>,
+    /// `--build-context NAME=docker-image://scratch`: an empty filesystem,
+    /// as `scratch` is.
+    pub scratch_contexts: BTreeSet<String>,
     /// Target platform; default the host's.
     pub platform: Option<Platform>,
     /// `--add-host` entries for every RUN's `/etc/hosts`.
@@ -168,6 +175,8 @@ pub struct Plan {
     pub platform: Platform,
     /// Names given with `--build-context`.
     pub named_contexts: BTreeSet<String>,
+    /// Names of `--build-context NAME=docker-image://scratch`.
+    pub scratch_contexts: BTreeSet<String>,
     /// `SOURCE_DATE_EPOCH` (a `--build-arg` or a global ARG), seconds.
     pub source_date_epoch: Option<i64>,
     /// RUN's hostname when a build arg sets one (BuildKit's default is

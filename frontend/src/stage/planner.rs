@@ -212,17 +212,29 @@ fn plan_instructions(
                 })?)
             }
         };
-        let base = if let Some(name) = from
-            .name
-            .as_ref()
-            .filter(|n| options.named_contexts.contains(*n))
-        {
-            Base::Context(name.clone())
+        // A `--build-context` of a stage's name takes the whole stage's
+        // place, as BuildKit's: its base is the context and its own
+        // instructions don't run.
+        let replaced = from.name.as_ref().and_then(|n| {
+            if options.named_contexts.contains(n) {
+                Some(Base::Context(n.clone()))
+            } else if options.scratch_contexts.contains(n) {
+                Some(Base::Scratch)
+            } else if options.image_contexts.contains(n) {
+                Some(Base::Image(n.clone()))
+            } else {
+                None
+            }
+        });
+        let mut body = body;
+        let base = if let Some(base) = replaced {
+            body.clear();
+            base
         } else if let Some(&i) = by_name.get(&expanded.to_lowercase()) {
             Base::Stage(i)
         } else if options.named_contexts.contains(&expanded) {
             Base::Context(expanded.clone())
-        } else if expanded == "scratch" {
+        } else if expanded == "scratch" || options.scratch_contexts.contains(&expanded) {
             Base::Scratch
         } else {
             Base::Image(expanded.clone())
@@ -380,6 +392,7 @@ fn plan_instructions(
         needed: needed.into_iter().collect(),
         platform,
         named_contexts: options.named_contexts.clone(),
+        scratch_contexts: options.scratch_contexts.clone(),
         source_date_epoch,
         hostname: options
             .build_args
