@@ -133,6 +133,17 @@ fn has_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
+/// The names in directory `dir`, sorted; None when it can't be read.
+fn sorted_names(dir: &Path) -> Option<Vec<String>> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Some(names)
+}
+
 /// Relative paths (from `root`) matching `pattern` segment by segment.
 fn expand_glob(root: &Path, pattern: &str) -> Result<Vec<String>, CopyError> {
     let segments: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
@@ -153,14 +164,9 @@ fn expand_glob(root: &Path, pattern: &str) -> Result<Vec<String>, CopyError> {
                 }
                 continue;
             }
-            let Ok(entries) = fs::read_dir(&dir) else {
+            let Some(names) = sorted_names(&dir) else {
                 continue;
             };
-            let mut names: Vec<String> = entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
-            names.sort();
             for name in names {
                 let matched = glob_match(seg, &name)
                     .map_err(|_| CopyError::Invalid(format!("invalid pattern {pattern:?}")))?;
@@ -534,14 +540,9 @@ fn matches_below(root: &Path, dir: &str, pattern: &str) -> Result<Vec<String>, C
     let mut todo = vec![start];
     while let Some(rel) = todo.pop() {
         let path = resolve_in_root(root, Path::new(&join(dir, &rel)), false);
-        let Ok(entries) = fs::read_dir(&path) else {
+        let Some(names) = sorted_names(&path) else {
             continue;
         };
-        let mut names: Vec<String> = entries
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
         for name in names.into_iter().rev() {
             let child = join(&rel, &name);
             if matcher.matches(&child).unwrap_or(false) {
