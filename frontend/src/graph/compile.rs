@@ -13,7 +13,7 @@ use crate::instructions::{self, Healthcheck, Kind};
 use crate::shell::Lex;
 use crate::span::Span;
 use crate::stage::{
-    Base, Budget, ENTRY_OVERHEAD, EnvList, Plan, PlanError, Source, StageEnv, parse_trigger,
+    Base, Budget, EnvList, Plan, PlanError, STRING_OVERHEAD, Source, StageEnv, parse_trigger,
 };
 
 /// The graph being built, with what each compiled stage left.
@@ -308,7 +308,7 @@ impl Compiler<'_> {
                         run_command(&run.command, &shell).map_err(&bad)?;
                     let run_env = env.scope.to_strings();
                     self.held.hold(
-                        run_env.iter().map(|e| e.len() + ENTRY_OVERHEAD).sum(),
+                        run_env.iter().map(|e| e.len() + STRING_OVERHEAD).sum(),
                         &span,
                     )?;
                     let exec = ExecOp {

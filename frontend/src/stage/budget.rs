@@ -21,6 +21,10 @@ pub const MAX_HELD: usize = 128 << 20;
 /// what they take.
 pub const ENTRY_OVERHEAD: usize = 160;
 
+/// The same for a `KEY=VALUE` string of a RUN's environment (one string,
+/// no index).
+pub const STRING_OVERHEAD: usize = 48;
+
 /// Bytes held so far.
 #[derive(Debug, Default)]
 pub struct Budget {
