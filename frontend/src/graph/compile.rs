@@ -31,6 +31,10 @@ struct Compiler<'a> {
     global: EnvList,
     /// Instructions compiled so far, base images' triggers among them.
     steps: usize,
+    /// What a `--from` is resolved against, as the planner did: the
+    /// stages' names and the named contexts (made once: a file of
+    /// thousands of stages each copying from another made them for each).
+    resolving: (BTreeMap<String, usize>, crate::stage::PlanOptions),
 }
 
 /// The most instructions a build compiles: as many as a Dockerfile may
@@ -51,6 +55,16 @@ pub fn compile(plan: &Plan, images: &dyn ImageConfigs) -> Result<BuildGraph, Pla
         held: Budget::default(),
         global: EnvList::from_entries(&plan.global_args),
         steps: 0,
+        resolving: (
+            plan.stages
+                .iter()
+                .filter_map(|s| s.name.clone().map(|n| (n, s.index)))
+                .collect(),
+            crate::stage::PlanOptions {
+                named_contexts: plan.named_contexts.clone(),
+                ..Default::default()
+            },
+        ),
     };
     let single = plan.stages.len() == 1;
     for &s in &plan.needed {
@@ -135,17 +149,8 @@ impl Compiler<'_> {
 
     /// Resolves a `--from` word as the planner did.
     fn resolve(&mut self, from: &str, span: &Span) -> Result<(FileSource, NodeIndex), PlanError> {
-        let names: BTreeMap<String, usize> = self
-            .plan
-            .stages
-            .iter()
-            .filter_map(|s| s.name.clone().map(|n| (n, s.index)))
-            .collect();
-        let options = crate::stage::PlanOptions {
-            named_contexts: self.plan.named_contexts.clone(),
-            ..Default::default()
-        };
-        let source = crate::stage::resolve_source(&self.lex, from, &names, &options, span)?;
+        let (names, options) = &self.resolving;
+        let source = crate::stage::resolve_source(&self.lex, from, names, options, span)?;
         if let Source::Stage(s) = source
             && !self.stage_results.contains_key(&s)
         {
