@@ -125,7 +125,9 @@ fn config(blobs: &BlobStore, m: &Manifest) -> anyhow::Result<Value> {
 fn entries(blobs: &BlobStore, layer: &Descriptor) -> anyhow::Result<BTreeMap<String, Entry>> {
     use sha2::{Digest as _, Sha256};
     let reader = blobs.open_verified(&layer.digest.parse()?)?;
-    let mut archive = tar::Archive::new(cache::layer::decompress(reader)?);
+    let mut archive = tar::Archive::new(cache::layer::TarGuard::new(cache::layer::decompress(
+        reader,
+    )?));
     let mut out = BTreeMap::new();
     for e in archive.entries()? {
         let mut e = e?;

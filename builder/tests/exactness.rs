@@ -891,3 +891,45 @@ fn cgroup_parent_limits_hold_run_steps() {
     let _ = std::fs::remove_dir(limited.join("buildkit"));
     std::fs::remove_dir(&limited).unwrap();
 }
+
+/// A hostile archive: a few KiB of gzip declaring a PAX header of 64 MiB
+/// (gigabytes cost the same few KiB) was read whole into memory by the tar
+/// parser. ADD refuses it at its header, as Go's archive/tar does past
+/// 1 MiB, naming the archive and why.
+#[test]
+fn oversized_tar_headers_are_refused_unread() {
+    if !is_root() {
+        eprintln!("skipped: building needs root");
+        return;
+    }
+    use std::io::Write;
+    let t = tmp("pax-bomb");
+    let ctx = context(&t.0, "FROM scratch\nADD evil.tar.gz /\n");
+    let mut header = tar::Header::new_ustar();
+    header.set_path("././@PaxHeader").unwrap();
+    header.set_size(64 << 20);
+    header.set_entry_type(tar::EntryType::XHeader);
+    header.set_cksum();
+    let file = std::fs::File::create(ctx.join("evil.tar.gz")).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    gz.write_all(header.as_bytes()).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..64 {
+        gz.write_all(&zeros).unwrap();
+    }
+    gz.finish().unwrap();
+    let o = rbuild_env(
+        &t.0.join("root"),
+        &["build", "-q", ctx.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains(
+            "Caused by: extracting evil.tar.gz\n  Caused by: reading layer\n  \
+             Caused by: tar PAX header of 67108864 bytes: header field too long (more than 1 MiB)"
+        ),
+        "{}",
+        text(&o)
+    );
+}

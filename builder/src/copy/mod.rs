@@ -122,6 +122,15 @@ pub enum CopyError {
     /// A filesystem operation failed.
     #[error(transparent)]
     Io(#[from] PathError),
+    /// An archive ADD extracts could not be (a hostile or broken one).
+    #[error("extracting {archive}")]
+    Extract {
+        /// The archive, as the source names it.
+        archive: String,
+        /// Why.
+        #[source]
+        source: cache::layer::LayerError,
+    },
 }
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CopyError + use<> {
@@ -378,8 +387,12 @@ fn copy_sources(
                 owner: req.chown.map(|_| (owner.uid, owner.gid)),
                 ..cache::layer::UnpackOptions::default()
             };
-            let stats = cache::layer::unpack(archive_reader(&src)?, &dest_dir, &options)
-                .map_err(|e| CopyError::Invalid(format!("extracting {rel}: {e}")))?;
+            let stats = cache::layer::unpack(archive_reader(&src)?, &dest_dir, &options).map_err(
+                |source| CopyError::Extract {
+                    archive: rel.to_string(),
+                    source,
+                },
+            )?;
             n += stats.entries;
             continue;
         }

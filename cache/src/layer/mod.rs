@@ -5,6 +5,7 @@
 mod diff;
 pub use diff::KnownDirs;
 mod decode;
+mod guard;
 mod gunzip;
 mod paths;
 mod pgzip;
@@ -16,6 +17,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use decode::{XZ_MAGIC, decompress, xz_decoder};
+pub use guard::{MAX_SPECIAL, TarGuard};
 pub use paths::{resolve_in_root, set_times_nofollow};
 pub use tar_writer::{CAPABILITY, capabilities, set_capabilities};
 pub use unpack::{MAX_ENTRY_SIZE, UnpackOptions, UnpackStats, unpack};

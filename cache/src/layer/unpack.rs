@@ -123,7 +123,8 @@ fn unpack_decoded(
     options: &UnpackOptions,
 ) -> Result<UnpackStats, LayerError> {
     fs::create_dir_all(root).map_err(|e| LayerError::io("creating", root, e))?;
-    let mut archive = tar::Archive::new(decoded);
+    // Metadata entries the parser reads whole are bounded before it does.
+    let mut archive = tar::Archive::new(super::guard::TarGuard::new(decoded));
     let mut state = Unpacker {
         root: root.to_path_buf(),
         options: options.clone(),
