@@ -70,7 +70,7 @@ pub fn check_file(
     };
     let plan = frontend::stage::plan(&df, &options);
     let ignore =
-        crate::commands::build::read_ignore(frontend::ignore::ignore_file_for(context, &path))?;
+        crate::commands::inputs::read_ignore(frontend::ignore::ignore_file_for(context, &path))?;
     let store = BlobStore::open_existing(&state_root(root).join("content")).ok();
     let images = LocalConfigs(store);
     let report = lint::lint(

@@ -8,6 +8,7 @@ pub(crate) mod debug;
 mod flags;
 mod graph;
 mod image;
+mod inputs;
 mod outputs;
 mod registry;
 pub mod store;
