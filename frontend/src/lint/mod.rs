@@ -5,6 +5,7 @@
 //! [`stages`]. Nothing here runs anything.
 
 pub mod config;
+mod from;
 pub mod rules;
 mod stages;
 
