@@ -103,7 +103,11 @@ impl MutableSnapshot {
                     .is_some();
                 // Entries count a block each, so a change of names only
                 // (a whiteout, an empty file) is not 0.
-                let size = if changed { tree_bytes(&upper) } else { 0 };
+                let size = if changed {
+                    super::disk::tree_bytes(&upper)
+                } else {
+                    0
+                };
                 Ok((self.finish()?, None, size))
             }
             Backend::Copy => {
