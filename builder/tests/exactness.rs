@@ -30,6 +30,33 @@ fn context(dir: &Path, dockerfile: &str) -> PathBuf {
     ctx
 }
 
+/// A context whose Dockerfile installs busybox's applets, then `steps`.
+fn busybox_context(dir: &Path, steps: &str) -> PathBuf {
+    context(
+        dir,
+        &format!(
+            "FROM scratch\nCOPY busybox /bin/busybox\n\
+             RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n{steps}"
+        ),
+    )
+}
+
+/// `rbuild build --no-cache --progress plain --runtime RUNTIME` on a root
+/// of that runtime's own under `dir`, with `RBUILD_CGROUP_VIEW=view`.
+fn runtime_build(dir: &Path, runtime: &str, view: &str) -> Command {
+    let mut c = common::rbuild_command(&dir.join(format!("root-{runtime}")));
+    c.args([
+        "build",
+        "--no-cache",
+        "--progress",
+        "plain",
+        "--runtime",
+        runtime,
+    ])
+    .env("RBUILD_CGROUP_VIEW", view);
+    c
+}
+
 fn read_json(p: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
 }
@@ -669,11 +696,9 @@ fn cgroups_are_shown_as_buildkit_shows_them() {
         return;
     }
     let t = tmp("cgroups");
-    let ctx = context(
+    let ctx = busybox_context(
         &t.0,
-        "FROM scratch\nCOPY busybox /bin/busybox\n\
-         RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
-         RUN --mount=type=tmpfs,target=/mnt grep ' /sys/fs/cgroup' /proc/mounts | cut -d' ' -f2-4 > /mnt/m; \
+        "RUN --mount=type=tmpfs,target=/mnt grep ' /sys/fs/cgroup' /proc/mounts | cut -d' ' -f2-4 > /mnt/m; \
          cat /mnt/m; tail -1 /proc/self/cgroup; \
          echo procs $(cat /sys/fs/cgroup/cgroup.procs 2>/dev/null | grep -cx 0); \
          mkdir /sys/fs/cgroup/memory/x /sys/fs/cgroup/x 2>/dev/null || echo read-only\n\
@@ -685,17 +710,8 @@ fn cgroups_are_shown_as_buildkit_shows_them() {
         .find(|m| Path::new(m).join("cgroup.controllers").exists())
         .expect("a cgroup2 hierarchy");
     let build = |runtime: &str, view: &str| {
-        let child = common::rbuild_command(&t.0.join(format!("root-{runtime}")))
-            .args([
-                "build",
-                "--no-cache",
-                "--progress",
-                "plain",
-                "--runtime",
-                runtime,
-            ])
+        let child = runtime_build(&t.0, runtime, view)
             .arg(&ctx)
-            .env("RBUILD_CGROUP_VIEW", view)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -809,11 +825,9 @@ fn cgroup_parent_limits_hold_run_steps() {
         return;
     }
     let t = tmp("cgroup-parent");
-    let ctx = context(
+    let ctx = busybox_context(
         &t.0,
-        "FROM scratch\nCOPY busybox /bin/busybox\n\
-         RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
-         RUN (for i in $(seq 1 12); do sleep 1 & done) 2>&1 | head -1; tail -1 /proc/self/cgroup\n",
+        "RUN (for i in $(seq 1 12); do sleep 1 & done) 2>&1 | head -1; tail -1 /proc/self/cgroup\n",
     );
     let parent = format!("rbuild-test-{}", std::process::id());
     let unified_host = Path::new("/sys/fs/cgroup/cgroup.subtree_control").exists();
@@ -829,18 +843,9 @@ fn cgroup_parent_limits_hold_run_steps() {
     std::fs::create_dir_all(&limited).unwrap();
     std::fs::write(limited.join("pids.max"), "10").unwrap();
     let build = |runtime: &str, view: &str| {
-        common::rbuild_command(&t.0.join(format!("root-{runtime}")))
-            .args([
-                "build",
-                "--no-cache",
-                "--progress",
-                "plain",
-                "--runtime",
-                runtime,
-            ])
+        runtime_build(&t.0, runtime, view)
             .args(["--cgroup-parent", &parent])
             .arg(&ctx)
-            .env("RBUILD_CGROUP_VIEW", view)
             .output()
             .unwrap()
     };
