@@ -437,6 +437,13 @@ fn cases() -> Vec<Case> {
         .flags(&["--build-context", "busybox=docker-image://scratch"])
         .checks(vec![File("out", "hello world!\n"), Missing("bin")]),
         case(
+            "testNamedImageContextScratch",
+            "FROM bb\nRUN --mount=from=empty,target=/m ls -A /m > /listed\n\
+             FROM scratch\nCOPY --from=empty / /e/\nCOPY --from=0 /listed /listed\n",
+        )
+        .flags(&["--build-context", "empty=docker-image://scratch"])
+        .checks(vec![File("listed", ""), Missing("e/bin")]),
+        case(
             "testCopyRelativeParents",
             "FROM bb AS base\nWORKDIR /test\n\
              RUN mkdir -p a/b/c/d/e a/b2/c/d/e a/b/c2/d/e a/b/c2/d/e2 && \
