@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
+use std::io::{Read as _, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +16,9 @@ use anyhow::{Context, bail};
 
 /// Secret values by id.
 pub type Secrets = BTreeMap<String, Vec<u8>>;
+
+/// The largest secret (BuildKit's `MaxSecretSize`, 500 KiB).
+pub const MAX_SECRET_SIZE: u64 = 500 * 1024;
 
 /// Reads the `--secret` specs as buildx does: `id=ID` with `src=PATH`
 /// (also `source=`), or `env=VAR`, or `type=file|env`; with neither, an
@@ -59,13 +62,25 @@ pub fn read_specs(specs: &[String]) -> anyhow::Result<Secrets> {
         }
         let value = match (file, env) {
             (Some(path), _) => {
-                fs::read(&path).with_context(|| format!("--secret {spec}: reading {path}"))?
+                // Read no further than the limit: a path may be a device
+                // or a pipe that never ends.
+                let mut value = Vec::new();
+                fs::File::open(&path)
+                    .and_then(|f| f.take(MAX_SECRET_SIZE + 1).read_to_end(&mut value))
+                    .with_context(|| format!("--secret {spec}: reading {path}"))?;
+                value
             }
             (None, Some(var)) => std::env::var_os(&var)
                 .with_context(|| format!("--secret {spec}: environment variable {var} is not set"))?
                 .into_encoded_bytes(),
             (None, None) => unreachable!("one of them was set above"),
         };
+        if value.len() as u64 > MAX_SECRET_SIZE {
+            bail!(
+                "--secret {spec}: secret {id} too big. max size {}KiB",
+                MAX_SECRET_SIZE >> 10
+            );
+        }
         out.insert(id, value);
     }
     Ok(out)

@@ -2001,3 +2001,54 @@ fn spec_fields_with_commas_are_quoted() {
         "{err}"
     );
 }
+
+/// A secret is at most 500 KiB, BuildKit's MaxSecretSize, and is read no
+/// further: one from /dev/zero was read until memory ran out.
+#[test]
+fn secrets_are_bounded_as_buildkits() {
+    if !is_root() {
+        eprintln!("skipped: building needs root (overlay, namespaces)");
+        return;
+    }
+    let t = tmp("secret-size");
+    let ctx = t.0.join("context");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN --mount=type=secret,id=s [\"/bin/busybox\", \"true\"]\n",
+    )
+    .unwrap();
+    let root = t.0.join("state");
+    let limit = t.0.join("limit");
+    std::fs::write(&limit, vec![b'x'; 500 * 1024]).unwrap();
+    let over = t.0.join("over");
+    std::fs::write(&over, vec![b'x'; 500 * 1024 + 1]).unwrap();
+    let build = |src: &Path| {
+        rbuild(
+            &root,
+            &[
+                "build",
+                "-q",
+                "--secret",
+                &format!("id=s,src={}", src.display()),
+                ctx.to_str().unwrap(),
+            ],
+        )
+    };
+    let o = build(&limit);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for src in [over.as_path(), Path::new("/dev/zero")] {
+        let o = build(src);
+        assert_eq!(o.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!(
+                "error: --secret id=s,src={}: secret s too big. max size 500KiB",
+                src.display()
+            )),
+            "{err}"
+        );
+    }
+}
