@@ -88,8 +88,9 @@ pub(super) unsafe fn remount(root: Root, target: &Target, add: c_ulong) -> c_int
     }
 }
 
-/// Runs one step; fails the child on error.
-pub(super) unsafe fn apply(plan: &Plan, root: Root, step: &Step) {
+/// Runs one step; fails the child on error. `cgroupns`: the step is in
+/// its cgroup namespace.
+pub(super) unsafe fn apply(plan: &Plan, root: Root, step: &Step, cgroupns: bool) {
     // SAFETY: system calls on the plan's strings and fds we own.
     unsafe {
         let failed = |plan: &Plan| -> ! { fail(plan, &step.what, errno()) };
@@ -101,22 +102,27 @@ pub(super) unsafe fn apply(plan: &Plan, root: Root, step: &Step) {
                 flags,
                 data,
                 remount: add,
-                optional,
             } => {
                 let fd = open_target(root, target, true);
                 if fd < 0 {
-                    if *optional {
-                        return;
-                    }
                     failed(plan);
                 }
                 let rc = mount_at(ptr(source), fd, ptr(fstype), *flags, ptr(data));
                 libc::close(fd);
-                if rc < 0 && *optional {
-                    return;
-                }
                 if rc < 0 || (*add != 0 && remount(root, target, *add) < 0) {
                     failed(plan);
+                }
+            }
+            Op::Cgroup2(target) => {
+                if !cgroupns {
+                    return;
+                }
+                let fd = open_target(root, target, false);
+                if fd >= 0 {
+                    let cgroup2 = c"cgroup2".as_ptr();
+                    let flags = libc::MS_RDONLY | SEALED;
+                    mount_at(c"cgroup".as_ptr(), fd, cgroup2, flags, std::ptr::null());
+                    libc::close(fd);
                 }
             }
             Op::Sysfs(target) => {
@@ -247,15 +253,15 @@ pub(super) unsafe fn child(plan: &Plan) -> ! {
                 fail(plan, c"setting up stdio", errno());
             }
         }
-        // Into the step's own cgroup, and a cgroup namespace rooted there.
+        // Into the step's own cgroup, and a cgroup namespace rooted there;
+        // where the kernel refuses, the step runs in rbuild's, without.
+        let mut cgroupns = false;
         if let Some(procs) = &plan.cgroup_procs {
             let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 || libc::write(fd, c"0".as_ptr().cast(), 1) < 0 {
-                fail(plan, c"joining the step's cgroup", errno());
-            }
-            libc::close(fd);
-            if libc::unshare(libc::CLONE_NEWCGROUP) < 0 {
-                fail(plan, c"making the step's cgroup namespace", errno());
+            if fd >= 0 {
+                cgroupns = libc::write(fd, c"0".as_ptr().cast(), 1) == 1
+                    && libc::unshare(libc::CLONE_NEWCGROUP) == 0;
+                libc::close(fd);
             }
         }
         // The command sees 0-2 only (the report pipe is close-on-exec: its
@@ -292,7 +298,7 @@ pub(super) unsafe fn child(plan: &Plan) -> ! {
             walk: plan.walk,
         };
         for step in &plan.steps {
-            apply(plan, root_dir, step);
+            apply(plan, root_dir, step, cgroupns);
         }
         libc::close(root_fd);
 

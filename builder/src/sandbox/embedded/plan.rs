@@ -68,9 +68,7 @@ impl Target {
 pub(super) enum Op {
     /// `mount(2)` onto the target (created when missing), then, when
     /// `remount` isn't 0, a bind remount of the new mount adding those flags
-    /// (a bind mount takes `MS_RDONLY`, `MS_NOSUID`... only so). An
-    /// `optional` one that can't be mounted is left out (the step runs
-    /// without it); its flags must not need the remount.
+    /// (a bind mount takes `MS_RDONLY`, `MS_NOSUID`... only so).
     Mount {
         target: Target,
         source: Option<CString>,
@@ -78,8 +76,10 @@ pub(super) enum Op {
         flags: c_ulong,
         data: Option<CString>,
         remount: c_ulong,
-        optional: bool,
     },
+    /// cgroup2, read-only, when the step got its cgroup namespace; left
+    /// out where that or the mount is refused (the step runs without it).
+    Cgroup2(Target),
     /// sysfs read-only or, where that is refused, the host's `/sys` bound
     /// read-only.
     Sysfs(Target),
@@ -203,7 +203,6 @@ impl Plan {
                     flags,
                     data: data.map(c_str).transpose()?,
                     remount,
-                    optional: false,
                 },
             })
         };
@@ -374,28 +373,17 @@ impl Plan {
 
         // With a cgroup of its own (cgroup v2), the step's cgroup namespace
         // and cgroup2 at /sys/fs/cgroup, read-only (see
-        // [`crate::sandbox::cgroup`]); optional: a kernel that refuses it
-        // leaves the directory as sysfs has it. A step's own mount there
+        // [`crate::sandbox::cgroup`]); where the kernel refuses either, the
+        // directory stays as sysfs has it. A step's own mount there
         // takes its place; one on /sys brings its own.
         let cgroup = cgroup.filter(|_| replaced("/sys").is_none());
         let cgroups = sys.join("fs/cgroup");
         match (replaced("/sys/fs/cgroup"), cgroup) {
             (Some(m), _) => steps.push(user_mount(m)?),
-            (None, Some(_)) => {
-                let mut step = mount(
-                    &cgroups,
-                    false,
-                    Some("cgroup"),
-                    Some("cgroup2"),
-                    libc::MS_RDONLY | SEALED,
-                    None,
-                    0,
-                )?;
-                if let Op::Mount { optional, .. } = &mut step.op {
-                    *optional = true;
-                }
-                steps.push(step);
-            }
+            (None, Some(_)) => steps.push(Step {
+                what: what(format!("mounting cgroup2 on /{}", cgroups.display()))?,
+                op: Op::Cgroup2(Target::new(&cgroups, false)?),
+            }),
             (None, None) => {}
         }
 
