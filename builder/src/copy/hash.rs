@@ -162,8 +162,7 @@ pub fn content_digest(
         known: stat.map(|c| c.under(root)),
     };
     for src in sources {
-        let clean = frontend::glob::clean(&format!("/{src}"));
-        let rel = clean.trim_start_matches('/').to_string();
+        let rel = clean_rel(src);
         let selected = if has_glob(&rel) {
             expand_glob(root, &rel)?
         } else {

@@ -286,8 +286,7 @@ fn copy_sources(
     let mut selected: Vec<String> = Vec::new();
     let mut wildcard = false;
     for src in req.sources {
-        let clean = frontend::glob::clean(&format!("/{src}"));
-        let rel = clean.trim_start_matches('/').to_string();
+        let rel = clean_rel(src);
         if has_glob(&rel) {
             wildcard = true;
             selected.extend(expand_glob(req.source_root, &rel)?);
@@ -453,12 +452,7 @@ fn copy_parents(req: &CopyRequest<'_>, links: &HardLinks) -> Result<u64, CopyErr
         // perhaps a wildcard; the part after is an include pattern below
         // it (`**` spans directories), and the path it keeps.
         let (pivot, pattern) = src.split_once("/./").unwrap_or(("", src));
-        let clean = |p: &str| {
-            frontend::glob::clean(&format!("/{p}"))
-                .trim_start_matches('/')
-                .to_string()
-        };
-        let (pivot, pattern) = (clean(pivot), clean(pattern));
+        let (pivot, pattern) = (clean_rel(pivot), clean_rel(pattern));
         let wildcards = has_glob(&pivot) || has_glob(&pattern);
         let pivots = if has_glob(&pivot) {
             expand_glob(req.source_root, &pivot)?
@@ -468,34 +462,20 @@ fn copy_parents(req: &CopyRequest<'_>, links: &HardLinks) -> Result<u64, CopyErr
         let mut found = Vec::new();
         for p in &pivots {
             for kept in matches_below(req.source_root, p, &pattern)? {
-                let whole = if p.is_empty() {
-                    kept.clone()
-                } else if kept.is_empty() {
-                    p.clone()
-                } else {
-                    format!("{p}/{kept}")
-                };
-                found.push((whole, kept));
+                found.push((join_rel(p, &kept), kept));
             }
         }
         // A plain path must be there (BuildKit's RequiredPaths); a pattern
         // may match nothing.
         if found.is_empty() && !wildcards {
-            found.push((
-                if pivots[0].is_empty() {
-                    pattern.clone()
-                } else {
-                    format!("{}/{pattern}", pivots[0])
-                },
-                pattern.clone(),
-            ));
+            found.push((join_rel(&pivots[0], &pattern), pattern.clone()));
         }
         for (m, kept) in &found {
-            let (m, kept) = (m.clone(), kept.as_str());
-            if (ignored(&m) && wildcards) || excluded(kept) {
+            let kept = kept.as_str();
+            if (ignored(m) && wildcards) || excluded(kept) {
                 continue;
             }
-            let path = resolve_in_root(req.source_root, Path::new(&m), true);
+            let path = resolve_in_root(req.source_root, Path::new(m), true);
             let under = if path.is_dir() {
                 kept.to_string()
             } else {
@@ -511,7 +491,7 @@ fn copy_parents(req: &CopyRequest<'_>, links: &HardLinks) -> Result<u64, CopyErr
             };
             n += copy_sources(
                 &CopyRequest {
-                    sources: std::slice::from_ref(&m),
+                    sources: std::slice::from_ref(m),
                     contents: &[],
                     dest: &target,
                     parents: false,
@@ -531,13 +511,8 @@ fn copy_parents(req: &CopyRequest<'_>, links: &HardLinks) -> Result<u64, CopyErr
 /// copy takes what is under it. The walk starts at the pattern's leading
 /// plain names. A pattern without wildcards is the one path, if present.
 fn matches_below(root: &Path, dir: &str, pattern: &str) -> Result<Vec<String>, CopyError> {
-    let join = |a: &str, b: &str| match (a.is_empty(), b.is_empty()) {
-        (true, _) => b.to_string(),
-        (_, true) => a.to_string(),
-        _ => format!("{a}/{b}"),
-    };
     if !has_glob(pattern) {
-        let whole = join(dir, pattern);
+        let whole = join_rel(dir, pattern);
         let present = fs::symlink_metadata(resolve_in_root(root, Path::new(&whole), true)).is_ok();
         return Ok(if present {
             vec![pattern.to_string()]
@@ -552,12 +527,12 @@ fn matches_below(root: &Path, dir: &str, pattern: &str) -> Result<Vec<String>, C
     let mut found = Vec::new();
     let mut todo = vec![start];
     while let Some(rel) = todo.pop() {
-        let path = resolve_in_root(root, Path::new(&join(dir, &rel)), false);
+        let path = resolve_in_root(root, Path::new(&join_rel(dir, &rel)), false);
         let Some(names) = sorted_names(&path) else {
             continue;
         };
         for name in names.into_iter().rev() {
-            let child = join(&rel, &name);
+            let child = join_rel(&rel, &name);
             if matcher.matches(&child).unwrap_or(false) {
                 found.push(child);
             } else if fs::symlink_metadata(path.join(&name)).is_ok_and(|m| m.is_dir()) {
@@ -624,11 +599,19 @@ fn new_dir_mode(req: &CopyRequest<'_>) -> u32 {
 }
 
 /// `parent/name`, or `name` under the root.
+/// A source path cleaned as if rooted, without its leading `/` (`./a/../b`
+/// is `b`, `/` is empty).
+fn clean_rel(path: &str) -> String {
+    frontend::glob::clean(&format!("/{path}"))
+        .trim_start_matches('/')
+        .to_string()
+}
+
 fn join_rel(parent: &str, name: &str) -> String {
-    if parent.is_empty() {
-        name.to_string()
-    } else {
-        format!("{parent}/{name}")
+    match (parent.is_empty(), name.is_empty()) {
+        (true, _) => name.to_string(),
+        (_, true) => parent.to_string(),
+        _ => format!("{parent}/{name}"),
     }
 }
 
