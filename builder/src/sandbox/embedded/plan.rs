@@ -244,11 +244,17 @@ impl Plan {
             }
         };
         let replaced = |place: &str| last.get(Path::new(place)).map(|&i| &prepared.mounts[i]);
+        // The runtime's own mount at `place`, unless the step mounts
+        // something there.
+        let runtime = |place: &str, ours: Result<Step, String>| match replaced(place) {
+            Some(m) => user_mount(m),
+            None => ours,
+        };
 
         let proc_dir = inside("/proc");
-        steps.push(match replaced("/proc") {
-            Some(m) => user_mount(m)?,
-            None => mount(
+        steps.push(runtime(
+            "/proc",
+            mount(
                 &proc_dir,
                 false,
                 Some("proc"),
@@ -256,16 +262,15 @@ impl Plan {
                 libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 None,
                 0,
-            )?,
-        });
+            ),
+        )?);
 
         // /dev as runc makes it: a tmpfs with the standard nodes, devpts,
         // shm; runc makes no nodes in a /dev bound from elsewhere.
         let dev = inside("/dev");
-        let dev_replaced = replaced("/dev");
-        steps.push(match dev_replaced {
-            Some(m) => user_mount(m)?,
-            None => mount(
+        steps.push(runtime(
+            "/dev",
+            mount(
                 &dev,
                 false,
                 Some("tmpfs"),
@@ -273,9 +278,9 @@ impl Plan {
                 libc::MS_NOSUID | libc::MS_STRICTATIME,
                 Some("mode=755,size=65536k"),
                 0,
-            )?,
-        });
-        let dev_nodes = !matches!(dev_replaced, Some(Mount::Bind { .. }));
+            ),
+        )?);
+        let dev_nodes = !matches!(replaced("/dev"), Some(Mount::Bind { .. }));
         for (name, major, minor) in [
             ("null", 1, 3),
             ("zero", 1, 5),
@@ -298,9 +303,9 @@ impl Plan {
                 },
             });
         }
-        steps.push(match replaced("/dev/pts") {
-            Some(m) => user_mount(m)?,
-            None => mount(
+        steps.push(runtime(
+            "/dev/pts",
+            mount(
                 &dev.join("pts"),
                 false,
                 Some("devpts"),
@@ -314,11 +319,11 @@ impl Plan {
                     "newinstance,ptmxmode=0666,mode=0620"
                 }),
                 0,
-            )?,
-        });
-        steps.push(match replaced("/dev/shm") {
-            Some(m) => user_mount(m)?,
-            None => mount(
+            ),
+        )?);
+        steps.push(runtime(
+            "/dev/shm",
+            mount(
                 &dev.join("shm"),
                 false,
                 Some("shm"),
@@ -326,13 +331,13 @@ impl Plan {
                 libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 Some("mode=1777,size=65536k"),
                 0,
-            )?,
-        });
+            ),
+        )?);
         // POSIX message queues of the step's IPC namespace, as in runc's
         // default spec.
-        steps.push(match replaced("/dev/mqueue") {
-            Some(m) => user_mount(m)?,
-            None => mount(
+        steps.push(runtime(
+            "/dev/mqueue",
+            mount(
                 &dev.join("mqueue"),
                 false,
                 Some("mqueue"),
@@ -340,8 +345,8 @@ impl Plan {
                 libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 None,
                 0,
-            )?,
-        });
+            ),
+        )?);
         for (link, content) in [
             ("ptmx", "pts/ptmx"),
             ("fd", "/proc/self/fd"),
@@ -363,13 +368,13 @@ impl Plan {
         }
 
         let sys = inside("/sys");
-        steps.push(match replaced("/sys") {
-            Some(m) => user_mount(m)?,
-            None => Step {
+        steps.push(runtime(
+            "/sys",
+            Ok(Step {
                 what: what(format!("mounting sysfs on /{}", sys.display()))?,
                 op: Op::Sysfs(Target::new(&sys, false)?),
-            },
-        });
+            }),
+        )?);
 
         // With a cgroup of its own (cgroup v2), the step's cgroup namespace
         // and cgroup2 at /sys/fs/cgroup, read-only (see
