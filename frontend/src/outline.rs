@@ -12,7 +12,7 @@ use crate::instructions::{self, Instruction, Kind, MountType};
 use crate::parser::Dockerfile;
 use crate::shell::Lex;
 use crate::span::Span;
-use crate::stage::{Base, Budget, ENTRY_OVERHEAD, EnvList, Plan, PlanError, PlanOptions};
+use crate::stage::{Base, Budget, EnvList, Plan, PlanError, PlanOptions, entry_bytes};
 
 /// A build arg the target uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,7 +245,7 @@ pub fn outline(df: &Dockerfile, options: &PlanOptions) -> Result<Outline, PlanEr
         if let Base::Stage(b) = stage.base
             && let Some(base) = envs.get(&b)
         {
-            held.hold(held_bytes(base), &stage.span)?;
+            held.hold(base.held_bytes(), &stage.span)?;
             env = base.clone();
         }
         capture_stage(
@@ -320,13 +320,6 @@ fn declares(ins: &Instruction, key: &str) -> bool {
     matches!(&ins.kind, Kind::Arg(defs) if defs.iter().any(|d| d.key == key))
 }
 
-/// About what `env` holds (see [`Budget`]).
-fn held_bytes(env: &EnvList) -> usize {
-    env.iter()
-        .map(|(k, v)| k.len() + v.len() + ENTRY_OVERHEAD)
-        .sum()
-}
-
 /// Walks `stage`'s instructions: its ARGs (recorded unless they only take
 /// a global's value), ENVs (for later defaults) and mounted ids.
 fn capture_stage(
@@ -355,12 +348,12 @@ fn capture_stage(
                     match inherited {
                         // Only the global's value: the global is what counts.
                         Some(v) => {
-                            held.hold(def.key.len() + v.len() + ENTRY_OVERHEAD, &ins.span)?;
+                            held.hold(entry_bytes(&def.key, v), &ins.span)?;
                             env.set(&def.key, v)
                         }
                         None => {
                             if let Some(v) = &value {
-                                held.hold(def.key.len() + v.len() + ENTRY_OVERHEAD, &ins.span)?;
+                                held.hold(entry_bytes(&def.key, v), &ins.span)?;
                                 env.set(&def.key, v);
                             }
                             c.own.insert(
@@ -375,7 +368,7 @@ fn capture_stage(
             Kind::Env(pairs) => {
                 for kv in pairs {
                     if let Ok(v) = lex.process_word(&kv.value, &*env) {
-                        held.hold(kv.key.len() + v.len() + ENTRY_OVERHEAD, &ins.span)?;
+                        held.hold(entry_bytes(&kv.key, &v), &ins.span)?;
                         env.set(&kv.key, &v);
                     }
                 }

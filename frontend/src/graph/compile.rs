@@ -31,10 +31,10 @@ struct Compiler<'a> {
     global: EnvList,
     /// Instructions compiled so far, base images' triggers among them.
     steps: usize,
-    /// What a `--from` is resolved against, as the planner did: the
-    /// stages' names and the named contexts (made once: a file of
-    /// thousands of stages each copying from another made them for each).
-    resolving: (BTreeMap<String, usize>, crate::stage::PlanOptions),
+    /// The stages by name, what a `--from` is resolved against with the
+    /// named contexts, as the planner did (made once: a file of thousands
+    /// of stages each copying from another made it for each).
+    stage_names: BTreeMap<String, usize>,
 }
 
 /// The most instructions a build compiles: as many as a Dockerfile may
@@ -55,16 +55,11 @@ pub fn compile(plan: &Plan, images: &dyn ImageConfigs) -> Result<BuildGraph, Pla
         held: Budget::default(),
         global: EnvList::from_entries(&plan.global_args),
         steps: 0,
-        resolving: (
-            plan.stages
-                .iter()
-                .filter_map(|s| s.name.clone().map(|n| (n, s.index)))
-                .collect(),
-            crate::stage::PlanOptions {
-                named_contexts: plan.named_contexts.clone(),
-                ..Default::default()
-            },
-        ),
+        stage_names: plan
+            .stages
+            .iter()
+            .filter_map(|s| s.name.clone().map(|n| (n, s.index)))
+            .collect(),
     };
     let single = plan.stages.len() == 1;
     for &s in &plan.needed {
@@ -149,8 +144,13 @@ impl Compiler<'_> {
 
     /// Resolves a `--from` word as the planner did.
     fn resolve(&mut self, from: &str, span: &Span) -> Result<(FileSource, NodeIndex), PlanError> {
-        let (names, options) = &self.resolving;
-        let source = crate::stage::resolve_source(&self.lex, from, names, options, span)?;
+        let source = crate::stage::resolve_source(
+            &self.lex,
+            from,
+            &self.stage_names,
+            &self.plan.named_contexts,
+            span,
+        )?;
         if let Source::Stage(s) = source
             && !self.stage_results.contains_key(&s)
         {

@@ -9,7 +9,7 @@ use super::from::{default_arg_checks, from_checks};
 use super::{LintOptions, Linter, rules};
 use crate::instructions::{self, Instruction, Kind};
 use crate::shell::Lex;
-use crate::stage::{Base, Budget, ENTRY_OVERHEAD, EnvList, Plan, PlanError, StageEnv};
+use crate::stage::{Base, Budget, EnvList, Plan, PlanError, StageEnv, entry_bytes};
 
 /// The args BuildKit defines before any ARG (its `defaultArgs`).
 pub(super) const PREDEFINED: [&str; 11] = [
@@ -231,10 +231,7 @@ impl Walk<'_, '_> {
                     );
                 }
                 if is_env {
-                    let bytes = expanded
-                        .iter()
-                        .map(|(k, v)| 2 * (k.len() + v.len() + ENTRY_OVERHEAD))
-                        .sum();
+                    let bytes = expanded.iter().map(|(k, v)| 2 * entry_bytes(k, v)).sum();
                     self.held.hold(bytes, &ins.span)?;
                     for (k, v) in &expanded {
                         self.secret_key(ins, "ENV", k);
@@ -259,9 +256,7 @@ impl Walk<'_, '_> {
                 {
                     let bytes = args
                         .iter()
-                        .map(|(k, v)| {
-                            2 * (k.len() + v.as_ref().map_or(0, String::len) + ENTRY_OVERHEAD)
-                        })
+                        .map(|(k, v)| 2 * entry_bytes(k, v.as_deref().unwrap_or("")))
                         .sum();
                     self.held.hold(bytes, &ins.span)?;
                 }

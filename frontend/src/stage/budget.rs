@@ -25,6 +25,11 @@ pub const ENTRY_OVERHEAD: usize = 160;
 /// no index).
 pub const STRING_OVERHEAD: usize = 48;
 
+/// What one variable `key=value` counts.
+pub fn entry_bytes(key: &str, value: &str) -> usize {
+    key.len() + value.len() + ENTRY_OVERHEAD
+}
+
 /// Bytes held so far.
 #[derive(Debug, Default)]
 pub struct Budget {

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::ENTRY_OVERHEAD;
+use super::entry_bytes;
 use crate::instructions;
 use crate::shell::{Expansion, Lex};
 
@@ -97,6 +97,11 @@ impl EnvList {
         }
         env
     }
+
+    /// About how many bytes it holds (see [`super::Budget`]).
+    pub fn held_bytes(&self) -> usize {
+        self.iter().map(|(k, v)| entry_bytes(k, v)).sum()
+    }
 }
 
 impl crate::shell::Env for EnvList {
@@ -148,17 +153,12 @@ impl StageEnv {
     /// About how many bytes the scope holds (what a stage built on this
     /// one copies).
     pub fn held_bytes(&self) -> usize {
-        let list = |l: &EnvList| {
-            l.iter()
-                .map(|(k, v)| k.len() + v.len() + ENTRY_OVERHEAD)
-                .sum::<usize>()
-        };
-        list(&self.scope)
-            + list(&self.image_env)
+        self.scope.held_bytes()
+            + self.image_env.held_bytes()
             + self
                 .args
                 .iter()
-                .map(|(k, v)| k.len() + v.as_ref().map_or(0, String::len) + ENTRY_OVERHEAD)
+                .map(|(k, v)| entry_bytes(k, v.as_deref().unwrap_or("")))
                 .sum::<usize>()
     }
 

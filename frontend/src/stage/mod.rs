@@ -20,7 +20,7 @@ mod env;
 mod planner;
 mod platform;
 
-pub use budget::{Budget, ENTRY_OVERHEAD, MAX_HELD, STRING_OVERHEAD};
+pub use budget::{Budget, ENTRY_OVERHEAD, MAX_HELD, STRING_OVERHEAD, entry_bytes};
 pub use env::{DEFAULT_PATH, EnvList, Ordered, StageEnv, resolve_path};
 pub(crate) use planner::resolve_source;
 pub use planner::{global_args, parse_trigger, plan};

@@ -88,7 +88,7 @@ fn global_scope(
                 },
             };
             if let Some(v) = value {
-                held.hold(def.key.len() + v.len() + ENTRY_OVERHEAD, &ins.span)?;
+                held.hold(entry_bytes(&def.key, &v), &ins.span)?;
                 global.set(&def.key, &v);
             }
         }
@@ -297,7 +297,8 @@ fn plan_instructions(
         let mut deps = Vec::new();
         for (n, ins) in stage.instructions.iter().enumerate() {
             for from in sources_of(ins) {
-                let source = resolve_source(&lex, &from, &names, options, &ins.span)?;
+                let source =
+                    resolve_source(&lex, &from, &names, &options.named_contexts, &ins.span)?;
                 deps.push(Dependency {
                     source,
                     instruction: n,
@@ -443,7 +444,7 @@ pub(crate) fn resolve_source(
     lex: &Lex,
     from: &str,
     names: &BTreeMap<String, usize>,
-    options: &PlanOptions,
+    named_contexts: &BTreeSet<String>,
     span: &Span,
 ) -> Result<Source, PlanError> {
     let unexpanded = lex
@@ -464,7 +465,7 @@ pub(crate) fn resolve_source(
     if let Some(&i) = names.get(&from.to_lowercase()) {
         return Ok(Source::Stage(i));
     }
-    if options.named_contexts.contains(from) {
+    if named_contexts.contains(from) {
         return Ok(Source::Context(from.to_string()));
     }
     Ok(Source::Image(from.to_string()))
