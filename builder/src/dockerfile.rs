@@ -87,7 +87,7 @@ pub fn named_contexts(specs: &[String]) -> anyhow::Result<BTreeSet<String>> {
             Some((name, src)) if !name.is_empty() && !src.is_empty() => {
                 // Image contexts resolve as images; directories and URLs
                 // (git, archives) are contexts.
-                if !src.starts_with("docker-image://") && !src.starts_with("oci-layout://") {
+                if !is_image_context(src) {
                     out.insert(name.to_string());
                 }
             }
@@ -97,18 +97,23 @@ pub fn named_contexts(specs: &[String]) -> anyhow::Result<BTreeSet<String>> {
     Ok(out)
 }
 
-/// `--build-context NAME=SRC`: the names of image contexts
-/// (`docker-image://`, `oci-layout://`), or (`scratch`) of those that are
-/// `docker-image://scratch`, BuildKit's empty filesystem.
+/// `--build-context NAME=docker-image://scratch`: BuildKit's empty
+/// filesystem, no image to pull.
+pub const SCRATCH_CONTEXT: &str = "docker-image://scratch";
+
+/// Whether a `--build-context` source is an image (`docker-image://`,
+/// `oci-layout://`): those resolve as images, not as contexts.
+fn is_image_context(src: &str) -> bool {
+    src.starts_with("docker-image://") || src.starts_with("oci-layout://")
+}
+
+/// `--build-context NAME=SRC`: the names of image contexts other than
+/// [`SCRATCH_CONTEXT`], or (`scratch`) of those that are it.
 pub fn image_contexts(specs: &[String], scratch: bool) -> BTreeSet<String> {
     specs
         .iter()
         .filter_map(|spec| spec.split_once('='))
-        .filter(|(_, src)| {
-            let empty = *src == "docker-image://scratch";
-            let image = src.starts_with("docker-image://") || src.starts_with("oci-layout://");
-            if scratch { empty } else { image && !empty }
-        })
+        .filter(|(_, src)| (*src == SCRATCH_CONTEXT) == scratch && is_image_context(src))
         .map(|(name, _)| name.to_string())
         .collect()
 }

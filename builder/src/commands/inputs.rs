@@ -35,7 +35,7 @@ pub(super) fn named_contexts(
             let img = crate::images::import_oci_layout(&store.blobs, path)
                 .with_context(|| format!("--build-context {spec}"))?;
             images.alias(name, img);
-        } else if src == "docker-image://scratch" {
+        } else if src == crate::dockerfile::SCRATCH_CONTEXT {
             // The empty filesystem: the planner has it as `scratch`.
         } else if let Some(reference) = src.strip_prefix("docker-image://") {
             // The image of each platform built; the alias names what the

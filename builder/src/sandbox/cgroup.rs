@@ -26,9 +26,7 @@ pub(crate) fn unified() -> bool {
     static UNIFIED: OnceLock<bool> = OnceLock::new();
     *UNIFIED.get_or_init(|| match std::env::var("RBUILD_CGROUP_VIEW").as_deref() {
         Ok("none") => false,
-        Ok("unified") => ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-            .into_iter()
-            .any(|m| Path::new(m).join("cgroup.controllers").exists()),
+        Ok("unified") => unified_mount().is_some(),
         _ => host_unified(),
     })
 }
@@ -40,12 +38,15 @@ pub(crate) fn host_unified() -> bool {
 }
 
 /// Where the unified hierarchy is mounted: /sys/fs/cgroup or, beside v1,
-/// its `unified`.
+/// its `unified` (looked for once).
 fn unified_mount() -> Option<&'static Path> {
-    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-        .into_iter()
-        .map(Path::new)
-        .find(|m| m.join("cgroup.controllers").exists())
+    static MOUNT: OnceLock<Option<&'static Path>> = OnceLock::new();
+    *MOUNT.get_or_init(|| {
+        ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .map(Path::new)
+            .find(|m| m.join("cgroup.controllers").exists())
+    })
 }
 
 /// This process's directory in the unified hierarchy (`0::/path` in
