@@ -10,7 +10,7 @@
 //! grace period are never swept, so a blob a build has just written but not
 //! yet recorded survives a concurrent prune.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -74,7 +74,7 @@ impl Store {
     /// and its using it.
     pub fn using_record<T>(&self, key: &str, f: impl FnOnce() -> T) -> Result<T, GcError> {
         let _no_prune = self.no_prune()?;
-        self.keep(&format!("record {key}\n"))?;
+        self.keep(|lease| lease.add_record(key))?;
         Ok(f())
     }
 
@@ -88,7 +88,7 @@ impl Store {
     ) -> Result<T, GcError> {
         let _no_prune = self.no_prune()?;
         let made = make().map_err(Into::into)?;
-        self.keep(&format!("snapshot {}\n", id_of(&made)))?;
+        self.keep(|lease| lease.add_snapshot(id_of(&made)))?;
         Ok(made)
     }
 
@@ -108,12 +108,13 @@ impl Store {
         Ok(crate::lock::lock_shared(&path).map_err(PathError::at("locking", &path))?)
     }
 
-    fn keep(&self, line: &str) -> Result<(), GcError> {
+    /// Adds to this process's lease, made on first use.
+    fn keep(&self, add: impl FnOnce(&mut Lease) -> Result<(), GcError>) -> Result<(), GcError> {
         let mut lease = self.lease.lock().unwrap_or_else(|e| e.into_inner());
         if lease.is_none() {
             *lease = Some(self.lease()?);
         }
-        lease.as_mut().expect("made above").add(line)
+        add(lease.as_mut().expect("made above"))
     }
 
     /// A lease for a running build: what it adds is kept by any prune
@@ -133,7 +134,11 @@ impl Store {
             .open(&path)
             .map_err(io_err)?;
         file.lock().map_err(io_err)?;
-        Ok(Lease { path, file })
+        Ok(Lease {
+            path,
+            file,
+            written: HashSet::new(),
+        })
     }
 }
 
@@ -141,6 +146,9 @@ impl Store {
 pub struct Lease {
     path: PathBuf,
     file: File,
+    /// The lines in the file: a build looks a record up and then writes
+    /// it, and commits on snapshots it already keeps.
+    written: HashSet<String>,
 }
 
 impl Lease {
@@ -154,10 +162,20 @@ impl Lease {
         self.add(&format!("snapshot {id}\n"))
     }
 
+    /// Protects a cache record (and so its snapshots and blobs).
+    pub fn add_record(&mut self, key: &str) -> Result<(), GcError> {
+        self.add(&format!("record {key}\n"))
+    }
+
     fn add(&mut self, line: &str) -> Result<(), GcError> {
+        if self.written.contains(line) {
+            return Ok(());
+        }
         self.file
             .write_all(line.as_bytes())
-            .map_err(|source| PathError::at("writing lease", &self.path)(source).into())
+            .map_err(|source| PathError::at("writing lease", &self.path)(source))?;
+        self.written.insert(line.to_string());
+        Ok(())
     }
 }
 
