@@ -589,10 +589,12 @@ impl<E: Env + ?Sized> ShellWord<'_, E> {
     }
 
     fn get_env(&mut self, name: &str) -> LexResult<Option<String>> {
-        if let Some(v) = self.env.lookup(name) {
+        let env = self.env;
+        let found = env.lookup(name);
+        if let Some(v) = found {
             self.grow(v.len())?;
         }
-        let value = self.env.lookup(name).map(str::to_string);
+        let value = found.map(str::to_string);
         if self.capture {
             let set = if value.is_some() {
                 &mut self.matched
