@@ -28,11 +28,8 @@ pub fn read_specs(specs: &[String]) -> anyhow::Result<Secrets> {
     for spec in specs {
         let (mut id, mut file, mut env, mut typ) = (None, None, None, None);
         let pairs =
-            frontend::csv::pairs(spec).map_err(|e| anyhow::anyhow!("--secret {spec}: {e}"))?;
+            frontend::csv::key_values(spec).map_err(|e| anyhow::anyhow!("--secret {spec}: {e}"))?;
         for (k, v) in &pairs {
-            let Some(v) = v else {
-                bail!("--secret {spec}: {k:?} is not KEY=VALUE");
-            };
             match k.to_ascii_lowercase().as_str() {
                 "id" => id = Some(v.to_string()),
                 "src" | "source" => file = Some(v.to_string()),

@@ -79,6 +79,18 @@ pub fn pairs(s: &str) -> Result<Vec<(String, Option<String>)>, String> {
         .collect())
 }
 
+/// The fields of a record as `(key, value)`, each field `KEY=VALUE`; a
+/// field without `=` is an error naming it.
+pub fn key_values(s: &str) -> Result<Vec<(String, String)>, String> {
+    pairs(s)?
+        .into_iter()
+        .map(|(k, v)| {
+            v.map(|v| (k.clone(), v))
+                .ok_or(format!("{k:?} is not KEY=VALUE"))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +108,14 @@ mod tests {
                 ("dest".into(), Some("a,b".into())),
                 ("tar".into(), None)
             ]
+        );
+        assert_eq!(
+            key_values("a=1,b=").unwrap(),
+            vec![("a".into(), "1".into()), ("b".into(), String::new())]
+        );
+        assert_eq!(
+            key_values("a=1,tar").unwrap_err(),
+            "\"tar\" is not KEY=VALUE"
         );
     }
 }

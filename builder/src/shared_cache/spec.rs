@@ -60,14 +60,11 @@ fn fields(flag: &str, spec: &str) -> anyhow::Result<Vec<(String, String)>> {
             ("ref".into(), spec.into()),
         ]);
     }
-    frontend::csv::pairs(spec)
+    Ok(frontend::csv::key_values(spec)
         .map_err(|e| anyhow::anyhow!("{flag} {spec}: {e}"))?
         .into_iter()
-        .map(|(k, v)| match v {
-            Some(v) => Ok((k.trim().to_string(), v.trim().to_string())),
-            None => bail!("{flag} {spec}: {k:?} is not KEY=VALUE"),
-        })
-        .collect()
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect())
 }
 
 fn location(
