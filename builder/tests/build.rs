@@ -1381,6 +1381,15 @@ fn live_view_on_a_terminal() {
     );
 }
 
+/// A context of busybox and `dockerfile`.
+fn busybox_context(t: &common::Tmp, dockerfile: &str) -> PathBuf {
+    let ctx = t.0.join("context");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).expect("busybox-static (.ci/run)");
+    std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    ctx
+}
+
 /// Copies `binary` and the libraries `ldd` lists for it into `rootfs`, at
 /// their own paths.
 fn copy_with_libraries(binary: &str, rootfs: &Path) {
@@ -1777,15 +1786,11 @@ fn only_the_built_images_layers_are_written() {
         return;
     }
     let t = tmp("lazy");
-    let ctx = t.0.join("context");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
+    let ctx = busybox_context(
+        &t,
         "FROM scratch AS builder\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox head -c 3000000 /dev/urandom > /big && echo small > /small\"]\n\
          FROM scratch\nCOPY --from=builder /small /small\n",
-    )
-    .unwrap();
+    );
     let root = t.0.join("state");
     let big_blobs = || {
         std::fs::read_dir(root.join("content/blobs/sha256"))
@@ -1957,15 +1962,11 @@ fn spec_fields_with_commas_are_quoted() {
         return;
     }
     let t = tmp("csv-specs");
-    let ctx = t.0.join("context");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
+    let ctx = busybox_context(
+        &t,
         "FROM scratch\nCOPY busybox /bin/busybox\n\
          RUN --mount=type=secret,id=s [\"/bin/busybox\", \"cp\", \"/run/secrets/s\", \"/got\"]\n",
-    )
-    .unwrap();
+    );
     let secret = t.0.join("a,b.txt");
     std::fs::write(&secret, "comma\n").unwrap();
     let out = t.0.join("out,dir");
@@ -2011,15 +2012,11 @@ fn secrets_are_bounded_as_buildkits() {
         return;
     }
     let t = tmp("secret-size");
-    let ctx = t.0.join("context");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
+    let ctx = busybox_context(
+        &t,
         "FROM scratch\nCOPY busybox /bin/busybox\n\
          RUN --mount=type=secret,id=s [\"/bin/busybox\", \"true\"]\n",
-    )
-    .unwrap();
+    );
     let root = t.0.join("state");
     let limit = t.0.join("limit");
     std::fs::write(&limit, vec![b'x'; 500 * 1024]).unwrap();
